@@ -1,0 +1,66 @@
+# Performer protein LM service. `make` builds bin/performer and bin/performerd; `make test` runs
+# every test; `make asan-test` runs them again under AddressSanitizer + UBSan.
+CC      ?= cc
+OPT     ?= -O3 -march=native
+SAN     ?=
+BIN     ?= bin
+OBJ     ?= build/obj
+CFLAGS  += $(OPT) $(SAN) -g -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -fopenmp -Imodel -Iserver
+LDFLAGS += $(SAN) -fopenmp
+LDLIBS_MODEL  = -lopenblas -ljansson -lcrypto -lm -lpthread
+LDLIBS_SERVER = -lmicrohttpd -lsqlite3 $(LDLIBS_MODEL)
+
+MODEL_SRC  := $(filter-out model/cli.c,$(wildcard model/*.c))
+SERVER_SRC := $(filter-out server/main.c,$(wildcard server/*.c))
+MODEL_OBJ  := $(MODEL_SRC:%.c=$(OBJ)/%.o)
+SERVER_OBJ := $(SERVER_SRC:%.c=$(OBJ)/%.o)
+UNIT_SRC   := $(wildcard tests/unit/test_*.c)
+UNIT_BIN   := $(UNIT_SRC:tests/unit/%.c=$(BIN)/tests/%)
+PROGS      := $(BIN)/performer $(if $(wildcard server/main.c),$(BIN)/performerd)
+
+.PHONY: all test unit asan asan-test fixtures deps run data bench clean
+all: $(PROGS) $(UNIT_BIN)
+
+$(OBJ)/%.o: %.c $(wildcard model/*.h server/*.h)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -c $< -o $@
+
+$(BIN)/performer: $(OBJ)/model/cli.o $(MODEL_OBJ)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) $^ -o $@ $(LDLIBS_MODEL)
+
+$(BIN)/performerd: $(OBJ)/server/main.o $(SERVER_OBJ) $(MODEL_OBJ)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) $^ -o $@ $(LDLIBS_SERVER)
+
+$(BIN)/tests/%: tests/unit/%.c $(MODEL_OBJ) $(SERVER_OBJ) tests/unit/testutil.h
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -Itests/unit $< $(MODEL_OBJ) $(SERVER_OBJ) -o $@ $(LDFLAGS) $(LDLIBS_SERVER)
+
+# The whole suite: unit + reference + end-to-end tests. Prints "N passed, N failed".
+test: all
+	BIN=$(BIN) bash tests/run.sh
+
+asan:
+	$(MAKE) BIN=build/asan/bin OBJ=build/asan/obj OPT="-O1 -fno-omit-frame-pointer" SAN="-fsanitize=address,undefined -fno-sanitize-recover=undefined" all
+
+asan-test: asan
+	ASAN_OPTIONS=detect_leaks=1 PF_SANITIZED=1 BIN=build/asan/bin bash tests/run.sh
+
+# Regenerates the PyTorch reference fixtures (needs Debian python3-torch).
+fixtures:
+	/usr/bin/python3 tests/reference/make_fixtures.py tests/fixtures
+
+deps:
+	bash .ci/deps.sh
+
+weights/model.safetensors:
+	$(MAKE) $(BIN)/performer
+	$(BIN)/performer init --out $@ --seed 1
+
+run: all weights/model.safetensors
+	@mkdir -p var
+	$(BIN)/performerd --weights weights/model.safetensors --db var/cache.sqlite
+
+clean:
+	rm -rf build bin

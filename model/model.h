@@ -1,0 +1,136 @@
+/* model.h - Performer protein masked LM: config, parameters, loading, forward pass (prefix pf_).
+ *
+ * A pf_model owns (or maps) all parameters; a pf_ctx is one thread's activation arena. The
+ * forward pass is described exactly in weights/FORMAT.md. */
+#ifndef PF_MODEL_H
+#define PF_MODEL_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include "tokenizer.h"
+
+typedef enum {
+    PF_KERNEL_FAVOR_SOFTMAX = 0,
+    PF_KERNEL_FAVOR_RELU = 1,
+    PF_KERNEL_EXACT = 2,
+    PF_KERNEL_DEFAULT = -1      /* use the kernel of the weights' config */
+} pf_kernel;
+
+typedef struct {
+    int n_layers;               /* blocks */
+    int d_model;                /* width d */
+    int n_heads;                /* heads H; dh = d / H */
+    int d_ff;                   /* feed-forward width F */
+    int n_features;             /* FAVOR+ random features m */
+    pf_kernel kernel;           /* default attention kernel */
+    float norm_eps;             /* LayerNorm epsilon */
+    int trained;                /* 1 when metadata says trained */
+    char name[128];
+    char provenance[2048];
+} pf_config;
+
+/* Pointers to one block's parameters (shapes per weights/FORMAT.md). */
+typedef struct {
+    float *ln1_w, *ln1_b;       /* [d] */
+    float *wq, *bq;             /* [d, d], [d] */
+    float *wk, *bk;             /* [d, d], [d] */
+    float *wv, *bv;             /* [d, d], [d] */
+    float *wo, *bo;             /* [d, d], [d] */
+    float *proj;                /* [m, dh] */
+    float *ln2_w, *ln2_b;       /* [d] */
+    float *fc1_w, *fc1_b;       /* [F, d], [F] */
+    float *fc2_w, *fc2_b;       /* [d, F], [d] */
+} pf_layer;
+
+/* All parameters. In a loaded model they point into the read-only mapping; in an initialised or
+ * training model into one owned allocation laid out in pf_tensor_table order. */
+typedef struct {
+    float *embed;               /* [V, d] */
+    pf_layer *layers;           /* [n_layers] */
+    float *lnf_w, *lnf_b;       /* [d] */
+    float *head_w, *head_b;     /* [20, d], [20] */
+} pf_params;
+
+typedef struct {
+    pf_config cfg;
+    pf_params p;
+    pf_layer *layer_store;      /* backing array of p.layers */
+    float *owned;               /* owned parameter buffer (NULL when mapped) */
+    size_t n_params;            /* number of floats */
+    void *map;                  /* mmap base (NULL when owned) */
+    size_t map_len;
+    char sha256[65];            /* lower-case hex SHA-256 of the file ("" for an unsaved model) */
+    char path[1024];
+} pf_model;
+
+/* One entry of the canonical tensor list. */
+typedef struct {
+    char name[64];
+    int ndim;
+    int shape[2];
+    size_t numel;
+    float **slot;               /* where the tensor's pointer lives inside a pf_params */
+} pf_tensor_info;
+
+/* Returns the number of tensors of cfg and fills out[] (capacity cap) in canonical order, binding
+ * slots to params p (p->layers must have cfg->n_layers entries). */
+int pf_tensor_table(const pf_config *cfg, pf_params *p, pf_tensor_info *out, int cap);
+
+/* Returns the total number of parameters (floats) of cfg. */
+size_t pf_param_count(const pf_config *cfg);
+
+/* Checks a config (positive sizes, d divisible by heads, kernel valid). Returns 0 or -1 + err. */
+int pf_config_validate(const pf_config *cfg, char *err, size_t errlen);
+
+/* Returns "favor-softmax" / "favor-relu" / "exact". */
+const char *pf_kernel_name(pf_kernel k);
+
+/* Parses a kernel name; returns -1 (and leaves *k) when unknown. */
+int pf_kernel_parse(const char *s, pf_kernel *k);
+
+/* mmaps and validates a safetensors weights file. Returns 0 and *out, or -1 with a message naming
+ * the tensor/key and the fix in err. Never crashes on a malformed file. */
+int pf_model_load(pf_model **out, const char *path, char *err, size_t errlen);
+
+/* Creates a randomly initialised model (owned parameters) from cfg and seed. */
+int pf_model_init(pf_model **out, const pf_config *cfg, uint64_t seed, char *err, size_t errlen);
+
+/* Makes an owned, writable copy of m (for training from loaded weights). */
+int pf_model_clone_owned(pf_model **out, const pf_model *m, char *err, size_t errlen);
+
+/* Writes m as safetensors atomically (temp file, fsync, rename, fsync dir); sets m->sha256. */
+int pf_model_save(pf_model *m, const char *path, char *err, size_t errlen);
+
+/* Frees a model (unmaps or frees parameters). NULL is fine. */
+void pf_model_free(pf_model *m);
+
+/* Draws FAVOR+ orthogonal random features into proj [m, dh] (weights/FORMAT.md) from seed. */
+void pf_draw_projection(float *proj, int m, int dh, uint64_t seed);
+
+/* Per-thread activation arena for forward passes; grows to the largest batch seen. */
+typedef struct pf_ctx pf_ctx;
+
+/* Returns a new empty context for model m, or NULL on allocation failure. */
+pf_ctx *pf_ctx_new(const pf_model *m);
+
+/* Frees a context. NULL is fine. */
+void pf_ctx_free(pf_ctx *ctx);
+
+/* Largest sequence length the exact kernel accepts under the default L x L memory limit. */
+size_t pf_exact_max_len(const pf_model *m);
+
+/* Sets the memory limit (bytes) for the exact kernel's L x L scores (default 1 GiB). */
+void pf_set_exact_mem_limit(size_t bytes);
+
+/* Runs B framed sequences (tokens packed back to back, lens[b] each, including <cls>/<eos>)
+ * through the model with the given kernel (PF_KERNEL_DEFAULT = config's). Writes log-probs
+ * over the 20 standard residues for every position, packed: logp[(sum of lens) * 20].
+ * When hidden != NULL also writes the final-LayerNorm hidden states [(sum of lens) * d].
+ * Returns 0, or -1 with err (exact kernel over its memory limit, out of memory, bad token). */
+int pf_forward(pf_ctx *ctx, const pf_model *m, pf_kernel kernel, const int32_t *tokens,
+               const int *lens, int B, float *logp, float *hidden, char *err, size_t errlen);
+
+/* Sets the number of threads used by OpenBLAS and the element-wise loops. */
+void pf_set_threads(int n);
+
+#endif

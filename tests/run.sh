@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Runs every test program and script; prints one line per test and "N passed, N failed" at the end.
+# BIN selects the build (bin/ or build/asan/bin/). Exit status is non-zero when any test failed.
+set -u
+cd "$(dirname "$0")/.."
+BIN=${BIN:-bin}
+export BIN
+pass=0; fail=0; failed=()
+run_one() {  # name, command...
+    local name=$1; shift
+    local log; log=$(mktemp)
+    local t0=$SECONDS
+    if "$@" >"$log" 2>&1; then
+        pass=$((pass+1)); printf 'PASS %-40s (%ds)\n' "$name" $((SECONDS-t0))
+    else
+        fail=$((fail+1)); failed+=("$name"); printf 'FAIL %-40s (%ds)\n' "$name" $((SECONDS-t0))
+        sed 's/^/    | /' "$log" | tail -60
+    fi
+    [ -n "${VERBOSE:-}" ] && sed 's/^/    | /' "$log"
+    rm -f "$log"
+}
+for t in "$BIN"/tests/test_*; do
+    [ -x "$t" ] || continue
+    run_one "$(basename "$t")" "$t"
+done
+for t in tests/e2e/test_*.sh tests/e2e/test_*.py; do
+    [ -f "$t" ] || continue
+    case "$t" in
+        *.sh) run_one "$(basename "$t")" bash "$t" ;;
+        *.py) run_one "$(basename "$t")" python3 "$t" ;;
+    esac
+done
+[ $fail -gt 0 ] && printf 'failed: %s\n' "${failed[*]}"
+echo "$pass passed, $fail failed"
+[ $fail -eq 0 ]
