@@ -1,0 +1,156 @@
+/* forward.c - inference forward pass over a packed batch of framed sequences, in one reusable
+ * activation arena per thread (weights/FORMAT.md gives the mathematics). */
+#include "model.h"
+#include "ops.h"
+
+#include <cblas.h>
+#include <math.h>
+#include <omp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static size_t g_exact_mem_limit = (size_t)1 << 30;
+
+struct pf_ctx {
+    const pf_model *m;
+    float *arena;           /* one allocation holding every buffer below */
+    size_t arena_floats;
+    size_t cap_T, cap_L;    /* capacity in packed tokens and in the longest sequence */
+    int exact_ready;        /* arena includes the L x L scores buffer */
+    float *x, *h, *q, *k, *v, *ff;      /* [T, d] x5, [T, F] */
+    float *pe;                          /* [cap_L, d] */
+    float *phi_q, *phi_k, *kv, *z, *den; /* FAVOR+ state of one sequence */
+    float *scores;                      /* [cap_L, cap_L] (exact kernel only) */
+    int *pos;                           /* [T] position of each token inside its sequence */
+};
+
+void pf_set_threads(int n) {
+    if (n < 1) n = 1;
+    openblas_set_num_threads(n);
+    omp_set_num_threads(n);
+}
+
+void pf_set_exact_mem_limit(size_t bytes) { g_exact_mem_limit = bytes; }
+
+size_t pf_exact_max_len(const pf_model *m) {
+    (void)m;
+    return (size_t)sqrt((double)(g_exact_mem_limit / sizeof(float)));
+}
+
+pf_ctx *pf_ctx_new(const pf_model *m) {
+    pf_ctx *c = calloc(1, sizeof *c);
+    if (c) c->m = m;
+    return c;
+}
+
+void pf_ctx_free(pf_ctx *c) {
+    if (!c) return;
+    free(c->arena);
+    free(c->pos);
+    free(c);
+}
+
+/* Makes the arena hold T packed tokens with sequences up to L long (scores when exact).
+ * Returns 0, or -1 when memory cannot be had. */
+static int ctx_reserve(pf_ctx *c, size_t T, size_t L, int exact) {
+    if (T <= c->cap_T && L <= c->cap_L && (!exact || c->exact_ready)) return 0;
+    const pf_config *cfg = &c->m->cfg;
+    size_t d = cfg->d_model, F = cfg->d_ff, H = cfg->n_heads, M = cfg->n_features, dh = d / H;
+    if (T < c->cap_T) T = c->cap_T;
+    if (L < c->cap_L) L = c->cap_L;
+    exact = exact || c->exact_ready;
+    size_t n = 5 * T * d + T * F + L * d + 2 * L * H * M + H * M * dh + H * M + L * H +
+               (exact ? L * L : 0);
+    float *a = malloc(n * sizeof(float));
+    int *pos = malloc(T * sizeof(int));
+    if (!a || !pos) { free(a); free(pos); return -1; }
+    free(c->arena);
+    free(c->pos);
+    c->arena = a; c->pos = pos; c->arena_floats = n;
+    c->x = a; a += T * d;
+    c->h = a; a += T * d;
+    c->q = a; a += T * d;
+    c->k = a; a += T * d;
+    c->v = a; a += T * d;
+    c->ff = a; a += T * F;
+    c->pe = a; a += L * d;
+    c->phi_q = a; a += L * H * M;
+    c->phi_k = a; a += L * H * M;
+    c->kv = a; a += H * M * dh;
+    c->z = a; a += H * M;
+    c->den = a; a += L * H;
+    c->scores = exact ? a : NULL;
+    c->cap_T = T; c->cap_L = L; c->exact_ready = exact;
+    pe_fill(c->pe, (int)L, (int)d);
+    return 0;
+}
+
+int pf_forward(pf_ctx *c, const pf_model *m, pf_kernel kernel, const int32_t *tokens,
+               const int *lens, int B, float *logp, float *hidden, char *err, size_t errlen) {
+    const pf_config *cfg = &m->cfg;
+    const pf_params *P = &m->p;
+    if (kernel == PF_KERNEL_DEFAULT) kernel = cfg->kernel;
+    if (c->m != m) { snprintf(err, errlen, "context belongs to another model"); return -1; }
+    if (B < 1) { snprintf(err, errlen, "empty batch"); return -1; }
+    size_t T = 0, Lmax = 0;
+    for (int b = 0; b < B; b++) {
+        if (lens[b] < 1) { snprintf(err, errlen, "sequence %d has length %d", b, lens[b]); return -1; }
+        T += (size_t)lens[b];
+        if ((size_t)lens[b] > Lmax) Lmax = (size_t)lens[b];
+    }
+    if (T > (size_t)1 << 30) { snprintf(err, errlen, "batch of %zu tokens is too large", T); return -1; }
+    for (size_t i = 0; i < T; i++)
+        if (tokens[i] < 0 || tokens[i] >= TOK_VOCAB) {
+            snprintf(err, errlen, "token id %d at index %zu is outside the vocabulary", (int)tokens[i], i);
+            return -1;
+        }
+    if (kernel == PF_KERNEL_EXACT && Lmax > pf_exact_max_len(m)) {
+        snprintf(err, errlen, "exact attention over %zu positions needs %.1f GiB for its L x L "
+                 "scores, over the limit of %zu positions; use a favor kernel", Lmax,
+                 (double)Lmax * Lmax * 4 / (1 << 30), pf_exact_max_len(m));
+        return -1;
+    }
+    if (ctx_reserve(c, T, Lmax, kernel == PF_KERNEL_EXACT) != 0) {
+        snprintf(err, errlen, "out of memory for a batch of %zu tokens (longest %zu)", T, Lmax);
+        return -1;
+    }
+    const int d = cfg->d_model, F = cfg->d_ff, H = cfg->n_heads, M = cfg->n_features, dh = d / H;
+    const int N = (int)T;
+    for (int b = 0, i = 0; b < B; b++)
+        for (int p = 0; p < lens[b]; p++) c->pos[i++] = p;
+
+    embed_forward(c->x, tokens, c->pos, P->embed, c->pe, N, d);
+    for (int l = 0; l < cfg->n_layers; l++) {
+        const pf_layer *Lp = &P->layers[l];
+        layernorm_forward(c->h, NULL, NULL, c->x, Lp->ln1_w, Lp->ln1_b, N, d, cfg->norm_eps);
+        matmul_forward(c->q, c->h, Lp->wq, Lp->bq, N, d, d);
+        matmul_forward(c->k, c->h, Lp->wk, Lp->bk, N, d, d);
+        matmul_forward(c->v, c->h, Lp->wv, Lp->bv, N, d, d);
+        /* attention per sequence, written into h (free once q, k, v exist) */
+        size_t off = 0;
+        for (int b = 0; b < B; b++) {
+            size_t o = off * d;
+            if (kernel == PF_KERNEL_EXACT) {
+                exact_forward(c->h + o, c->scores, c->q + o, c->k + o, c->v + o, lens[b], H, dh, 0);
+            } else {
+                favor_state st = { c->phi_q, c->phi_k, c->kv, c->z, c->den };
+                favor_forward(c->h + o, &st, c->q + o, c->k + o, c->v + o, Lp->proj, lens[b], H,
+                              dh, M, kernel == PF_KERNEL_FAVOR_RELU);
+            }
+            off += (size_t)lens[b];
+        }
+        matmul_forward(c->q, c->h, Lp->wo, Lp->bo, N, d, d);
+        residual_add(c->x, c->q, T * d);
+        layernorm_forward(c->h, NULL, NULL, c->x, Lp->ln2_w, Lp->ln2_b, N, d, cfg->norm_eps);
+        matmul_forward(c->ff, c->h, Lp->fc1_w, Lp->fc1_b, N, d, F);
+        gelu_forward(c->ff, c->ff, T * F);
+        matmul_forward(c->q, c->ff, Lp->fc2_w, Lp->fc2_b, N, F, d);
+        residual_add(c->x, c->q, T * d);
+    }
+    layernorm_forward(c->h, NULL, NULL, c->x, P->lnf_w, P->lnf_b, N, d, cfg->norm_eps);
+    if (hidden) memcpy(hidden, c->h, T * d * sizeof(float));
+    matmul_forward(logp, c->h, P->head_w, P->head_b, N, d, TOK_NRES);
+    log_softmax_rows(logp, N, TOK_NRES);
+    return 0;
+}

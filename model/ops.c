@@ -1,0 +1,388 @@
+/* ops.c - Performer layer operations, forward and backward. See ops.h for the contracts and
+ * weights/FORMAT.md for the mathematics. */
+#include "ops.h"
+
+#include <cblas.h>
+#include <float.h>
+#include <math.h>
+#include <string.h>
+
+#define OMP_MIN 16384   /* element count below which a loop stays on one thread */
+
+void pe_fill(float *pe, int L, int C) {
+    #pragma omp parallel for if ((size_t)L * C > OMP_MIN)
+    for (int p = 0; p < L; p++) {
+        for (int j = 0; j < C / 2; j++) {
+            double freq = pow(10000.0, -(2.0 * j) / C);
+            pe[(size_t)p * C + 2 * j] = (float)sin(p * freq);
+            pe[(size_t)p * C + 2 * j + 1] = (float)cos(p * freq);
+        }
+        if (C % 2) pe[(size_t)p * C + C - 1] = (float)sin(p * pow(10000.0, -(double)(C - 1) / C));
+    }
+}
+
+void embed_forward(float *out, const int32_t *tokens, const int *pos, const float *weight,
+                   const float *pe, int N, int C) {
+    #pragma omp parallel for if ((size_t)N * C > OMP_MIN)
+    for (int p = 0; p < N; p++) {
+        const float *w = weight + (size_t)tokens[p] * C, *e = pe + (size_t)pos[p] * C;
+        float *o = out + (size_t)p * C;
+        for (int i = 0; i < C; i++) o[i] = w[i] + e[i];
+    }
+}
+
+void embed_backward(float *dweight, const float *dout, const int32_t *tokens, int N, int C) {
+    for (int p = 0; p < N; p++) {
+        float *dw = dweight + (size_t)tokens[p] * C;
+        const float *d = dout + (size_t)p * C;
+        for (int i = 0; i < C; i++) dw[i] += d[i];
+    }
+}
+
+void layernorm_forward(float *out, float *mean, float *rstd, const float *inp, const float *w,
+                       const float *b, int N, int C, float eps) {
+    #pragma omp parallel for if ((size_t)N * C > OMP_MIN)
+    for (int p = 0; p < N; p++) {
+        const float *x = inp + (size_t)p * C;
+        float *o = out + (size_t)p * C;
+        double m = 0, v = 0;
+        for (int i = 0; i < C; i++) m += x[i];
+        m /= C;
+        for (int i = 0; i < C; i++) { double t = x[i] - m; v += t * t; }
+        v /= C;
+        float s = (float)(1.0 / sqrt(v + eps)), mf = (float)m;
+        for (int i = 0; i < C; i++) o[i] = (x[i] - mf) * s * w[i] + b[i];
+        if (mean) mean[p] = mf;
+        if (rstd) rstd[p] = s;
+    }
+}
+
+void layernorm_backward(float *dinp, float *dw, float *db, const float *dout, const float *inp,
+                        const float *w, const float *mean, const float *rstd, int N, int C) {
+    for (int p = 0; p < N; p++) {
+        const float *x = inp + (size_t)p * C, *d = dout + (size_t)p * C;
+        float *dx = dinp + (size_t)p * C;
+        float m = mean[p], s = rstd[p];
+        double dnorm_mean = 0, dnorm_norm_mean = 0;
+        for (int i = 0; i < C; i++) {
+            float norm = (x[i] - m) * s, dnorm = w[i] * d[i];
+            dnorm_mean += dnorm;
+            dnorm_norm_mean += dnorm * norm;
+            dw[i] += norm * d[i];
+            db[i] += d[i];
+        }
+        dnorm_mean /= C;
+        dnorm_norm_mean /= C;
+        for (int i = 0; i < C; i++) {
+            float norm = (x[i] - m) * s, dnorm = w[i] * d[i];
+            dx[i] += s * (dnorm - (float)dnorm_mean - norm * (float)dnorm_norm_mean);
+        }
+    }
+}
+
+void matmul_forward(float *out, const float *inp, const float *w, const float *b, int N, int C,
+                    int OC) {
+    if (b) {
+        #pragma omp parallel for if ((size_t)N * OC > OMP_MIN)
+        for (int p = 0; p < N; p++) memcpy(out + (size_t)p * OC, b, sizeof(float) * OC);
+    }
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, OC, C, 1.0f, inp, C, w, C,
+                b ? 1.0f : 0.0f, out, OC);
+}
+
+void matmul_backward(float *dinp, float *dw, float *db, const float *dout, const float *inp,
+                     const float *w, int N, int C, int OC) {
+    if (dinp)
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, C, OC, 1.0f, dout, OC, w, C,
+                    1.0f, dinp, C);
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, OC, C, N, 1.0f, dout, OC, inp, C, 1.0f,
+                dw, C);
+    if (db) {
+        for (int p = 0; p < N; p++) {
+            const float *d = dout + (size_t)p * OC;
+            for (int o = 0; o < OC; o++) db[o] += d[o];
+        }
+    }
+}
+
+void gelu_forward(float *out, const float *inp, size_t n) {
+    #pragma omp parallel for if (n > OMP_MIN)
+    for (size_t i = 0; i < n; i++) {
+        float x = inp[i];
+        out[i] = 0.5f * x * (1.0f + erff(x * (float)M_SQRT1_2));
+    }
+}
+
+void gelu_backward(float *dinp, const float *inp, const float *dout, size_t n) {
+    #pragma omp parallel for if (n > OMP_MIN)
+    for (size_t i = 0; i < n; i++) {
+        float x = inp[i];
+        float cdf = 0.5f * (1.0f + erff(x * (float)M_SQRT1_2));
+        float pdf = expf(-0.5f * x * x) * 0.3989422804014327f;
+        dinp[i] += dout[i] * (cdf + x * pdf);
+    }
+}
+
+void residual_add(float *out, const float *inp, size_t n) {
+    #pragma omp parallel for if (n > OMP_MIN)
+    for (size_t i = 0; i < n; i++) out[i] += inp[i];
+}
+
+/* ---- FAVOR+ ---------------------------------------------------------------------------------- */
+
+/* Writes phi [L, H, m] = feature map of x [L, H*dh] (all heads at once, the projection is shared
+ * by the heads). is_query selects the per-row stabiliser (softmax kernel). */
+static void favor_features(float *phi, const float *x, const float *proj, int L, int H, int dh,
+                           int m, int relu, int is_query) {
+    const float c = powf((float)dh, -0.25f);
+    const int rows = L * H;
+    /* x viewed as [L*H, dh] is contiguous: one sgemm for every head. */
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, m, dh, c, x, dh, proj, dh, 0.0f,
+                phi, m);
+    if (relu) {
+        #pragma omp parallel for if ((size_t)rows * m > OMP_MIN)
+        for (size_t i = 0; i < (size_t)rows * m; i++)
+            phi[i] = (phi[i] > 0 ? phi[i] : 0.0f) + FAVOR_RELU_EPS;
+        return;
+    }
+    const float ratio = 1.0f / sqrtf((float)m);
+    float headmax[H];
+    if (!is_query) {
+        for (int h = 0; h < H; h++) headmax[h] = -FLT_MAX;
+        for (int p = 0; p < L; p++)
+            for (int h = 0; h < H; h++) {
+                const float *s = phi + ((size_t)p * H + h) * m;
+                for (int r = 0; r < m; r++) if (s[r] > headmax[h]) headmax[h] = s[r];
+            }
+    }
+    #pragma omp parallel for if ((size_t)rows * m > OMP_MIN)
+    for (int row = 0; row < rows; row++) {
+        float *s = phi + (size_t)row * m;
+        const float *xr = x + (size_t)row * dh;
+        float g = 0;
+        for (int j = 0; j < dh; j++) g += xr[j] * xr[j];
+        g *= 0.5f * c * c;
+        float mx;
+        if (is_query) {
+            mx = -FLT_MAX;
+            for (int r = 0; r < m; r++) if (s[r] > mx) mx = s[r];
+        } else {
+            mx = headmax[row % H];
+        }
+        for (int r = 0; r < m; r++) s[r] = ratio * (expf(s[r] - g - mx) + FAVOR_SOFTMAX_EPS);
+    }
+}
+
+void favor_forward(float *out, favor_state *st, const float *q, const float *k, const float *v,
+                   const float *proj, int L, int H, int dh, int m, int relu) {
+    const int d = H * dh;
+    favor_features(st->phi_q, q, proj, L, H, dh, m, relu, 1);
+    favor_features(st->phi_k, k, proj, L, H, dh, m, relu, 0);
+    for (int h = 0; h < H; h++) {
+        float *kv = st->kv + (size_t)h * m * dh, *z = st->z + (size_t)h * m;
+        const float *pk = st->phi_k + (size_t)h * m, *pq = st->phi_q + (size_t)h * m;
+        /* KV_h = phi_k_h^T V_h  [m, dh] */
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, m, dh, L, 1.0f, pk, H * m,
+                    v + (size_t)h * dh, d, 0.0f, kv, dh);
+        /* z_h = column sums of phi_k_h */
+        for (int r = 0; r < m; r++) z[r] = 0;
+        for (int p = 0; p < L; p++) {
+            const float *row = pk + (size_t)p * H * m;
+            for (int r = 0; r < m; r++) z[r] += row[r];
+        }
+        /* numerator = phi_q_h KV_h, written straight into the head's columns of out */
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, L, dh, m, 1.0f, pq, H * m, kv, dh,
+                    0.0f, out + (size_t)h * dh, d);
+    }
+    #pragma omp parallel for if ((size_t)L * d > OMP_MIN)
+    for (int p = 0; p < L; p++) {
+        for (int h = 0; h < H; h++) {
+            const float *pq = st->phi_q + ((size_t)p * H + h) * m, *z = st->z + (size_t)h * m;
+            float den = 0;
+            for (int r = 0; r < m; r++) den += pq[r] * z[r];
+            st->den[(size_t)p * H + h] = den;
+            float inv = 1.0f / den, *o = out + (size_t)p * d + (size_t)h * dh;
+            for (int j = 0; j < dh; j++) o[j] *= inv;
+        }
+    }
+}
+
+size_t favor_backward_scratch(int L, int H, int dh, int m) {
+    return 2 * (size_t)L * H * m + (size_t)L * H * dh + (size_t)H * m * dh + (size_t)H * m +
+           (size_t)L * H;
+}
+
+/* Turns dphi [L, H, m] (gradient w.r.t. the features) into dx [L, H*dh] (overwritten). */
+static void favor_features_backward(float *dx, float *dphi, const float *phi, const float *x,
+                                    const float *proj, int L, int H, int dh, int m, int relu) {
+    const float c = powf((float)dh, -0.25f);
+    const int rows = L * H;
+    if (relu) {
+        /* phi = relu(s) + eps, so phi > eps exactly where s > 0 */
+        for (size_t i = 0; i < (size_t)rows * m; i++)
+            if (!(phi[i] > FAVOR_RELU_EPS)) dphi[i] = 0.0f;
+    } else {
+        const float re = FAVOR_SOFTMAX_EPS / sqrtf((float)m);
+        for (size_t i = 0; i < (size_t)rows * m; i++) dphi[i] *= phi[i] - re;  /* d(exp)/da */
+    }
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, dh, m, c, dphi, m, proj, dh,
+                0.0f, dx, dh);
+    if (!relu) {
+        /* a = s - g - max: dg = -sum_r da; g = c^2 |x|^2 / 2 */
+        for (int row = 0; row < rows; row++) {
+            const float *da = dphi + (size_t)row * m;
+            float dg = 0;
+            for (int r = 0; r < m; r++) dg -= da[r];
+            const float *xr = x + (size_t)row * dh;
+            float *dxr = dx + (size_t)row * dh;
+            for (int j = 0; j < dh; j++) dxr[j] += dg * c * c * xr[j];
+        }
+    }
+}
+
+void favor_backward(float *dq, float *dk, float *dv, const float *dout, const float *out,
+                    const favor_state *st, const float *q, const float *k, const float *v,
+                    const float *proj, int L, int H, int dh, int m, int relu, float *scratch) {
+    const int d = H * dh;
+    float *dphi_q = scratch;
+    float *dphi_k = dphi_q + (size_t)L * H * m;
+    float *dnum = dphi_k + (size_t)L * H * m;
+    float *dkv = dnum + (size_t)L * d;
+    float *dz = dkv + (size_t)H * m * dh;
+    float *dden = dz + (size_t)H * m;
+    /* out = num / den: dnum = dout / den, dden = -(dout . out) / den */
+    for (int p = 0; p < L; p++)
+        for (int h = 0; h < H; h++) {
+            size_t o = (size_t)p * d + (size_t)h * dh;
+            float den = st->den[(size_t)p * H + h], dot = 0;
+            for (int j = 0; j < dh; j++) {
+                dnum[o + j] = dout[o + j] / den;
+                dot += dout[o + j] * out[o + j];
+            }
+            dden[(size_t)p * H + h] = -dot / den;
+        }
+    for (int h = 0; h < H; h++) {
+        const float *kv = st->kv + (size_t)h * m * dh, *z = st->z + (size_t)h * m;
+        const float *pq = st->phi_q + (size_t)h * m, *pk = st->phi_k + (size_t)h * m;
+        float *dkv_h = dkv + (size_t)h * m * dh, *dz_h = dz + (size_t)h * m;
+        /* num = phi_q KV: dphi_q = dnum KV^T, dKV = phi_q^T dnum */
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, L, m, dh, 1.0f, dnum + (size_t)h * dh,
+                    d, kv, dh, 0.0f, dphi_q + (size_t)h * m, H * m);
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, m, dh, L, 1.0f, pq, H * m,
+                    dnum + (size_t)h * dh, d, 0.0f, dkv_h, dh);
+        /* den = phi_q . z: dphi_q += dden z, dz = phi_q^T dden */
+        for (int r = 0; r < m; r++) dz_h[r] = 0;
+        for (int p = 0; p < L; p++) {
+            float dd = dden[(size_t)p * H + h];
+            float *dpq = dphi_q + ((size_t)p * H + h) * m;
+            const float *pqr = pq + (size_t)p * H * m;
+            for (int r = 0; r < m; r++) { dpq[r] += dd * z[r]; dz_h[r] += dd * pqr[r]; }
+        }
+        /* KV = phi_k^T V: dphi_k = V dKV^T, dV = phi_k dKV; z = sum phi_k: dphi_k += dz */
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, L, m, dh, 1.0f, v + (size_t)h * dh, d,
+                    dkv_h, dh, 0.0f, dphi_k + (size_t)h * m, H * m);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, L, dh, m, 1.0f, pk, H * m, dkv_h,
+                    dh, 0.0f, dv + (size_t)h * dh, d);
+        for (int p = 0; p < L; p++) {
+            float *dpk = dphi_k + ((size_t)p * H + h) * m;
+            for (int r = 0; r < m; r++) dpk[r] += dz_h[r];
+        }
+    }
+    favor_features_backward(dq, dphi_q, st->phi_q, q, proj, L, H, dh, m, relu);
+    favor_features_backward(dk, dphi_k, st->phi_k, k, proj, L, H, dh, m, relu);
+}
+
+/* ---- exact softmax attention --------------------------------------------------------------- */
+
+/* In place softmax of each row of x[N, C]. */
+static void softmax_rows(float *x, int N, int C) {
+    #pragma omp parallel for if ((size_t)N * C > OMP_MIN)
+    for (int p = 0; p < N; p++) {
+        float *r = x + (size_t)p * C, mx = -FLT_MAX, s = 0;
+        for (int i = 0; i < C; i++) if (r[i] > mx) mx = r[i];
+        for (int i = 0; i < C; i++) { r[i] = expf(r[i] - mx); s += r[i]; }
+        float inv = 1.0f / s;
+        for (int i = 0; i < C; i++) r[i] *= inv;
+    }
+}
+
+void exact_forward(float *out, float *att, const float *q, const float *k, const float *v, int L,
+                   int H, int dh, int save_all) {
+    const int d = H * dh;
+    const float scale = 1.0f / sqrtf((float)dh);
+    for (int h = 0; h < H; h++) {
+        float *a = att + (save_all ? (size_t)h * L * L : 0);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, L, L, dh, scale, q + (size_t)h * dh, d,
+                    k + (size_t)h * dh, d, 0.0f, a, L);
+        softmax_rows(a, L, L);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, L, dh, L, 1.0f, a, L,
+                    v + (size_t)h * dh, d, 0.0f, out + (size_t)h * dh, d);
+    }
+}
+
+void exact_backward(float *dq, float *dk, float *dv, const float *dout, const float *att,
+                    const float *q, const float *k, const float *v, int L, int H, int dh,
+                    float *scratch) {
+    const int d = H * dh;
+    const float scale = 1.0f / sqrtf((float)dh);
+    for (int h = 0; h < H; h++) {
+        const float *a = att + (size_t)h * L * L;
+        const size_t o = (size_t)h * dh;
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, L, dh, L, 1.0f, a, L, dout + o, d,
+                    0.0f, dv + o, d);
+        float *ds = scratch;
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, L, L, dh, 1.0f, dout + o, d, v + o, d,
+                    0.0f, ds, L);
+        for (int p = 0; p < L; p++) {
+            float *r = ds + (size_t)p * L;
+            const float *ar = a + (size_t)p * L;
+            float dot = 0;
+            for (int i = 0; i < L; i++) dot += r[i] * ar[i];
+            for (int i = 0; i < L; i++) r[i] = ar[i] * (r[i] - dot);
+        }
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, L, dh, L, scale, ds, L, k + o, d,
+                    0.0f, dq + o, d);
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, L, dh, L, scale, ds, L, q + o, d,
+                    0.0f, dk + o, d);
+    }
+}
+
+/* ---- output -------------------------------------------------------------------------------- */
+
+void log_softmax_rows(float *x, int N, int C) {
+    #pragma omp parallel for if ((size_t)N * C > OMP_MIN)
+    for (int p = 0; p < N; p++) {
+        float *r = x + (size_t)p * C, mx = -FLT_MAX;
+        for (int i = 0; i < C; i++) if (r[i] > mx) mx = r[i];
+        double s = 0;
+        for (int i = 0; i < C; i++) s += exp((double)(r[i] - mx));
+        float lse = mx + (float)log(s);
+        for (int i = 0; i < C; i++) r[i] -= lse;
+    }
+}
+
+double xent_forward_backward(float *dlogits, const float *logits, const int32_t *targets, int N,
+                             int C, int *n_scored) {
+    int n = 0;
+    for (int p = 0; p < N; p++) n += targets[p] >= 0;
+    if (n_scored) *n_scored = n;
+    double loss = 0;
+    for (int p = 0; p < N; p++) {
+        const float *r = logits + (size_t)p * C;
+        float *dr = dlogits ? dlogits + (size_t)p * C : NULL;
+        if (targets[p] < 0) {
+            if (dr) memset(dr, 0, sizeof(float) * C);
+            continue;
+        }
+        float mx = -FLT_MAX;
+        for (int i = 0; i < C; i++) if (r[i] > mx) mx = r[i];
+        double s = 0;
+        for (int i = 0; i < C; i++) s += exp((double)(r[i] - mx));
+        double lse = mx + log(s);
+        loss += lse - r[targets[p]];
+        if (dr)
+            for (int i = 0; i < C; i++)
+                dr[i] = (float)((exp(r[i] - lse) - (i == targets[p])) / n);
+    }
+    return n ? loss / n : 0.0;
+}

@@ -1,0 +1,91 @@
+/* ops.h - the layer operations of the Performer, forward and backward (llm.c style):
+ * <op>_forward(out, in, ...) and <op>_backward(dinp, ..., dout, ...). All tensors are row-major
+ * float32; N is a number of rows (positions), C/OC widths. Backward functions ACCUMULATE (+=) into
+ * parameter gradients and into dinp unless the comment says they overwrite. Matrix products go
+ * through OpenBLAS cblas_sgemm. */
+#ifndef PF_OPS_H
+#define PF_OPS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define FAVOR_SOFTMAX_EPS 1e-4f     /* stabiliser added to exp features (FORMAT.md) */
+#define FAVOR_RELU_EPS 1e-3f        /* kernel epsilon of the generalized ReLU kernel */
+
+/* Fills pe[L, C] with the sinusoidal position encoding of FORMAT.md for positions 0..L-1. */
+void pe_fill(float *pe, int L, int C);
+
+/* out[p] = weight[tokens[p]] + pe[pos[p]] for p < N (pos = position inside its sequence). */
+void embed_forward(float *out, const int32_t *tokens, const int *pos, const float *weight,
+                   const float *pe, int N, int C);
+
+/* dweight[tokens[p]] += dout[p]. */
+void embed_backward(float *dweight, const float *dout, const int32_t *tokens, int N, int C);
+
+/* LayerNorm over C: out = (x - mean) * rstd * w + b; saves mean[N], rstd[N] (may be NULL at
+ * inference). */
+void layernorm_forward(float *out, float *mean, float *rstd, const float *inp, const float *w,
+                       const float *b, int N, int C, float eps);
+
+/* Accumulates dinp, dw, db from dout given the saved mean/rstd. */
+void layernorm_backward(float *dinp, float *dw, float *db, const float *dout, const float *inp,
+                        const float *w, const float *mean, const float *rstd, int N, int C);
+
+/* out[N, OC] = inp[N, C] w[OC, C]^T + b[OC] (b may be NULL). */
+void matmul_forward(float *out, const float *inp, const float *w, const float *b, int N, int C,
+                    int OC);
+
+/* dinp += dout w; dw += dout^T inp; db += column sums of dout (dinp/db may be NULL). */
+void matmul_backward(float *dinp, float *dw, float *db, const float *dout, const float *inp,
+                     const float *w, int N, int C, int OC);
+
+/* out = GELU(inp) element-wise (exact erf form); out may equal inp. */
+void gelu_forward(float *out, const float *inp, size_t n);
+
+/* dinp += dout * GELU'(inp). */
+void gelu_backward(float *dinp, const float *inp, const float *dout, size_t n);
+
+/* out += inp, element-wise. */
+void residual_add(float *out, const float *inp, size_t n);
+
+/* Saved state of FAVOR+ attention for one sequence (all heads). Sizes: phi_q, phi_k [L, H, m];
+ * kv [H, m, dh]; z [H, m]; den [L, H]. */
+typedef struct {
+    float *phi_q, *phi_k, *kv, *z, *den;
+} favor_state;
+
+/* Bidirectional FAVOR+ attention of one sequence: q, k, v, out are [L, H*dh] (head h = columns
+ * h*dh..); proj [m, dh]; relu selects the generalized ReLU kernel, else positive softmax
+ * features. Overwrites out and the state buffers. */
+void favor_forward(float *out, favor_state *st, const float *q, const float *k, const float *v,
+                   const float *proj, int L, int H, int dh, int m, int relu);
+
+/* Backward of favor_forward: OVERWRITES dq, dk, dv [L, H*dh] from dout and the saved state.
+ * scratch needs 2*L*H*m + L*H*dh + H*m*dh + H*m + L*H floats. proj is constant (no gradient). */
+void favor_backward(float *dq, float *dk, float *dv, const float *dout, const float *out,
+                    const favor_state *st, const float *q, const float *k, const float *v,
+                    const float *proj, int L, int H, int dh, int m, int relu, float *scratch);
+
+/* Floats of scratch favor_backward needs. */
+size_t favor_backward_scratch(int L, int H, int dh, int m);
+
+/* Exact softmax attention of one sequence, one head at a time. att [H, L, L] receives the
+ * attention probabilities when save_all is set, else att is one [L, L] buffer reused per head. */
+void exact_forward(float *out, float *att, const float *q, const float *k, const float *v, int L,
+                   int H, int dh, int save_all);
+
+/* Backward of exact_forward with saved att [H, L, L]: OVERWRITES dq, dk, dv; scratch [L, L]. */
+void exact_backward(float *dq, float *dk, float *dv, const float *dout, const float *att,
+                    const float *q, const float *k, const float *v, int L, int H, int dh,
+                    float *scratch);
+
+/* In place log_softmax of each row of x[N, C]. */
+void log_softmax_rows(float *x, int N, int C);
+
+/* Masked-LM cross-entropy: logits [N, C], targets[N] in 0..C-1 or -1 (unscored). Returns the
+ * mean negative log-likelihood over scored rows (0 when none) and, when dlogits != NULL,
+ * OVERWRITES dlogits with the gradient of that mean. *n_scored receives the count. */
+double xent_forward_backward(float *dlogits, const float *logits, const int32_t *targets, int N,
+                             int C, int *n_scored);
+
+#endif

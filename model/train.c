@@ -1,0 +1,747 @@
+/* train.c - masked-LM training: forward with saved activations, backward (llm.c style), AdamW
+ * with warm-up + cosine decay and clipping, atomic checkpoints with exact resume, evaluation. */
+#include "train.h"
+#include "dataset.h"
+#include "ops.h"
+#include "rng.h"
+#include "safetensors.h"
+
+#include <errno.h>
+#include <math.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+/* ---- activations ----------------------------------------------------------------------------- */
+
+typedef struct {
+    float *x_in, *h1, *mean1, *rstd1, *q, *k, *v, *a, *x_mid, *h2, *mean2, *rstd2, *f1, *g;
+    float *phi_q, *phi_k, *kv, *z, *den, *att;
+} tr_layer_acts;
+
+struct tr_state {
+    pf_model *m;
+    size_t cap_T, cap_B, cap_L, cap_att;
+    float *arena;
+    int *pos;
+    tr_layer_acts *L;           /* [n_layers] */
+    float *x_final, *lnf, *meanf, *rstdf, *logits, *pe;
+    float *dx, *dh, *da, *dq, *dk, *dv, *tmp, *dg, *df, *dlogits, *scratch;
+    pf_params g;                /* gradient views (bound on each call) */
+    pf_layer *g_layers;
+};
+
+tr_state *tr_state_new(pf_model *m) {
+    tr_state *s = calloc(1, sizeof *s);
+    if (!s) return NULL;
+    s->m = m;
+    s->L = calloc((size_t)m->cfg.n_layers, sizeof *s->L);
+    s->g_layers = calloc((size_t)m->cfg.n_layers, sizeof *s->g_layers);
+    if (!s->L || !s->g_layers) { tr_state_free(s); return NULL; }
+    return s;
+}
+
+void tr_state_free(tr_state *s) {
+    if (!s) return;
+    free(s->arena);
+    free(s->pos);
+    free(s->L);
+    free(s->g_layers);
+    free(s);
+}
+
+/* Carves the arena for T tokens, B sequences, longest L, att_total exact floats; returns the
+ * number of floats needed (assigning pointers when base != NULL). */
+static size_t tr_layout(tr_state *s, float *base, size_t T, size_t B, size_t Lm, size_t att) {
+    const pf_config *c = &s->m->cfg;
+    size_t d = c->d_model, F = c->d_ff, H = c->n_heads, M = c->n_features, dh = d / H;
+    size_t n = 0;
+#define CARVE(ptr, count) do { if (base) (ptr) = base + n; n += (count); } while (0)
+    for (int l = 0; l < c->n_layers; l++) {
+        tr_layer_acts *a = &s->L[l];
+        CARVE(a->x_in, T * d); CARVE(a->h1, T * d); CARVE(a->mean1, T); CARVE(a->rstd1, T);
+        CARVE(a->q, T * d); CARVE(a->k, T * d); CARVE(a->v, T * d); CARVE(a->a, T * d);
+        CARVE(a->x_mid, T * d); CARVE(a->h2, T * d); CARVE(a->mean2, T); CARVE(a->rstd2, T);
+        CARVE(a->f1, T * F); CARVE(a->g, T * F);
+        CARVE(a->phi_q, T * H * M); CARVE(a->phi_k, T * H * M); CARVE(a->kv, B * H * M * dh);
+        CARVE(a->z, B * H * M); CARVE(a->den, T * H); CARVE(a->att, att);
+    }
+    CARVE(s->x_final, T * d); CARVE(s->lnf, T * d); CARVE(s->meanf, T); CARVE(s->rstdf, T);
+    CARVE(s->logits, T * TOK_NRES); CARVE(s->pe, Lm * d);
+    CARVE(s->dx, T * d); CARVE(s->dh, T * d); CARVE(s->da, T * d); CARVE(s->dq, T * d);
+    CARVE(s->dk, T * d); CARVE(s->dv, T * d); CARVE(s->tmp, T * d); CARVE(s->dg, T * F);
+    CARVE(s->df, T * F); CARVE(s->dlogits, T * TOK_NRES);
+    size_t sc = favor_backward_scratch((int)Lm, (int)H, (int)dh, (int)M);
+    if (Lm * Lm > sc) sc = Lm * Lm;
+    CARVE(s->scratch, sc);
+#undef CARVE
+    return n;
+}
+
+/* Grows the arena to the batch; returns 0 or -1 (out of memory). */
+static int tr_reserve(tr_state *s, size_t T, size_t B, size_t Lm, size_t att) {
+    if (T <= s->cap_T && B <= s->cap_B && Lm <= s->cap_L && att <= s->cap_att) return 0;
+    T = T > s->cap_T ? T : s->cap_T;
+    B = B > s->cap_B ? B : s->cap_B;
+    Lm = Lm > s->cap_L ? Lm : s->cap_L;
+    att = att > s->cap_att ? att : s->cap_att;
+    size_t n = tr_layout(s, NULL, T, B, Lm, att);
+    float *a = malloc(n * sizeof(float));
+    int *pos = malloc(T * sizeof(int));
+    if (!a || !pos) { free(a); free(pos); return -1; }
+    free(s->arena); free(s->pos);
+    s->arena = a; s->pos = pos;
+    tr_layout(s, a, T, B, Lm, att);
+    s->cap_T = T; s->cap_B = B; s->cap_L = Lm; s->cap_att = att;
+    pe_fill(s->pe, (int)Lm, s->m->cfg.d_model);
+    return 0;
+}
+
+/* Points s->g's tensors into grads (canonical order). */
+static void tr_bind_grads(tr_state *s, float *grads) {
+    pf_tensor_info info[16 * 256 + 8];
+    s->g.layers = s->g_layers;
+    int n = pf_tensor_table(&s->m->cfg, &s->g, info, (int)(sizeof info / sizeof info[0]));
+    float *p = grads;
+    for (int i = 0; i < n; i++) { *info[i].slot = p; p += info[i].numel; }
+}
+
+double tr_forward_backward(tr_state *s, pf_kernel kernel, const int32_t *tokens, const int *lens,
+                           int B, const int32_t *targets, float *grads, int *n_scored, char *err,
+                           size_t errlen) {
+    pf_model *m = s->m;
+    const pf_config *c = &m->cfg;
+    const pf_params *P = &m->p;
+    if (kernel == PF_KERNEL_DEFAULT) kernel = c->kernel;
+    const int d = c->d_model, F = c->d_ff, H = c->n_heads, M = c->n_features, dh = d / H;
+    const int relu = kernel == PF_KERNEL_FAVOR_RELU, exact = kernel == PF_KERNEL_EXACT;
+    size_t T = 0, Lm = 0, att = 0;
+    for (int b = 0; b < B; b++) {
+        if (lens[b] < 1) { snprintf(err, errlen, "empty sequence in batch"); return NAN; }
+        T += lens[b];
+        if ((size_t)lens[b] > Lm) Lm = lens[b];
+        if (exact) att += (size_t)H * lens[b] * lens[b];
+    }
+    if (B < 1 || tr_reserve(s, T, B, Lm, att) != 0) {
+        snprintf(err, errlen, "cannot allocate activations for %zu tokens", T);
+        return NAN;
+    }
+    for (size_t i = 0; i < T; i++)
+        if (tokens[i] < 0 || tokens[i] >= TOK_VOCAB) { snprintf(err, errlen, "bad token"); return NAN; }
+    const int N = (int)T;
+    for (int b = 0, i = 0; b < B; b++)
+        for (int p = 0; p < lens[b]; p++) s->pos[i++] = p;
+
+    /* ---- forward ---- */
+    embed_forward(s->L[0].x_in, tokens, s->pos, P->embed, s->pe, N, d);
+    for (int l = 0; l < c->n_layers; l++) {
+        const pf_layer *W = &P->layers[l];
+        tr_layer_acts *A = &s->L[l];
+        layernorm_forward(A->h1, A->mean1, A->rstd1, A->x_in, W->ln1_w, W->ln1_b, N, d, c->norm_eps);
+        matmul_forward(A->q, A->h1, W->wq, W->bq, N, d, d);
+        matmul_forward(A->k, A->h1, W->wk, W->bk, N, d, d);
+        matmul_forward(A->v, A->h1, W->wv, W->bv, N, d, d);
+        size_t off = 0, aoff = 0;
+        for (int b = 0; b < B; b++) {
+            size_t o = off * d;
+            if (exact) {
+                exact_forward(A->a + o, A->att + aoff, A->q + o, A->k + o, A->v + o, lens[b], H, dh, 1);
+                aoff += (size_t)H * lens[b] * lens[b];
+            } else {
+                favor_state st = { A->phi_q + off * H * M, A->phi_k + off * H * M,
+                                   A->kv + (size_t)b * H * M * dh, A->z + (size_t)b * H * M,
+                                   A->den + off * H };
+                favor_forward(A->a + o, &st, A->q + o, A->k + o, A->v + o, W->proj, lens[b], H, dh, M, relu);
+            }
+            off += lens[b];
+        }
+        matmul_forward(s->tmp, A->a, W->wo, W->bo, N, d, d);
+        for (size_t i = 0; i < T * d; i++) A->x_mid[i] = A->x_in[i] + s->tmp[i];
+        layernorm_forward(A->h2, A->mean2, A->rstd2, A->x_mid, W->ln2_w, W->ln2_b, N, d, c->norm_eps);
+        matmul_forward(A->f1, A->h2, W->fc1_w, W->fc1_b, N, d, F);
+        gelu_forward(A->g, A->f1, T * F);
+        matmul_forward(s->tmp, A->g, W->fc2_w, W->fc2_b, N, F, d);
+        float *x_out = l + 1 < c->n_layers ? s->L[l + 1].x_in : s->x_final;
+        for (size_t i = 0; i < T * d; i++) x_out[i] = A->x_mid[i] + s->tmp[i];
+    }
+    layernorm_forward(s->lnf, s->meanf, s->rstdf, s->x_final, P->lnf_w, P->lnf_b, N, d, c->norm_eps);
+    matmul_forward(s->logits, s->lnf, P->head_w, P->head_b, N, d, TOK_NRES);
+    int ns = 0;
+    double loss = xent_forward_backward(s->dlogits, s->logits, targets, N, TOK_NRES, &ns);
+    if (n_scored) *n_scored = ns;
+
+    /* ---- backward ---- */
+    memset(grads, 0, m->n_params * sizeof(float));
+    tr_bind_grads(s, grads);
+    pf_params *G = &s->g;
+    memset(s->dh, 0, T * d * sizeof(float));
+    memset(s->dx, 0, T * d * sizeof(float));
+    matmul_backward(s->dh, G->head_w, G->head_b, s->dlogits, s->lnf, P->head_w, N, d, TOK_NRES);
+    layernorm_backward(s->dx, G->lnf_w, G->lnf_b, s->dh, s->x_final, P->lnf_w, s->meanf, s->rstdf, N, d);
+    for (int l = c->n_layers - 1; l >= 0; l--) {
+        const pf_layer *W = &P->layers[l];
+        pf_layer *GW = &G->layers[l];
+        tr_layer_acts *A = &s->L[l];
+        /* x_out = x_mid + fc2(gelu(fc1(ln2(x_mid)))); s->dx holds d x_out */
+        memset(s->dg, 0, T * F * sizeof(float));
+        matmul_backward(s->dg, GW->fc2_w, GW->fc2_b, s->dx, A->g, W->fc2_w, N, F, d);
+        memset(s->df, 0, T * F * sizeof(float));
+        gelu_backward(s->df, A->f1, s->dg, T * F);
+        memset(s->dh, 0, T * d * sizeof(float));
+        matmul_backward(s->dh, GW->fc1_w, GW->fc1_b, s->df, A->h2, W->fc1_w, N, d, F);
+        layernorm_backward(s->dx, GW->ln2_w, GW->ln2_b, s->dh, A->x_mid, W->ln2_w, A->mean2, A->rstd2, N, d);
+        /* x_mid = x_in + o(attn(q, k, v)); s->dx holds d x_mid */
+        memset(s->da, 0, T * d * sizeof(float));
+        matmul_backward(s->da, GW->wo, GW->bo, s->dx, A->a, W->wo, N, d, d);
+        size_t off = 0, aoff = 0;
+        for (int b = 0; b < B; b++) {
+            size_t o = off * d;
+            if (exact) {
+                exact_backward(s->dq + o, s->dk + o, s->dv + o, s->da + o, A->att + aoff, A->q + o,
+                               A->k + o, A->v + o, lens[b], H, dh, s->scratch);
+                aoff += (size_t)H * lens[b] * lens[b];
+            } else {
+                favor_state st = { A->phi_q + off * H * M, A->phi_k + off * H * M,
+                                   A->kv + (size_t)b * H * M * dh, A->z + (size_t)b * H * M,
+                                   A->den + off * H };
+                favor_backward(s->dq + o, s->dk + o, s->dv + o, s->da + o, A->a + o, &st, A->q + o,
+                               A->k + o, A->v + o, W->proj, lens[b], H, dh, M, relu, s->scratch);
+            }
+            off += lens[b];
+        }
+        memset(s->dh, 0, T * d * sizeof(float));
+        matmul_backward(s->dh, GW->wq, GW->bq, s->dq, A->h1, W->wq, N, d, d);
+        matmul_backward(s->dh, GW->wk, GW->bk, s->dk, A->h1, W->wk, N, d, d);
+        matmul_backward(s->dh, GW->wv, GW->bv, s->dv, A->h1, W->wv, N, d, d);
+        layernorm_backward(s->dx, GW->ln1_w, GW->ln1_b, s->dh, A->x_in, W->ln1_w, A->mean1, A->rstd1, N, d);
+    }
+    embed_backward(G->embed, s->dx, tokens, N, d);
+    return loss;
+}
+
+/* ---- options, schedule, optimiser ------------------------------------------------------------ */
+
+void tr_options_default(tr_options *o) {
+    memset(o, 0, sizeof *o);
+    o->cfg.n_layers = 4; o->cfg.d_model = 256; o->cfg.n_heads = 8; o->cfg.d_ff = 1024;
+    o->cfg.n_features = 64; o->cfg.kernel = PF_KERNEL_FAVOR_SOFTMAX; o->cfg.norm_eps = 1e-5f;
+    snprintf(o->cfg.name, sizeof o->cfg.name, "performer-protein");
+    o->kernel = PF_KERNEL_DEFAULT;
+    o->seed = 1; o->steps = 10000; o->warmup = 500;
+    o->lr = 1e-3; o->min_lr_frac = 0.1; o->weight_decay = 0.01; o->beta1 = 0.9; o->beta2 = 0.98;
+    o->clip = 1.0; o->crop = 512; o->batch_tokens = 8192; o->mask_rate = 0.15; o->redraw = 0;
+    o->ckpt_minutes = 10; o->eval_every = 500; o->eval_seqs = 500; o->threads = 2;
+}
+
+/* Returns the learning rate of step (0-based): linear warm-up, then cosine to min_lr_frac * lr. */
+static double tr_lr(const tr_options *o, long step) {
+    if (step < o->warmup) return o->lr * (step + 1) / (double)o->warmup;
+    double t = (double)(step - o->warmup) / (double)(o->steps > o->warmup ? o->steps - o->warmup : 1);
+    if (t > 1) t = 1;
+    double lo = o->lr * o->min_lr_frac;
+    return lo + 0.5 * (o->lr - lo) * (1 + cos(M_PI * t));
+}
+
+/* Optimiser state and the per-float flags of what is trained / decayed. */
+typedef struct {
+    float *m, *v;               /* Adam moments [n_params] */
+    unsigned char *kind;        /* 0 = frozen (proj), 1 = no decay, 2 = decay */
+    long step;                  /* optimiser steps done */
+    size_t cursor;              /* next training sequence */
+    long tokens;                /* tokens seen */
+    double elapsed;             /* seconds trained before this process */
+    rng_t rng;
+} tr_opt;
+
+/* Fills kind[] from the tensor table: proj frozen, matrices decayed, vectors not. */
+static void tr_kinds(pf_model *m, unsigned char *kind) {
+    pf_tensor_info info[16 * 256 + 8];
+    int n = pf_tensor_table(&m->cfg, &m->p, info, (int)(sizeof info / sizeof info[0]));
+    for (int i = 0; i < n; i++) {
+        size_t off = (size_t)(*info[i].slot - m->owned);
+        unsigned char k = strstr(info[i].name, "attn.proj") ? 0 : info[i].ndim == 2 ? 2 : 1;
+        memset(kind + off, k, info[i].numel);
+    }
+}
+
+/* Clips grads to o->clip global norm, then applies one AdamW step at learning rate lr. Returns
+ * the gradient norm before clipping. */
+static double tr_adamw(pf_model *m, tr_opt *st, float *grads, const tr_options *o, double lr) {
+    double ss = 0;
+    for (size_t i = 0; i < m->n_params; i++) ss += (double)grads[i] * grads[i];
+    double norm = sqrt(ss), scale = (o->clip > 0 && norm > o->clip) ? o->clip / norm : 1.0;
+    st->step++;
+    double bc1 = 1 - pow(o->beta1, (double)st->step), bc2 = 1 - pow(o->beta2, (double)st->step);
+    float b1 = (float)o->beta1, b2 = (float)o->beta2, wd = (float)o->weight_decay;
+    float *p = m->owned;
+    #pragma omp parallel for
+    for (size_t i = 0; i < m->n_params; i++) {
+        if (!st->kind[i]) continue;
+        float g = (float)(grads[i] * scale);
+        st->m[i] = b1 * st->m[i] + (1 - b1) * g;
+        st->v[i] = b2 * st->v[i] + (1 - b2) * g * g;
+        float upd = (float)((st->m[i] / bc1) / (sqrt(st->v[i] / bc2) + 1e-8));
+        if (st->kind[i] == 2) upd += wd * p[i];
+        p[i] -= (float)lr * upd;
+    }
+    return norm;
+}
+
+/* Redraws every layer's FAVOR+ projection for redraw number k (deterministic in seed, k). */
+static void tr_redraw(pf_model *m, uint64_t seed, long k) {
+    int dh = m->cfg.d_model / m->cfg.n_heads;
+    for (int l = 0; l < m->cfg.n_layers; l++)
+        pf_draw_projection(m->p.layers[l].proj, m->cfg.n_features, dh,
+                           seed * 0x9e3779b97f4a7c15ULL + (uint64_t)k * 1000003ULL + (uint64_t)l + 17);
+}
+
+/* ---- batches ---------------------------------------------------------------------------------- */
+
+typedef struct {
+    int32_t *tokens, *targets;
+    int *lens;
+    int B, T, cap_T, cap_B;
+} tr_batch;
+
+/* Appends one framed crop of residues r[0..n) with MLM corruption drawn from rng. */
+static void tr_batch_add(tr_batch *b, const uint8_t *r, size_t n, double rate, rng_t *rng) {
+    int32_t *t = b->tokens + b->T, *y = b->targets + b->T;
+    t[0] = TOK_CLS; y[0] = -1;
+    for (size_t i = 0; i < n; i++) {
+        int tok = r[i];
+        t[i + 1] = tok; y[i + 1] = -1;
+        if (tok_is_standard(tok) && rng_uniform(rng) < rate) {
+            y[i + 1] = tok - TOK_RES0;
+            double u = rng_uniform(rng);
+            if (u < 0.8) t[i + 1] = TOK_MASK;
+            else if (u < 0.9) t[i + 1] = TOK_RES0 + (int)rng_below(rng, TOK_NRES);
+        }
+    }
+    t[n + 1] = TOK_EOS; y[n + 1] = -1;
+    b->lens[b->B++] = (int)n + 2;
+    b->T += (int)n + 2;
+}
+
+/* Fills b with crops from set starting at *cursor until the token budget is reached. */
+static void tr_next_batch(tr_batch *b, const ds_set *set, size_t *cursor, const tr_options *o,
+                          rng_t *rng) {
+    b->B = 0; b->T = 0;
+    size_t count = ds_count(set);
+    for (size_t tries = 0; tries < count + 1; tries++) {
+        size_t n;
+        const uint8_t *r = ds_seq(set, *cursor % count, &n);
+        if (n == 0) { (*cursor)++; continue; }
+        size_t keep = n > (size_t)o->crop - 2 ? (size_t)o->crop - 2 : n;
+        if (b->B > 0 && (b->T + (int)keep + 2 > o->batch_tokens || b->B >= b->cap_B)) break;
+        size_t off = n > keep ? rng_below(rng, n - keep + 1) : 0;
+        tr_batch_add(b, r + off, keep, o->mask_rate, rng);
+        (*cursor)++;
+    }
+}
+
+/* ---- checkpoints ------------------------------------------------------------------------------ */
+
+#define TR_MAX_TENSORS (16 * 256 + 8)
+
+/* Writes model, Adam moments and loop state to path atomically. Returns 0 or -1 + err. */
+static int tr_save_ckpt(const char *path, pf_model *m, const tr_opt *st, const tr_options *o,
+                        char *err, size_t errlen) {
+    static pf_tensor_info info[TR_MAX_TENSORS];
+    int n = pf_tensor_table(&m->cfg, &m->p, info, TR_MAX_TENSORS);
+    st_out_tensor *t = calloc((size_t)n * 3, sizeof *t);
+    char (*names)[80] = calloc((size_t)n * 2, sizeof *names);
+    int rc = -1;
+    if (!t || !names) { snprintf(err, errlen, "out of memory"); goto cleanup; }
+    for (int i = 0; i < n; i++) {
+        size_t off = (size_t)(*info[i].slot - m->owned);
+        for (int j = 0; j < 3; j++) {
+            st_out_tensor *x = &t[i + j * n];
+            x->ndim = info[i].ndim;
+            for (int k = 0; k < info[i].ndim; k++) x->shape[k] = info[i].shape[k];
+            if (j == 0) { x->name = info[i].name; x->data = m->owned + off; }
+            else {
+                snprintf(names[i + (j - 1) * n], 80, "adam.%c.%.63s", j == 1 ? 'm' : 'v', info[i].name);
+                x->name = names[i + (j - 1) * n];
+                x->data = (j == 1 ? st->m : st->v) + off;
+            }
+        }
+    }
+    char v[16][64];
+    snprintf(v[0], 64, "%d", m->cfg.n_layers); snprintf(v[1], 64, "%d", m->cfg.d_model);
+    snprintf(v[2], 64, "%d", m->cfg.n_heads); snprintf(v[3], 64, "%d", m->cfg.d_ff);
+    snprintf(v[4], 64, "%d", m->cfg.n_features); snprintf(v[5], 64, "%s", pf_kernel_name(m->cfg.kernel));
+    snprintf(v[6], 64, "%.9g", m->cfg.norm_eps); snprintf(v[7], 64, "%ld", st->step);
+    snprintf(v[8], 64, "%zu", st->cursor); snprintf(v[9], 64, "%ld", st->tokens);
+    snprintf(v[10], 64, "%.3f", st->elapsed);
+    for (int i = 0; i < 4; i++) snprintf(v[11 + i], 64, "%016llx", (unsigned long long)st->rng.s[i]);
+    snprintf(v[15], 64, "%llu", (unsigned long long)o->seed);
+    const char *keys[] = { "n_layers", "d_model", "n_heads", "d_ff", "n_features", "kernel",
+                           "norm_eps", "step", "cursor", "tokens", "elapsed", "rng0", "rng1",
+                           "rng2", "rng3", "seed", "format", "name" };
+    const char *vals[] = { v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7], v[8], v[9], v[10],
+                           v[11], v[12], v[13], v[14], v[15], "performer-protein-checkpoint",
+                           m->cfg.name };
+    rc = st_write(path, t, n * 3, keys, vals, 18, err, errlen);
+cleanup:
+    free(t);
+    free(names);
+    return rc;
+}
+
+/* Parses metadata key of f as a long into *out; returns 0 or -1. */
+static int meta_long(const st_file *f, const char *key, long *out) {
+    const char *s = st_meta(f, key);
+    char *end;
+    if (!s) return -1;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (errno || *end || end == s) return -1;
+    *out = v;
+    return 0;
+}
+
+/* Loads a checkpoint: creates *mp and fills st (moments, loop state). Returns 0 or -1 + err. */
+static int tr_load_ckpt(const char *path, pf_model **mp, tr_opt *st, char *err, size_t errlen) {
+    st_file f = {0};
+    pf_model *m = NULL;
+    static pf_tensor_info info[TR_MAX_TENSORS];
+    if (st_open(&f, path, err, errlen) != 0) return -1;
+    pf_config c = {0};
+    long v[8];
+    const char *keys[] = { "n_layers", "d_model", "n_heads", "d_ff", "n_features", "step", "cursor", "tokens" };
+    for (int i = 0; i < 8; i++)
+        if (meta_long(&f, keys[i], &v[i]) != 0) {
+            snprintf(err, errlen, "%s: checkpoint metadata '%s' missing or invalid", path, keys[i]);
+            goto fail;
+        }
+    c.n_layers = (int)v[0]; c.d_model = (int)v[1]; c.n_heads = (int)v[2]; c.d_ff = (int)v[3];
+    c.n_features = (int)v[4];
+    const char *k = st_meta(&f, "kernel"), *eps = st_meta(&f, "norm_eps"), *nm = st_meta(&f, "name");
+    if (!k || pf_kernel_parse(k, &c.kernel) != 0 || !eps) {
+        snprintf(err, errlen, "%s: checkpoint kernel/norm_eps missing", path);
+        goto fail;
+    }
+    c.norm_eps = strtof(eps, NULL);
+    snprintf(c.name, sizeof c.name, "%s", nm ? nm : "performer-protein");
+    if (pf_model_init(&m, &c, 0, err, errlen) != 0) goto fail;
+    st->m = calloc(m->n_params, sizeof(float));
+    st->v = calloc(m->n_params, sizeof(float));
+    if (!st->m || !st->v) { snprintf(err, errlen, "out of memory"); goto fail; }
+    int n = pf_tensor_table(&m->cfg, &m->p, info, TR_MAX_TENSORS);
+    for (int i = 0; i < n; i++) {
+        size_t off = (size_t)(*info[i].slot - m->owned);
+        for (int j = 0; j < 3; j++) {
+            char name[96];
+            if (j == 0) snprintf(name, sizeof name, "%.63s", info[i].name);
+            else snprintf(name, sizeof name, "adam.%c.%.63s", j == 1 ? 'm' : 'v', info[i].name);
+            const st_tensor *t = st_find(&f, name);
+            if (!t || strcmp(t->dtype, "F32") != 0 || t->numel != info[i].numel) {
+                snprintf(err, errlen, "%s: checkpoint tensor '%s' missing or of the wrong shape", path, name);
+                goto fail;
+            }
+            float *dst = j == 0 ? m->owned + off : (j == 1 ? st->m : st->v) + off;
+            memcpy(dst, t->data, info[i].numel * sizeof(float));
+        }
+    }
+    st->step = v[5]; st->cursor = (size_t)v[6]; st->tokens = v[7];
+    const char *el = st_meta(&f, "elapsed");
+    st->elapsed = el ? atof(el) : 0;
+    for (int i = 0; i < 4; i++) {
+        char key[8];
+        snprintf(key, sizeof key, "rng%d", i);
+        const char *s = st_meta(&f, key);
+        if (!s) { snprintf(err, errlen, "%s: checkpoint metadata '%s' missing", path, key); goto fail; }
+        st->rng.s[i] = strtoull(s, NULL, 16);
+    }
+    st_close(&f);
+    *mp = m;
+    return 0;
+fail:
+    st_close(&f);
+    pf_model_free(m);
+    free(st->m); free(st->v);
+    st->m = st->v = NULL;
+    return -1;
+}
+
+/* ---- evaluation ------------------------------------------------------------------------------- */
+
+int tr_evaluate(const pf_model *m, pf_kernel kernel, const ds_set *set, double mask_rate,
+                uint64_t seed, long max_seqs, int max_len, const double *uni_in,
+                tr_eval_result *r, char *err, size_t errlen) {
+    memset(r, 0, sizeof *r);
+    size_t count = ds_count(set);
+    if (max_seqs > 0 && (size_t)max_seqs < count) count = (size_t)max_seqs;
+    double uni[TOK_NRES];
+    if (uni_in) memcpy(uni, uni_in, sizeof uni);
+    else {
+        double tot = 0;
+        for (int i = 0; i < TOK_NRES; i++) uni[i] = 1;   /* add-one smoothing */
+        for (size_t i = 0; i < count; i++) {
+            size_t n;
+            const uint8_t *s = ds_seq(set, i, &n);
+            for (size_t j = 0; j < n; j++) if (tok_is_standard(s[j])) uni[s[j] - TOK_RES0] += 1;
+        }
+        for (int i = 0; i < TOK_NRES; i++) tot += uni[i];
+        for (int i = 0; i < TOK_NRES; i++) uni[i] /= tot;
+    }
+    int uni_best = 0;
+    for (int i = 1; i < TOK_NRES; i++) if (uni[i] > uni[uni_best]) uni_best = i;
+    const size_t budget = 16384;
+    int rc = -1;
+    pf_ctx *ctx = pf_ctx_new(m);
+    size_t capT = budget + (size_t)(max_len > 0 ? max_len : 0) + 2;
+    for (size_t i = 0; i < count && max_len <= 0; i++) {
+        size_t n; ds_seq(set, i, &n);
+        if (n + 2 > capT) capT = n + 2;
+    }
+    int32_t *tok = malloc(capT * sizeof *tok), *tgt = malloc(capT * sizeof *tgt);
+    int *lens = malloc(capT * sizeof *lens);
+    float *logp = malloc(capT * TOK_NRES * sizeof *logp);
+    if (!ctx || !tok || !tgt || !lens || !logp) { snprintf(err, errlen, "out of memory"); goto cleanup; }
+    double nll = 0, uni_nll = 0;
+    long correct = 0, uni_correct = 0, scored = 0;
+    size_t i = 0;
+    while (i < count) {
+        size_t T = 0;
+        int B = 0;
+        while (i < count) {
+            size_t n;
+            const uint8_t *s = ds_seq(set, i, &n);
+            if (max_len > 0 && n > (size_t)max_len) n = (size_t)max_len;
+            if (B > 0 && T + n + 2 > budget) break;
+            rng_t rng;
+            rng_seed(&rng, seed * 0x9e3779b97f4a7c15ULL + i);
+            /* mask exactly round(rate * standard residues), at least one, chosen uniformly */
+            size_t nstd = 0;
+            for (size_t j = 0; j < n; j++) nstd += tok_is_standard(s[j]);
+            size_t want = (size_t)llround(mask_rate * (double)nstd);
+            if (want == 0 && nstd > 0) want = 1;
+            tok[T] = TOK_CLS; tgt[T] = -1;
+            size_t left = nstd;
+            for (size_t j = 0; j < n; j++) {
+                tok[T + 1 + j] = s[j]; tgt[T + 1 + j] = -1;
+                if (!tok_is_standard(s[j])) continue;
+                if (rng_uniform(&rng) * (double)left < (double)want) {
+                    tgt[T + 1 + j] = s[j] - TOK_RES0;
+                    tok[T + 1 + j] = TOK_MASK;
+                    want--;
+                }
+                left--;
+            }
+            tok[T + n + 1] = TOK_EOS; tgt[T + n + 1] = -1;
+            lens[B++] = (int)n + 2;
+            T += n + 2;
+            i++;
+        }
+        if (pf_forward(ctx, m, kernel, tok, lens, B, logp, NULL, err, errlen) != 0) goto cleanup;
+        for (size_t p = 0; p < T; p++) {
+            if (tgt[p] < 0) continue;
+            const float *lp = logp + p * TOK_NRES;
+            int best = 0;
+            for (int c = 1; c < TOK_NRES; c++) if (lp[c] > lp[best]) best = c;
+            nll -= lp[tgt[p]];
+            uni_nll -= log(uni[tgt[p]]);
+            correct += best == tgt[p];
+            uni_correct += uni_best == tgt[p];
+            scored++;
+        }
+        r->sequences += B;
+    }
+    r->residues = scored;
+    if (scored) {
+        r->nll = nll / scored;
+        r->perplexity = exp(r->nll);
+        r->accuracy = (double)correct / scored;
+        r->uni_perplexity = exp(uni_nll / scored);
+        r->uni_accuracy = (double)uni_correct / scored;
+    }
+    rc = 0;
+cleanup:
+    pf_ctx_free(ctx);
+    free(tok); free(tgt); free(lens); free(logp);
+    return rc;
+}
+
+/* ---- the loop --------------------------------------------------------------------------------- */
+
+static volatile sig_atomic_t g_stop;
+static void tr_on_signal(int sig) { (void)sig; g_stop = 1; }
+
+/* Returns monotonic seconds. */
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+/* Formats seconds as "1h02m" / "3m05s". */
+static void fmt_dur(char *buf, size_t n, double s) {
+    if (s < 0 || !isfinite(s)) { snprintf(buf, n, "?"); return; }
+    long t = (long)s;
+    if (t >= 3600) snprintf(buf, n, "%ldh%02ldm", t / 3600, (t % 3600) / 60);
+    else snprintf(buf, n, "%ldm%02lds", t / 60, t % 60);
+}
+
+/* Opens the data set at path (.bin or FASTA by extension / magic). */
+static int open_set(ds_set **out, const char *path, char *err, size_t errlen) {
+    size_t n = strlen(path);
+    if (n > 4 && strcmp(path + n - 4, ".bin") == 0) return ds_open(out, path, err, errlen);
+    return ds_load_fasta(out, path, err, errlen);
+}
+
+int tr_run(const tr_options *o, int *interrupted, char *err, size_t errlen) {
+    int rc = -1;
+    pf_model *m = NULL;
+    ds_set *train = NULL, *valid = NULL;
+    tr_state *s = NULL;
+    float *grads = NULL;
+    tr_batch b = {0};
+    tr_opt st = {0};
+    FILE *logf = NULL;
+    struct sigaction sa = {0}, old_int, old_term;
+    *interrupted = 0;
+    g_stop = 0;
+    pf_set_threads(o->threads);
+
+    const char *tpath = o->fasta ? o->fasta : o->data;
+    if (!tpath) { snprintf(err, errlen, "no training data: give --data FILE.bin or --fasta FILE"); return -1; }
+    if (open_set(&train, tpath, err, errlen) != 0) goto cleanup;
+    if (ds_count(train) == 0) { snprintf(err, errlen, "%s: no sequences", tpath); goto cleanup; }
+    if (o->valid && open_set(&valid, o->valid, err, errlen) != 0) goto cleanup;
+
+    if (o->resume && o->ckpt && access(o->ckpt, R_OK) == 0) {
+        if (tr_load_ckpt(o->ckpt, &m, &st, err, errlen) != 0) goto cleanup;
+        fprintf(stderr, "resumed from %s at step %ld (%ld tokens)\n", o->ckpt, st.step, st.tokens);
+    } else {
+        if (o->init) {
+            pf_model *src = NULL;
+            if (pf_model_load(&src, o->init, err, errlen) != 0) goto cleanup;
+            int r2 = pf_model_clone_owned(&m, src, err, errlen);
+            pf_model_free(src);
+            if (r2 != 0) goto cleanup;
+        } else if (pf_model_init(&m, &o->cfg, o->seed, err, errlen) != 0) {
+            goto cleanup;
+        }
+        st.m = calloc(m->n_params, sizeof(float));
+        st.v = calloc(m->n_params, sizeof(float));
+        rng_seed(&st.rng, o->seed ^ 0x5eedULL);
+        st.cursor = 0;
+    }
+    st.kind = malloc(m->n_params);
+    grads = malloc(m->n_params * sizeof(float));
+    s = tr_state_new(m);
+    b.cap_T = o->batch_tokens + o->crop;
+    b.cap_B = b.cap_T / 3 + 1;
+    b.tokens = malloc(b.cap_T * sizeof(int32_t));
+    b.targets = malloc(b.cap_T * sizeof(int32_t));
+    b.lens = malloc(b.cap_B * sizeof(int));
+    if (!st.m || !st.v || !st.kind || !grads || !s || !b.tokens || !b.targets || !b.lens) {
+        snprintf(err, errlen, "out of memory");
+        goto cleanup;
+    }
+    tr_kinds(m, st.kind);
+    if (o->log) {
+        int exists = access(o->log, F_OK) == 0;
+        logf = fopen(o->log, o->resume && exists ? "a" : "w");
+        if (!logf) { snprintf(err, errlen, "%s: %s", o->log, strerror(errno)); goto cleanup; }
+        if (!(o->resume && exists))
+            fprintf(logf, "step,tokens,elapsed_s,lr,loss,grad_norm,tokens_per_s,val_ppl,val_acc,val_uni_ppl\n");
+    }
+    sa.sa_handler = tr_on_signal;
+    sigaction(SIGINT, &sa, &old_int);
+    sigaction(SIGTERM, &sa, &old_term);
+
+    pf_kernel kernel = o->kernel == PF_KERNEL_DEFAULT ? m->cfg.kernel : o->kernel;
+    fprintf(stderr, "training %s: %d layers, d %d, %d heads, d_ff %d, %d features, %zu params, kernel %s, "
+            "%zu sequences\n", m->cfg.name, m->cfg.n_layers, m->cfg.d_model, m->cfg.n_heads, m->cfg.d_ff,
+            m->cfg.n_features, m->n_params, pf_kernel_name(kernel), ds_count(train));
+    double t0 = now_s(), t_proc = t0, last_ckpt = t0, rate_t = t0, val_ppl = NAN, val_acc = NAN, val_uni = NAN;
+    long rate_tok = 0;
+    double rate = 0, loss_ema = NAN;
+    int tty = isatty(2);
+    while (st.step < o->steps && !g_stop) {
+        if (o->redraw > 0 && st.step % o->redraw == 0 && st.step > 0) tr_redraw(m, o->seed, st.step / o->redraw);
+        tr_next_batch(&b, train, &st.cursor, o, &st.rng);
+        int ns = 0;
+        double loss = tr_forward_backward(s, kernel, b.tokens, b.lens, b.B, b.targets, grads, &ns, err, errlen);
+        if (!isfinite(loss)) {
+            if (isnan(loss) && err[0]) goto cleanup;
+            snprintf(err, errlen, "loss became %g at step %ld; lower --lr", loss, st.step);
+            goto cleanup;
+        }
+        double lr = tr_lr(o, st.step);
+        double gn = tr_adamw(m, &st, grads, o, lr);
+        st.tokens += b.T;
+        rate_tok += b.T;
+        loss_ema = isnan(loss_ema) ? loss : 0.98 * loss_ema + 0.02 * loss;
+        double now = now_s();
+        if (now - rate_t > 5) { rate = rate_tok / (now - rate_t); rate_t = now; rate_tok = 0; }
+        else if (rate == 0) rate = rate_tok / (now - rate_t + 1e-9);
+        int do_eval = valid && o->eval_every > 0 && (st.step % o->eval_every == 0 || st.step == o->steps);
+        if (do_eval) {
+            tr_eval_result r;
+            if (tr_evaluate(m, kernel, valid, o->mask_rate, 12345, o->eval_seqs, 1022, NULL, &r, err, errlen) != 0)
+                goto cleanup;
+            val_ppl = r.perplexity; val_acc = r.accuracy; val_uni = r.uni_perplexity;
+        }
+        double elapsed = st.elapsed + (now - t0);
+        if (logf) {
+            fprintf(logf, "%ld,%ld,%.1f,%.6g,%.5f,%.4f,%.0f,", st.step, st.tokens, elapsed, lr, loss, gn, rate);
+            if (do_eval) fprintf(logf, "%.4f,%.4f,%.4f\n", val_ppl, val_acc, val_uni);
+            else fprintf(logf, ",,\n");
+            if (do_eval || st.step % 50 == 0) fflush(logf);
+        }
+        if (!o->quiet && (tty || st.step % 50 == 0 || do_eval)) {
+            char eta[32];
+            double sps = st.step > 0 ? (now - t0) / (double)st.step : 0;
+            fmt_dur(eta, sizeof eta, sps * (double)(o->steps - st.step));
+            int w = 24, fill = (int)(w * (double)st.step / (double)o->steps);
+            char bar[32];
+            for (int i = 0; i < w; i++) bar[i] = i < fill ? '#' : '.';
+            bar[w] = 0;
+            fprintf(stderr, "%s[%s] step %ld/%ld | %.0f tok/s | loss %.4f | val ppl %.3f acc %.3f | ETA %s%s",
+                    tty ? "\r" : "", bar, st.step, o->steps, rate, loss_ema, val_ppl, val_acc, eta,
+                    tty ? "   " : "\n");
+        }
+        if (o->ckpt && (now - last_ckpt > o->ckpt_minutes * 60)) {
+            st.elapsed = elapsed; t0 = now;
+            if (tr_save_ckpt(o->ckpt, m, &st, o, err, errlen) != 0) goto cleanup;
+            last_ckpt = now;
+        }
+        if (o->max_minutes > 0 && now - t_proc > o->max_minutes * 60) g_stop = 1;  /* budget spent */
+    }
+    if (tty && !o->quiet) fputc('\n', stderr);
+    st.elapsed += now_s() - t0;
+    if (o->ckpt && tr_save_ckpt(o->ckpt, m, &st, o, err, errlen) != 0) goto cleanup;
+    if (g_stop) {
+        *interrupted = 1;
+        fprintf(stderr, "stopped at step %ld; checkpoint %s (resume with --resume)\n", st.step, o->ckpt ? o->ckpt : "(none)");
+    }
+    if (o->out && (!g_stop || st.step >= o->steps)) {
+        m->cfg.trained = 1;
+        snprintf(m->cfg.provenance, sizeof m->cfg.provenance,
+                 "{\"trainer\":\"bin/performer train\",\"data\":\"%s\",\"steps\":%ld,\"tokens\":%ld,"
+                 "\"seconds\":%.0f,\"seed\":%llu,\"lr\":%g,\"crop\":%d,\"batch_tokens\":%d,\"kernel\":\"%s\","
+                 "\"val_perplexity\":%.4f,\"val_accuracy\":%.4f}", tpath, st.step, st.tokens, st.elapsed,
+                 (unsigned long long)o->seed, o->lr, o->crop, o->batch_tokens, pf_kernel_name(kernel),
+                 val_ppl, val_acc);
+        m->cfg.kernel = kernel;
+        if (pf_model_save(m, o->out, err, errlen) != 0) goto cleanup;
+        fprintf(stderr, "saved %s (sha256 %s)\n", o->out, m->sha256);
+    }
+    rc = 0;
+cleanup:
+    if (logf) fclose(logf);
+    sigaction(SIGINT, &old_int, NULL);
+    sigaction(SIGTERM, &old_term, NULL);
+    tr_state_free(s);
+    free(grads); free(st.m); free(st.v); free(st.kind);
+    free(b.tokens); free(b.targets); free(b.lens);
+    ds_close(train); ds_close(valid);
+    pf_model_free(m);
+    return rc;
+}

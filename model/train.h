@@ -1,0 +1,77 @@
+/* train.h - masked-LM training of the Performer in C (prefix tr_): forward with saved
+ * activations, backward, AdamW, checkpoints, the training loop and evaluation. */
+#ifndef PF_TRAIN_H
+#define PF_TRAIN_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include "model.h"
+
+/* Activations and gradient scratch for one model; grows to the largest batch seen. */
+typedef struct tr_state tr_state;
+
+/* Returns a new training state for model m (owned parameters), or NULL when out of memory. */
+tr_state *tr_state_new(pf_model *m);
+
+/* Frees a training state. NULL is fine. */
+void tr_state_free(tr_state *s);
+
+/* Runs forward and backward on B framed sequences (tokens packed, lens[b] each) with targets
+ * (class 0..19 per position, -1 = unscored). OVERWRITES grads [n_params] (canonical order) with the
+ * gradient of the mean masked-LM loss, which it returns (NaN on error, with err set). proj is a
+ * constant (its gradient stays 0). *n_scored receives the number of scored positions. */
+double tr_forward_backward(tr_state *s, pf_kernel kernel, const int32_t *tokens, const int *lens,
+                           int B, const int32_t *targets, float *grads, int *n_scored, char *err,
+                           size_t errlen);
+
+/* Options of `performer train`. */
+typedef struct {
+    const char *data;           /* training .bin (weights/data/train.bin) or NULL with fasta */
+    const char *valid;          /* validation .bin or .fasta, may be NULL */
+    const char *fasta;          /* training FASTA (fine-tuning), or NULL */
+    const char *init;           /* start from these weights (fine-tuning), or NULL */
+    const char *out;            /* final weights path */
+    const char *ckpt;           /* checkpoint path (resume reads it) */
+    const char *log;            /* CSV log path, or NULL */
+    int resume;
+    pf_config cfg;              /* architecture when not --init */
+    pf_kernel kernel;           /* kernel to train (DEFAULT = cfg's) */
+    uint64_t seed;
+    long steps;                 /* total optimiser steps (schedule length) */
+    long warmup;                /* warm-up steps */
+    double lr, min_lr_frac, weight_decay, beta1, beta2, clip;
+    int crop;                   /* maximum framed length of a training crop */
+    int batch_tokens;           /* token budget per batch */
+    double mask_rate;           /* 0.15 */
+    long redraw;                /* redraw FAVOR projections every N steps (0 = never) */
+    double ckpt_minutes;        /* checkpoint interval */
+    double max_minutes;         /* stop (after a checkpoint) when this wall time is spent; 0 = none */
+    long eval_every;            /* validation every N steps */
+    int eval_seqs;              /* validation sequences used */
+    int quiet;                  /* no progress bar */
+    int threads;
+} tr_options;
+
+/* Fills o with the defaults. */
+void tr_options_default(tr_options *o);
+
+/* Runs training per o (resuming when o->resume). Returns 0, or -1 with err. Saves a checkpoint on
+ * SIGINT/SIGTERM and returns 0 after it (with *interrupted = 1). */
+int tr_run(const tr_options *o, int *interrupted, char *err, size_t errlen);
+
+/* Result of an evaluation pass. */
+typedef struct {
+    double nll, perplexity, accuracy;           /* model, over the 20 standard residues */
+    double uni_perplexity, uni_accuracy;        /* unigram baseline on the same masks */
+    long residues;                              /* positions scored */
+    long sequences;
+} tr_eval_result;
+
+struct ds_set;
+/* Evaluates m on set (masking mask_rate of the standard residues of each sequence with seed,
+ * whole sequences, up to max_seqs (0 = all)) with unigram frequencies uni[20] (NULL = from the set). */
+int tr_evaluate(const pf_model *m, pf_kernel kernel, const struct ds_set *set, double mask_rate,
+                uint64_t seed, long max_seqs, int max_len, const double *uni, tr_eval_result *r,
+                char *err, size_t errlen);
+
+#endif
