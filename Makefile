@@ -7,7 +7,8 @@ BIN     ?= bin
 OBJ     ?= build/obj
 CFLAGS  += $(OPT) $(SAN) -g -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -fopenmp -Imodel -Iserver
 LDFLAGS += $(SAN) -fopenmp
-LDLIBS_MODEL  = -lopenblas -ljansson -lcrypto -lm -lpthread
+OPENBLAS_DIR ?= /usr/lib/x86_64-linux-gnu/openblas-openmp
+LDLIBS_MODEL  = -L$(OPENBLAS_DIR) -Wl,-rpath,$(OPENBLAS_DIR) -lopenblas -ljansson -lcrypto -lm -lpthread
 LDLIBS_SERVER = -lmicrohttpd -lsqlite3 $(LDLIBS_MODEL)
 
 MODEL_SRC  := $(filter-out model/cli.c,$(wildcard model/*.c))
@@ -61,6 +62,10 @@ weights/model.safetensors:
 run: all weights/model.safetensors
 	@mkdir -p var
 	$(BIN)/performerd --weights weights/model.safetensors --db var/cache.sqlite
+
+# Builds the training corpus from Debian's metastudent-data (see weights/DATA.md).
+data:
+	bash weights/make_data.sh
 
 clean:
 	rm -rf build bin

@@ -6,5 +6,5 @@ SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO=sudo
 $SUDO apt-get update -qq
 $SUDO apt-get install -y -qq --no-install-recommends \
     build-essential ca-certificates curl pkg-config \
-    libmicrohttpd-dev libjansson-dev libopenblas-dev libsqlite3-dev libssl-dev \
+    libmicrohttpd-dev libjansson-dev libopenblas-dev libopenblas-openmp-dev libsqlite3-dev libssl-dev \
     sqlite3 python3 >/dev/null

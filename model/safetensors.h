@@ -59,4 +59,7 @@ int st_write(const char *path, const st_out_tensor *t, int n, const char *const 
 /* Computes the lower-case hex SHA-256 (65 bytes with NUL) of len bytes at data (libcrypto). */
 void st_sha256_hex(const void *data, size_t len, char out[65]);
 
+/* Computes the lower-case hex SHA-256 of the whole file at path (streamed). Returns 0 or -1 + err. */
+int st_sha256_file(const char *path, char out[65], char *err, size_t errlen);
+
 #endif

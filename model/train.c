@@ -102,7 +102,7 @@ static int tr_reserve(tr_state *s, size_t T, size_t B, size_t Lm, size_t att) {
 
 /* Points s->g's tensors into grads (canonical order). */
 static void tr_bind_grads(tr_state *s, float *grads) {
-    pf_tensor_info info[16 * 256 + 8];
+    static pf_tensor_info info[17 * 256 + 5];
     s->g.layers = s->g_layers;
     int n = pf_tensor_table(&s->m->cfg, &s->g, info, (int)(sizeof info / sizeof info[0]));
     float *p = grads;
@@ -258,7 +258,7 @@ typedef struct {
 
 /* Fills kind[] from the tensor table: proj frozen, matrices decayed, vectors not. */
 static void tr_kinds(pf_model *m, unsigned char *kind) {
-    pf_tensor_info info[16 * 256 + 8];
+    static pf_tensor_info info[17 * 256 + 5];
     int n = pf_tensor_table(&m->cfg, &m->p, info, (int)(sizeof info / sizeof info[0]));
     for (int i = 0; i < n; i++) {
         size_t off = (size_t)(*info[i].slot - m->owned);
@@ -344,7 +344,7 @@ static void tr_next_batch(tr_batch *b, const ds_set *set, size_t *cursor, const 
 
 /* ---- checkpoints ------------------------------------------------------------------------------ */
 
-#define TR_MAX_TENSORS (16 * 256 + 8)
+#define TR_MAX_TENSORS (17 * 256 + 5)
 
 /* Writes model, Adam moments and loop state to path atomically. Returns 0 or -1 + err. */
 static int tr_save_ckpt(const char *path, pf_model *m, const tr_opt *st, const tr_options *o,
