@@ -23,10 +23,12 @@ static const char *USAGE =
     "  train   --data train.bin | --fasta F  [--valid F] --out F [--ckpt F] [--resume]\n"
     "          [--init weights] [--log F.csv] [--steps N] [--warmup N] [--lr X]\n"
     "          [--crop N] [--batch-tokens N] [--redraw N] [--seed S] [--threads N]\n"
-    "          [--ckpt-minutes X] [--max-minutes X] [--eval-every N] [--eval-seqs N]\n"
+    "          [--ckpt-minutes X] [--max-minutes X] [--stop-after N] [--eval-every N]\n"
+    "          [--eval-seqs N] [--train-kernel K]\n"
     "          [architecture options of init]    masked-LM training (see weights/TRAINING.md)\n"
     "  eval    --weights F --fasta F [--mask-rate 0.15] [--seed S] [--kernel K]\n"
     "          [--max-seqs N] [--unigram F]      perplexity/accuracy vs a unigram baseline (JSON)\n"
+    "  export  --ckpt F --out F                  write a checkpoint's model as a weights file\n"
     "\n"
     "common: --threads N (default 2)\n";
 
@@ -254,6 +256,7 @@ static int cmd_train(int argc, char **argv) {
         else if (strcmp(a, "--warmup") == 0) { if (parse_long(a, v, 1, 100000000L, &o.warmup)) return 2; }
         else if (strcmp(a, "--redraw") == 0) { if (parse_long(a, v, 0, 100000000L, &o.redraw)) return 2; }
         else if (strcmp(a, "--eval-every") == 0) { if (parse_long(a, v, 0, 100000000L, &o.eval_every)) return 2; }
+        else if (strcmp(a, "--stop-after") == 0) { if (parse_long(a, v, 1, 100000000L, &o.stop_after)) return 2; }
         else if (strcmp(a, "--eval-seqs") == 0) { if (parse_long(a, v, 1, 10000000L, &x)) return 2; o.eval_seqs = (int)x; }
         else if (strcmp(a, "--crop") == 0) { if (parse_long(a, v, 8, 1000000L, &x)) return 2; o.crop = (int)x; }
         else if (strcmp(a, "--batch-tokens") == 0) { if (parse_long(a, v, 8, 100000000L, &x)) return 2; o.batch_tokens = (int)x; }
@@ -340,6 +343,26 @@ cleanup:
     return rc;
 }
 
+/* `performer export`. */
+static int cmd_export(int argc, char **argv) {
+    const char *ck = NULL, *out = NULL;
+    for (int i = 2; i < argc; i++) {
+        const char *a = argv[i], *v;
+        if (!(v = arg_val(argc, argv, &i))) return 2;
+        if (strcmp(a, "--ckpt") == 0) ck = v;
+        else if (strcmp(a, "--out") == 0) out = v;
+        else { fprintf(stderr, "performer export: unknown option %s\n", a); return 2; }
+    }
+    if (!ck || !out) { fprintf(stderr, "performer export: --ckpt F and --out F are required\n"); return 2; }
+    char err[512];
+    if (tr_export(ck, out, err, sizeof err) != 0) { fprintf(stderr, "performer export: %s\n", err); return 1; }
+    pf_model *m = NULL;
+    if (pf_model_load(&m, out, err, sizeof err) != 0) { fprintf(stderr, "performer export: %s\n", err); return 1; }
+    print_info(m);
+    pf_model_free(m);
+    return 0;
+}
+
 int main(int argc, char **argv) {
     if (argc < 2 || strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0 || strcmp(argv[1], "help") == 0) {
         fputs(USAGE, argc < 2 ? stderr : stdout);
@@ -352,6 +375,7 @@ int main(int argc, char **argv) {
     if (strcmp(c, "predict") == 0) return cmd_predict(argc, argv);
     if (strcmp(c, "train") == 0) return cmd_train(argc, argv);
     if (strcmp(c, "eval") == 0) return cmd_eval(argc, argv);
+    if (strcmp(c, "export") == 0) return cmd_export(argc, argv);
     fprintf(stderr, "performer: unknown command '%s'\n\n%s", c, USAGE);
     return 2;
 }

@@ -467,6 +467,20 @@ fail:
     return -1;
 }
 
+int tr_export(const char *ckpt, const char *out, char *err, size_t errlen) {
+    pf_model *m = NULL;
+    tr_opt st = {0};
+    if (tr_load_ckpt(ckpt, &m, &st, err, errlen) != 0) return -1;
+    m->cfg.trained = 1;
+    snprintf(m->cfg.provenance, sizeof m->cfg.provenance,
+             "{\"trainer\":\"bin/performer train\",\"exported_from\":\"%s\",\"steps\":%ld,\"tokens\":%ld,"
+             "\"seconds\":%.0f}", ckpt, st.step, st.tokens, st.elapsed);
+    int rc = pf_model_save(m, out, err, errlen);
+    pf_model_free(m);
+    free(st.m); free(st.v);
+    return rc;
+}
+
 /* ---- evaluation ------------------------------------------------------------------------------- */
 
 int tr_evaluate(const pf_model *m, pf_kernel kernel, const ds_set *set, double mask_rate,
@@ -660,7 +674,7 @@ int tr_run(const tr_options *o, int *interrupted, char *err, size_t errlen) {
             "%zu sequences\n", m->cfg.name, m->cfg.n_layers, m->cfg.d_model, m->cfg.n_heads, m->cfg.d_ff,
             m->cfg.n_features, m->n_params, pf_kernel_name(kernel), ds_count(train));
     double t0 = now_s(), t_proc = t0, last_ckpt = t0, rate_t = t0, val_ppl = NAN, val_acc = NAN, val_uni = NAN;
-    long rate_tok = 0;
+    long rate_tok = 0, steps_here = 0;
     double rate = 0, loss_ema = NAN;
     int tty = isatty(2);
     while (st.step < o->steps && !g_stop) {
@@ -713,6 +727,7 @@ int tr_run(const tr_options *o, int *interrupted, char *err, size_t errlen) {
             last_ckpt = now;
         }
         if (o->max_minutes > 0 && now - t_proc > o->max_minutes * 60) g_stop = 1;  /* budget spent */
+        if (o->stop_after > 0 && ++steps_here >= o->stop_after) g_stop = 1;
     }
     if (tty && !o->quiet) fputc('\n', stderr);
     st.elapsed += now_s() - t0;

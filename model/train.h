@@ -48,6 +48,7 @@ typedef struct {
     double max_minutes;         /* stop (after a checkpoint) when this wall time is spent; 0 = none */
     long eval_every;            /* validation every N steps */
     int eval_seqs;              /* validation sequences used */
+    long stop_after;            /* stop (after a checkpoint) after this many steps in this process; 0 = no */
     int quiet;                  /* no progress bar */
     int threads;
 } tr_options;
@@ -58,6 +59,10 @@ void tr_options_default(tr_options *o);
 /* Runs training per o (resuming when o->resume). Returns 0, or -1 with err. Saves a checkpoint on
  * SIGINT/SIGTERM and returns 0 after it (with *interrupted = 1). */
 int tr_run(const tr_options *o, int *interrupted, char *err, size_t errlen);
+
+/* Writes the model of checkpoint ckpt as a weights file out (trained = true, provenance = the
+ * checkpoint's step and tokens). Returns 0 or -1 with err. */
+int tr_export(const char *ckpt, const char *out, char *err, size_t errlen);
 
 /* Result of an evaluation pass. */
 typedef struct {

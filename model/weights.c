@@ -509,7 +509,10 @@ int pf_model_init(pf_model **out, const pf_config *cfg, uint64_t seed, char *err
         } else if (ENDS("ln1.weight") || ENDS("ln2.weight") || ENDS("final_ln.weight")) {
             for (size_t k = 0; k < tab[i].numel; k++) p[k] = 1.0f;
         } else {
-            double s = (ENDS("attn.o.weight") || ENDS("ffn.fc2.weight")) ? std_out : std;
+            /* token embeddings at unit scale so that they are not drowned by the sinusoidal
+             * position encoding (entries of size ~1) */
+            double s = ENDS("embed.weight") ? 1.0
+                     : (ENDS("attn.o.weight") || ENDS("ffn.fc2.weight")) ? std_out : std;
             for (size_t k = 0; k < tab[i].numel; k++) p[k] = (float)(s * rng_normal(&r));
         }
 #undef ENDS
