@@ -19,7 +19,7 @@ UNIT_SRC   := $(wildcard tests/unit/test_*.c)
 UNIT_BIN   := $(UNIT_SRC:tests/unit/%.c=$(BIN)/tests/%)
 PROGS      := $(BIN)/performer $(if $(wildcard server/main.c),$(BIN)/performerd)
 
-.PHONY: all test unit asan asan-test fixtures deps run data bench clean
+.PHONY: all test unit asan asan-test fixtures deps run data bench clean docker-test
 all: $(PROGS) $(UNIT_BIN)
 
 $(OBJ)/%.o: %.c $(wildcard model/*.h server/*.h)
@@ -66,6 +66,10 @@ run: all weights/model.safetensors
 # Builds the training corpus from Debian's metastudent-data (see weights/DATA.md).
 data:
 	bash weights/make_data.sh
+
+# Builds the container image with podman and runs it end to end (docker/test.sh).
+docker-test:
+	bash docker/test.sh
 
 clean:
 	rm -rf build bin
