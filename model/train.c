@@ -450,8 +450,8 @@ static int tr_load_ckpt(const char *path, pf_model **mp, tr_opt *st, char *err, 
     const char *el = st_meta(&f, "elapsed");
     st->elapsed = el ? atof(el) : 0;
     for (int i = 0; i < 4; i++) {
-        char key[8];
-        snprintf(key, sizeof key, "rng%d", i);
+        char key[16];
+        snprintf(key, sizeof key, "rng%d", i & 3);
         const char *s = st_meta(&f, key);
         if (!s) { snprintf(err, errlen, "%s: checkpoint metadata '%s' missing", path, key); goto fail; }
         st->rng.s[i] = strtoull(s, NULL, 16);

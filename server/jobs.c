@@ -1,0 +1,450 @@
+/* jobs.c - bounded inference queue, batching workers, deadline watchdog, draining (see jobs.h). */
+#include "jobs.h"
+#include "cache.h"
+#include "metrics.h"
+#include "util.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+enum { JS_QUEUED, JS_RUNNING, JS_DONE };
+
+static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t cv_work, cv_idle, cv_watch;
+static jb_job *q_head, *q_tail;       /* waiting jobs, FIFO */
+static jb_job **live;                 /* jobs not yet done (queued or running) */
+static long n_live, live_cap;
+static long q_len, n_running, reserved, outstanding;
+static int draining, closed, stopping, started;
+static jb_config cfg;
+static const pf_model *model;
+static json_t *model_json;
+static pthread_t *workers, watchdog;
+static int n_workers;
+
+/* Returns an absolute CLOCK_MONOTONIC time seconds from now for timed waits. */
+static struct timespec abs_in(double seconds) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    double t = (double)ts.tv_sec + ts.tv_nsec * 1e-9 + seconds;
+    ts.tv_sec = (time_t)t;
+    ts.tv_nsec = (long)((t - (double)ts.tv_sec) * 1e9);
+    return ts;
+}
+
+/* Drops one reference (lock held); frees the job at zero. */
+static void unref_locked(jb_job *j) {
+    if (--j->refs > 0) return;
+    pr_free(j->req);
+    free(j->body);
+    free(j);
+}
+
+/* Removes j from the live list (lock held). */
+static void live_remove(jb_job *j) {
+    for (long i = 0; i < n_live; i++)
+        if (live[i] == j) {
+            live[i] = live[--n_live];
+            return;
+        }
+}
+
+/* Removes j from the queue (lock held); returns 1 when it was queued. */
+static int queue_remove(jb_job *j) {
+    jb_job **pp = &q_head, *prev = NULL;
+    while (*pp && *pp != j) {
+        prev = *pp;
+        pp = &(*pp)->next;
+    }
+    if (!*pp) return 0;
+    *pp = j->next;
+    if (q_tail == j) q_tail = prev;
+    j->next = NULL;
+    q_len--;
+    return 1;
+}
+
+/* Marks j done with an error or with its already-set 200 body and calls its callback (lock held). */
+static void finish_locked(jb_job *j, int status, const char *type, const char *msg) {
+    if (j->state == JS_DONE) return;
+    j->status = status;
+    if (type) snprintf(j->err_type, sizeof j->err_type, "%s", type);
+    if (msg) snprintf(j->err_msg, sizeof j->err_msg, "%s", msg);
+    if (j->state == JS_RUNNING) n_running--;
+    j->state = JS_DONE;
+    live_remove(j);
+    outstanding--;
+    pthread_cond_broadcast(&cv_idle);
+    j->done(j, j->arg);
+}
+
+/* Reserves a queue slot. */
+int jb_reserve(void) {
+    pthread_mutex_lock(&mu);
+    int rc = 0;
+    if (draining) rc = -2;
+    else if (q_len + reserved >= cfg.queue_cap) rc = -1;
+    else {
+        reserved++;
+        outstanding++;
+    }
+    pthread_mutex_unlock(&mu);
+    if (rc == -1) mt_rejected();
+    return rc;
+}
+
+/* Gives back an unused reservation. */
+void jb_unreserve(void) {
+    pthread_mutex_lock(&mu);
+    reserved--;
+    outstanding--;
+    pthread_cond_broadcast(&cv_idle);
+    pthread_mutex_unlock(&mu);
+}
+
+/* Enqueues a job using a reservation. */
+jb_job *jb_submit(pr_request *req, double deadline, jb_done_fn done, void *arg) {
+    jb_job *j = calloc(1, sizeof *j);
+    pthread_mutex_lock(&mu);
+    reserved--;
+    if (j && n_live == live_cap) {
+        long nc = live_cap ? live_cap * 2 : 64;
+        jb_job **p = realloc(live, (size_t)nc * sizeof *p);
+        if (p) {
+            live = p;
+            live_cap = nc;
+        }
+    }
+    if (!j || n_live == live_cap) {
+        /* Out of memory: NULL (the caller answers 503) or a job already done with 503. */
+        outstanding--;
+        pthread_cond_broadcast(&cv_idle);
+        pthread_mutex_unlock(&mu);
+        pr_free(req);
+        if (!j) return NULL;
+        j->refs = 1;
+        j->state = JS_DONE;
+        j->status = 503;
+        snprintf(j->err_type, sizeof j->err_type, "out_of_memory");
+        snprintf(j->err_msg, sizeof j->err_msg, "out of memory; retry later");
+        done(j, arg);
+        return j;
+    }
+    j->req = req;
+    j->t_submit = ut_mono();
+    j->deadline = deadline;
+    j->done = done;
+    j->arg = arg;
+    j->refs = 2;                      /* caller + queue/worker */
+    j->state = JS_QUEUED;
+    live[n_live++] = j;
+    if (closed) {                     /* draining already gave up waiting: answer at once */
+        finish_locked(j, 503, "shutting_down", "the server is shutting down; retry on another instance");
+        unref_locked(j);
+    } else {
+        if (q_tail) q_tail->next = j;
+        else q_head = j;
+        q_tail = j;
+        q_len++;
+        pthread_cond_signal(&cv_work);
+    }
+    pthread_mutex_unlock(&mu);
+    return j;
+}
+
+/* Drops the caller's reference. */
+void jb_release(jb_job *j) {
+    if (!j) return;
+    pthread_mutex_lock(&mu);
+    unref_locked(j);
+    pthread_mutex_unlock(&mu);
+}
+
+/* Reports queue depth and running jobs. */
+void jb_counts(long *queued, long *running) {
+    pthread_mutex_lock(&mu);
+    *queued = q_len + reserved;
+    *running = n_running;
+    pthread_mutex_unlock(&mu);
+}
+
+/* Returns 1 while draining. */
+int jb_draining(void) {
+    pthread_mutex_lock(&mu);
+    int d = draining;
+    pthread_mutex_unlock(&mu);
+    return d;
+}
+
+/* Runs one forward pass over jobs[0..nj); fills bodies (NULL + err on failure). Returns 0 or -1. */
+static int run_batch(pf_ctx *ctx, jb_job **jobs, int nj, char **bodies, size_t *lens_out, char *err, size_t errlen,
+                     double *fwd_s) {
+    int B = 0;
+    size_t total = 0;
+    for (int k = 0; k < nj; k++) {
+        B += jobs[k]->req->n;
+        total += pr_tokens(jobs[k]->req);
+    }
+    int32_t *tokens = malloc(total * sizeof *tokens);
+    int *lens = malloc((size_t)B * sizeof *lens);
+    float *logp = malloc(total * TOK_NRES * sizeof *logp);
+    float **per = malloc((size_t)B * sizeof *per);
+    int rc = -1;
+    if (!tokens || !lens || !logp || !per) {
+        snprintf(err, errlen, "out of memory for a batch of %zu tokens", total);
+        goto out;
+    }
+    size_t off = 0;
+    int b = 0;
+    long residues = 0;
+    for (int k = 0; k < nj; k++) {
+        const pr_request *r = jobs[k]->req;
+        for (int s = 0; s < r->n; s++) {
+            per[b] = logp + off * TOK_NRES;
+            lens[b++] = (int)tok_frame(r->ids[s], r->len[s], tokens + off);
+            off += r->len[s] + 2;
+            residues += (long)r->len[s];
+        }
+    }
+    double t0 = ut_mono();
+    rc = pf_forward(ctx, model, PF_KERNEL_DEFAULT, tokens, lens, B, logp, NULL, err, errlen);
+    *fwd_s = ut_mono() - t0;
+    if (rc) goto out;
+    mt_forward(*fwd_s, B, residues);
+    b = 0;
+    for (int k = 0; k < nj; k++) {
+        bodies[k] = pr_response(jobs[k]->req, model_json, per + b, &lens_out[k]);
+        b += jobs[k]->req->n;
+    }
+out:
+    free(tokens);
+    free(lens);
+    free(logp);
+    free(per);
+    return rc;
+}
+
+/* Stores results and reports the jobs of one batch (bodies are consumed). */
+static void complete(jb_job **jobs, int nj, char **bodies, size_t *blens, const char *fail_msg, double fwd_s) {
+    int status[nj];
+    char msg[nj][200];
+    for (int k = 0; k < nj; k++) {
+        status[k] = 200;
+        msg[k][0] = '\0';
+        if (fail_msg) {
+            status[k] = 500;
+            snprintf(msg[k], sizeof msg[k], "inference failed: %s", fail_msg);
+        } else if (!bodies[k]) {
+            status[k] = 503;
+            snprintf(msg[k], sizeof msg[k], "out of memory while building the response; retry later");
+        } else {
+            long ev = 0;
+            if (db_put(jobs[k]->req->id, model->sha256, jobs[k]->req->canonical, bodies[k], blens[k], &ev)) {
+                status[k] = 503;
+                snprintf(msg[k], sizeof msg[k], "could not store the result: %s", db_last_error());
+            }
+            mt_evicted(ev);
+        }
+    }
+    pthread_mutex_lock(&mu);
+    for (int k = 0; k < nj; k++) {
+        jb_job *j = jobs[k];
+        if (j->state != JS_DONE) {
+            j->forward_s = fwd_s;
+            j->batch_jobs = nj;
+            if (status[k] == 200) {
+                j->body = bodies[k];
+                j->body_len = blens[k];
+                bodies[k] = NULL;
+                finish_locked(j, 200, NULL, NULL);
+            } else {
+                finish_locked(j, status[k], status[k] == 500 ? "inference_failed" : "storage_unavailable", msg[k]);
+            }
+        }
+        free(bodies[k]);
+        unref_locked(j);
+    }
+    pthread_mutex_unlock(&mu);
+}
+
+/* Worker: takes the head job plus following short jobs, runs them in one forward pass. */
+static void *worker_main(void *arg) {
+    (void)arg;
+    pf_ctx *ctx = pf_ctx_new(model);
+    int cap = cfg.batch_max_seqs > 0 ? cfg.batch_max_seqs : 1;
+    jb_job **batch = malloc((size_t)cap * sizeof *batch);
+    char **bodies = malloc((size_t)cap * sizeof *bodies);
+    size_t *blens = malloc((size_t)cap * sizeof *blens);
+    pthread_mutex_lock(&mu);
+    for (;;) {
+        while (!stopping && !q_head) pthread_cond_wait(&cv_work, &mu);
+        if (!q_head) break;
+        int nj = 0, seqs = 0;
+        size_t tokens = 0;
+        double now = ut_mono();
+        while (q_head && nj < cap) {
+            jb_job *j = q_head;
+            size_t t = pr_tokens(j->req);
+            if (nj > 0 && (cfg.batch_tokens <= 0 || tokens + t > (size_t)cfg.batch_tokens ||
+                           seqs + j->req->n > cfg.batch_max_seqs))
+                break;
+            queue_remove(j);
+            j->state = JS_RUNNING;
+            j->queue_s = now - j->t_submit;
+            n_running++;
+            batch[nj++] = j;
+            seqs += j->req->n;
+            tokens += t;
+            if (cfg.batch_tokens <= 0 || tokens > (size_t)cfg.batch_tokens) break;  /* a long job runs alone */
+        }
+        pthread_mutex_unlock(&mu);
+        char err[256] = "";
+        double fwd = 0;
+        memset(bodies, 0, (size_t)nj * sizeof *bodies);
+        if (!ctx) {
+            snprintf(err, sizeof err, "no inference context (out of memory)");
+            complete(batch, nj, bodies, blens, err, 0);
+        } else if (run_batch(ctx, batch, nj, bodies, blens, err, sizeof err, &fwd) == 0) {
+            complete(batch, nj, bodies, blens, NULL, fwd);
+        } else if (nj > 1) {
+            for (int k = 0; k < nj; k++) {   /* a failed batch is retried job by job */
+                char e1[256] = "";
+                char *b1 = NULL;
+                size_t l1 = 0;
+                int rc = run_batch(ctx, &batch[k], 1, &b1, &l1, e1, sizeof e1, &fwd);
+                complete(&batch[k], 1, &b1, &l1, rc ? e1 : NULL, fwd);
+            }
+        } else {
+            complete(batch, nj, bodies, blens, err, fwd);
+        }
+        pthread_mutex_lock(&mu);
+    }
+    pthread_mutex_unlock(&mu);
+    pf_ctx_free(ctx);
+    free(batch);
+    free(bodies);
+    free(blens);
+    return NULL;
+}
+
+/* Watchdog: answers jobs past their deadline with 504 (a running forward pass still stores its
+ * result for later requests). */
+static void *watchdog_main(void *arg) {
+    (void)arg;
+    pthread_mutex_lock(&mu);
+    while (!stopping) {
+        struct timespec ts = abs_in(0.05);
+        pthread_cond_timedwait(&cv_watch, &mu, &ts);
+        double now = ut_mono();
+        for (long i = 0; i < n_live;) {
+            jb_job *j = live[i];
+            if (j->deadline > 0 && now > j->deadline) {
+                int queued = queue_remove(j);
+                char msg[160];
+                snprintf(msg, sizeof msg, "the request did not finish within its deadline (%.0f s, --timeout)",
+                         j->deadline - j->t_submit);
+                finish_locked(j, 504, "deadline_exceeded", msg);   /* removes j from live */
+                if (queued) unref_locked(j);
+                continue;
+            }
+            i++;
+        }
+    }
+    pthread_mutex_unlock(&mu);
+    return NULL;
+}
+
+/* Starts workers and watchdog. */
+int jb_start(const pf_model *m, json_t *mj, const jb_config *c, char *err, size_t errlen) {
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&cv_work, &ca);
+    pthread_cond_init(&cv_idle, &ca);
+    pthread_cond_init(&cv_watch, &ca);
+    pthread_condattr_destroy(&ca);
+    model = m;
+    model_json = json_incref(mj);
+    cfg = *c;
+    if (cfg.batch_max_seqs < 1) cfg.batch_max_seqs = 1;
+    workers = calloc((size_t)cfg.workers, sizeof *workers);
+    if (!workers) {
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    for (int i = 0; i < cfg.workers; i++) {
+        int rc = pthread_create(&workers[i], NULL, worker_main, NULL);
+        if (rc) {
+            snprintf(err, errlen, "cannot start worker thread: %s", strerror(rc));
+            jb_stop(1);
+            return -1;
+        }
+        n_workers++;
+    }
+    int rc = pthread_create(&watchdog, NULL, watchdog_main, NULL);
+    if (rc) {
+        snprintf(err, errlen, "cannot start watchdog thread: %s", strerror(rc));
+        jb_stop(1);
+        return -1;
+    }
+    started = 1;
+    return 0;
+}
+
+/* Refuses new work and waits for outstanding jobs; finishes leftovers with 503. */
+int jb_drain(double timeout_s) {
+    pthread_mutex_lock(&mu);
+    draining = 1;
+    struct timespec ts = abs_in(timeout_s);
+    while (outstanding > 0) {
+        if (pthread_cond_timedwait(&cv_idle, &mu, &ts) == ETIMEDOUT) break;
+    }
+    int rc = outstanding > 0 ? -1 : 0;
+    if (rc) {
+        closed = 1;
+        while (n_live > 0) {
+            jb_job *j = live[0];
+            int queued = queue_remove(j);
+            finish_locked(j, 503, "shutting_down", "the server is shutting down; retry on another instance");
+            if (queued) unref_locked(j);
+        }
+        ts = abs_in(0.2);             /* reservations in flight become jobs and are answered at once */
+        while (reserved > 0 && pthread_cond_timedwait(&cv_idle, &mu, &ts) != ETIMEDOUT) {}
+    }
+    pthread_mutex_unlock(&mu);
+    return rc;
+}
+
+/* Stops watchdog and workers. */
+int jb_stop(double timeout_s) {
+    int all = 1;
+    pthread_mutex_lock(&mu);
+    stopping = 1;
+    closed = 1;
+    pthread_cond_broadcast(&cv_work);
+    pthread_cond_broadcast(&cv_watch);
+    pthread_mutex_unlock(&mu);
+    if (started) pthread_join(watchdog, NULL);
+    struct timespec until;
+    clock_gettime(CLOCK_REALTIME, &until);
+    until.tv_sec += (time_t)timeout_s;
+    for (int i = 0; i < n_workers; i++) {
+        if (pthread_timedjoin_np(workers[i], NULL, &until) != 0) {
+            fprintf(stderr, "{\"level\":\"warn\",\"msg\":\"worker still in a forward pass at shutdown\"}\n");
+            pthread_detach(workers[i]);
+            all = 0;
+        }
+    }
+    n_workers = 0;
+    if (!all) return -1;              /* a detached worker still uses the model: keep it */
+    free(workers);
+    workers = NULL;
+    json_decref(model_json);
+    model_json = NULL;
+    started = 0;
+    return 0;
+}

@@ -1,0 +1,166 @@
+/* main.c - performerd start-up, signals and drain. Every configuration problem (bad option,
+ * missing/malformed weights, unwritable database, port in use) exits non-zero with one line on
+ * stderr before serving; after start-up the process only ends through SIGTERM/SIGINT: stop
+ * accepting, finish in-flight requests, stop the daemon, close the database, return 0. */
+#include "cache.h"
+#include "config.h"
+#include "http.h"
+#include "jobs.h"
+#include "model.h"
+#include "openapi.h"
+#include "tokenizer.h"
+#include "util.h"
+
+#include <errno.h>
+#include <jansson.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#define DRAIN_SECONDS 7.0        /* in-flight work gets this long; the whole exit stays under 10 s */
+
+/* Prints "performerd: error: msg" and returns the exit status 1. */
+static int fatal(const char *msg) {
+    fprintf(stderr, "performerd: error: %s\n", msg);
+    return 1;
+}
+
+/* Returns the "model" object embedded in every prediction response. */
+static json_t *model_ref(const pf_model *m) {
+    return json_pack("{s:s, s:s, s:b}", "name", m->cfg.name, "sha256", m->sha256, "trained", m->cfg.trained);
+}
+
+/* Returns the GET /model body (malloc'd). */
+static char *model_body(const pf_model *m, const cfg *c) {
+    json_t *vocab = json_loads(tok_vocab_json(), 0, NULL);
+    if (!vocab) vocab = json_array();
+    json_t *prov = json_loads(m->cfg.provenance, JSON_DECODE_ANY, NULL);
+    if (!prov) prov = json_string(m->cfg.provenance);
+    if (!prov) prov = json_null();
+    size_t exact_max = pf_exact_max_len(m);
+    json_t *o = json_pack("{s:s, s:s, s:b, s:{s:i, s:i, s:i, s:i, s:i, s:s, s:f, s:s}, s:I, s:o, s:o, s:[s,s,s,s,s,s,s,s,s,s,s,s,s,s,s,s,s,s,s,s],"
+                          " s:{s:I, s:I, s:I, s:i, s:i, s:I, s:I, s:I}}",
+                          "name", m->cfg.name, "sha256", m->sha256, "trained", m->cfg.trained,
+                          "config", "n_layers", m->cfg.n_layers, "d_model", m->cfg.d_model, "n_heads", m->cfg.n_heads,
+                          "d_ff", m->cfg.d_ff, "n_features", m->cfg.n_features, "kernel", pf_kernel_name(m->cfg.kernel),
+                          "norm_eps", (double)m->cfg.norm_eps, "position", "sinusoidal",
+                          "n_params", (json_int_t)m->n_params, "provenance", prov, "vocabulary", vocab,
+                          "output_tokens", "A", "C", "D", "E", "F", "G", "H", "I", "K", "L", "M", "N", "P", "Q", "R", "S",
+                          "T", "V", "W", "Y",
+                          "limits", "max_body_bytes", (json_int_t)c->max_body, "max_length", (json_int_t)c->max_length,
+                          "max_batch", (json_int_t)c->max_batch, "top_k_default", 5, "top_k_max", 25,
+                          "queue", (json_int_t)c->queue, "timeout_s", (json_int_t)c->timeout,
+                          "exact_kernel_max_tokens", (json_int_t)exact_max);
+    if (!o) return NULL;
+    if (!m->cfg.trained)
+        json_object_set_new(o, "warning", json_string("this model is UNTRAINED (random initialisation): its predictions are"
+                                                      " meaningless until trained weights are installed"));
+    char *s = json_dumps(o, JSON_INDENT(1) | JSON_REAL_PRECISION(6));
+    json_decref(o);
+    return s;
+}
+
+int main(int argc, char **argv) {
+    cfg c;
+    char err[1024];
+    int rc = cfg_load(&c, argc, argv, err, sizeof err);
+    if (rc == 1) return 0;
+    if (rc < 0) {
+        fprintf(stderr, "performerd: error: %s\n", err);
+        return 2;
+    }
+
+    /* Signals are handled by sigwait in this thread only; every thread inherits the mask. */
+    sigset_t sigs;
+    sigemptyset(&sigs);
+    sigaddset(&sigs, SIGTERM);
+    sigaddset(&sigs, SIGINT);
+    sigaddset(&sigs, SIGHUP);
+    pthread_sigmask(SIG_BLOCK, &sigs, NULL);
+    signal(SIGPIPE, SIG_IGN);
+
+    pf_model *m = NULL;
+    if (pf_model_load(&m, c.weights, err, sizeof err)) {
+        char msg[4200];
+        snprintf(msg, sizeof msg, "cannot load weights '%s': %s (make one with `bin/performer init --out %s`)", c.weights,
+                 err, c.weights);
+        return fatal(msg);
+    }
+    pf_set_threads((int)c.threads);
+    if (db_init(c.db, (long long)c.cache_max_mb * 1024 * 1024, err, sizeof err)) {
+        pf_model_free(m);
+        return fatal(err);
+    }
+    int port = 0;
+    int fd = http_listen(c.bind, c.port, &port, err, sizeof err);
+    if (fd < 0) {
+        db_close_all();
+        pf_model_free(m);
+        return fatal(err);
+    }
+    json_t *mref = model_ref(m);
+    char *mbody = model_body(m, &c), *api = api_openapi(&c);
+    if (!mref || !mbody || !api) {
+        close(fd);
+        db_close_all();
+        pf_model_free(m);
+        return fatal("out of memory while preparing the model description");
+    }
+    jb_config jc = {(int)c.workers, c.queue, c.batch_tokens, (int)(c.max_batch > 64 ? c.max_batch : 64)};
+    if (jb_start(m, mref, &jc, err, sizeof err)) {
+        close(fd);
+        db_close_all();
+        pf_model_free(m);
+        return fatal(err);
+    }
+    http_env env = {&c, m, mbody, api};
+    if (http_start(&env, fd, err, sizeof err)) {
+        jb_drain(0);
+        jb_stop(1);
+        close(fd);
+        db_close_all();
+        pf_model_free(m);
+        return fatal(err);
+    }
+    char portbuf[16], thr[16], wk[16];
+    snprintf(portbuf, sizeof portbuf, "%d", port);
+    snprintf(thr, sizeof thr, "%ld", c.threads);
+    snprintf(wk, sizeof wk, "%ld", c.workers);
+    http_log("info", "listening", "bind", c.bind, "port", portbuf, "weights", c.weights, "model", m->cfg.name,
+             "sha256", m->sha256, "trained", m->cfg.trained ? "true" : "false", "db", c.db, "threads", thr,
+             "workers", wk, "auth", c.api_key[0] ? "on" : "off", (char *)NULL);
+    if (!m->cfg.trained)
+        http_log("warn", "serving an UNTRAINED model (random initialisation); predictions are meaningless", (char *)NULL);
+
+    int sig = 0;
+    for (;;) {
+        if (sigwait(&sigs, &sig) != 0) continue;
+        if (sig == SIGHUP) {
+            http_log("info", "SIGHUP ignored (restart to change configuration)", (char *)NULL);
+            continue;
+        }
+        break;
+    }
+    double t0 = ut_mono();
+    http_log("info", "draining", "signal", sig == SIGTERM ? "SIGTERM" : "SIGINT", (char *)NULL);
+    http_quiesce();
+    int clean = jb_drain(DRAIN_SECONDS) == 0;
+    /* answers of finished jobs (and requests still uploading, answered 503) get written */
+    if (http_wait_idle(DRAIN_SECONDS + 1.0 - (ut_mono() - t0))) clean = 0;
+    http_stop();
+    int joined = jb_stop(9.5 - (ut_mono() - t0) > 0.5 ? 9.5 - (ut_mono() - t0) : 0.5) == 0;
+    if (joined) {
+        db_close_all();
+        pf_model_free(m);
+    }
+    json_decref(mref);
+    free(mbody);
+    free(api);
+    char secs[32];
+    snprintf(secs, sizeof secs, "%.3f", ut_mono() - t0);
+    http_log("info", "stopped", "drain", clean ? "complete" : "timed out (503 sent)", "seconds", secs, (char *)NULL);
+    return 0;
+}

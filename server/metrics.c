@@ -1,0 +1,179 @@
+/* metrics.c - Prometheus counters, gauges and histograms (see metrics.h). */
+#include "metrics.h"
+
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define MAX_SERIES 256
+#define MAX_ROUTES 16
+static const double lat_bounds[] = {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60};
+#define N_LAT (sizeof lat_bounds / sizeof lat_bounds[0])
+static const double fwd_bounds[] = {0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120};
+#define N_FWD (sizeof fwd_bounds / sizeof fwd_bounds[0])
+
+typedef struct { const char *route; char method[8]; int status; unsigned long long n; } series;
+typedef struct { const char *route; unsigned long long b[N_LAT + 1]; double sum; unsigned long long n; } hist;
+
+static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
+static series req[MAX_SERIES];
+static int n_req;
+static hist lat[MAX_ROUTES];
+static int n_lat;
+static unsigned long long cache_hit, cache_miss, rejected, evicted, fwd_n, fwd_seqs, residues;
+static unsigned long long fwd_b[N_FWD + 1];
+static double fwd_sum;
+
+/* Counts one finished HTTP request. */
+void mt_request(const char *route, const char *method, int status, double seconds) {
+    pthread_mutex_lock(&mu);
+    int i;
+    for (i = 0; i < n_req; i++)
+        if (req[i].status == status && !strcmp(req[i].route, route) && !strcmp(req[i].method, method)) break;
+    if (i == n_req && n_req < MAX_SERIES) {
+        req[i].route = route;
+        snprintf(req[i].method, sizeof req[i].method, "%s", method);
+        req[i].status = status;
+        req[i].n = 0;
+        n_req++;
+    }
+    if (i < n_req) req[i].n++;
+    for (i = 0; i < n_lat; i++)
+        if (!strcmp(lat[i].route, route)) break;
+    if (i == n_lat && n_lat < MAX_ROUTES) {
+        memset(&lat[i], 0, sizeof lat[i]);
+        lat[i].route = route;
+        n_lat++;
+    }
+    if (i < n_lat) {
+        size_t k = 0;
+        while (k < N_LAT && seconds > lat_bounds[k]) k++;
+        lat[i].b[k]++;
+        lat[i].sum += seconds;
+        lat[i].n++;
+    }
+    pthread_mutex_unlock(&mu);
+}
+
+/* Counts one cache lookup. */
+void mt_cache(int hit) {
+    pthread_mutex_lock(&mu);
+    if (hit) cache_hit++; else cache_miss++;
+    pthread_mutex_unlock(&mu);
+}
+
+/* Counts one forward pass. */
+void mt_forward(double seconds, int sequences, long res) {
+    pthread_mutex_lock(&mu);
+    size_t k = 0;
+    while (k < N_FWD && seconds > fwd_bounds[k]) k++;
+    fwd_b[k]++;
+    fwd_sum += seconds;
+    fwd_n++;
+    fwd_seqs += (unsigned long long)sequences;
+    residues += (unsigned long long)res;
+    pthread_mutex_unlock(&mu);
+}
+
+/* Counts a 429. */
+void mt_rejected(void) {
+    pthread_mutex_lock(&mu);
+    rejected++;
+    pthread_mutex_unlock(&mu);
+}
+
+/* Counts evictions. */
+void mt_evicted(long n) {
+    pthread_mutex_lock(&mu);
+    evicted += (unsigned long long)n;
+    pthread_mutex_unlock(&mu);
+}
+
+typedef struct { char *s; size_t len, cap; int oom; } sbuf;
+
+/* Appends printf-formatted text to b. */
+__attribute__((format(printf, 2, 3))) static void sb_printf(sbuf *b, const char *fmt, ...) {
+    if (b->oom) return;
+    for (;;) {
+        va_list ap;
+        va_start(ap, fmt);
+        int n = vsnprintf(b->s ? b->s + b->len : NULL, b->s ? b->cap - b->len : 0, fmt, ap);
+        va_end(ap);
+        if (n < 0) { b->oom = 1; return; }
+        if (b->s && b->len + (size_t)n < b->cap) { b->len += (size_t)n; return; }
+        size_t nc = (b->cap ? b->cap * 2 : 8192) + (size_t)n;
+        char *p = realloc(b->s, nc);
+        if (!p) { b->oom = 1; return; }
+        b->s = p;
+        b->cap = nc;
+    }
+}
+
+/* Renders the exposition text. */
+char *mt_render(long queue_depth, long running, int ready, int trained) {
+    sbuf b = {0};
+    pthread_mutex_lock(&mu);
+    sb_printf(&b, "# HELP performerd_requests_total HTTP requests by route, method and status.\n"
+                  "# TYPE performerd_requests_total counter\n");
+    for (int i = 0; i < n_req; i++)
+        sb_printf(&b, "performerd_requests_total{route=\"%s\",method=\"%s\",status=\"%d\"} %llu\n", req[i].route,
+                  req[i].method, req[i].status, req[i].n);
+    sb_printf(&b, "# HELP performerd_request_duration_seconds HTTP request latency by route.\n"
+                  "# TYPE performerd_request_duration_seconds histogram\n");
+    for (int i = 0; i < n_lat; i++) {
+        unsigned long long cum = 0;
+        for (size_t k = 0; k <= N_LAT; k++) {
+            cum += lat[i].b[k];
+            if (k < N_LAT)
+                sb_printf(&b, "performerd_request_duration_seconds_bucket{route=\"%s\",le=\"%g\"} %llu\n", lat[i].route,
+                          lat_bounds[k], cum);
+            else
+                sb_printf(&b, "performerd_request_duration_seconds_bucket{route=\"%s\",le=\"+Inf\"} %llu\n",
+                          lat[i].route, cum);
+        }
+        sb_printf(&b, "performerd_request_duration_seconds_sum{route=\"%s\"} %.6f\n", lat[i].route, lat[i].sum);
+        sb_printf(&b, "performerd_request_duration_seconds_count{route=\"%s\"} %llu\n", lat[i].route, lat[i].n);
+    }
+    sb_printf(&b, "# HELP performerd_cache_hits_total POST /predict answered from the result cache.\n"
+                  "# TYPE performerd_cache_hits_total counter\nperformerd_cache_hits_total %llu\n", cache_hit);
+    sb_printf(&b, "# HELP performerd_cache_misses_total POST /predict that needed a forward pass.\n"
+                  "# TYPE performerd_cache_misses_total counter\nperformerd_cache_misses_total %llu\n", cache_miss);
+    sb_printf(&b, "# HELP performerd_cache_evictions_total Results evicted (least recently used).\n"
+                  "# TYPE performerd_cache_evictions_total counter\nperformerd_cache_evictions_total %llu\n", evicted);
+    sb_printf(&b, "# HELP performerd_queue_rejected_total Requests answered 429 because the queue was full.\n"
+                  "# TYPE performerd_queue_rejected_total counter\nperformerd_queue_rejected_total %llu\n", rejected);
+    sb_printf(&b, "# HELP performerd_queue_depth Inference requests waiting for a worker.\n"
+                  "# TYPE performerd_queue_depth gauge\nperformerd_queue_depth %ld\n", queue_depth);
+    sb_printf(&b, "# HELP performerd_jobs_running Inference requests being computed.\n"
+                  "# TYPE performerd_jobs_running gauge\nperformerd_jobs_running %ld\n", running);
+    sb_printf(&b, "# HELP performerd_residues_processed_total Residues run through the model.\n"
+                  "# TYPE performerd_residues_processed_total counter\nperformerd_residues_processed_total %llu\n",
+              residues);
+    sb_printf(&b, "# HELP performerd_forward_sequences_total Sequences run through the model.\n"
+                  "# TYPE performerd_forward_sequences_total counter\nperformerd_forward_sequences_total %llu\n",
+              fwd_seqs);
+    sb_printf(&b, "# HELP performerd_model_forward_seconds Wall time of model forward passes (one per batch).\n"
+                  "# TYPE performerd_model_forward_seconds histogram\n");
+    unsigned long long cum = 0;
+    for (size_t k = 0; k <= N_FWD; k++) {
+        cum += fwd_b[k];
+        if (k < N_FWD)
+            sb_printf(&b, "performerd_model_forward_seconds_bucket{le=\"%g\"} %llu\n", fwd_bounds[k], cum);
+        else
+            sb_printf(&b, "performerd_model_forward_seconds_bucket{le=\"+Inf\"} %llu\n", cum);
+    }
+    sb_printf(&b, "performerd_model_forward_seconds_sum %.6f\nperformerd_model_forward_seconds_count %llu\n", fwd_sum,
+              fwd_n);
+    pthread_mutex_unlock(&mu);
+    sb_printf(&b, "# HELP performerd_ready 1 when weights are loaded, the database is writable and not draining.\n"
+                  "# TYPE performerd_ready gauge\nperformerd_ready %d\n", ready);
+    sb_printf(&b, "# HELP performerd_model_trained 1 when the served weights are trained (0 = random init).\n"
+                  "# TYPE performerd_model_trained gauge\nperformerd_model_trained %d\n", trained);
+    if (b.oom) {
+        free(b.s);
+        return NULL;
+    }
+    return b.s;
+}

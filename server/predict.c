@@ -1,0 +1,484 @@
+/* predict.c - request validation/normalisation, ids and response JSON (see predict.h). */
+#include "predict.h"
+#include "tokenizer.h"
+#include "util.h"
+
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* Sets *e; details (stolen, may be NULL) become extra fields of the error body. */
+__attribute__((format(printf, 4, 5))) static int set_err(pr_error *e, int status, const char *type,
+                                                         const char *fmt, ...) {
+    va_list ap;
+    e->status = status;
+    snprintf(e->type, sizeof e->type, "%s", type);
+    va_start(ap, fmt);
+    vsnprintf(e->msg, sizeof e->msg, fmt, ap);
+    va_end(ap);
+    return -1;
+}
+
+/* Allocates an empty request for n sequences. */
+static pr_request *req_new(int n) {
+    pr_request *r = calloc(1, sizeof *r);
+    if (!r) return NULL;
+    r->n = n;
+    r->len = calloc((size_t)n, sizeof *r->len);
+    r->input = calloc((size_t)n, sizeof *r->input);
+    r->ids = calloc((size_t)n, sizeof *r->ids);
+    r->masked = calloc((size_t)n, sizeof *r->masked);
+    r->n_masked = calloc((size_t)n, sizeof *r->n_masked);
+    if (!r->len || !r->input || !r->ids || !r->masked || !r->n_masked) {
+        pr_free(r);
+        return NULL;
+    }
+    return r;
+}
+
+/* Frees a request. */
+void pr_free(pr_request *r) {
+    if (!r) return;
+    for (int s = 0; s < r->n; s++) {
+        if (r->input) free(r->input[s]);
+        if (r->ids) free(r->ids[s]);
+        if (r->masked) free(r->masked[s]);
+    }
+    free(r->len);
+    free(r->input);
+    free(r->ids);
+    free(r->masked);
+    free(r->n_masked);
+    free(r->canonical);
+    free(r);
+}
+
+/* Returns the framed token count. */
+size_t pr_tokens(const pr_request *r) {
+    size_t t = 0;
+    for (int s = 0; s < r->n; s++) t += r->len[s] + 2;
+    return t;
+}
+
+/* Returns a printable rendering of byte c for error messages and the "character" field. */
+static void char_repr(unsigned char c, char out[8]) {
+    if (c >= 0x20 && c < 0x7f) snprintf(out, 8, "%c", c);
+    else snprintf(out, 8, "\\x%02X", c);
+}
+
+/* Qualifies sequence s for messages ("sequence" or "sequences[3]"). */
+static void seq_label(int single, int s, char *out, size_t cap) {
+    if (single) snprintf(out, cap, "sequence");
+    else snprintf(out, cap, "sequences[%d]", s);
+}
+
+/* Encodes sequence text s into r; returns 0 or -1 with *e. */
+static int encode_seq(pr_request *r, int s, const char *text, size_t tlen, int single, const pr_limits *lim,
+                      pr_error *e) {
+    char lab[32];
+    size_t n = 0;
+    tok_error te;
+    seq_label(single, s, lab, sizeof lab);
+    if (tok_encode(text, tlen, NULL, 0, &n, &te)) {
+        char ch[8];
+        char_repr(te.ch, ch);
+        set_err(e, 422, "invalid_residue", "invalid residue '%s' at position %zu of %s (allowed: "
+                "ACDEFGHIKLMNPQRSTVWY, XBUZO, <mask>, whitespace)", ch, te.pos, lab);
+        e->details = json_pack("{s:s, s:I, s:i}", "character", ch, "position", (json_int_t)te.pos,
+                               "sequence_index", s);
+        return -1;
+    }
+    if (n == 0) {
+        set_err(e, 422, "empty_sequence", "%s is empty (no residues)", lab);
+        e->details = json_pack("{s:i}", "sequence_index", s);
+        return -1;
+    }
+    if ((long)n > lim->max_length) {
+        set_err(e, 413, "sequence_too_long", "%s has %zu residues; the limit is %ld (--max-length)", lab, n,
+                lim->max_length);
+        e->details = json_pack("{s:I, s:I, s:i}", "length", (json_int_t)n, "limit", (json_int_t)lim->max_length,
+                               "sequence_index", s);
+        return -1;
+    }
+    r->len[s] = n;
+    r->input[s] = malloc(n * sizeof(int32_t));
+    r->ids[s] = malloc(n * sizeof(int32_t));
+    r->masked[s] = calloc(n, 1);
+    if (!r->input[s] || !r->ids[s] || !r->masked[s]) return set_err(e, 500, "out_of_memory", "out of memory");
+    tok_encode(text, tlen, r->input[s], n, &n, &te);
+    memcpy(r->ids[s], r->input[s], n * sizeof(int32_t));
+    for (size_t i = 0; i < n; i++)
+        if (r->input[s][i] == TOK_MASK) {
+            r->masked[s][i] = 1;
+            r->n_masked[s]++;
+        }
+    r->residues += (long)n;
+    return 0;
+}
+
+/* Applies one array of 1-based mask positions to sequence s; returns 0 or -1 with *e. */
+static int apply_positions(pr_request *r, int s, json_t *arr, int single, pr_error *e) {
+    char lab[32];
+    size_t i;
+    json_t *v;
+    seq_label(single, s, lab, sizeof lab);
+    if (!json_is_array(arr))
+        return set_err(e, 400, "invalid_type", "\"mask_positions\" must be an array of integers (or one array per"
+                       " sequence)");
+    json_array_foreach(arr, i, v) {
+        if (!json_is_integer(v))
+            return set_err(e, 400, "invalid_type", "\"mask_positions\" must contain integers (1-based positions)");
+        json_int_t p = json_integer_value(v);
+        if (p < 1 || (size_t)p > r->len[s]) {
+            set_err(e, 422, "invalid_mask_position", "mask position %lld is outside %s (1..%zu)", (long long)p, lab,
+                    r->len[s]);
+            e->details = json_pack("{s:I, s:I, s:i}", "position", p, "length", (json_int_t)r->len[s],
+                                   "sequence_index", s);
+            return -1;
+        }
+        if (!r->masked[s][p - 1]) {
+            r->masked[s][p - 1] = 1;
+            r->n_masked[s]++;
+            r->ids[s][p - 1] = TOK_MASK;
+        }
+    }
+    return 0;
+}
+
+/* Renders ids as canonical text ("<mask>" for masks). Returns a malloc'd string. */
+static char *render(const int32_t *ids, size_t n) {
+    size_t cap = 1;
+    for (size_t i = 0; i < n; i++) cap += strlen(tok_name(ids[i]));
+    char *s = malloc(cap), *p = s;
+    if (!s) return NULL;
+    for (size_t i = 0; i < n; i++) {
+        const char *t = tok_name(ids[i]);
+        size_t l = strlen(t);
+        memcpy(p, t, l);
+        p += l;
+    }
+    *p = '\0';
+    return s;
+}
+
+/* Builds r->canonical and r->id. Returns 0 or -1 (out of memory). */
+static int canonicalise(pr_request *r, const char *model_sha256) {
+    json_t *seqs = json_array(), *pos = json_array();
+    for (int s = 0; s < r->n; s++) {
+        char *t = render(r->input[s], r->len[s]);
+        json_array_append_new(seqs, t ? json_string(t) : json_null());
+        free(t);
+        json_t *p = json_array();
+        for (size_t i = 0; i < r->len[s]; i++)
+            if (r->masked[s][i] && r->input[s][i] != TOK_MASK) json_array_append_new(p, json_integer((json_int_t)i + 1));
+        json_array_append_new(pos, p);
+    }
+    json_t *o = json_pack("{s:o, s:o, s:i, s:i}", "sequences", seqs, "mask_positions", pos, "top_k", r->top_k,
+                          "v", PR_RESPONSE_VERSION);
+    if (!o) return -1;
+    r->canonical = json_dumps(o, JSON_COMPACT | JSON_SORT_KEYS);
+    json_decref(o);
+    if (!r->canonical) return -1;
+    size_t ml = strlen(model_sha256), cl = strlen(r->canonical);
+    char *buf = malloc(ml + 1 + cl);
+    if (!buf) return -1;
+    memcpy(buf, model_sha256, ml);
+    buf[ml] = '\n';
+    memcpy(buf + ml + 1, r->canonical, cl);
+    ut_sha256_hex(buf, ml + 1 + cl, r->id);
+    free(buf);
+    return 0;
+}
+
+/* Validates and normalises a JSON body. */
+int pr_parse(const char *body, size_t len, const pr_limits *lim, const char *model_sha256, pr_request **out,
+             pr_error *e) {
+    json_error_t je;
+    pr_request *r = NULL;
+    *out = NULL;
+    e->details = NULL;
+    e->status = 0;
+    if (len == 0) return set_err(e, 400, "invalid_json", "empty request body (expected a JSON object)");
+    json_t *root = json_loadb(body, len, JSON_REJECT_DUPLICATES | JSON_ALLOW_NUL, &je);
+    if (!root) {
+        set_err(e, 400, "invalid_json", "invalid JSON at line %d, column %d: %s", je.line, je.column, je.text);
+        e->details = json_pack("{s:i, s:i}", "line", je.line, "column", je.column);
+        return -1;
+    }
+    if (!json_is_object(root)) {
+        json_decref(root);
+        return set_err(e, 400, "invalid_type", "the request body must be a JSON object");
+    }
+    const char *key;
+    json_t *v;
+    json_object_foreach(root, key, v) {
+        if (strcmp(key, "sequence") && strcmp(key, "sequences") && strcmp(key, "mask_positions") &&
+            strcmp(key, "top_k")) {
+            char k[64];
+            snprintf(k, sizeof k, "%s", key);
+            for (char *c = k; *c; c++)
+                if ((unsigned char)*c < 0x20 || (unsigned char)*c >= 0x7f) *c = '?';
+            set_err(e, 400, "unknown_field", "unknown field \"%s\" (allowed: sequence, sequences, mask_positions,"
+                    " top_k)", k);
+            e->details = json_pack("{s:s}", "field", k);
+            goto fail;
+        }
+    }
+    json_t *one = json_object_get(root, "sequence"), *many = json_object_get(root, "sequences");
+    json_t *mp = json_object_get(root, "mask_positions"), *tk = json_object_get(root, "top_k");
+    if (one && many) {
+        set_err(e, 400, "invalid_request", "give either \"sequence\" or \"sequences\", not both");
+        goto fail;
+    }
+    if (!one && !many) {
+        set_err(e, 400, "invalid_request", "missing \"sequence\" (a string) or \"sequences\" (an array of strings)");
+        goto fail;
+    }
+    if (one && !json_is_string(one)) {
+        set_err(e, 400, "invalid_type", "\"sequence\" must be a string");
+        goto fail;
+    }
+    if (many) {
+        if (!json_is_array(many)) {
+            set_err(e, 400, "invalid_type", "\"sequences\" must be an array of strings");
+            goto fail;
+        }
+        size_t i;
+        json_array_foreach(many, i, v) {
+            if (!json_is_string(v)) {
+                set_err(e, 400, "invalid_type", "\"sequences\"[%zu] must be a string", i);
+                goto fail;
+            }
+        }
+        if (json_array_size(many) == 0) {
+            set_err(e, 422, "empty_batch", "\"sequences\" is empty");
+            goto fail;
+        }
+        if ((long)json_array_size(many) > lim->max_batch) {
+            set_err(e, 413, "batch_too_large", "%zu sequences; the limit is %ld per request (--max-batch)",
+                    json_array_size(many), lim->max_batch);
+            e->details = json_pack("{s:I, s:I}", "sequences", (json_int_t)json_array_size(many), "limit",
+                                   (json_int_t)lim->max_batch);
+            goto fail;
+        }
+    }
+    int top_k = PR_TOPK_DEFAULT;
+    if (tk) {
+        if (!json_is_integer(tk)) {
+            set_err(e, 400, "invalid_type", "\"top_k\" must be an integer");
+            goto fail;
+        }
+        if (json_integer_value(tk) < 1 || json_integer_value(tk) > PR_TOPK_MAX) {
+            set_err(e, 422, "invalid_top_k", "\"top_k\" must be from 1 to %d", PR_TOPK_MAX);
+            e->details = json_pack("{s:i, s:i}", "min", 1, "max", PR_TOPK_MAX);
+            goto fail;
+        }
+        top_k = (int)json_integer_value(tk);
+    }
+    if (mp && !json_is_array(mp)) {
+        set_err(e, 400, "invalid_type", "\"mask_positions\" must be an array of integers (or one array per sequence)");
+        goto fail;
+    }
+    int n = one ? 1 : (int)json_array_size(many);
+    r = req_new(n);
+    if (!r) {
+        set_err(e, 500, "out_of_memory", "out of memory");
+        goto fail;
+    }
+    r->top_k = top_k;
+    for (int s = 0; s < n; s++) {
+        json_t *sv = one ? one : json_array_get(many, (size_t)s);
+        if (encode_seq(r, s, json_string_value(sv), json_string_length(sv), one != NULL, lim, e)) goto fail;
+    }
+    if (mp && json_array_size(mp) > 0) {
+        int nested = json_is_array(json_array_get(mp, 0));
+        if (nested) {
+            if ((int)json_array_size(mp) != n) {
+                set_err(e, 422, "invalid_mask_position", "\"mask_positions\" has %zu arrays for %d sequences (give"
+                        " one array per sequence, or one flat array for all)", json_array_size(mp), n);
+                goto fail;
+            }
+            for (int s = 0; s < n; s++)
+                if (apply_positions(r, s, json_array_get(mp, (size_t)s), one != NULL, e)) goto fail;
+        } else {
+            for (int s = 0; s < n; s++)
+                if (apply_positions(r, s, mp, one != NULL, e)) goto fail;
+        }
+    }
+    long long entries = 0;
+    for (int s = 0; s < n; s++)
+        entries += (long long)(r->n_masked[s] ? r->n_masked[s] : (int)r->len[s]) * (top_k < TOK_NRES ? top_k : TOK_NRES);
+    if (entries > PR_MAX_ENTRIES) {
+        set_err(e, 413, "response_too_large", "the response would hold %lld top-k entries; the limit is %d (send"
+                " fewer sequences or positions, or a smaller top_k)", entries, PR_MAX_ENTRIES);
+        e->details = json_pack("{s:I, s:i}", "entries", (json_int_t)entries, "limit", PR_MAX_ENTRIES);
+        goto fail;
+    }
+    if (canonicalise(r, model_sha256)) {
+        set_err(e, 500, "out_of_memory", "out of memory");
+        goto fail;
+    }
+    json_decref(root);
+    *out = r;
+    return 0;
+fail:
+    json_decref(root);
+    pr_free(r);
+    return -1;
+}
+
+/* A growable output buffer for the response text. */
+typedef struct { char *s; size_t len, cap; int oom; } obuf;
+
+/* Ensures room for n more bytes. */
+static int ob_reserve(obuf *b, size_t n) {
+    if (b->oom) return -1;
+    if (b->len + n + 1 <= b->cap) return 0;
+    size_t nc = b->cap ? b->cap : 4096;
+    while (nc < b->len + n + 1) nc *= 2;
+    char *p = realloc(b->s, nc);
+    if (!p) {
+        b->oom = 1;
+        return -1;
+    }
+    b->s = p;
+    b->cap = nc;
+    return 0;
+}
+
+/* Appends n bytes. */
+static void ob_put(obuf *b, const char *s, size_t n) {
+    if (ob_reserve(b, n)) return;
+    memcpy(b->s + b->len, s, n);
+    b->len += n;
+    b->s[b->len] = '\0';
+}
+
+/* Appends a C string. */
+static void ob_str(obuf *b, const char *s) { ob_put(b, s, strlen(s)); }
+
+/* Appends printf-formatted text (short pieces only). */
+__attribute__((format(printf, 2, 3))) static void ob_printf(obuf *b, const char *fmt, ...) {
+    char tmp[256];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(tmp, sizeof tmp, fmt, ap);
+    va_end(ap);
+    if (n > 0) ob_put(b, tmp, (size_t)n < sizeof tmp ? (size_t)n : sizeof tmp - 1);
+}
+
+/* Appends a number with 6 significant digits as valid JSON (no inf/nan: the model's log-probs are
+ * finite; a non-finite value is written as a very small number rather than invalid JSON). */
+static void ob_num(obuf *b, double x) {
+    if (!isfinite(x)) x = x > 0 ? 1e308 : -1e308;
+    ob_printf(b, "%.6g", x);
+}
+
+/* Appends the top-k entries of one framed position's 20 log-probs; returns the top-1 token id. */
+static int add_topk(obuf *b, const float *lp, int k) {
+    int order[TOK_NRES];
+    for (int c = 0; c < TOK_NRES; c++) order[c] = c;
+    if (k > TOK_NRES) k = TOK_NRES;
+    for (int a = 0; a < k; a++) {           /* partial selection sort, ties by residue order */
+        int best = a;
+        for (int c = a + 1; c < TOK_NRES; c++)
+            if (lp[order[c]] > lp[order[best]]) best = c;
+        int t = order[a];
+        order[a] = order[best];
+        order[best] = t;
+    }
+    ob_str(b, "[");
+    for (int a = 0; a < k; a++) {
+        double l = lp[order[a]];
+        ob_printf(b, "%s{\"token\":\"%s\",\"prob\":", a ? "," : "", tok_name(TOK_RES0 + order[a]));
+        ob_num(b, exp(l));
+        ob_str(b, ",\"log_prob\":");
+        ob_num(b, l);
+        ob_str(b, "}");
+    }
+    ob_str(b, "]");
+    return TOK_RES0 + order[0];
+}
+
+/* Builds the 200 response JSON directly as text (large results would cost far more as jansson
+ * objects). */
+char *pr_response(const pr_request *r, json_t *model, float *const *logp, size_t *out_len) {
+    obuf b = {0};
+    char *mj = json_dumps(model, JSON_COMPACT);
+    if (!mj) return NULL;
+    ob_printf(&b, "{\"id\":\"%s\",\"model\":", r->id);
+    ob_str(&b, mj);
+    free(mj);
+    ob_printf(&b, ",\"cached\":false,\"top_k\":%d,\"results\":[", r->top_k);
+    for (int s = 0; s < r->n; s++) {
+        size_t n = r->len[s];
+        int all = r->n_masked[s] == 0;
+        char *filled = malloc(n * 6 + 1), *fp = filled;
+        if (!filled) {
+            free(b.s);
+            return NULL;
+        }
+        ob_printf(&b, "%s{\"length\":%zu,\"mode\":\"%s\",\"masked_positions\":%d,\"predictions\":[", s ? "," : "", n,
+                  all ? "unmasked" : "masked", r->n_masked[s]);
+        int first = 1;
+        for (size_t i = 0; i < n; i++) {
+            int out_tok = r->input[s][i];
+            if (all || r->masked[s][i]) {
+                ob_printf(&b, "%s{\"position\":%zu,\"residue\":\"%s\",\"top_k\":", first ? "" : ",", i + 1,
+                          tok_name(r->input[s][i]));
+                int best = add_topk(&b, logp[s] + (i + 1) * TOK_NRES, r->top_k);
+                ob_str(&b, "}");
+                first = 0;
+                if (!all) out_tok = best;
+            }
+            const char *t = tok_name(out_tok);
+            size_t l = strlen(t);
+            memcpy(fp, t, l);
+            fp += l;
+        }
+        *fp = '\0';
+        ob_str(&b, "],\"filled_sequence\":\"");
+        ob_put(&b, filled, (size_t)(fp - filled));
+        ob_str(&b, "\"}");
+        free(filled);
+    }
+    ob_str(&b, "]}");
+    if (b.oom) {
+        free(b.s);
+        return NULL;
+    }
+    *out_len = b.len;
+    return b.s;
+}
+
+/* Rewrites the first "cached":false to "cached":true  in place. */
+void pr_mark_cached(char *body, size_t len) {
+    static const char pat[] = "\"cached\":false";
+    size_t pl = sizeof pat - 1;
+    char *p = memmem(body, len, pat, pl);
+    if (p) memcpy(p, "\"cached\":true ", pl);
+}
+
+/* Builds the error body. */
+char *pr_error_body(const char *type, const char *msg, const char *request_id, json_t *details, size_t *out_len) {
+    json_t *o = json_object();
+    char clean[512];
+    snprintf(clean, sizeof clean, "%s", msg);
+    for (char *c = clean; *c; c++)      /* keep the body valid UTF-8 whatever the input was */
+        if ((unsigned char)*c < 0x20 || (unsigned char)*c >= 0x7f) *c = '?';
+    json_object_set_new(o, "error", json_string(clean));
+    json_object_set_new(o, "error_type", json_string(type));
+    json_object_set_new(o, "request_id", request_id ? json_string(request_id) : json_null());
+    if (details) {
+        const char *k;
+        json_t *v;
+        json_object_foreach(details, k, v) json_object_set(o, k, v);
+        json_decref(details);
+    }
+    char *s = json_dumps(o, JSON_COMPACT);
+    json_decref(o);
+    if (s) *out_len = strlen(s);
+    return s;
+}

@@ -1,0 +1,65 @@
+/* predict.h - POST /predict request validation and normalisation, result ids, and the response
+ * JSON (prefix pr_). Pure functions of their inputs: no I/O, no globals, safe on any thread. */
+#ifndef PD_PREDICT_H
+#define PD_PREDICT_H
+
+#include <jansson.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define PR_TOPK_DEFAULT 5
+#define PR_TOPK_MAX 25          /* accepted maximum; at most 20 entries exist (the residue classes) */
+#define PR_RESPONSE_VERSION 1   /* part of the id: bump when the response format changes */
+#define PR_MAX_ENTRIES 2000000  /* top-k entries per response (positions x top_k), ~100 MB of JSON */
+
+typedef struct {
+    long max_length;            /* residues per sequence */
+    long max_batch;             /* sequences per request */
+} pr_limits;
+
+/* One validated, normalised request. */
+typedef struct {
+    int n;                      /* sequences */
+    size_t *len;                /* residues of each sequence */
+    int32_t **input;            /* residue ids as given (TOK_MASK for "<mask>") */
+    int32_t **ids;              /* model input: input with mask_positions replaced by TOK_MASK */
+    unsigned char **masked;     /* masked[s][i] = 1 when residue i+1 is predicted as masked */
+    int *n_masked;              /* masked positions per sequence (0 = unmasked full prediction) */
+    int top_k;
+    long residues;              /* total residues */
+    char *canonical;            /* canonical request JSON (sorted keys, compact) */
+    char id[65];                /* SHA-256 of model sha256 + "\n" + canonical */
+} pr_request;
+
+/* A request error: HTTP status, machine-readable type, message and extra detail fields. */
+typedef struct {
+    int status;
+    char type[48];
+    char msg[320];
+    json_t *details;            /* object of extra fields, or NULL; owned by the caller after pr_parse */
+} pr_error;
+
+/* Validates and normalises a JSON body against limits and computes the id for model_sha256.
+ * Returns 0 and *out (free with pr_free), or -1 with *e (400 types, 422 values, 413 limits). */
+int pr_parse(const char *body, size_t len, const pr_limits *lim, const char *model_sha256, pr_request **out,
+             pr_error *e);
+
+/* Frees a request. NULL is fine. */
+void pr_free(pr_request *r);
+
+/* Returns the framed token count of r (sum of len + 2). */
+size_t pr_tokens(const pr_request *r);
+
+/* Builds the 200 response JSON (compact, "cached":false) for r from per-sequence log-probs
+ * logp[s] = [(len[s] + 2) * 20] framed positions. model is {"name","sha256",...}. Returns a malloc'd
+ * string and *out_len, or NULL when out of memory. */
+char *pr_response(const pr_request *r, json_t *model, float *const *logp, size_t *out_len);
+
+/* Rewrites a stored response's first "cached":false to "cached":true  (same length) in place. */
+void pr_mark_cached(char *body, size_t len);
+
+/* Builds the error body {"error","error_type","request_id",...details}; steals details. Returns a
+ * malloc'd compact JSON string (never NULL unless out of memory) and *out_len. */
+char *pr_error_body(const char *type, const char *msg, const char *request_id, json_t *details, size_t *out_len);
+
+#endif

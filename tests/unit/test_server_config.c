@@ -1,0 +1,42 @@
+/* test_server_config.c - performerd options: defaults, PERFORMERD_* environment variables,
+ * command-line precedence, value checking (server/config.c). */
+#include "config.h"
+#include "testutil.h"
+
+#include <stdlib.h>
+
+int main(void) {
+    cfg c;
+    char err[256];
+    char *argv0[] = {"performerd", NULL};
+    unsetenv("PERFORMERD_PORT");
+    unsetenv("PERFORMERD_MAX_BODY");
+    CHECK(cfg_load(&c, 1, argv0, err, sizeof err) == 0);
+    CHECK(c.port == 8080 && c.max_body == 2 * 1024 * 1024 && c.max_length == 40000 && c.max_batch == 64);
+    CHECK(!strcmp(c.weights, "weights/model.safetensors") && !strcmp(c.db, "var/cache.sqlite"));
+    CHECK(c.threads >= 1 && c.api_key[0] == '\0');
+
+    setenv("PERFORMERD_PORT", "9000", 1);
+    setenv("PERFORMERD_MAX_BODY", "1m", 1);
+    setenv("PERFORMERD_CORS_ORIGIN", "https://a.example", 1);
+    CHECK(cfg_load(&c, 1, argv0, err, sizeof err) == 0);
+    CHECK(c.port == 9000 && c.max_body == 1024 * 1024 && !strcmp(c.cors_origin, "https://a.example"));
+    char *argv1[] = {"performerd", "--port", "9100", "--max-body=4096", "--api-key", "k", NULL};
+    CHECK(cfg_load(&c, 6, argv1, err, sizeof err) == 0);
+    CHECK(c.port == 9100 && c.max_body == 4096 && !strcmp(c.api_key, "k"));   /* command line wins */
+
+    char *bad1[] = {"performerd", "--port", "70000", NULL};
+    CHECK(cfg_load(&c, 3, bad1, err, sizeof err) == -1 && strstr(err, "--port"));
+    char *bad2[] = {"performerd", "--max-batch", NULL};
+    CHECK(cfg_load(&c, 2, bad2, err, sizeof err) == -1 && strstr(err, "needs a value"));
+    char *bad3[] = {"performerd", "--frobnicate", "1", NULL};
+    CHECK(cfg_load(&c, 3, bad3, err, sizeof err) == -1 && strstr(err, "unknown option"));
+    char *bad4[] = {"performerd", "--queue", "12abc", NULL};
+    CHECK(cfg_load(&c, 3, bad4, err, sizeof err) == -1);
+    setenv("PERFORMERD_PORT", "x", 1);
+    CHECK(cfg_load(&c, 1, argv0, err, sizeof err) == -1 && strstr(err, "PERFORMERD_PORT"));
+    unsetenv("PERFORMERD_PORT");
+    unsetenv("PERFORMERD_MAX_BODY");
+    unsetenv("PERFORMERD_CORS_ORIGIN");
+    return TEST_DONE();
+}
