@@ -368,6 +368,7 @@ int main(int argc, char **argv) {
         fputs(USAGE, argc < 2 ? stderr : stdout);
         return argc < 2 ? 2 : 0;
     }
+    pf_omp_passive(argv);
     pf_set_threads(2);
     const char *c = argv[1];
     if (strcmp(c, "info") == 0) return cmd_info(argc, argv);

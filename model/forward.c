@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 static size_t g_exact_mem_limit = (size_t)1 << 30;
 
@@ -24,6 +25,12 @@ struct pf_ctx {
     float *scores;                      /* [cap_L, cap_L] (exact kernel only) */
     int *pos;                           /* [T] position of each token inside its sequence */
 };
+
+void pf_omp_passive(char **argv) {
+    if (getenv("OMP_WAIT_POLICY")) return;
+    if (setenv("OMP_WAIT_POLICY", "PASSIVE", 1) != 0) return;
+    execv("/proc/self/exe", argv);  /* only returns on failure: carry on as we are */
+}
 
 void pf_set_threads(int n) {
     if (n < 1) n = 1;

@@ -130,6 +130,11 @@ void pf_set_exact_mem_limit(size_t bytes);
 int pf_forward(pf_ctx *ctx, const pf_model *m, pf_kernel kernel, const int32_t *tokens,
                const int *lens, int B, float *logp, float *hidden, char *err, size_t errlen);
 
+/* Re-executes the running program with OMP_WAIT_POLICY=PASSIVE when that variable is unset, so
+ * idle OpenMP threads sleep instead of spinning (the OpenMP runtime reads it only at load time).
+ * Returns (doing nothing) when it is set or the re-exec fails. */
+void pf_omp_passive(char **argv);
+
 /* Sets the number of threads used by OpenBLAS and the element-wise loops. */
 void pf_set_threads(int n);
 

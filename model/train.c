@@ -711,7 +711,7 @@ int tr_run(const tr_options *o, int *interrupted, char *err, size_t errlen) {
         }
         if (!o->quiet && (tty || st.step % 50 == 0 || do_eval)) {
             char eta[32];
-            double sps = st.step > 0 ? (now - t0) / (double)st.step : 0;
+            double sps = steps_here > 0 ? (now - t_proc) / (double)steps_here : 0;
             fmt_dur(eta, sizeof eta, sps * (double)(o->steps - st.step));
             int w = 24, fill = (int)(w * (double)st.step / (double)o->steps);
             char bar[32];
@@ -727,7 +727,8 @@ int tr_run(const tr_options *o, int *interrupted, char *err, size_t errlen) {
             last_ckpt = now;
         }
         if (o->max_minutes > 0 && now - t_proc > o->max_minutes * 60) g_stop = 1;  /* budget spent */
-        if (o->stop_after > 0 && ++steps_here >= o->stop_after) g_stop = 1;
+        steps_here++;
+        if (o->stop_after > 0 && steps_here >= o->stop_after) g_stop = 1;
     }
     if (tty && !o->quiet) fputc('\n', stderr);
     st.elapsed += now_s() - t0;

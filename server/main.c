@@ -66,6 +66,7 @@ static char *model_body(const pf_model *m, const cfg *c) {
 int main(int argc, char **argv) {
     cfg c;
     char err[1024];
+    pf_omp_passive(argv);
     int rc = cfg_load(&c, argc, argv, err, sizeof err);
     if (rc == 1) return 0;
     if (rc < 0) {
