@@ -95,7 +95,18 @@ static int ctx_reserve(pf_ctx *c, size_t T, size_t L, int exact) {
 
 int pf_forward(pf_ctx *c, const pf_model *m, pf_kernel kernel, const int32_t *tokens,
                const int *lens, int B, float *logp, float *hidden, char *err, size_t errlen) {
+    return pf_forward_ex(c, m, kernel, tokens, lens, B, logp, hidden, -1, err, errlen);
+}
+
+int pf_forward_ex(pf_ctx *c, const pf_model *m, pf_kernel kernel, const int32_t *tokens,
+                  const int *lens, int B, float *logp, float *hidden, int hidden_layer, char *err,
+                  size_t errlen) {
     const pf_config *cfg = &m->cfg;
+    if (hidden_layer < -1 || hidden_layer > cfg->n_layers) {
+        snprintf(err, errlen, "layer %d is out of range: 0..%d, or -1 for the final output",
+                 hidden_layer, cfg->n_layers);
+        return -1;
+    }
     const pf_params *P = &m->p;
     if (kernel == PF_KERNEL_DEFAULT) kernel = cfg->kernel;
     if (c->m != m) { snprintf(err, errlen, "context belongs to another model"); return -1; }
@@ -128,6 +139,7 @@ int pf_forward(pf_ctx *c, const pf_model *m, pf_kernel kernel, const int32_t *to
         for (int p = 0; p < lens[b]; p++) c->pos[i++] = p;
 
     embed_forward(c->x, tokens, c->pos, P->embed, c->pe, N, d);
+    if (hidden && hidden_layer == 0) memcpy(hidden, c->x, T * d * sizeof(float));
     for (int l = 0; l < cfg->n_layers; l++) {
         const pf_layer *Lp = &P->layers[l];
         layernorm_forward(c->h, NULL, NULL, c->x, Lp->ln1_w, Lp->ln1_b, N, d, cfg->norm_eps);
@@ -154,9 +166,10 @@ int pf_forward(pf_ctx *c, const pf_model *m, pf_kernel kernel, const int32_t *to
         gelu_forward(c->ff, c->ff, T * F);
         matmul_forward(c->q, c->ff, Lp->fc2_w, Lp->fc2_b, N, F, d);
         residual_add(c->x, c->q, T * d);
+        if (hidden && hidden_layer == l + 1) memcpy(hidden, c->x, T * d * sizeof(float));
     }
     layernorm_forward(c->h, NULL, NULL, c->x, P->lnf_w, P->lnf_b, N, d, cfg->norm_eps);
-    if (hidden) memcpy(hidden, c->h, T * d * sizeof(float));
+    if (hidden && hidden_layer == -1) memcpy(hidden, c->h, T * d * sizeof(float));
     matmul_forward(logp, c->h, P->head_w, P->head_b, N, d, TOK_NRES);
     log_softmax_rows(logp, N, TOK_NRES);
     return 0;

@@ -135,6 +135,13 @@ int pf_forward(pf_ctx *ctx, const pf_model *m, pf_kernel kernel, const int32_t *
  * Returns (doing nothing) when it is set or the re-exec fails. */
 void pf_omp_passive(char **argv);
 
+/* As pf_forward, but hidden receives the representation after layer hidden_layer instead:
+ * -1 = the final-LayerNorm output (as pf_forward), 0 = the input embeddings, k = the residual
+ * stream after block k (1..n_layers). Returns -1 with err for an out-of-range layer. */
+int pf_forward_ex(pf_ctx *ctx, const pf_model *m, pf_kernel kernel, const int32_t *tokens,
+                  const int *lens, int B, float *logp, float *hidden, int hidden_layer, char *err,
+                  size_t errlen);
+
 /* Sets the number of threads used by OpenBLAS and the element-wise loops. */
 void pf_set_threads(int n);
 
