@@ -26,9 +26,15 @@ $(OBJ)/%.o: %.c $(wildcard model/*.h server/*.h)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -c $< -o $@
 
-$(BIN)/performer: $(OBJ)/model/cli.o $(MODEL_OBJ)
+# The CLI shares the task, submission and JSON code of the daemon (no HTTP, no SQLite in them).
+CLI_SERVER_OBJ := $(addprefix $(OBJ)/server/,task.o predict.o batch.o util.o)
+
+$(BIN)/performer: $(OBJ)/model/cli.o $(MODEL_OBJ) $(CLI_SERVER_OBJ)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) $^ -o $@ $(LDLIBS_MODEL)
+
+# server/page.c embeds server/page.html (assembler .incbin): rebuild it when the page changes.
+$(OBJ)/server/page.o: server/page.html
 
 $(BIN)/performerd: $(OBJ)/server/main.o $(SERVER_OBJ) $(MODEL_OBJ)
 	@mkdir -p $(dir $@)
@@ -62,6 +68,16 @@ weights/model.safetensors:
 run: all weights/model.safetensors
 	@mkdir -p var
 	$(BIN)/performerd --weights weights/model.safetensors --db var/cache.sqlite
+
+# ---- benchmarks (not part of `make test`; see bench/README.md) ----
+$(BIN)/bench/bench_forward: bench/bench_forward.c $(MODEL_OBJ)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $< $(MODEL_OBJ) -o $@ $(LDFLAGS) $(LDLIBS_MODEL)
+
+# Writes bench/RESULTS.md and bench/forward.png (about 15 minutes on 2 cores; run on an idle
+# machine). WEIGHTS=file benchmarks other weights; SMOKE=1 is a seconds-long check of the pipeline.
+bench: $(PROGS) $(BIN)/bench/bench_forward
+	BIN=$(BIN) WEIGHTS=$(WEIGHTS) SMOKE=$(SMOKE) bash bench/run.sh
 
 # Builds the training corpus from Debian's metastudent-data (see weights/DATA.md).
 data:

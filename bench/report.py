@@ -1,0 +1,690 @@
+#!/usr/bin/python3
+"""Turns the JSON lines of bench/run.sh into RESULTS.md and forward.png (gnuplot).
+
+  report.py report --results results.jsonl --meta DIR --out DIR [--smoke 0|1]
+  report.py csv2json --csv train.csv --skip N [--crop C --batch-tokens T --threads N]
+      (tokens/s of `performer train` from its CSV log, skipping the first N steps)
+
+Standard library only (any Python 3).
+"""
+import argparse
+import csv
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+
+KERNELS = ("favor-softmax", "favor-relu", "exact")
+
+# Targets of the benchmark issue
+T_TORCH_RATIO = 5.0
+T_MFU = 0.60
+T_MFU_MIN_L = 1024
+T_PER_RES = 1.3
+T_TITIN_S = 10.0
+T_TITIN_RSS_MB = 2048
+T_TRAIN_RATIO = 3.0
+T_HIT_RPS = 20000
+T_OVERHEAD = 0.10
+T_BATCH_RATIO = 2.0
+
+
+def csv2json(a):
+    rows = list(csv.DictReader(open(a.csv)))
+    if len(rows) < 2:
+        sys.exit("report.py: %s has %d rows" % (a.csv, len(rows)))
+    sk = min(a.skip, len(rows) - 2)
+    r0, r1 = rows[sk], rows[-1]
+    dt = float(r1["elapsed_s"]) - float(r0["elapsed_s"])
+    dtok = int(r1["tokens"]) - int(r0["tokens"])
+    steps = int(r1["step"]) - int(r0["step"])
+    print(json.dumps({"bench": "c_train", "steps": int(r1["step"]), "skip": sk, "crop": a.crop,
+                      "batch_tokens": a.batch_tokens, "threads": a.threads,
+                      "tokens_per_s": dtok / dt if dt > 0 else None,
+                      "mean_step_s": dt / steps if steps else None,
+                      "mean_batch_tokens": dtok / steps if steps else None,
+                      "first_loss": float(rows[0]["loss"]), "last_loss": float(r1["loss"]),
+                      "elapsed_resolution_s": 0.1}))
+
+
+# ----------------------------------------------------------------------------------------------
+def fmt(x, nd=3):
+    if x is None:
+        return "–"
+    if isinstance(x, str):
+        return x
+    if x == 0:
+        return "0"
+    if abs(x) >= 1000:
+        return "{:,.0f}".format(x)
+    if abs(x) >= 100:
+        return "%.0f" % x
+    if abs(x) >= 10:
+        return "%.1f" % x
+    return ("%%.%dg" % nd) % x
+
+
+def secs(x):
+    if x is None:
+        return "–"
+    if x >= 1:
+        return "%.2f s" % x
+    if x >= 1e-3:
+        return "%.1f ms" % (x * 1e3)
+    return "%.0f µs" % (x * 1e6)
+
+
+def status(ok):
+    return "**met**" if ok else "**missed**"
+
+
+def read(path, default=""):
+    try:
+        with open(path) as f:
+            return f.read().strip()
+    except OSError:
+        return default
+
+
+def median(xs):
+    xs = sorted(xs)
+    n = len(xs)
+    if n == 0:
+        return None
+    return xs[n // 2] if n % 2 else 0.5 * (xs[n // 2 - 1] + xs[n // 2])
+
+
+def loglog_slope(pts):
+    """Least-squares slope of log y vs log x."""
+    pts = [(math.log(x), math.log(y)) for x, y in pts if x > 0 and y > 0]
+    if len(pts) < 2:
+        return None
+    mx = sum(p[0] for p in pts) / len(pts)
+    my = sum(p[1] for p in pts) / len(pts)
+    sxx = sum((p[0] - mx) ** 2 for p in pts)
+    sxy = sum((p[0] - mx) * (p[1] - my) for p in pts)
+    return sxy / sxx if sxx > 0 else None
+
+
+def crossover(fav, exa):
+    """fav, exa: dict L -> median seconds. Returns (text, estimate or None)."""
+    Ls = sorted(set(fav) & set(exa))
+    if not Ls:
+        return "not measured (no length with both kernels)", None
+    r = {L: fav[L] / exa[L] for L in Ls}
+    # first index from which FAVOR stays faster at every larger measured length
+    idx = None
+    for i in range(len(Ls)):
+        if all(r[L] < 1 for L in Ls[i:]):
+            idx = i
+            break
+    if idx is None:
+        return ("FAVOR+ is not faster than exact attention at any measured length up to L = %s "
+                "(time ratio there %.2f)" % (fmt(Ls[-1]), r[Ls[-1]])), None
+    if idx == 0:
+        return "FAVOR+ is already faster at the shortest length measured with both (L = %s, ratio %.2f)" % (
+            fmt(Ls[0]), r[Ls[0]]), None
+    a, b = Ls[idx - 1], Ls[idx]
+    la, lb, ra, rb = math.log(a), math.log(b), math.log(r[a]), math.log(r[b])
+    est = math.exp(la + (0 - ra) * (lb - la) / (rb - ra)) if rb != ra else b
+    return ("between L = %s (FAVOR/exact time %.2f) and L = %s (%.2f); log-interpolated ≈ %s" % (
+        fmt(a), r[a], fmt(b), r[b], fmt(round(est)))), est
+
+
+def report(a):
+    recs = [json.loads(l) for l in open(a.results) if l.strip().startswith("{")]
+    meta = a.meta
+    smoke = str(a.smoke) == "1"
+    by = lambda **kw: [r for r in recs if all(r.get(k) == v for k, v in kw.items())]  # noqa: E731
+
+    info = (by(bench="info") or [{}])[0]
+    tinfo = (by(bench="torch_info") or [{}])[0]
+    sg_start = (by(bench="sgemm", role="start") or [{}])[0]
+    sg_end = (by(bench="sgemm", role="end") or [{}])[0]
+    shapes = by(bench="sgemm_shape")
+    # the peak: the best sgemm rate measured in this run (square runs at start and end, model shapes)
+    peaks = [x.get("gflops") for x in [sg_start, sg_end] + shapes if x.get("gflops")]
+    peak = max(peaks) if peaks else None
+    for s in shapes:
+        s["frac_of_peak"] = s["gflops"] / peak
+    sweep = [r for r in by(bench="forward", role="sweep")]
+    cmp_c = by(bench="forward", role="cmp")
+    cmp_t = by(bench="torch_forward")
+    c_train = (by(bench="c_train") or [None])[0]
+    t_train = {r["impl"]: r for r in by(bench="torch_train")}
+    titin = (by(bench="titin") or [None])[0]
+    srv = by(bench="server")
+    srv_rss = (by(bench="server_rss") or [None])[0]
+    winfo = read(os.path.join(meta, "weights_info.txt"))
+    wcfg = {}
+    for line in winfo.splitlines():
+        if ":" in line:
+            k, v = line.split(":", 1)
+            wcfg[k.strip()] = v.strip()
+    default_kernel = wcfg.get("kernel", "favor-relu")
+
+    ok = {k: {r["L"]: r for r in sweep if r["kernel"] == k and r.get("status") == "ok"} for k in KERNELS}
+    refused = {k: {r["L"]: r for r in sweep if r["kernel"] == k and r.get("status") != "ok"} for k in KERNELS}
+
+    out = []
+    w = out.append
+    targets = []   # (target, measured, ok, margin / bound)
+
+    # ---- forward vs torch -------------------------------------------------------------------
+    cmp_rows = []
+    for c in cmp_c:
+        if c.get("status") != "ok":
+            continue
+        L, B = c["L"], c["batch"]
+        tr = {t["impl"]: t for t in cmp_t if t["L"] == L and t["batch"] == B}
+        ref, bat = tr.get("reference"), tr.get("batched")
+        ceil = None
+        if peak and ref:
+            ceil = ref["median_s"] / (c["flops"] / (peak * 1e9))
+        cmp_rows.append((L, B, c, ref, bat, ceil))
+    for L, B, c, ref, bat, ceil in cmp_rows:
+        if not ref:
+            continue
+        ratio = ref["median_s"] / c["median_s"]
+        met = ratio >= T_TORCH_RATIO
+        extra = ""
+        if bat:
+            extra = "; vs batched PyTorch %.2f×" % (bat["median_s"] / c["median_s"])
+        if not met:
+            extra += "; short by %.2f× (needs %.2f× faster C)" % (T_TORCH_RATIO / ratio, T_TORCH_RATIO / ratio)
+            if ceil is not None:
+                extra += "; ceiling with C at 100%% of sgemm peak: %.1f×" % ceil
+        targets.append(("Forward ≥ %g× PyTorch reference, L = %s, batch %d" % (T_TORCH_RATIO, fmt(L), B),
+                        "%.2f×" % ratio, met, extra.lstrip("; ")))
+
+    # ---- MFU ---------------------------------------------------------------------------------
+    mfu_rows = [(L, r["gflops"] / peak) for L, r in sorted(ok.get(default_kernel, {}).items())
+                if peak and L >= T_MFU_MIN_L]
+    if mfu_rows:
+        worst = min(mfu_rows, key=lambda x: x[1])
+        best = max(mfu_rows, key=lambda x: x[1])
+        met = worst[1] >= T_MFU
+        extra = "%s: %.0f%%–%.0f%% over L = %s–%s (worst at L = %s)" % (
+            default_kernel, 100 * worst[1], 100 * best[1], fmt(mfu_rows[0][0]), fmt(mfu_rows[-1][0]), fmt(worst[0]))
+        if not met:
+            extra += "; short by %.0f points" % (100 * (T_MFU - worst[1]))
+            sh = [s for s in shapes if s["layer"] in ("fc1", "fc2", "qkvo")]
+            if sh:
+                extra += "; the model's own linear shapes reach %s of the peak in isolation" % ", ".join(
+                    "%s %.0f%%" % (s["layer"], 100 * s["frac_of_peak"]) for s in sh)
+        targets.append(("≥ %.0f%% of sgemm peak at L ≥ %s (batch 1)" % (100 * T_MFU, fmt(T_MFU_MIN_L)),
+                        "%.0f%% (worst)" % (100 * worst[1]), met, extra))
+    elif smoke:
+        targets.append(("≥ %.0f%% of sgemm peak at L ≥ %s" % (100 * T_MFU, fmt(T_MFU_MIN_L)),
+                        "not measured (no L ≥ %s in this run)" % fmt(T_MFU_MIN_L), False, ""))
+
+    # ---- per-residue time and memory ----------------------------------------------------------
+    for k in ("favor-softmax", "favor-relu"):
+        d = ok.get(k, {})
+        if 32768 in d and 1024 in d:
+            rr = d[32768]["us_per_position"] / d[1024]["us_per_position"]
+            targets.append(("%s time per residue at L = 32,768 within %.1f× of L = 1,024" % (k, T_PER_RES),
+                            "%.2f×" % rr, rr <= T_PER_RES,
+                            "" if rr <= T_PER_RES else "over by %.2f×" % (rr / T_PER_RES)))
+    mem_notes = {}
+    for k in ("favor-softmax", "favor-relu"):
+        d = ok.get(k, {})
+        pts = [(L, (r["peak_rss_kb"] - r["rss_loaded_kb"]) * 1024.0) for L, r in sorted(d.items()) if L >= 2048]
+        pts = [(L, m) for L, m in pts if m > 0]
+        if len(pts) >= 3:
+            s = loglog_slope(pts)
+            per = [m / L for L, m in pts]
+            spread = max(per) / min(per)
+            met = s is not None and s <= 1.1 and spread <= 1.3
+            mem_notes[k] = (s, per)
+            targets.append(("%s memory linear in L" % k,
+                            "log-log slope %.2f (L ≥ 2,048)" % s, met,
+                            "activation bytes per position %s–%s (spread %.2f×)" % (
+                                fmt(min(per)), fmt(max(per)), spread)))
+    if titin:
+        t_ok = titin.get("http_status") == 200 and titin["seconds"] < T_TITIN_S
+        m_ok = titin["peak_rss_kb"] / 1024 < T_TITIN_RSS_MB
+        note = ""
+        if titin["residues"] != 34350:
+            note = "only %s residues in this run" % fmt(titin["residues"])
+        targets.append(("Titin (34,350 residues) in one request < %g s" % T_TITIN_S,
+                        "%s (HTTP %s)" % (secs(titin["seconds"]), titin.get("http_status")),
+                        t_ok and not note, note or ("" if t_ok else "over by %.2f×" % (titin["seconds"] / T_TITIN_S))))
+        targets.append(("Titin peak RSS < 2 GB (daemon VmHWM)", "%s MB" % fmt(titin["peak_rss_kb"] / 1024),
+                        m_ok and not note, note))
+
+    # ---- trainer -------------------------------------------------------------------------------
+    if c_train and t_train.get("reference") and c_train.get("tokens_per_s"):
+        ratio = c_train["tokens_per_s"] / t_train["reference"]["tokens_per_s"]
+        extra = ""
+        if t_train.get("batched"):
+            extra = "vs batched PyTorch %.2f×" % (c_train["tokens_per_s"] / t_train["batched"]["tokens_per_s"])
+        if ratio < T_TRAIN_RATIO:
+            extra += "; short by %.2f×" % (T_TRAIN_RATIO / ratio)
+        targets.append(("Trainer ≥ %g× PyTorch tokens/s (same configuration)" % T_TRAIN_RATIO,
+                        "%.2f×" % ratio, ratio >= T_TRAIN_RATIO, extra.lstrip("; ")))
+
+    # ---- server --------------------------------------------------------------------------------
+    hits = [s for s in srv if s["case"] == "hit"]
+    if hits:
+        best = max(hits, key=lambda s: s["wrk"]["rps"])
+        met = best["wrk"]["rps"] >= T_HIT_RPS
+        extra = "" if met else "short by %.2f×" % (T_HIT_RPS / max(best["wrk"]["rps"], 1e-9))
+        if best.get("server_cpu_s") is not None and best["wrk"]["requests"]:
+            n_req = best["wrk"]["requests"]
+            scpu, wcpu = best["server_cpu_s"] / n_req, best["wrk_cpu_s"] / n_req
+            ncpu = float(read(os.path.join(meta, "nproc.txt"), "1") or 1)
+            extra += "; CPU per request: daemon %.0f µs + wrk %.0f µs → at most %s req/s on %d cores" % (
+                1e6 * scpu, 1e6 * wcpu, fmt(ncpu / (scpu + wcpu)) if scpu + wcpu > 0 else "?", ncpu)
+            if scpu > 0:
+                extra += " (daemon alone on all cores: %s req/s)" % fmt(ncpu / scpu)
+        targets.append(("Cache hits ≥ %s requests/s on %s cores" % (fmt(T_HIT_RPS), read(os.path.join(meta, "nproc.txt"))),
+                        "%s req/s (c = %d)" % (fmt(best["wrk"]["rps"]), best["conns"]), met, extra.lstrip("; ")))
+    miss_on = [s for s in srv if s["case"] == "miss" and s["batching"] == "on" and s.get("raw")
+               and s["raw"].get("status") == "ok"]
+    ovh = []
+    for s in sorted(miss_on, key=lambda s: s["conns"]):
+        raw_rps = s["raw"]["batch"] / s["raw"]["median_s"]
+        ovh.append((s["conns"], raw_rps / s["wrk"]["rps"] - 1.0, raw_rps, s))
+    if ovh:
+        worst = max(ovh, key=lambda x: x[1])
+        met = worst[1] <= T_OVERHEAD
+        targets.append(("Server overhead ≤ %.0f%% over raw model throughput (uncached, %d residues)" % (
+            100 * T_OVERHEAD, miss_on[0]["residues"]),
+            ", ".join("c%d %+.0f%%" % (c, 100 * o) for c, o, _, _ in ovh), met,
+            "" if met else "worst at c = %d (%.0f%% over)" % (worst[0], 100 * worst[1])))
+    on16 = [s for s in srv if s["case"] == "miss" and s["batching"] == "on" and s["conns"] == 16]
+    off16 = [s for s in srv if s["case"] == "miss" and s["batching"] == "off" and s["conns"] == 16]
+    if on16 and off16:
+        ratio = on16[0]["wrk"]["rps"] / off16[0]["wrk"]["rps"]
+        targets.append(("Batching: ≥ %g× throughput at c = 16 vs one-at-a-time" % T_BATCH_RATIO,
+                        "%.2f×" % ratio, ratio >= T_BATCH_RATIO,
+                        "batched %s req/s vs --batch-tokens 0 %s req/s" % (
+                            fmt(on16[0]["wrk"]["rps"]), fmt(off16[0]["wrk"]["rps"]))))
+
+    # =============================================================================================
+    w("# Benchmark results")
+    w("")
+    w("Written by `make bench` (`bench/run.sh`) on %s in %s s. **Ratios are the result; absolute "
+      "times are context for this machine only.**" % (time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                                                      read(os.path.join(meta, "elapsed.txt"), "?")))
+    w("")
+    if smoke:
+        w("> **SMOKE RUN** (`SMOKE=1`): tiny lengths, few repeats, 2 s wrk runs, an 8 MB exact-attention "
+          "limit. It checks the pipeline only; none of the numbers below mean anything.")
+        w("")
+    load = read(os.path.join(meta, "load_start.txt")).split()
+    nproc = int(read(os.path.join(meta, "nproc.txt"), "1") or 1)
+    if load and float(load[0]) > 0.5 * nproc:
+        w("> **Warning: the machine was busy** when the run started (load average %s on %d CPUs). "
+          "Timings are unreliable; rerun on an idle machine. Top processes:" % (" ".join(load[:3]), nproc))
+        w("")
+        w("```")
+        w(read(os.path.join(meta, "top_start.txt")))
+        w("```")
+        w("")
+    w("Weights: `%s` (sha256 `%s…`), %s layers, d_model %s, %s heads, d_ff %s, %s features, default kernel "
+      "`%s`, %s. Threads: %s for C and PyTorch alike." % (
+          wcfg.get("file", "?"), read(os.path.join(meta, "weights_sha.txt"))[:16], wcfg.get("layers", "?"),
+          wcfg.get("d_model", "?"), wcfg.get("heads", "?"), wcfg.get("d_ff", "?"), wcfg.get("features", "?"),
+          default_kernel, wcfg.get("trained", "?"), read(os.path.join(meta, "env.txt")).split("THREADS=")[-1].split()[0]))
+    w("")
+
+    w("## Targets")
+    w("")
+    w("| target | measured | status | margin / what bounds it |")
+    w("|---|---|---|---|")
+    for t, m, met, extra in targets:
+        w("| %s | %s | %s | %s |" % (t, m, status(met), extra))
+    w("")
+
+    # ---- machine --------------------------------------------------------------------------------
+    w("## Machine")
+    w("")
+    lscpu = read(os.path.join(meta, "lscpu.txt"))
+    keep = ("Model name", "CPU(s)", "Thread(s) per core", "Core(s) per socket", "L2 cache", "L3 cache",
+            "Hypervisor vendor", "Vendor ID", "CPU family", "Model:")
+    lines = [l for l in lscpu.splitlines() if l.startswith(keep)]
+    flags = ""
+    for l in lscpu.splitlines():
+        if l.startswith("Flags"):
+            fl = l.split(":", 1)[1].split()
+            flags = " ".join(f for f in ("avx", "avx2", "fma", "avx512f", "avx512_bf16", "avx_vnni") if f in fl)
+    mem = [l for l in lscpu.split("---")[-1].splitlines() if l.startswith("Mem:")]
+    w("```")
+    for l in lines:
+        w(l)
+    if flags:
+        w("SIMD flags:        " + flags)
+    if mem:
+        w("Memory:            %.1f GiB" % (int(mem[0].split()[1]) / 2 ** 30))
+    w("Kernel:            " + read(os.path.join(meta, "uname.txt")))
+    w("Debian:            " + read(os.path.join(meta, "debian.txt")))
+    w("Compiler:          " + read(os.path.join(meta, "cc.txt")))
+    w("C OpenBLAS:        core %s; %s; OPENBLAS_CORETYPE=%s; %s threads" % (
+        info.get("openblas_core", "?"), info.get("openblas_config", "?"), info.get("openblas_coretype_env", "") or "(unset)",
+        info.get("openblas_threads", "?")))
+    w("PyTorch:           %s (%s threads), BLAS %s, core %s" % (
+        tinfo.get("torch", "?"), tinfo.get("threads", "?"),
+        ", ".join(os.path.basename(x) for x in tinfo.get("blas_libs", [])) or "?", tinfo.get("openblas_core", "?")))
+    w("OMP_WAIT_POLICY:   %s (C), %s (PyTorch)" % (info.get("omp_wait_policy") or "(unset)",
+                                                   tinfo.get("omp_wait_policy") or "(unset)"))
+    w("Load average:      start %s, end %s" % (" ".join(load[:3]),
+                                                " ".join(read(os.path.join(meta, "load_end.txt")).split()[:3])))
+    commit = read(os.path.join(meta, "commit.txt")).splitlines()
+    w("Commit:            %s%s; source digest %s (sha256 of model/ server/ bench/*.c sources, changes "
+      "with uncommitted edits)" % (commit[0] if commit else "?", " (%s)" % commit[1] if len(commit) > 1 else "",
+                                  read(os.path.join(meta, "srcdigest.txt"))))
+    w("```")
+    w("")
+
+    # ---- forward ------------------------------------------------------------------------------
+    w("## Forward pass: latency and peak memory vs length (batch 1)")
+    w("")
+    prm = {}
+    for tok in read(os.path.join(meta, "params.txt")).split():
+        if "=" in tok:
+            prm[tok.split("=", 1)[0]] = tok.split("=", 1)[1]
+    w("One process per (kernel, L): `bench_forward forward` loads the weights, runs one warm-up pass "
+      "and then timed passes (median of at least %s passes and %s s; one pass when the warm-up took over "
+      "%s s), and reports its peak RSS (VmHWM, including the mapped weights). L counts framed positions "
+      "(`<cls>` + L−2 random standard residues + `<eos>`); titin (34,350 residues) is L = 34,352. "
+      "GFLOP/s counts the matrix products of weights/FORMAT.md (2 FLOPs per multiply-add); "
+      "%% peak is against the sgemm peak below." % (
+          prm.get("MIN_REPS", "?"), prm.get("MIN_TIME", "?"), prm.get("SINGLE_OVER", "?")))
+    w("")
+    w("![time and memory vs L](forward.png)")
+    w("")
+    allL = sorted({r["L"] for r in sweep})
+    w("| L | " + " | ".join("%s time | µs/pos | GFLOP/s (%% peak) | peak RSS MB" % k for k in KERNELS) + " |")
+    w("|---:|" + "---:|---:|---:|---:|" * len(KERNELS))
+    for L in allL:
+        cells = []
+        for k in KERNELS:
+            r = ok[k].get(L)
+            if r:
+                pp = " (%.0f%%)" % (100 * r["gflops"] / peak) if peak else ""
+                cells += [secs(r["median_s"]), fmt(r["us_per_position"]), "%s%s" % (fmt(r["gflops"]), pp),
+                          fmt(r["peak_rss_kb"] / 1024)]
+            elif L in refused[k]:
+                st = refused[k][L].get("status")
+                cells += ["refused: over memory limit" if st == "refused" else "error", "", "", ""]
+            else:
+                cells += ["–", "", "", ""]
+        w("| %s | %s |" % (fmt(L), " | ".join(cells)))
+    w("")
+    for k in ("favor-softmax", "favor-relu"):
+        txt, _ = crossover({L: r["median_s"] for L, r in ok[k].items()},
+                           {L: r["median_s"] for L, r in ok["exact"].items()})
+        w("* **Crossover, %s vs exact:** %s." % (k, txt))
+    for k in ("favor-softmax", "favor-relu"):
+        d = ok[k]
+        if 1024 in d and 32768 in d:
+            w("* **%s time per position:** %.2f µs at L = 1,024, %.2f µs at L = 32,768 (ratio %.2f)." % (
+                k, d[1024]["us_per_position"], d[32768]["us_per_position"],
+                d[32768]["us_per_position"] / d[1024]["us_per_position"]))
+        if k in mem_notes:
+            s, per = mem_notes[k]
+            w("* **%s memory:** activation memory (peak RSS − RSS after loading) grows as L^%.2f for "
+              "L ≥ 2,048, %s–%s bytes per position." % (k, s, fmt(min(per)), fmt(max(per))))
+    if ok["exact"]:
+        Lx = max(ok["exact"])
+        w("* **exact:** longest accepted L = %s (peak RSS %s MB); longer lengths are refused by the "
+          "L × L memory limit, not run." % (fmt(Lx), fmt(ok["exact"][Lx]["peak_rss_kb"] / 1024)))
+    tl = [r for r in sweep if r["L"] == 34352 and r.get("status") == "ok"]
+    for r in tl:
+        w("* **titin forward (%s, in-process):** %s per pass (first pass, with allocation: %s), peak RSS %s MB." % (
+            r["kernel"], secs(r["median_s"]), secs(r["first_s"]), fmt(r["peak_rss_kb"] / 1024)))
+    w("")
+
+    prof = read(os.path.join(meta, "profile.txt"))
+    if prof:   # keep the column alignment that read() strips from the first line
+        prof = "\n".join(l.rstrip() for l in open(os.path.join(meta, "profile.txt")) if l.strip())
+    if prof:
+        w("Where one forward pass (`%s`, L = %s, batch 1) spends its time — `perf record` of warm-up + 3 "
+          "passes, by shared object and symbol (`sgemm_*`: OpenBLAS matrix products; `*._omp_fn.*`: the "
+          "element-wise loops of model/ops.c):" % (default_kernel, fmt(int(read(os.path.join(meta, "profile_L.txt"), "0")))))
+        w("")
+        w("```")
+        w(prof)
+        w("```")
+        w("")
+
+    # ---- torch ----------------------------------------------------------------------------------
+    w("## C vs PyTorch on the same weights")
+    w("")
+    w("The same weights file and the same tokens (written by `bench_forward --tokens-out`), kernel `%s`, "
+      "%s threads each. `reference` is `tests/reference/performer_ref.py` as it is (one sequence and one "
+      "head at a time); `batched` is the same mathematics vectorised over batch and heads "
+      "(`bench/bench_torch.py:forward_batched`), a stronger PyTorch baseline. Every timed PyTorch pass is "
+      "compared with the C log-probs (max |Δ log p|). *Ceiling* is the ratio C would reach at 100%% of "
+      "the measured sgemm peak." % (default_kernel, tinfo.get("threads", "?")))
+    w("")
+    w("| L | batch | C | PyTorch reference | **ratio** | PyTorch batched | ratio | ceiling | max \\|Δ log p\\| | agree |")
+    w("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+    for L, B, c, ref, bat, ceil in cmp_rows:
+        diffs = [x["max_abs_diff_logp"] for x in (ref, bat) if x and "max_abs_diff_logp" in x]
+        agree = all(x.get("agree") for x in (ref, bat) if x and "agree" in x)
+        w("| %s | %d | %s | %s | **%s** | %s | %s | %s | %s | %s |" % (
+            fmt(L), B, secs(c["median_s"]), secs(ref["median_s"]) if ref else "–",
+            "%.2f×" % (ref["median_s"] / c["median_s"]) if ref else "–",
+            secs(bat["median_s"]) if bat else "–",
+            "%.2f×" % (bat["median_s"] / c["median_s"]) if bat else "–",
+            "%.1f×" % ceil if ceil else "–",
+            "%.1e" % max(diffs) if diffs else "–", "yes" if agree and diffs else "**NO**" if diffs else "–"))
+    w("")
+
+    # ---- MFU --------------------------------------------------------------------------------------
+    w("## Model FLOP utilisation")
+    w("")
+    if peak:
+        w("sgemm (%s³ `cblas_sgemm`, best of %s, %s threads): %s GFLOP/s at the start, %s GFLOP/s at the "
+          "end of the run. **Peak = %s GFLOP/s**, the best sgemm rate measured in this run (these two and "
+          "the model shapes below); all %% of peak figures use it." % (
+              fmt(sg_start.get("n")), sg_start.get("reps"), sg_start.get("threads"), fmt(sg_start.get("gflops")),
+              fmt(sg_end.get("gflops")), fmt(peak)))
+        if sg_start.get("gflops") and sg_end.get("gflops"):
+            drift = abs(sg_start["gflops"] - sg_end["gflops"]) / max(sg_start["gflops"], sg_end["gflops"])
+            if drift > 0.1:
+                w("")
+                w("> **The sgemm rate changed by %.0f%% between start and end**: the machine was not steady "
+                  "(other load, frequency or thermal changes); compare ratios with care." % (100 * drift))
+        w("")
+    if shapes:
+        w("The model's own products as `matmul_forward` calls them (`out[T, N] = in[T, K] W[N, K]^T`), in "
+          "isolation — what a forward pass could reach at best:")
+        w("")
+        w("| layer | M × N × K | GFLOP/s | % of peak |")
+        w("|---|---|---:|---:|")
+        for s in shapes:
+            w("| %s | %d × %d × %d | %s | %.0f%% |" % (s["layer"], s["M"], s["N"], s["K"], fmt(s["gflops"]),
+                                                    100 * s["frac_of_peak"]))
+        w("")
+    d = ok.get(default_kernel, {})
+    if d and peak:
+        w("Forward pass, `%s`, batch 1: " % default_kernel + ", ".join(
+            "L = %s: %s GFLOP/s (%.0f%%)" % (fmt(L), fmt(r["gflops"]), 100 * r["gflops"] / peak)
+            for L, r in sorted(d.items())) + ".")
+        w("")
+        r = d[max(d)]
+        w("FLOP split at L = %s: linear layers %.0f%%, attention %.0f%%, head %.1f%%." % (
+            fmt(max(d)), 100 * r["flops_linear"] / r["flops"], 100 * r["flops_attention"] / r["flops"],
+            100 * r["flops_head"] / r["flops"]))
+        w("")
+    for L, B, c, ref, bat, ceil in cmp_rows:
+        if peak:
+            w("* L = %s, batch %d: C %s GFLOP/s (%.0f%% of peak)%s." % (
+                fmt(L), B, fmt(c["gflops"]), 100 * c["gflops"] / peak,
+                "; PyTorch reference %s GFLOP/s" % fmt(c["flops"] / ref["median_s"] * 1e-9) if ref else ""))
+    w("")
+
+    # ---- trainer --------------------------------------------------------------------------------
+    w("## Trainer")
+    w("")
+    if c_train:
+        w("Same configuration for both: the weights' architecture and kernel, crops of at most %s positions "
+          "with random offsets, batches of up to %s tokens in file order from `%s`, 15%% masking "
+          "(80/10/10), AdamW (β = 0.9, 0.98; weight decay 0.01 on matrices), gradient clipping 1.0, %s "
+          "threads. Tokens/s over the steps after the first %d (warm-up)." % (
+              c_train["crop"], fmt(c_train["batch_tokens"]), read(os.path.join(meta, "data.txt")),
+              c_train["threads"], c_train["skip"]))
+        w("")
+        w("| trainer | steps timed | tokens/step | s/step | tokens/s | C / this |")
+        w("|---|---:|---:|---:|---:|---:|")
+        w("| C `performer train` | %d | %s | %s | %s | 1.00× |" % (
+            c_train["steps"] - c_train["skip"], fmt(c_train["mean_batch_tokens"]), secs(c_train["mean_step_s"]),
+            fmt(c_train["tokens_per_s"])))
+        for impl in ("reference", "batched"):
+            t = t_train.get(impl)
+            if t:
+                w("| PyTorch %s | %d | %s | %s | %s | %.2f× |" % (
+                    impl, t["steps"] - t["skip"], fmt(t["mean_batch_tokens"]), secs(t["mean_step_s"]),
+                    fmt(t["tokens_per_s"]), c_train["tokens_per_s"] / t["tokens_per_s"]))
+        w("")
+        w("C tokens/s comes from the trainer's CSV log (`tokens`, `elapsed_s` at 0.1 s resolution).")
+        w("")
+
+    # ---- server ---------------------------------------------------------------------------------
+    w("## Server (performerd under wrk, loopback)")
+    w("")
+    if srv:
+        s0 = srv[0]
+        w("`performerd --threads %s --workers 1` with a fresh SQLite database; wrk %s s per run on the "
+          "same machine (wrk's own CPU use is included). *hit*: the same request every time (answered "
+          "from the cache); *miss*: a different %d-residue sequence with one `<mask>` per request "
+          "(`bench/wrk_post.lua`). *raw*: `bench_forward` at the same length and the server's mean batch "
+          "(forward passes counted by the daemon's `/metrics`); overhead = raw sequences/s ÷ server "
+          "requests/s − 1. *busy* = the daemon's forward seconds ÷ wall time. *CPU/req* = CPU seconds "
+          "(user + system) of the daemon and of wrk during the run ÷ completed requests." % (
+              s0["server_threads"], fmt(s0["wrk"]["duration_s"]), s0["residues"]))
+        w("")
+        w("| case | batching | conns | req/s | p50 | p99 | errors | hits / misses | mean batch | busy | raw seq/s | overhead | daemon CPU/req | wrk CPU/req |")
+        w("|---|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|")
+        for s in srv:
+            wr = s["wrk"]
+            errs = wr["err_connect"] + wr["err_read"] + wr["err_write"] + wr["err_status"] + wr["err_timeout"]
+            mb = s["forward_sequences"] / s["forward_passes"] if s["forward_passes"] else None
+            busy = s["forward_seconds"] / wr["duration_s"] if wr["duration_s"] else None
+            raw = s.get("raw") or {}
+            raw_rps = raw["batch"] / raw["median_s"] if raw.get("status") == "ok" else None
+            nreq = max(wr["requests"], 1)
+            w("| %s | %s | %d | %s | %.2f ms | %.2f ms | %d | %s / %s | %s | %s | %s | %s | %s | %s |" % (
+                s["case"], s["batching"], s["conns"], fmt(wr["rps"]), wr["lat_p50_ms"], wr["lat_p99_ms"], errs,
+                fmt(s["cache_hits"]), fmt(s["cache_misses"]), fmt(mb) if mb else "–",
+                "%.0f%%" % (100 * busy) if busy is not None else "–", fmt(raw_rps) if raw_rps else "–",
+                "%+.0f%%" % (100 * (raw_rps / wr["rps"] - 1)) if raw_rps else "–",
+                secs(s["server_cpu_s"] / nreq) if "server_cpu_s" in s else "–",
+                secs(s["wrk_cpu_s"] / nreq) if "wrk_cpu_s" in s else "–"))
+        w("")
+        on = {s["conns"]: s for s in srv if s["case"] == "miss" and s["batching"] == "on"}
+        off = {s["conns"]: s for s in srv if s["case"] == "miss" and s["batching"] == "off"}
+        if 16 in on and 16 in off:
+            w("* **Batching at c = 16:** %s req/s batched vs %s req/s with `--batch-tokens 0`: **%.2f×**." % (
+                fmt(on[16]["wrk"]["rps"]), fmt(off[16]["wrk"]["rps"]), on[16]["wrk"]["rps"] / off[16]["wrk"]["rps"]))
+        if 16 in on and 1 in off:
+            w("* c = 16 batched vs c = 1 unbatched (one request at a time): %.2f×." % (
+                on[16]["wrk"]["rps"] / off[1]["wrk"]["rps"]))
+        bad = [s for s in srv if s["case"] == "hit" and s["cache_misses"] > 0]
+        if bad:
+            w("* Warning: %d cache-hit runs saw cache misses." % len(bad))
+        if srv_rss:
+            w("* Daemon peak RSS after the default-configuration runs: %s MB." % fmt(srv_rss["peak_rss_kb"] / 1024))
+    if titin:
+        w("* **Titin in one request** (%s residues, one `<mask>`, fresh daemon, uncached): HTTP %s in %s; "
+          "daemon RSS %s MB before, peak %s MB. Server-Timing: `%s`." % (
+              fmt(titin["residues"]), titin["http_status"], secs(titin["seconds"]),
+              fmt(titin["rss_before_kb"] / 1024), fmt(titin["peak_rss_kb"] / 1024), titin.get("server_timing", "")))
+    w("")
+
+    # ---- commands ---------------------------------------------------------------------------------
+    w("## Reproducing")
+    w("")
+    w("```sh")
+    w("make bench                       # = BIN=bin bash bench/run.sh; WEIGHTS=..., THREADS=..., SMOKE=1")
+    w("```")
+    w("")
+    w("Environment: `%s`. Every command the run executed (T = its temporary directory), in order:" %
+      read(os.path.join(meta, "env.txt")))
+    w("")
+    w("<details><summary>commands</summary>")
+    w("")
+    w("```sh")
+    tmp = os.path.abspath(meta)
+    for line in read(os.path.join(meta, "commands.txt")).splitlines():
+        w(line.replace(tmp + "/", "T/"))
+    w("```")
+    w("")
+    w("</details>")
+    w("")
+    w("Raw measurements: [`results.jsonl`](results.jsonl) (one JSON object per measurement).")
+    w("")
+
+    os.makedirs(a.out, exist_ok=True)
+    with open(os.path.join(a.out, "RESULTS.md"), "w") as f:
+        f.write("\n".join(out))
+    plot(ok, peak, a.out, meta)
+
+
+def plot(ok, peak, outdir, tmp):
+    series = []
+    for k in KERNELS:
+        if not ok[k]:
+            continue
+        path = os.path.join(tmp, "plot_%s.dat" % k)
+        with open(path, "w") as f:
+            f.write("# L median_s us_per_pos peak_rss_mb gflops\n")
+            for L, r in sorted(ok[k].items()):
+                f.write("%d %.6g %.6g %.6g %.6g\n" % (L, r["median_s"], r["us_per_position"],
+                                                      r["peak_rss_kb"] / 1024, r["gflops"]))
+        series.append((k, path))
+    if not series:
+        return
+    png = os.path.join(outdir, "forward.png")
+    colors = {"favor-softmax": "#1f77b4", "favor-relu": "#2ca02c", "exact": "#d62728"}
+
+    def plots(col):
+        return ", ".join("'%s' using 1:%d with linespoints lw 2 pt 7 lc rgb '%s' title '%s'" % (
+            p, col, colors[k], k) for k, p in series)
+    g = [
+        "set terminal pngcairo size 1500,480 font 'Sans,10'",
+        "set output '%s'" % png,
+        "set multiplot layout 1,3 title 'Forward pass vs sequence length (batch 1)'",
+        "set logscale x 2", "set grid", "set key top left", "set format x '%.0s%c'",
+        "set xlabel 'L (positions)'",
+        "set logscale y", "set ylabel 'median time (s)'", "set title 'time'",
+        "plot " + plots(2),
+        "unset logscale y", "set ylabel 'µs per position'", "set title 'time per position'",
+        "set yrange [0:*]",
+        "plot " + plots(3),
+        "set logscale y", "set autoscale y", "set ylabel 'peak RSS (MB)'", "set title 'peak RSS (one process per point)'",
+        "plot " + plots(4),
+        "unset multiplot",
+    ]
+    gp = os.path.join(tmp, "forward.gp")
+    with open(gp, "w") as f:
+        f.write("\n".join(g) + "\n")
+    subprocess.run(["gnuplot", gp], check=True)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("report")
+    r.add_argument("--results", required=True)
+    r.add_argument("--meta", required=True)
+    r.add_argument("--out", required=True)
+    r.add_argument("--smoke", default="0")
+    c = sub.add_parser("csv2json")
+    c.add_argument("--csv", required=True)
+    c.add_argument("--skip", type=int, default=2)
+    c.add_argument("--crop", type=int, default=512)
+    c.add_argument("--batch-tokens", type=int, default=8192)
+    c.add_argument("--threads", type=int, default=2)
+    a = p.parse_args()
+    (report if a.cmd == "report" else csv2json)(a)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,206 @@
+#!/usr/bin/env bash
+# bench/run.sh - the whole benchmark in one invocation (`make bench`): forward latency and memory
+# vs length for every kernel, C vs PyTorch on the same weights (with an agreement check), FLOP
+# utilisation vs the sgemm peak, trainer vs PyTorch training, and performerd under wrk. Writes
+# $OUT/RESULTS.md, $OUT/forward.png and the raw measurements $OUT/results.jsonl.
+#
+# Environment (all optional):
+#   WEIGHTS   weights to benchmark (weights/model.safetensors)
+#   BIN       where performer, performerd and bench/bench_forward are (bin)
+#   THREADS   threads for C and PyTorch alike (nproc)
+#   SMOKE=1   tiny sizes and 2 s wrk runs to check the pipeline in well under a minute of CPU;
+#             writes to bench/smoke/ (never to bench/RESULTS.md)
+#   OUT       output directory (bench, or bench/smoke with SMOKE=1)
+#   DATA      FASTA for the trainer comparison (weights/data/valid.fasta, else a synthetic one)
+#   PY        Python with torch (/usr/bin/python3, Debian python3-torch)
+#   OMP_WAIT_POLICY  given to C and PyTorch alike (PASSIVE when unset, as the C programs use)
+#   TORCH_OMP_WAIT_POLICY  PyTorch's instead (ACTIVE, PASSIVE, or "unset" for libgomp's default)
+# The full run takes about 10-15 minutes on 2 cores; run it on an otherwise idle machine.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SMOKE=${SMOKE:-0}
+[ "$SMOKE" = 1 ] || SMOKE=0
+BIN=${BIN:-bin}
+WEIGHTS=${WEIGHTS:-weights/model.safetensors}
+THREADS=${THREADS:-$(nproc)}
+PY=${PY:-/usr/bin/python3}
+BF=$BIN/bench/bench_forward
+if [ "$SMOKE" = 1 ]; then OUT=${OUT:-bench/smoke}; else OUT=${OUT:-bench}; fi
+export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
+# PyTorch gets the same OpenMP wait policy as C unless TORCH_OMP_WAIT_POLICY says otherwise
+# ("unset" = libgomp's default, spin then sleep)
+TORCH_OMP_WAIT_POLICY=${TORCH_OMP_WAIT_POLICY:-$OMP_WAIT_POLICY}
+if [ "$TORCH_OMP_WAIT_POLICY" = unset ]; then PYT=(env -u OMP_WAIT_POLICY "$PY")
+else PYT=(env OMP_WAIT_POLICY="$TORCH_OMP_WAIT_POLICY" "$PY"); fi
+
+if [ "$SMOKE" = 1 ]; then
+    LENS="128 512 2048"                 # framed positions (residues + <cls> + <eos>)
+    MIN_TIME=0.2; MIN_REPS=2; SINGLE_OVER=2
+    EXACT_LIMIT_MB=8                    # so that exact refuses L = 2048 (checks that path)
+    SGEMM_N=512; SGEMM_REPS=2; SHAPES_T=512
+    TORCH_CASES="128:1 128:4"           # L:batch
+    PROFILE_L=512
+    TORCH_MIN_TIME=0.2; TORCH_MIN_REPS=1
+    CROP=128; BATCH_TOKENS=1024; C_TRAIN_STEPS=4; TORCH_TRAIN_STEPS=3; TRAIN_SKIP=1
+    SRV_DURATION=2; SRV_CONNS="1 8 64"; SRV_BATCH_CONNS=16; SRV_LEN=62; TITIN_LEN=2000
+else
+    LENS="128 256 512 1024 2048 4096 8192 16384 32768 34352"   # 34352 = titin, 34,350 residues
+    MIN_TIME=1.5; MIN_REPS=3; SINGLE_OVER=5
+    EXACT_LIMIT_MB=0                    # the library's limit (1 GiB of L x L scores)
+    SGEMM_N=2048; SGEMM_REPS=5; SHAPES_T=4096
+    TORCH_CASES="512:1 512:16 4096:1 4096:16"
+    PROFILE_L=4096
+    TORCH_MIN_TIME=2; TORCH_MIN_REPS=3
+    CROP=512; BATCH_TOKENS=8192; C_TRAIN_STEPS=12; TORCH_TRAIN_STEPS=7; TRAIN_SKIP=2
+    SRV_DURATION=10; SRV_CONNS="1 8 64"; SRV_BATCH_CONNS=16; SRV_LEN=62; TITIN_LEN=34350
+fi
+
+die() { echo "bench: $*" >&2; exit 1; }
+for f in "$BIN/performer" "$BIN/performerd" "$BF"; do [ -x "$f" ] || die "$f missing: run make first"; done
+[ -f "$WEIGHTS" ] || die "$WEIGHTS missing (make weights/model.safetensors, or WEIGHTS=...)"
+command -v wrk >/dev/null || die "wrk missing (apt-get install wrk)"
+command -v gnuplot >/dev/null || die "gnuplot missing (apt-get install gnuplot-nox)"
+"$PY" -c 'import torch' 2>/dev/null || die "$PY cannot import torch (apt-get install python3-torch)"
+
+T=$(mktemp -d /tmp/bench.XXXXXX)
+trap 'rm -rf "$T"' EXIT
+R=$T/results.jsonl
+: >"$R"
+: >"$T/commands.txt"
+T0=$(date +%s)
+mkdir -p "$OUT"
+log() { echo "[bench $(( $(date +%s) - T0 ))s] $*" >&2; }
+
+# rec CMD...: runs a command that prints JSON lines, appends them to the results, logs the command
+rec() {
+    printf '%s\n' "$*" >>"$T/commands.txt"
+    "$@" >>"$R"
+}
+# rec_tag TAG CMD...: as rec, adding "role": TAG to every line
+rec_tag() {
+    local tag=$1; shift
+    printf '%s\n' "$*" >>"$T/commands.txt"
+    "$@" | sed "s/^{/{\"role\":\"$tag\",/" >>"$R"
+}
+
+# ---- machine ------------------------------------------------------------------------------------
+log "machine description"
+{
+    lscpu
+    echo "---"
+    free -b
+} >"$T/lscpu.txt" 2>&1 || true
+nproc >"$T/nproc.txt"
+uname -srmv >"$T/uname.txt"
+cat /etc/debian_version >"$T/debian.txt" 2>/dev/null || true
+${CC:-cc} --version 2>/dev/null | head -1 >"$T/cc.txt" || true
+cat /proc/loadavg >"$T/load_start.txt"
+ps -eo pcpu,etime,comm --sort=-pcpu | head -6 >"$T/top_start.txt"
+# the commit, read from .git without running git
+if [ -f .git/HEAD ]; then
+    head=$(cat .git/HEAD)
+    case $head in
+        ref:*) ref=${head#ref: }
+               if [ -f ".git/$ref" ]; then cat ".git/$ref"; else awk -v r="$ref" '$2 == r { print $1 }' .git/packed-refs 2>/dev/null; fi
+               echo "$ref" ;;
+        *) echo "$head" ;;
+    esac >"$T/commit.txt"
+fi
+# digest of the sources that were benchmarked (uncommitted edits change it)
+cat model/*.c model/*.h server/*.c server/*.h bench/*.c 2>/dev/null | sha256sum | cut -c1-16 >"$T/srcdigest.txt"
+sha256sum "$WEIGHTS" | cut -c1-64 >"$T/weights_sha.txt"
+"$BIN/performer" info --weights "$WEIGHTS" >"$T/weights_info.txt" 2>&1 || true
+printf 'SMOKE=%s WEIGHTS=%s THREADS=%s OMP_WAIT_POLICY=%s TORCH_OMP_WAIT_POLICY=%s OPENBLAS_CORETYPE=%s\n' \
+    "$SMOKE" "$WEIGHTS" "$THREADS" "$OMP_WAIT_POLICY" "$TORCH_OMP_WAIT_POLICY" "${OPENBLAS_CORETYPE:-}" >"$T/env.txt"
+echo "MIN_REPS=$MIN_REPS MIN_TIME=$MIN_TIME SINGLE_OVER=$SINGLE_OVER" >"$T/params.txt"
+rec "$BF" info --threads "$THREADS"
+rec "${PYT[@]}" bench/bench_torch.py info --threads "$THREADS"
+
+# ---- sgemm peak (start) -----------------------------------------------------------------------
+log "sgemm peak"
+rec_tag start "$BF" sgemm --threads "$THREADS" --n "$SGEMM_N" --reps "$SGEMM_REPS" --shapes-T "$SHAPES_T" \
+    --d "$(awk '$1 == "d_model:" { print $2 }' "$T/weights_info.txt")" \
+    --d-ff "$(awk '$1 == "d_ff:" { print $2 }' "$T/weights_info.txt")"
+
+# ---- forward latency and peak RSS vs L: one process per (kernel, L) ----------------------------
+for k in favor-softmax favor-relu exact; do
+    for L in $LENS; do
+        log "forward $k L=$L"
+        ex=()
+        [ "$EXACT_LIMIT_MB" != 0 ] && ex=(--exact-limit-mb "$EXACT_LIMIT_MB")
+        rec_tag sweep "$BF" forward --weights "$WEIGHTS" --kernel "$k" --len "$L" --batch 1 \
+            --threads "$THREADS" --min-time "$MIN_TIME" --min-reps "$MIN_REPS" \
+            --single-over "$SINGLE_OVER" "${ex[@]}" || log "forward $k L=$L failed (recorded)"
+    done
+done
+
+# ---- where one forward pass spends its time (perf, best effort) -----------------------------------
+if [ "${PROFILE:-1}" = 1 ] && command -v perf >/dev/null; then
+    log "perf profile of one forward, L=$PROFILE_L"
+    printf '%s\n' "perf record -F 999 -o T/perf.data -- $BF forward --weights $WEIGHTS --len $PROFILE_L --threads $THREADS --warmup 1 --min-reps 3 --min-time 0; perf report --sort dso,symbol" >>"$T/commands.txt"
+    if perf record -F 999 -o "$T/perf.data" -- "$BF" forward --weights "$WEIGHTS" --len "$PROFILE_L" \
+            --threads "$THREADS" --warmup 1 --min-reps 3 --min-time 0 >"$T/profile_run.json" 2>"$T/perf.log"; then
+        echo "$PROFILE_L" >"$T/profile_L.txt"
+        perf report -i "$T/perf.data" --stdio --sort dso,symbol --percent-limit 0.7 2>/dev/null |
+            grep -v '^#' | grep -v '^$' | sed -e 's/[ -]*$//' | head -25 >"$T/profile.txt" || true
+    else
+        log "perf record failed (see perf_event_paranoid); no profile"
+    fi
+fi
+
+# ---- C vs PyTorch on the same tokens, with the agreement check ---------------------------------
+for c in $TORCH_CASES; do
+    L=${c%:*}; B=${c#*:}
+    log "C vs PyTorch L=$L batch=$B"
+    rec_tag cmp "$BF" forward --weights "$WEIGHTS" --len "$L" --batch "$B" --threads "$THREADS" \
+        --min-time "$TORCH_MIN_TIME" --min-reps "$TORCH_MIN_REPS" --single-over "$SINGLE_OVER" \
+        --tokens-out "$T/tok.i32" --logp-out "$T/logp.f32"
+    rec "${PYT[@]}" bench/bench_torch.py forward --weights "$WEIGHTS" --tokens "$T/tok.i32" \
+        --logp-ref "$T/logp.f32" --len "$L" --batch "$B" --threads "$THREADS" \
+        --min-time "$TORCH_MIN_TIME" --min-reps "$TORCH_MIN_REPS" --single-over "$SINGLE_OVER"
+done
+
+# ---- trainer vs a PyTorch training step of the same configuration ------------------------------
+DATA=${DATA:-weights/data/valid.fasta}
+if [ ! -f "$DATA" ]; then
+    DATA=$T/synthetic.fasta
+    "$PY" - "$DATA" <<'PY'
+import random, sys
+random.seed(7)
+with open(sys.argv[1], "w") as f:
+    for i in range(3000):
+        n = int(min(2000, max(50, random.lognormvariate(5.8, 0.6))))
+        f.write(">s%d\n%s\n" % (i, "".join(random.choice("ACDEFGHIKLMNPQRSTVWY") for _ in range(n))))
+PY
+fi
+echo "$DATA" >"$T/data.txt"
+log "trainer: C, $C_TRAIN_STEPS steps"
+printf '%s\n' "$BIN/performer train --fasta $DATA --init $WEIGHTS --out T/train_out.safetensors --log T/train_c.csv --steps $C_TRAIN_STEPS --crop $CROP --batch-tokens $BATCH_TOKENS --eval-every 0 --quiet --threads $THREADS --seed 1" >>"$T/commands.txt"
+"$BIN/performer" train --fasta "$DATA" --init "$WEIGHTS" --out "$T/train_out.safetensors" \
+    --log "$T/train_c.csv" --steps "$C_TRAIN_STEPS" --crop "$CROP" --batch-tokens "$BATCH_TOKENS" \
+    --eval-every 0 --quiet --threads "$THREADS" --seed 1 2>"$T/train_c.log" ||
+    { cat "$T/train_c.log" >&2; die "performer train failed"; }
+"$PY" bench/report.py csv2json --csv "$T/train_c.csv" --skip "$TRAIN_SKIP" --crop "$CROP" \
+    --batch-tokens "$BATCH_TOKENS" --threads "$THREADS" >>"$R"
+log "trainer: PyTorch, $TORCH_TRAIN_STEPS steps per implementation"
+rec "${PYT[@]}" bench/bench_torch.py train --weights "$WEIGHTS" --fasta "$DATA" --steps "$TORCH_TRAIN_STEPS" \
+    --skip "$TRAIN_SKIP" --crop "$CROP" --batch-tokens "$BATCH_TOKENS" --threads "$THREADS"
+
+# ---- server -------------------------------------------------------------------------------------
+log "server (wrk, ${SRV_DURATION}s per run)"
+printf '%s\n' "BIN=$BIN BENCH_FORWARD=$BF WEIGHTS=$WEIGHTS THREADS=$THREADS DURATION=$SRV_DURATION CONNS='$SRV_CONNS' BATCH_CONNS=$SRV_BATCH_CONNS SHORT_LEN=$SRV_LEN TITIN_LEN=$TITIN_LEN bash bench/bench_server.sh" >>"$T/commands.txt"
+BIN=$BIN BENCH_FORWARD=$BF WEIGHTS=$WEIGHTS THREADS=$THREADS DURATION=$SRV_DURATION \
+    CONNS="$SRV_CONNS" BATCH_CONNS=$SRV_BATCH_CONNS SHORT_LEN=$SRV_LEN TITIN_LEN=$TITIN_LEN \
+    RAW_MIN_TIME=$MIN_TIME bash bench/bench_server.sh >>"$R"
+
+# ---- sgemm peak (end: drift check) ---------------------------------------------------------------
+log "sgemm peak (end)"
+rec_tag end "$BF" sgemm --threads "$THREADS" --n "$SGEMM_N" --reps "$SGEMM_REPS"
+cat /proc/loadavg >"$T/load_end.txt"
+echo $(( $(date +%s) - T0 )) >"$T/elapsed.txt"
+
+# ---- report ---------------------------------------------------------------------------------------
+log "report"
+cp "$R" "$OUT/results.jsonl"
+"$PY" bench/report.py report --results "$R" --meta "$T" --out "$OUT" --smoke "$SMOKE"
+log "wrote $OUT/RESULTS.md, $OUT/forward.png, $OUT/results.jsonl"
