@@ -28,8 +28,12 @@ struct pf_ctx {
 
 void pf_omp_passive(char **argv) {
     if (getenv("OMP_WAIT_POLICY")) return;
+    char self[4096];
+    ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
+    if (n <= 0) return;
+    self[n] = '\0';
     if (setenv("OMP_WAIT_POLICY", "PASSIVE", 1) != 0) return;
-    execv("/proc/self/exe", argv);  /* only returns on failure: carry on as we are */
+    execv(self, argv);  /* keeps the program's name; only returns on failure: carry on as we are */
 }
 
 void pf_set_threads(int n) {
