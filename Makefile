@@ -5,8 +5,9 @@ OPT     ?= -O3 -march=native
 SAN     ?=
 BIN     ?= bin
 OBJ     ?= build/obj
-CFLAGS  += $(OPT) $(SAN) -g -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -fopenmp -Imodel -Iserver
-LDFLAGS += $(SAN) -fopenmp
+FOPENMP ?= -fopenmp
+CFLAGS  += $(OPT) $(SAN) -g -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror $(FOPENMP) -Imodel -Iserver
+LDFLAGS += $(SAN) $(FOPENMP)
 OPENBLAS_DIR ?= /usr/lib/x86_64-linux-gnu/openblas-openmp
 LDLIBS_MODEL  = -L$(OPENBLAS_DIR) -Wl,-rpath,$(OPENBLAS_DIR) -lopenblas -ljansson -lcrypto -lm -lpthread
 LDLIBS_SERVER = -lmicrohttpd -lsqlite3 $(LDLIBS_MODEL)
@@ -19,7 +20,7 @@ UNIT_SRC   := $(wildcard tests/unit/test_*.c)
 UNIT_BIN   := $(UNIT_SRC:tests/unit/%.c=$(BIN)/tests/%)
 PROGS      := $(BIN)/performer $(if $(wildcard server/main.c),$(BIN)/performerd)
 
-.PHONY: all test unit asan asan-test fixtures deps run data bench clean docker-test
+.PHONY: all test unit asan asan-test fixtures deps run data bench clean docker-test fuzz fuzz-build fuzz-run
 all: $(PROGS) $(UNIT_BIN)
 
 $(OBJ)/%.o: %.c $(wildcard model/*.h server/*.h)
@@ -68,6 +69,25 @@ weights/model.safetensors:
 run: all weights/model.safetensors
 	@mkdir -p var
 	$(BIN)/performerd --weights weights/model.safetensors --db var/cache.sqlite
+
+# ---- fuzzing (libFuzzer; Debian clang + libclang-rt-14-dev) ----
+FUZZ_TARGETS := request tokenizer safetensors
+FUZZ_SECONDS ?= 60
+FUZZ_SAN = -fsanitize=address,undefined -fno-sanitize-recover=undefined
+fuzz:
+	$(MAKE) CC=clang FOPENMP=-fopenmp=libgomp OBJ=build/fuzz/obj BIN=build/fuzz/bin \
+	    OPT="-O1 -fno-omit-frame-pointer" SAN="-fsanitize=fuzzer-no-link $(FUZZ_SAN)" fuzz-build
+
+fuzz-build: $(FUZZ_TARGETS:%=$(BIN)/fuzz_%)
+
+$(BIN)/fuzz_%: tests/fuzz/fuzz_%.c $(MODEL_OBJ) $(SERVER_OBJ)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $< $(MODEL_OBJ) $(SERVER_OBJ) -o $@ -fsanitize=fuzzer $(FUZZ_SAN) $(FOPENMP) $(LDLIBS_SERVER)
+
+# Runs every fuzz target for FUZZ_SECONDS each from the committed seed corpora (new inputs go to
+# build/fuzz/corpus, crashes to build/fuzz/crash-*); fails on the first crash.
+fuzz-run: fuzz
+	bash tests/fuzz/run.sh $(FUZZ_SECONDS) $(FUZZ_TARGETS)
 
 # ---- benchmarks (not part of `make test`; see bench/README.md) ----
 $(BIN)/bench/bench_forward: bench/bench_forward.c $(MODEL_OBJ)

@@ -7,4 +7,4 @@ $SUDO apt-get update -qq
 $SUDO apt-get install -y -qq --no-install-recommends \
     build-essential ca-certificates curl pkg-config \
     libmicrohttpd-dev libjansson-dev libopenblas-dev libopenblas-openmp-dev libsqlite3-dev libssl-dev \
-    sqlite3 python3 >/dev/null
+    sqlite3 python3 clang libclang-rt-14-dev >/dev/null
