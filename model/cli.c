@@ -1,9 +1,14 @@
-/* cli.c - bin/performer: the offline command-line tool (info, init, predict, train, eval). */
+/* cli.c - bin/performer: the offline command-line tool (info, init, predict, train, eval, export,
+ * and score, embed, run-jobs, which share server/task.c and server/batch.c with performerd). */
+#include "batch.h"
 #include "dataset.h"
 #include "model.h"
+#include "task.h"
 #include "train.h"
 
 #include <errno.h>
+#include <time.h>
+#include <unistd.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <math.h>
@@ -29,6 +34,17 @@ static const char *USAGE =
     "  eval    --weights F --fasta F [--mask-rate 0.15] [--seed S] [--kernel K]\n"
     "          [--max-seqs N] [--unigram F]      perplexity/accuracy vs a unigram baseline (JSON)\n"
     "  export  --ckpt F --out F                  write a checkpoint's model as a weights file\n"
+    "  score   --weights F (--mutations A24G,K30R:D31N | --mutations-file F) [--method M]\n"
+    "          [--offset N] [--json] SEQUENCE    variant effect scores (log p(mt) - log p(wt) per site,\n"
+    "                                            summed; M = masked-marginals (default), wt-marginals,\n"
+    "                                            pseudo-likelihood); a table, or POST /score's JSON\n"
+    "  embed   --weights F [--layer N] [--representations mean,per_residue,cls]\n"
+    "          (SEQUENCE | --fasta F) [--out F]  embeddings as JSON Lines (one record per sequence)\n"
+    "  run-jobs --weights F --fasta F --task predict|score|embed|logits [--out F.jsonl]\n"
+    "          [--top-k K] [--mask-positions 1,4] [--mutations L] [--method M] [--offset N]\n"
+    "          [--layer N] [--representations L] a whole FASTA file offline: the JSON Lines of\n"
+    "                                            GET /jobs/{id}/result, with a progress bar\n"
+    "          (score/run-jobs also take --max-pll-length N, default 1024)\n"
     "\n"
     "common: --threads N (default 2)\n";
 
@@ -363,6 +379,447 @@ static int cmd_export(int argc, char **argv) {
     return 0;
 }
 
+/* ---- score, embed, run-jobs ------------------------------------------------------------------------ */
+
+/* Progress over model inputs, drawn on stderr (a bar on a terminal, a line every 5 s otherwise). */
+typedef struct {
+    long long total, done, tokens;
+    long seqs_total, seqs_done;
+    double t0, last;
+    int tty, quiet, drawn;
+} progress;
+
+/* Returns a monotonic clock in seconds. */
+static double mono_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+/* Draws the progress bar (force: draw now, e.g. at the end). */
+static void progress_draw(progress *p, int force) {
+    if (p->quiet || p->total <= 0) return;
+    double now = mono_s();
+    if (!force && now - p->last < (p->tty ? 0.2 : 5.0)) return;
+    p->last = now;
+    double el = now - p->t0, frac = (double)p->done / (double)p->total;
+    double eta = p->done > 0 ? el * (double)(p->total - p->done) / (double)p->done : 0;
+    int w = 24, fill = (int)(w * frac);
+    char bar[32];
+    for (int i = 0; i < w; i++) bar[i] = i < fill ? '#' : '.';
+    bar[w] = 0;
+    fprintf(stderr, "%s[%s] %ld/%ld sequences | %lld/%lld passes | %.0f tok/s | %.0fs elapsed, ETA %.0fs%s",
+            p->tty ? "\r" : "", bar, p->seqs_done, p->seqs_total, p->done, p->total,
+            el > 0 ? (double)p->tokens / el : 0.0, el, eta, p->tty ? "   " : "\n");
+    p->drawn = 1;
+}
+
+/* Ends the progress display (newline after a terminal bar). */
+static void progress_end(progress *p) {
+    progress_draw(p, 1);
+    if (p->drawn && p->tty && !p->quiet) fputc('\n', stderr);
+}
+
+/* Runs every input of r through the model in chunks of at most 16384 tokens (an input longer
+ * than that alone) and hands the outputs to r. Returns 0, or -1 with err. */
+static int run_task(pf_ctx *ctx, const pf_model *m, tk_request *r, progress *pg, char *err, size_t errlen) {
+    size_t cap = 16384;
+    for (int k = 0; k < r->n_inputs; k++)
+        if (tk_input_len(r, k) + 2 > cap) cap = tk_input_len(r, k) + 2;
+    int d = m->cfg.d_model, rc = -1;
+    int32_t *tokens = malloc(cap * sizeof *tokens);
+    int *lens = malloc((cap / 3 + 1) * sizeof *lens);
+    float *logp = malloc(cap * TOK_NRES * sizeof *logp);
+    float *hidden = r->hidden_layer != TK_NO_HIDDEN ? malloc(cap * (size_t)d * sizeof *hidden) : NULL;
+    if (!tokens || !lens || !logp || (r->hidden_layer != TK_NO_HIDDEN && !hidden)) {
+        snprintf(err, errlen, "out of memory for %zu tokens", cap);
+        goto out;
+    }
+    for (int k = 0; k < r->n_inputs;) {
+        size_t off = 0;
+        int B = 0, first = k;
+        while (k < r->n_inputs) {
+            size_t n = tk_input_len(r, k);
+            if (B > 0 && (off + n + 2 > cap || (size_t)B >= cap / 3)) break;
+            tokens[off] = TOK_CLS;
+            tk_input(r, k, tokens + off + 1);
+            tokens[off + n + 1] = TOK_EOS;
+            lens[B++] = (int)(n + 2);
+            off += n + 2;
+            k++;
+        }
+        if (pf_forward_ex(ctx, m, PF_KERNEL_DEFAULT, tokens, lens, B, logp, hidden,
+                          r->hidden_layer == TK_NO_HIDDEN ? -1 : r->hidden_layer, err, errlen))
+            goto out;
+        off = 0;
+        for (int b = 0; b < B; b++) {
+            if (tk_consume(r, first + b, logp + off * TOK_NRES, hidden ? hidden + off * (size_t)d : NULL, d)) {
+                snprintf(err, errlen, "out of memory");
+                goto out;
+            }
+            off += (size_t)lens[b];
+        }
+        if (pg) {
+            pg->done += B;
+            pg->tokens += (long long)off;
+            progress_draw(pg, 0);
+        }
+    }
+    rc = 0;
+out:
+    free(tokens);
+    free(lens);
+    free(logp);
+    free(hidden);
+    return rc;
+}
+
+/* Returns the {"name","sha256","trained"} object of responses. */
+static json_t *model_ref(const pf_model *m) {
+    return json_pack("{s:s, s:s, s:b}", "name", m->cfg.name, "sha256", m->sha256, "trained", m->cfg.trained);
+}
+
+/* Fills the per-sequence limits for offline use (no request-size limits; pseudo-likelihood cap). */
+static void cli_limits(const pf_model *m, long max_pll, tk_limits *lim) {
+    lim->max_length = 10000000;
+    lim->max_batch = 1;
+    lim->max_pll_length = max_pll;
+    lim->max_score_tokens = (long)1 << 40;
+    lim->n_layers = m->cfg.n_layers;
+    lim->d_model = m->cfg.d_model;
+}
+
+/* Reads a whole file into a malloc'd NUL-terminated buffer. Returns NULL with err. */
+static char *read_file(const char *path, size_t *len, char *err, size_t errlen) {
+    FILE *f = strcmp(path, "-") ? fopen(path, "rb") : stdin;
+    if (!f) {
+        snprintf(err, errlen, "cannot open %s: %s", path, strerror(errno));
+        return NULL;
+    }
+    size_t cap = 1 << 16, n = 0;
+    char *b = malloc(cap);
+    while (b) {
+        size_t r = fread(b + n, 1, cap - n - 1, f);
+        n += r;
+        if (n + 1 < cap) {
+            if (feof(f) || ferror(f)) break;
+            continue;
+        }
+        char *nb = realloc(b, cap * 2);
+        if (!nb) {
+            free(b);
+            b = NULL;
+            break;
+        }
+        b = nb;
+        cap *= 2;
+    }
+    int bad = f != stdin && ferror(f);
+    if (f != stdin) fclose(f);
+    if (!b || bad) {
+        free(b);
+        snprintf(err, errlen, "cannot read %s", path);
+        return NULL;
+    }
+    b[n] = '\0';
+    *len = n;
+    return b;
+}
+
+/* Runs a validated submission offline, writing its JSON Lines to out. Returns 0, 1 (some sequences
+ * failed) or -1 with err. */
+static int run_submission(const pf_model *m, const bt_submission *s, const tk_limits *lim, FILE *out, int quiet,
+                          char *err, size_t errlen) {
+    pf_ctx *ctx = pf_ctx_new(m);
+    json_t *mref = model_ref(m);
+    if (!ctx || !mref) {
+        pf_ctx_free(ctx);
+        json_decref(mref);
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    progress pg = {0};
+    pg.t0 = pg.last = mono_s();
+    pg.tty = isatty(2);
+    pg.quiet = quiet;
+    pg.seqs_total = (long)s->n;
+    for (long long i = 0; i < s->n; i++) {      /* the passes to run, for the bar */
+        tk_request *r = NULL;
+        pr_error e;
+        if (tk_parse(s->kind, s->requests[i], strlen(s->requests[i]), lim, m->sha256, &r, &e) == 0)
+            pg.total += r->n_inputs;
+        else
+            json_decref(e.details);
+        tk_free(r);
+    }
+    int failed = 0;
+    for (long long i = 0; i < s->n; i++) {
+        tk_request *r = NULL;
+        pr_error e;
+        ut_buf line = {0};
+        char ferr[256] = "";
+        if (tk_parse(s->kind, s->requests[i], strlen(s->requests[i]), lim, m->sha256, &r, &e)) {
+            json_t *o = json_pack("{s:s, s:s}", "error", e.msg, "error_type", e.type);
+            json_decref(e.details);
+            char *eo = json_dumps(o, JSON_COMPACT);
+            json_decref(o);
+            bt_result_line(&line, i, s->names[i], e.status, eo ? eo : "", eo ? strlen(eo) : 0);
+            free(eo);
+            failed = 1;
+        } else if (run_task(ctx, m, r, &pg, ferr, sizeof ferr)) {
+            json_t *o = json_pack("{s:s, s:s}", "error", ferr, "error_type", "inference_failed");
+            char *eo = json_dumps(o, JSON_COMPACT);
+            json_decref(o);
+            bt_result_line(&line, i, s->names[i], 500, eo ? eo : "", eo ? strlen(eo) : 0);
+            free(eo);
+            failed = 1;
+        } else {
+            size_t len = 0;
+            char *body = tk_response(r, mref, &len);
+            if (!body) {
+                tk_free(r);
+                free(line.s);
+                snprintf(err, errlen, "out of memory");
+                pf_ctx_free(ctx);
+                json_decref(mref);
+                return -1;
+            }
+            bt_result_line(&line, i, s->names[i], 200, body, len);
+            free(body);
+        }
+        tk_free(r);
+        if (line.oom || fwrite(line.s, 1, line.len, out) != line.len) {
+            free(line.s);
+            snprintf(err, errlen, "cannot write the results: %s", strerror(errno));
+            pf_ctx_free(ctx);
+            json_decref(mref);
+            return -1;
+        }
+        free(line.s);
+        pg.seqs_done++;
+        progress_draw(&pg, 0);
+    }
+    progress_end(&pg);
+    pf_ctx_free(ctx);
+    json_decref(mref);
+    return failed;
+}
+
+/* Options shared by score, embed and run-jobs; the task parameters are collected as strings. */
+typedef struct {
+    const char *weights, *fasta, *task, *out, *seq, *mutations_file;
+    long max_pll;
+    int json, quiet;
+    json_t *params;             /* query-style task parameters (strings) */
+} task_opts;
+
+/* Parses the options of score/embed/run-jobs into o; returns 0 or 2 (usage error). */
+static int parse_task_opts(int argc, char **argv, const char *cmd, task_opts *o) {
+    memset(o, 0, sizeof *o);
+    o->max_pll = 1024;
+    o->params = json_object();
+    static const struct { const char *opt, *param; } map[] = {
+        {"--top-k", "top_k"}, {"--mask-positions", "mask_positions"}, {"--mutations", "mutations"},
+        {"--method", "method"}, {"--offset", "offset"}, {"--layer", "layer"},
+        {"--representations", "representations"}};
+    for (int i = 2; i < argc; i++) {
+        const char *a = argv[i], *v;
+        if (!strcmp(a, "--json")) { o->json = 1; continue; }
+        if (!strcmp(a, "--quiet")) { o->quiet = 1; continue; }
+        if (!strcmp(a, "--per-residue")) {
+            json_object_set_new(o->params, "representations", json_string("mean,per_residue"));
+            continue;
+        }
+        if (strncmp(a, "--", 2)) {
+            if (o->seq) { fprintf(stderr, "performer %s: more than one SEQUENCE given\n", cmd); return 2; }
+            o->seq = a;
+            continue;
+        }
+        if (!(v = arg_val(argc, argv, &i))) return 2;
+        int mapped = 0;
+        for (size_t k = 0; k < sizeof map / sizeof map[0]; k++)
+            if (!strcmp(a, map[k].opt)) {
+                json_object_set_new(o->params, map[k].param, json_string(v));
+                mapped = 1;
+            }
+        if (mapped) continue;
+        if (!strcmp(a, "--weights")) o->weights = v;
+        else if (!strcmp(a, "--fasta")) o->fasta = v;
+        else if (!strcmp(a, "--task")) o->task = v;
+        else if (!strcmp(a, "--out")) o->out = v;
+        else if (!strcmp(a, "--mutations-file")) o->mutations_file = v;
+        else if (!strcmp(a, "--max-pll-length")) { if (parse_long(a, v, 1, 10000000, &o->max_pll)) return 2; }
+        else if (!strcmp(a, "--threads")) { long t; if (parse_long(a, v, 1, 256, &t)) return 2; pf_set_threads((int)t); }
+        else { fprintf(stderr, "performer %s: unknown option %s\n", cmd, a); return 2; }
+    }
+    if (!o->weights) { fprintf(stderr, "performer %s: --weights F is required\n", cmd); return 2; }
+    return 0;
+}
+
+/* Loads the weights and parses a FASTA text (or one sequence) into a submission for task. */
+static int load_submission(task_opts *o, tk_kind kind, pf_model **m, tk_limits *lim, bt_submission **sub) {
+    char err[512];
+    if (pf_model_load(m, o->weights, err, sizeof err)) { fprintf(stderr, "performer: %s\n", err); return 1; }
+    cli_limits(*m, o->max_pll, lim);
+    bt_limits bl = {100000000, *lim};
+    size_t len = 0;
+    char *text = NULL;
+    if (o->fasta) {
+        text = read_file(o->fasta, &len, err, sizeof err);
+        if (!text) { fprintf(stderr, "performer: %s\n", err); return 1; }
+    } else {
+        ut_buf b = {0};
+        ut_str(&b, ">sequence\n");
+        ut_str(&b, o->seq);
+        ut_str(&b, "\n");
+        if (b.oom) { free(b.s); fprintf(stderr, "performer: out of memory\n"); return 1; }
+        text = b.s;
+        len = b.len;
+    }
+    pr_error e;
+    int rc = bt_parse_fasta(text, len, tk_kind_name(kind), o->params, &bl, (*m)->sha256, sub, &e);
+    free(text);
+    if (rc) {
+        const char *msg = e.msg, *pre = "sequence 1 ('sequence'): ";
+        if (!o->fasta && !strncmp(msg, pre, strlen(pre))) msg += strlen(pre);
+        fprintf(stderr, "performer: %s (%s)\n", msg, e.type);
+        json_decref(e.details);
+        return 1;
+    }
+    return 0;
+}
+
+/* Opens --out (or stdout). */
+static FILE *open_out(const char *path) {
+    if (!path || !strcmp(path, "-")) return stdout;
+    FILE *f = fopen(path, "w");
+    if (!f) fprintf(stderr, "performer: cannot write %s: %s\n", path, strerror(errno));
+    return f;
+}
+
+/* `performer score`: a table of mutant scores, or the JSON of POST /score. */
+static int cmd_score(int argc, char **argv) {
+    task_opts o;
+    int rc = parse_task_opts(argc, argv, "score", &o);
+    if (rc) { json_decref(o.params); return rc; }
+    if (!o.seq) { fprintf(stderr, "performer score: give the wild-type SEQUENCE\n"); json_decref(o.params); return 2; }
+    if (o.mutations_file) {
+        char err[512];
+        size_t len;
+        char *t = read_file(o.mutations_file, &len, err, sizeof err);
+        if (!t) { fprintf(stderr, "performer: %s\n", err); json_decref(o.params); return 1; }
+        for (char *p = t; *p; p++)           /* one mutant per line; '#' starts a comment */
+            if (*p == '#') while (*p && *p != '\n') *p++ = ' ';
+        for (char *p = t; *p; p++)
+            if (*p == '\n' || *p == '\r' || *p == '\t') *p = ',';
+        json_object_set_new(o.params, "mutations", json_string(t));
+        free(t);
+    }
+    if (!json_object_get(o.params, "mutations")) {
+        fprintf(stderr, "performer score: give --mutations A24G,K30R:D31N or --mutations-file F\n");
+        json_decref(o.params);
+        return 2;
+    }
+    pf_model *m = NULL;
+    tk_limits lim;
+    bt_submission *sub = NULL;
+    rc = load_submission(&o, TK_SCORE, &m, &lim, &sub);
+    json_decref(o.params);
+    if (rc) { pf_model_free(m); return rc; }
+    tk_request *r = NULL;
+    pr_error e;
+    char err[512];
+    rc = 1;
+    if (tk_parse(TK_SCORE, sub->requests[0], strlen(sub->requests[0]), &lim, m->sha256, &r, &e)) {
+        fprintf(stderr, "performer: %s\n", e.msg);
+        json_decref(e.details);
+        goto done;
+    }
+    pf_ctx *ctx = pf_ctx_new(m);
+    progress pg = {0};
+    pg.t0 = pg.last = mono_s();
+    pg.tty = isatty(2);
+    pg.quiet = o.quiet || r->n_inputs < 64;
+    pg.total = r->n_inputs;
+    pg.seqs_total = 1;
+    snprintf(err, sizeof err, "out of memory");
+    int frc = ctx ? run_task(ctx, m, r, &pg, err, sizeof err) : -1;
+    pf_ctx_free(ctx);
+    if (frc) { fprintf(stderr, "performer: %s\n", err); goto done; }
+    pg.seqs_done = 1;
+    progress_end(&pg);
+    json_t *mref = model_ref(m);
+    size_t len = 0;
+    char *body = tk_response(r, mref, &len);
+    json_decref(mref);
+    if (!body) { fprintf(stderr, "performer: out of memory\n"); goto done; }
+    if (o.json) {
+        printf("%s\n", body);
+    } else {
+        json_t *j = json_loads(body, 0, NULL);
+        printf("# %s, offset %ld, %zu residues%s\nmutant\tscore\n", tk_method_name(r->method), r->offset,
+               r->seq->len[0], m->cfg.trained ? "" : " (UNTRAINED model: scores are meaningless)");
+        size_t i;
+        json_t *v;
+        json_array_foreach(json_object_get(j, "scores"), i, v)
+            printf("%s\t%.4f\n", json_string_value(json_object_get(v, "mutant")),
+                   json_number_value(json_object_get(v, "score")));
+        json_decref(j);
+    }
+    free(body);
+    rc = 0;
+done:
+    tk_free(r);
+    bt_free(sub);
+    pf_model_free(m);
+    return rc;
+}
+
+/* `performer embed` and `performer run-jobs`: JSON Lines of a FASTA file (or one sequence). */
+static int cmd_lines(int argc, char **argv, const char *cmd) {
+    task_opts o;
+    int rc = parse_task_opts(argc, argv, cmd, &o);
+    if (rc) { json_decref(o.params); return rc; }
+    tk_kind kind = TK_EMBED;
+    if (!strcmp(cmd, "run-jobs")) {
+        if (!o.fasta || !o.task) {
+            fprintf(stderr, "performer run-jobs: --fasta F and --task predict|score|embed|logits are required\n");
+            json_decref(o.params);
+            return 2;
+        }
+        if (tk_kind_parse(o.task, &kind)) {
+            fprintf(stderr, "performer run-jobs: unknown task '%s' (predict, score, embed, logits)\n", o.task);
+            json_decref(o.params);
+            return 2;
+        }
+    } else if (!o.fasta == !o.seq) {
+        fprintf(stderr, "performer embed: give one SEQUENCE or --fasta F\n");
+        json_decref(o.params);
+        return 2;
+    }
+    if (!o.fasta) o.quiet = 1;               /* one sequence: no progress bar */
+    pf_model *m = NULL;
+    tk_limits lim;
+    bt_submission *sub = NULL;
+    rc = load_submission(&o, kind, &m, &lim, &sub);
+    json_decref(o.params);
+    if (rc) { pf_model_free(m); return rc; }
+    FILE *out = open_out(o.out);
+    char err[512] = "";
+    int r = out ? run_submission(m, sub, &lim, out, o.quiet, err, sizeof err) : -1;
+    if (out && out != stdout && fclose(out) && r >= 0) {
+        snprintf(err, sizeof err, "cannot write %s: %s", o.out, strerror(errno));
+        r = -1;
+    }
+    if (r < 0 && err[0]) fprintf(stderr, "performer %s: %s\n", cmd, err);
+    if (r == 1) fprintf(stderr, "performer %s: some sequences failed (see their \"error\" lines)\n", cmd);
+    if (r == 0 && o.out && !o.quiet)
+        fprintf(stderr, "performer %s: %lld sequences -> %s\n", cmd, sub->n, o.out);
+    bt_free(sub);
+    pf_model_free(m);
+    return r == 0 ? 0 : 1;
+}
+
 int main(int argc, char **argv) {
     if (argc < 2 || strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0 || strcmp(argv[1], "help") == 0) {
         fputs(USAGE, argc < 2 ? stderr : stdout);
@@ -377,6 +834,9 @@ int main(int argc, char **argv) {
     if (strcmp(c, "train") == 0) return cmd_train(argc, argv);
     if (strcmp(c, "eval") == 0) return cmd_eval(argc, argv);
     if (strcmp(c, "export") == 0) return cmd_export(argc, argv);
+    if (strcmp(c, "score") == 0) return cmd_score(argc, argv);
+    if (strcmp(c, "embed") == 0) return cmd_lines(argc, argv, "embed");
+    if (strcmp(c, "run-jobs") == 0) return cmd_lines(argc, argv, "run-jobs");
     fprintf(stderr, "performer: unknown command '%s'\n\n%s", c, USAGE);
     return 2;
 }

@@ -10,8 +10,13 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#define DB_JOB_COLS "id, task, params, model_sha256, state, total, done, failed, created_at, started_at," \
+                    " finished_at, updated_at"
+
 enum { ST_GET, ST_TOUCH, ST_INS, ST_REFRESH, ST_BYTES, ST_EVICT, ST_LOG, ST_PING, ST_BEGIN, ST_COMMIT,
-       ST_ROLLBACK, ST_STATS, ST_N };
+       ST_ROLLBACK, ST_STATS, ST_JOB_INS, ST_ITEM_INS, ST_JOB_GET, ST_JOB_LIST, ST_JOB_NEXT, ST_JOB_STATE,
+       ST_JOB_REQUEUE, ST_ITEM_PENDING, ST_ITEM_STORE, ST_JOB_COUNT, ST_ITEM_READ, ST_ITEM_DEL, ST_JOB_DEL,
+       ST_JOB_FINISH, ST_N };
 
 static const char *const stmt_sql[ST_N] = {
     [ST_GET] = "SELECT response FROM results WHERE id = ?1",
@@ -29,6 +34,28 @@ static const char *const stmt_sql[ST_N] = {
     [ST_COMMIT] = "COMMIT",
     [ST_ROLLBACK] = "ROLLBACK",
     [ST_STATS] = "SELECT n, bytes FROM cache_stats WHERE id = 1",
+    [ST_JOB_INS] = "INSERT OR IGNORE INTO jobs (id, task, params, model_sha256, state, total, created_at, updated_at)"
+                   " VALUES (?1, ?2, ?3, ?4, 'queued', ?5, ?6, ?6)",
+    [ST_ITEM_INS] = "INSERT INTO job_items (job_id, idx, name, request) VALUES (?1, ?2, ?3, ?4)",
+    [ST_JOB_GET] = "SELECT " DB_JOB_COLS " FROM jobs WHERE id = ?1",
+    [ST_JOB_LIST] = "SELECT " DB_JOB_COLS " FROM jobs ORDER BY created_at DESC LIMIT ?1",
+    [ST_JOB_NEXT] = "SELECT id FROM jobs WHERE state = 'queued' AND model_sha256 = ?1 ORDER BY created_at, id LIMIT 1",
+    [ST_JOB_STATE] = "UPDATE jobs SET state = ?2, updated_at = ?3,"
+                     " started_at = CASE WHEN ?2 = 'running' AND started_at IS NULL THEN ?3 ELSE started_at END,"
+                     " finished_at = CASE WHEN ?2 IN ('done', 'cancelled') THEN ?3 ELSE NULL END"
+                     " WHERE id = ?1 AND (?4 IS NULL OR instr(?4, ',' || state || ',') > 0)",
+    [ST_JOB_REQUEUE] = "UPDATE jobs SET state = 'queued', updated_at = ?1 WHERE state = 'running'",
+    [ST_ITEM_PENDING] = "SELECT idx, request FROM job_items WHERE job_id = ?1 AND idx > ?2 AND status IS NULL"
+                        " ORDER BY idx LIMIT ?3",
+    [ST_ITEM_STORE] = "UPDATE job_items SET status = ?3, result_id = ?4, output = ?5"
+                      " WHERE job_id = ?1 AND idx = ?2 AND status IS NULL",
+    [ST_JOB_COUNT] = "UPDATE jobs SET done = done + ?2, failed = failed + ?3, updated_at = ?4 WHERE id = ?1",
+    [ST_ITEM_READ] = "SELECT idx, name, status, output FROM job_items WHERE job_id = ?1 AND idx >= ?2"
+                     " AND status IS NOT NULL ORDER BY idx LIMIT ?3",
+    [ST_ITEM_DEL] = "DELETE FROM job_items WHERE job_id = ?1",
+    [ST_JOB_DEL] = "DELETE FROM jobs WHERE id = ?1",
+    [ST_JOB_FINISH] = "UPDATE jobs SET state = 'done', updated_at = ?2, finished_at = ?2 WHERE id = ?1 AND"
+                      " state = 'running' AND done + failed >= total",
 };
 
 /* Ordered migrations: entry v-1 moves the schema from version v-1 to v. */
@@ -65,6 +92,30 @@ static const char *const migrations[DB_SCHEMA_VERSION] = {
     "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);",
     /* 2: look up the requests that produced a result. */
     "CREATE INDEX requests_result ON requests (result_id);",
+    /* 3: asynchronous jobs (POST /jobs) and their per-sequence items and results. */
+    "CREATE TABLE jobs ("
+    "  id TEXT PRIMARY KEY,"
+    "  task TEXT NOT NULL,"
+    "  params TEXT NOT NULL,"
+    "  model_sha256 TEXT NOT NULL,"
+    "  state TEXT NOT NULL,"
+    "  total INTEGER NOT NULL,"
+    "  done INTEGER NOT NULL DEFAULT 0,"
+    "  failed INTEGER NOT NULL DEFAULT 0,"
+    "  created_at REAL NOT NULL,"
+    "  started_at REAL,"
+    "  finished_at REAL,"
+    "  updated_at REAL NOT NULL);"
+    "CREATE INDEX jobs_queue ON jobs (state, created_at);"
+    "CREATE TABLE job_items ("
+    "  job_id TEXT NOT NULL,"
+    "  idx INTEGER NOT NULL,"
+    "  name TEXT NOT NULL,"
+    "  request TEXT NOT NULL,"
+    "  status INTEGER,"
+    "  result_id TEXT,"
+    "  output BLOB,"
+    "  PRIMARY KEY (job_id, idx));",
 };
 
 typedef struct db_conn {
@@ -398,3 +449,261 @@ int db_stats(long long *results, long long *bytes) {
 
 /* Returns this thread's last database error. */
 const char *db_last_error(void) { return t_err; }
+
+/* ---- asynchronous jobs -------------------------------------------------------------------------- */
+
+/* Copies a text column into a fixed buffer. */
+static void col_text(sqlite3_stmt *st, int i, char *out, size_t cap) {
+    const unsigned char *t = sqlite3_column_text(st, i);
+    snprintf(out, cap, "%s", t ? (const char *)t : "");
+}
+
+/* Fills j from a row of DB_JOB_COLS; returns 0 or -1 (out of memory). */
+static int job_row(sqlite3_stmt *st, db_job *j) {
+    memset(j, 0, sizeof *j);
+    col_text(st, 0, j->id, sizeof j->id);
+    col_text(st, 1, j->task, sizeof j->task);
+    const unsigned char *p = sqlite3_column_text(st, 2);
+    j->params = strdup(p ? (const char *)p : "{}");
+    col_text(st, 3, j->model_sha256, sizeof j->model_sha256);
+    col_text(st, 4, j->state, sizeof j->state);
+    j->total = sqlite3_column_int64(st, 5);
+    j->done = sqlite3_column_int64(st, 6);
+    j->failed = sqlite3_column_int64(st, 7);
+    j->created_at = sqlite3_column_double(st, 8);
+    j->started_at = sqlite3_column_type(st, 9) == SQLITE_NULL ? 0 : sqlite3_column_double(st, 9);
+    j->finished_at = sqlite3_column_type(st, 10) == SQLITE_NULL ? 0 : sqlite3_column_double(st, 10);
+    j->updated_at = sqlite3_column_double(st, 11);
+    return j->params ? 0 : -1;
+}
+
+/* Frees the strings of a job. */
+void db_job_clear(db_job *j) {
+    if (!j) return;
+    free(j->params);
+    j->params = NULL;
+}
+
+/* Rolls back keeping this thread's error message; returns -1. */
+static int rollback_keep(db_conn *c) {
+    char keep[256];
+    snprintf(keep, sizeof keep, "%s", t_err);
+    run_done(c, c->st[ST_ROLLBACK]);
+    snprintf(t_err, sizeof t_err, "%s", keep);
+    return -1;
+}
+
+/* Inserts a job and its items in one transaction. */
+int db_job_insert(const db_job *j, long long n, const char *const *names, const char *const *requests) {
+    db_conn *c = conn();
+    if (!c) return -1;
+    if (!c->durable) {
+        char e[128];
+        if (exec_sql(c->db, "PRAGMA synchronous = FULL", e, sizeof e)) return fail(c);
+        c->durable = 1;
+    }
+    if (run_done(c, c->st[ST_BEGIN])) return -1;
+    sqlite3_stmt *st = c->st[ST_JOB_INS];
+    sqlite3_bind_text(st, 1, j->id, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, j->task, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 3, j->params, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 4, j->model_sha256, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 5, n);
+    sqlite3_bind_double(st, 6, ut_wall());
+    if (run_done(c, st)) return rollback_keep(c);
+    if (sqlite3_changes(c->db) == 0) {      /* the same job exists already */
+        run_done(c, c->st[ST_ROLLBACK]);
+        return 1;
+    }
+    st = c->st[ST_ITEM_INS];
+    for (long long i = 0; i < n; i++) {
+        sqlite3_bind_text(st, 1, j->id, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(st, 2, i);
+        sqlite3_bind_text(st, 3, names[i], -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 4, requests[i], -1, SQLITE_STATIC);
+        if (run_done(c, st)) return rollback_keep(c);
+    }
+    if (run_done(c, c->st[ST_COMMIT])) return rollback_keep(c);
+    return 0;
+}
+
+/* Reads one job. */
+int db_job_get(const char *id, db_job *j) {
+    db_conn *c = conn();
+    if (!c) return -1;
+    sqlite3_stmt *st = c->st[ST_JOB_GET];
+    sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
+    int rc = sqlite3_step(st), ret;
+    if (rc == SQLITE_ROW) ret = job_row(st, j) ? -1 : 1;
+    else if (rc == SQLITE_DONE) ret = 0;
+    else ret = fail(c);
+    sqlite3_reset(st);
+    sqlite3_clear_bindings(st);
+    return ret;
+}
+
+/* Lists the most recent jobs. */
+int db_job_list(int limit, db_job **out, int *n) {
+    db_conn *c = conn();
+    *out = NULL;
+    *n = 0;
+    if (!c) return -1;
+    db_job *v = calloc((size_t)(limit > 0 ? limit : 1), sizeof *v);
+    if (!v) return -1;
+    sqlite3_stmt *st = c->st[ST_JOB_LIST];
+    sqlite3_bind_int(st, 1, limit);
+    int rc;
+    while (*n < limit && (rc = sqlite3_step(st)) == SQLITE_ROW) {
+        if (job_row(st, &v[*n])) break;
+        (*n)++;
+    }
+    sqlite3_reset(st);
+    sqlite3_clear_bindings(st);
+    *out = v;
+    return 0;
+}
+
+/* Finds the oldest queued job of a model. */
+int db_job_next(const char *model_sha256, char id[65]) {
+    db_conn *c = conn();
+    if (!c) return -1;
+    sqlite3_stmt *st = c->st[ST_JOB_NEXT];
+    sqlite3_bind_text(st, 1, model_sha256, -1, SQLITE_STATIC);
+    int rc = sqlite3_step(st), ret;
+    if (rc == SQLITE_ROW) {
+        col_text(st, 0, id, 65);
+        ret = 1;
+    } else {
+        ret = rc == SQLITE_DONE ? 0 : fail(c);
+    }
+    sqlite3_reset(st);
+    sqlite3_clear_bindings(st);
+    return ret;
+}
+
+/* Changes a job's state. */
+int db_job_set_state(const char *id, const char *state, const char *from) {
+    db_conn *c = conn();
+    if (!c) return -1;
+    sqlite3_stmt *st = c->st[ST_JOB_STATE];
+    sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, state, -1, SQLITE_STATIC);
+    sqlite3_bind_double(st, 3, ut_wall());
+    if (from) sqlite3_bind_text(st, 4, from, -1, SQLITE_STATIC);
+    else sqlite3_bind_null(st, 4);
+    if (run_done(c, st)) return -1;
+    return sqlite3_changes(c->db);
+}
+
+/* Puts running jobs back in the queue. */
+int db_job_requeue_running(void) {
+    db_conn *c = conn();
+    if (!c) return -1;
+    sqlite3_stmt *st = c->st[ST_JOB_REQUEUE];
+    sqlite3_bind_double(st, 1, ut_wall());
+    if (run_done(c, st)) return -1;
+    return sqlite3_changes(c->db);
+}
+
+/* Reads pending items. */
+int db_job_pending(const char *id, long long after, int limit, long long *idx, char **requests) {
+    db_conn *c = conn();
+    if (!c) return -1;
+    sqlite3_stmt *st = c->st[ST_ITEM_PENDING];
+    sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 2, after);
+    sqlite3_bind_int(st, 3, limit);
+    int n = 0, rc;
+    while (n < limit && (rc = sqlite3_step(st)) == SQLITE_ROW) {
+        idx[n] = sqlite3_column_int64(st, 0);
+        const unsigned char *t = sqlite3_column_text(st, 1);
+        requests[n] = strdup(t ? (const char *)t : "");
+        if (!requests[n]) break;
+        n++;
+    }
+    sqlite3_reset(st);
+    sqlite3_clear_bindings(st);
+    return n;
+}
+
+/* Stores item results and advances the job's counters in one transaction. */
+int db_job_store(const char *id, int n, const long long *idx, const int *status, const char *const *result_ids,
+                 const char *const *outputs, const size_t *lens) {
+    db_conn *c = conn();
+    if (!c) return -1;
+    if (run_done(c, c->st[ST_BEGIN])) return -1;
+    long long ok = 0, bad = 0;
+    for (int i = 0; i < n; i++) {
+        sqlite3_stmt *st = c->st[ST_ITEM_STORE];
+        sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(st, 2, idx[i]);
+        sqlite3_bind_int(st, 3, status[i]);
+        if (result_ids[i]) sqlite3_bind_text(st, 4, result_ids[i], -1, SQLITE_STATIC);
+        else sqlite3_bind_null(st, 4);
+        sqlite3_bind_blob64(st, 5, outputs[i], lens[i], SQLITE_STATIC);
+        if (run_done(c, st)) return rollback_keep(c);
+        if (sqlite3_changes(c->db) == 1) {
+            if (status[i] == 200) ok++;
+            else bad++;
+        }
+    }
+    sqlite3_stmt *st = c->st[ST_JOB_COUNT];
+    sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 2, ok);
+    sqlite3_bind_int64(st, 3, bad);
+    sqlite3_bind_double(st, 4, ut_wall());
+    if (run_done(c, st)) return rollback_keep(c);
+    if (run_done(c, c->st[ST_COMMIT])) return rollback_keep(c);
+    return 0;
+}
+
+/* Marks a running job whose items are all finished as done. */
+int db_job_finish(const char *id) {
+    db_conn *c = conn();
+    if (!c) return -1;
+    sqlite3_stmt *st = c->st[ST_JOB_FINISH];
+    sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
+    sqlite3_bind_double(st, 2, ut_wall());
+    if (run_done(c, st)) return -1;
+    return sqlite3_changes(c->db);
+}
+
+/* Reads finished items from an index on. */
+int db_job_items(const char *id, long long from, int limit, db_item_fn fn, void *arg) {
+    db_conn *c = conn();
+    if (!c) return -1;
+    sqlite3_stmt *st = c->st[ST_ITEM_READ];
+    sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 2, from);
+    sqlite3_bind_int(st, 3, limit);
+    int n = 0, rc;
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        const unsigned char *name = sqlite3_column_text(st, 1);
+        const void *out = sqlite3_column_blob(st, 3);
+        int len = sqlite3_column_bytes(st, 3);
+        if (fn(sqlite3_column_int64(st, 0), name ? (const char *)name : "", sqlite3_column_int(st, 2),
+               out ? (const char *)out : "", (size_t)len, arg))
+            break;
+        n++;
+    }
+    int ret = (rc == SQLITE_ROW || rc == SQLITE_DONE) ? n : fail(c);
+    sqlite3_reset(st);
+    sqlite3_clear_bindings(st);
+    return ret;
+}
+
+/* Deletes a job and its items. */
+int db_job_delete(const char *id) {
+    db_conn *c = conn();
+    if (!c) return -1;
+    if (run_done(c, c->st[ST_BEGIN])) return -1;
+    sqlite3_stmt *st = c->st[ST_ITEM_DEL];
+    sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
+    if (run_done(c, st)) return rollback_keep(c);
+    st = c->st[ST_JOB_DEL];
+    sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
+    if (run_done(c, st)) return rollback_keep(c);
+    int n = sqlite3_changes(c->db);
+    if (run_done(c, c->st[ST_COMMIT])) return rollback_keep(c);
+    return n;
+}

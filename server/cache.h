@@ -1,4 +1,4 @@
-/* cache.h - SQLite result cache and request log for performerd (prefix db_).
+/* cache.h - SQLite result cache, request log and asynchronous-job store for performerd (prefix db_).
  *
  * One connection per thread (opened lazily on first use, closed by db_close_all), WAL mode,
  * busy_timeout, prepared statements only, schema version in PRAGMA user_version with ordered
@@ -9,7 +9,7 @@
 #include <stddef.h>
 
 /* Latest schema version this daemon writes. */
-#define DB_SCHEMA_VERSION 2
+#define DB_SCHEMA_VERSION 3
 
 /* Opens (creating the parent directory and file when missing) and migrates the database at path,
  * checks that it is writable, and remembers path and the result bound (max_bytes, 0 = none) for
@@ -41,5 +41,65 @@ int db_stats(long long *results, long long *bytes);
 
 /* Returns the sqlite error message of this thread's connection (static storage). */
 const char *db_last_error(void);
+
+/* An asynchronous job (POST /jobs) as stored. */
+typedef struct {
+    char id[65];
+    char task[16];              /* predict, score, embed, logits */
+    char *params;               /* canonical parameters JSON (malloc'd; db_job_clear frees it) */
+    char model_sha256[65];
+    char state[16];             /* queued, running, done, cancelled */
+    long long total, done, failed;
+    double created_at, started_at, finished_at, updated_at;   /* Unix seconds; 0 = not yet */
+} db_job;
+
+/* Frees the strings of a job read by db_job_get/db_job_list. NULL is fine. */
+void db_job_clear(db_job *j);
+
+/* Inserts job j (state queued; id, task, params, model_sha256 used) with n items (names[i],
+ * requests[i] = the item's request JSON) in one committed transaction. Returns 0, 1 when a job with
+ * that id exists already (nothing written), or -1. */
+int db_job_insert(const db_job *j, long long n, const char *const *names, const char *const *requests);
+
+/* Reads job id: 1 and *j (db_job_clear it), 0 when absent, -1 on error. */
+int db_job_get(const char *id, db_job *j);
+
+/* Reads up to limit jobs, newest first, into a malloc'd array *out of *n (db_job_clear each, then
+ * free). Returns 0 or -1. */
+int db_job_list(int limit, db_job **out, int *n);
+
+/* Writes the id of the oldest queued job of model_sha256 to id: 1, 0 when none, -1 on error. */
+int db_job_next(const char *model_sha256, char id[65]);
+
+/* Sets job id's state (running sets started_at once; done/cancelled set finished_at), only when its
+ * state is in from (",queued,running," style list) or from is NULL. Returns the rows changed (0/1)
+ * or -1. */
+int db_job_set_state(const char *id, const char *state, const char *from);
+
+/* Puts every running job back to queued (start-up after a crash or stop). Returns the count or -1. */
+int db_job_requeue_running(void);
+
+/* Reads up to limit unfinished items of job id with index > after, in index order: idx[i] and
+ * requests[i] (malloc'd). Returns the number read or -1. */
+int db_job_pending(const char *id, long long after, int limit, long long *idx, char **requests);
+
+/* Stores n item results (status 200 or an error status, result id or NULL, output JSON) of job id
+ * and adds them to its done/failed counters, in one transaction; items already finished are left
+ * alone. Returns 0 or -1. */
+int db_job_store(const char *id, int n, const long long *idx, const int *status, const char *const *result_ids,
+                 const char *const *outputs, const size_t *lens);
+
+/* Marks running job id done when all its items are finished. Returns 1 when it did, 0, or -1. */
+int db_job_finish(const char *id);
+
+/* Called for each finished item: index, name, status, output bytes; returns non-zero to stop. */
+typedef int (*db_item_fn)(long long idx, const char *name, int status, const char *out, size_t len, void *arg);
+
+/* Calls fn for up to limit finished items of job id with index >= from, in index order. Returns the
+ * number of calls or -1. */
+int db_job_items(const char *id, long long from, int limit, db_item_fn fn, void *arg);
+
+/* Deletes job id and its items. Returns 1, 0 when absent, or -1. */
+int db_job_delete(const char *id);
 
 #endif

@@ -37,13 +37,17 @@ static const opt_def opts[] = {
     {"max-batch", I(max_batch, 1, 100000), "N", "max sequences per request (default 64)"},
     {"max-body", Z(max_body, 64, 1L << 30), "BYTES", "max request body, suffix k/m allowed (default 2m = 2 MiB)"},
     {"queue", I(queue, 1, 1000000), "N", "max pending inference requests before 429 (default 64)"},
-    {"api-key", S(api_key), "KEY", "require 'Authorization: Bearer KEY' on all routes but /health, /ready"},
+    {"api-key", S(api_key), "KEY", "require 'Authorization: Bearer KEY' on all routes but /health, /ready and the page /"},
     {"cors-origin", S(cors_origin), "ORIGIN", "allowed browser origin(s), comma-separated, or * (default none)"},
     {"cache-max-mb", I(cache_max_mb, 0, 1L << 30), "MB", "bound of stored results, LRU eviction (default 1024; 0 = unbounded)"},
     {"timeout", I(timeout, 1, 86400), "SECONDS", "per-request deadline for inference (default 300)"},
     {"connection-timeout", I(conn_timeout, 1, 86400), "SECONDS", "idle connection timeout (default 30)"},
     {"max-connections", I(max_connections, 1, 100000), "N", "concurrent connections (default 1024)"},
     {"batch-tokens", I(batch_tokens, 0, 100000000), "N", "max tokens batched into one forward pass (default 4096; 0 = off)"},
+    {"max-job-body", Z(max_job_body, 64, 1L << 32), "BYTES", "max POST /jobs body (FASTA or JSON), suffix k/m/g (default 16m)"},
+    {"max-job-sequences", I(max_job_sequences, 1, 10000000), "N", "max sequences per POST /jobs job (default 10000)"},
+    {"max-pll-length", I(max_pll_length, 1, 10000000), "N", "max residues scored by pseudo-likelihood (default 1024)"},
+    {"max-score-tokens", I(max_score_tokens, 1, 1L << 40), "N", "max tokens one POST /score runs through the model (default 4194304)"},
 };
 #define N_OPTS (sizeof opts / sizeof opts[0])
 
@@ -66,6 +70,10 @@ void cfg_defaults(cfg *c) {
     c->conn_timeout = 30;
     c->max_connections = 1024;
     c->batch_tokens = 4096;
+    c->max_job_body = 16L * 1024 * 1024;
+    c->max_job_sequences = 10000;
+    c->max_pll_length = 1024;
+    c->max_score_tokens = 4L * 1024 * 1024;
 }
 
 /* Returns the environment variable name for option name (PERFORMERD_MAX_BODY for max-body). */
@@ -126,8 +134,11 @@ static int set_opt(cfg *c, const opt_def *o, const char *val, const char *src, c
 void cfg_usage(FILE *fp) {
     fprintf(fp,
             "usage: performerd [OPTIONS]\n"
-            "Serves masked-residue predictions of a Performer protein language model over HTTP/JSON.\n"
-            "Routes: POST /predict, GET /predict/{id}, GET /health, /ready, /metrics, /model, /openapi.json\n\n"
+            "Serves masked-residue predictions, variant scores, embeddings, log-probabilities and\n"
+            "asynchronous FASTA jobs of a Performer protein language model over HTTP/JSON.\n"
+            "Routes: POST /predict, /score, /embed, /logits; GET /predict/{id} (and /score/{id}, /embed/{id},\n"
+            "/logits/{id}); POST /jobs, GET /jobs, GET|DELETE /jobs/{id}, GET /jobs/{id}/result; GET / (web page),\n"
+            "/health, /ready, /metrics, /model, /openapi.json\n\n"
             "Options (each also settable by the environment variable shown; the command line wins):\n");
     for (size_t i = 0; i < N_OPTS; i++) {
         char env[64], left[96];

@@ -25,6 +25,10 @@ typedef struct {
     long conn_timeout;          /* idle connection timeout, seconds */
     long max_connections;       /* concurrent connections */
     long batch_tokens;          /* max framed tokens of one batched forward pass (0 = no batching) */
+    long max_job_body;          /* POST /jobs body bytes */
+    long max_job_sequences;     /* sequences per POST /jobs job */
+    long max_pll_length;        /* residues of a sequence scored by pseudo-likelihood */
+    long max_score_tokens;      /* framed tokens one POST /score request may run through the model */
 } cfg;
 
 /* Fills c with the built-in defaults. */

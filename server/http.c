@@ -1,9 +1,13 @@
 /* http.c - libmicrohttpd glue, routing, auth, CORS, errors, logging (see http.h). */
 #include "http.h"
+#include "batch.h"
 #include "cache.h"
 #include "jobs.h"
+#include "jobs_async.h"
 #include "metrics.h"
+#include "page.h"
 #include "predict.h"
+#include "task.h"
 #include "util.h"
 
 #include <arpa/inet.h>
@@ -23,22 +27,38 @@
 #include <time.h>
 #include <unistd.h>
 
-enum { R_NONE, R_PREDICT, R_PREDICT_ID, R_HEALTH, R_READY, R_METRICS, R_MODEL, R_OPENAPI };
+enum { R_NONE, R_PREDICT, R_SCORE, R_EMBED, R_LOGITS, R_PREDICT_ID, R_SCORE_ID, R_EMBED_ID, R_LOGITS_ID, R_JOBS,
+       R_JOB_ID, R_JOB_RESULT, R_PAGE, R_HEALTH, R_READY, R_METRICS, R_MODEL, R_OPENAPI };
+
+#define M_GET 1                 /* GET and HEAD */
+#define M_POST 2
+#define M_DELETE 4
 
 static const struct {
-    const char *path;           /* exact path ("" for the id route) */
+    const char *path;           /* exact path, or the prefix of an id route ("/predict/") */
     const char *label;          /* metrics/log label */
     const char *allow;          /* Allow header */
-    int is_post;
+    int methods;                /* M_* */
+    int id_route;               /* path is a prefix followed by an id */
 } routes[] = {
-    [R_NONE] = {"", "other", "", 0},
-    [R_PREDICT] = {"/predict", "/predict", "POST, OPTIONS", 1},
-    [R_PREDICT_ID] = {"", "/predict/{id}", "GET, HEAD, OPTIONS", 0},
-    [R_HEALTH] = {"/health", "/health", "GET, HEAD, OPTIONS", 0},
-    [R_READY] = {"/ready", "/ready", "GET, HEAD, OPTIONS", 0},
-    [R_METRICS] = {"/metrics", "/metrics", "GET, HEAD, OPTIONS", 0},
-    [R_MODEL] = {"/model", "/model", "GET, HEAD, OPTIONS", 0},
-    [R_OPENAPI] = {"/openapi.json", "/openapi.json", "GET, HEAD, OPTIONS", 0},
+    [R_NONE] = {"", "other", "", 0, 0},
+    [R_PREDICT] = {"/predict", "/predict", "POST, OPTIONS", M_POST, 0},
+    [R_SCORE] = {"/score", "/score", "POST, OPTIONS", M_POST, 0},
+    [R_EMBED] = {"/embed", "/embed", "POST, OPTIONS", M_POST, 0},
+    [R_LOGITS] = {"/logits", "/logits", "POST, OPTIONS", M_POST, 0},
+    [R_PREDICT_ID] = {"/predict/", "/predict/{id}", "GET, HEAD, OPTIONS", M_GET, 1},
+    [R_SCORE_ID] = {"/score/", "/score/{id}", "GET, HEAD, OPTIONS", M_GET, 1},
+    [R_EMBED_ID] = {"/embed/", "/embed/{id}", "GET, HEAD, OPTIONS", M_GET, 1},
+    [R_LOGITS_ID] = {"/logits/", "/logits/{id}", "GET, HEAD, OPTIONS", M_GET, 1},
+    [R_JOBS] = {"/jobs", "/jobs", "GET, HEAD, POST, OPTIONS", M_GET | M_POST, 0},
+    [R_JOB_ID] = {"/jobs/", "/jobs/{id}", "GET, HEAD, DELETE, OPTIONS", M_GET | M_DELETE, 1},
+    [R_JOB_RESULT] = {"", "/jobs/{id}/result", "GET, HEAD, OPTIONS", M_GET, 0},
+    [R_PAGE] = {"/", "/", "GET, HEAD, OPTIONS", M_GET, 0},
+    [R_HEALTH] = {"/health", "/health", "GET, HEAD, OPTIONS", M_GET, 0},
+    [R_READY] = {"/ready", "/ready", "GET, HEAD, OPTIONS", M_GET, 0},
+    [R_METRICS] = {"/metrics", "/metrics", "GET, HEAD, OPTIONS", M_GET, 0},
+    [R_MODEL] = {"/model", "/model", "GET, HEAD, OPTIONS", M_GET, 0},
+    [R_OPENAPI] = {"/openapi.json", "/openapi.json", "GET, HEAD, OPTIONS", M_GET, 0},
 };
 #define N_ROUTES (sizeof routes / sizeof routes[0])
 
@@ -56,7 +76,7 @@ typedef struct {
     char *body;                 /* accumulated upload */
     size_t len, cap, discarded;
     int overflow;
-    int reading;                /* a POST /predict whose body is accumulated */
+    int reading;                /* a POST whose body is accumulated */
     int waiting;                /* suspended on a job */
     jb_job *job;
     double queue_s, forward_s;
@@ -71,6 +91,7 @@ static pthread_mutex_t active_mu = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t active_cv = PTHREAD_COND_INITIALIZER;
 static long active;             /* requests begun and not yet completed */
 static double t_start;
+static tk_limits tk_lim;        /* per-request limits of the model routes */
 
 /* ---- logging ---------------------------------------------------------------------------------- */
 
@@ -211,7 +232,8 @@ static void add_common(struct MHD_Connection *conn, struct MHD_Response *r, req_
         MHD_add_response_header(r, "Access-Control-Allow-Origin", allow);
         if (strcmp(allow, "*")) MHD_add_response_header(r, "Vary", "Origin");
         MHD_add_response_header(r, "Access-Control-Expose-Headers",
-                                "X-Request-Id, X-Cache, ETag, Retry-After, Server-Timing, X-Response-Time");
+                                "X-Request-Id, X-Cache, ETag, Retry-After, Server-Timing, X-Response-Time, Location, "
+                                "X-Job-State, X-Job-Total, X-Batch-Requests");
     }
     double total = (ut_mono() - st->t0) * 1000.0;
     snprintf(buf, sizeof buf, "%.3fms", total);
@@ -273,11 +295,37 @@ static enum MHD_Result send_json(struct MHD_Connection *conn, req_st *st, int st
 
 /* Returns the route of a path (R_NONE when unknown). */
 static int route_of(const char *url) {
-    for (size_t i = 1; i < N_ROUTES; i++)
-        if (routes[i].path[0] && !strcmp(url, routes[i].path)) return (int)i;
-    if (!strncmp(url, "/predict/", 9) && url[9]) return R_PREDICT_ID;
+    for (size_t i = 1; i < N_ROUTES; i++) {
+        if (!routes[i].path[0]) continue;
+        if (!routes[i].id_route && !strcmp(url, routes[i].path)) return (int)i;
+        size_t n = strlen(routes[i].path);
+        if (routes[i].id_route && !strncmp(url, routes[i].path, n) && url[n]) {
+            if (i == R_JOB_ID) {
+                const char *slash = strchr(url + n, '/');
+                if (slash) return slash > url + n && !strcmp(slash, "/result") ? R_JOB_RESULT : R_NONE;
+            }
+            return (int)i;
+        }
+    }
     return R_NONE;
 }
+
+/* Returns the task of a model route. */
+static tk_kind kind_of(int route) {
+    return route == R_SCORE ? TK_SCORE : route == R_EMBED ? TK_EMBED : route == R_LOGITS ? TK_LOGITS : TK_PREDICT;
+}
+
+/* Returns 1 for a POST whose body is read (the model routes and POST /jobs). */
+static int reads_body(const req_st *st) {
+    return !strcmp(st->method, "POST") && (st->route == R_PREDICT || st->route == R_SCORE || st->route == R_EMBED ||
+                                           st->route == R_LOGITS || st->route == R_JOBS);
+}
+
+/* Returns the body limit of the request's route. */
+static long body_cap(const req_st *st) { return st->route == R_JOBS ? env->c->max_job_body : env->c->max_body; }
+
+/* Returns the option that sets body_cap. */
+static const char *body_cap_option(const req_st *st) { return st->route == R_JOBS ? "--max-job-body" : "--max-body"; }
 
 /* Returns 1 when the request's bearer token matches --api-key (or auth is off). */
 static int authorized(struct MHD_Connection *conn) {
@@ -297,6 +345,20 @@ static int json_content_type(const char *ct) {
     while (n && ct[n - 1] == ' ') n--;
     if (n == 16 && !strncasecmp(ct, "application/json", 16)) return 1;
     if (n > 17 && !strncasecmp(ct, "application/", 12) && !strncasecmp(ct + n - 5, "+json", 5)) return 1;
+    return 0;
+}
+
+/* Returns 1 for a FASTA content type (text/x-fasta, application/x-fasta, text/fasta, text/plain,
+ * chemical/seq-aa-fasta; parameters allowed). */
+static int fasta_content_type(const char *ct) {
+    static const char *const types[] = {"text/x-fasta", "application/x-fasta", "text/fasta", "text/plain",
+                                        "chemical/seq-aa-fasta", NULL};
+    if (!ct) return 0;
+    while (*ct == ' ') ct++;
+    size_t n = strcspn(ct, ";");
+    while (n && ct[n - 1] == ' ') n--;
+    for (const char *const *t = types; *t; t++)
+        if (n == strlen(*t) && !strncasecmp(ct, *t, n)) return 1;
     return 0;
 }
 
@@ -338,11 +400,12 @@ static int is_ready(int *db_ok) {
     return *db_ok && !quiesced && !jb_draining();
 }
 
-/* Answers GET /predict/{id}. */
+/* Answers GET /predict/{id} (and /score/{id}, /embed/{id}, /logits/{id}: ids are one namespace). */
 static enum MHD_Result get_result(struct MHD_Connection *conn, req_st *st, const char *url) {
-    const char *id = url + 9;
+    const char *id = url + strlen(routes[st->route].path);
     if (!ut_is_hex64(id)) {
-        json_t *d = json_pack("{s:s}", "expected", "64 hexadecimal characters (the \"id\" of a POST /predict response)");
+        json_t *d = json_pack("{s:s}", "expected", "64 hexadecimal characters (the \"id\" of a POST /predict, /score,"
+                              " /embed or /logits response)");
         return send_error(conn, st, 400, "invalid_id", "malformed result id", d, NULL);
     }
     char lid[65];
@@ -376,6 +439,172 @@ static enum MHD_Result get_result(struct MHD_Connection *conn, req_st *st, const
     return send_body(conn, st, 200, "application/json", body, len, extra);
 }
 
+/* Copies the 64-hex job id of a /jobs/{id}[/result] URL (lower case) to id; 0, or -1 when malformed. */
+static int job_id_of(const char *url, char id[65]) {
+    const char *p = url + 6;
+    size_t n = strcspn(p, "/");
+    if (n != 64) return -1;
+    char tmp[65];
+    memcpy(tmp, p, 64);
+    tmp[64] = '\0';
+    if (!ut_is_hex64(tmp)) return -1;
+    for (int i = 0; i < 65; i++) id[i] = (char)(tmp[i] >= 'A' && tmp[i] <= 'F' ? tmp[i] + 32 : tmp[i]);
+    return 0;
+}
+
+/* Reads the job of a /jobs/{id} URL into *j; on failure queues the error and returns 0 with *ret. */
+static int load_job(struct MHD_Connection *conn, req_st *st, const char *url, db_job *j, enum MHD_Result *ret) {
+    char id[65];
+    if (job_id_of(url, id)) {
+        *ret = send_error(conn, st, 400, "invalid_id", "malformed job id",
+                          json_pack("{s:s}", "expected", "64 hexadecimal characters (the \"id\" of POST /jobs)"), NULL);
+        return 0;
+    }
+    memcpy(st->result_id, id, sizeof id);
+    int rc = db_job_get(id, j);
+    if (rc < 0) {
+        const char *extra[] = {"Retry-After", "1", NULL};
+        *ret = send_error(conn, st, 503, "storage_unavailable", "the job database is unavailable; retry later", NULL,
+                          extra);
+        return 0;
+    }
+    if (rc == 0) {
+        *ret = send_error(conn, st, 404, "not_found", "no job with this id (never submitted, or deleted)",
+                          json_pack("{s:s}", "id", id), NULL);
+        return 0;
+    }
+    return 1;
+}
+
+/* Answers GET /jobs: the most recent jobs (?limit=N, default 50, at most 1000). */
+static enum MHD_Result list_jobs(struct MHD_Connection *conn, req_st *st) {
+    long limit = 50;
+    const char *l = MHD_lookup_connection_value(conn, MHD_GET_ARGUMENT_KIND, "limit");
+    if (l) {
+        char *end;
+        errno = 0;
+        limit = strtol(l, &end, 10);
+        if (errno || end == l || *end || limit < 1 || limit > 1000)
+            return send_error(conn, st, 422, "invalid_limit", "limit must be an integer from 1 to 1000",
+                              json_pack("{s:i, s:i}", "min", 1, "max", 1000), NULL);
+    }
+    db_job *v = NULL;
+    int n = 0;
+    if (db_job_list((int)limit, &v, &n)) {
+        const char *extra[] = {"Retry-After", "1", NULL};
+        return send_error(conn, st, 503, "storage_unavailable", "the job database is unavailable; retry later", NULL,
+                          extra);
+    }
+    json_t *a = json_array();
+    for (int i = 0; i < n; i++) {
+        json_array_append_new(a, ja_job_json(&v[i]));
+        db_job_clear(&v[i]);
+    }
+    free(v);
+    return send_json(conn, st, 200, json_pack("{s:o}", "jobs", a));
+}
+
+/* Streams the JSON Lines of a job's finished sequences (see reader). */
+typedef struct {
+    char id[65];
+    long long next;             /* next index to read */
+    ut_buf buf;                 /* lines read, not yet sent */
+    size_t sent;                /* bytes of buf already sent */
+    int eof, failed;
+} result_reader;
+
+/* db_job_items callback: appends one line. */
+static int append_line(long long idx, const char *name, int status, const char *out, size_t len, void *arg) {
+    result_reader *r = arg;
+    bt_result_line(&r->buf, idx, name, status, out, len);
+    r->next = idx + 1;
+    return r->buf.oom;
+}
+
+/* MHD content reader: refills from SQLite 64 sequences at a time. */
+static ssize_t read_results(void *cls, uint64_t pos, char *buf, size_t max) {
+    (void)pos;
+    result_reader *r = cls;
+    if (r->sent == r->buf.len) {
+        r->buf.len = 0;
+        r->sent = 0;
+        if (r->eof) return MHD_CONTENT_READER_END_OF_STREAM;
+        int n = db_job_items(r->id, r->next, 64, append_line, r);
+        if (n < 0 || r->buf.oom) return MHD_CONTENT_READER_END_WITH_ERROR;
+        if (n < 64) r->eof = 1;
+        if (r->buf.len == 0) return MHD_CONTENT_READER_END_OF_STREAM;
+    }
+    size_t k = r->buf.len - r->sent < max ? r->buf.len - r->sent : max;
+    memcpy(buf, r->buf.s + r->sent, k);
+    r->sent += k;
+    return (ssize_t)k;
+}
+
+/* Frees a reader. */
+static void free_reader(void *cls) {
+    result_reader *r = cls;
+    free(r->buf.s);
+    free(r);
+}
+
+/* Answers GET /jobs/{id}/result: 409 until the job is done unless ?partial=true. */
+static enum MHD_Result job_result(struct MHD_Connection *conn, req_st *st, const char *url) {
+    db_job j;
+    enum MHD_Result ret;
+    if (!load_job(conn, st, url, &j, &ret)) return ret;
+    const char *partial = MHD_lookup_connection_value(conn, MHD_GET_ARGUMENT_KIND, "partial");
+    int want_partial = partial && (!strcmp(partial, "true") || !strcmp(partial, "1"));
+    char total[32], state[16];
+    snprintf(total, sizeof total, "%lld", j.total);
+    snprintf(state, sizeof state, "%s", j.state);
+    if (strcmp(j.state, "done") && !want_partial) {
+        json_t *d = json_pack("{s:s, s:f, s:I}", "state", j.state, "progress",
+                              j.total ? (double)(j.done + j.failed) / (double)j.total : 1.0, "total",
+                              (json_int_t)j.total);
+        char msg[200];
+        snprintf(msg, sizeof msg, "the job is %s, not done: poll GET /jobs/%s, or ask for the finished sequences so far"
+                 " with ?partial=true", j.state, j.id);
+        db_job_clear(&j);
+        return send_error(conn, st, 409, "job_not_finished", msg, d, NULL);
+    }
+    result_reader *r = calloc(1, sizeof *r);
+    if (!r) {
+        db_job_clear(&j);
+        return send_error(conn, st, 500, "internal", "out of memory", NULL, NULL);
+    }
+    memcpy(r->id, j.id, sizeof r->id);
+    db_job_clear(&j);
+    struct MHD_Response *resp = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 64 * 1024, read_results, r,
+                                                                  free_reader);
+    if (!resp) {
+        free_reader(r);
+        return MHD_NO;
+    }
+    MHD_add_response_header(resp, "Content-Type", "application/x-ndjson");
+    MHD_add_response_header(resp, "X-Job-State", state);
+    MHD_add_response_header(resp, "X-Job-Total", total);
+    add_common(conn, resp, st);
+    st->status = 200;
+    ret = MHD_queue_response(conn, 200, resp);
+    MHD_destroy_response(resp);
+    return ret;
+}
+
+/* Answers GET / with the web page (CSP, no sniffing, no referrer, revalidated). */
+static enum MHD_Result page(struct MHD_Connection *conn, req_st *st) {
+    const char *inm = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "If-None-Match");
+    const char *extra[] = {"Content-Security-Policy", pg_csp(), "X-Content-Type-Options", "nosniff",
+                           "Referrer-Policy", "no-referrer", "X-Frame-Options", "DENY", "Cache-Control", "no-cache",
+                           "ETag", pg_etag(), NULL};
+    if (inm && !strcmp(inm, pg_etag())) return send_body(conn, st, 304, NULL, NULL, 0, extra);
+    size_t len;
+    const char *html = pg_html(&len);
+    char *b = malloc(len);
+    if (!b) return send_error(conn, st, 500, "internal", "out of memory", NULL, NULL);
+    memcpy(b, html, len);
+    return send_body(conn, st, 200, "text/html; charset=utf-8", b, len, extra);
+}
+
 /* Answers the GET routes. */
 static enum MHD_Result handle_get(struct MHD_Connection *conn, req_st *st, const char *url) {
     switch (st->route) {
@@ -399,7 +628,7 @@ static enum MHD_Result handle_get(struct MHD_Connection *conn, req_st *st, const
     case R_METRICS: {
         long q, r;
         jb_counts(&q, &r);
-        char *text = mt_render(q, r, !(quiesced || jb_draining()), env->model->cfg.trained);
+        char *text = mt_render(q, r, jb_background_depth(), !(quiesced || jb_draining()), env->model->cfg.trained);
         if (!text) return send_error(conn, st, 500, "internal", "out of memory", NULL, NULL);
         return send_body(conn, st, 200, "text/plain; version=0.0.4; charset=utf-8", text, strlen(text), NULL);
     }
@@ -408,12 +637,56 @@ static enum MHD_Result handle_get(struct MHD_Connection *conn, req_st *st, const
     case R_OPENAPI:
         return send_text(conn, st, 200, "application/json", env->openapi_body, NULL);
     case R_PREDICT_ID:
+    case R_SCORE_ID:
+    case R_EMBED_ID:
+    case R_LOGITS_ID:
         return get_result(conn, st, url);
+    case R_JOBS:
+        return list_jobs(conn, st);
+    case R_JOB_ID: {
+        db_job j;
+        enum MHD_Result ret;
+        if (!load_job(conn, st, url, &j, &ret)) return ret;
+        json_t *o = ja_job_json(&j);
+        db_job_clear(&j);
+        return send_json(conn, st, 200, o);
+    }
+    case R_JOB_RESULT:
+        return job_result(conn, st, url);
+    case R_PAGE:
+        return page(conn, st);
     }
     return send_error(conn, st, 404, "not_found", "unknown route", NULL, NULL);
 }
 
-/* ---- POST /predict ------------------------------------------------------------------------------ */
+/* Answers DELETE /jobs/{id}: cancels a queued or running job (200, its status), or deletes a
+ * finished or cancelled one with its results (204). */
+static enum MHD_Result delete_job(struct MHD_Connection *conn, req_st *st, const char *url) {
+    db_job j;
+    enum MHD_Result ret;
+    if (!load_job(conn, st, url, &j, &ret)) return ret;
+    int active_job = !strcmp(j.state, "queued") || !strcmp(j.state, "running");
+    int rc = active_job ? ja_cancel(j.id) : db_job_delete(j.id);
+    if (rc >= 0 && active_job && rc == 0) rc = db_job_delete(j.id);   /* finished meanwhile */
+    else if (rc == 1 && active_job) {
+        db_job_clear(&j);
+        if (db_job_get(st->result_id, &j) == 1) {
+            json_t *o = ja_job_json(&j);
+            db_job_clear(&j);
+            return send_json(conn, st, 200, o);
+        }
+        return send_body(conn, st, 204, NULL, NULL, 0, NULL);
+    }
+    db_job_clear(&j);
+    if (rc < 0) {
+        const char *extra[] = {"Retry-After", "1", NULL};
+        return send_error(conn, st, 503, "storage_unavailable", "the job database is unavailable; retry later", NULL,
+                          extra);
+    }
+    return send_body(conn, st, 204, NULL, NULL, 0, NULL);
+}
+
+/* ---- POST /predict, /score, /embed, /logits, /jobs ------------------------------------------------------------------------------ */
 
 /* Job completion: wakes the suspended connection (any thread). */
 static void job_done(jb_job *job, void *arg) {
@@ -442,20 +715,67 @@ static enum MHD_Result send_job_result(struct MHD_Connection *conn, req_st *st) 
     return send_error(conn, st, j->status, j->err_type, j->err_msg, NULL, j->status == 503 ? extra : NULL);
 }
 
-/* Handles the complete body of POST /predict: validate, cache lookup, or queue and suspend. */
-static enum MHD_Result predict(struct MHD_Connection *conn, req_st *st) {
-    if (st->overflow) {
-        char msg[160];
-        snprintf(msg, sizeof msg, "request body exceeds the limit of %ld bytes (--max-body)", env->c->max_body);
-        return send_error(conn, st, 413, "payload_too_large", msg, json_pack("{s:I}", "limit",
-                          (json_int_t)env->c->max_body), NULL);
-    }
-    pr_limits lim = {env->c->max_length, env->c->max_batch};
-    size_t exact_max = env->model->cfg.kernel == PF_KERNEL_EXACT ? pf_exact_max_len(env->model) : 0;
-    if (exact_max > 2 && (long)exact_max - 2 < lim.max_length) lim.max_length = (long)exact_max - 2;
-    pr_request *req = NULL;
+/* Queues 413 for a body over the route's limit. */
+static enum MHD_Result too_large(struct MHD_Connection *conn, req_st *st) {
+    char msg[160];
+    snprintf(msg, sizeof msg, "request body exceeds the limit of %ld bytes (%s)", body_cap(st), body_cap_option(st));
+    return send_error(conn, st, 413, "payload_too_large", msg, json_pack("{s:I}", "limit", (json_int_t)body_cap(st)),
+                      NULL);
+}
+
+/* MHD_get_connection_values iterator: copies query arguments into a JSON object of strings. */
+static enum MHD_Result query_arg(void *cls, enum MHD_ValueKind kind, const char *key, const char *value) {
+    (void)kind;
+    if (key) json_object_set_new((json_t *)cls, key, json_string(value ? value : ""));
+    return MHD_YES;
+}
+
+/* Handles the complete body of POST /jobs: validate every sequence, store (or find) the job. */
+static enum MHD_Result submit_job(struct MHD_Connection *conn, req_st *st) {
+    if (st->overflow) return too_large(conn, st);
+    bt_limits lim = {env->c->max_job_sequences, tk_lim};
+    bt_submission *sub = NULL;
     pr_error e;
-    if (pr_parse(st->body, st->len, &lim, env->model->sha256, &req, &e))
+    const char *ct = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Content-Type");
+    int rc;
+    if (fasta_content_type(ct)) {
+        json_t *q = json_object();
+        MHD_get_connection_values(conn, MHD_GET_ARGUMENT_KIND, query_arg, q);
+        rc = bt_parse_fasta(st->body ? st->body : "", st->len, json_string_value(json_object_get(q, "task")), q, &lim,
+                            env->model->sha256, &sub, &e);
+        json_decref(q);
+    } else {
+        rc = bt_parse_json(st->body, st->len, &lim, env->model->sha256, &sub, &e);
+    }
+    if (rc) return send_error(conn, st, e.status, e.type, e.msg, e.details, NULL);
+    memcpy(st->result_id, sub->id, sizeof sub->id);
+    int created = ja_submit(sub);
+    db_job j;
+    if (created < 0 || db_job_get(sub->id, &j) != 1) {
+        bt_free(sub);
+        const char *extra[] = {"Retry-After", "1", NULL};
+        return send_error(conn, st, 503, "storage_unavailable", "the job database is unavailable; retry later", NULL,
+                          extra);
+    }
+    char loc[80];
+    snprintf(loc, sizeof loc, "/jobs/%s", sub->id);
+    bt_free(sub);
+    json_t *o = ja_job_json(&j);
+    db_job_clear(&j);
+    char *s = o ? json_dumps(o, JSON_COMPACT | JSON_REAL_PRECISION(6)) : NULL;
+    json_decref(o);
+    if (!s) return send_error(conn, st, 500, "internal", "out of memory", NULL, NULL);
+    const char *extra[] = {"Location", loc, NULL};
+    return send_body(conn, st, created ? 202 : 200, "application/json", s, strlen(s), extra);
+}
+
+/* Handles the complete body of POST /predict, /score, /embed or /logits: validate, cache lookup, or
+ * queue and suspend. */
+static enum MHD_Result analyze(struct MHD_Connection *conn, req_st *st) {
+    if (st->overflow) return too_large(conn, st);
+    tk_request *req = NULL;
+    pr_error e;
+    if (tk_parse(kind_of(st->route), st->body, st->len, &tk_lim, env->model->sha256, &req, &e))
         return send_error(conn, st, e.status, e.type, e.msg, e.details, NULL);
     memcpy(st->result_id, req->id, sizeof req->id);
     char etag[70];
@@ -464,14 +784,14 @@ static enum MHD_Result predict(struct MHD_Connection *conn, req_st *st) {
     size_t len = 0;
     int rc = db_get(req->id, &body, &len);
     if (rc < 0) {
-        pr_free(req);
+        tk_free(req);
         const char *extra[] = {"Retry-After", "1", NULL};
         return send_error(conn, st, 503, "storage_unavailable", "the result database is unavailable; retry later",
                           NULL, extra);
     }
     mt_cache(rc == 1);
     if (rc == 1) {
-        pr_free(req);
+        tk_free(req);
         st->cache = 1;
         pr_mark_cached(body, len);
         const char *extra[] = {"ETag", etag, "X-Cache", "HIT", NULL};
@@ -480,13 +800,13 @@ static enum MHD_Result predict(struct MHD_Connection *conn, req_st *st) {
     st->cache = 0;
     int res = jb_reserve();
     if (res == -1) {
-        pr_free(req);
+        tk_free(req);
         const char *extra[] = {"Retry-After", "1", NULL};
         return send_error(conn, st, 429, "queue_full", "the inference queue is full; retry after a second",
                           json_pack("{s:I}", "queue_limit", (json_int_t)env->c->queue), extra);
     }
     if (res == -2) {
-        pr_free(req);
+        tk_free(req);
         const char *extra[] = {"Retry-After", "5", NULL};
         return send_error(conn, st, 503, "draining", "the server is shutting down; retry on another instance", NULL,
                           extra);
@@ -523,9 +843,9 @@ static enum MHD_Result options(struct MHD_Connection *conn, req_st *st) {
     return send_body(conn, st, 204, NULL, NULL, 0, extra);
 }
 
-/* Answers every request except a well-formed POST /predict, from the headers alone (on the final
- * call, so that MHD keeps the connection alive). Returns 1 when a response was queued (*ret set),
- * 0 when the request is a POST /predict to read. */
+/* Answers every request except a well-formed POST with a body to read, from the headers alone (on
+ * the final call, so that MHD keeps the connection alive). Returns 1 when a response was queued
+ * (*ret set), 0 when the request is a POST whose body is to be read. */
 static int decide(struct MHD_Connection *conn, req_st *st, const char *url, enum MHD_Result *ret) {
     int is_get = !strcmp(st->method, "GET") || !strcmp(st->method, "HEAD");
     if (!strcmp(st->method, "OPTIONS")) {
@@ -533,19 +853,24 @@ static int decide(struct MHD_Connection *conn, req_st *st, const char *url, enum
                                    : options(conn, st);
         return 1;
     }
-    if (st->route != R_HEALTH && st->route != R_READY && !authorized(conn)) {
+    if (st->route != R_HEALTH && st->route != R_READY && st->route != R_PAGE && !authorized(conn)) {
         const char *extra[] = {"WWW-Authenticate", "Bearer realm=\"performerd\"", NULL};
         *ret = send_error(conn, st, 401, "unauthorized", "missing or invalid bearer token (Authorization: Bearer KEY)",
                           NULL, extra);
         return 1;
     }
     if (st->route == R_NONE) {
-        json_t *d = json_pack("{s:[s,s,s,s,s,s,s]}", "routes", "POST /predict", "GET /predict/{id}", "GET /health",
-                              "GET /ready", "GET /metrics", "GET /model", "GET /openapi.json");
+        json_t *d = json_pack("{s:[s,s,s,s,s,s,s,s,s,s,s,s,s,s,s,s,s]}", "routes", "POST /predict", "POST /score",
+                              "POST /embed", "POST /logits", "GET /predict/{id}", "POST /jobs", "GET /jobs",
+                              "GET /jobs/{id}", "DELETE /jobs/{id}", "GET /jobs/{id}/result", "GET /", "GET /health",
+                              "GET /ready", "GET /metrics", "GET /model", "GET /openapi.json",
+                              "GET /score/{id}, /embed/{id}, /logits/{id}");
         *ret = send_error(conn, st, 404, "not_found", "unknown route", d, NULL);
         return 1;
     }
-    int ok_method = routes[st->route].is_post ? !strcmp(st->method, "POST") : is_get;
+    int m = routes[st->route].methods;
+    int ok_method = (is_get && (m & M_GET)) || (!strcmp(st->method, "POST") && (m & M_POST)) ||
+                    (!strcmp(st->method, "DELETE") && (m & M_DELETE));
     if (!ok_method) {
         const char *extra[] = {"Allow", routes[st->route].allow, NULL};
         char msg[128];
@@ -554,8 +879,12 @@ static int decide(struct MHD_Connection *conn, req_st *st, const char *url, enum
         *ret = send_error(conn, st, 405, "method_not_allowed", msg, NULL, extra);
         return 1;
     }
-    if (!routes[st->route].is_post) {
+    if (is_get) {
         *ret = handle_get(conn, st, url);
+        return 1;
+    }
+    if (!strcmp(st->method, "DELETE")) {
+        *ret = delete_job(conn, st, url);
         return 1;
     }
     if (quiesced || jb_draining()) {
@@ -565,12 +894,13 @@ static int decide(struct MHD_Connection *conn, req_st *st, const char *url, enum
         return 1;
     }
     const char *ct = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Content-Type");
-    if (!json_content_type(ct)) {
+    if (!json_content_type(ct) && !(st->route == R_JOBS && fasta_content_type(ct))) {
         char got[96];
         snprintf(got, sizeof got, "%s", ct);
         sanitize(got);
         char msg[200];
-        snprintf(msg, sizeof msg, "unsupported content type '%s' (send application/json)", got);
+        snprintf(msg, sizeof msg, "unsupported content type '%s' (send application/json%s)", got,
+                 st->route == R_JOBS ? ", or FASTA as text/x-fasta" : "");
         *ret = send_error(conn, st, 415, "unsupported_media_type", msg, NULL, NULL);
         return 1;
     }
@@ -579,13 +909,13 @@ static int decide(struct MHD_Connection *conn, req_st *st, const char *url, enum
         char *end;
         errno = 0;
         unsigned long long v = strtoull(cl, &end, 10);
-        if (errno || (unsigned long long)env->c->max_body < v) {
+        if (errno || (unsigned long long)body_cap(st) < v) {
             char msg[160];
-            snprintf(msg, sizeof msg, "request body of %s bytes exceeds the limit of %ld bytes (--max-body)", cl,
-                     env->c->max_body);
+            snprintf(msg, sizeof msg, "request body of %s bytes exceeds the limit of %ld bytes (%s)", cl, body_cap(st),
+                     body_cap_option(st));
             sanitize(msg);
             *ret = send_error(conn, st, 413, "payload_too_large", msg,
-                              json_pack("{s:I}", "limit", (json_int_t)env->c->max_body), NULL);
+                              json_pack("{s:I}", "limit", (json_int_t)body_cap(st)), NULL);
             return 1;
         }
     }
@@ -615,9 +945,9 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         sanitize(st->path);
         set_request_id(conn, st);
         set_client(conn, st);
-        /* A POST /predict that will be refused is answered before its body is read (413 on
-         * Content-Length, 415, 401, 503); MHD then closes the connection instead of reading. */
-        if (st->route == R_PREDICT && !strcmp(st->method, "POST")) {
+        /* A POST that will be refused is answered before its body is read (413 on Content-Length,
+         * 415, 401, 503); MHD then closes the connection instead of reading. */
+        if (reads_body(st)) {
             enum MHD_Result ret;
             if (decide(conn, st, url, &ret)) return ret;
             st->reading = 1;
@@ -631,15 +961,16 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     if (*upload_data_size) {
         size_t n = *upload_data_size;
         *upload_data_size = 0;
-        if (!st->reading || st->overflow || st->len + n > (size_t)env->c->max_body) {
+        size_t cap = (size_t)body_cap(st);
+        if (!st->reading || st->overflow || st->len + n > cap) {
             st->overflow = st->reading;   /* keep reading to answer 413, but bound what we swallow */
             st->discarded += n;
-            return st->discarded > (size_t)env->c->max_body * 4 + (1u << 20) ? MHD_NO : MHD_YES;
+            return st->discarded > cap * 4 + (1u << 20) ? MHD_NO : MHD_YES;
         }
         if (st->len + n > st->cap) {
             size_t nc = st->cap ? st->cap : 4096;
             while (nc < st->len + n) nc *= 2;
-            if (nc > (size_t)env->c->max_body) nc = (size_t)env->c->max_body;
+            if (nc > cap) nc = cap;
             char *p = realloc(st->body, nc);
             if (!p) return MHD_NO;
             st->body = p;
@@ -657,7 +988,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     if (st->job) return send_job_result(conn, st);
     if (st->overflow == 2)
         return send_error(conn, st, 503, "out_of_memory", "out of memory; retry later", NULL, NULL);
-    return predict(conn, st);
+    if (st->route == R_JOBS) return submit_job(conn, st);
+    return analyze(conn, st);
 }
 
 /* Completion: metrics, requests table, log line, free the state. */
@@ -717,6 +1049,7 @@ int http_wait_idle(double timeout_s) {
 int http_start(const http_env *e, int listen_fd, char *err, size_t errlen) {
     env = e;
     t_start = ut_mono();
+    tk_lim = e->tk;
     listen_fd_ = listen_fd;
     unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG;
     daemon_ = MHD_start_daemon(flags, 0, NULL, NULL, &on_request, NULL,

@@ -1,4 +1,5 @@
-/* http.h - the libmicrohttpd front end of performerd (prefix http_): listening socket, routing,
+/* http.h - the libmicrohttpd front end of performerd (prefix http_): listening socket, routing
+ * (model routes, jobs, the web page),
  * per-connection body accumulation with a hard cap, auth, CORS, common headers, the one JSON error
  * shape, request logging (stderr line + requests table + metrics), and suspend/resume around the
  * inference queue. */
@@ -9,12 +10,14 @@
 #include <stddef.h>
 #include "config.h"
 #include "model.h"
+#include "task.h"
 
 typedef struct {
     const cfg *c;
     const pf_model *model;
     const char *model_body;     /* GET /model JSON */
     const char *openapi_body;   /* GET /openapi.json JSON */
+    tk_limits tk;               /* per-request limits of the model routes and job sequences */
 } http_env;
 
 /* Creates, binds and listens on c->bind:c->port (port 0 = any free one). Returns the socket and

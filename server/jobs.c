@@ -1,4 +1,5 @@
-/* jobs.c - bounded inference queue, batching workers, deadline watchdog, draining (see jobs.h). */
+/* jobs.c - inference queue (interactive + background lanes), batching and chunking workers,
+ * deadline watchdog, draining (see jobs.h). */
 #include "jobs.h"
 #include "cache.h"
 #include "metrics.h"
@@ -15,10 +16,11 @@ enum { JS_QUEUED, JS_RUNNING, JS_DONE };
 
 static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t cv_work, cv_idle, cv_watch;
-static jb_job *q_head, *q_tail;       /* waiting jobs, FIFO */
+static jb_job *q_head, *q_tail;       /* waiting interactive jobs, FIFO */
+static jb_job *b_head, *b_tail;       /* waiting background jobs, FIFO */
 static jb_job **live;                 /* jobs not yet done (queued or running) */
 static long n_live, live_cap;
-static long q_len, n_running, reserved, outstanding;
+static long q_len, b_len, n_running, reserved, outstanding;
 static int draining, closed, stopping, started;
 static jb_config cfg;
 static const pf_model *model;
@@ -39,7 +41,7 @@ static struct timespec abs_in(double seconds) {
 /* Drops one reference (lock held); frees the job at zero. */
 static void unref_locked(jb_job *j) {
     if (--j->refs > 0) return;
-    pr_free(j->req);
+    tk_free(j->req);
     free(j->body);
     free(j);
 }
@@ -53,18 +55,20 @@ static void live_remove(jb_job *j) {
         }
 }
 
-/* Removes j from the queue (lock held); returns 1 when it was queued. */
+/* Removes j from its queue (lock held); returns 1 when it was queued. */
 static int queue_remove(jb_job *j) {
-    jb_job **pp = &q_head, *prev = NULL;
+    jb_job **head = j->background ? &b_head : &q_head, **tail = j->background ? &b_tail : &q_tail;
+    jb_job **pp = head, *prev = NULL;
     while (*pp && *pp != j) {
         prev = *pp;
         pp = &(*pp)->next;
     }
     if (!*pp) return 0;
     *pp = j->next;
-    if (q_tail == j) q_tail = prev;
+    if (*tail == j) *tail = prev;
     j->next = NULL;
-    q_len--;
+    if (j->background) b_len--;
+    else q_len--;
     return 1;
 }
 
@@ -106,25 +110,43 @@ void jb_unreserve(void) {
     pthread_mutex_unlock(&mu);
 }
 
+/* Grows the live list for one more job (lock held). Returns 0 or -1. */
+static int live_room(void) {
+    if (n_live < live_cap) return 0;
+    long nc = live_cap ? live_cap * 2 : 64;
+    jb_job **p = realloc(live, (size_t)nc * sizeof *p);
+    if (!p) return -1;
+    live = p;
+    live_cap = nc;
+    return 0;
+}
+
+/* Appends a new job to its lane and the live list (lock held). */
+static void enqueue_locked(jb_job *j) {
+    j->t_submit = ut_mono();
+    j->refs = 2;                      /* caller + queue/worker */
+    j->state = JS_QUEUED;
+    live[n_live++] = j;
+    jb_job **head = j->background ? &b_head : &q_head, **tail = j->background ? &b_tail : &q_tail;
+    if (*tail) (*tail)->next = j;
+    else *head = j;
+    *tail = j;
+    if (j->background) b_len++;
+    else q_len++;
+    pthread_cond_signal(&cv_work);
+}
+
 /* Enqueues a job using a reservation. */
-jb_job *jb_submit(pr_request *req, double deadline, jb_done_fn done, void *arg) {
+jb_job *jb_submit(tk_request *req, double deadline, jb_done_fn done, void *arg) {
     jb_job *j = calloc(1, sizeof *j);
     pthread_mutex_lock(&mu);
     reserved--;
-    if (j && n_live == live_cap) {
-        long nc = live_cap ? live_cap * 2 : 64;
-        jb_job **p = realloc(live, (size_t)nc * sizeof *p);
-        if (p) {
-            live = p;
-            live_cap = nc;
-        }
-    }
-    if (!j || n_live == live_cap) {
+    if (!j || live_room()) {
         /* Out of memory: NULL (the caller answers 503) or a job already done with 503. */
         outstanding--;
         pthread_cond_broadcast(&cv_idle);
         pthread_mutex_unlock(&mu);
-        pr_free(req);
+        tk_free(req);
         if (!j) return NULL;
         j->refs = 1;
         j->state = JS_DONE;
@@ -135,25 +157,57 @@ jb_job *jb_submit(pr_request *req, double deadline, jb_done_fn done, void *arg) 
         return j;
     }
     j->req = req;
-    j->t_submit = ut_mono();
+    j->store = 1;
     j->deadline = deadline;
     j->done = done;
     j->arg = arg;
-    j->refs = 2;                      /* caller + queue/worker */
-    j->state = JS_QUEUED;
-    live[n_live++] = j;
     if (closed) {                     /* draining already gave up waiting: answer at once */
+        j->t_submit = ut_mono();
+        j->refs = 2;
+        j->state = JS_QUEUED;
+        live[n_live++] = j;
         finish_locked(j, 503, "shutting_down", "the server is shutting down; retry on another instance");
         unref_locked(j);
     } else {
-        if (q_tail) q_tail->next = j;
-        else q_head = j;
-        q_tail = j;
-        q_len++;
-        pthread_cond_signal(&cv_work);
+        enqueue_locked(j);
     }
     pthread_mutex_unlock(&mu);
     return j;
+}
+
+/* Enqueues a background job. */
+jb_job *jb_submit_background(tk_request *req, jb_done_fn done, void *arg) {
+    jb_job *j = calloc(1, sizeof *j);
+    pthread_mutex_lock(&mu);
+    if (!j || draining || closed || live_room()) {
+        pthread_mutex_unlock(&mu);
+        free(j);
+        tk_free(req);
+        return NULL;
+    }
+    outstanding++;
+    j->req = req;
+    j->background = 1;
+    j->done = done;
+    j->arg = arg;
+    enqueue_locked(j);
+    pthread_mutex_unlock(&mu);
+    return j;
+}
+
+/* Finishes the waiting background jobs. */
+long jb_drop_background(const char *type, const char *msg) {
+    long n = 0;
+    pthread_mutex_lock(&mu);
+    while (b_head) {
+        jb_job *j = b_head;
+        queue_remove(j);
+        finish_locked(j, 503, type, msg);
+        unref_locked(j);
+        n++;
+    }
+    pthread_mutex_unlock(&mu);
+    return n;
 }
 
 /* Drops the caller's reference. */
@@ -172,6 +226,14 @@ void jb_counts(long *queued, long *running) {
     pthread_mutex_unlock(&mu);
 }
 
+/* Returns the background jobs waiting. */
+long jb_background_depth(void) {
+    pthread_mutex_lock(&mu);
+    long n = b_len;
+    pthread_mutex_unlock(&mu);
+    return n;
+}
+
 /* Returns 1 while draining. */
 int jb_draining(void) {
     pthread_mutex_lock(&mu);
@@ -180,51 +242,83 @@ int jb_draining(void) {
     return d;
 }
 
-/* Runs one forward pass over jobs[0..nj); fills bodies (NULL + err on failure). Returns 0 or -1. */
+/* Runs every input of jobs[0..nj) through the model, in chunks of at most chunk_tokens framed
+ * tokens (an input longer than that runs alone), hands each input's outputs to its request and
+ * builds the response bodies (NULL on out of memory). Returns 0, or -1 with err. */
 static int run_batch(pf_ctx *ctx, jb_job **jobs, int nj, char **bodies, size_t *lens_out, char *err, size_t errlen,
                      double *fwd_s) {
-    int B = 0;
-    size_t total = 0;
+    int hidden_layer = jobs[0]->req->hidden_layer, d = model->cfg.d_model;
+    size_t chunk_tokens = cfg.batch_tokens > 16384 ? (size_t)cfg.batch_tokens : 16384, cap = chunk_tokens;
+    int max_inputs = 0;
     for (int k = 0; k < nj; k++) {
-        B += jobs[k]->req->n;
-        total += pr_tokens(jobs[k]->req);
+        const tk_request *r = jobs[k]->req;
+        for (int i = 0; i < r->n_inputs; i++)
+            if (tk_input_len(r, i) + 2 > cap) cap = tk_input_len(r, i) + 2;
+        max_inputs += r->n_inputs;
     }
-    int32_t *tokens = malloc(total * sizeof *tokens);
-    int *lens = malloc((size_t)B * sizeof *lens);
-    float *logp = malloc(total * TOK_NRES * sizeof *logp);
-    float **per = malloc((size_t)B * sizeof *per);
+    int max_seqs = max_inputs < (int)(cap / 3) + 1 ? max_inputs : (int)(cap / 3) + 1;   /* framed length >= 3 */
+    int32_t *tokens = malloc(cap * sizeof *tokens);
+    int *lens = malloc((size_t)max_seqs * sizeof *lens);
+    int *owner = malloc((size_t)max_seqs * 2 * sizeof *owner);
+    float *logp = malloc(cap * TOK_NRES * sizeof *logp);
+    float *hidden = hidden_layer != TK_NO_HIDDEN ? malloc(cap * (size_t)d * sizeof *hidden) : NULL;
     int rc = -1;
-    if (!tokens || !lens || !logp || !per) {
-        snprintf(err, errlen, "out of memory for a batch of %zu tokens", total);
+    *fwd_s = 0;
+    if (!tokens || !lens || !owner || !logp || (hidden_layer != TK_NO_HIDDEN && !hidden)) {
+        snprintf(err, errlen, "out of memory for a batch of %zu tokens", cap);
         goto out;
     }
-    size_t off = 0;
-    int b = 0;
-    long residues = 0;
-    for (int k = 0; k < nj; k++) {
-        const pr_request *r = jobs[k]->req;
-        for (int s = 0; s < r->n; s++) {
-            per[b] = logp + off * TOK_NRES;
-            lens[b++] = (int)tok_frame(r->ids[s], r->len[s], tokens + off);
-            off += r->len[s] + 2;
-            residues += (long)r->len[s];
+    int k = 0, i = 0;                 /* next input: job k, input i */
+    while (k < nj) {
+        size_t off = 0;
+        int B = 0;
+        long residues = 0;
+        while (k < nj) {
+            const tk_request *r = jobs[k]->req;
+            if (i >= r->n_inputs) {
+                k++;
+                i = 0;
+                continue;
+            }
+            size_t n = tk_input_len(r, i);
+            if (B > 0 && (off + n + 2 > chunk_tokens || B == max_seqs)) break;
+            tokens[off] = TOK_CLS;
+            tk_input(r, i, tokens + off + 1);
+            tokens[off + n + 1] = TOK_EOS;
+            lens[B] = (int)(n + 2);
+            owner[2 * B] = k;
+            owner[2 * B + 1] = i;
+            B++;
+            off += n + 2;
+            residues += (long)n;
+            i++;
+        }
+        if (B == 0) break;
+        double t0 = ut_mono();
+        if (pf_forward_ex(ctx, model, PF_KERNEL_DEFAULT, tokens, lens, B, logp, hidden,
+                          hidden_layer == TK_NO_HIDDEN ? -1 : hidden_layer, err, errlen))
+            goto out;
+        double dt = ut_mono() - t0;
+        *fwd_s += dt;
+        mt_forward(dt, B, residues);
+        off = 0;
+        for (int b = 0; b < B; b++) {
+            if (tk_consume(jobs[owner[2 * b]]->req, owner[2 * b + 1], logp + off * TOK_NRES,
+                           hidden ? hidden + off * (size_t)d : NULL, d)) {
+                snprintf(err, errlen, "out of memory while collecting outputs");
+                goto out;
+            }
+            off += (size_t)lens[b];
         }
     }
-    double t0 = ut_mono();
-    rc = pf_forward(ctx, model, PF_KERNEL_DEFAULT, tokens, lens, B, logp, NULL, err, errlen);
-    *fwd_s = ut_mono() - t0;
-    if (rc) goto out;
-    mt_forward(*fwd_s, B, residues);
-    b = 0;
-    for (int k = 0; k < nj; k++) {
-        bodies[k] = pr_response(jobs[k]->req, model_json, per + b, &lens_out[k]);
-        b += jobs[k]->req->n;
-    }
+    for (k = 0; k < nj; k++) bodies[k] = tk_response(jobs[k]->req, model_json, &lens_out[k]);
+    rc = 0;
 out:
     free(tokens);
     free(lens);
+    free(owner);
     free(logp);
-    free(per);
+    free(hidden);
     return rc;
 }
 
@@ -243,7 +337,8 @@ static void complete(jb_job **jobs, int nj, char **bodies, size_t *blens, const 
             snprintf(msg[k], sizeof msg[k], "out of memory while building the response; retry later");
         } else {
             long ev = 0;
-            if (db_put(jobs[k]->req->id, model->sha256, jobs[k]->req->canonical, bodies[k], blens[k], &ev)) {
+            if (jobs[k]->store &&
+                db_put(jobs[k]->req->id, model->sha256, jobs[k]->req->canonical, bodies[k], blens[k], &ev)) {
                 status[k] = 503;
                 snprintf(msg[k], sizeof msg[k], "could not store the result: %s", db_last_error());
             }
@@ -281,25 +376,27 @@ static void *worker_main(void *arg) {
     size_t *blens = malloc((size_t)cap * sizeof *blens);
     pthread_mutex_lock(&mu);
     for (;;) {
-        while (!stopping && !q_head) pthread_cond_wait(&cv_work, &mu);
-        if (!q_head) break;
+        while (!stopping && !q_head && !b_head) pthread_cond_wait(&cv_work, &mu);
+        if (!q_head && !b_head) break;
+        int bg = q_head == NULL;      /* interactive jobs always go first */
         int nj = 0, seqs = 0;
-        size_t tokens = 0;
+        long long tokens = 0;
         double now = ut_mono();
-        while (q_head && nj < cap) {
-            jb_job *j = q_head;
-            size_t t = pr_tokens(j->req);
-            if (nj > 0 && (cfg.batch_tokens <= 0 || tokens + t > (size_t)cfg.batch_tokens ||
-                           seqs + j->req->n > cfg.batch_max_seqs))
+        while ((bg ? b_head : q_head) && nj < cap) {
+            jb_job *j = bg ? b_head : q_head;
+            long long t = j->req->input_tokens;
+            if (nj > 0 && (cfg.batch_tokens <= 0 || tokens + t > cfg.batch_tokens ||
+                           seqs + j->req->n_inputs > cfg.batch_max_seqs ||
+                           j->req->hidden_layer != batch[0]->req->hidden_layer))
                 break;
             queue_remove(j);
             j->state = JS_RUNNING;
             j->queue_s = now - j->t_submit;
             n_running++;
             batch[nj++] = j;
-            seqs += j->req->n;
+            seqs += j->req->n_inputs;
             tokens += t;
-            if (cfg.batch_tokens <= 0 || tokens > (size_t)cfg.batch_tokens) break;  /* a long job runs alone */
+            if (cfg.batch_tokens <= 0 || tokens > cfg.batch_tokens) break;  /* a long job runs alone */
         }
         pthread_mutex_unlock(&mu);
         char err[256] = "";

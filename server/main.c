@@ -6,8 +6,10 @@
 #include "config.h"
 #include "http.h"
 #include "jobs.h"
+#include "jobs_async.h"
 #include "model.h"
 #include "openapi.h"
+#include "page.h"
 #include "tokenizer.h"
 #include "util.h"
 
@@ -117,9 +119,29 @@ int main(int argc, char **argv) {
         pf_model_free(m);
         return fatal(err);
     }
-    http_env env = {&c, m, mbody, api};
-    if (http_start(&env, fd, err, sizeof err)) {
+    http_env env = {&c, m, mbody, api, {0}};
+    env.tk.max_length = c.max_length;
+    env.tk.max_batch = c.max_batch;
+    env.tk.max_pll_length = c.max_pll_length;
+    env.tk.max_score_tokens = c.max_score_tokens;
+    env.tk.n_layers = m->cfg.n_layers;
+    env.tk.d_model = m->cfg.d_model;
+    size_t exact_max = m->cfg.kernel == PF_KERNEL_EXACT ? pf_exact_max_len(m) : 0;
+    if (exact_max > 2 && (long)exact_max - 2 < env.tk.max_length) env.tk.max_length = (long)exact_max - 2;
+    int page_ok = pg_init() == 0;
+    if (!page_ok) snprintf(err, sizeof err, "the embedded web page (server/page.html) lacks its <script> or <style>");
+    if (!page_ok || ja_start(m, &env.tk, err, sizeof err)) {
         jb_drain(0);
+        jb_stop(1);
+        close(fd);
+        db_close_all();
+        pf_model_free(m);
+        return fatal(err);
+    }
+    if (http_start(&env, fd, err, sizeof err)) {
+        ja_stop();
+        jb_drain(0);
+        ja_join(2);
         jb_stop(1);
         close(fd);
         db_close_all();
@@ -148,11 +170,13 @@ int main(int argc, char **argv) {
     double t0 = ut_mono();
     http_log("info", "draining", "signal", sig == SIGTERM ? "SIGTERM" : "SIGINT", (char *)NULL);
     http_quiesce();
+    ja_stop();                    /* no new job sequences; those queued finish or stay pending */
     int clean = jb_drain(DRAIN_SECONDS) == 0;
     /* answers of finished jobs (and requests still uploading, answered 503) get written */
     if (http_wait_idle(DRAIN_SECONDS + 1.0 - (ut_mono() - t0))) clean = 0;
     http_stop();
-    int joined = jb_stop(9.5 - (ut_mono() - t0) > 0.5 ? 9.5 - (ut_mono() - t0) : 0.5) == 0;
+    int runner_done = ja_join(1.0) == 0;
+    int joined = jb_stop(9.5 - (ut_mono() - t0) > 0.5 ? 9.5 - (ut_mono() - t0) : 0.5) == 0 && runner_done;
     if (joined) {
         db_close_all();
         pf_model_free(m);

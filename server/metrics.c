@@ -8,7 +8,7 @@
 #include <string.h>
 
 #define MAX_SERIES 256
-#define MAX_ROUTES 16
+#define MAX_ROUTES 32
 static const double lat_bounds[] = {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60};
 #define N_LAT (sizeof lat_bounds / sizeof lat_bounds[0])
 static const double fwd_bounds[] = {0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120};
@@ -112,7 +112,7 @@ __attribute__((format(printf, 2, 3))) static void sb_printf(sbuf *b, const char 
 }
 
 /* Renders the exposition text. */
-char *mt_render(long queue_depth, long running, int ready, int trained) {
+char *mt_render(long queue_depth, long running, long background_depth, int ready, int trained) {
     sbuf b = {0};
     pthread_mutex_lock(&mu);
     sb_printf(&b, "# HELP performerd_requests_total HTTP requests by route, method and status.\n"
@@ -136,9 +136,9 @@ char *mt_render(long queue_depth, long running, int ready, int trained) {
         sb_printf(&b, "performerd_request_duration_seconds_sum{route=\"%s\"} %.6f\n", lat[i].route, lat[i].sum);
         sb_printf(&b, "performerd_request_duration_seconds_count{route=\"%s\"} %llu\n", lat[i].route, lat[i].n);
     }
-    sb_printf(&b, "# HELP performerd_cache_hits_total POST /predict answered from the result cache.\n"
+    sb_printf(&b, "# HELP performerd_cache_hits_total Model requests (/predict, /score, /embed, /logits) answered from the cache.\n"
                   "# TYPE performerd_cache_hits_total counter\nperformerd_cache_hits_total %llu\n", cache_hit);
-    sb_printf(&b, "# HELP performerd_cache_misses_total POST /predict that needed a forward pass.\n"
+    sb_printf(&b, "# HELP performerd_cache_misses_total Model requests that needed the model.\n"
                   "# TYPE performerd_cache_misses_total counter\nperformerd_cache_misses_total %llu\n", cache_miss);
     sb_printf(&b, "# HELP performerd_cache_evictions_total Results evicted (least recently used).\n"
                   "# TYPE performerd_cache_evictions_total counter\nperformerd_cache_evictions_total %llu\n", evicted);
@@ -146,6 +146,9 @@ char *mt_render(long queue_depth, long running, int ready, int trained) {
                   "# TYPE performerd_queue_rejected_total counter\nperformerd_queue_rejected_total %llu\n", rejected);
     sb_printf(&b, "# HELP performerd_queue_depth Inference requests waiting for a worker.\n"
                   "# TYPE performerd_queue_depth gauge\nperformerd_queue_depth %ld\n", queue_depth);
+    sb_printf(&b, "# HELP performerd_background_queue_depth Sequences of POST /jobs jobs waiting for a worker.\n"
+                  "# TYPE performerd_background_queue_depth gauge\nperformerd_background_queue_depth %ld\n",
+              background_depth);
     sb_printf(&b, "# HELP performerd_jobs_running Inference requests being computed.\n"
                   "# TYPE performerd_jobs_running gauge\nperformerd_jobs_running %ld\n", running);
     sb_printf(&b, "# HELP performerd_residues_processed_total Residues run through the model.\n"

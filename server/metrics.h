@@ -9,7 +9,7 @@
  * status and latency in seconds (histogram per route). */
 void mt_request(const char *route, const char *method, int status, double seconds);
 
-/* Counts one result-cache lookup of POST /predict (hit = 1) or a miss (hit = 0). */
+/* Counts one result-cache lookup of a model route (hit = 1) or a miss (hit = 0). */
 void mt_cache(int hit);
 
 /* Counts one forward pass: wall seconds, sequences in the batch and residues processed. */
@@ -22,7 +22,8 @@ void mt_rejected(void);
 void mt_evicted(long n);
 
 /* Returns the exposition text (text/plain; version=0.0.4) in a malloc'd string; gauges are
- * passed in: queue depth (jobs waiting), jobs running, readiness (1/0), model trained (1/0). */
-char *mt_render(long queue_depth, long running, int ready, int trained);
+ * passed in: queue depth (interactive jobs waiting), jobs running, background sequences waiting
+ * (POST /jobs), readiness (1/0), model trained (1/0). */
+char *mt_render(long queue_depth, long running, long background_depth, int ready, int trained);
 
 #endif

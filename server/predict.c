@@ -9,9 +9,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* Sets *e; details (stolen, may be NULL) become extra fields of the error body. */
-__attribute__((format(printf, 4, 5))) static int set_err(pr_error *e, int status, const char *type,
-                                                         const char *fmt, ...) {
+/* Sets *e (status, type, printf-style message); returns -1. */
+int pr_set_error(pr_error *e, int status, const char *type, const char *fmt, ...) {
     va_list ap;
     e->status = status;
     snprintf(e->type, sizeof e->type, "%s", type);
@@ -20,6 +19,7 @@ __attribute__((format(printf, 4, 5))) static int set_err(pr_error *e, int status
     va_end(ap);
     return -1;
 }
+#define set_err pr_set_error
 
 /* Allocates an empty request for n sequences. */
 static pr_request *req_new(int n) {
@@ -148,7 +148,7 @@ static int apply_positions(pr_request *r, int s, json_t *arr, int single, pr_err
 }
 
 /* Renders ids as canonical text ("<mask>" for masks). Returns a malloc'd string. */
-static char *render(const int32_t *ids, size_t n) {
+char *pr_render(const int32_t *ids, size_t n) {
     size_t cap = 1;
     for (size_t i = 0; i < n; i++) cap += strlen(tok_name(ids[i]));
     char *s = malloc(cap), *p = s;
@@ -167,7 +167,7 @@ static char *render(const int32_t *ids, size_t n) {
 static int canonicalise(pr_request *r, const char *model_sha256) {
     json_t *seqs = json_array(), *pos = json_array();
     for (int s = 0; s < r->n; s++) {
-        char *t = render(r->input[s], r->len[s]);
+        char *t = pr_render(r->input[s], r->len[s]);
         json_array_append_new(seqs, t ? json_string(t) : json_null());
         free(t);
         json_t *p = json_array();
@@ -181,89 +181,126 @@ static int canonicalise(pr_request *r, const char *model_sha256) {
     r->canonical = json_dumps(o, JSON_COMPACT | JSON_SORT_KEYS);
     json_decref(o);
     if (!r->canonical) return -1;
-    size_t ml = strlen(model_sha256), cl = strlen(r->canonical);
+    return pr_make_id(model_sha256, r->canonical, r->id);
+}
+
+/* Writes the id SHA-256(model_sha256 + "\n" + canonical) to id. Returns 0 or -1 (out of memory). */
+int pr_make_id(const char *model_sha256, const char *canonical, char id[65]) {
+    size_t ml = strlen(model_sha256), cl = strlen(canonical);
     char *buf = malloc(ml + 1 + cl);
     if (!buf) return -1;
     memcpy(buf, model_sha256, ml);
     buf[ml] = '\n';
-    memcpy(buf + ml + 1, r->canonical, cl);
-    ut_sha256_hex(buf, ml + 1 + cl, r->id);
+    memcpy(buf + ml + 1, canonical, cl);
+    ut_sha256_hex(buf, ml + 1 + cl, id);
     free(buf);
     return 0;
+}
+
+/* Parses body as one JSON object. */
+int pr_load_object(const char *body, size_t len, json_t **root, pr_error *e) {
+    json_error_t je;
+    *root = NULL;
+    e->details = NULL;
+    e->status = 0;
+    if (len == 0) return set_err(e, 400, "invalid_json", "empty request body (expected a JSON object)");
+    json_t *o = json_loadb(body, len, JSON_REJECT_DUPLICATES | JSON_ALLOW_NUL, &je);
+    if (!o) {
+        set_err(e, 400, "invalid_json", "invalid JSON at line %d, column %d: %s", je.line, je.column, je.text);
+        e->details = json_pack("{s:i, s:i}", "line", je.line, "column", je.column);
+        return -1;
+    }
+    if (!json_is_object(o)) {
+        json_decref(o);
+        return set_err(e, 400, "invalid_type", "the request body must be a JSON object");
+    }
+    *root = o;
+    return 0;
+}
+
+/* Checks that every key of root is one of allowed. */
+int pr_check_fields(json_t *root, const char *const *allowed, pr_error *e) {
+    const char *key;
+    json_t *v;
+    json_object_foreach(root, key, v) {
+        int ok = 0;
+        for (const char *const *a = allowed; *a && !ok; a++) ok = !strcmp(key, *a);
+        if (ok) continue;
+        char k[64], list[256] = "";
+        snprintf(k, sizeof k, "%s", key);
+        for (char *c = k; *c; c++)
+            if ((unsigned char)*c < 0x20 || (unsigned char)*c >= 0x7f) *c = '?';
+        for (const char *const *a = allowed; *a; a++) {
+            size_t l = strlen(list);
+            snprintf(list + l, sizeof list - l, "%s%s", a == allowed ? "" : ", ", *a);
+        }
+        set_err(e, 400, "unknown_field", "unknown field \"%s\" (allowed: %s)", k, list);
+        e->details = json_pack("{s:s}", "field", k);
+        return -1;
+    }
+    return 0;
+}
+
+/* Checks the shape of "sequence" / "sequences" (one of them; strings; 1..max_batch). Returns 0 or -1. */
+static int seq_shape(json_t *root, const pr_limits *lim, pr_error *e) {
+    json_t *v, *one = json_object_get(root, "sequence"), *many = json_object_get(root, "sequences");
+    if (one && many)
+        return set_err(e, 400, "invalid_request", "give either \"sequence\" or \"sequences\", not both");
+    if (!one && !many)
+        return set_err(e, 400, "invalid_request", "missing \"sequence\" (a string) or \"sequences\" (an array of"
+                       " strings)");
+    if (one && !json_is_string(one)) return set_err(e, 400, "invalid_type", "\"sequence\" must be a string");
+    if (!many) return 0;
+    if (!json_is_array(many)) return set_err(e, 400, "invalid_type", "\"sequences\" must be an array of strings");
+    size_t i;
+    json_array_foreach(many, i, v) {
+        if (!json_is_string(v)) return set_err(e, 400, "invalid_type", "\"sequences\"[%zu] must be a string", i);
+    }
+    if (json_array_size(many) == 0) return set_err(e, 422, "empty_batch", "\"sequences\" is empty");
+    if ((long)json_array_size(many) > lim->max_batch) {
+        set_err(e, 413, "batch_too_large", "%zu sequences; the limit is %ld per request (--max-batch)",
+                json_array_size(many), lim->max_batch);
+        e->details = json_pack("{s:I, s:I}", "sequences", (json_int_t)json_array_size(many), "limit",
+                               (json_int_t)lim->max_batch);
+        return -1;
+    }
+    return 0;
+}
+
+/* Encodes the "sequence" / "sequences" fields of root. */
+pr_request *pr_parse_sequences(json_t *root, const pr_limits *lim, pr_error *e) {
+    if (seq_shape(root, lim, e)) return NULL;
+    json_t *one = json_object_get(root, "sequence"), *many = json_object_get(root, "sequences");
+    int n = one ? 1 : (int)json_array_size(many);
+    pr_request *r = req_new(n);
+    if (!r) {
+        set_err(e, 500, "out_of_memory", "out of memory");
+        return NULL;
+    }
+    r->top_k = PR_TOPK_DEFAULT;
+    for (int s = 0; s < n; s++) {
+        json_t *sv = one ? one : json_array_get(many, (size_t)s);
+        if (encode_seq(r, s, json_string_value(sv), json_string_length(sv), one != NULL, lim, e)) {
+            pr_free(r);
+            return NULL;
+        }
+    }
+    return r;
 }
 
 /* Validates and normalises a JSON body. */
 int pr_parse(const char *body, size_t len, const pr_limits *lim, const char *model_sha256, pr_request **out,
              pr_error *e) {
-    json_error_t je;
+    static const char *const fields[] = {"sequence", "sequences", "mask_positions", "top_k", NULL};
     pr_request *r = NULL;
+    json_t *root = NULL;
     *out = NULL;
-    e->details = NULL;
-    e->status = 0;
-    if (len == 0) return set_err(e, 400, "invalid_json", "empty request body (expected a JSON object)");
-    json_t *root = json_loadb(body, len, JSON_REJECT_DUPLICATES | JSON_ALLOW_NUL, &je);
-    if (!root) {
-        set_err(e, 400, "invalid_json", "invalid JSON at line %d, column %d: %s", je.line, je.column, je.text);
-        e->details = json_pack("{s:i, s:i}", "line", je.line, "column", je.column);
-        return -1;
-    }
-    if (!json_is_object(root)) {
-        json_decref(root);
-        return set_err(e, 400, "invalid_type", "the request body must be a JSON object");
-    }
-    const char *key;
-    json_t *v;
-    json_object_foreach(root, key, v) {
-        if (strcmp(key, "sequence") && strcmp(key, "sequences") && strcmp(key, "mask_positions") &&
-            strcmp(key, "top_k")) {
-            char k[64];
-            snprintf(k, sizeof k, "%s", key);
-            for (char *c = k; *c; c++)
-                if ((unsigned char)*c < 0x20 || (unsigned char)*c >= 0x7f) *c = '?';
-            set_err(e, 400, "unknown_field", "unknown field \"%s\" (allowed: sequence, sequences, mask_positions,"
-                    " top_k)", k);
-            e->details = json_pack("{s:s}", "field", k);
-            goto fail;
-        }
-    }
-    json_t *one = json_object_get(root, "sequence"), *many = json_object_get(root, "sequences");
+    if (pr_load_object(body, len, &root, e)) return -1;
+    if (pr_check_fields(root, fields, e)) goto fail;
+    json_t *one = json_object_get(root, "sequence");
     json_t *mp = json_object_get(root, "mask_positions"), *tk = json_object_get(root, "top_k");
-    if (one && many) {
-        set_err(e, 400, "invalid_request", "give either \"sequence\" or \"sequences\", not both");
-        goto fail;
-    }
-    if (!one && !many) {
-        set_err(e, 400, "invalid_request", "missing \"sequence\" (a string) or \"sequences\" (an array of strings)");
-        goto fail;
-    }
-    if (one && !json_is_string(one)) {
-        set_err(e, 400, "invalid_type", "\"sequence\" must be a string");
-        goto fail;
-    }
-    if (many) {
-        if (!json_is_array(many)) {
-            set_err(e, 400, "invalid_type", "\"sequences\" must be an array of strings");
-            goto fail;
-        }
-        size_t i;
-        json_array_foreach(many, i, v) {
-            if (!json_is_string(v)) {
-                set_err(e, 400, "invalid_type", "\"sequences\"[%zu] must be a string", i);
-                goto fail;
-            }
-        }
-        if (json_array_size(many) == 0) {
-            set_err(e, 422, "empty_batch", "\"sequences\" is empty");
-            goto fail;
-        }
-        if ((long)json_array_size(many) > lim->max_batch) {
-            set_err(e, 413, "batch_too_large", "%zu sequences; the limit is %ld per request (--max-batch)",
-                    json_array_size(many), lim->max_batch);
-            e->details = json_pack("{s:I, s:I}", "sequences", (json_int_t)json_array_size(many), "limit",
-                                   (json_int_t)lim->max_batch);
-            goto fail;
-        }
-    }
+    /* the same order of checks as always: shape of sequence(s), then top_k, then contents */
+    if (seq_shape(root, lim, e)) goto fail;
     int top_k = PR_TOPK_DEFAULT;
     if (tk) {
         if (!json_is_integer(tk)) {
@@ -281,17 +318,10 @@ int pr_parse(const char *body, size_t len, const pr_limits *lim, const char *mod
         set_err(e, 400, "invalid_type", "\"mask_positions\" must be an array of integers (or one array per sequence)");
         goto fail;
     }
-    int n = one ? 1 : (int)json_array_size(many);
-    r = req_new(n);
-    if (!r) {
-        set_err(e, 500, "out_of_memory", "out of memory");
-        goto fail;
-    }
+    r = pr_parse_sequences(root, lim, e);
+    if (!r) goto fail;
     r->top_k = top_k;
-    for (int s = 0; s < n; s++) {
-        json_t *sv = one ? one : json_array_get(many, (size_t)s);
-        if (encode_seq(r, s, json_string_value(sv), json_string_length(sv), one != NULL, lim, e)) goto fail;
-    }
+    int n = r->n;
     if (mp && json_array_size(mp) > 0) {
         int nested = json_is_array(json_array_get(mp, 0));
         if (nested) {
@@ -329,55 +359,8 @@ fail:
     return -1;
 }
 
-/* A growable output buffer for the response text. */
-typedef struct { char *s; size_t len, cap; int oom; } obuf;
-
-/* Ensures room for n more bytes. */
-static int ob_reserve(obuf *b, size_t n) {
-    if (b->oom) return -1;
-    if (b->len + n + 1 <= b->cap) return 0;
-    size_t nc = b->cap ? b->cap : 4096;
-    while (nc < b->len + n + 1) nc *= 2;
-    char *p = realloc(b->s, nc);
-    if (!p) {
-        b->oom = 1;
-        return -1;
-    }
-    b->s = p;
-    b->cap = nc;
-    return 0;
-}
-
-/* Appends n bytes. */
-static void ob_put(obuf *b, const char *s, size_t n) {
-    if (ob_reserve(b, n)) return;
-    memcpy(b->s + b->len, s, n);
-    b->len += n;
-    b->s[b->len] = '\0';
-}
-
-/* Appends a C string. */
-static void ob_str(obuf *b, const char *s) { ob_put(b, s, strlen(s)); }
-
-/* Appends printf-formatted text (short pieces only). */
-__attribute__((format(printf, 2, 3))) static void ob_printf(obuf *b, const char *fmt, ...) {
-    char tmp[256];
-    va_list ap;
-    va_start(ap, fmt);
-    int n = vsnprintf(tmp, sizeof tmp, fmt, ap);
-    va_end(ap);
-    if (n > 0) ob_put(b, tmp, (size_t)n < sizeof tmp ? (size_t)n : sizeof tmp - 1);
-}
-
-/* Appends a number with 6 significant digits as valid JSON (no inf/nan: the model's log-probs are
- * finite; a non-finite value is written as a very small number rather than invalid JSON). */
-static void ob_num(obuf *b, double x) {
-    if (!isfinite(x)) x = x > 0 ? 1e308 : -1e308;
-    ob_printf(b, "%.6g", x);
-}
-
 /* Appends the top-k entries of one framed position's 20 log-probs; returns the top-1 token id. */
-static int add_topk(obuf *b, const float *lp, int k) {
+static int add_topk(ut_buf *b, const float *lp, int k) {
     int order[TOK_NRES];
     for (int c = 0; c < TOK_NRES; c++) order[c] = c;
     if (k > TOK_NRES) k = TOK_NRES;
@@ -389,29 +372,29 @@ static int add_topk(obuf *b, const float *lp, int k) {
         order[a] = order[best];
         order[best] = t;
     }
-    ob_str(b, "[");
+    ut_str(b, "[");
     for (int a = 0; a < k; a++) {
         double l = lp[order[a]];
-        ob_printf(b, "%s{\"token\":\"%s\",\"prob\":", a ? "," : "", tok_name(TOK_RES0 + order[a]));
-        ob_num(b, exp(l));
-        ob_str(b, ",\"log_prob\":");
-        ob_num(b, l);
-        ob_str(b, "}");
+        ut_printf(b, "%s{\"token\":\"%s\",\"prob\":", a ? "," : "", tok_name(TOK_RES0 + order[a]));
+        ut_num(b, exp(l));
+        ut_str(b, ",\"log_prob\":");
+        ut_num(b, l);
+        ut_str(b, "}");
     }
-    ob_str(b, "]");
+    ut_str(b, "]");
     return TOK_RES0 + order[0];
 }
 
 /* Builds the 200 response JSON directly as text (large results would cost far more as jansson
  * objects). */
 char *pr_response(const pr_request *r, json_t *model, float *const *logp, size_t *out_len) {
-    obuf b = {0};
+    ut_buf b = {0};
     char *mj = json_dumps(model, JSON_COMPACT);
     if (!mj) return NULL;
-    ob_printf(&b, "{\"id\":\"%s\",\"model\":", r->id);
-    ob_str(&b, mj);
+    ut_printf(&b, "{\"id\":\"%s\",\"model\":", r->id);
+    ut_str(&b, mj);
     free(mj);
-    ob_printf(&b, ",\"cached\":false,\"top_k\":%d,\"results\":[", r->top_k);
+    ut_printf(&b, ",\"cached\":false,\"top_k\":%d,\"results\":[", r->top_k);
     for (int s = 0; s < r->n; s++) {
         size_t n = r->len[s];
         int all = r->n_masked[s] == 0;
@@ -420,16 +403,16 @@ char *pr_response(const pr_request *r, json_t *model, float *const *logp, size_t
             free(b.s);
             return NULL;
         }
-        ob_printf(&b, "%s{\"length\":%zu,\"mode\":\"%s\",\"masked_positions\":%d,\"predictions\":[", s ? "," : "", n,
+        ut_printf(&b, "%s{\"length\":%zu,\"mode\":\"%s\",\"masked_positions\":%d,\"predictions\":[", s ? "," : "", n,
                   all ? "unmasked" : "masked", r->n_masked[s]);
         int first = 1;
         for (size_t i = 0; i < n; i++) {
             int out_tok = r->input[s][i];
             if (all || r->masked[s][i]) {
-                ob_printf(&b, "%s{\"position\":%zu,\"residue\":\"%s\",\"top_k\":", first ? "" : ",", i + 1,
+                ut_printf(&b, "%s{\"position\":%zu,\"residue\":\"%s\",\"top_k\":", first ? "" : ",", i + 1,
                           tok_name(r->input[s][i]));
                 int best = add_topk(&b, logp[s] + (i + 1) * TOK_NRES, r->top_k);
-                ob_str(&b, "}");
+                ut_str(&b, "}");
                 first = 0;
                 if (!all) out_tok = best;
             }
@@ -439,12 +422,12 @@ char *pr_response(const pr_request *r, json_t *model, float *const *logp, size_t
             fp += l;
         }
         *fp = '\0';
-        ob_str(&b, "],\"filled_sequence\":\"");
-        ob_put(&b, filled, (size_t)(fp - filled));
-        ob_str(&b, "\"}");
+        ut_str(&b, "],\"filled_sequence\":\"");
+        ut_put(&b, filled, (size_t)(fp - filled));
+        ut_str(&b, "\"}");
         free(filled);
     }
-    ob_str(&b, "]}");
+    ut_str(&b, "]}");
     if (b.oom) {
         free(b.s);
         return NULL;

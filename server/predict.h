@@ -44,6 +44,29 @@ typedef struct {
 int pr_parse(const char *body, size_t len, const pr_limits *lim, const char *model_sha256, pr_request **out,
              pr_error *e);
 
+/* Parses body as one JSON object: 400 invalid_json (line/column) or invalid_type. Returns 0 and *root
+ * (the caller decrefs), or -1 with *e. */
+int pr_load_object(const char *body, size_t len, json_t **root, pr_error *e);
+
+/* Checks that every key of root is one of allowed (NULL-terminated): else 400 unknown_field naming
+ * the field and the allowed ones. Returns 0 or -1 with *e. */
+int pr_check_fields(json_t *root, const char *const *allowed, pr_error *e);
+
+/* Validates and encodes the "sequence" / "sequences" fields of root exactly as POST /predict does
+ * (residues or <mask>, limits; no mask_positions). Returns a request with top_k 5, no canonical
+ * form and no id, or NULL with *e. */
+pr_request *pr_parse_sequences(json_t *root, const pr_limits *lim, pr_error *e);
+
+/* Renders residue ids as canonical text ("<mask>" for masks). Returns a malloc'd string or NULL. */
+char *pr_render(const int32_t *ids, size_t n);
+
+/* Writes the id SHA-256(model_sha256 + "\n" + canonical) to id. Returns 0 or -1 (out of memory). */
+int pr_make_id(const char *model_sha256, const char *canonical, char id[65]);
+
+/* Sets *e (status, type, printf-style message; details untouched). Returns -1. */
+__attribute__((format(printf, 4, 5))) int pr_set_error(pr_error *e, int status, const char *type, const char *fmt,
+                                                        ...);
+
 /* Frees a request. NULL is fine. */
 void pr_free(pr_request *r);
 

@@ -4,6 +4,8 @@
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 #include <openssl/rand.h>
+#include <math.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -76,4 +78,72 @@ int ut_secret_equal(const char *a, const char *b) {
     EVP_Digest(a, strlen(a), da, &la, EVP_sha256(), NULL);
     EVP_Digest(b, strlen(b), db, &lb, EVP_sha256(), NULL);
     return la == 32 && lb == 32 && CRYPTO_memcmp(da, db, 32) == 0;
+}
+
+/* Writes the base64 SHA-256 of data to out[45]. */
+void ut_sha256_b64(const void *data, size_t len, char out[45]) {
+    unsigned char md[EVP_MAX_MD_SIZE];
+    unsigned int mdlen = 0;
+    out[0] = '\0';
+    if (EVP_Digest(data, len, md, &mdlen, EVP_sha256(), NULL) != 1 || mdlen != 32) return;
+    EVP_EncodeBlock((unsigned char *)out, md, 32);
+}
+
+/* Ensures room for n more bytes plus the NUL; returns 0 or -1 (oom set). */
+static int buf_reserve(ut_buf *b, size_t n) {
+    if (b->oom) return -1;
+    if (b->len + n + 1 <= b->cap) return 0;
+    size_t nc = b->cap ? b->cap : 4096;
+    while (nc < b->len + n + 1) nc *= 2;
+    char *p = realloc(b->s, nc);
+    if (!p) {
+        b->oom = 1;
+        return -1;
+    }
+    b->s = p;
+    b->cap = nc;
+    return 0;
+}
+
+/* Appends n bytes. */
+void ut_put(ut_buf *b, const char *s, size_t n) {
+    if (buf_reserve(b, n)) return;
+    memcpy(b->s + b->len, s, n);
+    b->len += n;
+    b->s[b->len] = '\0';
+}
+
+/* Appends a C string. */
+void ut_str(ut_buf *b, const char *s) { ut_put(b, s, strlen(s)); }
+
+/* Appends printf-formatted text. */
+void ut_printf(ut_buf *b, const char *fmt, ...) {
+    char tmp[256];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(tmp, sizeof tmp, fmt, ap);
+    va_end(ap);
+    if (n > 0) ut_put(b, tmp, (size_t)n < sizeof tmp ? (size_t)n : sizeof tmp - 1);
+}
+
+/* Appends a finite JSON number with 6 significant digits. */
+void ut_num(ut_buf *b, double x) {
+    if (!isfinite(x)) x = x > 0 ? 1e308 : -1e308;
+    ut_printf(b, "%.6g", x);
+}
+
+/* Appends a JSON string literal (s must be valid UTF-8; controls are escaped). */
+void ut_json_str(ut_buf *b, const char *s) {
+    ut_put(b, "\"", 1);
+    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
+        if (*p == '"' || *p == '\\') {
+            char e[2] = {'\\', (char)*p};
+            ut_put(b, e, 2);
+        } else if (*p < 0x20 || *p == 0x7f) {
+            ut_printf(b, "\\u%04x", *p);
+        } else {
+            ut_put(b, (const char *)p, 1);
+        }
+    }
+    ut_put(b, "\"", 1);
 }

@@ -1,4 +1,5 @@
-/* util.h - small shared helpers for performerd: clocks, hex, random ids, SHA-256 (prefix ut_). */
+/* util.h - small shared helpers for performerd: clocks, hex, random ids, SHA-256, a growable text
+ * buffer for large JSON responses (prefix ut_). */
 #ifndef PD_UTIL_H
 #define PD_UTIL_H
 
@@ -21,5 +22,27 @@ int ut_is_hex64(const char *s);
 
 /* Returns 1 when a and b (NUL-terminated) are equal, comparing in time independent of content. */
 int ut_secret_equal(const char *a, const char *b);
+
+/* Writes the standard base64 of the SHA-256 of len bytes at data to out[45] (for CSP hashes). */
+void ut_sha256_b64(const void *data, size_t len, char out[45]);
+
+/* A growable NUL-terminated text buffer; oom is set (and later appends ignored) on allocation
+ * failure. Start from {0}; the caller frees s. */
+typedef struct { char *s; size_t len, cap; int oom; } ut_buf;
+
+/* Appends n bytes. */
+void ut_put(ut_buf *b, const char *s, size_t n);
+
+/* Appends a C string. */
+void ut_str(ut_buf *b, const char *s);
+
+/* Appends printf-formatted text (pieces up to 255 bytes). */
+__attribute__((format(printf, 2, 3))) void ut_printf(ut_buf *b, const char *fmt, ...);
+
+/* Appends a number with 6 significant digits as valid JSON (non-finite values become +-1e308). */
+void ut_num(ut_buf *b, double x);
+
+/* Appends s (valid UTF-8) as a JSON string literal, escaping quotes, backslashes and controls. */
+void ut_json_str(ut_buf *b, const char *s);
 
 #endif

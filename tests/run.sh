@@ -1,17 +1,24 @@
 #!/usr/bin/env bash
-# Runs every test program and script; prints one line per test and "N passed, N failed" at the end.
-# BIN selects the build (bin/ or build/asan/bin/). Exit status is non-zero when any test failed.
+# Runs every test program and script; prints one line per test and "N passed, N failed, N skipped"
+# at the end. A test that exits 77 could not run here (e.g. a browser it cannot install) and is
+# reported as SKIP with its reason, not as a pass. BIN selects the build (bin/ or build/asan/bin/).
+# Exit status is non-zero when any test failed.
 set -u
 cd "$(dirname "$0")/.."
 BIN=${BIN:-bin}
 export BIN
-pass=0; fail=0; failed=()
+pass=0; fail=0; skip=0; failed=()
 run_one() {  # name, command...
     local name=$1; shift
     local log; log=$(mktemp)
     local t0=$SECONDS
-    if "$@" >"$log" 2>&1; then
+    "$@" >"$log" 2>&1
+    local rc=$?
+    if [ $rc -eq 0 ]; then
         pass=$((pass+1)); printf 'PASS %-40s (%ds)\n' "$name" $((SECONDS-t0))
+        grep '^screenshot: ' "$log" | sed 's/^/    | /'   # where a browser test saved its pictures
+    elif [ $rc -eq 77 ]; then
+        skip=$((skip+1)); printf 'SKIP %-40s %s\n' "$name" "$(grep -m1 '^SKIP' "$log" | cut -c7-)"
     else
         fail=$((fail+1)); failed+=("$name"); printf 'FAIL %-40s (%ds)\n' "$name" $((SECONDS-t0))
         sed 's/^/    | /' "$log" | tail -60
@@ -31,5 +38,5 @@ for t in tests/e2e/test_*.sh tests/e2e/test_*.py; do
     esac
 done
 [ $fail -gt 0 ] && printf 'failed: %s\n' "${failed[*]}"
-echo "$pass passed, $fail failed"
+echo "$pass passed, $fail failed, $skip skipped"
 [ $fail -eq 0 ]

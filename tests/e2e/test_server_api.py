@@ -66,7 +66,7 @@ check({"200", "400", "401", "405", "413", "415", "422", "429", "503"} <= pred_co
 check(spec["components"]["schemas"]["PredictRequest"]["properties"]["sequences"]["maxItems"] == 64, "openapi limit")
 # every documented GET path answers (no 404/405) and every documented operation exists
 for p in spec["paths"]:
-    if p == "/predict/{id}" or "get" not in spec["paths"][p]:
+    if "{" in p or "get" not in spec["paths"][p]:
         continue
     check(d.get(p).status == 200, "documented GET %s answers 200" % p)
 

@@ -1,5 +1,7 @@
 /* test_server_cache.c - the SQLite cache of performerd (server/cache.c): schema/migrations,
- * put/get, LRU eviction under the size bound, the request log, refusing a newer schema. */
+ * put/get, LRU eviction under the size bound, the request log, refusing a newer schema, and the job
+ * store (a job inserted once, its states, pending items, results and counters, reading back, the
+ * requeue at start-up, delete). */
 #include "cache.h"
 #include "testutil.h"
 
@@ -18,6 +20,14 @@ static long long q(const char *path, const char *sql) {
     }
     sqlite3_close(db);
     return v;
+}
+
+/* db_job_items callback: appends "idx:name:status:output;" to the buffer at arg. */
+static int collect(long long idx, const char *name, int status, const char *out, size_t len, void *arg) {
+    char *b = arg;
+    size_t n = strlen(b);
+    snprintf(b + n, 512 - n, "%lld:%s:%d:%.*s;", idx, name, status, (int)len, out);
+    return 0;
 }
 
 int main(void) {
@@ -46,6 +56,7 @@ int main(void) {
         CHECKF(db_init(v1, 0, err, sizeof err) == 0, "%s", err);
         CHECK(q(v1, "PRAGMA user_version") == DB_SCHEMA_VERSION);
         CHECK(q(v1, "SELECT count(*) FROM sqlite_master WHERE name = 'requests_result'") == 1);
+        CHECK(q(v1, "SELECT count(*) FROM sqlite_master WHERE name IN ('jobs', 'job_items', 'jobs_queue')") == 3);
         /* newer than this daemon: refused */
         sqlite3_open(v1, &db);
         sqlite3_exec(db, "PRAGMA user_version = 99", NULL, NULL, NULL);
@@ -96,6 +107,68 @@ int main(void) {
         CHECK(sqlite3_step(st) == SQLITE_ROW && !strcmp((const char *)sqlite3_column_text(st, 0), "wal"));
         sqlite3_finalize(st);
         sqlite3_close(db);
+    }
+
+    /* the job store */
+    {
+        db_job j;
+        memset(&j, 0, sizeof j);
+        snprintf(j.id, sizeof j.id, "job1");
+        snprintf(j.task, sizeof j.task, "embed");
+        j.params = "{\"layer\":-1}";
+        snprintf(j.model_sha256, sizeof j.model_sha256, "sha");
+        const char *names[3] = {"a", "b", "c"}, *reqs[3] = {"{\"sequence\":\"A\"}", "{\"sequence\":\"C\"}",
+                                                         "{\"sequence\":\"D\"}"};
+        CHECK(db_job_insert(&j, 3, names, reqs) == 0);
+        CHECK(db_job_insert(&j, 3, names, reqs) == 1);                    /* the same id: stored once */
+        CHECK(q(path, "SELECT count(*) FROM job_items WHERE job_id = 'job1'") == 3);
+        db_job g;
+        CHECK(db_job_get("job1", &g) == 1 && !strcmp(g.state, "queued") && g.total == 3 && !strcmp(g.params, j.params) &&
+              g.started_at == 0);
+        db_job_clear(&g);
+        CHECK(db_job_get("nope", &g) == 0);
+        char id[65];
+        CHECK(db_job_next("sha", id) == 1 && !strcmp(id, "job1"));
+        CHECK(db_job_next("other-model", id) == 0);
+        CHECK(db_job_set_state("job1", "running", ",queued,") == 1);
+        CHECK(db_job_set_state("job1", "running", ",queued,") == 0);      /* only from the listed states */
+        CHECK(db_job_next("sha", id) == 0);
+        long long idx[4];
+        char *rq[4];
+        CHECK(db_job_pending("job1", -1, 2, idx, rq) == 2 && idx[0] == 0 && idx[1] == 1 && !strcmp(rq[1], reqs[1]));
+        free(rq[0]), free(rq[1]);
+        const int status[2] = {200, 422};
+        const char *rids[2] = {"r0", NULL}, *outs[2] = {"{\"x\":1}", "{\"error\":\"bad\"}"};
+        const size_t lens[2] = {7, 15};
+        CHECK(db_job_store("job1", 2, idx, status, rids, outs, lens) == 0);
+        CHECK(db_job_store("job1", 2, idx, status, rids, outs, lens) == 0);   /* again: counted once */
+        CHECK(db_job_get("job1", &g) == 1 && g.done == 1 && g.failed == 1 && g.started_at > 0);
+        db_job_clear(&g);
+        CHECK(db_job_finish("job1") == 0);                                /* one item left */
+        CHECK(db_job_pending("job1", -1, 4, idx, rq) == 1 && idx[0] == 2);
+        free(rq[0]);
+        CHECK(db_job_requeue_running() == 1 && db_job_next("sha", id) == 1);   /* start-up after a stop */
+        CHECK(db_job_set_state("job1", "running", ",queued,") == 1);
+        const int st2[1] = {200};
+        const char *rid2[1] = {"r2"}, *out2[1] = {"{\"x\":2}"};
+        const size_t len2[1] = {7};
+        CHECK(db_job_store("job1", 1, idx, st2, rid2, out2, len2) == 0);
+        CHECK(db_job_finish("job1") == 1);
+        char seen[512] = "";
+        CHECK(db_job_items("job1", 0, 10, collect, seen) == 3);
+        CHECKF(!strcmp(seen, "0:a:200:{\"x\":1};1:b:422:{\"error\":\"bad\"};2:c:200:{\"x\":2};"), "%s", seen);
+        seen[0] = '\0';
+        CHECK(db_job_items("job1", 1, 1, collect, seen) == 1 && !strncmp(seen, "1:b:", 4));
+        CHECK(db_job_get("job1", &g) == 1 && !strcmp(g.state, "done") && g.finished_at > 0 && g.done == 2);
+        db_job_clear(&g);
+        db_job *list = NULL;
+        int nl = 0;
+        CHECK(db_job_list(10, &list, &nl) == 0 && nl == 1 && !strcmp(list[0].id, "job1"));
+        for (int i = 0; i < nl; i++) db_job_clear(&list[i]);
+        free(list);
+        CHECK(db_job_set_state("job1", "cancelled", ",queued,running,") == 0);   /* done is final */
+        CHECK(db_job_delete("job1") == 1 && db_job_get("job1", &g) == 0);
+        CHECK(q(path, "SELECT count(*) FROM job_items") == 0);
     }
     db_close_all();
 

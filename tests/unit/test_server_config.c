@@ -15,6 +15,15 @@ int main(void) {
     CHECK(c.port == 8080 && c.max_body == 2 * 1024 * 1024 && c.max_length == 40000 && c.max_batch == 64);
     CHECK(!strcmp(c.weights, "weights/model.safetensors") && !strcmp(c.db, "var/cache.sqlite"));
     CHECK(c.threads >= 1 && c.api_key[0] == '\0');
+    CHECK(c.max_job_body == 16L * 1024 * 1024 && c.max_job_sequences == 10000 && c.max_pll_length == 1024 &&
+          c.max_score_tokens == 4L * 1024 * 1024);
+    char *argv2[] = {"performerd", "--max-job-body", "32m", "--max-pll-length=200", NULL};
+    setenv("PERFORMERD_MAX_JOB_SEQUENCES", "7", 1);
+    CHECK(cfg_load(&c, 4, argv2, err, sizeof err) == 0);
+    CHECK(c.max_job_body == 32L * 1024 * 1024 && c.max_pll_length == 200 && c.max_job_sequences == 7);
+    unsetenv("PERFORMERD_MAX_JOB_SEQUENCES");
+    char *bad0[] = {"performerd", "--max-score-tokens", "0", NULL};
+    CHECK(cfg_load(&c, 3, bad0, err, sizeof err) == -1 && strstr(err, "--max-score-tokens"));
 
     setenv("PERFORMERD_PORT", "9000", 1);
     setenv("PERFORMERD_MAX_BODY", "1m", 1);

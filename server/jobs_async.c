@@ -1,0 +1,371 @@
+/* jobs_async.c - POST /jobs storage, status JSON and the job runner thread (see jobs_async.h). */
+#include "jobs_async.h"
+#include "http.h"
+#include "jobs.h"
+#include "util.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#define CHUNK 16                 /* sequences handed to the inference queue at a time (a cancel waits for them) */
+
+static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t cv;        /* wake-ups (new job, stop) and item completions */
+static int stopping, woken, started, finished;
+static pthread_t runner;
+static const pf_model *model;
+static tk_limits limits;
+static char current[65];         /* the job the runner works on ("" when none), under mu */
+
+/* Returns an absolute CLOCK_MONOTONIC time seconds from now. */
+static struct timespec abs_in(double seconds) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    double t = (double)ts.tv_sec + ts.tv_nsec * 1e-9 + seconds;
+    ts.tv_sec = (time_t)t;
+    ts.tv_nsec = (long)((t - (double)ts.tv_sec) * 1e9);
+    return ts;
+}
+
+/* Wakes the runner. */
+void ja_wake(void) {
+    pthread_mutex_lock(&mu);
+    woken = 1;
+    pthread_cond_broadcast(&cv);
+    pthread_mutex_unlock(&mu);
+}
+
+/* Asks the runner to stop; its sequences still waiting in the queue go back to pending. */
+void ja_stop(void) {
+    pthread_mutex_lock(&mu);
+    stopping = 1;
+    pthread_cond_broadcast(&cv);
+    pthread_mutex_unlock(&mu);
+    jb_drop_background("shutting_down", "the server is shutting down; the sequence runs after the next start");
+}
+
+/* Returns 1 once ja_stop was called. */
+static int stop_requested(void) {
+    pthread_mutex_lock(&mu);
+    int s = stopping;
+    pthread_mutex_unlock(&mu);
+    return s;
+}
+
+/* Stores a job unless it exists. */
+int ja_submit(const bt_submission *s) {
+    db_job j;
+    memset(&j, 0, sizeof j);
+    memcpy(j.id, s->id, sizeof j.id);
+    snprintf(j.task, sizeof j.task, "%s", tk_kind_name(s->kind));
+    j.params = s->params;
+    snprintf(j.model_sha256, sizeof j.model_sha256, "%s", model->sha256);
+    int rc = db_job_insert(&j, s->n, (const char *const *)s->names, (const char *const *)s->requests);
+    if (rc < 0) return -1;
+    if (rc == 1) {
+        if (db_job_set_state(s->id, "queued", ",cancelled,") == 1) ja_wake();   /* resubmitted: resume */
+        return 0;
+    }
+    ja_wake();
+    return 1;
+}
+
+/* Cancels a queued or running job; the running one's sequences still waiting in the queue are
+ * dropped (they stay pending, so submitting the job again resumes it). */
+int ja_cancel(const char *id) {
+    int rc = db_job_set_state(id, "cancelled", ",queued,running,");
+    pthread_mutex_lock(&mu);
+    int running = rc == 1 && !strcmp(current, id);
+    pthread_mutex_unlock(&mu);
+    if (running) jb_drop_background("cancelled", "the job was cancelled");
+    return rc;
+}
+
+/* Returns an ISO-8601 UTC time string for Unix seconds t, or JSON null for 0. */
+static json_t *iso(double t) {
+    if (t <= 0) return json_null();
+    time_t s = (time_t)t;
+    struct tm tm;
+    char buf[40];
+    gmtime_r(&s, &tm);
+    size_t n = strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%S", &tm);
+    snprintf(buf + n, sizeof buf - n, ".%03dZ", (int)((t - (double)s) * 1000));
+    return json_string(buf);
+}
+
+/* Returns the status object of a job. */
+json_t *ja_job_json(const db_job *j) {
+    json_t *params = json_loads(j->params ? j->params : "{}", 0, NULL);
+    long long finished_items = j->done + j->failed;
+    char self[80], result[90];
+    snprintf(self, sizeof self, "/jobs/%s", j->id);
+    snprintf(result, sizeof result, "/jobs/%s/result", j->id);
+    json_t *o = json_pack("{s:s, s:s, s:o, s:s, s:s, s:I, s:I, s:I, s:I, s:f, s:o, s:o, s:o, s:o, s:{s:s, s:s}}",
+                          "id", j->id, "task", j->task, "params", params ? params : json_object(), "state", j->state,
+                          "model_sha256", j->model_sha256, "total", (json_int_t)j->total, "done", (json_int_t)j->done,
+                          "failed", (json_int_t)j->failed, "pending", (json_int_t)(j->total - finished_items),
+                          "progress", j->total > 0 ? (double)finished_items / (double)j->total : 1.0,
+                          "created_at", iso(j->created_at), "started_at", iso(j->started_at), "finished_at",
+                          iso(j->finished_at), "updated_at", iso(j->updated_at), "links", "self", self, "result",
+                          result);
+    if (o && !strcmp(j->state, "running") && j->started_at > 0) {
+        double el = ut_wall() - j->started_at;
+        json_object_set_new(o, "elapsed_s", json_real(el));
+        if (finished_items > 0 && j->updated_at > j->started_at) {
+            double rate = (double)finished_items / (j->updated_at - j->started_at);
+            json_object_set_new(o, "sequences_per_s", json_real(rate));
+            json_object_set_new(o, "eta_s", json_real((double)(j->total - finished_items) / rate));
+        }
+    }
+    if (o && strcmp(j->model_sha256, model->sha256))
+        json_object_set_new(o, "note", json_string("submitted for another model: it runs when a daemon serving that"
+                                                   " model does"));
+    return o;
+}
+
+/* Builds the stored error object of a failed sequence. */
+static char *error_output(const char *type, const char *msg, json_t *details, size_t *len) {
+    json_t *o = json_pack("{s:s, s:s}", "error", msg, "error_type", type);
+    if (o && details) {
+        const char *k;
+        json_t *v;
+        json_object_foreach(details, k, v) json_object_set(o, k, v);
+    }
+    json_decref(details);
+    char *s = o ? json_dumps(o, JSON_COMPACT) : NULL;
+    json_decref(o);
+    *len = s ? strlen(s) : 0;
+    return s;
+}
+
+/* Item completion: counts down the chunk's outstanding sequences. */
+static void item_done(jb_job *job, void *arg) {
+    (void)job;
+    pthread_mutex_lock(&mu);
+    (*(int *)arg)--;
+    pthread_cond_broadcast(&cv);
+    pthread_mutex_unlock(&mu);
+}
+
+/* Runs the next chunk of job id. Returns 1 when more may follow, 0 when the job has no pending
+ * sequences left (or stopping), -1 on a database error. *after tracks the last index handled. */
+static int run_chunk(const char *id, tk_kind kind, long long *after) {
+    long long idx[CHUNK];
+    char *reqs[CHUNK];
+    int n = db_job_pending(id, *after, CHUNK, idx, reqs);
+    if (n <= 0) return n;
+    jb_job *jobs[CHUNK] = {0};
+    int status[CHUNK], keep[CHUNK], pending = 0, stop = 0;
+    char *outs[CHUNK] = {0}, rid[CHUNK][65];
+    size_t lens[CHUNK];
+    const char *rids[CHUNK];
+    for (int i = 0; i < n; i++) {
+        keep[i] = 1;
+        rids[i] = NULL;
+        if (stop || stop_requested()) {
+            keep[i] = 0;
+            stop = 1;
+            continue;
+        }
+        tk_request *r = NULL;
+        pr_error e;
+        if (tk_parse(kind, reqs[i], strlen(reqs[i]), &limits, model->sha256, &r, &e)) {
+            status[i] = e.status;
+            outs[i] = error_output(e.type, e.msg, e.details, &lens[i]);
+            continue;
+        }
+        memcpy(rid[i], r->id, sizeof rid[i]);
+        rids[i] = rid[i];
+        char *body = NULL;
+        size_t blen = 0;
+        if (db_get(r->id, &body, &blen) == 1) {   /* answered before (by a route or another job) */
+            pr_mark_cached(body, blen);
+            status[i] = 200;
+            outs[i] = body;
+            lens[i] = blen;
+            tk_free(r);
+            continue;
+        }
+        pthread_mutex_lock(&mu);
+        pending++;
+        pthread_mutex_unlock(&mu);
+        jobs[i] = jb_submit_background(r, item_done, &pending);
+        if (!jobs[i]) {                            /* draining: leave the rest for the next start */
+            pthread_mutex_lock(&mu);
+            pending--;
+            pthread_mutex_unlock(&mu);
+            keep[i] = 0;
+            stop = 1;
+        }
+    }
+    pthread_mutex_lock(&mu);
+    while (pending > 0) pthread_cond_wait(&cv, &mu);
+    pthread_mutex_unlock(&mu);
+    for (int i = 0; i < n; i++) {
+        jb_job *j = jobs[i];
+        if (!j) continue;
+        if (j->status == 200) {
+            status[i] = 200;
+            outs[i] = j->body;
+            lens[i] = j->body_len;
+            j->body = NULL;
+        } else if (!strcmp(j->err_type, "shutting_down") || !strcmp(j->err_type, "cancelled")) {
+            keep[i] = 0;                           /* not an answer: stays pending (restart, resubmit) */
+            stop = 1;
+        } else {
+            status[i] = j->status;
+            outs[i] = error_output(j->err_type, j->err_msg, NULL, &lens[i]);
+        }
+        jb_release(j);
+    }
+    /* store what finished (in index order; unfinished ones stay pending) */
+    long long sidx[CHUNK];
+    int sst[CHUNK], m = 0, rc = 0;
+    const char *sout[CHUNK], *srid[CHUNK];
+    size_t slen[CHUNK];
+    for (int i = 0; i < n; i++) {
+        if (!keep[i]) continue;
+        if (!outs[i]) {                            /* out of memory building an error: try later */
+            stop = 1;
+            continue;
+        }
+        sidx[m] = idx[i];
+        sst[m] = status[i];
+        sout[m] = outs[i];
+        srid[m] = status[i] == 200 ? rids[i] : NULL;
+        slen[m] = lens[i];
+        m++;
+    }
+    if (m > 0 && db_job_store(id, m, sidx, sst, srid, sout, slen)) {
+        http_log("error", "job: could not store results", "job_id", id, "detail", db_last_error(), (char *)NULL);
+        rc = -1;
+    }
+    for (int i = 0; i < n; i++) {
+        free(outs[i]);
+        free(reqs[i]);
+    }
+    if (rc) return -1;
+    *after = idx[n - 1];
+    return stop ? 0 : 1;
+}
+
+/* Works through job id until it is finished, cancelled, deleted, or the runner stops. */
+static void run_job(const char *id) {
+    db_job j;
+    if (db_job_get(id, &j) != 1) return;
+    tk_kind kind;
+    if (tk_kind_parse(j.task, &kind)) {
+        db_job_clear(&j);
+        db_job_set_state(id, "cancelled", NULL);
+        return;
+    }
+    char total[32];
+    snprintf(total, sizeof total, "%lld", j.total);
+    http_log("info", "job running", "job_id", id, "task", j.task, "sequences", total, (char *)NULL);
+    db_job_clear(&j);
+    long long after = -1;
+    double t0 = ut_mono();
+    for (;;) {
+        if (stop_requested()) return;            /* stays running; queued again at the next start */
+        if (db_job_get(id, &j) != 1) return;     /* deleted */
+        int running = !strcmp(j.state, "running");
+        db_job_clear(&j);
+        if (!running) {
+            http_log("info", "job cancelled", "job_id", id, (char *)NULL);
+            return;
+        }
+        int rc = run_chunk(id, kind, &after);
+        if (rc < 0) {                            /* database trouble: pause, then retry */
+            pthread_mutex_lock(&mu);
+            struct timespec ts = abs_in(1.0);
+            if (!stopping) pthread_cond_timedwait(&cv, &mu, &ts);
+            pthread_mutex_unlock(&mu);
+            continue;
+        }
+        if (rc == 0) break;
+    }
+    if (stop_requested()) return;
+    if (db_job_finish(id) == 1) {
+        char secs[32];
+        snprintf(secs, sizeof secs, "%.3f", ut_mono() - t0);
+        http_log("info", "job done", "job_id", id, "seconds", secs, (char *)NULL);
+    }
+}
+
+/* The runner: one job at a time, oldest first. */
+static void *runner_main(void *arg) {
+    (void)arg;
+    for (;;) {
+        if (stop_requested()) break;
+        char id[65];
+        int rc = db_job_next(model->sha256, id);
+        if (rc == 1 && db_job_set_state(id, "running", ",queued,") == 1) {
+            pthread_mutex_lock(&mu);
+            memcpy(current, id, sizeof current);
+            pthread_mutex_unlock(&mu);
+            run_job(id);
+            pthread_mutex_lock(&mu);
+            current[0] = '\0';
+            pthread_mutex_unlock(&mu);
+            continue;
+        }
+        pthread_mutex_lock(&mu);
+        struct timespec ts = abs_in(2.0);
+        while (!stopping && !woken)
+            if (pthread_cond_timedwait(&cv, &mu, &ts) == ETIMEDOUT) break;
+        woken = 0;
+        pthread_mutex_unlock(&mu);
+    }
+    pthread_mutex_lock(&mu);
+    finished = 1;
+    pthread_cond_broadcast(&cv);
+    pthread_mutex_unlock(&mu);
+    return NULL;
+}
+
+/* Requeues running jobs and starts the runner. */
+int ja_start(const pf_model *m, const tk_limits *lim, char *err, size_t errlen) {
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&cv, &ca);
+    pthread_condattr_destroy(&ca);
+    model = m;
+    limits = *lim;
+    int n = db_job_requeue_running();
+    if (n < 0) {
+        snprintf(err, errlen, "cannot requeue running jobs: %s", db_last_error());
+        return -1;
+    }
+    if (n > 0) {
+        char c[16];
+        snprintf(c, sizeof c, "%d", n);
+        http_log("info", "jobs interrupted by the last stop are queued again", "jobs", c, (char *)NULL);
+    }
+    int rc = pthread_create(&runner, NULL, runner_main, NULL);
+    if (rc) {
+        snprintf(err, errlen, "cannot start the job runner thread: %s", strerror(rc));
+        return -1;
+    }
+    started = 1;
+    return 0;
+}
+
+/* Waits for the runner to end. */
+int ja_join(double timeout_s) {
+    if (!started) return 0;
+    pthread_mutex_lock(&mu);
+    struct timespec ts = abs_in(timeout_s);
+    while (!finished)
+        if (pthread_cond_timedwait(&cv, &mu, &ts) == ETIMEDOUT) break;
+    int done = finished;
+    pthread_mutex_unlock(&mu);
+    if (!done) return -1;
+    pthread_join(runner, NULL);
+    started = 0;
+    return 0;
+}

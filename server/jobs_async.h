@@ -1,0 +1,42 @@
+/* jobs_async.h - asynchronous jobs of performerd (POST /jobs; prefix ja_): storing validated
+ * submissions (deduplicated by content hash), the job status JSON, cancelling and deleting, and one
+ * runner thread that works through queued jobs one at a time, feeding their sequences to the
+ * inference queue's background lane (interactive requests always go first) and committing results
+ * and progress to SQLite after every chunk. Jobs survive restarts: running jobs go back to queued
+ * at start-up and continue where they stopped. */
+#ifndef PD_JOBS_ASYNC_H
+#define PD_JOBS_ASYNC_H
+
+#include <jansson.h>
+#include <stddef.h>
+#include "batch.h"
+#include "cache.h"
+#include "model.h"
+
+/* Requeues running jobs and starts the runner for model m (kept), with per-sequence limits lim
+ * (copied). Returns 0 or -1 with err. */
+int ja_start(const pf_model *m, const tk_limits *lim, char *err, size_t errlen);
+
+/* Stores submission s (borrowed) as a queued job and wakes the runner, unless a job with its id
+ * exists. Returns 1 when created, 0 when it existed (queued again when it was cancelled), -1 on a
+ * database error. */
+int ja_submit(const bt_submission *s);
+
+/* Returns the status object of a job (id, task, params, state, progress, counts, times, links). */
+json_t *ja_job_json(const db_job *j);
+
+/* Cancels a queued or running job. Returns 1 when cancelled, 0 when it was not queued/running,
+ * -1 on error. */
+int ja_cancel(const char *id);
+
+/* Wakes the runner (new work). */
+void ja_wake(void);
+
+/* Asks the runner to stop after the sequences it has handed to the inference queue (they finish or
+ * are refused while draining; unfinished ones stay pending for the next start). */
+void ja_stop(void);
+
+/* Waits up to timeout_s for the runner thread to end. Returns 0, or -1 when it is still running. */
+int ja_join(double timeout_s);
+
+#endif

@@ -1,0 +1,356 @@
+"""End-to-end test of the routes beyond fill-mask against real daemons with tiny random models:
+POST /score (each method checked against /predict and /logits, offsets, errors, limits, cache),
+POST /embed (the final-layer embedding reproduces /logits through the head weights read from the
+safetensors file; mean = average of per_residue; layers), POST /logits, asynchronous jobs (FASTA and
+JSON, progress, JSON Lines results equal to the routes, deduplication, cancel/delete, a restart in
+the middle resuming, interactive requests staying fast), and bin/performer score / embed / run-jobs
+giving the same numbers as the daemon."""
+import json
+import math
+import os
+import signal
+import sqlite3
+import struct
+import subprocess
+import sys
+import threading
+import time
+
+sys.dont_write_bytecode = True  # no __pycache__ in the source tree
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from pdtest import PERFORMER, Daemon, check, done, error_shape, make_model, raw_exchange, run_daemon_cmd, tmpdir  # noqa: E402
+
+T = tmpdir()
+W = make_model(os.path.join(T, "m.safetensors"), seed=5)
+DB = os.path.join(T, "tasks.sqlite")
+d = Daemon(W, DB, ["--max-pll-length", "40", "--max-score-tokens", "5000", "--max-job-sequences", "50",
+                   "--max-job-body", "65536"]).start()
+AA = "ACDEFGHIKLMNPQRSTVWY"
+SEQ = "MKTAYIAKQRQISFVKSHFSRQ"
+
+
+def close(a, b, tol=2e-4):
+    return abs(a - b) <= tol
+
+
+def post(route, body, headers=None):
+    return d.post(body, headers=headers, path=route)
+
+
+def masked_lp(seq, positions):
+    """log-probs (dict residue -> log p) at each 1-based position, that position alone masked (/predict)."""
+    r = post("/predict", {"sequences": [seq] * len(positions), "mask_positions": [[p] for p in positions], "top_k": 20})
+    out = []
+    for res in r.json()["results"]:
+        out.append({t["token"]: t["log_prob"] for t in res["predictions"][0]["top_k"]})
+    return out
+
+
+# ---- POST /score ----------------------------------------------------------------------------------------
+r = post("/score", {"sequence": SEQ, "mutations": ["A4G", "K2R:T3N", "q11e"]})
+check(r.status == 200 and r.header("X-Cache") == "MISS", "score 200: %s" % r.body[:300])
+j = r.json()
+check(j["method"] == "masked-marginals" and j["offset"] == 1 and j["length"] == len(SEQ) and len(j["id"]) == 64,
+      "score defaults")
+check([s["mutant"] for s in j["scores"]] == ["A4G", "K2R:T3N", "Q11E"], "mutants in order, normalised")
+lp = dict(zip([4, 2, 3, 11], masked_lp(SEQ, [4, 2, 3, 11])))
+want = [lp[4]["G"] - lp[4]["A"], lp[2]["R"] - lp[2]["K"] + lp[3]["N"] - lp[3]["T"], lp[11]["E"] - lp[11]["Q"]]
+check(all(close(s["score"], w) for s, w in zip(j["scores"], want)),
+      "masked-marginals = log p(mt) - log p(wt) with the site masked, summed: %s vs %s" % ([s["score"] for s in j["scores"]], want))
+site = j["scores"][1]["sites"][1]
+check(site["position"] == 3 and site["wt"] == "T" and site["mt"] == "N" and close(site["wt_log_prob"], lp[3]["T"]) and
+      close(site["delta"], lp[3]["N"] - lp[3]["T"]), "per-site detail: %s" % site)
+SCORE_ID, SCORE_BODY = j["id"], j
+r = post("/score", {"mutations": ["a4g", "T3N:K2R", "Q11E"], "sequence": SEQ.lower(), "method": "masked-marginals"})
+check(r.header("X-Cache") == "HIT" and r.json()["id"] == SCORE_ID and r.json()["cached"] is True, "normalised repeat is a HIT")
+r = d.get("/score/" + SCORE_ID)
+jj = r.json()
+jj["cached"] = False
+check(r.status == 200 and jj == SCORE_BODY, "GET /score/{id}")
+
+logits = post("/logits", {"sequence": SEQ}).json()["results"][0]["log_probs"]
+r = post("/score", {"sequence": SEQ, "mutations": ["A4G", "K2R:T3N"], "method": "wt-marginals"})
+w = [logits[3][AA.index("G")] - logits[3][AA.index("A")],
+     logits[1][AA.index("R")] - logits[1][AA.index("K")] + logits[2][AA.index("N")] - logits[2][AA.index("T")]]
+check(r.status == 200 and all(close(s["score"], x) for s, x in zip(r.json()["scores"], w)),
+      "wt-marginals = the unmasked pass's log-probs: %s" % r.body[:200])
+
+short = SEQ[:12]
+r = post("/score", {"sequence": short, "mutations": ["A4G", "K2R:T3N"], "method": "pseudo-likelihood"})
+check(r.status == 200, "pseudo-likelihood 200: %s" % r.body[:300])
+pj = r.json()
+
+
+def pll(seq):
+    lps = masked_lp(seq, list(range(1, len(seq) + 1)))
+    return sum(lps[i][seq[i]] for i in range(len(seq)))
+
+
+p_wt, p_a, p_b = pll(short), pll(short[:3] + "G" + short[4:]), pll(short[0] + "RN" + short[3:])
+check(close(pj["wild_type"]["pll"], p_wt, 1e-3) and close(pj["scores"][0]["pll"], p_a, 1e-3), "PLL values")
+check(close(pj["scores"][0]["score"], p_a - p_wt, 1e-3) and close(pj["scores"][1]["score"], p_b - p_wt, 1e-3),
+      "pseudo-likelihood score = PLL(mutant) - PLL(wild type): %s vs %s" % ([s["score"] for s in pj["scores"]],
+                                                                           [p_a - p_wt, p_b - p_wt]))
+r = post("/score", {"sequence": SEQ, "mutations": ["A27G"], "offset": 24})
+check(r.status == 200 and close(r.json()["scores"][0]["score"], want[0]) and r.json()["scores"][0]["sites"][0]["position"] == 27,
+      "offset shifts the numbering")
+
+e = error_shape(post("/score", {"sequence": SEQ, "mutations": ["A4G", "G5A"]}), 422, "wild_type_mismatch")
+check(e.get("position") == 5 and e.get("expected") == "Y" and "position 5" in e["error"], "mismatch names the position: %s" % e)
+e = error_shape(post("/score", {"sequence": SEQ, "mutations": ["A23G"]}), 422, "invalid_mutation_position")
+check(e.get("max") == len(SEQ), "range given")
+error_shape(post("/score", {"sequence": SEQ, "mutations": ["A4"]}), 422, "invalid_mutation")
+error_shape(post("/score", {"sequence": SEQ, "mutations": ["A4X"]}), 422, "invalid_mutation")
+error_shape(post("/score", {"sequence": SEQ, "mutations": ["A4G:A4C"]}), 422, "invalid_mutation")
+error_shape(post("/score", {"sequence": SEQ, "mutations": ["A4G", "A4G"]}), 422, "duplicate_mutation")
+error_shape(post("/score", {"sequence": SEQ, "mutations": []}), 422, "invalid_mutation")
+error_shape(post("/score", {"sequence": SEQ, "mutations": ["A4G"], "method": "best"}), 422, "invalid_method")
+error_shape(post("/score", {"sequence": "MKT<mask>", "mutations": ["K2R"]}), 422, "invalid_residue")
+error_shape(post("/score", {"sequence": SEQ}), 400, "invalid_request")
+error_shape(post("/score", {"sequence": SEQ, "mutations": "A4G"}), 400, "invalid_type")
+error_shape(post("/score", {"sequence": SEQ, "mutations": ["A4G"], "top_k": 5}), 400, "unknown_field")
+e = error_shape(post("/score", {"sequence": "A" * 41, "mutations": ["A1G"], "method": "pseudo-likelihood"}), 413,
+                "sequence_too_long")
+check(e.get("limit") == 40 and "--max-pll-length" in e["error"], "PLL length cap is named: %s" % e["error"])
+e = error_shape(post("/score", {"sequence": "A" * 100, "mutations": ["A%dG" % i for i in range(1, 61)]}), 413,
+                "score_too_large")
+check(e.get("limit") == 5000 and e.get("tokens") == 60 * 102, "masked copies over --max-score-tokens: %s" % e)
+error_shape(d.post("x", headers={"Content-Type": "text/plain"}, path="/score"), 415, "unsupported_media_type")
+check(d.get("/score").status == 405, "GET /score is 405")
+
+# ---- POST /embed and /logits ---------------------------------------------------------------------------
+
+
+def read_tensors(path, names):
+    with open(path, "rb") as f:
+        n = struct.unpack("<Q", f.read(8))[0]
+        head = json.loads(f.read(n))
+        base = 8 + n
+        out = {}
+        for name in names:
+            a, b = head[name]["data_offsets"]
+            f.seek(base + a)
+            out[name] = (struct.unpack("<%df" % ((b - a) // 4), f.read(b - a)), head[name]["shape"])
+    return out
+
+
+r = post("/embed", {"sequence": SEQ, "representations": ["mean", "per_residue", "cls"]})
+check(r.status == 200, "embed 200: %s" % r.body[:200])
+ej = r.json()
+res = ej["results"][0]
+D = ej["dim"]
+check(D == 32 and ej["layer"] == -1 and len(res["per_residue"]) == len(SEQ) and len(res["mean"]) == D and len(res["cls"]) == D,
+      "embed shapes")
+mean = [sum(v[c] for v in res["per_residue"]) / len(SEQ) for c in range(D)]
+check(all(close(a, b, 1e-4) for a, b in zip(mean, res["mean"])), "mean = average of per_residue")
+t = read_tensors(W, ["head.weight", "head.bias"])
+hw, hb = t["head.weight"][0], t["head.bias"][0]
+ok = True
+for i in (0, 7, len(SEQ) - 1):
+    h = res["per_residue"][i]
+    z = [sum(hw[a * D + c] * h[c] for c in range(D)) + hb[a] for a in range(20)]
+    m = max(z)
+    lse = m + math.log(sum(math.exp(x - m) for x in z))
+    ok &= all(close(z[a] - lse, logits[i][a], 2e-3) for a in range(20))
+check(ok, "final-layer embeddings through the head weights give /logits")
+r0 = post("/embed", {"sequence": SEQ, "layer": 0}).json()["results"][0]["mean"]
+r1 = post("/embed", {"sequence": SEQ, "layer": 2}).json()["results"][0]["mean"]
+check(r0 != r1 and r1 != res["mean"], "layers differ")
+rb = post("/embed", {"sequences": [SEQ, "GSSGKTT"]}).json()["results"]
+rs = post("/embed", {"sequence": "GSSGKTT"}).json()["results"][0]
+check(all(close(a, b, 1e-4) for a, b in zip(rb[1]["mean"], rs["mean"])) and
+      all(close(a, b, 1e-4) for a, b in zip(rb[0]["mean"], res["mean"])), "batched embeddings equal single ones")
+error_shape(post("/embed", {"sequence": SEQ, "layer": 3}), 422, "invalid_layer")
+error_shape(post("/embed", {"sequence": SEQ, "representations": ["max"]}), 422, "invalid_representation")
+error_shape(post("/embed", {"sequence": "MK#"}), 422, "invalid_residue")
+r = post("/logits", {"sequence": SEQ})
+lj = r.json()["results"][0]
+check(lj["length"] == len(SEQ) and lj["tokens"][0] == "M" and len(lj["log_probs"]) == len(SEQ) and
+      all(len(row) == 20 for row in lj["log_probs"]), "logits L x 20")
+check(all(close(math.log(sum(math.exp(x) for x in row)), 0.0, 1e-4) for row in lj["log_probs"]), "rows are log-softmax")
+pu = post("/predict", {"sequence": SEQ, "top_k": 20}).json()["results"][0]["predictions"]
+check(all(close(dict((t["token"], t["log_prob"]) for t in pu[i]["top_k"])[AA[a]], lj["log_probs"][i][a], 1e-4)
+          for i in (0, 5) for a in range(20)), "logits equal unmasked /predict")
+check(post("/logits", {"sequence": SEQ}).header("X-Cache") == "HIT", "logits cached")
+
+# ---- CLI: same numbers offline ---------------------------------------------------------------------------
+out = subprocess.run([PERFORMER, "score", "--weights", W, "--mutations", "A4G,K2R:T3N,Q11E", "--json", SEQ],
+                     capture_output=True, text=True)
+cj = json.loads(out.stdout)
+check(out.returncode == 0 and all(close(a["score"], b["score"], 1e-5) for a, b in zip(cj["scores"], SCORE_BODY["scores"]))
+      and cj["id"] == SCORE_ID, "performer score = POST /score (same id)")
+out = subprocess.run([PERFORMER, "score", "--weights", W, "--mutations", "G4A", SEQ], capture_output=True, text=True)
+check(out.returncode == 1 and "position 4" in out.stderr, "performer score names a wild-type mismatch: %r" % out.stderr)
+out = subprocess.run([PERFORMER, "embed", "--weights", W, "--representations", "mean,cls", SEQ], capture_output=True, text=True)
+line = json.loads(out.stdout.splitlines()[0])
+check(out.returncode == 0 and all(close(a, b, 1e-5) for a, b in zip(line["result"]["results"][0]["mean"], res["mean"])),
+      "performer embed = POST /embed")
+out = subprocess.run([PERFORMER, "--help"], capture_output=True, text=True)
+check(all(c in out.stdout for c in ("score", "embed", "run-jobs")), "performer --help lists the new commands")
+
+# ---- jobs -----------------------------------------------------------------------------------------------
+FASTA = ">sp|P1|ONE first\nMKTAYIAKQR\nQISFVK*\n\n>two\nGSSGKTT\n>three\nmktayiak\n"
+
+
+def wait_job(jid, states=("done",), timeout=60):
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        jb = d.get("/jobs/" + jid).json()
+        if jb["state"] in states:
+            return jb
+        time.sleep(0.1)
+    return d.get("/jobs/" + jid).json()
+
+
+def lines(jid, partial=False):
+    r = d.get("/jobs/%s/result%s" % (jid, "?partial=true" if partial else ""))
+    return r, [json.loads(x) for x in r.body.decode().splitlines() if x.strip()]
+
+
+r = d.post(FASTA, headers={"Content-Type": "text/x-fasta"}, path="/jobs?task=embed&representations=mean,cls")
+check(r.status == 202 and r.header("Location") == "/jobs/" + r.json()["id"], "FASTA job 202 + Location: %s" % r.body[:300])
+J1 = r.json()["id"]
+check(r.json()["total"] == 3 and r.json()["task"] == "embed" and r.json()["params"] == {"representations": ["mean", "cls"]},
+      "job status: %s" % r.body[:300])
+jb = wait_job(J1)
+check(jb["state"] == "done" and jb["done"] == 3 and jb["failed"] == 0 and jb["progress"] == 1.0 and jb["finished_at"],
+      "job done: %s" % jb)
+r, ls = lines(J1)
+check(r.status == 200 and r.header("Content-Type") == "application/x-ndjson" and r.header("X-Job-State") == "done",
+      "result is JSON Lines")
+check([x["index"] for x in ls] == [0, 1, 2] and [x["name"] for x in ls] == ["sp|P1|ONE first", "two", "three"],
+      "one line per record, in order, with names: %s" % [(x["index"], x["name"]) for x in ls])
+single = post("/embed", {"sequence": "MKTAYIAKQRQISFVK", "representations": ["cls", "mean"]}).json()
+check(ls[0]["status"] == 200 and ls[0]["result"]["id"] == single["id"] and
+      all(close(a, b, 1e-6) for a, b in zip(ls[0]["result"]["results"][0]["mean"], single["results"][0]["mean"])),
+      "a job line equals the route's response for that sequence")
+r = d.post(FASTA, headers={"Content-Type": "text/x-fasta"}, path="/jobs?task=embed&representations=cls,mean")
+check(r.status == 200 and r.json()["id"] == J1 and r.json()["state"] == "done", "same job again: 200, same id")
+
+body = {"task": "score", "params": {"mutations": ["A4G"], "method": "wt-marginals"},
+        "items": [{"name": "wt", "sequence": SEQ}, {"name": "other", "sequence": "MKTGYIAK", "mutations": ["G4A", "K2R"]}]}
+r = d.post(body, path="/jobs")
+check(r.status == 202, "JSON score job: %s" % r.body[:300])
+jb = wait_job(r.json()["id"])
+_, ls = lines(r.json()["id"])
+direct = post("/score", {"sequence": "MKTGYIAK", "mutations": ["G4A", "K2R"], "method": "wt-marginals"}).json()
+check(len(ls) == 2 and [s["score"] for s in ls[1]["result"]["scores"]] == [s["score"] for s in direct["scores"]],
+      "per-item mutations scored as /score does")
+check(any(x["id"] == J1 for x in d.get("/jobs").json()["jobs"]), "GET /jobs lists the job")
+
+e = error_shape(d.post(">a\nMKT\n>b\nMK1T\n", headers={"Content-Type": "text/x-fasta"}, path="/jobs?task=logits"), 422,
+                "invalid_residue")
+check(e.get("item_index") == 1 and e.get("name") == "b" and e.get("position") == 3, "bad record named: %s" % e)
+error_shape(d.post("MKT\n>a\nMKT\n", headers={"Content-Type": "text/x-fasta"}, path="/jobs?task=logits"), 422, "invalid_fasta")
+error_shape(d.post(">a\nMKT\n", headers={"Content-Type": "text/x-fasta"}, path="/jobs"), 400, "invalid_request")
+error_shape(d.post(">a\nMKT\n", headers={"Content-Type": "text/x-fasta"}, path="/jobs?task=fold"), 422, "invalid_task")
+error_shape(d.post(">a\nMKT\n", headers={"Content-Type": "text/x-fasta"}, path="/jobs?task=logits&layer=1"), 400, "unknown_field")
+error_shape(d.post({"task": "embed", "sequences": ["MKT"] * 51}, path="/jobs"), 413, "too_many_sequences")
+error_shape(d.post("<xml/>", headers={"Content-Type": "application/xml"}, path="/jobs"), 415, "unsupported_media_type")
+big = (">x\n" + "A" * 70000 + "\n").encode()
+resp = raw_exchange(d.port, b"POST /jobs?task=logits HTTP/1.1\r\nHost: x\r\nContent-Type: text/x-fasta\r\n"
+                    b"Content-Length: %d\r\n\r\n" % len(big))
+check(resp.startswith(b"HTTP/1.1 413") and b"--max-job-body" in resp, "job body over --max-job-body: 413")
+error_shape(d.get("/jobs/xyz"), 400, "invalid_id")
+error_shape(d.get("/jobs/" + "0" * 64), 404, "not_found")
+error_shape(d.get("/jobs/" + "0" * 64 + "/result"), 404, "not_found")
+check(d.request("DELETE", "/jobs").status == 405, "DELETE /jobs is 405")
+d.stop()
+
+# ---- a slow job: progress, interactive requests first, restart in the middle, cancel ---------------------
+BIG = make_model(os.path.join(T, "big.safetensors"), seed=2, layers=2, d_model=128, heads=4, d_ff=512, features=32)
+DB2 = os.path.join(T, "jobs.sqlite")
+d = Daemon(BIG, DB2, ["--threads", "1"]).start()
+import random  # noqa: E402
+rng = random.Random(4)
+seqs = ["".join(rng.choice(AA) for _ in range(40)) for _ in range(40)]
+slow = {"task": "score", "params": {"method": "pseudo-likelihood", "mutations": []},
+        "items": [{"name": "s%d" % i, "sequence": s, "mutations": ["%s1A" % s[0] if s[0] != "A" else "A1G"]}
+                  for i, s in enumerate(seqs)]}
+r = d.post(slow, path="/jobs")
+JS = r.json()["id"]
+check(r.status == 202, "slow job accepted: %s" % r.body[:200])
+t0 = time.time()
+while time.time() - t0 < 30:
+    jb = d.get("/jobs/" + JS).json()
+    if jb["done"] >= 2:
+        break
+    time.sleep(0.05)
+check(jb["state"] == "running" and 0 < jb["done"] < 40, "progress while running: %s/%s" % (jb["done"], jb["total"]))
+t1 = time.time()
+rp = d.post({"sequence": "MKT<mask>LLVAGH"})
+check(rp.status == 200 and time.time() - t1 < 2.0, "an interactive request goes before the job (%.2fs)" % (time.time() - t1))
+r = d.get("/jobs/%s/result" % JS)
+error_shape(r, 409, "job_not_finished")
+r, part = lines(JS, partial=True)
+check(r.status == 200 and len(part) >= 2 and [x["index"] for x in part] == list(range(len(part))), "partial results so far")
+check("performerd_background_queue_depth" in d.get("/metrics").body.decode(), "background queue in /metrics")
+rc, secs = d.stop()
+check(rc == 0 and secs < 10, "SIGTERM during a job exits 0 in %.1fs" % secs)
+c = sqlite3.connect(DB2)
+st, dn = c.execute("select state, done from jobs where id = ?", (JS,)).fetchone()
+c.close()
+check(st == "running" and dn < 40, "the interrupted job is stored as running (%s, %d done)" % (st, dn))
+d = Daemon(BIG, DB2, ["--threads", "1"]).start()
+jb = wait_job(JS, timeout=90)
+check(jb["state"] == "done" and jb["done"] == 40 and jb["failed"] == 0, "the job resumed after the restart: %s" % jb)
+_, ls = lines(JS)
+check([x["index"] for x in ls] == list(range(40)) and all(x["status"] == 200 for x in ls), "all 40 results, once each")
+it = slow["items"][17]
+direct = post("/score", {"sequence": it["sequence"], "mutations": it["mutations"], "method": "pseudo-likelihood"}).json()
+check(close(ls[17]["result"]["scores"][0]["score"], direct["scores"][0]["score"], 1e-4), "a resumed result equals /score")
+
+slow2 = dict(slow, items=slow["items"][:30], params={"method": "pseudo-likelihood", "mutations": [], "offset": 1})
+r = d.post(slow2, path="/jobs")
+J2 = r.json()["id"]
+t0 = time.time()
+while time.time() - t0 < 30 and d.get("/jobs/" + J2).json()["state"] != "running":
+    time.sleep(0.05)
+r = d.request("DELETE", "/jobs/" + J2)
+check(r.status == 200 and r.json()["state"] == "cancelled", "DELETE cancels a running job: %s" % r.body[:200])
+time.sleep(2.0)
+jb = d.get("/jobs/" + J2).json()
+check(jb["state"] == "cancelled" and jb["done"] < 30, "a cancelled job stops (%d of 30 done)" % jb["done"])
+error_shape(d.get("/jobs/%s/result" % J2), 409, "job_not_finished")
+_, part = lines(J2, partial=True)
+check(len(part) == jb["done"] + jb["failed"], "partial result of a cancelled job")
+r = d.post(slow2, path="/jobs")
+check(r.status == 200 and r.json()["id"] == J2 and r.json()["state"] in ("queued", "running"),
+      "submitting a cancelled job again resumes it: %s" % r.body[:200])
+jb = wait_job(J2, timeout=90)
+_, ls = lines(J2)
+check(jb["state"] == "done" and [x["index"] for x in ls] == list(range(30)), "the resumed job finishes every sequence")
+r = d.request("DELETE", "/jobs/" + J2)
+check(r.status == 204 and d.get("/jobs/" + J2).status == 404, "DELETE of a finished job deletes it")
+
+# ---- CLI run-jobs: the same JSON Lines offline ------------------------------------------------------------
+fa = os.path.join(T, "jobs.fasta")
+with open(fa, "w") as f:
+    f.write(FASTA)
+outp = os.path.join(T, "out.jsonl")
+p = subprocess.run([PERFORMER, "run-jobs", "--weights", W, "--fasta", fa, "--task", "embed", "--representations",
+                    "mean,cls", "--out", outp], capture_output=True, text=True)
+check(p.returncode == 0 and "sequences" in p.stderr, "run-jobs runs with a progress report: %r" % p.stderr[-200:])
+with open(outp) as f:
+    cl = [json.loads(x) for x in f]
+check([x["name"] for x in cl] == ["sp|P1|ONE first", "two", "three"] and cl[0]["result"]["id"] == single["id"] and
+      all(close(a, b, 1e-6) for a, b in zip(cl[0]["result"]["results"][0]["mean"], single["results"][0]["mean"])),
+      "performer run-jobs = GET /jobs/{id}/result")
+d.stop()
+
+# ---- auth on the new routes, the page without a key, --help ------------------------------------------------
+d = Daemon(W, os.path.join(T, "auth.sqlite"), env={"PERFORMERD_API_KEY": "k3y"}).start()
+r = d.get("/")
+check(r.status == 200 and r.header("Content-Type").startswith("text/html") and b"<canvas" in r.body and
+      "script-src 'sha256-" in (r.header("Content-Security-Policy") or ""), "the page needs no key and has a CSP")
+for method, path in (("POST", "/score"), ("POST", "/embed"), ("POST", "/logits"), ("POST", "/jobs"), ("GET", "/jobs"),
+                     ("GET", "/jobs/" + "a" * 64), ("DELETE", "/jobs/" + "a" * 64), ("GET", "/score/" + "a" * 64)):
+    error_shape(d.request(method, path, body="{}" if method == "POST" else None,
+                          headers={"Content-Type": "application/json"}), 401, "unauthorized")
+r = d.post({"sequence": SEQ, "mutations": ["A4G"]}, headers={"Authorization": "Bearer k3y"}, path="/score")
+check(r.status == 200, "score with the key")
+d.stop()
+p = run_daemon_cmd(["--help"])
+check(all(o in p.stdout for o in ("--max-job-body", "--max-job-sequences", "--max-pll-length", "--max-score-tokens",
+                                  "PERFORMERD_MAX_JOB_BODY", "POST /jobs", "/score")), "--help documents the new options")
+done()
