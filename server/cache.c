@@ -3,12 +3,15 @@
 #include "util.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <sqlite3.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #define DB_JOB_COLS "id, task, params, model_sha256, state, total, done, failed, created_at, started_at," \
                     " finished_at, updated_at"
@@ -127,10 +130,27 @@ typedef struct db_conn {
 
 static char g_path[1024];
 static long long g_max_bytes;
-static pthread_mutex_t g_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_mutex_t g_mu = PTHREAD_MUTEX_INITIALIZER;   /* g_all while readers add to it */
 static db_conn *g_all;
 static __thread db_conn *t_conn;
+static __thread unsigned t_gen;                             /* g_gen when t_conn was opened */
 static __thread char t_err[256];
+static __thread int t_code;                                 /* SQLite result code of the last failure */
+
+/* The database file as a whole. Every public operation holds g_rw for reading; checking the file
+ * and recovering from a deleted or replaced file holds it for writing, so no connection is in use
+ * then. g_keeper is the start-up connection, kept open for the daemon's lifetime: it is the source
+ * of the restore when the file is deleted (the open descriptors keep the old inode readable). */
+enum { DB_OK, DB_RESTORE_PENDING, DB_BROKEN };
+#define DB_CHECK_MS 1000            /* how often the file's identity is checked */
+static pthread_rwlock_t g_rw;
+static sqlite3 *g_keeper;
+static dev_t g_dev;
+static ino_t g_ino;
+static int g_state = DB_OK;
+static unsigned g_gen = 1;          /* bumped when every connection was closed (t_conn is stale) */
+static char g_broken[700];          /* why the database is unavailable (DB_BROKEN) */
+static _Atomic long long g_next_check;
 
 /* Runs a multi-statement SQL string; returns 0 or -1 with err. */
 static int exec_sql(sqlite3 *db, const char *sql, char *err, size_t errlen) {
@@ -143,10 +163,13 @@ static int exec_sql(sqlite3 *db, const char *sql, char *err, size_t errlen) {
     return 0;
 }
 
-/* Opens a raw connection with WAL, busy_timeout and foreign settings; returns NULL + err. */
-static sqlite3 *open_raw(const char *path, char *err, size_t errlen) {
+/* Opens a raw connection with busy_timeout and the session settings (create: create the file when
+ * missing; only start-up and recovery do, so a deleted file is never silently replaced by an empty
+ * one); returns NULL + err. */
+static sqlite3 *open_raw(const char *path, int create, char *err, size_t errlen) {
     sqlite3 *db = NULL;
-    int rc = sqlite3_open_v2(path, &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, NULL);
+    int rc = sqlite3_open_v2(path, &db, SQLITE_OPEN_READWRITE | (create ? SQLITE_OPEN_CREATE : 0) | SQLITE_OPEN_NOMUTEX,
+                             NULL);
     if (rc != SQLITE_OK) {
         snprintf(err, errlen, "%s", db ? sqlite3_errmsg(db) : sqlite3_errstr(rc));
         sqlite3_close(db);
@@ -177,18 +200,15 @@ static void make_parent(const char *path) {
     mkdir(dir, 0775);
 }
 
-/* Opens, migrates and probes the database. */
-int db_init(const char *path, long long max_bytes, char *err, size_t errlen) {
+/* Opens (creating it and its directory when missing) a database file, sets WAL mode, applies the
+ * migrations and probes a write. Returns the connection, or NULL with a one-line err. */
+static sqlite3 *open_file(const char *path, char *err, size_t errlen) {
     char e[512] = "";
-    if (strlen(path) >= sizeof g_path) {
-        snprintf(err, errlen, "database path too long");
-        return -1;
-    }
     make_parent(path);
-    sqlite3 *db = open_raw(path, e, sizeof e);
+    sqlite3 *db = open_raw(path, 1, e, sizeof e);
     if (!db) {
         snprintf(err, errlen, "cannot open database '%s': %s (is the directory writable?)", path, e);
-        return -1;
+        return NULL;
     }
     char *mode = NULL;
     sqlite3_stmt *st = NULL;
@@ -200,7 +220,7 @@ int db_init(const char *path, long long max_bytes, char *err, size_t errlen) {
                  mode ? mode : sqlite3_errmsg(db));
         sqlite3_free(mode);
         sqlite3_close(db);
-        return -1;
+        return NULL;
     }
     sqlite3_free(mode);
     if (exec_sql(db, "BEGIN IMMEDIATE", e, sizeof e)) goto fail;
@@ -213,7 +233,7 @@ int db_init(const char *path, long long max_bytes, char *err, size_t errlen) {
         snprintf(err, errlen, "database '%s' has schema version %d, newer than this daemon's %d (use a newer"
                  " performerd or another --db)", path, version, DB_SCHEMA_VERSION);
         sqlite3_close(db);
-        return -1;
+        return NULL;
     }
     for (int v = version; v < DB_SCHEMA_VERSION; v++) {
         char sql[64];
@@ -222,7 +242,7 @@ int db_init(const char *path, long long max_bytes, char *err, size_t errlen) {
             exec_sql(db, "ROLLBACK", e2, sizeof e2);
             snprintf(err, errlen, "database '%s': migration to schema version %d failed: %s", path, v + 1, e);
             sqlite3_close(db);
-            return -1;
+            return NULL;
         }
         snprintf(sql, sizeof sql, "PRAGMA user_version = %d", v + 1);
         if (exec_sql(db, sql, e, sizeof e)) goto fail;
@@ -231,29 +251,75 @@ int db_init(const char *path, long long max_bytes, char *err, size_t errlen) {
                  sizeof e))
         goto fail;
     if (exec_sql(db, "COMMIT", e, sizeof e)) goto fail;
-    sqlite3_close(db);
-    snprintf(g_path, sizeof g_path, "%s", path);
-    g_max_bytes = max_bytes;
-    return 0;
+    return db;
 fail:
     snprintf(err, errlen, "database '%s' is not writable: %s", path, e);
     exec_sql(db, "ROLLBACK", e, sizeof e);
     sqlite3_close(db);
-    return -1;
+    return NULL;
 }
 
-/* Returns this thread's connection, opening it and preparing statements on first use. */
+/* Records the identity (device, inode) of the file at g_path; 0 or -1. */
+static int remember_identity(void) {
+    struct stat st;
+    if (stat(g_path, &st)) return -1;
+    g_dev = st.st_dev;
+    g_ino = st.st_ino;
+    return 0;
+}
+
+static pthread_once_t g_once = PTHREAD_ONCE_INIT;
+static void close_all(int keeper);
+static void recover(void);
+static void log_event(const char *level, const char *msg, const char *detail);
+
+/* Initialises g_rw, writer-preferring (a recovery is not starved by a stream of operations). */
+static void init_lock(void) {
+    pthread_rwlockattr_t ra;
+    pthread_rwlockattr_init(&ra);
+    pthread_rwlockattr_setkind_np(&ra, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
+    pthread_rwlock_init(&g_rw, &ra);
+    pthread_rwlockattr_destroy(&ra);
+}
+
+/* Opens, migrates and probes the database, and keeps the connection as the keeper. */
+int db_init(const char *path, long long max_bytes, char *err, size_t errlen) {
+    if (strlen(path) >= sizeof g_path - 16) {
+        snprintf(err, errlen, "database path too long");
+        return -1;
+    }
+    pthread_once(&g_once, init_lock);
+    close_all(1);                   /* a second db_init (tests) starts over */
+    sqlite3 *db = open_file(path, err, errlen);
+    if (!db) return -1;
+    snprintf(g_path, sizeof g_path, "%s", path);
+    g_max_bytes = max_bytes;
+    g_keeper = db;
+    g_state = DB_OK;
+    remember_identity();
+    atomic_store(&g_next_check, 0);
+    return 0;
+}
+
+/* Returns this thread's connection, opening it and preparing statements on first use (or after a
+ * recovery closed them all). Call with g_rw held for reading. */
 static db_conn *conn(void) {
-    if (t_conn) return t_conn;
+    if (t_conn && t_gen == g_gen) return t_conn;
+    t_conn = NULL;                  /* closed and freed by a recovery */
     if (!g_path[0]) {
         snprintf(t_err, sizeof t_err, "database not initialised");
         return NULL;
     }
+    if (g_state == DB_BROKEN) {
+        snprintf(t_err, sizeof t_err, "%.250s", g_broken);
+        return NULL;
+    }
     db_conn *c = calloc(1, sizeof *c);
     if (!c) return NULL;
-    c->db = open_raw(g_path, t_err, sizeof t_err);
+    c->db = open_raw(g_path, 0, t_err, sizeof t_err);
     if (!c->db) {
         free(c);
+        atomic_store(&g_next_check, 0);   /* the file may be gone: check at once */
         return NULL;
     }
     for (int i = 0; i < ST_N; i++) {
@@ -270,11 +336,13 @@ static db_conn *conn(void) {
     g_all = c;
     pthread_mutex_unlock(&g_mu);
     t_conn = c;
+    t_gen = g_gen;
     return c;
 }
 
-/* Closes every per-thread connection. */
-void db_close_all(void) {
+/* Closes every per-thread connection (they become stale for their threads) and, with keeper, the
+ * keeper too. Call with g_rw held for writing, or when no other thread runs. */
+static void close_all(int keeper) {
     pthread_mutex_lock(&g_mu);
     db_conn *c = g_all;
     g_all = NULL;
@@ -282,17 +350,212 @@ void db_close_all(void) {
     while (c) {
         db_conn *next = c->next;
         for (int i = 0; i < ST_N; i++) sqlite3_finalize(c->st[i]);
-        sqlite3_close(c->db);
+        sqlite3_close_v2(c->db);
         free(c);
         c = next;
     }
+    if (keeper && g_keeper) {
+        sqlite3_close_v2(g_keeper);
+        g_keeper = NULL;
+    }
     t_conn = NULL;
+    g_gen++;
 }
+
+/* Closes every connection, the keeper last (the last close checkpoints: a clean stop leaves one
+ * file); a file deleted since the last check is restored first, so nothing committed is lost. */
+void db_close_all(void) {
+    if (g_path[0] && g_keeper) {
+        pthread_rwlock_wrlock(&g_rw);
+        recover();
+        if (g_state == DB_RESTORE_PENDING)
+            log_event("error", "the database file was deleted and could not be restored; what it held since the"
+                      " last start is lost", g_path);
+        pthread_rwlock_unlock(&g_rw);
+    }
+    close_all(1);
+}
+
+static db_log_fn g_log;
+
+/* Sets the function that logs recoveries of the database file. */
+void db_set_log(db_log_fn fn) { g_log = fn; }
+
+/* Logs one event through g_log. */
+static void log_event(const char *level, const char *msg, const char *detail) {
+    if (g_log) g_log(level, msg, detail);
+}
+
+/* fsyncs the directory holding path (so a rename in it is durable). */
+static void sync_parent(const char *path) {
+    char dir[1024];
+    snprintf(dir, sizeof dir, "%s", path);
+    char *slash = strrchr(dir, '/');
+    if (slash == dir) slash[1] = '\0';
+    else if (slash) *slash = '\0';
+    else snprintf(dir, sizeof dir, ".");
+    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd >= 0) {
+        fsync(fd);
+        close(fd);
+    }
+}
+
+/* The file was deleted while open: copies the database, as the keeper still reads it, to a new file
+ * at g_path (SQLite online backup into PATH.restore, then rename), closing every old connection
+ * first (their -wal/-shm files, unlinked too, belong to the deleted file). Returns 0, or -1 with
+ * err and nothing changed (the old connections stay usable for reads). g_rw held for writing. */
+static int restore_deleted(char *err, size_t errlen) {
+    char tmp[1100], side[1100];
+    snprintf(tmp, sizeof tmp, "%s.restore", g_path);
+    make_parent(g_path);
+    static const char *const sfx[] = {"", "-journal", "-wal", "-shm"};
+    for (int i = 0; i < 4; i++) {
+        snprintf(side, sizeof side, "%s%s", tmp, sfx[i]);
+        unlink(side);
+    }
+    sqlite3 *dst = open_raw(tmp, 1, err, errlen);
+    if (!dst) return -1;
+    sqlite3_backup *b = sqlite3_backup_init(dst, "main", g_keeper, "main");
+    int rc = b ? sqlite3_backup_step(b, -1) : sqlite3_errcode(dst);
+    if (b) sqlite3_backup_finish(b);
+    char e[256] = "";
+    if (rc == SQLITE_DONE && !exec_sql(dst, "PRAGMA journal_mode = WAL", e, sizeof e)) {
+        sqlite3_stmt *st = NULL;      /* the copy must be sound before it replaces anything */
+        if (sqlite3_prepare_v2(dst, "PRAGMA quick_check", -1, &st, NULL) != SQLITE_OK || sqlite3_step(st) != SQLITE_ROW ||
+            !sqlite3_column_text(st, 0) || strcmp((const char *)sqlite3_column_text(st, 0), "ok"))
+            snprintf(e, sizeof e, "the copy fails PRAGMA quick_check");
+        sqlite3_finalize(st);
+    }
+    if (rc != SQLITE_DONE || e[0]) {
+        snprintf(err, errlen, "cannot copy the deleted database to '%.300s': %.200s", tmp, e[0] ? e : sqlite3_errstr(rc));
+        sqlite3_close_v2(dst);
+        unlink(tmp);
+        return -1;
+    }
+    if (sqlite3_close(dst) != SQLITE_OK) {
+        snprintf(err, errlen, "cannot close the copy '%.300s'", tmp);
+        unlink(tmp);
+        return -1;
+    }
+    close_all(1);
+    for (int i = 2; i < 4; i++) {   /* the deleted file's stale -wal/-shm, if still there */
+        snprintf(side, sizeof side, "%s%s", g_path, sfx[i]);
+        unlink(side);
+    }
+    if (rename(tmp, g_path)) {
+        snprintf(err, errlen, "cannot move the copy into place: %s", strerror(errno));
+        return -2;                  /* the old connections are closed: the copy is the data now */
+    }
+    sync_parent(g_path);
+    return 0;
+}
+
+/* Checks the database file (g_rw held for writing) and recovers: when it was deleted, restores it
+ * from the keeper; when another file took its place, or the database was unusable, closes every
+ * connection and opens (migrating) the file now at the path. */
+static void recover(void) {
+    struct stat st;
+    int rc = stat(g_path, &st);
+    int missing = rc != 0 && errno == ENOENT;
+    if (rc != 0 && !missing) return;            /* cannot tell (EACCES, EIO): leave as is */
+    if (!missing && g_state == DB_OK && st.st_dev == g_dev && st.st_ino == g_ino) return;
+    char err[600] = "";
+    if (missing && g_keeper && g_state != DB_BROKEN) {
+        int r = restore_deleted(err, sizeof err);
+        if (r == 0) {
+            g_keeper = open_file(g_path, err, sizeof err);
+            if (g_keeper && !remember_identity()) {
+                g_state = DB_OK;
+                log_event("warn", "the database file was deleted while running; restored it from the open database",
+                          g_path);
+                return;
+            }
+        }
+        if (r == -2) log_event("error", "the database file was deleted while running; its copy could not be moved"
+                               " into place and is left next to it (.restore)", err);
+        if (r == -1) {              /* nothing changed: keep serving reads, retry at the next check */
+            if (g_state != DB_RESTORE_PENDING) log_event("error", "the database file was deleted while running and"
+                                                         " cannot be restored yet; retrying", err);
+            g_state = DB_RESTORE_PENDING;
+            return;
+        }
+    }
+    /* another file at the path, or no database: start over on whatever is (or can be created) there */
+    close_all(1);
+    g_keeper = open_file(g_path, err, sizeof err);
+    if (g_keeper && !remember_identity()) {
+        int was = g_state;
+        g_state = DB_OK;
+        log_event("warn", missing ? "created a new, empty database file" : was == DB_OK ? "the database file was"
+                  " replaced while running; now using the new file" : "the database is available again", g_path);
+        return;
+    }
+    if (g_keeper) {
+        sqlite3_close_v2(g_keeper);
+        g_keeper = NULL;
+    }
+    if (g_state != DB_BROKEN) log_event("error", "the database is unavailable; retrying every second", err);
+    snprintf(g_broken, sizeof g_broken, "database unavailable: %s", err);
+    g_state = DB_BROKEN;
+}
+
+/* Checks the file's identity (before every write, else once per DB_CHECK_MS), recovering when it
+ * changed. Call without g_rw held. */
+static void check_file(int write) {
+    long long now = (long long)(ut_mono() * 1000.0), due = atomic_load(&g_next_check);
+    if (!write && (now < due || !atomic_compare_exchange_strong(&g_next_check, &due, now + DB_CHECK_MS))) return;
+    struct stat st;
+    int rc = stat(g_path, &st), stat_errno = rc ? errno : 0;
+    pthread_rwlock_rdlock(&g_rw);
+    int same = rc == 0 && g_state == DB_OK && st.st_dev == g_dev && st.st_ino == g_ino;
+    pthread_rwlock_unlock(&g_rw);
+    if (same || (rc != 0 && stat_errno != ENOENT)) return;
+    pthread_rwlock_wrlock(&g_rw);
+    recover();
+    pthread_rwlock_unlock(&g_rw);
+}
+
+/* Begins a public operation: checks the file (always before a write: a write must not go to a
+ * deleted file that nobody will see again), then holds g_rw for reading. */
+static void enter(int write) {
+    if (g_path[0]) check_file(write);
+    pthread_rwlock_rdlock(&g_rw);
+}
+
+/* Ends a public operation. */
+static void leave(void) { pthread_rwlock_unlock(&g_rw); }
 
 /* Records the connection's error message for db_last_error. */
 static int fail(db_conn *c) {
     snprintf(t_err, sizeof t_err, "%s", sqlite3_errmsg(c->db));
+    t_code = sqlite3_errcode(c->db);
     return -1;
+}
+
+/* After a failed operation: when the failure is one of the file (read-only, I/O, cannot open, full,
+ * corrupt), closes this thread's connection so that the next operation opens a fresh one. (A
+ * connection that opened its -wal file while the file was read-only stays read-only for its whole
+ * life; so would this thread.) Call with g_rw held for reading. */
+static void drop_if_broken(void) {
+    int code = t_code & 0xff;
+    t_code = 0;
+    if (!t_conn || t_gen != g_gen || !(code == SQLITE_READONLY || code == SQLITE_IOERR || code == SQLITE_CANTOPEN ||
+                                       code == SQLITE_FULL || code == SQLITE_CORRUPT || code == SQLITE_NOTADB ||
+                                       code == SQLITE_PERM))
+        return;
+    db_conn *c = t_conn;
+    pthread_mutex_lock(&g_mu);
+    for (db_conn **p = &g_all; *p; p = &(*p)->next)
+        if (*p == c) {
+            *p = c->next;
+            break;
+        }
+    pthread_mutex_unlock(&g_mu);
+    for (int i = 0; i < ST_N; i++) sqlite3_finalize(c->st[i]);
+    sqlite3_close_v2(c->db);
+    free(c);
+    t_conn = NULL;
 }
 
 /* Steps a statement expecting SQLITE_DONE and resets it; returns 0 or -1. */
@@ -306,7 +569,7 @@ static int run_done(db_conn *c, sqlite3_stmt *st) {
 }
 
 /* Looks up a stored result. */
-int db_get(const char *id, char **body, size_t *len) {
+static int get_locked(const char *id, char **body, size_t *len) {
     db_conn *c = conn();
     if (!c) return -1;
     sqlite3_stmt *st = c->st[ST_GET];
@@ -342,7 +605,7 @@ int db_get(const char *id, char **body, size_t *len) {
 }
 
 /* Stores a result and evicts beyond the bound, in one transaction. */
-int db_put(const char *id, const char *model_sha256, const char *request_json, const char *body, size_t len,
+static int put_locked(const char *id, const char *model_sha256, const char *request_json, const char *body, size_t len,
            long *evicted) {
     db_conn *c = conn();
     if (evicted) *evicted = 0;
@@ -402,7 +665,7 @@ static void bind_opt(sqlite3_stmt *st, int i, const char *s) {
 }
 
 /* Appends one request row. */
-int db_log_request(double time, const char *request_id, const char *result_id, const char *method, const char *route,
+static int log_request_locked(double time, const char *request_id, const char *result_id, const char *method, const char *route,
                    int status, double duration_ms, int cache_hit, const char *client) {
     db_conn *c = conn();
     if (!c) return -1;
@@ -420,7 +683,7 @@ int db_log_request(double time, const char *request_id, const char *result_id, c
 }
 
 /* Probes writability. */
-int db_ping(void) {
+static int ping_locked(void) {
     db_conn *c = conn();
     if (!c) return -1;
     sqlite3_stmt *st = c->st[ST_PING];
@@ -431,7 +694,7 @@ int db_ping(void) {
 }
 
 /* Returns the number of stored results and their bytes. */
-int db_stats(long long *results, long long *bytes) {
+static int stats_locked(long long *results, long long *bytes) {
     db_conn *c = conn();
     if (!c) return -1;
     sqlite3_stmt *st = c->st[ST_STATS];
@@ -494,7 +757,7 @@ static int rollback_keep(db_conn *c) {
 }
 
 /* Inserts a job and its items in one transaction. */
-int db_job_insert(const db_job *j, long long n, const char *const *names, const char *const *requests) {
+static int job_insert_locked(const db_job *j, long long n, const char *const *names, const char *const *requests) {
     db_conn *c = conn();
     if (!c) return -1;
     if (!c->durable) {
@@ -528,7 +791,7 @@ int db_job_insert(const db_job *j, long long n, const char *const *names, const 
 }
 
 /* Reads one job. */
-int db_job_get(const char *id, db_job *j) {
+static int job_get_locked(const char *id, db_job *j) {
     db_conn *c = conn();
     if (!c) return -1;
     sqlite3_stmt *st = c->st[ST_JOB_GET];
@@ -543,7 +806,7 @@ int db_job_get(const char *id, db_job *j) {
 }
 
 /* Lists the most recent jobs. */
-int db_job_list(int limit, db_job **out, int *n) {
+static int job_list_locked(int limit, db_job **out, int *n) {
     db_conn *c = conn();
     *out = NULL;
     *n = 0;
@@ -564,7 +827,7 @@ int db_job_list(int limit, db_job **out, int *n) {
 }
 
 /* Finds the oldest queued job of a model. */
-int db_job_next(const char *model_sha256, char id[65]) {
+static int job_next_locked(const char *model_sha256, char id[65]) {
     db_conn *c = conn();
     if (!c) return -1;
     sqlite3_stmt *st = c->st[ST_JOB_NEXT];
@@ -582,7 +845,7 @@ int db_job_next(const char *model_sha256, char id[65]) {
 }
 
 /* Changes a job's state. */
-int db_job_set_state(const char *id, const char *state, const char *from) {
+static int job_set_state_locked(const char *id, const char *state, const char *from) {
     db_conn *c = conn();
     if (!c) return -1;
     sqlite3_stmt *st = c->st[ST_JOB_STATE];
@@ -596,7 +859,7 @@ int db_job_set_state(const char *id, const char *state, const char *from) {
 }
 
 /* Puts running jobs back in the queue. */
-int db_job_requeue_running(void) {
+static int job_requeue_running_locked(void) {
     db_conn *c = conn();
     if (!c) return -1;
     sqlite3_stmt *st = c->st[ST_JOB_REQUEUE];
@@ -606,7 +869,7 @@ int db_job_requeue_running(void) {
 }
 
 /* Reads pending items. */
-int db_job_pending(const char *id, long long after, int limit, long long *idx, char **requests) {
+static int job_pending_locked(const char *id, long long after, int limit, long long *idx, char **requests) {
     db_conn *c = conn();
     if (!c) return -1;
     sqlite3_stmt *st = c->st[ST_ITEM_PENDING];
@@ -627,7 +890,7 @@ int db_job_pending(const char *id, long long after, int limit, long long *idx, c
 }
 
 /* Stores item results and advances the job's counters in one transaction. */
-int db_job_store(const char *id, int n, const long long *idx, const int *status, const char *const *result_ids,
+static int job_store_locked(const char *id, int n, const long long *idx, const int *status, const char *const *result_ids,
                  const char *const *outputs, const size_t *lens) {
     db_conn *c = conn();
     if (!c) return -1;
@@ -658,7 +921,7 @@ int db_job_store(const char *id, int n, const long long *idx, const int *status,
 }
 
 /* Marks a running job whose items are all finished as done. */
-int db_job_finish(const char *id) {
+static int job_finish_locked(const char *id) {
     db_conn *c = conn();
     if (!c) return -1;
     sqlite3_stmt *st = c->st[ST_JOB_FINISH];
@@ -669,7 +932,7 @@ int db_job_finish(const char *id) {
 }
 
 /* Reads finished items from an index on. */
-int db_job_items(const char *id, long long from, int limit, db_item_fn fn, void *arg) {
+static int job_items_locked(const char *id, long long from, int limit, db_item_fn fn, void *arg) {
     db_conn *c = conn();
     if (!c) return -1;
     sqlite3_stmt *st = c->st[ST_ITEM_READ];
@@ -693,7 +956,7 @@ int db_job_items(const char *id, long long from, int limit, db_item_fn fn, void 
 }
 
 /* Deletes a job and its items. */
-int db_job_delete(const char *id) {
+static int job_delete_locked(const char *id) {
     db_conn *c = conn();
     if (!c) return -1;
     if (run_done(c, c->st[ST_BEGIN])) return -1;
@@ -706,4 +969,153 @@ int db_job_delete(const char *id) {
     int n = sqlite3_changes(c->db);
     if (run_done(c, c->st[ST_COMMIT])) return rollback_keep(c);
     return n;
+}
+
+/* ---- public operations: each holds g_rw for reading (see enter) ---------------------------------- */
+
+/* See cache.h (under the read lock). */
+int db_get(const char *id, char **body, size_t *len) {
+    enter(0);
+    int rc = get_locked(id, body, len);
+    if (rc < 0) drop_if_broken();
+    leave();
+    return rc;
+}
+
+/* See cache.h (under the read lock). */
+int db_put(const char *id, const char *model_sha256, const char *request_json, const char *body, size_t len,
+           long *evicted) {
+    enter(1);
+    int rc = put_locked(id, model_sha256, request_json, body, len, evicted);
+    if (rc < 0) drop_if_broken();
+    leave();
+    return rc;
+}
+
+/* See cache.h (under the read lock). */
+int db_log_request(double time, const char *request_id, const char *result_id, const char *method, const char *route,
+                   int status, double duration_ms, int cache_hit, const char *client) {
+    enter(1);
+    int rc = log_request_locked(time, request_id, result_id, method, route, status, duration_ms, cache_hit, client);
+    if (rc < 0) drop_if_broken();
+    leave();
+    return rc;
+}
+
+/* See cache.h (under the read lock). */
+int db_ping(void) {
+    enter(1);
+    int rc = ping_locked();
+    if (rc < 0) drop_if_broken();
+    leave();
+    return rc;
+}
+
+/* See cache.h (under the read lock). */
+int db_stats(long long *results, long long *bytes) {
+    enter(0);
+    int rc = stats_locked(results, bytes);
+    if (rc < 0) drop_if_broken();
+    leave();
+    return rc;
+}
+
+/* See cache.h (under the read lock). */
+int db_job_insert(const db_job *j, long long n, const char *const *names, const char *const *requests) {
+    enter(1);
+    int rc = job_insert_locked(j, n, names, requests);
+    if (rc < 0) drop_if_broken();
+    leave();
+    return rc;
+}
+
+/* See cache.h (under the read lock). */
+int db_job_get(const char *id, db_job *j) {
+    enter(0);
+    int rc = job_get_locked(id, j);
+    if (rc < 0) drop_if_broken();
+    leave();
+    return rc;
+}
+
+/* See cache.h (under the read lock). */
+int db_job_list(int limit, db_job **out, int *n) {
+    enter(0);
+    int rc = job_list_locked(limit, out, n);
+    if (rc < 0) drop_if_broken();
+    leave();
+    return rc;
+}
+
+/* See cache.h (under the read lock). */
+int db_job_next(const char *model_sha256, char id[65]) {
+    enter(0);
+    int rc = job_next_locked(model_sha256, id);
+    if (rc < 0) drop_if_broken();
+    leave();
+    return rc;
+}
+
+/* See cache.h (under the read lock). */
+int db_job_set_state(const char *id, const char *state, const char *from) {
+    enter(1);
+    int rc = job_set_state_locked(id, state, from);
+    if (rc < 0) drop_if_broken();
+    leave();
+    return rc;
+}
+
+/* See cache.h (under the read lock). */
+int db_job_requeue_running(void) {
+    enter(1);
+    int rc = job_requeue_running_locked();
+    if (rc < 0) drop_if_broken();
+    leave();
+    return rc;
+}
+
+/* See cache.h (under the read lock). */
+int db_job_pending(const char *id, long long after, int limit, long long *idx, char **requests) {
+    enter(0);
+    int rc = job_pending_locked(id, after, limit, idx, requests);
+    if (rc < 0) drop_if_broken();
+    leave();
+    return rc;
+}
+
+/* See cache.h (under the read lock). */
+int db_job_store(const char *id, int n, const long long *idx, const int *status, const char *const *result_ids,
+                 const char *const *outputs, const size_t *lens) {
+    enter(1);
+    int rc = job_store_locked(id, n, idx, status, result_ids, outputs, lens);
+    if (rc < 0) drop_if_broken();
+    leave();
+    return rc;
+}
+
+/* See cache.h (under the read lock). */
+int db_job_finish(const char *id) {
+    enter(1);
+    int rc = job_finish_locked(id);
+    if (rc < 0) drop_if_broken();
+    leave();
+    return rc;
+}
+
+/* See cache.h (under the read lock). */
+int db_job_items(const char *id, long long from, int limit, db_item_fn fn, void *arg) {
+    enter(0);
+    int rc = job_items_locked(id, from, limit, fn, arg);
+    if (rc < 0) drop_if_broken();
+    leave();
+    return rc;
+}
+
+/* See cache.h (under the read lock). */
+int db_job_delete(const char *id) {
+    enter(1);
+    int rc = job_delete_locked(id);
+    if (rc < 0) drop_if_broken();
+    leave();
+    return rc;
 }

@@ -2,7 +2,14 @@
  *
  * One connection per thread (opened lazily on first use, closed by db_close_all), WAL mode,
  * busy_timeout, prepared statements only, schema version in PRAGMA user_version with ordered
- * migrations. Results are keyed by their 64-hex id and bounded in size with LRU eviction. */
+ * migrations. Results are keyed by their 64-hex id and bounded in size with LRU eviction.
+ *
+ * Faults: every operation returns -1 (never crashes) when the file is unwritable, the disk is full
+ * or the file is gone, and works again once the fault is gone. Once a second the file's identity
+ * is checked: a file deleted while running is restored from the still-open database (SQLite
+ * backup into a new file, so nothing committed is lost); a file replaced by another is adopted
+ * (migrated); meanwhile per-thread connections are never opened with "create", so a deleted file
+ * is not silently replaced by an empty one. */
 #ifndef PD_CACHE_H
 #define PD_CACHE_H
 
@@ -13,11 +20,19 @@
 
 /* Opens (creating the parent directory and file when missing) and migrates the database at path,
  * checks that it is writable, and remembers path and the result bound (max_bytes, 0 = none) for
- * every later connection. Returns 0, or -1 with a one-line err. */
+ * every later connection; the connection stays open until db_close_all (the source of a restore).
+ * Returns 0, or -1 with a one-line err. */
 int db_init(const char *path, long long max_bytes, char *err, size_t errlen);
 
-/* Closes every per-thread connection (call once all other threads are stopped). */
+/* Closes every per-thread connection and the start-up connection (call once all other threads
+ * are stopped). */
 void db_close_all(void);
+
+/* A logger for recoveries of the database file: level ("warn", "error"), message, detail. */
+typedef void (*db_log_fn)(const char *level, const char *msg, const char *detail);
+
+/* Sets the logger of recoveries (default: none). */
+void db_set_log(db_log_fn fn);
 
 /* Looks up result id: returns 1 and a malloc'd copy of the stored response in *body and *len (and
  * refreshes its LRU time), 0 when absent, -1 on a database error. */

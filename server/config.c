@@ -41,8 +41,9 @@ static const opt_def opts[] = {
     {"cors-origin", S(cors_origin), "ORIGIN", "allowed browser origin(s), comma-separated, or * (default none)"},
     {"cache-max-mb", I(cache_max_mb, 0, 1L << 30), "MB", "bound of stored results, LRU eviction (default 1024; 0 = unbounded)"},
     {"timeout", I(timeout, 1, 86400), "SECONDS", "per-request deadline for inference (default 300)"},
-    {"connection-timeout", I(conn_timeout, 1, 86400), "SECONDS", "idle connection timeout (default 30)"},
-    {"max-connections", I(max_connections, 1, 100000), "N", "concurrent connections (default 1024)"},
+    {"connection-timeout", I(conn_timeout, 1, 86400), "SECONDS", "idle timeout, and the deadline for a request's headers (default 30)"},
+    {"max-connections", I(max_connections, 1, 1000000), "N", "concurrent connections (default 4096; the open-file limit is raised to fit)"},
+    {"max-connections-per-ip", I(max_conn_per_ip, 0, 1000000), "N", "concurrent connections from one client address (default 0 = no limit)"},
     {"batch-tokens", I(batch_tokens, 0, 100000000), "N", "max tokens batched into one forward pass (default 4096; 0 = off)"},
     {"max-job-body", Z(max_job_body, 64, 1L << 32), "BYTES", "max POST /jobs body (FASTA or JSON), suffix k/m/g (default 16m)"},
     {"max-job-sequences", I(max_job_sequences, 1, 10000000), "N", "max sequences per POST /jobs job (default 10000)"},
@@ -68,7 +69,8 @@ void cfg_defaults(cfg *c) {
     c->cache_max_mb = 1024;
     c->timeout = 300;
     c->conn_timeout = 30;
-    c->max_connections = 1024;
+    c->max_connections = 4096;
+    c->max_conn_per_ip = 0;
     c->batch_tokens = 4096;
     c->max_job_body = 16L * 1024 * 1024;
     c->max_job_sequences = 10000;

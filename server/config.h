@@ -22,8 +22,9 @@ typedef struct {
     char cors_origin[1024];     /* comma-separated allowed origins, "*" for any, "" = CORS off */
     long cache_max_mb;          /* bound of the stored results (MiB); 0 = unbounded */
     long timeout;               /* per-request deadline, seconds */
-    long conn_timeout;          /* idle connection timeout, seconds */
+    long conn_timeout;          /* idle connection timeout and request-header deadline, seconds */
     long max_connections;       /* concurrent connections */
+    long max_conn_per_ip;       /* concurrent connections per client address (0 = no limit) */
     long batch_tokens;          /* max framed tokens of one batched forward pass (0 = no batching) */
     long max_job_body;          /* POST /jobs body bytes */
     long max_job_sequences;     /* sequences per POST /jobs job */

@@ -2,6 +2,7 @@
 #include "http.h"
 #include "batch.h"
 #include "cache.h"
+#include "guard.h"
 #include "jobs.h"
 #include "jobs_async.h"
 #include "metrics.h"
@@ -9,6 +10,8 @@
 #include "predict.h"
 #include "task.h"
 #include "util.h"
+
+#include "safetensors.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -24,6 +27,7 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -81,6 +85,7 @@ typedef struct {
     jb_job *job;
     double queue_s, forward_s;
     int batch_jobs;
+    gd_conn *guard;             /* the connection's deadline (guard.h), or NULL */
 } req_st;
 
 static const http_env *env;
@@ -394,6 +399,53 @@ static void set_client(struct MHD_Connection *conn, req_st *st) {
 
 /* ---- GET routes --------------------------------------------------------------------------------- */
 
+/* The weights file as last checked: identity and verdict (under wcheck_mu). */
+static pthread_mutex_t wcheck_mu = PTHREAD_MUTEX_INITIALIZER;
+static struct stat wcheck_st;
+static int wcheck_init;
+static const char *wcheck_state = "ok";
+static char wcheck_sha[65];
+
+/* Returns "ok" when the weights file on disk is the one being served, "changed" when it holds other
+ * weights (their SHA-256 in file_sha), or "missing". The file is hashed again only when its
+ * identity (device, inode, size, modification time) changes. The served model never changes: it is
+ * a private copy made at start-up; a restart loads the new file. */
+static const char *weights_check(char file_sha[65]) {
+    struct stat now;
+    pthread_mutex_lock(&wcheck_mu);
+    if (!wcheck_init) {
+        wcheck_st = env->weights_stat;
+        wcheck_init = 1;
+    }
+    if (stat(env->c->weights, &now) != 0) {
+        if (strcmp(wcheck_state, "missing"))
+            http_log("warn", "the weights file is gone; still serving the model loaded at start-up", "weights",
+                     env->c->weights, "sha256", env->model->sha256, (char *)NULL);
+        wcheck_state = "missing";
+        memset(&wcheck_st, 0, sizeof wcheck_st);
+    } else if (now.st_dev != wcheck_st.st_dev || now.st_ino != wcheck_st.st_ino || now.st_size != wcheck_st.st_size ||
+               now.st_mtim.tv_sec != wcheck_st.st_mtim.tv_sec || now.st_mtim.tv_nsec != wcheck_st.st_mtim.tv_nsec) {
+        char sha[65], e[512];
+        if (st_sha256_file(env->c->weights, sha, e, sizeof e) == 0) {
+            wcheck_st = now;
+            const char *was = wcheck_state;
+            wcheck_state = strcmp(sha, env->model->sha256) ? "changed" : "ok";
+            memcpy(wcheck_sha, sha, sizeof wcheck_sha);
+            if (strcmp(was, wcheck_state))
+                http_log(strcmp(wcheck_state, "ok") ? "warn" : "info",
+                         strcmp(wcheck_state, "ok") ? "the weights file changed on disk; still serving the model loaded"
+                                                      " at start-up (restart to load the new one)"
+                                                    : "the weights file matches the served model again",
+                         "weights", env->c->weights, "serving_sha256", env->model->sha256, "file_sha256", sha,
+                         (char *)NULL);
+        }
+    }
+    const char *state = wcheck_state;
+    memcpy(file_sha, wcheck_sha, 65);
+    pthread_mutex_unlock(&wcheck_mu);
+    return state;
+}
+
 /* Returns 1 when the DB accepts writes and the daemon is not draining. */
 static int is_ready(int *db_ok) {
     *db_ok = db_ping() == 0;
@@ -616,8 +668,13 @@ static enum MHD_Result handle_get(struct MHD_Connection *conn, req_st *st, const
     case R_READY: {
         int db_ok, ready = is_ready(&db_ok);
         int draining = quiesced || jb_draining();
-        json_t *checks = json_pack("{s:s, s:s, s:s}", "weights", "ok", "database", db_ok ? "ok" : "unwritable",
-                                   "lifecycle", draining ? "draining" : "serving");
+        char file_sha[65];
+        const char *weights = weights_check(file_sha);
+        json_t *checks = json_pack("{s:s, s:s, s:s, s:s}", "weights", weights, "serving_sha256", env->model->sha256,
+                                   "database", db_ok ? "ok" : "unwritable", "lifecycle",
+                                   draining ? "draining" : "serving");
+        if (!strcmp(weights, "changed")) json_object_set_new(checks, "file_sha256", json_string(file_sha));
+        if (!db_ok) json_object_set_new(checks, "database_error", json_string(db_last_error()));
         if (ready) return send_json(conn, st, 200, json_pack("{s:s, s:o}", "status", "ready", "checks", checks));
         const char *extra[] = {"Retry-After", "5", NULL};
         char msg[128];
@@ -626,9 +683,15 @@ static enum MHD_Result handle_get(struct MHD_Connection *conn, req_st *st, const
                           extra);
     }
     case R_METRICS: {
-        long q, r;
-        jb_counts(&q, &r);
-        char *text = mt_render(q, r, jb_background_depth(), !(quiesced || jb_draining()), env->model->cfg.trained);
+        mt_gauges g = {0};
+        char file_sha[65];
+        jb_counts(&g.queue_depth, &g.running);
+        g.background_depth = jb_background_depth();
+        g.ready = !(quiesced || jb_draining());
+        g.trained = env->model->cfg.trained;
+        g.weights_changed = strcmp(weights_check(file_sha), "ok") != 0;
+        gd_counts(&g.connections, &g.connections_cut);
+        char *text = mt_render(&g);
         if (!text) return send_error(conn, st, 500, "internal", "out of memory", NULL, NULL);
         return send_body(conn, st, 200, "text/plain; version=0.0.4; charset=utf-8", text, strlen(text), NULL);
     }
@@ -945,12 +1008,20 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         sanitize(st->path);
         set_request_id(conn, st);
         set_client(conn, st);
+        const union MHD_ConnectionInfo *ci = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+        st->guard = ci ? ci->socket_context : NULL;
         /* A POST that will be refused is answered before its body is read (413 on Content-Length,
          * 415, 401, 503); MHD then closes the connection instead of reading. */
         if (reads_body(st)) {
             enum MHD_Result ret;
-            if (decide(conn, st, url, &ret)) return ret;
+            if (decide(conn, st, url, &ret)) {
+                gd_busy(st->guard);
+                return ret;
+            }
             st->reading = 1;
+            gd_body_start(st->guard);   /* the body must now arrive at a minimum average rate */
+        } else {
+            gd_busy(st->guard);
         }
         return MHD_YES;             /* everything else is answered on the final call (keep-alive) */
     }
@@ -961,6 +1032,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     if (*upload_data_size) {
         size_t n = *upload_data_size;
         *upload_data_size = 0;
+        gd_body_data(st->guard, n);
         size_t cap = (size_t)body_cap(st);
         if (!st->reading || st->overflow || st->len + n > cap) {
             st->overflow = st->reading;   /* keep reading to answer 413, but bound what we swallow */
@@ -980,6 +1052,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         st->len += n;
         return MHD_YES;
     }
+    gd_busy(st->guard);             /* the request is complete: being answered */
     if (!st->reading) {
         enum MHD_Result ret;
         if (decide(conn, st, url, &ret)) return ret;
@@ -1000,6 +1073,7 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     req_st *st = *con_cls;
     if (!st) return;
     *con_cls = NULL;
+    gd_wait_request(st->guard);     /* a kept-alive connection waits for its next request */
     double dur = ut_mono() - st->t0;
     int status = st->status ? st->status : 499;   /* 499: client went away before an answer */
     const char *label = routes[st->route].label;
@@ -1031,6 +1105,20 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     pthread_mutex_unlock(&active_mu);
 }
 
+/* Registers each accepted connection with the deadline watchdog (guard.h), and unregisters it
+ * before libmicrohttpd closes its socket. */
+static void on_connection(void *cls, struct MHD_Connection *conn, void **socket_context,
+                          enum MHD_ConnectionNotificationCode code) {
+    (void)cls;
+    if (code == MHD_CONNECTION_NOTIFY_STARTED) {
+        const union MHD_ConnectionInfo *ci = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+        *socket_context = ci ? gd_open(ci->connect_fd) : NULL;
+    } else if (code == MHD_CONNECTION_NOTIFY_CLOSED) {
+        gd_close(*socket_context);
+        *socket_context = NULL;
+    }
+}
+
 /* Waits up to timeout_s for every begun request to complete. */
 int http_wait_idle(double timeout_s) {
     struct timespec ts;
@@ -1051,6 +1139,7 @@ int http_start(const http_env *e, int listen_fd, char *err, size_t errlen) {
     t_start = ut_mono();
     tk_lim = e->tk;
     listen_fd_ = listen_fd;
+    if (gd_start((double)e->c->conn_timeout, err, errlen)) return -1;
     unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG;
     daemon_ = MHD_start_daemon(flags, 0, NULL, NULL, &on_request, NULL,
                                MHD_OPTION_EXTERNAL_LOGGER, &mhd_logger, NULL,
@@ -1058,10 +1147,13 @@ int http_start(const http_env *e, int listen_fd, char *err, size_t errlen) {
                                MHD_OPTION_THREAD_POOL_SIZE, (unsigned)e->c->http_threads,
                                MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)e->c->conn_timeout,
                                MHD_OPTION_CONNECTION_LIMIT, (unsigned)e->c->max_connections,
+                               MHD_OPTION_PER_IP_CONNECTION_LIMIT, (unsigned)e->c->max_conn_per_ip,
                                MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)(64 * 1024),
                                MHD_OPTION_NOTIFY_COMPLETED, &on_completed, NULL,
+                               MHD_OPTION_NOTIFY_CONNECTION, &on_connection, NULL,
                                MHD_OPTION_END);
     if (!daemon_) {
+        gd_stop();
         snprintf(err, errlen, "cannot start the HTTP server (libmicrohttpd); see the log line above");
         return -1;
     }
@@ -1081,6 +1173,7 @@ void http_quiesce(void) {
 void http_stop(void) {
     if (daemon_) MHD_stop_daemon(daemon_);
     daemon_ = NULL;
+    gd_stop();
     if (listen_fd_ >= 0) close(listen_fd_);
     listen_fd_ = -1;
 }

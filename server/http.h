@@ -8,6 +8,7 @@
 
 #include <jansson.h>
 #include <stddef.h>
+#include <sys/stat.h>
 #include "config.h"
 #include "model.h"
 #include "task.h"
@@ -18,6 +19,7 @@ typedef struct {
     const char *model_body;     /* GET /model JSON */
     const char *openapi_body;   /* GET /openapi.json JSON */
     tk_limits tk;               /* per-request limits of the model routes and job sequences */
+    struct stat weights_stat;   /* the weights file when it was loaded (for /ready's weights check) */
 } http_env;
 
 /* Creates, binds and listens on c->bind:c->port (port 0 = any free one). Returns the socket and

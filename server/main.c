@@ -19,6 +19,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -65,6 +67,40 @@ static char *model_body(const pf_model *m, const cfg *c) {
     return s;
 }
 
+/* File descriptors kept for everything but client connections: listening socket, epoll, the
+ * database (3 per thread), the weights, logs, libraries. */
+#define FD_RESERVE 256
+
+/* Raises the soft open-file limit to what --max-connections needs (up to the hard limit); when
+ * the hard limit is lower, lowers max_connections to fit it and logs a warning. */
+static void fit_open_files(cfg *c) {
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl)) return;
+    rlim_t need = (rlim_t)c->max_connections + FD_RESERVE;
+    if (rl.rlim_cur != RLIM_INFINITY && rl.rlim_cur < need) {
+        rl.rlim_cur = rl.rlim_max == RLIM_INFINITY || rl.rlim_max >= need ? need : rl.rlim_max;
+        setrlimit(RLIMIT_NOFILE, &rl);
+        getrlimit(RLIMIT_NOFILE, &rl);
+    }
+    if (rl.rlim_cur != RLIM_INFINITY && rl.rlim_cur < need) {
+        long fit = (long)rl.rlim_cur - FD_RESERVE;
+        if (fit < 16) fit = 16;
+        char want[32], got[32], lim[32];
+        snprintf(want, sizeof want, "%ld", c->max_connections);
+        snprintf(got, sizeof got, "%ld", fit);
+        snprintf(lim, sizeof lim, "%llu", (unsigned long long)rl.rlim_cur);
+        http_log("warn", "the open-file limit is too low for --max-connections; serving fewer connections (raise the"
+                 " hard limit: ulimit -Hn, or docker run --ulimit nofile=N)", "max_connections", want, "serving",
+                 got, "nofile", lim, (char *)NULL);
+        c->max_connections = fit;
+    }
+}
+
+/* Logs a recovery of the database file (cache.h). */
+static void db_event(const char *level, const char *msg, const char *detail) {
+    http_log(level, msg, "detail", detail, (char *)NULL);
+}
+
 int main(int argc, char **argv) {
     cfg c;
     char err[1024];
@@ -85,14 +121,29 @@ int main(int argc, char **argv) {
     pthread_sigmask(SIG_BLOCK, &sigs, NULL);
     signal(SIGPIPE, SIG_IGN);
 
-    pf_model *m = NULL;
-    if (pf_model_load(&m, c.weights, err, sizeof err)) {
+    fit_open_files(&c);
+    pf_model *m = NULL, *mapped = NULL;
+    struct stat wst;
+    memset(&wst, 0, sizeof wst);
+    stat(c.weights, &wst);          /* the file's identity now, for /ready's weights check */
+    if (pf_model_load(&mapped, c.weights, err, sizeof err)) {
         char msg[4200];
         snprintf(msg, sizeof msg, "cannot load weights '%s': %s (make one with `bin/performer init --out %s`)", c.weights,
                  err, c.weights);
         return fatal(msg);
     }
+    /* Serve from a private copy, not the file mapping: a weights file overwritten in place (cp over
+     * it, a truncating editor) can then neither change the numbers served nor fault (SIGBUS) the
+     * daemon; the new file is loaded by a restart. */
+    int cloned = pf_model_clone_owned(&m, mapped, err, sizeof err);
+    pf_model_free(mapped);
+    if (cloned) {
+        char msg[2200];
+        snprintf(msg, sizeof msg, "cannot load weights '%s': %s", c.weights, err);
+        return fatal(msg);
+    }
     pf_set_threads((int)c.threads);
+    db_set_log(db_event);
     if (db_init(c.db, (long long)c.cache_max_mb * 1024 * 1024, err, sizeof err)) {
         pf_model_free(m);
         return fatal(err);
@@ -119,7 +170,7 @@ int main(int argc, char **argv) {
         pf_model_free(m);
         return fatal(err);
     }
-    http_env env = {&c, m, mbody, api, {0}};
+    http_env env = {&c, m, mbody, api, {0}, wst};
     env.tk.max_length = c.max_length;
     env.tk.max_batch = c.max_batch;
     env.tk.max_pll_length = c.max_pll_length;

@@ -112,7 +112,7 @@ __attribute__((format(printf, 2, 3))) static void sb_printf(sbuf *b, const char 
 }
 
 /* Renders the exposition text. */
-char *mt_render(long queue_depth, long running, long background_depth, int ready, int trained) {
+char *mt_render(const mt_gauges *g) {
     sbuf b = {0};
     pthread_mutex_lock(&mu);
     sb_printf(&b, "# HELP performerd_requests_total HTTP requests by route, method and status.\n"
@@ -145,12 +145,12 @@ char *mt_render(long queue_depth, long running, long background_depth, int ready
     sb_printf(&b, "# HELP performerd_queue_rejected_total Requests answered 429 because the queue was full.\n"
                   "# TYPE performerd_queue_rejected_total counter\nperformerd_queue_rejected_total %llu\n", rejected);
     sb_printf(&b, "# HELP performerd_queue_depth Inference requests waiting for a worker.\n"
-                  "# TYPE performerd_queue_depth gauge\nperformerd_queue_depth %ld\n", queue_depth);
+                  "# TYPE performerd_queue_depth gauge\nperformerd_queue_depth %ld\n", g->queue_depth);
     sb_printf(&b, "# HELP performerd_background_queue_depth Sequences of POST /jobs jobs waiting for a worker.\n"
                   "# TYPE performerd_background_queue_depth gauge\nperformerd_background_queue_depth %ld\n",
-              background_depth);
+              g->background_depth);
     sb_printf(&b, "# HELP performerd_jobs_running Inference requests being computed.\n"
-                  "# TYPE performerd_jobs_running gauge\nperformerd_jobs_running %ld\n", running);
+                  "# TYPE performerd_jobs_running gauge\nperformerd_jobs_running %ld\n", g->running);
     sb_printf(&b, "# HELP performerd_residues_processed_total Residues run through the model.\n"
                   "# TYPE performerd_residues_processed_total counter\nperformerd_residues_processed_total %llu\n",
               residues);
@@ -171,9 +171,18 @@ char *mt_render(long queue_depth, long running, long background_depth, int ready
               fwd_n);
     pthread_mutex_unlock(&mu);
     sb_printf(&b, "# HELP performerd_ready 1 when weights are loaded, the database is writable and not draining.\n"
-                  "# TYPE performerd_ready gauge\nperformerd_ready %d\n", ready);
+                  "# TYPE performerd_ready gauge\nperformerd_ready %d\n", g->ready);
     sb_printf(&b, "# HELP performerd_model_trained 1 when the served weights are trained (0 = random init).\n"
-                  "# TYPE performerd_model_trained gauge\nperformerd_model_trained %d\n", trained);
+                  "# TYPE performerd_model_trained gauge\nperformerd_model_trained %d\n", g->trained);
+    sb_printf(&b, "# HELP performerd_weights_changed 1 when the weights file on disk differs from the served model"
+                  " (restart to load it).\n"
+                  "# TYPE performerd_weights_changed gauge\nperformerd_weights_changed %d\n", g->weights_changed);
+    sb_printf(&b, "# HELP performerd_connections Open client connections.\n"
+                  "# TYPE performerd_connections gauge\nperformerd_connections %ld\n", g->connections);
+    sb_printf(&b, "# HELP performerd_connections_cut_total Connections closed for sending their request too slowly"
+                  " (--connection-timeout).\n"
+                  "# TYPE performerd_connections_cut_total counter\nperformerd_connections_cut_total %llu\n",
+              g->connections_cut);
     if (b.oom) {
         free(b.s);
         return NULL;

@@ -21,9 +21,20 @@ void mt_rejected(void);
 /* Counts results evicted from the cache (LRU). */
 void mt_evicted(long n);
 
-/* Returns the exposition text (text/plain; version=0.0.4) in a malloc'd string; gauges are
- * passed in: queue depth (interactive jobs waiting), jobs running, background sequences waiting
- * (POST /jobs), readiness (1/0), model trained (1/0). */
-char *mt_render(long queue_depth, long running, long background_depth, int ready, int trained);
+/* The gauges passed to mt_render. */
+typedef struct {
+    long queue_depth;           /* interactive inference requests waiting */
+    long running;               /* inference requests being computed */
+    long background_depth;      /* POST /jobs sequences waiting */
+    int ready;                  /* 1/0 */
+    int trained;                /* 1/0 */
+    int weights_changed;        /* 1 when the weights file on disk is not the served model */
+    long connections;           /* open client connections */
+    unsigned long long connections_cut;   /* connections shut down by a deadline (guard.h) */
+} mt_gauges;
+
+/* Returns the exposition text (text/plain; version=0.0.4) in a malloc'd string, with the gauges
+ * passed in. */
+char *mt_render(const mt_gauges *g);
 
 #endif

@@ -197,6 +197,30 @@ int pr_make_id(const char *model_sha256, const char *canonical, char id[65]) {
     return 0;
 }
 
+/* Returns the deepest nesting of the JSON text, stopping one level past limit, and the values. */
+int pr_json_depth(const char *body, size_t len, int limit, size_t *values) {
+    int depth = 0, max = 0, in_str = 0;
+    size_t n = 1;
+    for (size_t i = 0; i < len; i++) {
+        char c = body[i];
+        if (in_str) {
+            if (c == '\\') i++;
+            else if (c == '"') in_str = 0;
+        } else if (c == '"') {
+            in_str = 1;
+        } else if (c == ',') {
+            n++;
+        } else if (c == '[' || c == '{') {
+            n++;
+            if (++depth > max && (max = depth) > limit) break;
+        } else if ((c == ']' || c == '}') && depth > 0) {
+            depth--;
+        }
+    }
+    if (values) *values = n;
+    return max;
+}
+
 /* Parses body as one JSON object. */
 int pr_load_object(const char *body, size_t len, json_t **root, pr_error *e) {
     json_error_t je;
@@ -204,6 +228,18 @@ int pr_load_object(const char *body, size_t len, json_t **root, pr_error *e) {
     e->details = NULL;
     e->status = 0;
     if (len == 0) return set_err(e, 400, "invalid_json", "empty request body (expected a JSON object)");
+    size_t values = 0, max_values = PR_MAX_JSON_VALUES(len);
+    if (pr_json_depth(body, len, PR_MAX_JSON_DEPTH, &values) > PR_MAX_JSON_DEPTH) {
+        set_err(e, 400, "json_too_deep", "JSON nested deeper than %d arrays/objects", PR_MAX_JSON_DEPTH);
+        e->details = json_pack("{s:i}", "max_depth", PR_MAX_JSON_DEPTH);
+        return -1;
+    }
+    if (values > max_values) {
+        set_err(e, 413, "json_too_large", "the JSON body holds about %zu values; at most %zu are accepted in %zu bytes"
+                " (200000 + bytes/16)", values, max_values, len);
+        e->details = json_pack("{s:I}", "limit", (json_int_t)max_values);
+        return -1;
+    }
     json_t *o = json_loadb(body, len, JSON_REJECT_DUPLICATES | JSON_ALLOW_NUL, &je);
     if (!o) {
         set_err(e, 400, "invalid_json", "invalid JSON at line %d, column %d: %s", je.line, je.column, je.text);

@@ -11,6 +11,8 @@
 #define PR_TOPK_MAX 25          /* accepted maximum; at most 20 entries exist (the residue classes) */
 #define PR_RESPONSE_VERSION 1   /* part of the id: bump when the response format changes */
 #define PR_MAX_ENTRIES 2000000  /* top-k entries per response (positions x top_k), ~100 MB of JSON */
+#define PR_MAX_JSON_DEPTH 64    /* arrays/objects nested deeper than this are refused before parsing */
+#define PR_MAX_JSON_VALUES(len) (200000 + (len) / 16)   /* JSON values a body of len bytes may hold */
 
 typedef struct {
     long max_length;            /* residues per sequence */
@@ -44,9 +46,17 @@ typedef struct {
 int pr_parse(const char *body, size_t len, const pr_limits *lim, const char *model_sha256, pr_request **out,
              pr_error *e);
 
-/* Parses body as one JSON object: 400 invalid_json (line/column) or invalid_type. Returns 0 and *root
- * (the caller decrefs), or -1 with *e. */
+/* Parses body as one JSON object: 400 invalid_json (line/column), json_too_deep (nesting over
+ * PR_MAX_JSON_DEPTH) or invalid_type, 413 json_too_large (more than PR_MAX_JSON_VALUES values: the
+ * parsed tree would take tens of times the body's size); depth and values are found by a scan
+ * before parsing. Returns 0 and *root (the caller decrefs), or -1 with *e. */
 int pr_load_object(const char *body, size_t len, json_t **root, pr_error *e);
+
+/* Returns the deepest array/object nesting of the JSON text (strings skipped), scanning no further
+ * than one level past limit (the result is then limit + 1), and in *values (may be NULL) the number
+ * of values seen (elements and members: commas + arrays/objects + 1). Malformed text gives a best
+ * effort. */
+int pr_json_depth(const char *body, size_t len, int limit, size_t *values);
 
 /* Checks that every key of root is one of allowed (NULL-terminated): else 400 unknown_field naming
  * the field and the allowed ones. Returns 0 or -1 with *e. */

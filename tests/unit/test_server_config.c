@@ -17,11 +17,15 @@ int main(void) {
     CHECK(c.threads >= 1 && c.api_key[0] == '\0');
     CHECK(c.max_job_body == 16L * 1024 * 1024 && c.max_job_sequences == 10000 && c.max_pll_length == 1024 &&
           c.max_score_tokens == 4L * 1024 * 1024);
+    CHECK(c.max_connections == 4096 && c.max_conn_per_ip == 0 && c.conn_timeout == 30);
     char *argv2[] = {"performerd", "--max-job-body", "32m", "--max-pll-length=200", NULL};
     setenv("PERFORMERD_MAX_JOB_SEQUENCES", "7", 1);
     CHECK(cfg_load(&c, 4, argv2, err, sizeof err) == 0);
     CHECK(c.max_job_body == 32L * 1024 * 1024 && c.max_pll_length == 200 && c.max_job_sequences == 7);
     unsetenv("PERFORMERD_MAX_JOB_SEQUENCES");
+    char *argv3[] = {"performerd", "--max-connections", "20000", "--max-connections-per-ip=8", NULL};
+    CHECK(cfg_load(&c, 4, argv3, err, sizeof err) == 0);
+    CHECK(c.max_connections == 20000 && c.max_conn_per_ip == 8);
     char *bad0[] = {"performerd", "--max-score-tokens", "0", NULL};
     CHECK(cfg_load(&c, 3, bad0, err, sizeof err) == -1 && strstr(err, "--max-score-tokens"));
 

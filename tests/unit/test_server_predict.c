@@ -137,5 +137,33 @@ int main(void) {
           json_integer_value(json_object_get(eo, "position")) == 3 && json_is_string(json_object_get(eo, "error")));
     json_decref(eo);
     free(eb);
+    /* JSON nesting: refused before parsing beyond PR_MAX_JSON_DEPTH; brackets inside strings and
+     * escaped quotes do not count */
+    const char *j1 = "{\"a\": [[1], {\"b\": []}]}", *j2 = "{\"a\": \"[[[[\\\"[[\"}";
+    size_t nv = 0;
+    CHECK(pr_json_depth(j1, strlen(j1), 64, &nv) == 4 && nv == 7);   /* an upper estimate */
+    CHECK(pr_json_depth(j2, strlen(j2), 64, &nv) == 1 && nv == 2);
+    CHECK(pr_json_depth(j1, strlen(j1), 1, NULL) == 2);    /* stops one level past the limit */
+    for (int depth = PR_MAX_JSON_DEPTH; depth <= PR_MAX_JSON_DEPTH + 1; depth++) {
+        char deep[400];                                     /* {"x": [[...]]} nested depth levels */
+        size_t k = (size_t)snprintf(deep, sizeof deep, "{\"x\": ");
+        for (int d = 1; d < depth; d++) deep[k++] = '[';
+        for (int d = 1; d < depth; d++) deep[k++] = ']';
+        deep[k++] = '}';
+        deep[k] = '\0';
+        CHECK(pr_json_depth(deep, k, PR_MAX_JSON_DEPTH, NULL) == depth);
+        expect_err(deep, 400, depth > PR_MAX_JSON_DEPTH ? "json_too_deep" : "unknown_field");
+    }
+    for (int m = 200000; m <= 300000; m += 100000) {   /* many values: 300,000 are refused before parsing */
+        char *many = malloc((size_t)m * 2 + 64);
+        size_t k = (size_t)sprintf(many, "{\"sequence\": \"MKT\", \"mask_positions\": [");
+        for (int i = 0; i < m; i++) k += (size_t)sprintf(many + k, i ? ",0" : "0");
+        k += (size_t)sprintf(many + k, "]}");
+        size_t v = 0;
+        pr_json_depth(many, k, PR_MAX_JSON_DEPTH, &v);
+        CHECKF((v > PR_MAX_JSON_VALUES(k)) == (m == 300000), "%zu values in %zu bytes", v, k);
+        expect_err(many, m == 300000 ? 413 : 422, m == 300000 ? "json_too_large" : "invalid_mask_position");
+        free(many);
+    }
     return TEST_DONE();
 }
