@@ -36,6 +36,7 @@ $(BIN)/performer: $(OBJ)/model/cli.o $(MODEL_OBJ) $(CLI_SERVER_OBJ)
 
 # server/page.c embeds server/page.html (assembler .incbin): rebuild it when the page changes.
 $(OBJ)/server/page.o: server/page.html
+$(OBJ)/server/openapi.o: server/openapi.json
 
 $(BIN)/performerd: $(OBJ)/server/main.o $(SERVER_OBJ) $(MODEL_OBJ)
 	@mkdir -p $(dir $@)
