@@ -1,5 +1,6 @@
 /* dataset.c - PFDATA1 token files and FASTA files as sequence sets (see dataset.h, weights/DATA.md). */
 #include "dataset.h"
+#include "atomic.h"
 #include "tokenizer.h"
 
 #include <endian.h>
@@ -358,76 +359,28 @@ const char *ds_name(const ds_set *s, size_t i) {
     return s->names + s->name_off[i];
 }
 
-/* Writes all of buf to fd; returns 0 or -1 with errno set. */
-static int ds_write_all(int fd, const void *buf, size_t len) {
-    const unsigned char *p = buf;
-    while (len > 0) {
-        ssize_t w = write(fd, p, len > (1u << 30) ? (1u << 30) : len);
-        if (w < 0) {
-            if (errno == EINTR) continue;
-            return -1;
-        }
-        p += w;
-        len -= (size_t)w;
-    }
-    return 0;
-}
-
 /* Writes s to path as PFDATA1 via a temporary file, fsync and rename (see dataset.h). */
 int ds_write_bin(const char *path, const ds_set *s, char *err, size_t errlen) {
-    int rc = -1, fd = -1, dfd = -1;
-    char *tmp = NULL, *dir = NULL, *slash;
     unsigned char hdr[DS_HEADER_BYTES], chunk[8 * 1024];
-    size_t plen, i;
-
-    if (!path || !s) { ds_err(err, errlen, "ds_write_bin: no path or set given"); goto cleanup; }
-    plen = strlen(path);
-    tmp = malloc(plen + 16);
-    dir = malloc(plen + 2);
-    if (!tmp || !dir) { ds_err(err, errlen, "%s: out of memory", path); goto cleanup; }
-    snprintf(tmp, plen + 16, "%s.tmp.XXXXXX", path);
-    fd = mkstemp(tmp);
-    if (fd < 0) {
-        ds_err(err, errlen, "%s: cannot create temporary file: %s", path, strerror(errno));
-        free(tmp);
-        tmp = NULL;                          /* nothing to unlink */
-        goto cleanup;
-    }
-    if (fchmod(fd, 0644) != 0) goto ioerr;
+    af_file af;
+    if (!path || !s) { ds_err(err, errlen, "ds_write_bin: no path or set given"); return -1; }
+    if (af_open(&af, path, err, errlen) != 0) return -1;
     memcpy(hdr, DS_MAGIC, 8);
     ds_wr64(hdr + 8, s->n);
     ds_wr64(hdr + 16, s->ntok);
-    if (ds_write_all(fd, hdr, sizeof hdr) != 0) goto ioerr;
-    for (i = 0; i <= s->n;) {
+    int ok = af_write(&af, hdr, sizeof hdr) == 0;
+    for (size_t i = 0; ok && i <= s->n;) {
         size_t k = 0;
         for (; i <= s->n && k + 8 <= sizeof chunk; i++, k += 8) ds_wr64(chunk + k, s->off[i]);
-        if (ds_write_all(fd, chunk, k) != 0) goto ioerr;
+        ok = af_write(&af, chunk, k) == 0;
     }
-    if (s->ntok && ds_write_all(fd, s->tok, s->ntok) != 0) goto ioerr;
-    if (fsync(fd) != 0) goto ioerr;
-    if (close(fd) != 0) { fd = -1; goto ioerr; }
-    fd = -1;
-    if (rename(tmp, path) != 0) goto ioerr;
-    free(tmp);
-    tmp = NULL;                              /* renamed: nothing to unlink */
-    memcpy(dir, path, plen + 1);             /* make the rename durable: fsync the directory */
-    slash = strrchr(dir, '/');
-    if (!slash) strcpy(dir, ".");
-    else if (slash == dir) dir[1] = '\0';
-    else *slash = '\0';
-    dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (dfd >= 0) (void)fsync(dfd);
-    rc = 0;
-    goto cleanup;
-ioerr:
-    ds_err(err, errlen, "%s: write failed: %s", path, strerror(errno));
-cleanup:
-    if (fd >= 0) close(fd);
-    if (dfd >= 0) close(dfd);
-    if (tmp) unlink(tmp);
-    free(tmp);
-    free(dir);
-    return rc;
+    if (ok && s->ntok) ok = af_write(&af, s->tok, s->ntok) == 0;
+    if (!ok) {
+        ds_err(err, errlen, "%s: write failed: %s", path, strerror(errno));
+        af_abort(&af);
+        return -1;
+    }
+    return af_commit(&af, err, errlen);
 }
 
 /* Releases a set. */

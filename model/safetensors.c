@@ -2,6 +2,7 @@
  * (see safetensors.h). The reader checks every field of the header before anything uses it, so a
  * malformed or hostile file yields an error message, never a crash. */
 #include "safetensors.h"
+#include "atomic.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -390,22 +391,6 @@ const char *st_meta(const st_file *f, const char *key) {
     return NULL;
 }
 
-/* Writes len bytes to fd, retrying on short writes and EINTR; returns 0 or -1 (errno set). */
-static int st_write_all(int fd, const void *buf, size_t len) {
-    const char *p = buf;
-    while (len > 0) {
-        size_t chunk = len > (1u << 30) ? (1u << 30) : len;
-        ssize_t w = write(fd, p, chunk);
-        if (w < 0) {
-            if (errno == EINTR) continue;
-            return -1;
-        }
-        p += w;
-        len -= (size_t)w;
-    }
-    return 0;
-}
-
 /* Builds the header JSON text (compact, keys in the given order, __metadata__ first). */
 static char *st_build_header(const st_out_tensor *t, int n, const char *const *mk,
                              const char *const *mv, int n_meta, char *err, size_t errlen) {
@@ -510,8 +495,8 @@ fail:
 /* Writes F32 tensors + metadata to path atomically (temp file, fsync, rename, fsync dir). */
 int st_write(const char *path, const st_out_tensor *t, int n, const char *const *meta_keys,
              const char *const *meta_vals, int n_meta, char *err, size_t errlen) {
-    int rc = -1, fd = -1, dfd = -1;
-    char *hdr = NULL, *tmp = NULL, *dir = NULL;
+    int rc = -1;
+    char *hdr = NULL;
     if (!path || !*path || n < 0 || n_meta < 0 || (n > 0 && !t) ||
         (n_meta > 0 && (!meta_keys || !meta_vals))) {
         st_err(err, errlen, "st_write: invalid arguments");
@@ -529,65 +514,23 @@ int st_write(const char *path, const st_out_tensor *t, int n, const char *const 
     memset(hdr + hl, ' ', padded - hl);
     hdr[padded] = '\0';
 
-    size_t plen = strlen(path);
-    tmp = malloc(plen + 16);
-    dir = strdup(path);
-    if (!tmp || !dir) {
-        st_err(err, errlen, "out of memory");
-        goto cleanup;
-    }
-    snprintf(tmp, plen + 16, "%s.tmp.XXXXXX", path);
-    fd = mkstemp(tmp);
-    if (fd < 0) {
-        st_err(err, errlen, "cannot create a temporary file next to '%s': %s", path, strerror(errno));
-        free(tmp);
-        tmp = NULL;
-        goto cleanup;
-    }
-    if (fchmod(fd, 0644) != 0) {
-        st_err(err, errlen, "cannot set permissions of '%s': %s", tmp, strerror(errno));
-        goto cleanup;
-    }
+    af_file af;
+    if (af_open(&af, path, err, errlen) != 0) goto cleanup;
     unsigned char lenb[8];
     for (int i = 0; i < 8; i++) lenb[i] = (unsigned char)(((uint64_t)padded >> (8 * i)) & 0xff);
-    if (st_write_all(fd, lenb, 8) != 0 || st_write_all(fd, hdr, padded) != 0) goto io_error;
-    for (int i = 0; i < n; i++) {
+    int ok = af_write(&af, lenb, 8) == 0 && af_write(&af, hdr, padded) == 0;
+    for (int i = 0; ok && i < n; i++) {
         size_t numel = 1;
         for (int d = 0; d < t[i].ndim; d++) numel *= (size_t)t[i].shape[d];
-        if (numel && st_write_all(fd, t[i].data, numel * sizeof(float)) != 0) goto io_error;
+        if (numel) ok = af_write(&af, t[i].data, numel * sizeof(float)) == 0;
     }
-    if (fsync(fd) != 0) goto io_error;
-    if (close(fd) != 0) {
-        fd = -1;
-        goto io_error;
-    }
-    fd = -1;
-    if (rename(tmp, path) != 0) {
-        st_err(err, errlen, "cannot rename '%s' to '%s': %s", tmp, path, strerror(errno));
+    if (!ok) {
+        st_err(err, errlen, "cannot write '%s': %s", path, strerror(errno));
+        af_abort(&af);
         goto cleanup;
     }
-    free(tmp);
-    tmp = NULL;
-    char *slash = strrchr(dir, '/');
-    if (slash == dir) dir[1] = '\0';
-    else if (slash) *slash = '\0';
-    else strcpy(dir, ".");
-    dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (dfd < 0 || fsync(dfd) != 0) {
-        st_err(err, errlen, "wrote '%s' but cannot fsync its directory '%s': %s", path, dir,
-               strerror(errno));
-        goto cleanup;
-    }
-    rc = 0;
-    goto cleanup;
-io_error:
-    st_err(err, errlen, "cannot write '%s': %s", tmp, strerror(errno));
+    rc = af_commit(&af, err, errlen);
 cleanup:
-    if (fd >= 0) close(fd);
-    if (dfd >= 0) close(dfd);
-    if (tmp) unlink(tmp);
-    free(tmp);
-    free(dir);
     free(hdr);
     return rc;
 }
