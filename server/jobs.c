@@ -28,16 +28,6 @@ static json_t *model_json;
 static pthread_t *workers, watchdog;
 static int n_workers;
 
-/* Returns an absolute CLOCK_MONOTONIC time seconds from now for timed waits. */
-static struct timespec abs_in(double seconds) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    double t = (double)ts.tv_sec + ts.tv_nsec * 1e-9 + seconds;
-    ts.tv_sec = (time_t)t;
-    ts.tv_nsec = (long)((t - (double)ts.tv_sec) * 1e9);
-    return ts;
-}
-
 /* Drops one reference (lock held); frees the job at zero. */
 static void unref_locked(jb_job *j) {
     if (--j->refs > 0) return;
@@ -434,7 +424,7 @@ static void *watchdog_main(void *arg) {
     (void)arg;
     pthread_mutex_lock(&mu);
     while (!stopping) {
-        struct timespec ts = abs_in(0.05);
+        struct timespec ts = ut_deadline_in(0.05);
         pthread_cond_timedwait(&cv_watch, &mu, &ts);
         double now = ut_mono();
         for (long i = 0; i < n_live;) {
@@ -496,7 +486,7 @@ int jb_start(const pf_model *m, json_t *mj, const jb_config *c, char *err, size_
 int jb_drain(double timeout_s) {
     pthread_mutex_lock(&mu);
     draining = 1;
-    struct timespec ts = abs_in(timeout_s);
+    struct timespec ts = ut_deadline_in(timeout_s);
     while (outstanding > 0) {
         if (pthread_cond_timedwait(&cv_idle, &mu, &ts) == ETIMEDOUT) break;
     }
@@ -509,7 +499,7 @@ int jb_drain(double timeout_s) {
             finish_locked(j, 503, "shutting_down", "the server is shutting down; retry on another instance");
             if (queued) unref_locked(j);
         }
-        ts = abs_in(0.2);             /* reservations in flight become jobs and are answered at once */
+        ts = ut_deadline_in(0.2);             /* reservations in flight become jobs and are answered at once */
         while (reserved > 0 && pthread_cond_timedwait(&cv_idle, &mu, &ts) != ETIMEDOUT) {}
     }
     pthread_mutex_unlock(&mu);

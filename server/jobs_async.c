@@ -21,16 +21,6 @@ static const pf_model *model;
 static tk_limits limits;
 static char current[65];         /* the job the runner works on ("" when none), under mu */
 
-/* Returns an absolute CLOCK_MONOTONIC time seconds from now. */
-static struct timespec abs_in(double seconds) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    double t = (double)ts.tv_sec + ts.tv_nsec * 1e-9 + seconds;
-    ts.tv_sec = (time_t)t;
-    ts.tv_nsec = (long)((t - (double)ts.tv_sec) * 1e9);
-    return ts;
-}
-
 /* Wakes the runner. */
 void ja_wake(void) {
     pthread_mutex_lock(&mu);
@@ -281,7 +271,7 @@ static void run_job(const char *id) {
         int rc = run_chunk(id, kind, &after);
         if (rc < 0) {                            /* database trouble: pause, then retry */
             pthread_mutex_lock(&mu);
-            struct timespec ts = abs_in(1.0);
+            struct timespec ts = ut_deadline_in(1.0);
             if (!stopping) pthread_cond_timedwait(&cv, &mu, &ts);
             pthread_mutex_unlock(&mu);
             continue;
@@ -314,7 +304,7 @@ static void *runner_main(void *arg) {
             continue;
         }
         pthread_mutex_lock(&mu);
-        struct timespec ts = abs_in(2.0);
+        struct timespec ts = ut_deadline_in(2.0);
         while (!stopping && !woken)
             if (pthread_cond_timedwait(&cv, &mu, &ts) == ETIMEDOUT) break;
         woken = 0;
@@ -359,7 +349,7 @@ int ja_start(const pf_model *m, const tk_limits *lim, char *err, size_t errlen) 
 int ja_join(double timeout_s) {
     if (!started) return 0;
     pthread_mutex_lock(&mu);
-    struct timespec ts = abs_in(timeout_s);
+    struct timespec ts = ut_deadline_in(timeout_s);
     while (!finished)
         if (pthread_cond_timedwait(&cv, &mu, &ts) == ETIMEDOUT) break;
     int done = finished;

@@ -147,3 +147,12 @@ void ut_json_str(ut_buf *b, const char *s) {
     }
     ut_put(b, "\"", 1);
 }
+
+struct timespec ut_deadline_in(double seconds) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    double t = (double)ts.tv_sec + ts.tv_nsec * 1e-9 + seconds;
+    ts.tv_sec = (time_t)t;
+    ts.tv_nsec = (long)((t - (double)ts.tv_sec) * 1e9);
+    return ts;
+}

@@ -4,9 +4,13 @@
 #define PD_UTIL_H
 
 #include <stddef.h>
+#include <time.h>
 
 /* Returns a monotonic clock in seconds. */
 double ut_mono(void);
+
+/* Returns the absolute CLOCK_MONOTONIC time `seconds` from now, for pthread_cond_timedwait. */
+struct timespec ut_deadline_in(double seconds);
 
 /* Returns the wall clock in seconds since the Unix epoch. */
 double ut_wall(void);
