@@ -46,8 +46,10 @@ void layernorm_forward(float *out, float *mean, float *rstd, const float *inp, c
         const float *x = inp + (size_t)p * C;
         float *o = out + (size_t)p * C;
         double m = 0, v = 0;
+        #pragma omp simd reduction(+:m)
         for (int i = 0; i < C; i++) m += x[i];
         m /= C;
+        #pragma omp simd reduction(+:v)
         for (int i = 0; i < C; i++) { double t = x[i] - m; v += t * t; }
         v /= C;
         float s = (float)(1.0 / sqrt(v + eps)), mf = (float)m;
@@ -64,6 +66,7 @@ void layernorm_backward(float *dinp, float *dw, float *db, const float *dout, co
         float *dx = dinp + (size_t)p * C;
         float m = mean[p], s = rstd[p];
         double dnorm_mean = 0, dnorm_norm_mean = 0;
+        #pragma omp simd reduction(+:dnorm_mean, dnorm_norm_mean)
         for (int i = 0; i < C; i++) {
             float norm = (x[i] - m) * s, dnorm = w[i] * d[i];
             dnorm_mean += dnorm;
@@ -159,6 +162,28 @@ void gelu_backward(float *dinp, const float *inp, const float *dout, size_t n) {
         float cdf = 0.5f * (1.0f + erf_vec(x * (float)M_SQRT1_2));
         float pdf = exp_vec(-0.5f * x * x) * 0.3989422804014327f;
         dinp[i] += dout[i] * (cdf + x * pdf);
+    }
+}
+
+void gelu_bias_forward(float *x, const float *b, int N, int C) {
+    #pragma omp parallel for if ((size_t)N * C > OMP_MIN)
+    for (int p = 0; p < N; p++) {
+        float *r = x + (size_t)p * C;
+        #pragma omp simd
+        for (int i = 0; i < C; i++) {
+            float t = r[i] + b[i];
+            r[i] = 0.5f * t * (1.0f + erf_vec(t * (float)M_SQRT1_2));
+        }
+    }
+}
+
+void residual_bias_add(float *out, const float *inp, const float *b, int N, int C) {
+    #pragma omp parallel for if ((size_t)N * C > OMP_MIN)
+    for (int p = 0; p < N; p++) {
+        float *o = out + (size_t)p * C;
+        const float *r = inp + (size_t)p * C;
+        #pragma omp simd
+        for (int i = 0; i < C; i++) o[i] += r[i] + b[i];
     }
 }
 

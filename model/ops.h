@@ -45,6 +45,12 @@ void gelu_forward(float *out, const float *inp, size_t n);
 /* dinp += dout * GELU'(inp). */
 void gelu_backward(float *dinp, const float *inp, const float *dout, size_t n);
 
+/* x [N, C] = GELU(x + b) in place (the fc1 bias fused into the activation; inference only). */
+void gelu_bias_forward(float *x, const float *b, int N, int C);
+
+/* out [N, C] += inp + b (a projection's bias fused into the residual add; inference only). */
+void residual_bias_add(float *out, const float *inp, const float *b, int N, int C);
+
 /* out += inp, element-wise. */
 void residual_add(float *out, const float *inp, size_t n);
 
