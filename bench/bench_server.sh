@@ -6,8 +6,10 @@
 #   server    wrk runs: cache hits and uncached unique short sequences at each concurrency, with
 #             batching on (default --batch-tokens) and off (--batch-tokens 0): requests/s,
 #             latency percentiles, the daemon's own counters (hits, misses, forward passes, mean
-#             batch, forward seconds) and the raw model throughput at the same length and mean
-#             batch (bench_forward in its own process) for the server overhead
+#             batch, forward seconds), the daemon's CPU seconds (utime + stime from /proc/PID/stat,
+#             robust to a busy machine when divided by the requests) and the raw model throughput
+#             at the same length and mean batch (bench_forward in its own process) for the server
+#             overhead
 #
 # Environment: BIN (bin), BENCH_FORWARD ($BIN/bench/bench_forward), WEIGHTS
 # (weights/model.safetensors), THREADS (nproc), DURATION (seconds per wrk run, 10),
@@ -117,7 +119,10 @@ run_wrk() {
     local w
     w=$(cat "$T/wrk.json")
     echo "{\"bench\":\"server\",\"case\":\"$case\",\"batching\":\"$batching\",\"conns\":$c,\"wrk_threads\":$t,\"residues\":$SHORT_LEN,\"server_threads\":$THREADS,\"wrk\":$w,\"cache_hits\":$hits,\"cache_misses\":$misses,\"forward_sequences\":$fseq,\"forward_passes\":$fcnt,\"forward_seconds\":$fsum,\"queue_rejected\":$rej,\"server_cpu_s\":$scpu,\"wrk_cpu_s\":$wcpu,\"raw\":$raw,\"command\":\"$WRK -t$t -c$c -d${DURATION}s --timeout 60s --latency -s $LUA URL/predict (BENCH_MODE=$([ "$case" = hit ] && echo hit || echo unique))\"}"
-    log "$case batching=$batching c=$c: $(sed 's/.*"rps":\([0-9.]*\).*"lat_p50_ms":\([0-9.]*\).*"lat_p99_ms":\([0-9.]*\).*/\1 req\/s, p50 \2 ms, p99 \3 ms/' "$T/wrk.json")"
+    local nreq cpu_us
+    nreq=$(sed -n 's/.*"requests":\([0-9]*\).*/\1/p' "$T/wrk.json")
+    cpu_us=$(awk "BEGIN{printf \"%.1f\", (${nreq:-0} > 0 ? $scpu / ${nreq:-1} * 1e6 : 0)}")
+    log "$case batching=$batching c=$c: $(sed 's/.*"rps":\([0-9.]*\).*"lat_p50_ms":\([0-9.]*\).*"lat_p99_ms":\([0-9.]*\).*/\1 req\/s, p50 \2 ms, p99 \3 ms/' "$T/wrk.json"), daemon CPU $cpu_us us/req"
 }
 
 # a deterministic random sequence of n residues (LCG), with <mask> at the middle

@@ -16,7 +16,7 @@
 #define DB_JOB_COLS "id, task, params, model_sha256, state, total, done, failed, created_at, started_at," \
                     " finished_at, updated_at"
 
-enum { ST_GET, ST_TOUCH, ST_INS, ST_REFRESH, ST_BYTES, ST_EVICT, ST_LOG, ST_PING, ST_BEGIN, ST_COMMIT,
+enum { ST_GET, ST_TOUCH, ST_INS, ST_REFRESH, ST_BYTES, ST_OLDEST, ST_DEL, ST_TOUCH_N, ST_LOG, ST_PING, ST_BEGIN, ST_COMMIT,
        ST_ROLLBACK, ST_STATS, ST_JOB_INS, ST_ITEM_INS, ST_JOB_GET, ST_JOB_LIST, ST_JOB_NEXT, ST_JOB_STATE,
        ST_JOB_REQUEUE, ST_ITEM_PENDING, ST_ITEM_STORE, ST_JOB_COUNT, ST_ITEM_READ, ST_ITEM_DEL, ST_JOB_DEL,
        ST_JOB_FINISH, ST_N };
@@ -28,8 +28,9 @@ static const char *const stmt_sql[ST_N] = {
                " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)",
     [ST_REFRESH] = "UPDATE results SET last_used_at = ?2 WHERE id = ?1",
     [ST_BYTES] = "SELECT bytes FROM cache_stats WHERE id = 1",
-    [ST_EVICT] = "DELETE FROM results WHERE id IN (SELECT id FROM results WHERE id <> ?1"
-                 " ORDER BY last_used_at LIMIT 1)",
+    [ST_OLDEST] = "SELECT id FROM results ORDER BY last_used_at LIMIT ?1",
+    [ST_DEL] = "DELETE FROM results WHERE id = ?1",
+    [ST_TOUCH_N] = "UPDATE results SET last_used_at = max(last_used_at, ?2), hits = hits + ?3 WHERE id = ?1",
     [ST_LOG] = "INSERT INTO requests (time, request_id, result_id, method, route, status, duration_ms, cache_hit,"
                " client) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
     [ST_PING] = "INSERT OR REPLACE INTO meta (key, value) VALUES ('ready_probe', ?1)",
@@ -124,12 +125,16 @@ static const char *const migrations[DB_SCHEMA_VERSION] = {
 typedef struct db_conn {
     sqlite3 *db;
     sqlite3_stmt *st[ST_N];
-    int durable;                /* synchronous=FULL set */
+    int durable;                /* synchronous mode set: 0 as opened (NORMAL), 1 NORMAL, 2 FULL */
     struct db_conn *next;
 } db_conn;
 
 static char g_path[1024];
 static long long g_max_bytes;
+static int g_result_fsync = 1;                              /* db_set_result_fsync */
+static atomic_int g_unsynced;                               /* results committed without an fsync */
+static db_touch_fn g_take_touches;                          /* db_set_hooks */
+static db_evict_fn g_evicted_hook;
 static pthread_mutex_t g_mu = PTHREAD_MUTEX_INITIALIZER;   /* g_all while readers add to it */
 static db_conn *g_all;
 static __thread db_conn *t_conn;
@@ -483,6 +488,7 @@ static void recover(void) {
     }
     /* another file at the path, or no database: start over on whatever is (or can be created) there */
     close_all(1);
+    if (g_evicted_hook) g_evicted_hook(NULL);   /* what was stored may be gone */
     g_keeper = open_file(g_path, err, sizeof err);
     if (g_keeper && !remember_identity()) {
         int was = g_state;
@@ -536,14 +542,15 @@ static int fail(db_conn *c) {
 /* After a failed operation: when the failure is one of the file (read-only, I/O, cannot open, full,
  * corrupt), closes this thread's connection so that the next operation opens a fresh one. (A
  * connection that opened its -wal file while the file was read-only stays read-only for its whole
- * life; so would this thread.) Call with g_rw held for reading. */
-static void drop_if_broken(void) {
+ * life; so would this thread.) Returns 1 when it closed the connection (a retry then opens a fresh
+ * one), else 0. Call with g_rw held for reading. */
+static int drop_if_broken(void) {
     int code = t_code & 0xff;
     t_code = 0;
     if (!t_conn || t_gen != g_gen || !(code == SQLITE_READONLY || code == SQLITE_IOERR || code == SQLITE_CANTOPEN ||
                                        code == SQLITE_FULL || code == SQLITE_CORRUPT || code == SQLITE_NOTADB ||
                                        code == SQLITE_PERM))
-        return;
+        return 0;
     db_conn *c = t_conn;
     pthread_mutex_lock(&g_mu);
     for (db_conn **p = &g_all; *p; p = &(*p)->next)
@@ -556,6 +563,7 @@ static void drop_if_broken(void) {
     sqlite3_close_v2(c->db);
     free(c);
     t_conn = NULL;
+    return 1;
 }
 
 /* Steps a statement expecting SQLITE_DONE and resets it; returns 0 or -1. */
@@ -604,48 +612,109 @@ static int get_locked(const char *id, char **body, size_t *len) {
     return ret;
 }
 
-/* Stores a result and evicts beyond the bound, in one transaction. */
-static int put_locked(const char *id, const char *model_sha256, const char *request_json, const char *body, size_t len,
-           long *evicted) {
+/* Sets the connection's synchronous mode (FULL: fsync at every commit; NORMAL: the WAL is synced at
+ * checkpoints) when it differs. Returns 0 or -1. */
+static int set_sync(db_conn *c, int full) {
+    if (c->durable == (full ? 2 : 1)) return 0;
+    char e[128];
+    if (full ? exec_sql(c->db, "PRAGMA synchronous = FULL", e, sizeof e)
+             : exec_sql(c->db, "PRAGMA synchronous = NORMAL", e, sizeof e))
+        return fail(c);
+    c->durable = full ? 2 : 1;
+    return 0;
+}
+
+/* Applies the LRU refreshes handed out by the touch hook (inside the caller's transaction). An
+ * UPDATE that fails is skipped: an LRU time is not worth a failed write. */
+static void apply_touches(db_conn *c) {
+    if (!g_take_touches) return;
+    db_touch t[64];
+    for (int round = 0; round < 64; round++) {   /* bounded: hits keep arriving meanwhile */
+        int n = g_take_touches(t, 64);
+        for (int i = 0; i < n; i++) {
+            sqlite3_stmt *st = c->st[ST_TOUCH_N];
+            sqlite3_bind_text(st, 1, t[i].id, -1, SQLITE_STATIC);
+            sqlite3_bind_double(st, 2, t[i].last_used);
+            sqlite3_bind_int64(st, 3, t[i].hits);
+            run_done(c, st);
+        }
+        if (n < 64) break;
+    }
+}
+
+/* Stores results and evicts beyond the bound, in one transaction; the evicted ids are reported to
+ * the eviction hook after the commit. */
+static int put_locked(const char *model_sha256, const db_result *r, int n, long *evicted) {
     db_conn *c = conn();
     if (evicted) *evicted = 0;
     if (!c) return -1;
-    if (!c->durable) {
-        char e[128];
-        if (exec_sql(c->db, "PRAGMA synchronous = FULL", e, sizeof e)) return fail(c);
-        c->durable = 1;
-    }
+    if (set_sync(c, g_result_fsync)) return -1;
     if (run_done(c, c->st[ST_BEGIN])) return -1;
+    apply_touches(c);
     double now = ut_wall();
-    sqlite3_stmt *st = c->st[ST_INS];
-    sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 2, model_sha256, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 3, request_json, -1, SQLITE_STATIC);
-    sqlite3_bind_blob64(st, 4, body, len, SQLITE_STATIC);
-    sqlite3_bind_int64(st, 5, (sqlite3_int64)(len + strlen(request_json)));
-    sqlite3_bind_double(st, 6, now);
-    if (run_done(c, st)) goto rollback;
-    if (sqlite3_changes(c->db) == 0) {
-        st = c->st[ST_REFRESH];
-        sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
-        sqlite3_bind_double(st, 2, now);
+    char (*gone)[65] = NULL;        /* evicted ids, reported after the commit */
+    long n_evicted = 0, gone_cap = 0;
+    sqlite3_stmt *st;
+    for (int k = 0; k < n; k++) {
+        st = c->st[ST_INS];
+        sqlite3_bind_text(st, 1, r[k].id, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 2, model_sha256, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 3, r[k].request_json, -1, SQLITE_STATIC);
+        sqlite3_bind_blob64(st, 4, r[k].body, r[k].len, SQLITE_STATIC);
+        sqlite3_bind_int64(st, 5, (sqlite3_int64)(r[k].len + strlen(r[k].request_json)));
+        sqlite3_bind_double(st, 6, now);
         if (run_done(c, st)) goto rollback;
+        if (sqlite3_changes(c->db) == 0) {
+            st = c->st[ST_REFRESH];
+            sqlite3_bind_text(st, 1, r[k].id, -1, SQLITE_STATIC);
+            sqlite3_bind_double(st, 2, now);
+            if (run_done(c, st)) goto rollback;
+        }
     }
-    long n_evicted = 0;
     while (g_max_bytes > 0) {
         st = c->st[ST_BYTES];
         long long bytes = 0;
         if (sqlite3_step(st) == SQLITE_ROW) bytes = sqlite3_column_int64(st, 0);
         sqlite3_reset(st);
         if (bytes <= g_max_bytes) break;
-        st = c->st[ST_EVICT];
+        /* the least recently used result that is not one of this put's (among the n + 1 oldest,
+         * at least one is not, unless only this put's results are left) */
+        st = c->st[ST_OLDEST];
+        sqlite3_bind_int(st, 1, n + 1);
+        char id[65] = "";
+        int rc = SQLITE_DONE;
+        while (!id[0] && (rc = sqlite3_step(st)) == SQLITE_ROW) {
+            const char *cand = (const char *)sqlite3_column_text(st, 0);
+            int ours = !cand;
+            for (int k = 0; cand && k < n && !ours; k++) ours = !strcmp(cand, r[k].id);
+            if (!ours) snprintf(id, sizeof id, "%s", cand);
+        }
+        if (!id[0] && rc != SQLITE_DONE) fail(c);
+        sqlite3_reset(st);
+        sqlite3_clear_bindings(st);
+        if (!id[0] && rc != SQLITE_DONE) goto rollback;
+        if (!id[0]) break;              /* only the new results are left */
+        st = c->st[ST_DEL];
         sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
         if (run_done(c, st)) goto rollback;
-        int ch = sqlite3_changes(c->db);
-        if (ch == 0) break;         /* only the new result is left */
-        n_evicted += ch;
+        if (sqlite3_changes(c->db) == 0) break;
+        if (n_evicted == gone_cap) {
+            long nc = gone_cap ? gone_cap * 2 : 16;
+            char (*p)[65] = realloc(gone, (size_t)nc * sizeof *gone);
+            if (!p) {
+                snprintf(t_err, sizeof t_err, "out of memory");
+                goto rollback;
+            }
+            gone = p;
+            gone_cap = nc;
+        }
+        memcpy(gone[n_evicted++], id, 65);
     }
     if (run_done(c, c->st[ST_COMMIT])) goto rollback;
+    if (g_evicted_hook)
+        for (long i = 0; i < n_evicted; i++) g_evicted_hook(gone[i]);
+    free(gone);
+    if (!g_result_fsync) atomic_store(&g_unsynced, 1);
     if (evicted) *evicted = n_evicted;
     return 0;
 rollback:
@@ -655,6 +724,7 @@ rollback:
         run_done(c, c->st[ST_ROLLBACK]);
         snprintf(t_err, sizeof t_err, "%s", keep);
     }
+    free(gone);
     return -1;
 }
 
@@ -680,6 +750,55 @@ static int log_request_locked(double time, const char *request_id, const char *r
     sqlite3_bind_int(st, 8, cache_hit ? 1 : 0);
     bind_opt(st, 9, client);
     return run_done(c, st);
+}
+
+/* Appends request rows and applies pending LRU refreshes, in one transaction (synchronous=NORMAL:
+ * the log is not worth an fsync). */
+static int log_batch_locked(const db_log_row *rows, int n) {
+    db_conn *c = conn();
+    if (!c) return -1;
+    if (set_sync(c, 0)) return -1;
+    if (run_done(c, c->st[ST_BEGIN])) return -1;
+    apply_touches(c);
+    for (int i = 0; i < n; i++) {
+        const db_log_row *r = &rows[i];
+        sqlite3_stmt *st = c->st[ST_LOG];
+        sqlite3_bind_double(st, 1, r->time);
+        bind_opt(st, 2, r->request_id);
+        bind_opt(st, 3, r->result_id);
+        sqlite3_bind_text(st, 4, r->method[0] ? r->method : "?", -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 5, r->route ? r->route : "?", -1, SQLITE_STATIC);
+        sqlite3_bind_int(st, 6, r->status);
+        sqlite3_bind_double(st, 7, r->duration_ms);
+        sqlite3_bind_int(st, 8, r->cache_hit ? 1 : 0);
+        bind_opt(st, 9, r->client);
+        if (run_done(c, st)) {
+            char keep[256];
+            snprintf(keep, sizeof keep, "%s", t_err);
+            run_done(c, c->st[ST_ROLLBACK]);
+            snprintf(t_err, sizeof t_err, "%s", keep);
+            return -1;
+        }
+    }
+    if (run_done(c, c->st[ST_COMMIT])) {
+        char keep[256];
+        snprintf(keep, sizeof keep, "%s", t_err);
+        run_done(c, c->st[ST_ROLLBACK]);
+        snprintf(t_err, sizeof t_err, "%s", keep);
+        return -1;
+    }
+    return 0;
+}
+
+/* Checkpoints the WAL (PASSIVE: never waits for readers or writers), which syncs what was committed
+ * with synchronous=NORMAL. Returns 0 or -1. */
+static int sync_locked(void) {
+    db_conn *c = conn();
+    if (!c) return -1;
+    int log = 0, done = 0;
+    int rc = sqlite3_wal_checkpoint_v2(c->db, NULL, SQLITE_CHECKPOINT_PASSIVE, &log, &done);
+    if (rc != SQLITE_OK && rc != SQLITE_BUSY) return fail(c);
+    return 0;
 }
 
 /* Probes writability. */
@@ -760,11 +879,7 @@ static int rollback_keep(db_conn *c) {
 static int job_insert_locked(const db_job *j, long long n, const char *const *names, const char *const *requests) {
     db_conn *c = conn();
     if (!c) return -1;
-    if (!c->durable) {
-        char e[128];
-        if (exec_sql(c->db, "PRAGMA synchronous = FULL", e, sizeof e)) return fail(c);
-        c->durable = 1;
-    }
+    if (set_sync(c, 1)) return -1;
     if (run_done(c, c->st[ST_BEGIN])) return -1;
     sqlite3_stmt *st = c->st[ST_JOB_INS];
     sqlite3_bind_text(st, 1, j->id, -1, SQLITE_STATIC);
@@ -985,11 +1100,50 @@ int db_get(const char *id, char **body, size_t *len) {
 /* See cache.h (under the read lock). */
 int db_put(const char *id, const char *model_sha256, const char *request_json, const char *body, size_t len,
            long *evicted) {
+    db_result r = {id, request_json, body, len};
+    return db_put_many(model_sha256, &r, 1, evicted);
+}
+
+/* See cache.h (under the read lock). */
+int db_put_many(const char *model_sha256, const db_result *r, int n, long *evicted) {
     enter(1);
-    int rc = put_locked(id, model_sha256, request_json, body, len, evicted);
+    int rc = put_locked(model_sha256, r, n, evicted);
+    if (rc < 0 && drop_if_broken()) rc = put_locked(model_sha256, r, n, evicted);   /* a fresh connection */
     if (rc < 0) drop_if_broken();
     leave();
     return rc;
+}
+
+/* See cache.h (under the read lock). */
+int db_log_batch(const db_log_row *rows, int n) {
+    enter(1);
+    int rc = log_batch_locked(rows, n);
+    if (rc < 0 && drop_if_broken()) rc = log_batch_locked(rows, n);   /* a fresh connection */
+    if (rc < 0) drop_if_broken();
+    leave();
+    return rc;
+}
+
+/* See cache.h (under the read lock). */
+int db_sync(void) {
+    if (!atomic_exchange(&g_unsynced, 0)) return 0;
+    enter(1);
+    int rc = sync_locked();
+    if (rc < 0) {
+        atomic_store(&g_unsynced, 1);
+        drop_if_broken();
+    }
+    leave();
+    return rc;
+}
+
+/* Sets whether results are fsynced at their commit. */
+void db_set_result_fsync(int on) { g_result_fsync = on != 0; }
+
+/* Sets the touch source and the eviction hook. */
+void db_set_hooks(db_touch_fn touches, db_evict_fn evicted) {
+    g_take_touches = touches;
+    g_evicted_hook = evicted;
 }
 
 /* See cache.h (under the read lock). */
@@ -1006,6 +1160,7 @@ int db_log_request(double time, const char *request_id, const char *result_id, c
 int db_ping(void) {
     enter(1);
     int rc = ping_locked();
+    if (rc < 0 && drop_if_broken()) rc = ping_locked();   /* a fresh connection */
     if (rc < 0) drop_if_broken();
     leave();
     return rc;

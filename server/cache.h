@@ -44,6 +44,65 @@ int db_get(const char *id, char **body, size_t *len);
 int db_put(const char *id, const char *model_sha256, const char *request_json, const char *body,
            size_t len, long *evicted);
 
+/* One result of db_put_many. */
+typedef struct {
+    const char *id;
+    const char *request_json;
+    const char *body;
+    size_t len;
+} db_result;
+
+/* Stores n results (each once; an existing one is only refreshed) and evicts least recently used
+ * results beyond the bound (never the ones of this call), in one committed transaction: one commit
+ * (and with db_set_result_fsync(1), one fsync) for a whole batch. Pending LRU refreshes of the touch
+ * hook are applied first; evicted ids go to the eviction hook after the commit. Returns 0 or -1;
+ * *evicted (may be NULL) receives the number of evicted results. */
+int db_put_many(const char *model_sha256, const db_result *r, int n, long *evicted);
+
+/* Sets whether a result's commit is fsynced before db_put returns (1, the default: it survives a
+ * power loss) or only written to the WAL (0: it survives a crash or SIGKILL of the process, and
+ * db_sync makes it durable later). Call before serving. */
+void db_set_result_fsync(int on);
+
+/* Checkpoints the WAL when results were committed without an fsync since the last call (cheap
+ * otherwise). Returns 0 or -1. */
+int db_sync(void);
+
+/* A pending LRU refresh: a result served from memory hits times, last at last_used (Unix s). */
+typedef struct {
+    char id[65];
+    double last_used;
+    long hits;
+} db_touch;
+
+/* Hands out up to cap pending LRU refreshes (removing them); returns how many. */
+typedef int (*db_touch_fn)(db_touch *out, int cap);
+
+/* Told that result id left the database (evicted), or with NULL that any may have (the file was
+ * replaced). */
+typedef void (*db_evict_fn)(const char *id);
+
+/* Sets the source of LRU refreshes applied by every db_put_many and db_log_batch (before evicting),
+ * and the eviction hook. Either may be NULL. Call before serving. */
+void db_set_hooks(db_touch_fn touches, db_evict_fn evicted);
+
+/* One row of the requests table (db_log_batch). route is a static string. */
+typedef struct {
+    double time;
+    char request_id[130];
+    char result_id[65];         /* "" = none */
+    char method[12];
+    const char *route;
+    int status;
+    double duration_ms;
+    int cache_hit;
+    char client[64];
+} db_log_row;
+
+/* Appends n rows to the requests table and applies pending LRU refreshes, in one transaction.
+ * Returns 0 or -1 (nothing written). */
+int db_log_batch(const db_log_row *rows, int n);
+
 /* Appends one row to the requests table. Returns 0 or -1. */
 int db_log_request(double time, const char *request_id, const char *result_id, const char *method,
                    const char *route, int status, double duration_ms, int cache_hit, const char *client);

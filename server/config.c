@@ -49,6 +49,8 @@ static const opt_def opts[] = {
     {"max-job-sequences", I(max_job_sequences, 1, 10000000), "N", "max sequences per POST /jobs job (default 10000)"},
     {"max-pll-length", I(max_pll_length, 1, 10000000), "N", "max residues scored by pseudo-likelihood (default 1024)"},
     {"max-score-tokens", I(max_score_tokens, 1, 1L << 40), "N", "max tokens one POST /score runs through the model (default 4194304)"},
+    {"hot-cache-mb", I(hot_cache_mb, 0, 1L << 20), "MB", "in-memory map of hot results in front of the database (default 64; 0 = off)"},
+    {"result-fsync", I(result_fsync, 0, 1), "0|1", "1: fsync each stored result before its 200 (survives power loss); 0: written to the WAL before the 200 (survives a daemon crash), fsynced within 1 s (default 0)"},
 };
 #define N_OPTS (sizeof opts / sizeof opts[0])
 
@@ -76,6 +78,8 @@ void cfg_defaults(cfg *c) {
     c->max_job_sequences = 10000;
     c->max_pll_length = 1024;
     c->max_score_tokens = 4L * 1024 * 1024;
+    c->hot_cache_mb = 64;
+    c->result_fsync = 0;
 }
 
 /* Returns the environment variable name for option name (PERFORMERD_MAX_BODY for max-body). */

@@ -30,6 +30,8 @@ typedef struct {
     long max_job_sequences;     /* sequences per POST /jobs job */
     long max_pll_length;        /* residues of a sequence scored by pseudo-likelihood */
     long max_score_tokens;      /* framed tokens one POST /score request may run through the model */
+    long hot_cache_mb;          /* bound of the in-memory hot-result map (MiB); 0 = off */
+    long result_fsync;          /* 1 = fsync each stored result before its 200; 0 = WAL write, background sync */
 } cfg;
 
 /* Fills c with the built-in defaults. */

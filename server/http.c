@@ -3,11 +3,13 @@
 #include "batch.h"
 #include "cache.h"
 #include "guard.h"
+#include "hot.h"
 #include "jobs.h"
 #include "jobs_async.h"
 #include "metrics.h"
 #include "page.h"
 #include "predict.h"
+#include "reqlog.h"
 #include "task.h"
 #include "util.h"
 
@@ -126,6 +128,43 @@ static void emit(json_t *o) {
 static void sanitize(char *s) {
     for (; *s; s++)
         if ((unsigned char)*s < 0x20 || (unsigned char)*s >= 0x7f) *s = '?';
+}
+
+/* A log line being built in a fixed buffer: appends past cap are truncated (never overrun). */
+typedef struct {
+    char *s;
+    size_t len, cap;
+} lb;
+
+/* Appends n bytes (truncated at cap). */
+static void lb_put(lb *b, const char *s, size_t n) {
+    if (n > b->cap - b->len) n = b->cap - b->len;
+    memcpy(b->s + b->len, s, n);
+    b->len += n;
+}
+
+/* Appends key (literal JSON text such as ,"route":) and v as a JSON string (v is printable ASCII:
+ * sanitized; quotes and backslashes are escaped). */
+static void lb_key(lb *b, const char *key, const char *v) {
+    lb_put(b, key, strlen(key));
+    char tmp[600];
+    size_t k = 0;
+    tmp[k++] = '"';
+    for (; *v && k < sizeof tmp - 3; v++) {
+        if (*v == '"' || *v == '\\') tmp[k++] = '\\';
+        tmp[k++] = *v;
+    }
+    tmp[k++] = '"';
+    lb_put(b, tmp, k);
+}
+
+/* Appends key and a number: an integer, or (real) 6 significant digits as valid JSON. */
+static void lb_num(lb *b, const char *key, double v, int real) {
+    lb_put(b, key, strlen(key));
+    char tmp[40];
+    int n = real ? snprintf(tmp, sizeof tmp, "%.6g", isfinite(v) ? v : 0.0) : snprintf(tmp, sizeof tmp, "%.0f", v);
+    if (real && !strpbrk(tmp, ".eEn")) n += snprintf(tmp + n, sizeof tmp - (size_t)n, ".0");
+    lb_put(b, tmp, (size_t)n);
 }
 
 /* Writes one structured log line with string key/value pairs. */
@@ -266,6 +305,29 @@ static enum MHD_Result send_body(struct MHD_Connection *conn, req_st *st, int st
     add_common(conn, r, st);
     st->status = status;
     enum MHD_Result ret = MHD_queue_response(conn, (unsigned)status, r);
+    MHD_destroy_response(r);
+    return ret;
+}
+
+/* Queues a 200 answer from the hot map: the blob's bytes are handed to MHD without a copy (the
+ * reference is dropped when MHD is done with them). Takes the caller's reference to b. */
+static enum MHD_Result send_blob(struct MHD_Connection *conn, req_st *st, hc_blob *b, const char *id) {
+    size_t len;
+    const char *data = hc_blob_data(b, &len);
+    struct MHD_Response *r = MHD_create_response_from_buffer_with_free_callback_cls(len, (void *)data,
+                                                                                    hc_blob_free_cb, b);
+    if (!r) {
+        hc_blob_release(b);
+        return MHD_NO;
+    }
+    char etag[70];
+    snprintf(etag, sizeof etag, "\"%s\"", id);
+    MHD_add_response_header(r, "Content-Type", "application/json");
+    MHD_add_response_header(r, "ETag", etag);
+    MHD_add_response_header(r, "X-Cache", "HIT");
+    add_common(conn, r, st);
+    st->status = 200;
+    enum MHD_Result ret = MHD_queue_response(conn, 200, r);
     MHD_destroy_response(r);
     return ret;
 }
@@ -466,22 +528,33 @@ static enum MHD_Result get_result(struct MHD_Connection *conn, req_st *st, const
     memcpy(st->result_id, lid, 65);
     char etag[70];
     snprintf(etag, sizeof etag, "\"%s\"", lid);
+    const char *inm = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "If-None-Match");
+    int not_modified = inm && (strstr(inm, lid) || !strcmp(inm, "*"));
+    hc_blob *hb = hc_get(lid);
+    if (hb) {
+        st->cache = 1;
+        if (!not_modified) return send_blob(conn, st, hb, lid);
+        hc_blob_release(hb);
+        const char *extra[] = {"ETag", etag, "X-Cache", "HIT", NULL};
+        return send_body(conn, st, 304, NULL, NULL, 0, extra);
+    }
     char *body = NULL;
     size_t len = 0;
+    unsigned long long epoch = hc_epoch();
     int rc = db_get(lid, &body, &len);
     if (rc < 0) {
         const char *extra[] = {"Retry-After", "1", NULL};
         return send_error(conn, st, 503, "storage_unavailable", "the result database is unavailable; retry later",
                           NULL, extra);
     }
+    if (rc == 1) hc_put(lid, body, len, epoch);
     if (rc == 0) {
         json_t *d = json_pack("{s:s}", "id", lid);
         return send_error(conn, st, 404, "not_found", "no stored result with this id (never computed, or evicted)",
                           d, NULL);
     }
     st->cache = 1;
-    const char *inm = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "If-None-Match");
-    if (inm && (strstr(inm, lid) || !strcmp(inm, "*"))) {
+    if (not_modified) {
         free(body);
         const char *extra[] = {"ETag", etag, "X-Cache", "HIT", NULL};
         return send_body(conn, st, 304, NULL, NULL, 0, extra);
@@ -691,6 +764,13 @@ static enum MHD_Result handle_get(struct MHD_Connection *conn, req_st *st, const
         g.trained = env->model->cfg.trained;
         g.weights_changed = strcmp(weights_check(file_sha), "ok") != 0;
         gd_counts(&g.connections, &g.connections_cut);
+        g.log_dropped = rl_dropped();
+        hc_stats_t hs;
+        hc_stats(&hs);
+        g.hot_hits = hs.hits;
+        g.hot_evictions = hs.evictions;
+        g.hot_entries = hs.entries;
+        g.hot_bytes = hs.bytes;
         char *text = mt_render(&g);
         if (!text) return send_error(conn, st, 500, "internal", "out of memory", NULL, NULL);
         return send_body(conn, st, 200, "text/plain; version=0.0.4; charset=utf-8", text, strlen(text), NULL);
@@ -769,6 +849,7 @@ static enum MHD_Result send_job_result(struct MHD_Connection *conn, req_st *st) 
         char *body = j->body;
         size_t len = j->body_len;
         j->body = NULL;             /* ownership moves to MHD */
+        hc_alias((int)kind_of(st->route), st->body ? st->body : "", st->len, j->req->id);
         char bj[16];
         snprintf(bj, sizeof bj, "%d", j->batch_jobs);
         const char *extra[] = {"ETag", etag, "X-Cache", "MISS", "X-Batch-Requests", bj, NULL};
@@ -836,16 +917,34 @@ static enum MHD_Result submit_job(struct MHD_Connection *conn, req_st *st) {
  * queue and suspend. */
 static enum MHD_Result analyze(struct MHD_Connection *conn, req_st *st) {
     if (st->overflow) return too_large(conn, st);
+    int kind = (int)kind_of(st->route);
+    const char *raw = st->body ? st->body : "";
+    hc_blob *hb = hc_get_body(kind, raw, st->len, st->result_id);   /* this exact body was answered before */
+    if (hb) {
+        mt_cache(1);
+        st->cache = 1;
+        return send_blob(conn, st, hb, st->result_id);
+    }
     tk_request *req = NULL;
     pr_error e;
     if (tk_parse(kind_of(st->route), st->body, st->len, &tk_lim, env->model->sha256, &req, &e))
         return send_error(conn, st, e.status, e.type, e.msg, e.details, NULL);
     memcpy(st->result_id, req->id, sizeof req->id);
+    hb = hc_get(req->id);
+    if (hb) {
+        hc_alias(kind, raw, st->len, req->id);
+        tk_free(req);
+        mt_cache(1);
+        st->cache = 1;
+        return send_blob(conn, st, hb, st->result_id);
+    }
     char etag[70];
     snprintf(etag, sizeof etag, "\"%s\"", req->id);
     char *body = NULL;
     size_t len = 0;
+    unsigned long long epoch = hc_epoch();
     int rc = db_get(req->id, &body, &len);
+    if (rc == 1 && hc_put(req->id, body, len, epoch) == 1) hc_alias(kind, raw, st->len, req->id);
     if (rc < 0) {
         tk_free(req);
         const char *extra[] = {"Retry-After", "1", NULL};
@@ -1078,25 +1177,42 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     int status = st->status ? st->status : 499;   /* 499: client went away before an answer */
     const char *label = routes[st->route].label;
     mt_request(label, st->method, status, dur);
-    db_log_request(ut_wall(), st->request_id, st->result_id[0] ? st->result_id : NULL, st->method, label, status,
-                   dur * 1000.0, st->cache == 1, st->client);
-    char ts[40];
+    db_log_row row;
+    row.time = ut_wall();
+    memcpy(row.request_id, st->request_id, sizeof row.request_id);
+    memcpy(row.result_id, st->result_id, sizeof row.result_id);
+    memcpy(row.method, st->method, sizeof row.method);
+    row.route = label;
+    row.status = status;
+    row.duration_ms = dur * 1000.0;
+    row.cache_hit = st->cache == 1;
+    memcpy(row.client, st->client, sizeof row.client);
+    rl_push(&row);
+    char ts[40], line[2048];
     iso_now(ts, sizeof ts);
-    json_t *o = json_pack("{s:s, s:s, s:s, s:s, s:s, s:s, s:s, s:i, s:f, s:s}", "time", ts, "level",
-                          status >= 500 ? "error" : status >= 400 ? "warn" : "info", "msg", "request", "request_id",
-                          st->request_id, "method", st->method, "path", st->path, "route", label, "status", status,
-                          "duration_ms", dur * 1000.0, "client", st->client);
-    if (o) {
-        if (st->cache >= 0) json_object_set_new(o, "cache", json_string(st->cache ? "HIT" : "MISS"));
-        if (st->result_id[0]) json_object_set_new(o, "result_id", json_string(st->result_id));
-        if (st->job) {
-            json_object_set_new(o, "queue_ms", json_real(st->queue_s * 1000.0));
-            json_object_set_new(o, "forward_ms", json_real(st->forward_s * 1000.0));
-            json_object_set_new(o, "batch_requests", json_integer(st->batch_jobs));
-        }
-        if (toe != MHD_REQUEST_TERMINATED_COMPLETED_OK) json_object_set_new(o, "terminated", json_true());
-        emit(o);
+    lb b = {line, 0, sizeof line - 2};   /* 2 bytes kept for the closing "}\n" */
+    lb_key(&b, "{\"time\":", ts);
+    lb_key(&b, ",\"level\":", status >= 500 ? "error" : status >= 400 ? "warn" : "info");
+    lb_key(&b, ",\"msg\":", "request");
+    lb_key(&b, ",\"request_id\":", st->request_id);
+    lb_key(&b, ",\"method\":", st->method);
+    lb_key(&b, ",\"path\":", st->path);
+    lb_key(&b, ",\"route\":", label);
+    lb_num(&b, ",\"status\":", status, 0);
+    lb_num(&b, ",\"duration_ms\":", dur * 1000.0, 1);
+    lb_key(&b, ",\"client\":", st->client);
+    if (st->cache >= 0) lb_key(&b, ",\"cache\":", st->cache ? "HIT" : "MISS");
+    if (st->result_id[0]) lb_key(&b, ",\"result_id\":", st->result_id);
+    if (st->job) {
+        lb_num(&b, ",\"queue_ms\":", st->queue_s * 1000.0, 1);
+        lb_num(&b, ",\"forward_ms\":", st->forward_s * 1000.0, 1);
+        lb_num(&b, ",\"batch_requests\":", st->batch_jobs, 0);
     }
+    if (toe != MHD_REQUEST_TERMINATED_COMPLETED_OK) lb_put(&b, ",\"terminated\":true", strlen(",\"terminated\":true"));
+    memcpy(line + b.len, "}\n", 2);
+    b.len += 2;
+    ssize_t wr = write(2, line, b.len);
+    (void)wr;
     jb_release(st->job);
     free(st->body);
     free(st);
@@ -1140,7 +1256,8 @@ int http_start(const http_env *e, int listen_fd, char *err, size_t errlen) {
     tk_lim = e->tk;
     listen_fd_ = listen_fd;
     if (gd_start((double)e->c->conn_timeout, err, errlen)) return -1;
-    unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG;
+    unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_USE_TURBO | MHD_ALLOW_SUSPEND_RESUME |
+                     MHD_USE_ERROR_LOG;
     daemon_ = MHD_start_daemon(flags, 0, NULL, NULL, &on_request, NULL,
                                MHD_OPTION_EXTERNAL_LOGGER, &mhd_logger, NULL,
                                MHD_OPTION_LISTEN_SOCKET, listen_fd,

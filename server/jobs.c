@@ -2,6 +2,7 @@
  * deadline watchdog, draining (see jobs.h). */
 #include "jobs.h"
 #include "cache.h"
+#include "hot.h"
 #include "metrics.h"
 #include "util.h"
 
@@ -312,10 +313,12 @@ out:
     return rc;
 }
 
-/* Stores results and reports the jobs of one batch (bodies are consumed). */
+/* Stores results and reports the jobs of one batch (bodies are consumed): the results of the batch
+ * are committed in one transaction (one commit for the batch), then put in the hot map. */
 static void complete(jb_job **jobs, int nj, char **bodies, size_t *blens, const char *fail_msg, double fwd_s) {
-    int status[nj];
+    int status[nj], which[nj], m = 0;
     char msg[nj][200];
+    db_result res[nj];
     for (int k = 0; k < nj; k++) {
         status[k] = 200;
         msg[k][0] = '\0';
@@ -325,15 +328,23 @@ static void complete(jb_job **jobs, int nj, char **bodies, size_t *blens, const 
         } else if (!bodies[k]) {
             status[k] = 503;
             snprintf(msg[k], sizeof msg[k], "out of memory while building the response; retry later");
-        } else {
-            long ev = 0;
-            if (jobs[k]->store &&
-                db_put(jobs[k]->req->id, model->sha256, jobs[k]->req->canonical, bodies[k], blens[k], &ev)) {
-                status[k] = 503;
-                snprintf(msg[k], sizeof msg[k], "could not store the result: %s", db_last_error());
-            }
-            mt_evicted(ev);
+        } else if (jobs[k]->store) {
+            res[m] = (db_result){jobs[k]->req->id, jobs[k]->req->canonical, bodies[k], blens[k]};
+            which[m++] = k;
         }
+    }
+    if (m > 0) {
+        long ev = 0;
+        unsigned long long epoch = hc_epoch();
+        if (db_put_many(model->sha256, res, m, &ev)) {
+            for (int i = 0; i < m; i++) {
+                status[which[i]] = 503;
+                snprintf(msg[which[i]], sizeof msg[which[i]], "could not store the result: %s", db_last_error());
+            }
+        } else {
+            for (int i = 0; i < m; i++) hc_put(res[i].id, res[i].body, res[i].len, epoch);
+        }
+        mt_evicted(ev);
     }
     pthread_mutex_lock(&mu);
     for (int k = 0; k < nj; k++) {

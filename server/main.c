@@ -4,12 +4,14 @@
  * accepting, finish in-flight requests, stop the daemon, close the database, return 0. */
 #include "cache.h"
 #include "config.h"
+#include "hot.h"
 #include "http.h"
 #include "jobs.h"
 #include "jobs_async.h"
 #include "model.h"
 #include "openapi.h"
 #include "page.h"
+#include "reqlog.h"
 #include "tokenizer.h"
 #include "util.h"
 
@@ -148,10 +150,26 @@ int main(int argc, char **argv) {
         pf_model_free(m);
         return fatal(err);
     }
+    db_set_result_fsync((int)c.result_fsync);
+    if (hc_init((size_t)c.hot_cache_mb * 1024 * 1024)) {
+        db_close_all();
+        hc_free();
+        pf_model_free(m);
+        return fatal("out of memory for the hot-result map (--hot-cache-mb)");
+    }
+    db_set_hooks(hc_take_touches, hc_evicted);
+    if (rl_start(err, sizeof err)) {
+        db_close_all();
+        hc_free();
+        pf_model_free(m);
+        return fatal(err);
+    }
     int port = 0;
     int fd = http_listen(c.bind, c.port, &port, err, sizeof err);
     if (fd < 0) {
+        rl_stop();
         db_close_all();
+        hc_free();
         pf_model_free(m);
         return fatal(err);
     }
@@ -159,14 +177,18 @@ int main(int argc, char **argv) {
     char *mbody = model_body(m, &c), *api = api_openapi(&c);
     if (!mref || !mbody || !api) {
         close(fd);
+        rl_stop();
         db_close_all();
+        hc_free();
         pf_model_free(m);
         return fatal("out of memory while preparing the model description");
     }
     jb_config jc = {(int)c.workers, c.queue, c.batch_tokens, (int)(c.max_batch > 64 ? c.max_batch : 64)};
     if (jb_start(m, mref, &jc, err, sizeof err)) {
         close(fd);
+        rl_stop();
         db_close_all();
+        hc_free();
         pf_model_free(m);
         return fatal(err);
     }
@@ -185,7 +207,9 @@ int main(int argc, char **argv) {
         jb_drain(0);
         jb_stop(1);
         close(fd);
+        rl_stop();
         db_close_all();
+        hc_free();
         pf_model_free(m);
         return fatal(err);
     }
@@ -195,7 +219,9 @@ int main(int argc, char **argv) {
         ja_join(2);
         jb_stop(1);
         close(fd);
+        rl_stop();
         db_close_all();
+        hc_free();
         pf_model_free(m);
         return fatal(err);
     }
@@ -226,10 +252,12 @@ int main(int argc, char **argv) {
     /* answers of finished jobs (and requests still uploading, answered 503) get written */
     if (http_wait_idle(DRAIN_SECONDS + 1.0 - (ut_mono() - t0))) clean = 0;
     http_stop();
+    rl_stop();                    /* every answered request's log row is written */
     int runner_done = ja_join(1.0) == 0;
     int joined = jb_stop(9.5 - (ut_mono() - t0) > 0.5 ? 9.5 - (ut_mono() - t0) : 0.5) == 0 && runner_done;
     if (joined) {
         db_close_all();
+        hc_free();
         pf_model_free(m);
     }
     json_decref(mref);

@@ -183,6 +183,20 @@ char *mt_render(const mt_gauges *g) {
                   " (--connection-timeout).\n"
                   "# TYPE performerd_connections_cut_total counter\nperformerd_connections_cut_total %llu\n",
               g->connections_cut);
+    sb_printf(&b, "# HELP performerd_request_log_dropped_total Request log rows not written (queue full or database"
+                  " error).\n"
+                  "# TYPE performerd_request_log_dropped_total counter\nperformerd_request_log_dropped_total %llu\n",
+              g->log_dropped);
+    sb_printf(&b, "# HELP performerd_hot_cache_hits_total Results served from the in-memory hot map.\n"
+                  "# TYPE performerd_hot_cache_hits_total counter\nperformerd_hot_cache_hits_total %llu\n",
+              g->hot_hits);
+    sb_printf(&b, "# HELP performerd_hot_cache_evictions_total Entries dropped from the hot map for its size bound.\n"
+                  "# TYPE performerd_hot_cache_evictions_total counter\nperformerd_hot_cache_evictions_total %llu\n",
+              g->hot_evictions);
+    sb_printf(&b, "# HELP performerd_hot_cache_entries Results in the in-memory hot map.\n"
+                  "# TYPE performerd_hot_cache_entries gauge\nperformerd_hot_cache_entries %ld\n", g->hot_entries);
+    sb_printf(&b, "# HELP performerd_hot_cache_bytes Bytes held by the hot map (bound: --hot-cache-mb).\n"
+                  "# TYPE performerd_hot_cache_bytes gauge\nperformerd_hot_cache_bytes %zu\n", g->hot_bytes);
     if (b.oom) {
         free(b.s);
         return NULL;

@@ -31,6 +31,10 @@ typedef struct {
     int weights_changed;        /* 1 when the weights file on disk is not the served model */
     long connections;           /* open client connections */
     unsigned long long connections_cut;   /* connections shut down by a deadline (guard.h) */
+    unsigned long long log_dropped;       /* request log rows not written (reqlog.h) */
+    unsigned long long hot_hits, hot_evictions;   /* hot map (hot.h) */
+    long hot_entries;
+    size_t hot_bytes;
 } mt_gauges;
 
 /* Returns the exposition text (text/plain; version=0.0.4) in a malloc'd string, with the gauges
