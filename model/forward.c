@@ -20,6 +20,7 @@ struct pf_ctx {
     size_t cap_T, cap_L;    /* capacity in packed tokens and in the longest sequence */
     int exact_ready;        /* arena includes the L x L scores buffer */
     float *x, *h, *q, *k, *v, *ff;      /* [T, d] x5, [T, F] */
+    float *cv;                          /* [T, d] convolution output (conv models only) */
     float *pe;                          /* [cap_L, d] */
     float *phi_q, *phi_k, *kv, *z, *den; /* FAVOR+ state of one sequence */
     float *scores;                      /* [cap_L, cap_L] (exact kernel only) */
@@ -71,8 +72,9 @@ static int ctx_reserve(pf_ctx *c, size_t T, size_t L, int exact) {
     if (T < c->cap_T) T = c->cap_T;
     if (L < c->cap_L) L = c->cap_L;
     exact = exact || c->exact_ready;
+    size_t nconv = cfg->conv_kernel > 0 ? T * d : 0;
     size_t n = 5 * T * d + T * F + L * d + 2 * L * H * M + H * M * dh + H * M + L * H +
-               (exact ? L * L : 0);
+               (exact ? L * L : 0) + nconv;
     float *a = malloc(n * sizeof(float));
     int *pos = malloc(T * sizeof(int));
     if (!a || !pos) { free(a); free(pos); return -1; }
@@ -92,6 +94,8 @@ static int ctx_reserve(pf_ctx *c, size_t T, size_t L, int exact) {
     c->z = a; a += H * M;
     c->den = a; a += L * H;
     c->scores = exact ? a : NULL;
+    a += exact ? L * L : 0;
+    c->cv = nconv ? a : NULL;
     c->cap_T = T; c->cap_L = L; c->exact_ready = exact;
     pe_fill(c->pe, (int)L, (int)d);
     return 0;
@@ -150,15 +154,27 @@ int pf_forward_ex(pf_ctx *c, const pf_model *m, pf_kernel kernel, const int32_t 
         matmul_forward(c->q, c->h, Lp->wq, Lp->bq, N, d, d);
         matmul_forward(c->k, c->h, Lp->wk, Lp->bk, N, d, d);
         matmul_forward(c->v, c->h, Lp->wv, Lp->bv, N, d, d);
+        float *q = c->q, *k = c->k, *v = c->v;
+        if (cfg->conv_kernel > 0) {
+            /* depthwise conv of q, k, v within each sequence; each result goes to the spare
+             * buffer and the input's buffer becomes the spare */
+            float *spare = c->cv, *t;
+            dwconv_forward(spare, q, Lp->conv_q, lens, B, d, cfg->conv_kernel);
+            t = q; q = spare; spare = t;
+            dwconv_forward(spare, k, Lp->conv_k, lens, B, d, cfg->conv_kernel);
+            t = k; k = spare; spare = t;
+            dwconv_forward(spare, v, Lp->conv_v, lens, B, d, cfg->conv_kernel);
+            v = spare;
+        }
         /* attention per sequence, written into h (free once q, k, v exist) */
         size_t off = 0;
         for (int b = 0; b < B; b++) {
             size_t o = off * d;
             if (kernel == PF_KERNEL_EXACT) {
-                exact_forward(c->h + o, c->scores, c->q + o, c->k + o, c->v + o, lens[b], H, dh, 0);
+                exact_forward(c->h + o, c->scores, q + o, k + o, v + o, lens[b], H, dh, 0);
             } else {
                 favor_state st = { c->phi_q, c->phi_k, c->kv, c->z, c->den };
-                favor_forward(c->h + o, &st, c->q + o, c->k + o, c->v + o, Lp->proj, lens[b], H,
+                favor_forward(c->h + o, &st, q + o, k + o, v + o, Lp->proj, lens[b], H,
                               dh, M, kernel == PF_KERNEL_FAVOR_RELU);
             }
             off += (size_t)lens[b];

@@ -24,6 +24,7 @@ typedef struct {
     int n_features;             /* FAVOR+ random features m */
     pf_kernel kernel;           /* default attention kernel */
     float norm_eps;             /* LayerNorm epsilon */
+    int conv_kernel;            /* width K of the depthwise conv on q, k, v (odd, 1..31); 0 = none */
     int trained;                /* 1 when metadata says trained */
     char name[128];
     char provenance[2048];
@@ -37,6 +38,7 @@ typedef struct {
     float *wv, *bv;             /* [d, d], [d] */
     float *wo, *bo;             /* [d, d], [d] */
     float *proj;                /* [m, dh] */
+    float *conv_q, *conv_k, *conv_v; /* [K, d] depthwise conv taps (NULL when conv_kernel = 0) */
     float *ln2_w, *ln2_b;       /* [d] */
     float *fc1_w, *fc1_b;       /* [F, d], [F] */
     float *fc2_w, *fc2_b;       /* [d, F], [d] */
@@ -79,7 +81,11 @@ int pf_tensor_table(const pf_config *cfg, pf_params *p, pf_tensor_info *out, int
 /* Returns the total number of parameters (floats) of cfg. */
 size_t pf_param_count(const pf_config *cfg);
 
-/* Checks a config (positive sizes, d divisible by heads, kernel valid). Returns 0 or -1 + err. */
+/* Largest conv_kernel accepted. */
+#define PF_MAX_CONV_KERNEL 31
+
+/* Checks a config (positive sizes, d divisible by heads, kernel valid, conv_kernel 0 or odd
+ * 1..PF_MAX_CONV_KERNEL). Returns 0 or -1 + err. */
 int pf_config_validate(const pf_config *cfg, char *err, size_t errlen);
 
 /* Returns "favor-softmax" / "favor-relu" / "exact". */
@@ -97,6 +103,11 @@ int pf_model_init(pf_model **out, const pf_config *cfg, uint64_t seed, char *err
 
 /* Makes an owned, writable copy of m (for training from loaded weights). */
 int pf_model_clone_owned(pf_model **out, const pf_model *m, char *err, size_t errlen);
+
+/* Makes an owned copy of m (which has no convolution) with conv_kernel K (odd, 1..31) and identity
+ * taps (w[(K-1)/2, c] = 1, others 0), so the copy computes exactly the same function as m (warm
+ * start of a conv model from a conv-less one). Returns 0 or -1 + err. */
+int pf_model_add_conv(pf_model **out, const pf_model *m, int K, char *err, size_t errlen);
 
 /* Writes m as safetensors atomically (temp file, fsync, rename, fsync dir); sets m->sha256. */
 int pf_model_save(pf_model *m, const char *path, char *err, size_t errlen);

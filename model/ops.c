@@ -6,6 +6,9 @@
 #include <float.h>
 #include <math.h>
 #include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 #define OMP_MIN 16384   /* element count below which a loop stays on one thread */
 
@@ -408,6 +411,109 @@ void exact_backward(float *dq, float *dk, float *dv, const float *dout, const fl
                     0.0f, dq + o, d);
         cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, L, dh, L, scale, ds, L, q + o, d,
                     0.0f, dk + o, d);
+    }
+}
+
+/* ---- depthwise convolution over positions (Primer-style, on q, k, v) -------------------------- */
+
+/* Splits rows 0..N-1 evenly among the threads of the current parallel region: this thread's range
+ * [*p0, *p1), and the sequence *b (starting at row *s0) that contains row *p0. */
+static void dw_rows(const int *lens, int B, size_t N, size_t *p0, size_t *p1, int *b, size_t *s0) {
+    int nt = 1, id = 0;
+#ifdef _OPENMP
+    nt = omp_get_num_threads();
+    id = omp_get_thread_num();
+#endif
+    *p0 = N * (size_t)id / (size_t)nt;
+    *p1 = N * (size_t)(id + 1) / (size_t)nt;
+    *b = 0;
+    *s0 = 0;
+    while (*b < B - 1 && *s0 + (size_t)lens[*b] <= *p0) { *s0 += (size_t)lens[*b]; (*b)++; }
+}
+
+void dwconv_forward(float *out, const float *inp, const float *w, const int *lens, int B, int C,
+                    int K) {
+    size_t N = 0;
+    for (int b = 0; b < B; b++) N += (size_t)lens[b];
+    const int r = (K - 1) / 2;
+    #pragma omp parallel if (N * C > OMP_MIN)
+    {
+        size_t p0, p1, s0;
+        int b;
+        dw_rows(lens, B, N, &p0, &p1, &b, &s0);
+        for (size_t p = p0; p < p1; p++) {
+            while (p >= s0 + (size_t)lens[b]) s0 += (size_t)lens[b++];
+            const int t = (int)(p - s0), L = lens[b];
+            const int j0 = r - t > 0 ? r - t : 0, j1 = L - t + r < K ? L - t + r : K;
+            float *o = out + p * C;
+            for (int c = 0; c < C; c++) o[c] = 0.0f;
+            for (int j = j0; j < j1; j++) {
+                const float *x = inp + (p + j - r) * C, *wj = w + (size_t)j * C;
+                #pragma omp simd
+                for (int c = 0; c < C; c++) o[c] += wj[c] * x[c];
+            }
+        }
+    }
+}
+
+#define DW_BLOCK 128    /* most channels per task of the weight gradient */
+
+void dwconv_backward(float *dinp, float *dw, const float *dout, const float *inp, const float *w,
+                     const int *lens, int B, int C, int K) {
+    size_t N = 0;
+    for (int b = 0; b < B; b++) N += (size_t)lens[b];
+    const int r = (K - 1) / 2;
+    /* dinp[s] += sum_j w[j] * dout[s - j + r], over the positions of s's own sequence */
+    #pragma omp parallel if (N * C > OMP_MIN)
+    {
+        size_t p0, p1, s0;
+        int b;
+        dw_rows(lens, B, N, &p0, &p1, &b, &s0);
+        for (size_t p = p0; p < p1; p++) {
+            while (p >= s0 + (size_t)lens[b]) s0 += (size_t)lens[b++];
+            const int s = (int)(p - s0), L = lens[b];
+            const int j0 = s + r - L + 1 > 0 ? s + r - L + 1 : 0, j1 = s + r + 1 < K ? s + r + 1 : K;
+            float *dx = dinp + p * C;
+            for (int j = j0; j < j1; j++) {
+                const float *g = dout + (p - j + r) * C, *wj = w + (size_t)j * C;
+                #pragma omp simd
+                for (int c = 0; c < C; c++) dx[c] += wj[c] * g[c];
+            }
+        }
+    }
+    /* dw[j, c] += sum_t dout[t, c] inp[t + j - r, c]: parallel over blocks of channels (as wide as
+     * the threads allow, a multiple of 16, at most DW_BLOCK), each channel summed over all
+     * positions in order, so the result does not depend on the thread count or block width */
+    int nt = 1;
+#ifdef _OPENMP
+    if (N * C > OMP_MIN) nt = omp_get_max_threads();
+#endif
+    int bw = (C + nt - 1) / nt;
+    bw = (bw + 15) / 16 * 16;
+    if (bw > DW_BLOCK) bw = DW_BLOCK;
+    const int nblk = (C + bw - 1) / bw;
+    #pragma omp parallel for if (N * C > OMP_MIN)
+    for (int blk = 0; blk < nblk; blk++) {
+        const int c0 = blk * bw, nc = C - c0 < bw ? C - c0 : bw;
+        float acc[PF_DW_MAX_K][DW_BLOCK];
+        memset(acc, 0, sizeof acc);
+        size_t s0 = 0;
+        for (int b = 0; b < B; b++) {
+            const int L = lens[b];
+            for (int t = 0; t < L; t++) {
+                const float *g = dout + (s0 + t) * C + c0;
+                const int j0 = r - t > 0 ? r - t : 0, j1 = L - t + r < K ? L - t + r : K;
+                for (int j = j0; j < j1; j++) {
+                    const float *x = inp + (s0 + t + j - r) * C + c0;
+                    float *a = acc[j];
+                    #pragma omp simd
+                    for (int c = 0; c < nc; c++) a[c] += g[c] * x[c];
+                }
+            }
+            s0 += (size_t)L;
+        }
+        for (int j = 0; j < K; j++)
+            for (int c = 0; c < nc; c++) dw[(size_t)j * C + c0 + c] += acc[j][c];
     }
 }
 

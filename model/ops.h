@@ -11,6 +11,7 @@
 
 #define FAVOR_SOFTMAX_EPS 1e-4f     /* stabiliser added to exp features (FORMAT.md) */
 #define FAVOR_RELU_EPS 1e-3f        /* kernel epsilon of the generalized ReLU kernel */
+#define PF_DW_MAX_K 31              /* largest (odd) width dwconv_forward/backward accept */
 
 /* Fills pe[L, C] with the sinusoidal position encoding of FORMAT.md for positions 0..L-1. */
 void pe_fill(float *pe, int L, int C);
@@ -84,6 +85,19 @@ void exact_forward(float *out, float *att, const float *q, const float *k, const
 void exact_backward(float *dq, float *dk, float *dv, const float *dout, const float *att,
                     const float *q, const float *k, const float *v, int L, int H, int dh,
                     float *scratch);
+
+/* Depthwise (per-channel) centred convolution along the positions of each sequence of a packed
+ * batch (B sequences of lens[b] rows, back to back, N = sum lens): out[t, c] = sum_{j<K} w[j, c]
+ * * inp[t + j - (K-1)/2, c], with inp = 0 outside the row's own sequence. K odd, <= PF_DW_MAX_K;
+ * w [K, C];
+ * OVERWRITES out [N, C] (out != inp). */
+void dwconv_forward(float *out, const float *inp, const float *w, const int *lens, int B, int C,
+                    int K);
+
+/* Backward of dwconv_forward: dinp [N, C] += conv^T(dout); dw [K, C] += sum over positions of
+ * dout[t, c] * inp[t + j - (K-1)/2, c] (deterministic: no reduction order depends on threads). */
+void dwconv_backward(float *dinp, float *dw, const float *dout, const float *inp, const float *w,
+                     const int *lens, int B, int C, int K);
 
 /* In place log_softmax of each row of x[N, C]. */
 void log_softmax_rows(float *x, int N, int C);

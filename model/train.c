@@ -17,9 +17,14 @@
 
 /* ---- activations ----------------------------------------------------------------------------- */
 
+/* Most tensors of any config: 20 per layer (17, plus 3 depthwise conv taps) + 5. */
+#define TR_MAX_TENSORS (20 * 256 + 5)
+_Static_assert(PF_MAX_CONV_KERNEL <= PF_DW_MAX_K, "dwconv must accept every valid conv_kernel");
+
 typedef struct {
     float *x_in, *h1, *mean1, *rstd1, *q, *k, *v, *a, *x_mid, *h2, *mean2, *rstd2, *f1, *g;
     float *phi_q, *phi_k, *kv, *z, *den, *att;
+    float *q0, *k0, *v0;        /* projections before the depthwise conv (== q, k, v without it) */
 } tr_layer_acts;
 
 struct tr_state {
@@ -68,6 +73,11 @@ static size_t tr_layout(tr_state *s, float *base, size_t T, size_t B, size_t Lm,
         CARVE(a->f1, T * F); CARVE(a->g, T * F);
         CARVE(a->phi_q, T * H * M); CARVE(a->phi_k, T * H * M); CARVE(a->kv, B * H * M * dh);
         CARVE(a->z, B * H * M); CARVE(a->den, T * H); CARVE(a->att, att);
+        if (c->conv_kernel > 0) {
+            CARVE(a->q0, T * d); CARVE(a->k0, T * d); CARVE(a->v0, T * d);
+        } else if (base) {
+            a->q0 = a->q; a->k0 = a->k; a->v0 = a->v;
+        }
     }
     CARVE(s->x_final, T * d); CARVE(s->lnf, T * d); CARVE(s->meanf, T); CARVE(s->rstdf, T);
     CARVE(s->logits, T * TOK_NRES); CARVE(s->pe, Lm * d);
@@ -102,7 +112,7 @@ static int tr_reserve(tr_state *s, size_t T, size_t B, size_t Lm, size_t att) {
 
 /* Points s->g's tensors into grads (canonical order). */
 static void tr_bind_grads(tr_state *s, float *grads) {
-    static pf_tensor_info info[17 * 256 + 5];
+    static pf_tensor_info info[TR_MAX_TENSORS];
     s->g.layers = s->g_layers;
     int n = pf_tensor_table(&s->m->cfg, &s->g, info, (int)(sizeof info / sizeof info[0]));
     float *p = grads;
@@ -141,9 +151,14 @@ double tr_forward_backward(tr_state *s, pf_kernel kernel, const int32_t *tokens,
         const pf_layer *W = &P->layers[l];
         tr_layer_acts *A = &s->L[l];
         layernorm_forward(A->h1, A->mean1, A->rstd1, A->x_in, W->ln1_w, W->ln1_b, N, d, c->norm_eps);
-        matmul_forward(A->q, A->h1, W->wq, W->bq, N, d, d);
-        matmul_forward(A->k, A->h1, W->wk, W->bk, N, d, d);
-        matmul_forward(A->v, A->h1, W->wv, W->bv, N, d, d);
+        matmul_forward(A->q0, A->h1, W->wq, W->bq, N, d, d);
+        matmul_forward(A->k0, A->h1, W->wk, W->bk, N, d, d);
+        matmul_forward(A->v0, A->h1, W->wv, W->bv, N, d, d);
+        if (c->conv_kernel > 0) {
+            dwconv_forward(A->q, A->q0, W->conv_q, lens, B, d, c->conv_kernel);
+            dwconv_forward(A->k, A->k0, W->conv_k, lens, B, d, c->conv_kernel);
+            dwconv_forward(A->v, A->v0, W->conv_v, lens, B, d, c->conv_kernel);
+        }
         size_t off = 0, aoff = 0;
         for (int b = 0; b < B; b++) {
             size_t o = off * d;
@@ -213,9 +228,24 @@ double tr_forward_backward(tr_state *s, pf_kernel kernel, const int32_t *tokens,
             off += lens[b];
         }
         memset(s->dh, 0, T * d * sizeof(float));
-        matmul_backward(s->dh, GW->wq, GW->bq, s->dq, A->h1, W->wq, N, d, d);
-        matmul_backward(s->dh, GW->wk, GW->bk, s->dk, A->h1, W->wk, N, d, d);
-        matmul_backward(s->dh, GW->wv, GW->bv, s->dv, A->h1, W->wv, N, d, d);
+        if (c->conv_kernel > 0) {
+            /* s->dq/dk/dv are gradients w.r.t. the conv outputs; s->tmp takes the gradient
+             * w.r.t. each projection in turn */
+            const float *cw[3] = { W->conv_q, W->conv_k, W->conv_v };
+            float *gcw[3] = { GW->conv_q, GW->conv_k, GW->conv_v };
+            const float *in0[3] = { A->q0, A->k0, A->v0 }, *dcv[3] = { s->dq, s->dk, s->dv };
+            const float *wm[3] = { W->wq, W->wk, W->wv };
+            float *gw[3] = { GW->wq, GW->wk, GW->wv }, *gb[3] = { GW->bq, GW->bk, GW->bv };
+            for (int j = 0; j < 3; j++) {
+                memset(s->tmp, 0, T * d * sizeof(float));
+                dwconv_backward(s->tmp, gcw[j], dcv[j], in0[j], cw[j], lens, B, d, c->conv_kernel);
+                matmul_backward(s->dh, gw[j], gb[j], s->tmp, A->h1, wm[j], N, d, d);
+            }
+        } else {
+            matmul_backward(s->dh, GW->wq, GW->bq, s->dq, A->h1, W->wq, N, d, d);
+            matmul_backward(s->dh, GW->wk, GW->bk, s->dk, A->h1, W->wk, N, d, d);
+            matmul_backward(s->dh, GW->wv, GW->bv, s->dv, A->h1, W->wv, N, d, d);
+        }
         layernorm_backward(s->dx, GW->ln1_w, GW->ln1_b, s->dh, A->x_in, W->ln1_w, A->mean1, A->rstd1, N, d);
     }
     embed_backward(G->embed, s->dx, tokens, N, d);
@@ -256,13 +286,16 @@ typedef struct {
     rng_t rng;
 } tr_opt;
 
-/* Fills kind[] from the tensor table: proj frozen, matrices decayed, vectors not. */
+/* Fills kind[] from the tensor table: proj frozen, matrices decayed, vectors not. The depthwise
+ * conv taps are not decayed either (like LayerNorm weights: few parameters, and decay towards 0
+ * would pull the centre tap away from its identity initialisation, not towards a simpler model). */
 static void tr_kinds(pf_model *m, unsigned char *kind) {
-    static pf_tensor_info info[17 * 256 + 5];
+    static pf_tensor_info info[TR_MAX_TENSORS];
     int n = pf_tensor_table(&m->cfg, &m->p, info, (int)(sizeof info / sizeof info[0]));
     for (int i = 0; i < n; i++) {
         size_t off = (size_t)(*info[i].slot - m->owned);
-        unsigned char k = strstr(info[i].name, "attn.proj") ? 0 : info[i].ndim == 2 ? 2 : 1;
+        unsigned char k = strstr(info[i].name, "attn.proj") ? 0
+                        : strstr(info[i].name, "attn.conv_") ? 1 : info[i].ndim == 2 ? 2 : 1;
         memset(kind + off, k, info[i].numel);
     }
 }
@@ -344,8 +377,6 @@ static void tr_next_batch(tr_batch *b, const ds_set *set, size_t *cursor, const 
 
 /* ---- checkpoints ------------------------------------------------------------------------------ */
 
-#define TR_MAX_TENSORS (17 * 256 + 5)
-
 /* Writes model, Adam moments and loop state to path atomically. Returns 0 or -1 + err. */
 static int tr_save_ckpt(const char *path, pf_model *m, const tr_opt *st, const tr_options *o,
                         char *err, size_t errlen) {
@@ -378,13 +409,16 @@ static int tr_save_ckpt(const char *path, pf_model *m, const tr_opt *st, const t
     snprintf(v[10], 64, "%.3f", st->elapsed);
     for (int i = 0; i < 4; i++) snprintf(v[11 + i], 64, "%016llx", (unsigned long long)st->rng.s[i]);
     snprintf(v[15], 64, "%llu", (unsigned long long)o->seed);
+    char conv[16];
+    snprintf(conv, sizeof conv, "%d", m->cfg.conv_kernel);
     const char *keys[] = { "n_layers", "d_model", "n_heads", "d_ff", "n_features", "kernel",
                            "norm_eps", "step", "cursor", "tokens", "elapsed", "rng0", "rng1",
-                           "rng2", "rng3", "seed", "format", "name" };
+                           "rng2", "rng3", "seed", "format", "name", "conv_kernel" };
     const char *vals[] = { v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7], v[8], v[9], v[10],
                            v[11], v[12], v[13], v[14], v[15], "performer-protein-checkpoint",
-                           m->cfg.name };
-    rc = st_write(path, t, n * 3, keys, vals, 18, err, errlen);
+                           m->cfg.name, conv };
+    /* conv_kernel only for conv models (checkpoints of other models are as before) */
+    rc = st_write(path, t, n * 3, keys, vals, m->cfg.conv_kernel > 0 ? 19 : 18, err, errlen);
 cleanup:
     free(t);
     free(names);
@@ -425,6 +459,12 @@ static int tr_load_ckpt(const char *path, pf_model **mp, tr_opt *st, char *err, 
         goto fail;
     }
     c.norm_eps = strtof(eps, NULL);
+    long conv = 0;
+    if (st_meta(&f, "conv_kernel") && meta_long(&f, "conv_kernel", &conv) != 0) {
+        snprintf(err, errlen, "%s: checkpoint metadata 'conv_kernel' invalid", path);
+        goto fail;
+    }
+    c.conv_kernel = conv >= 0 && conv <= PF_MAX_CONV_KERNEL ? (int)conv : -1;  /* -1: init rejects */
     snprintf(c.name, sizeof c.name, "%s", nm ? nm : "performer-protein");
     if (pf_model_init(&m, &c, 0, err, errlen) != 0) goto fail;
     st->m = calloc(m->n_params, sizeof(float));
@@ -634,7 +674,22 @@ int tr_run(const tr_options *o, int *interrupted, char *err, size_t errlen) {
         if (o->init) {
             pf_model *src = NULL;
             if (pf_model_load(&src, o->init, err, errlen) != 0) goto cleanup;
-            int r2 = pf_model_clone_owned(&m, src, err, errlen);
+            int r2;
+            if (o->cfg.conv_kernel > 0 && src->cfg.conv_kernel == 0) {
+                /* warm start of a conv model: identity taps, so training continues from exactly
+                 * the function of the --init weights */
+                r2 = pf_model_add_conv(&m, src, o->cfg.conv_kernel, err, errlen);
+                if (r2 == 0)
+                    fprintf(stderr, "extended %s with identity depthwise convolutions (conv_kernel "
+                            "%d)\n", o->init, o->cfg.conv_kernel);
+            } else if (o->cfg.conv_kernel > 0 && src->cfg.conv_kernel != o->cfg.conv_kernel) {
+                snprintf(err, errlen, "--conv %d: %s already has conv_kernel %d (a trained "
+                         "convolution cannot change width)", o->cfg.conv_kernel, o->init,
+                         src->cfg.conv_kernel);
+                r2 = -1;
+            } else {
+                r2 = pf_model_clone_owned(&m, src, err, errlen);
+            }
             pf_model_free(src);
             if (r2 != 0) goto cleanup;
         } else if (pf_model_init(&m, &o->cfg, o->seed, err, errlen) != 0) {
@@ -673,6 +728,8 @@ int tr_run(const tr_options *o, int *interrupted, char *err, size_t errlen) {
     fprintf(stderr, "training %s: %d layers, d %d, %d heads, d_ff %d, %d features, %zu params, kernel %s, "
             "%zu sequences\n", m->cfg.name, m->cfg.n_layers, m->cfg.d_model, m->cfg.n_heads, m->cfg.d_ff,
             m->cfg.n_features, m->n_params, pf_kernel_name(kernel), ds_count(train));
+    if (m->cfg.conv_kernel > 0)
+        fprintf(stderr, "depthwise convolution on q, k, v: width %d\n", m->cfg.conv_kernel);
     double t0 = now_s(), t_proc = t0, last_ckpt = t0, rate_t = t0, val_ppl = NAN, val_acc = NAN, val_uni = NAN;
     long rate_tok = 0, steps_here = 0;
     double rate = 0, loss_ema = NAN;

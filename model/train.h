@@ -34,7 +34,8 @@ typedef struct {
     const char *ckpt;           /* checkpoint path (resume reads it) */
     const char *log;            /* CSV log path, or NULL */
     int resume;
-    pf_config cfg;              /* architecture when not --init */
+    pf_config cfg;              /* architecture when not --init; with --init only cfg.conv_kernel
+                                 * counts: > 0 extends conv-less weights with identity convs */
     pf_kernel kernel;           /* kernel to train (DEFAULT = cfg's) */
     uint64_t seed;
     long steps;                 /* total optimiser steps (schedule length) */

@@ -17,7 +17,6 @@
 #define PF_MAX_HEADS 256
 #define PF_MAX_D_FF 65536
 #define PF_MAX_FEATURES 16384
-#define PF_TENSORS_PER_LAYER 17
 
 /* Formats an error message into err (when err and errlen allow). */
 static void pf_err(char *err, size_t errlen, const char *fmt, ...) {
@@ -78,6 +77,11 @@ int pf_tensor_table(const pf_config *cfg, pf_params *p, pf_tensor_info *out, int
         ADD("attn.o.weight", 2, d, d, wo);
         ADD("attn.o.bias", 1, d, 0, bo);
         ADD("attn.proj", 2, m, dh, proj);
+        if (cfg->conv_kernel > 0) {     /* optional depthwise convolution (FORMAT.md) */
+            ADD("attn.conv_q", 2, cfg->conv_kernel, d, conv_q);
+            ADD("attn.conv_k", 2, cfg->conv_kernel, d, conv_k);
+            ADD("attn.conv_v", 2, cfg->conv_kernel, d, conv_v);
+        }
         ADD("ln2.weight", 1, d, 0, ln2_w);
         ADD("ln2.bias", 1, d, 0, ln2_b);
         ADD("ffn.fc1.weight", 2, F, d, fc1_w);
@@ -99,7 +103,8 @@ int pf_tensor_table(const pf_config *cfg, pf_params *p, pf_tensor_info *out, int
 size_t pf_param_count(const pf_config *cfg) {
     size_t d = (size_t)cfg->d_model, F = (size_t)cfg->d_ff, m = (size_t)cfg->n_features;
     size_t dh = cfg->n_heads > 0 ? d / (size_t)cfg->n_heads : 0;
-    size_t per_layer = 4 * d * d + 4 * d + m * dh + 4 * d + F * d + F + d * F + d;
+    size_t K = cfg->conv_kernel > 0 ? (size_t)cfg->conv_kernel : 0;
+    size_t per_layer = 4 * d * d + 4 * d + m * dh + 3 * K * d + 4 * d + F * d + F + d * F + d;
     return (size_t)TOK_VOCAB * d + (size_t)cfg->n_layers * per_layer + 2 * d +
            (size_t)TOK_NRES * d + TOK_NRES;
 }
@@ -130,6 +135,13 @@ int pf_config_validate(const pf_config *cfg, char *err, size_t errlen) {
         cfg->kernel != PF_KERNEL_EXACT) {
         pf_err(err, errlen, "config kernel %d is invalid; use favor-softmax, favor-relu or exact",
                (int)cfg->kernel);
+        return -1;
+    }
+    if (cfg->conv_kernel < 0 || cfg->conv_kernel > PF_MAX_CONV_KERNEL ||
+        (cfg->conv_kernel > 0 && cfg->conv_kernel % 2 == 0)) {
+        pf_err(err, errlen, "config conv_kernel = %d is invalid; it must be odd (1, 3, 5, ..., %d) "
+               "for a centred depthwise convolution, or 0 for none", cfg->conv_kernel,
+               PF_MAX_CONV_KERNEL);
         return -1;
     }
     if (!isfinite(cfg->norm_eps) || !(cfg->norm_eps > 0.0f)) {
@@ -296,6 +308,18 @@ static int pf_parse_meta(const st_file *f, pf_config *cfg, char *err, size_t err
         return -1;
     }
     cfg->norm_eps = (float)eps;
+    if ((s = st_meta(f, "conv_kernel"))) {      /* optional; absent = 0 = no convolution */
+        long v = 0;
+        size_t i = 0;
+        for (; s[i] >= '0' && s[i] <= '9' && i < 4; i++) v = v * 10 + (s[i] - '0');
+        if (i == 0 || s[i] != '\0' || v > PF_MAX_CONV_KERNEL || (v > 0 && v % 2 == 0)) {
+            pf_err(err, errlen, "metadata conv_kernel = \"%.40s\" is invalid; it must be an odd "
+                   "decimal integer 1..%d (the width of the depthwise convolution on q, k, v), or "
+                   "\"0\" / absent for none", s, PF_MAX_CONV_KERNEL);
+            return -1;
+        }
+        cfg->conv_kernel = (int)v;
+    }
     if (!(s = pf_meta_req(f, "trained", err, errlen))) return -1;
     if (strcmp(s, "true") == 0) cfg->trained = 1;
     else if (strcmp(s, "false") == 0) cfg->trained = 0;
@@ -381,6 +405,14 @@ int pf_model_load(pf_model **out, const char *path, char *err, size_t errlen) {
         char ws[64], gs[160];
         int64_t want[2] = {tab[i].shape[0], tab[i].shape[1]};
         pf_shape_str(ws, sizeof ws, tab[i].ndim, want);
+        int is_conv = strstr(tab[i].name, "attn.conv_") != NULL;
+        if (!hit && is_conv) {
+            pf_err(err, errlen, "'%s': tensor '%s' (shape %s) is missing; metadata conv_kernel=%d "
+                   "asks for depthwise convolution taps attn.conv_q/conv_k/conv_v [conv_kernel, "
+                   "d_model] in every layer (add them, or drop conv_kernel for a model without "
+                   "convolution)", path, tab[i].name, ws, cfg.conv_kernel);
+            goto cleanup;
+        }
         if (!hit) {
             pf_err(err, errlen, "'%s': tensor '%s' (shape %s) is missing; the file does not match "
                    "its metadata (n_layers=%d d_model=%d)", path, tab[i].name, ws, cfg.n_layers,
@@ -395,6 +427,12 @@ int pf_model_load(pf_model **out, const char *path, char *err, size_t errlen) {
         }
         int ok = t->ndim == tab[i].ndim;
         for (int d = 0; ok && d < t->ndim; d++) ok = t->shape[d] == want[d];
+        if (!ok && is_conv) {
+            pf_err(err, errlen, "'%s': tensor '%s' has shape %s, expected %s = [conv_kernel, "
+                   "d_model] (from the metadata: conv_kernel=%d d_model=%d)", path, t->name,
+                   pf_shape_str(gs, sizeof gs, t->ndim, t->shape), ws, cfg.conv_kernel, cfg.d_model);
+            goto cleanup;
+        }
         if (!ok) {
             pf_err(err, errlen, "'%s': tensor '%s' has shape %s, expected %s (from the metadata: "
                    "d_model=%d n_heads=%d d_ff=%d n_features=%d)", path, t->name,
@@ -418,8 +456,13 @@ int pf_model_load(pf_model **out, const char *path, char *err, size_t errlen) {
                 nb[k] = (c < 0x20 || c == 0x7f) ? '?' : (char)c;
             }
             nb[k] = '\0';
-            pf_err(err, errlen, "'%s': unexpected tensor '%s'; a v1 file holds exactly the tensors "
-                   "listed in weights/FORMAT.md (remove it)", path, nb);
+            if (cfg.conv_kernel == 0 && strstr(nb, "attn.conv_"))
+                pf_err(err, errlen, "'%s': unexpected tensor '%s': depthwise convolution taps need "
+                       "metadata conv_kernel (their first dimension, odd), which is absent or 0 "
+                       "(add conv_kernel, or remove the conv tensors)", path, nb);
+            else
+                pf_err(err, errlen, "'%s': unexpected tensor '%s'; a v1 file holds exactly the "
+                       "tensors listed in weights/FORMAT.md (remove it)", path, nb);
             goto cleanup;
         }
     }
@@ -501,7 +544,13 @@ int pf_model_init(pf_model **out, const pf_config *cfg, uint64_t seed, char *err
         const char *nm = tab[i].name;
         size_t len = strlen(nm);
 #define ENDS(s) (len >= sizeof(s) - 1 && strcmp(nm + len - (sizeof(s) - 1), s) == 0)
-        if (ENDS("attn.proj")) {
+        if (ENDS("attn.conv_q") || ENDS("attn.conv_k") || ENDS("attn.conv_v")) {
+            /* identity taps: a conv model starts as the conv-less function (no RNG draws, so the
+             * other tensors equal those of the conv-less model of the same seed) */
+            memset(p, 0, tab[i].numel * sizeof *p);
+            int K = cfg->conv_kernel, d = cfg->d_model;
+            for (int c = 0; c < d; c++) p[(size_t)((K - 1) / 2) * d + c] = 1.0f;
+        } else if (ENDS("attn.proj")) {
             int l = atoi(nm + strlen("layers."));
             pf_draw_projection(p, cfg->n_features, dh, pf_proj_seed(seed, l));
         } else if (ENDS(".bias")) {
@@ -551,12 +600,60 @@ cleanup:
     return rc;
 }
 
+/* Makes an owned copy of conv-less m with identity conv taps of width K; 0 or -1 + err. */
+int pf_model_add_conv(pf_model **out, const pf_model *m, int K, char *err, size_t errlen) {
+    pf_model *c = NULL;
+    pf_tensor_info *src = NULL, *dst = NULL;
+    int n = 0, n2 = 0, rc = -1;
+    *out = NULL;
+    if (m->cfg.conv_kernel != 0) {
+        pf_err(err, errlen, "the model already has a depthwise convolution (conv_kernel %d)",
+               m->cfg.conv_kernel);
+        return -1;
+    }
+    pf_config cfg = m->cfg;
+    cfg.conv_kernel = K;
+    if (K < 1 || pf_config_validate(&cfg, err, errlen) != 0) {
+        if (K < 1) pf_err(err, errlen, "conv_kernel %d is invalid; it must be odd, 1..%d", K,
+                          PF_MAX_CONV_KERNEL);
+        return -1;
+    }
+    c = pf_model_alloc(&cfg);
+    if (!c || !(src = pf_table_of((pf_model *)m, &n)) || !(dst = pf_table_of(c, &n2)) ||
+        pf_model_own(c, dst, n2) != 0) {
+        pf_err(err, errlen, "out of memory copying %zu parameters", m->n_params);
+        goto cleanup;
+    }
+    /* both tables list the same tensors in the same order, the new one with 3 conv tensors per
+     * layer inserted */
+    for (int i = 0, j = 0; j < n2; j++) {
+        if (i < n && strcmp(src[i].name, dst[j].name) == 0) {
+            memcpy(*dst[j].slot, *src[i].slot, dst[j].numel * sizeof(float));
+            i++;
+        } else {
+            float *p = *dst[j].slot;
+            memset(p, 0, dst[j].numel * sizeof *p);
+            for (int ch = 0; ch < cfg.d_model; ch++) p[(size_t)((K - 1) / 2) * cfg.d_model + ch] = 1.0f;
+        }
+    }
+    c->sha256[0] = '\0';        /* a new, unsaved model */
+    memcpy(c->path, m->path, sizeof c->path);
+    *out = c;
+    c = NULL;
+    rc = 0;
+cleanup:
+    pf_model_free(c);
+    free(src);
+    free(dst);
+    return rc;
+}
+
 /* Writes m as a v1 safetensors file atomically and sets m->sha256 (and m->path); 0 or -1 + err. */
 int pf_model_save(pf_model *m, const char *path, char *err, size_t errlen) {
     pf_tensor_info *tab = NULL;
     st_out_tensor *ot = NULL;
     int n = 0, rc = -1;
-    char ints[5][24], eps[32];
+    char ints[6][24], eps[32];
     if (pf_config_validate(&m->cfg, err, errlen) != 0) return -1;
     if (!(tab = pf_table_of(m, &n)) || !(ot = calloc((size_t)n, sizeof *ot))) {
         pf_err(err, errlen, "out of memory");
@@ -578,13 +675,17 @@ int pf_model_save(pf_model *m, const char *path, char *err, size_t errlen) {
     char name[sizeof m->cfg.name], prov[sizeof m->cfg.provenance];
     pf_copy_utf8(name, sizeof name, m->cfg.name);
     pf_copy_utf8(prov, sizeof prov, m->cfg.provenance);
+    snprintf(ints[5], sizeof ints[5], "%d", m->cfg.conv_kernel);
+    /* conv_kernel is written only when there is a convolution, so a conv-less model's file is
+     * exactly what it was before the key existed */
     const char *keys[] = {"format", "format_version", "name", "vocab", "n_layers", "d_model",
                           "n_heads", "d_ff", "kernel", "n_features", "position", "norm_eps",
-                          "trained", "provenance"};
+                          "trained", "provenance", "conv_kernel"};
     const char *vals[] = {"performer-protein", "1", name, tok_vocab_json(), ints[0], ints[1],
                           ints[2], ints[3], pf_kernel_name(m->cfg.kernel), ints[4], "sinusoidal",
-                          eps, m->cfg.trained ? "true" : "false", prov};
-    if (st_write(path, ot, n, keys, vals, (int)(sizeof keys / sizeof keys[0]), err, errlen) != 0)
+                          eps, m->cfg.trained ? "true" : "false", prov, ints[5]};
+    int n_meta = (int)(sizeof keys / sizeof keys[0]) - (m->cfg.conv_kernel > 0 ? 0 : 1);
+    if (st_write(path, ot, n, keys, vals, n_meta, err, errlen) != 0)
         goto cleanup;
     if (st_sha256_file(path, m->sha256, err, errlen) != 0) goto cleanup;
     pf_copy_utf8(m->path, sizeof m->path, path);

@@ -7,6 +7,8 @@ usage: /usr/bin/python3 tests/reference/check_reference.py [FIXTURE_DIR]   (defa
   (iii) torch.autograd.gradcheck (float64) of the three attention kernels
   (iv)  safetensors save/load round trip (+ the reader rejects broken files)
   (v)   batch independence (a sequence alone == in a batch, list or padded)
+  (vi)  depthwise conv (conv_kernel): == torch conv1d(groups=C) per sequence, gradcheck,
+        identity taps == the conv-less model exactly, conv model round trip + batch independence
   plus  tokenizer, projection structure, and the committed fixtures match a fresh evaluation
 """
 import math
@@ -180,6 +182,66 @@ def check_batch_independence(model):
           "max diff %.1e" % worst)
 
 
+# (vi) depthwise convolution -------------------------------------------------------------------
+def check_conv(fixdir):
+    gen = torch.Generator().manual_seed(21)
+    lens, C = [1, 2, 5, 9], 6
+    x = torch.randn(sum(lens), C, generator=gen, dtype=F64)
+    worst = 0.0
+    for K in (1, 3, 5, 7):
+        w = torch.randn(K, C, generator=gen, dtype=F64)
+        got = ref.dwconv(x, w, lens)
+        # independent: torch's grouped conv1d (cross-correlation, zero padding (K-1)/2) per sequence
+        want = torch.cat([torch.nn.functional.conv1d(seq.t()[None], w.t()[:, None, :],
+                                                     padding=(K - 1) // 2, groups=C)[0].t()
+                          for seq in torch.split(x, lens)])
+        worst = max(worst, float((got - want).abs().max()))
+    check("(vi) dwconv == conv1d(groups=C) per sequence (K 1, 3, 5, 7)", worst < 1e-12,
+          "max diff %.1e" % worst)
+    xs = x.clone().requires_grad_(True)
+    ws = torch.randn(3, C, generator=gen, dtype=F64).requires_grad_(True)
+    try:
+        ok, msg = torch.autograd.gradcheck(lambda a, b: ref.dwconv(a, b, lens), (xs, ws)), ""
+    except Exception as e:
+        ok, msg = False, str(e).splitlines()[0]
+    check("(vi) gradcheck dwconv (x and w)", ok, msg)
+    # identity taps: exactly the conv-less function (every kernel)
+    base = ref.Performer(kernel="exact").to(F64).init_weights(2, std=0.2)
+    conv = ref.Performer(kernel="exact", conv_kernel=5).to(F64).init_weights(2, std=0.2)
+    same = all(torch.equal(t, conv.state_dict()[n]) for n, t in base.state_dict().items())
+    seq = torch.tensor(ref.encode("MKTAYIAKQRQISFVKSHFSRQ"))
+    d = 0.0
+    with torch.no_grad():
+        for K in ref.KERNELS:
+            d = max(d, float((base.forward_one(seq, K)[0] - conv.forward_one(seq, K)[0]).abs().max()))
+    check("(vi) identity conv taps == conv-less model", same and d == 0.0, "max diff %.1e" % d)
+    # round trip of a conv model file (conv_kernel metadata, conv tensors in table order)
+    loud = ref.Performer(n_layers=1, conv_kernel=3).to(F64).init_weights(4, std=0.2, conv_std=0.3)
+    with tempfile.TemporaryDirectory() as dd:
+        p = os.path.join(dd, "c.safetensors")
+        ref.save_model(loud, p, name="conv")
+        t, meta = ref.load_safetensors(p)
+        m2 = ref.load_model(p, F64)
+        ok = (meta.get("conv_kernel") == "3" and list(t.keys()) == ref.format_tensor_names(1, 3)
+              and m2.conv_kernel == 3)
+    check("(vi) conv model save/load round trip", ok)
+    p = os.path.join(fixdir, "model_conv3.safetensors")
+    if os.path.exists(p):
+        cm = ref.load_model(p, F64)
+        t, _ = ref.load_safetensors(os.path.join(fixdir, "forward_conv3.safetensors"))
+        seqs = list(torch.split(t["tokens"].long(), t["lens"].tolist()))
+        worst = 0.0
+        with torch.no_grad():
+            for K in ref.KERNELS:
+                lp, _ = cm(seqs, kernel=K)
+                worst = max(worst, float((torch.cat(lp).float() - t["logp." + K]).abs().max()))
+        check("fixtures: forward_conv3.safetensors == fresh reference forward", worst < 1e-6,
+              "max diff %.1e" % worst)
+        return cm
+    check("fixtures: model_conv3.safetensors present in %s" % fixdir, False, "run make fixtures")
+    return loud
+
+
 # extras ---------------------------------------------------------------------------------------
 def check_tokenizer():
     ok = ref.encode("ac <MASK>\n x<mask>y") == [2, 5, 6, 1, 25, 1, 24, 3]
@@ -240,6 +302,7 @@ def main():
     if model is None:
         model = ref.Performer().to(F64).init_weights(1, std=0.2)
     check_batch_independence(model)
+    check_batch_independence(check_conv(fixdir))
     print("%d check(s) failed" % len(failures) if failures else "all reference checks passed")
     sys.exit(1 if failures else 0)
 

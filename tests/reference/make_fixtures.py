@@ -10,6 +10,11 @@ stored as float32. Files (see tests/fixtures/README.md):
   grad_model.safetensors  masked-LM loss and gradients of every trained parameter, each kernel
   grad_ops.safetensors    per-operation forward/backward fixtures (layernorm, gelu, linear,
                           attention kernels, cross-entropy, embedding + PE)
+  model_conv3.safetensors, forward_conv3.safetensors, grad_model_conv3.safetensors
+                          the same for the model with a width-3 depthwise conv on q, k, v
+                          (conv_kernel 3; the other tensors equal model.safetensors')
+  grad_ops_conv.safetensors  the dwconv op (K 1, 3, 5) over a packed batch of short sequences
+The files without "conv" in their name are exactly what they were before conv_kernel existed.
 """
 import hashlib
 import os
@@ -26,6 +31,11 @@ F64 = torch.float64
 MODEL_CFG = dict(n_layers=2, d_model=32, n_heads=4, d_ff=64, n_features=16,
                  kernel="favor-softmax", norm_eps=1e-5)
 MODEL_SEED = 20240611
+CONV_KERNEL = 3           # the conv fixture model
+CONV_STD = 0.4            # its taps: identity + N(0, 0.4): loud so that bugs show, and no favor-relu
+                          # pre-activation of the batch within 1e-5 of the ReLU kink (0.3 had one at
+                          # 1e-7, where float32 rounding flips a feature on or off)
+CONV_OPS_SEED = 13
 BATCH_SEED = 7
 OPS_SEED = 11
 KERNELS = ref.KERNELS
@@ -52,14 +62,24 @@ def sha256(path):
 
 
 # ----------------------------------------------------------------------------------------------
-def make_model(path):
-    model = ref.Performer(**MODEL_CFG).to(F64)
-    model.init_weights(MODEL_SEED, std=0.2, out_std=0.2, embed_std=0.5, ln_w_std=0.1,
-                       bias_std=0.1)
-    prov = ("tests/reference/make_fixtures.py: Performer.init_weights(seed=%d, std=0.2, "
-            "out_std=0.2, embed_std=0.5, ln_w_std=0.1, bias_std=0.1); proj per FORMAT.md drawn "
-            "with torch.Generator; untrained test fixture" % MODEL_SEED)
-    ref.save_model(model, path, name="fixture-tiny", trained=False, provenance=prov)
+def make_model(path, conv_kernel=0):
+    model = ref.Performer(**MODEL_CFG, conv_kernel=conv_kernel).to(F64)
+    if conv_kernel == 0:
+        model.init_weights(MODEL_SEED, std=0.2, out_std=0.2, embed_std=0.5, ln_w_std=0.1,
+                           bias_std=0.1)
+        prov = ("tests/reference/make_fixtures.py: Performer.init_weights(seed=%d, std=0.2, "
+                "out_std=0.2, embed_std=0.5, ln_w_std=0.1, bias_std=0.1); proj per FORMAT.md "
+                "drawn with torch.Generator; untrained test fixture" % MODEL_SEED)
+        name = "fixture-tiny"
+    else:
+        model.init_weights(MODEL_SEED, std=0.2, out_std=0.2, embed_std=0.5, ln_w_std=0.1,
+                           bias_std=0.1, conv_std=CONV_STD)
+        prov = ("tests/reference/make_fixtures.py: Performer(conv_kernel=%d).init_weights(seed=%d, "
+                "std=0.2, out_std=0.2, embed_std=0.5, ln_w_std=0.1, bias_std=0.1, conv_std=%g): "
+                "the tensors of model.safetensors plus conv taps identity + N(0, %g); untrained "
+                "test fixture" % (conv_kernel, MODEL_SEED, CONV_STD, CONV_STD))
+        name = "fixture-tiny-conv%d" % conv_kernel
+    ref.save_model(model, path, name=name, trained=False, provenance=prov)
     return ref.load_model(path, F64)   # exactly the stored float32 values, as float64
 
 
@@ -91,27 +111,28 @@ def make_batch():
     return seqs, targets
 
 
-def make_forward(path, model, seqs, model_sha):
+def make_forward(path, model, seqs, model_sha, model_file="model.safetensors"):
     out = {"tokens": i32(torch.cat(seqs)), "lens": i32([s.shape[0] for s in seqs])}
     with torch.no_grad():
         for K in KERNELS:
             logps, hiddens = model(seqs, kernel=K)
             out["logp." + K] = f32(torch.cat(logps))
             out["hidden." + K] = f32(torch.cat(hiddens))
-    meta = {"description": "forward-pass fixture for model.safetensors: tokens = framed ids of B "
+    meta = {"description": "forward-pass fixture for " + model_file + ": tokens = framed ids of B "
             "sequences concatenated, lens = their lengths; logp.K [sum lens, 20] = log-softmax "
             "over the 20 standard residues, hidden.K [sum lens, d] = final LayerNorm output, for "
             "kernels K = favor-softmax, favor-relu, exact. float64 reference stored as float32.",
-            "model": "model.safetensors", "model_sha256": model_sha,
+            "model": model_file, "model_sha256": model_sha,
             "tolerance": "max abs diff <= 1e-4 on logp and hidden"}
     ref.save_safetensors(path, out, meta)
     return out
 
 
-def make_grad_model(path, model, seqs, targets, model_sha):
+def make_grad_model(path, model, seqs, targets, model_sha, model_file="model.safetensors"):
     out = {"tokens": i32(torch.cat(seqs)), "lens": i32([s.shape[0] for s in seqs]),
            "targets": i32(torch.cat(targets))}
-    names = [n for n in ref.format_tensor_names(model.n_layers) if not n.endswith("attn.proj")]
+    names = [n for n in ref.format_tensor_names(model.n_layers, model.conv_kernel)
+             if not n.endswith("attn.proj")]
     params = dict(model.named_parameters())
     assert set(params) == set(names), set(params) ^ set(names)
     losses = {}
@@ -124,12 +145,12 @@ def make_grad_model(path, model, seqs, targets, model_sha):
         out["loss." + K] = f32(loss.reshape(1))
         for n in names:
             out["grad.%s.%s" % (K, n)] = f32(params[n].grad)
-    meta = {"description": "masked-LM gradient fixture for model.safetensors: loss.K = mean over "
+    meta = {"description": "masked-LM gradient fixture for " + model_file + ": loss.K = mean over "
             "scored positions (targets >= 0; class index = token id - 5, -1 = unscored) of "
             "-logp[p, target[p]] over all sequences of the batch; grad.K.<tensor> = d loss / d "
             "tensor for every tensor except attn.proj (a constant). favor-softmax stabiliser "
             "maxima are constants (no gradient). float64 reference stored as float32.",
-            "model": "model.safetensors", "model_sha256": model_sha,
+            "model": model_file, "model_sha256": model_sha,
             "tolerance": "loss: abs diff <= 1e-5; grads: max abs diff <= 1e-4 + 1e-3 * max|grad|"}
     ref.save_safetensors(path, out, meta)
     return losses
@@ -210,9 +231,37 @@ def make_grad_ops(path):
     return out
 
 
+def make_grad_ops_conv(path):
+    """The dwconv op over a packed batch whose sequences are shorter and longer than K."""
+    gen = torch.Generator().manual_seed(CONV_OPS_SEED)
+
+    def randn(*shape, std=1.0):
+        return r32(torch.randn(*shape, generator=gen, dtype=F64) * std)
+
+    lens = [1, 2, 6, 11]
+    N, C = sum(lens), 20      # C not a multiple of 16: exercises the C code's channel blocks' tail
+    out = {"lens": i32(lens)}
+    for K in (1, 3, 5):
+        pre = "dwconv%d" % K
+        x, w, dout = randn(N, C), randn(K, C, std=0.5), randn(N, C)
+        xs, ws = x.clone().requires_grad_(True), w.clone().requires_grad_(True)
+        y = ref.dwconv(xs, ws, lens)
+        dx, dw = torch.autograd.grad(y, [xs, ws], dout)
+        out[pre + ".x"], out[pre + ".w"], out[pre + ".dout"] = f32(x), f32(w), f32(dout)
+        out[pre + ".out"], out[pre + ".dx"], out[pre + ".dw"] = f32(y), f32(dx), f32(dw)
+    meta = {"description": "depthwise convolution op fixtures: x [N, C] = sequences of lens "
+            "packed back to back (N = 20, C = 20), w [K, C] for K = 1, 3, 5 (prefix dwconvK); "
+            "out[t, c] = sum_j w[j, c] x[t + j - (K-1)/2, c] with x = 0 outside t's own "
+            "sequence; dx, dw = vector-Jacobian products with the random dout. float64 "
+            "reference stored as float32.",
+            "tolerance": "max abs diff <= 1e-5 + 1e-4 * max|expected|"}
+    ref.save_safetensors(path, out, meta)
+    return out
+
+
 def float32_error_estimate(model, seqs):
     """How far a float32 evaluation of the same model lands from the float64 reference."""
-    m32 = ref.Performer(**MODEL_CFG).float()
+    m32 = ref.Performer(**model.config()).float()
     m32.load_state_dict({k: v.float() for k, v in model.state_dict().items()})
     res = {}
     with torch.no_grad():
@@ -239,6 +288,18 @@ def main():
                              targets, msha)
     make_grad_ops(os.path.join(outdir, "grad_ops.safetensors"))
 
+    # the conv model: model.safetensors' tensors + width-3 depthwise conv taps, same batch
+    p_conv = os.path.join(outdir, "model_conv%d.safetensors" % CONV_KERNEL)
+    cmodel = make_model(p_conv, CONV_KERNEL)
+    csha = sha256(p_conv)
+    for n, t in model.state_dict().items():
+        assert torch.equal(t, cmodel.state_dict()[n]), n
+    cfwd = make_forward(os.path.join(outdir, "forward_conv%d.safetensors" % CONV_KERNEL), cmodel,
+                        seqs, csha, os.path.basename(p_conv))
+    closses = make_grad_model(os.path.join(outdir, "grad_model_conv%d.safetensors" % CONV_KERNEL),
+                              cmodel, seqs, targets, csha, os.path.basename(p_conv))
+    make_grad_ops_conv(os.path.join(outdir, "grad_ops_conv.safetensors"))
+
     print("lens:", [s.shape[0] for s in seqs], "scored:", int((torch.cat(targets) >= 0).sum()))
     for K in KERNELS:
         lp = fwd["logp." + K]
@@ -246,6 +307,13 @@ def main():
             K, float(lp.min()), float(lp.max()), float(lp.exp().max(1).values.mean()), losses[K]))
     print("float32-vs-float64 max |dlogp|:", {k: "%.1e" % v for k, v in
                                               float32_error_estimate(model, seqs).items()})
+    for K in KERNELS:
+        lp = cfwd["logp." + K]
+        print("conv%d %-14s logp range [%.3f, %.3f]  mean max-prob %.3f  loss %.6f" % (
+            CONV_KERNEL, K, float(lp.min()), float(lp.max()), float(lp.exp().max(1).values.mean()),
+            closses[K]))
+    print("conv%d float32-vs-float64 max |dlogp|:" % CONV_KERNEL,
+          {k: "%.1e" % v for k, v in float32_error_estimate(cmodel, seqs).items()})
     for f in sorted(os.listdir(outdir)):
         if f.endswith(".safetensors"):
             p = os.path.join(outdir, f)

@@ -10,6 +10,7 @@ Contents
   draw_projection(m, dh, gen)         FAVOR+ orthogonal random features
   positional_encoding, layer_norm, gelu, linear
   favor_softmax_attention, favor_relu_attention, exact_attention, attention(kernel=...)
+  dwconv(x, w, lens)                  depthwise centred convolution over positions (conv_kernel)
   Performer (nn.Module)               parameter/buffer names == FORMAT.md tensor names
   state_dict_to_format / from_format  conversion to/from the file's tensors + metadata
   masked_lm_loss                      mean over scored positions of -logp[target]
@@ -269,6 +270,26 @@ def attention(q, k, v, proj, kernel):
     raise ValueError("unknown kernel %r" % kernel)
 
 
+def dwconv(x, w, lens=None):
+    """Depthwise centred convolution over positions, per channel (Primer-style, on q, k, v):
+    out[t, c] = sum_{j<K} w[j, c] * x[t + j - (K-1)/2, c], with x = 0 outside the sequence.
+    x [N, C] holds the sequences of lens (default: one sequence of N rows) back to back; each
+    sequence is convolved on its own (zero padding at its ends, never its neighbours' rows)."""
+    K = w.shape[0]
+    r = (K - 1) // 2
+    assert K % 2 == 1
+    if lens is None:
+        lens = [x.shape[0]]
+    outs, off = [], 0
+    for L in lens:
+        L = int(L)
+        seq = x[off:off + L]
+        pad = torch.cat([seq.new_zeros(r, seq.shape[1]), seq, seq.new_zeros(r, seq.shape[1])])
+        outs.append(sum(w[j] * pad[j:j + L] for j in range(K)))
+        off += L
+    return torch.cat(outs, dim=0)
+
+
 def draw_projection(m, dh, gen, dtype=torch.float64):
     """FORMAT.md projection: ceil(m/dh) blocks, each Q^T of the QR of a dh x dh standard normal
     matrix (the last block keeps its first m mod dh rows); row r is then scaled by the norm of an
@@ -314,13 +335,17 @@ class _Linear(nn.Module):
 
 
 class _Attn(nn.Module):
-    def __init__(self, d, m, dh):
+    def __init__(self, d, m, dh, conv_kernel=0):
         super().__init__()
         self.q = _Linear(d, d)
         self.k = _Linear(d, d)
         self.v = _Linear(d, d)
         self.o = _Linear(d, d)
         self.register_buffer("proj", torch.zeros(m, dh))  # fixed random features, not trained
+        if conv_kernel > 0:  # depthwise conv taps [K, d] on q, k, v (trained)
+            self.conv_q = _p(conv_kernel, d)
+            self.conv_k = _p(conv_kernel, d)
+            self.conv_v = _p(conv_kernel, d)
 
 
 class _FFN(nn.Module):
@@ -331,49 +356,56 @@ class _FFN(nn.Module):
 
 
 class _Block(nn.Module):
-    def __init__(self, d, f, m, dh):
+    def __init__(self, d, f, m, dh, conv_kernel=0):
         super().__init__()
         self.ln1 = _LN(d)
-        self.attn = _Attn(d, m, dh)
+        self.attn = _Attn(d, m, dh, conv_kernel)
         self.ln2 = _LN(d)
         self.ffn = _FFN(d, f)
 
 
 DEFAULT_CONFIG = dict(n_layers=2, d_model=32, n_heads=4, d_ff=64, n_features=16,
-                      kernel="favor-softmax", norm_eps=1e-5)
+                      kernel="favor-softmax", norm_eps=1e-5, conv_kernel=0)
 
 
 class Performer(nn.Module):
     """Performer masked LM. state_dict() names are exactly the FORMAT.md tensor names
     (embed.weight, layers.{i}.ln1.weight, layers.{i}.attn.q.weight, layers.{i}.attn.proj, ...);
-    attn.proj is a buffer (constant), everything else a parameter."""
+    attn.proj is a buffer (constant), everything else a parameter. conv_kernel K > 0 adds the
+    depthwise convolutions layers.{i}.attn.conv_q/conv_k/conv_v [K, d] on q, k, v (after the
+    projections, before attention)."""
 
     def __init__(self, n_layers=2, d_model=32, n_heads=4, d_ff=64, n_features=16,
-                 kernel="favor-softmax", norm_eps=1e-5):
+                 kernel="favor-softmax", norm_eps=1e-5, conv_kernel=0):
         super().__init__()
         assert d_model % n_heads == 0 and kernel in KERNELS
+        assert conv_kernel == 0 or (conv_kernel % 2 == 1 and 1 <= conv_kernel <= 31)
         self.n_layers, self.d_model, self.n_heads = n_layers, d_model, n_heads
         self.d_ff, self.n_features, self.kernel, self.norm_eps = d_ff, n_features, kernel, norm_eps
+        self.conv_kernel = conv_kernel
         self.dh = d_model // n_heads
         self.embed = nn.Module()
         self.embed.weight = _p(V, d_model)
         self.layers = nn.ModuleList(
-            [_Block(d_model, d_ff, n_features, self.dh) for _ in range(n_layers)])
+            [_Block(d_model, d_ff, n_features, self.dh, conv_kernel) for _ in range(n_layers)])
         self.final_ln = _LN(d_model)
         self.head = _Linear(d_model, NRES)
 
     def config(self):
         return dict(n_layers=self.n_layers, d_model=self.d_model, n_heads=self.n_heads,
                     d_ff=self.d_ff, n_features=self.n_features, kernel=self.kernel,
-                    norm_eps=self.norm_eps)
+                    norm_eps=self.norm_eps, conv_kernel=self.conv_kernel)
 
     # -- initialisation ------------------------------------------------------------------------
     @torch.no_grad()
     def init_weights(self, seed, std=0.02, out_std=None, embed_std=None, ln_w_std=0.0,
-                     bias_std=0.0, ln_b_std=None):
+                     bias_std=0.0, ln_b_std=None, conv_std=0.0):
         """Seeded init. Defaults mimic the C init: embed and linear weights N(0, std=0.02),
         attn.o / ffn.fc2 weights N(0, std / sqrt(2 n_layers)), biases 0, LN weight 1 / bias 0,
-        proj drawn per FORMAT.md. The other arguments allow a "louder" init for fixtures."""
+        proj drawn per FORMAT.md, conv taps the identity (centre tap 1, others 0). The other
+        arguments allow a "louder" init for fixtures (conv_std: identity + N(0, conv_std)).
+        Conv taps are drawn last, so the other tensors equal those of the conv-less model of the
+        same seed."""
         gen = torch.Generator().manual_seed(seed)
         if out_std is None:
             out_std = std / math.sqrt(2 * self.n_layers)
@@ -408,6 +440,11 @@ class Performer(nn.Module):
             init_lin(blk.ffn.fc2, out_std)
         init_ln(self.final_ln)
         init_lin(self.head, std)
+        if self.conv_kernel > 0:
+            for blk in self.layers:
+                for w in (blk.attn.conv_q, blk.attn.conv_k, blk.attn.conv_v):
+                    normal_(w, conv_std)
+                    w[(self.conv_kernel - 1) // 2].add_(1.0)
         return self
 
     # -- forward -------------------------------------------------------------------------------
@@ -422,6 +459,10 @@ class Performer(nn.Module):
         for blk in self.layers:
             h = layer_norm(x, blk.ln1.weight, blk.ln1.bias, self.norm_eps)
             q, k, v = blk.attn.q(h), blk.attn.k(h), blk.attn.v(h)
+            if self.conv_kernel > 0:
+                q = dwconv(q, blk.attn.conv_q)
+                k = dwconv(k, blk.attn.conv_k)
+                v = dwconv(v, blk.attn.conv_v)
             heads = []
             for j in range(H):
                 sl = slice(j * dh, (j + 1) * dh)
@@ -448,7 +489,7 @@ class Performer(nn.Module):
         return [o[0] for o in outs], [o[1] for o in outs]
 
 
-def format_tensor_names(n_layers):
+def format_tensor_names(n_layers, conv_kernel=0):
     """The FORMAT.md tensor names in canonical (table) order."""
     names = ["embed.weight"]
     for i in range(n_layers):
@@ -456,7 +497,10 @@ def format_tensor_names(n_layers):
         names += [pre + "ln1.weight", pre + "ln1.bias"]
         for n in ("q", "k", "v", "o"):
             names += [pre + "attn.%s.weight" % n, pre + "attn.%s.bias" % n]
-        names += [pre + "attn.proj", pre + "ln2.weight", pre + "ln2.bias",
+        names += [pre + "attn.proj"]
+        if conv_kernel > 0:
+            names += [pre + "attn.conv_q", pre + "attn.conv_k", pre + "attn.conv_v"]
+        names += [pre + "ln2.weight", pre + "ln2.bias",
                   pre + "ffn.fc1.weight", pre + "ffn.fc1.bias",
                   pre + "ffn.fc2.weight", pre + "ffn.fc2.bias"]
     names += ["final_ln.weight", "final_ln.bias", "head.weight", "head.bias"]
@@ -464,7 +508,7 @@ def format_tensor_names(n_layers):
 
 
 def make_metadata(cfg, name, trained=False, provenance=""):
-    return {
+    meta = {
         "format": "performer-protein",
         "format_version": "1",
         "name": name,
@@ -480,12 +524,15 @@ def make_metadata(cfg, name, trained=False, provenance=""):
         "trained": "true" if trained else "false",
         "provenance": provenance,
     }
+    if cfg.get("conv_kernel", 0) > 0:  # written only for conv models (older files lack it)
+        meta["conv_kernel"] = str(cfg["conv_kernel"])
+    return meta
 
 
 def state_dict_to_format(model):
     """Model -> ordered dict of contiguous float32 tensors named per FORMAT.md."""
     sd = model.state_dict()
-    names = format_tensor_names(model.n_layers)
+    names = format_tensor_names(model.n_layers, model.conv_kernel)
     assert set(names) == set(sd.keys()), set(names) ^ set(sd.keys())
     return {n: sd[n].detach().to(torch.float32).contiguous() for n in names}
 
@@ -502,7 +549,8 @@ def from_format(tensors, metadata, dtype=torch.float64):
     cfg = dict(n_layers=int(metadata["n_layers"]), d_model=int(metadata["d_model"]),
                n_heads=int(metadata["n_heads"]), d_ff=int(metadata["d_ff"]),
                n_features=int(metadata["n_features"]), kernel=metadata["kernel"],
-               norm_eps=float(metadata["norm_eps"]))
+               norm_eps=float(metadata["norm_eps"]),
+               conv_kernel=int(metadata.get("conv_kernel", "0")))
     model = Performer(**cfg)
     sd = model.state_dict()
     if set(sd.keys()) != set(tensors.keys()):
