@@ -317,9 +317,15 @@ def report(a):
         w("")
     load = read(os.path.join(meta, "load_start.txt")).split()
     nproc = int(read(os.path.join(meta, "nproc.txt"), "1") or 1)
-    if load and float(load[0]) > 0.5 * nproc:
-        w("> **Warning: the machine was busy** when the run started (load average %s on %d CPUs). "
-          "Timings are unreliable; rerun on an idle machine. Top processes:" % (" ".join(load[:3]), nproc))
+    busy_start = read(os.path.join(meta, "busy_start.txt"))
+    busy_end = read(os.path.join(meta, "busy_end.txt"))
+    # the measured CPU busy fraction decides (the load average lags by minutes); old runs without it
+    # fall back to the load average
+    busy = float(busy_start) > 0.15 if busy_start else bool(load and float(load[0]) > 0.5 * nproc)
+    if busy:
+        w("> **Warning: the machine was busy** when the run started (CPU busy %s over 3 s; load average "
+          "%s on %d CPUs). Timings are unreliable; rerun on an idle machine. Top processes:" % (
+              "%.0f%%" % (100 * float(busy_start)) if busy_start else "?", " ".join(load[:3]), nproc))
         w("")
         w("```")
         w(read(os.path.join(meta, "top_start.txt")))
@@ -373,6 +379,10 @@ def report(a):
                                                    tinfo.get("omp_wait_policy") or "(unset)"))
     w("Load average:      start %s, end %s" % (" ".join(load[:3]),
                                                 " ".join(read(os.path.join(meta, "load_end.txt")).split()[:3])))
+    if busy_start:
+        w("CPU busy (3 s):    start %.0f%%, end %s (all CPUs, /proc/stat; the benchmark itself is not "
+          "running during either sample)" % (100 * float(busy_start),
+                                             "%.0f%%" % (100 * float(busy_end)) if busy_end else "?"))
     commit = read(os.path.join(meta, "commit.txt")).splitlines()
     w("Commit:            %s%s; source digest %s (sha256 of model/ server/ bench/*.c sources, changes "
       "with uncommitted edits)" % (commit[0] if commit else "?", " (%s)" % commit[1] if len(commit) > 1 else "",

@@ -95,7 +95,18 @@ uname -srmv >"$T/uname.txt"
 cat /etc/debian_version >"$T/debian.txt" 2>/dev/null || true
 ${CC:-cc} --version 2>/dev/null | head -1 >"$T/cc.txt" || true
 cat /proc/loadavg >"$T/load_start.txt"
-ps -eo pcpu,etime,comm --sort=-pcpu | head -6 >"$T/top_start.txt"
+# CPU busy fraction over 3 s (all CPUs, from /proc/stat): unlike the load average it does not count
+# processes that just stopped (a paused training run) and does count other tenants' steal time.
+cpu_busy() {
+    local a b
+    a=($(head -1 /proc/stat)); sleep 3; b=($(head -1 /proc/stat))
+    local tot=0 idle i
+    for i in 1 2 3 4 5 6 7 8; do tot=$((tot + b[i] - a[i])); done
+    idle=$(( (b[4] - a[4]) + (b[5] - a[5]) ))
+    awk -v t="$tot" -v i="$idle" 'BEGIN { printf "%.3f\n", (t > 0 ? (t - i) / t : 0) }'
+}
+cpu_busy >"$T/busy_start.txt"
+ps -eo pcpu,stat,etime,comm --sort=-pcpu | head -6 >"$T/top_start.txt"   # STAT T = stopped
 # the commit, read from .git without running git
 if [ -f .git/HEAD ]; then
     head=$(cat .git/HEAD)
@@ -197,6 +208,7 @@ BIN=$BIN BENCH_FORWARD=$BF WEIGHTS=$WEIGHTS THREADS=$THREADS DURATION=$SRV_DURAT
 log "sgemm peak (end)"
 rec_tag end "$BF" sgemm --threads "$THREADS" --n "$SGEMM_N" --reps "$SGEMM_REPS"
 cat /proc/loadavg >"$T/load_end.txt"
+cpu_busy >"$T/busy_end.txt"
 echo $(( $(date +%s) - T0 )) >"$T/elapsed.txt"
 
 # ---- report ---------------------------------------------------------------------------------------
