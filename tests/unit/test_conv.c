@@ -1,7 +1,7 @@
 /* test_conv.c - the optional depthwise convolution on q, k, v (conv_kernel, weights/FORMAT.md):
  * the dwconv op and a conv model's forward pass and gradients against the PyTorch reference
- * fixtures (tests/fixtures/grad_ops_conv, forward_conv3, grad_model_conv3), finite differences, packed-batch independence, thread-count
- * independence, identity warm start (exactly the conv-less function), loader validation, and the
+ * fixtures (tests/fixtures/grad_ops_conv, forward_conv3, grad_model_conv3), finite differences,
+ * packed-batch independence, thread-count independence, identity warm start (exactly the conv-less function), loader validation, and the
  * CLI (init --conv, train --init F --conv K, checkpoint resume and export of a conv model).
  * Prints the max abs diff of every comparison and fails when one is over its tolerance. */
 #include "model.h"
@@ -9,44 +9,12 @@
 #include "safetensors.h"
 #include "train.h"
 #include "testutil.h"
+#include "refutil.h"
 
 #include <stdlib.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
-
-static const char *KERNELS[] = { "favor-softmax", "favor-relu", "exact" };
-
-/* Returns max |a - b| over n floats (NaN counts as infinitely far). */
-static double max_diff(const float *a, const float *b, size_t n) {
-    double m = 0;
-    for (size_t i = 0; i < n; i++) { double d = fabs((double)a[i] - b[i]); if (!(d <= m)) m = d; }
-    return m;
-}
-
-/* Returns max |a| over n floats. */
-static double max_abs(const float *a, size_t n) {
-    double m = 0;
-    for (size_t i = 0; i < n; i++) if (fabs(a[i]) > m) m = fabs(a[i]);
-    return m;
-}
-
-/* Returns the fixture tensor's data (numel elements, 0 = any) or fails the test. */
-static const void *fx(const st_file *f, const char *name, size_t numel) {
-    const st_tensor *t = st_find(f, name);
-    CHECKF(t != NULL, "fixture tensor %s missing", name);
-    if (!t) return NULL;
-    CHECKF(numel == 0 || t->numel == numel, "%s has %zu elements, expected %zu", name, t->numel, numel);
-    return t->numel == numel || numel == 0 ? t->data : NULL;
-}
-
-/* Compares and reports one tensor. */
-static void compare(const char *what, const float *got, const float *want, size_t n, double tol) {
-    if (!got || !want) return;
-    double d = max_diff(got, want, n);
-    printf("  %-48s max abs diff %.3g (tol %.3g)\n", what, d, tol);
-    CHECKF(d <= tol, "%s: max abs diff %g > %g", what, d, tol);
-}
 
 /* Reads the lens of a fixture into lens[16]; returns B and the total in *T. */
 static int fx_lens(const st_file *f, int *lens, size_t *T) {
