@@ -93,7 +93,8 @@ static void usage(void) {
 }
 
 /* FLOPs of the matrix products of one forward over B sequences of L positions (2 per
- * multiply-add), split into linear layers (q, k, v, o, fc1, fc2), attention and the head. */
+ * multiply-add), split into linear layers (q, k, v, o, fc1, fc2), attention (with the optional
+ * convolution on q, k, v) and the head. */
 typedef struct { double linear, attention, head, total; } flops_t;
 
 static flops_t forward_flops(const pf_config *c, pf_kernel k, double L, double B) {
@@ -109,6 +110,8 @@ static flops_t forward_flops(const pf_config *c, pf_kernel k, double L, double B
          * z . phi_q denominators (2 T H m) */
         f.attention = nl * (8.0 * T * H * m * dh + 2.0 * T * H * m);
     }
+    /* the depthwise convolution on q, k, v (conv_kernel K): K multiply-adds per element */
+    f.attention += nl * 3.0 * 2.0 * T * d * c->conv_kernel;
     f.head = 2.0 * T * d * TOK_NRES;
     f.total = f.linear + f.attention + f.head;
     return f;

@@ -95,6 +95,17 @@ def blas_info():
 # ----------------------------------------------------------------------------------------------
 # Batched implementation (same mathematics as performer_ref / weights/FORMAT.md)
 # ----------------------------------------------------------------------------------------------
+def conv_batched(x, w, valid):
+    """performer_ref.dwconv on a padded batch: x [B, Lm, d], taps w [K, d]; padding rows are zeroed
+    first so that they never reach a sequence's real positions (each sequence sees zeros past its
+    end, as in the packed C layout)."""
+    if valid is not None:
+        x = x * valid[:, :, None].to(x.dtype)
+    K, d = w.shape
+    y = Fn.conv1d(x.transpose(1, 2), w.t().unsqueeze(1), padding=(K - 1) // 2, groups=d)
+    return y.transpose(1, 2)
+
+
 def forward_batched(model, tokens, lens, kernel):
     """tokens [B, Lmax] (padded), lens [B] -> logp [B, Lmax, 20] (padding rows are garbage).
     Padding never changes the real positions: FAVOR key features and exact-attention scores of
@@ -112,9 +123,14 @@ def forward_batched(model, tokens, lens, kernel):
     for blk in model.layers:
         at = blk.attn
         h = Fn.layer_norm(x, (d,), blk.ln1.weight, blk.ln1.bias, eps)
-        q = Fn.linear(h, at.q.weight, at.q.bias).view(B, Lm, H, dh).transpose(1, 2)
-        k = Fn.linear(h, at.k.weight, at.k.bias).view(B, Lm, H, dh).transpose(1, 2)
-        v = Fn.linear(h, at.v.weight, at.v.bias).view(B, Lm, H, dh).transpose(1, 2)
+        q = Fn.linear(h, at.q.weight, at.q.bias)
+        k = Fn.linear(h, at.k.weight, at.k.bias)
+        v = Fn.linear(h, at.v.weight, at.v.bias)
+        if model.conv_kernel > 0:
+            q, k, v = (conv_batched(t, wt, valid) for t, wt in ((q, at.conv_q), (k, at.conv_k), (v, at.conv_v)))
+        q = q.view(B, Lm, H, dh).transpose(1, 2)
+        k = k.view(B, Lm, H, dh).transpose(1, 2)
+        v = v.view(B, Lm, H, dh).transpose(1, 2)
         if kernel == "exact":
             s = (q @ k.transpose(-2, -1)) / math.sqrt(dh)
             if valid is not None:
@@ -276,8 +292,9 @@ def cmd_train(a):
     for impl in a.impl.split(","):
         model = ref.load_model(a.weights, dtype=torch.float32).train()
         kernel = model.kernel
-        decay = [p for p in model.parameters() if p.ndim == 2]
-        other = [p for p in model.parameters() if p.ndim != 2]
+        # like the C trainer: matrices decay; biases, LayerNorm and conv taps do not
+        decay = [p for n, p in model.named_parameters() if p.ndim == 2 and "conv_" not in n]
+        other = [p for n, p in model.named_parameters() if p.ndim != 2 or "conv_" in n]
         opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.01},
                                  {"params": other, "weight_decay": 0.0}],
                                 lr=1e-3, betas=(0.9, 0.98), eps=1e-8)

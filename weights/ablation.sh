@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The paper's protein comparison at small scale: exact-softmax Transformer vs Performer-softmax vs
 # Performer-ReLU with the same size, data, seed and compute (steps x tokens), evaluated with
-# `performer eval` on the held-out test split. Writes weights/ablation/{RESULTS.md,curves.png,*.csv}.
-# usage: weights/ablation.sh   (needs `make data` first; env STEPS, THREADS override)
+# `performer eval` on the held-out test split; plus FAVOR+ ReLU with the depthwise convolution on
+# q, k, v (`--conv K`, variant name favor-relu-convK). Writes weights/ablation/{RESULTS.md,curves.png,*.csv}.
+# usage: weights/ablation.sh   (needs `make data` first; env STEPS, THREADS, VARIANTS override;
+# a variant whose .safetensors exists is only evaluated again)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 STEPS=${STEPS:-1500}
@@ -10,34 +12,54 @@ THREADS=${THREADS:-2}
 OUT=weights/ablation
 mkdir -p "$OUT"
 BIN=${BIN:-bin}
-ARCH="--layers 2 --d-model 128 --heads 4 --d-ff 512 --features 64"
-RUN="--data weights/data/train.bin --valid weights/data/valid.bin --steps $STEPS --warmup 100 --lr 2e-3
+ARCH="--layers 2 --d-model 128 --heads 4 --d-ff 512 --features 64 --lr 2e-3"
+RUN="--data weights/data/train.bin --valid weights/data/valid.bin --steps $STEPS --warmup 100
      --crop 256 --batch-tokens 4096 --eval-every 250 --eval-seqs 300 --seed 7 --threads $THREADS --quiet"
-rows=()
-for k in exact favor-softmax favor-relu; do
+VARIANTS=${VARIANTS:-exact favor-softmax favor-relu favor-relu-conv3}
+for k in $VARIANTS; do
+    # a variant is a kernel name with optional suffixes: -convK (--conv K), -maskNN (--mask-rate
+    # 0.NN in training; evaluation stays at 15%), -lrX (--lr X)
+    case $k in exact*) kernel=exact ;; favor-softmax*) kernel=favor-softmax ;; favor-relu*) kernel=favor-relu ;;
+        *) echo "unknown variant $k" >&2; exit 2 ;; esac
+    conv=""; rest=${k#"$kernel"}
+    while [ -n "$rest" ]; do
+        rest=${rest#-}; part=${rest%%-*}; rest=${rest#"$part"}
+        case $part in
+            conv*) conv+=" --conv ${part#conv}" ;;
+            mask*) conv+=" --mask-rate 0.${part#mask}" ;;
+            lr*) conv+=" --lr ${part#lr}" ;;
+            *) echo "unknown variant suffix $part in $k" >&2; exit 2 ;;
+        esac
+    done
     if [ ! -f "$OUT/$k.safetensors" ]; then
         t0=$(date +%s)
         # shellcheck disable=SC2086
-        env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE $BIN/performer train $ARCH --kernel $k $RUN \
+        env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE $BIN/performer train $ARCH --kernel $kernel $conv $RUN \
             --name "ablation-$k" --out "$OUT/$k.safetensors" --log "$OUT/$k.csv"
         echo $(( $(date +%s) - t0 )) > "$OUT/$k.seconds"
     fi
     $BIN/performer eval --weights "$OUT/$k.safetensors" --fasta weights/data/test.fasta --seed 1 \
         --unigram weights/data/train.bin --threads "$THREADS" > "$OUT/$k.eval.json"
 done
-weights/plot "$OUT/curves.png" exact="$OUT/exact.csv" favor-softmax="$OUT/favor-softmax.csv" favor-relu="$OUT/favor-relu.csv" || true
-/usr/bin/env python3 - "$OUT" "$STEPS" <<'PY'
+plots=()
+for k in $VARIANTS; do plots+=("$k=$OUT/$k.csv"); done
+weights/plot "$OUT/curves.png" "${plots[@]}" || true
+/usr/bin/env python3 - "$OUT" "$STEPS" $VARIANTS <<'PY'
 import json, sys, os
-out, steps = sys.argv[1], sys.argv[2]
+out, steps, variants = sys.argv[1], sys.argv[2], sys.argv[3:]
 lines = ["# Kernel ablation (small scale)", "",
          "Same architecture (2 layers, d_model 128, 4 heads, d_ff 512, 64 random features), data",
          f"(weights/data/train.bin), seed, schedule ({steps} steps of 4,096-token batches, crops of 256,",
          "AdamW 2e-3, warm-up 100, cosine) for each attention kernel. Test = `performer eval` on",
          "weights/data/test.fasta (15% of standard residues masked, seed 1, whole sequences), unigram",
-         "frequencies from train.bin. Produced by `weights/ablation.sh`.", "",
-         "| kernel | test perplexity | test accuracy | unigram perplexity | unigram accuracy | residues scored | train tokens | train seconds |",
+         "frequencies from train.bin. `-convK`: the same model with the depthwise convolution of",
+         "width K on q, k, v (`--conv K`, identity-initialised; 3 x K x 128 more parameters per layer);",
+         "`-maskNN`: trained with NN% of residues masked (evaluated at 15% like the others); `-lrX`:",
+         "peak learning rate X instead of 2e-3.",
+         "Produced by `weights/ablation.sh`.", "",
+         "| variant | test perplexity | test accuracy | unigram perplexity | unigram accuracy | residues scored | train tokens | train seconds |",
          "|---|---|---|---|---|---|---|---|"]
-for k in ("exact", "favor-softmax", "favor-relu"):
+for k in variants:
     r = json.load(open(f"{out}/{k}.eval.json"))
     rows = [l.split(",") for l in open(f"{out}/{k}.csv").read().split("\n")[1:] if l]
     sec = open(f"{out}/{k}.seconds").read().strip() if os.path.exists(f"{out}/{k}.seconds") else "?"
