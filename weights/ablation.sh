@@ -65,7 +65,10 @@ for k in variants:
     sec = open(f"{out}/{k}.seconds").read().strip() if os.path.exists(f"{out}/{k}.seconds") else "?"
     lines.append(f"| {k} | {r['perplexity']:.3f} | {100*r['accuracy']:.2f}% | {r['unigram']['perplexity']:.3f} | "
                  f"{100*r['unigram']['accuracy']:.2f}% | {r['residues']} | {int(rows[-1][1]):,} | {sec} |")
-lines += ["", "Learning curves: `curves.png` (training loss and validation perplexity vs tokens).", ""]
+lines += ["", "Train seconds are wall time on the shared 2-core machine: runs made at different times, loads",
+          "and thread counts (THREADS) are not comparable by it; compute is equal by construction (same",
+          "steps x tokens).", "",
+          "Learning curves: `curves.png` (training loss and validation perplexity vs tokens).", ""]
 open(f"{out}/RESULTS.md", "w").write("\n".join(lines))
 print("\n".join(lines))
 PY
