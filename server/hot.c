@@ -220,28 +220,30 @@ static void clear_locked(void) {
     while (lru_head) entry_drop(lru_head);
 }
 
-/* Sets up the map. */
-int hc_init(size_t max) {
-    pthread_mutex_lock(&mu);
+/* Empties the map and frees its tables (lock held); the map is then off (max_bytes 0). */
+static void reset_locked(void) {
     clear_locked();
     free(ids);
     free(bodies);
     ids = NULL;
     bodies = NULL;
     n_buckets = 0;
-    max_bytes = max;
+    max_bytes = 0;
+}
+
+/* Sets up the map. */
+int hc_init(size_t max) {
+    pthread_mutex_lock(&mu);
+    reset_locked();
     int rc = 0;
     if (max > 0) {
-        n_buckets = 1024;
-        ids = calloc(n_buckets, sizeof *ids);
-        bodies = calloc(n_buckets, sizeof *bodies);
-        if (!ids || !bodies) {
-            free(ids);
-            free(bodies);
-            ids = NULL;
-            bodies = NULL;
-            n_buckets = 0;
-            max_bytes = 0;
+        ids = calloc(1024, sizeof *ids);
+        bodies = calloc(1024, sizeof *bodies);
+        if (ids && bodies) {
+            n_buckets = 1024;
+            max_bytes = max;
+        } else {
+            reset_locked();
             rc = -1;
         }
         if (RAND_bytes((unsigned char *)&seed, sizeof seed) != 1) seed = (uint64_t)(ut_mono() * 1e9);
@@ -253,13 +255,7 @@ int hc_init(size_t max) {
 /* Frees the map. */
 void hc_free(void) {
     pthread_mutex_lock(&mu);
-    clear_locked();
-    free(ids);
-    free(bodies);
-    ids = NULL;
-    bodies = NULL;
-    n_buckets = 0;
-    max_bytes = 0;
+    reset_locked();
     pthread_mutex_unlock(&mu);
 }
 

@@ -148,6 +148,17 @@ check(integrity(DB) == "ok", "integrity ok after the deletions")
 rc, _ = d.stop()
 check(rc == 0, "clean stop after the deletions")
 
+def fill_disk(path):
+    """Writes zeros to path until its file system is full."""
+    with open(path, "wb") as f:
+        try:
+            while True:
+                f.write(b"\0" * 65536)
+                f.flush()
+        except OSError:
+            pass
+
+
 # ---- 3. disk full (the database on a 3 MiB tmpfs) --------------------------------------------------------
 DB2 = os.path.join(MNT, "cache.sqlite")
 acked_before = dict(acked)
@@ -156,13 +167,7 @@ d = Daemon(W, DB2, ["--threads", "1"], workdir=T).start()
 for _ in range(5):
     check(post_new(d).status == 200, "predictions stored on the small disk")
 filler = os.path.join(MNT, "filler")
-with open(filler, "wb") as f:
-    try:
-        while True:
-            f.write(b"\0" * 65536)
-            f.flush()
-    except OSError:
-        pass
+fill_disk(filler)
 try:
     fault_behaviour(d, "disk full", ["full"])
 finally:
@@ -170,13 +175,7 @@ finally:
 recovered(d, "disk space back")
 check(integrity(DB2) == "ok", "integrity ok after the disk was full")
 # a longer squeeze: the disk fills while requests keep coming; then space returns
-with open(filler, "wb") as f:
-    try:
-        while True:
-            f.write(b"\0" * 65536)
-            f.flush()
-    except OSError:
-        pass
+fill_disk(filler)
 statuses = [post_new(d).status for _ in range(10)]
 check(set(statuses) <= {200, 503}, "under a full disk only 200/503: %s" % statuses)
 os.unlink(filler)

@@ -8,19 +8,7 @@
 #include <sqlite3.h>
 #include <unistd.h>
 
-/* Runs one SQL statement on a separate connection; returns the first column of the first row. */
-static long long q(const char *path, const char *sql) {
-    sqlite3 *db;
-    sqlite3_stmt *st;
-    long long v = -1;
-    sqlite3_open(path, &db);
-    if (sqlite3_prepare_v2(db, sql, -1, &st, NULL) == SQLITE_OK) {
-        if (sqlite3_step(st) == SQLITE_ROW) v = sqlite3_column_int64(st, 0);
-        sqlite3_finalize(st);
-    }
-    sqlite3_close(db);
-    return v;
-}
+#include "dbutil.h"
 
 /* db_job_items callback: appends "idx:name:status:output;" to the buffer at arg. */
 static int collect(long long idx, const char *name, int status, const char *out, size_t len, void *arg) {
