@@ -17,12 +17,12 @@ struct pf_ctx {
     const pf_model *m;
     float *arena;           /* one allocation holding every buffer below */
     size_t arena_floats;
-    size_t cap_T, cap_L;    /* capacity in packed tokens and in the longest sequence */
+    size_t cap_T, cap_L, cap_B; /* capacity: packed tokens, longest sequence, sequences */
     int exact_ready;        /* arena includes the L x L scores buffer */
     float *x, *h, *q, *k, *v, *ff;      /* [T, d] x5, [T, F] */
     float *cv;                          /* [T, d] convolution output (conv models only) */
     float *pe;                          /* [cap_L, d] */
-    float *phi_q, *phi_k, *kv, *z, *den; /* FAVOR+ state of one sequence */
+    float *phi_q, *phi_k, *kv, *z, *den; /* FAVOR+ state of the batch (favor_state sizes) */
     float *scores;                      /* [cap_L, cap_L] (exact kernel only) */
     int *pos;                           /* [T] position of each token inside its sequence */
 };
@@ -63,17 +63,18 @@ void pf_ctx_free(pf_ctx *c) {
     free(c);
 }
 
-/* Makes the arena hold T packed tokens with sequences up to L long (scores when exact).
+/* Makes the arena hold T packed tokens in B sequences up to L long (scores when exact).
  * Returns 0, or -1 when memory cannot be had. */
-static int ctx_reserve(pf_ctx *c, size_t T, size_t L, int exact) {
-    if (T <= c->cap_T && L <= c->cap_L && (!exact || c->exact_ready)) return 0;
+static int ctx_reserve(pf_ctx *c, size_t T, size_t B, size_t L, int exact) {
+    if (T <= c->cap_T && B <= c->cap_B && L <= c->cap_L && (!exact || c->exact_ready)) return 0;
     const pf_config *cfg = &c->m->cfg;
     size_t d = cfg->d_model, F = cfg->d_ff, H = cfg->n_heads, M = cfg->n_features, dh = d / H;
     if (T < c->cap_T) T = c->cap_T;
     if (L < c->cap_L) L = c->cap_L;
+    if (B < c->cap_B) B = c->cap_B;
     exact = exact || c->exact_ready;
     size_t nconv = cfg->conv_kernel > 0 ? T * d : 0;
-    size_t n = 5 * T * d + T * F + L * d + 2 * L * H * M + H * M * dh + H * M + L * H +
+    size_t n = 5 * T * d + T * F + L * d + 2 * T * H * M + B * H * M * dh + B * H * M + T * H +
                (exact ? L * L : 0) + nconv;
     float *a = malloc(n * sizeof(float));
     int *pos = malloc(T * sizeof(int));
@@ -88,15 +89,15 @@ static int ctx_reserve(pf_ctx *c, size_t T, size_t L, int exact) {
     c->v = a; a += T * d;
     c->ff = a; a += T * F;
     c->pe = a; a += L * d;
-    c->phi_q = a; a += L * H * M;
-    c->phi_k = a; a += L * H * M;
-    c->kv = a; a += H * M * dh;
-    c->z = a; a += H * M;
-    c->den = a; a += L * H;
+    c->phi_q = a; a += T * H * M;
+    c->phi_k = a; a += T * H * M;
+    c->kv = a; a += B * H * M * dh;
+    c->z = a; a += B * H * M;
+    c->den = a; a += T * H;
     c->scores = exact ? a : NULL;
     a += exact ? L * L : 0;
     c->cv = nconv ? a : NULL;
-    c->cap_T = T; c->cap_L = L; c->exact_ready = exact;
+    c->cap_T = T; c->cap_L = L; c->cap_B = B; c->exact_ready = exact;
     pe_fill(c->pe, (int)L, (int)d);
     return 0;
 }
@@ -137,7 +138,7 @@ int pf_forward_ex(pf_ctx *c, const pf_model *m, pf_kernel kernel, const int32_t 
                  (double)Lmax * Lmax * 4 / (1 << 30), pf_exact_max_len(m));
         return -1;
     }
-    if (ctx_reserve(c, T, Lmax, kernel == PF_KERNEL_EXACT) != 0) {
+    if (ctx_reserve(c, T, (size_t)B, Lmax, kernel == PF_KERNEL_EXACT) != 0) {
         snprintf(err, errlen, "out of memory for a batch of %zu tokens (longest %zu)", T, Lmax);
         return -1;
     }
@@ -166,18 +167,18 @@ int pf_forward_ex(pf_ctx *c, const pf_model *m, pf_kernel kernel, const int32_t 
             dwconv_forward(spare, v, Lp->conv_v, lens, B, d, cfg->conv_kernel);
             v = spare;
         }
-        /* attention per sequence, written into h (free once q, k, v exist) */
-        size_t off = 0;
-        for (int b = 0; b < B; b++) {
-            size_t o = off * d;
-            if (kernel == PF_KERNEL_EXACT) {
+        /* attention within each sequence, written into h (free once q, k, v exist) */
+        if (kernel == PF_KERNEL_EXACT) {
+            size_t off = 0;
+            for (int b = 0; b < B; b++) {
+                size_t o = off * d;
                 exact_forward(c->h + o, c->scores, q + o, k + o, v + o, lens[b], H, dh, 0);
-            } else {
-                favor_state st = { c->phi_q, c->phi_k, c->kv, c->z, c->den };
-                favor_forward(c->h + o, &st, q + o, k + o, v + o, Lp->proj, lens[b], H,
-                              dh, M, kernel == PF_KERNEL_FAVOR_RELU);
+                off += (size_t)lens[b];
             }
-            off += (size_t)lens[b];
+        } else {
+            favor_state st = { c->phi_q, c->phi_k, c->kv, c->z, c->den };
+            favor_forward_batch(c->h, &st, q, k, v, Lp->proj, lens, B, H, dh, M,
+                                kernel == PF_KERNEL_FAVOR_RELU);
         }
         matmul_forward(c->q, c->h, Lp->wo, NULL, N, d, d);
         residual_bias_add(c->x, c->q, Lp->bo, N, d);

@@ -197,166 +197,217 @@ void residual_add(float *out, const float *inp, size_t n) {
 
 /* ---- FAVOR+ ---------------------------------------------------------------------------------- */
 
-/* Writes phi [L, H, m] = feature map of x [L, H*dh] (all heads at once, the projection is shared
- * by the heads). is_query selects the per-row stabiliser (softmax kernel). */
-static void favor_features(float *phi, const float *x, const float *proj, int L, int H, int dh,
-                           int m, int relu, int is_query) {
+/* Tokens in a packed batch of B sequences. */
+static size_t seq_total(const int *lens, int B) {
+    size_t t = 0;
+    for (int b = 0; b < B; b++) t += (size_t)lens[b];
+    return t;
+}
+
+/* Token offset of sequence b in a packed batch: lens[0] + ... + lens[b-1]. */
+static size_t seq_start(const int *lens, int b) {
+    size_t t = 0;
+    for (int i = 0; i < b; i++) t += (size_t)lens[i];
+    return t;
+}
+
+/* Writes phi [T, H, m] = feature map of x [T, H*dh] for a packed batch (all heads and sequences
+ * at once: the projection is shared). is_query selects the per-row stabiliser of the softmax
+ * kernel; keys use one maximum per (sequence, head), as a single sequence would. */
+static void favor_features(float *phi, const float *x, const float *proj, const int *lens, int B,
+                           int H, int dh, int m, int relu, int is_query) {
     const float c = powf((float)dh, -0.25f);
-    const int rows = L * H;
-    /* x viewed as [L*H, dh] is contiguous: one sgemm for every head. */
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, m, dh, c, x, dh, proj, dh, 0.0f,
-                phi, m);
+    const size_t rows = seq_total(lens, B) * (size_t)H;
+    /* x viewed as [T*H, dh] is contiguous: one sgemm for every head of every sequence. */
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)rows, m, dh, c, x, dh, proj, dh,
+                0.0f, phi, m);
     if (relu) {
-        #pragma omp parallel for if ((size_t)rows * m > OMP_MIN)
-        for (size_t i = 0; i < (size_t)rows * m; i++)
+        #pragma omp parallel for simd if (rows * m > OMP_MIN)
+        for (size_t i = 0; i < rows * m; i++)
             phi[i] = (phi[i] > 0 ? phi[i] : 0.0f) + FAVOR_RELU_EPS;
         return;
     }
-    const float ratio = 1.0f / sqrtf((float)m);
-    float headmax[H];
-    if (!is_query) {
-        for (int h = 0; h < H; h++) headmax[h] = -FLT_MAX;
-        for (int p = 0; p < L; p++)
-            for (int h = 0; h < H; h++) {
-                const float *s = phi + ((size_t)p * H + h) * m;
-                for (int r = 0; r < m; r++) if (s[r] > headmax[h]) headmax[h] = s[r];
+    const float ratio = 1.0f / sqrtf((float)m), half_c2 = 0.5f * c * c;
+    /* one task per (sequence, head): its rows are position-strided by H */
+    #pragma omp parallel for schedule(dynamic) if (rows * m > OMP_MIN)
+    for (int bh = 0; bh < B * H; bh++) {
+        const int b = bh / H, h = bh % H;
+        const size_t s0 = seq_start(lens, b);
+        const int L = lens[b];
+        float kmax = -FLT_MAX;
+        if (!is_query)
+            for (int p = 0; p < L; p++) {
+                const float *s = phi + ((s0 + p) * H + h) * m;
+                for (int r = 0; r < m; r++) if (s[r] > kmax) kmax = s[r];
             }
-    }
-    #pragma omp parallel for if ((size_t)rows * m > OMP_MIN)
-    for (int row = 0; row < rows; row++) {
-        float *s = phi + (size_t)row * m;
-        const float *xr = x + (size_t)row * dh;
-        float g = 0;
-        for (int j = 0; j < dh; j++) g += xr[j] * xr[j];
-        g *= 0.5f * c * c;
-        float mx;
-        if (is_query) {
-            mx = -FLT_MAX;
-            for (int r = 0; r < m; r++) if (s[r] > mx) mx = s[r];
-        } else {
-            mx = headmax[row % H];
+        for (int p = 0; p < L; p++) {
+            const size_t row = (s0 + p) * H + h;
+            float *s = phi + row * m;
+            const float *xr = x + row * dh;
+            float g = 0;
+            for (int j = 0; j < dh; j++) g += xr[j] * xr[j];
+            g *= half_c2;
+            float mx = kmax;
+            if (is_query) {
+                mx = -FLT_MAX;
+                for (int r = 0; r < m; r++) if (s[r] > mx) mx = s[r];
+            }
+            for (int r = 0; r < m; r++) s[r] = ratio * (expf(s[r] - g - mx) + FAVOR_SOFTMAX_EPS);
         }
-        for (int r = 0; r < m; r++) s[r] = ratio * (expf(s[r] - g - mx) + FAVOR_SOFTMAX_EPS);
+    }
+}
+
+void favor_forward_batch(float *out, favor_state *st, const float *q, const float *k,
+                         const float *v, const float *proj, const int *lens, int B, int H, int dh,
+                         int m, int relu) {
+    const int d = H * dh;
+    const size_t T = seq_total(lens, B);
+    favor_features(st->phi_q, q, proj, lens, B, H, dh, m, relu, 1);
+    favor_features(st->phi_k, k, proj, lens, B, H, dh, m, relu, 0);
+    /* one task per (sequence, head); the small products run single-threaded inside the region
+     * (OpenBLAS does not nest threads under OpenMP), so short sequences cost no fork/join each */
+    #pragma omp parallel for schedule(dynamic) if (T * d > OMP_MIN)
+    for (int bh = 0; bh < B * H; bh++) {
+        const int b = bh / H, h = bh % H, L = lens[b];
+        const size_t s0 = seq_start(lens, b);
+        float *kv = st->kv + (size_t)bh * m * dh, *z = st->z + (size_t)bh * m;
+        const float *pk = st->phi_k + s0 * H * m + (size_t)h * m;
+        const float *pq = st->phi_q + s0 * H * m + (size_t)h * m;
+        float *o = out + s0 * d + (size_t)h * dh;
+        /* KV = phi_k^T V  [m, dh] */
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, m, dh, L, 1.0f, pk, H * m,
+                    v + s0 * d + (size_t)h * dh, d, 0.0f, kv, dh);
+        /* z = column sums of phi_k */
+        for (int r = 0; r < m; r++) z[r] = 0;
+        for (int p = 0; p < L; p++) {
+            const float *row = pk + (size_t)p * H * m;
+            #pragma omp simd
+            for (int r = 0; r < m; r++) z[r] += row[r];
+        }
+        /* numerator = phi_q KV, written straight into the head's columns of out */
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, L, dh, m, 1.0f, pq, H * m, kv, dh,
+                    0.0f, o, d);
+        for (int p = 0; p < L; p++) {
+            const float *pqr = pq + (size_t)p * H * m;
+            float den = 0;
+            #pragma omp simd reduction(+:den)
+            for (int r = 0; r < m; r++) den += pqr[r] * z[r];
+            st->den[(s0 + p) * H + h] = den;
+            const float inv = 1.0f / den;
+            float *orow = o + (size_t)p * d;
+            for (int j = 0; j < dh; j++) orow[j] *= inv;
+        }
     }
 }
 
 void favor_forward(float *out, favor_state *st, const float *q, const float *k, const float *v,
                    const float *proj, int L, int H, int dh, int m, int relu) {
-    const int d = H * dh;
-    favor_features(st->phi_q, q, proj, L, H, dh, m, relu, 1);
-    favor_features(st->phi_k, k, proj, L, H, dh, m, relu, 0);
-    for (int h = 0; h < H; h++) {
-        float *kv = st->kv + (size_t)h * m * dh, *z = st->z + (size_t)h * m;
-        const float *pk = st->phi_k + (size_t)h * m, *pq = st->phi_q + (size_t)h * m;
-        /* KV_h = phi_k_h^T V_h  [m, dh] */
-        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, m, dh, L, 1.0f, pk, H * m,
-                    v + (size_t)h * dh, d, 0.0f, kv, dh);
-        /* z_h = column sums of phi_k_h */
-        for (int r = 0; r < m; r++) z[r] = 0;
-        for (int p = 0; p < L; p++) {
-            const float *row = pk + (size_t)p * H * m;
-            for (int r = 0; r < m; r++) z[r] += row[r];
-        }
-        /* numerator = phi_q_h KV_h, written straight into the head's columns of out */
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, L, dh, m, 1.0f, pq, H * m, kv, dh,
-                    0.0f, out + (size_t)h * dh, d);
-    }
-    #pragma omp parallel for if ((size_t)L * d > OMP_MIN)
-    for (int p = 0; p < L; p++) {
-        for (int h = 0; h < H; h++) {
-            const float *pq = st->phi_q + ((size_t)p * H + h) * m, *z = st->z + (size_t)h * m;
-            float den = 0;
-            for (int r = 0; r < m; r++) den += pq[r] * z[r];
-            st->den[(size_t)p * H + h] = den;
-            float inv = 1.0f / den, *o = out + (size_t)p * d + (size_t)h * dh;
-            for (int j = 0; j < dh; j++) o[j] *= inv;
-        }
-    }
+    favor_forward_batch(out, st, q, k, v, proj, &L, 1, H, dh, m, relu);
+}
+
+size_t favor_backward_scratch_batch(size_t T, int B, int H, int dh, int m) {
+    return 2 * T * H * m + T * H * dh + (size_t)B * H * m * dh + (size_t)B * H * m + T * H;
 }
 
 size_t favor_backward_scratch(int L, int H, int dh, int m) {
-    return 2 * (size_t)L * H * m + (size_t)L * H * dh + (size_t)H * m * dh + (size_t)H * m +
-           (size_t)L * H;
+    return favor_backward_scratch_batch((size_t)L, 1, H, dh, m);
 }
 
-/* Turns dphi [L, H, m] (gradient w.r.t. the features) into dx [L, H*dh] (overwritten). */
+/* Turns dphi [rows, m] (gradient w.r.t. the features) into dx [rows, dh] (overwritten). */
 static void favor_features_backward(float *dx, float *dphi, const float *phi, const float *x,
-                                    const float *proj, int L, int H, int dh, int m, int relu) {
+                                    const float *proj, size_t rows, int dh, int m, int relu) {
     const float c = powf((float)dh, -0.25f);
-    const int rows = L * H;
+    const size_t n = rows * m;
     if (relu) {
         /* phi = relu(s) + eps, so phi > eps exactly where s > 0 */
-        for (size_t i = 0; i < (size_t)rows * m; i++)
-            if (!(phi[i] > FAVOR_RELU_EPS)) dphi[i] = 0.0f;
+        #pragma omp parallel for simd if (n > OMP_MIN)
+        for (size_t i = 0; i < n; i++)
+            dphi[i] = phi[i] > FAVOR_RELU_EPS ? dphi[i] : 0.0f;
     } else {
         const float re = FAVOR_SOFTMAX_EPS / sqrtf((float)m);
-        for (size_t i = 0; i < (size_t)rows * m; i++) dphi[i] *= phi[i] - re;  /* d(exp)/da */
+        #pragma omp parallel for simd if (n > OMP_MIN)
+        for (size_t i = 0; i < n; i++) dphi[i] *= phi[i] - re;  /* d(exp)/da */
     }
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, dh, m, c, dphi, m, proj, dh,
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)rows, dh, m, c, dphi, m, proj, dh,
                 0.0f, dx, dh);
     if (!relu) {
         /* a = s - g - max: dg = -sum_r da; g = c^2 |x|^2 / 2 */
-        for (int row = 0; row < rows; row++) {
-            const float *da = dphi + (size_t)row * m;
+        #pragma omp parallel for if (n > OMP_MIN)
+        for (size_t row = 0; row < rows; row++) {
+            const float *da = dphi + row * m;
             float dg = 0;
             for (int r = 0; r < m; r++) dg -= da[r];
-            const float *xr = x + (size_t)row * dh;
-            float *dxr = dx + (size_t)row * dh;
+            const float *xr = x + row * dh;
+            float *dxr = dx + row * dh;
             for (int j = 0; j < dh; j++) dxr[j] += dg * c * c * xr[j];
         }
     }
 }
 
-void favor_backward(float *dq, float *dk, float *dv, const float *dout, const float *out,
-                    const favor_state *st, const float *q, const float *k, const float *v,
-                    const float *proj, int L, int H, int dh, int m, int relu, float *scratch) {
+void favor_backward_batch(float *dq, float *dk, float *dv, const float *dout, const float *out,
+                          const favor_state *st, const float *q, const float *k, const float *v,
+                          const float *proj, const int *lens, int B, int H, int dh, int m,
+                          int relu, float *scratch) {
     const int d = H * dh;
+    const size_t T = seq_total(lens, B);
     float *dphi_q = scratch;
-    float *dphi_k = dphi_q + (size_t)L * H * m;
-    float *dnum = dphi_k + (size_t)L * H * m;
-    float *dkv = dnum + (size_t)L * d;
-    float *dz = dkv + (size_t)H * m * dh;
-    float *dden = dz + (size_t)H * m;
+    float *dphi_k = dphi_q + T * H * m;
+    float *dnum = dphi_k + T * H * m;
+    float *dkv = dnum + T * d;
+    float *dz = dkv + (size_t)B * H * m * dh;
+    float *dden = dz + (size_t)B * H * m;
     /* out = num / den: dnum = dout / den, dden = -(dout . out) / den */
-    for (int p = 0; p < L; p++)
+    #pragma omp parallel for if (T * d > OMP_MIN)
+    for (size_t p = 0; p < T; p++)
         for (int h = 0; h < H; h++) {
-            size_t o = (size_t)p * d + (size_t)h * dh;
-            float den = st->den[(size_t)p * H + h], dot = 0;
+            size_t o = p * d + (size_t)h * dh;
+            float den = st->den[p * H + h], dot = 0;
             for (int j = 0; j < dh; j++) {
                 dnum[o + j] = dout[o + j] / den;
                 dot += dout[o + j] * out[o + j];
             }
-            dden[(size_t)p * H + h] = -dot / den;
+            dden[p * H + h] = -dot / den;
         }
-    for (int h = 0; h < H; h++) {
-        const float *kv = st->kv + (size_t)h * m * dh, *z = st->z + (size_t)h * m;
-        const float *pq = st->phi_q + (size_t)h * m, *pk = st->phi_k + (size_t)h * m;
-        float *dkv_h = dkv + (size_t)h * m * dh, *dz_h = dz + (size_t)h * m;
+    #pragma omp parallel for schedule(dynamic) if (T * d > OMP_MIN)
+    for (int bh = 0; bh < B * H; bh++) {
+        const int b = bh / H, h = bh % H, L = lens[b];
+        const size_t s0 = seq_start(lens, b), hm = s0 * H * m + (size_t)h * m, hd = s0 * d + (size_t)h * dh;
+        const float *kv = st->kv + (size_t)bh * m * dh, *z = st->z + (size_t)bh * m;
+        const float *pq = st->phi_q + hm, *pk = st->phi_k + hm;
+        float *dkv_h = dkv + (size_t)bh * m * dh, *dz_h = dz + (size_t)bh * m;
         /* num = phi_q KV: dphi_q = dnum KV^T, dKV = phi_q^T dnum */
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, L, m, dh, 1.0f, dnum + (size_t)h * dh,
-                    d, kv, dh, 0.0f, dphi_q + (size_t)h * m, H * m);
-        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, m, dh, L, 1.0f, pq, H * m,
-                    dnum + (size_t)h * dh, d, 0.0f, dkv_h, dh);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, L, m, dh, 1.0f, dnum + hd, d, kv, dh,
+                    0.0f, dphi_q + hm, H * m);
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, m, dh, L, 1.0f, pq, H * m, dnum + hd,
+                    d, 0.0f, dkv_h, dh);
         /* den = phi_q . z: dphi_q += dden z, dz = phi_q^T dden */
         for (int r = 0; r < m; r++) dz_h[r] = 0;
         for (int p = 0; p < L; p++) {
-            float dd = dden[(size_t)p * H + h];
-            float *dpq = dphi_q + ((size_t)p * H + h) * m;
+            const float dd = dden[(s0 + p) * H + h];
+            float *dpq = dphi_q + hm + (size_t)p * H * m;
             const float *pqr = pq + (size_t)p * H * m;
+            #pragma omp simd
             for (int r = 0; r < m; r++) { dpq[r] += dd * z[r]; dz_h[r] += dd * pqr[r]; }
         }
         /* KV = phi_k^T V: dphi_k = V dKV^T, dV = phi_k dKV; z = sum phi_k: dphi_k += dz */
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, L, m, dh, 1.0f, v + (size_t)h * dh, d,
-                    dkv_h, dh, 0.0f, dphi_k + (size_t)h * m, H * m);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, L, m, dh, 1.0f, v + hd, d, dkv_h, dh,
+                    0.0f, dphi_k + hm, H * m);
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, L, dh, m, 1.0f, pk, H * m, dkv_h,
-                    dh, 0.0f, dv + (size_t)h * dh, d);
+                    dh, 0.0f, dv + hd, d);
         for (int p = 0; p < L; p++) {
-            float *dpk = dphi_k + ((size_t)p * H + h) * m;
+            float *dpk = dphi_k + hm + (size_t)p * H * m;
+            #pragma omp simd
             for (int r = 0; r < m; r++) dpk[r] += dz_h[r];
         }
     }
-    favor_features_backward(dq, dphi_q, st->phi_q, q, proj, L, H, dh, m, relu);
-    favor_features_backward(dk, dphi_k, st->phi_k, k, proj, L, H, dh, m, relu);
+    favor_features_backward(dq, dphi_q, st->phi_q, q, proj, T * H, dh, m, relu);
+    favor_features_backward(dk, dphi_k, st->phi_k, k, proj, T * H, dh, m, relu);
+}
+
+void favor_backward(float *dq, float *dk, float *dv, const float *dout, const float *out,
+                    const favor_state *st, const float *q, const float *k, const float *v,
+                    const float *proj, int L, int H, int dh, int m, int relu, float *scratch) {
+    favor_backward_batch(dq, dk, dv, dout, out, st, q, k, v, proj, &L, 1, H, dh, m, relu, scratch);
 }
 
 /* ---- exact softmax attention --------------------------------------------------------------- */

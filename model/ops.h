@@ -55,23 +55,38 @@ void residual_bias_add(float *out, const float *inp, const float *b, int N, int 
 /* out += inp, element-wise. */
 void residual_add(float *out, const float *inp, size_t n);
 
-/* Saved state of FAVOR+ attention for one sequence (all heads). Sizes: phi_q, phi_k [L, H, m];
- * kv [H, m, dh]; z [H, m]; den [L, H]. */
+/* Saved state of FAVOR+ attention for a packed batch of B sequences, T tokens in all (all heads).
+ * Sizes: phi_q, phi_k [T, H, m]; kv [B, H, m, dh]; z [B, H, m]; den [T, H]. */
 typedef struct {
     float *phi_q, *phi_k, *kv, *z, *den;
 } favor_state;
 
-/* Bidirectional FAVOR+ attention of one sequence: q, k, v, out are [L, H*dh] (head h = columns
- * h*dh..); proj [m, dh]; relu selects the generalized ReLU kernel, else positive softmax
- * features. Overwrites out and the state buffers. */
+/* Bidirectional FAVOR+ attention of each sequence of a packed batch (lens[B], attention stays
+ * inside a sequence): q, k, v, out are [T, H*dh] (head h = columns h*dh..); proj [m, dh]; relu
+ * selects the generalized ReLU kernel, else positive softmax features. Overwrites out and the
+ * state. Threads over (sequence, head) pairs; the result does not depend on the thread count. */
+void favor_forward_batch(float *out, favor_state *st, const float *q, const float *k,
+                         const float *v, const float *proj, const int *lens, int B, int H, int dh,
+                         int m, int relu);
+
+/* favor_forward_batch of one sequence of length L. */
 void favor_forward(float *out, favor_state *st, const float *q, const float *k, const float *v,
                    const float *proj, int L, int H, int dh, int m, int relu);
 
-/* Backward of favor_forward: OVERWRITES dq, dk, dv [L, H*dh] from dout and the saved state.
- * scratch needs 2*L*H*m + L*H*dh + H*m*dh + H*m + L*H floats. proj is constant (no gradient). */
+/* Backward of favor_forward_batch: OVERWRITES dq, dk, dv [T, H*dh] from dout and the saved state;
+ * scratch holds favor_backward_scratch_batch(T, B, ...) floats. proj is constant (no gradient). */
+void favor_backward_batch(float *dq, float *dk, float *dv, const float *dout, const float *out,
+                          const favor_state *st, const float *q, const float *k, const float *v,
+                          const float *proj, const int *lens, int B, int H, int dh, int m,
+                          int relu, float *scratch);
+
+/* Backward of favor_forward (one sequence of length L). */
 void favor_backward(float *dq, float *dk, float *dv, const float *dout, const float *out,
                     const favor_state *st, const float *q, const float *k, const float *v,
                     const float *proj, int L, int H, int dh, int m, int relu, float *scratch);
+
+/* Floats of scratch favor_backward_batch needs: 2*T*H*m + T*H*dh + B*H*m*dh + B*H*m + T*H. */
+size_t favor_backward_scratch_batch(size_t T, int B, int H, int dh, int m);
 
 /* Floats of scratch favor_backward needs. */
 size_t favor_backward_scratch(int L, int H, int dh, int m);

@@ -84,7 +84,7 @@ static size_t tr_layout(tr_state *s, float *base, size_t T, size_t B, size_t Lm,
     CARVE(s->dx, T * d); CARVE(s->dh, T * d); CARVE(s->da, T * d); CARVE(s->dq, T * d);
     CARVE(s->dk, T * d); CARVE(s->dv, T * d); CARVE(s->tmp, T * d); CARVE(s->dg, T * F);
     CARVE(s->df, T * F); CARVE(s->dlogits, T * TOK_NRES);
-    size_t sc = favor_backward_scratch((int)Lm, (int)H, (int)dh, (int)M);
+    size_t sc = favor_backward_scratch_batch(T, (int)B, (int)H, (int)dh, (int)M);
     if (Lm * Lm > sc) sc = Lm * Lm;
     CARVE(s->scratch, sc);
 #undef CARVE
@@ -159,19 +159,17 @@ double tr_forward_backward(tr_state *s, pf_kernel kernel, const int32_t *tokens,
             dwconv_forward(A->k, A->k0, W->conv_k, lens, B, d, c->conv_kernel);
             dwconv_forward(A->v, A->v0, W->conv_v, lens, B, d, c->conv_kernel);
         }
-        size_t off = 0, aoff = 0;
-        for (int b = 0; b < B; b++) {
-            size_t o = off * d;
-            if (exact) {
+        if (exact) {
+            size_t off = 0, aoff = 0;
+            for (int b = 0; b < B; b++) {
+                size_t o = off * d;
                 exact_forward(A->a + o, A->att + aoff, A->q + o, A->k + o, A->v + o, lens[b], H, dh, 1);
                 aoff += (size_t)H * lens[b] * lens[b];
-            } else {
-                favor_state st = { A->phi_q + off * H * M, A->phi_k + off * H * M,
-                                   A->kv + (size_t)b * H * M * dh, A->z + (size_t)b * H * M,
-                                   A->den + off * H };
-                favor_forward(A->a + o, &st, A->q + o, A->k + o, A->v + o, W->proj, lens[b], H, dh, M, relu);
+                off += lens[b];
             }
-            off += lens[b];
+        } else {
+            favor_state st = { A->phi_q, A->phi_k, A->kv, A->z, A->den };
+            favor_forward_batch(A->a, &st, A->q, A->k, A->v, W->proj, lens, B, H, dh, M, relu);
         }
         matmul_forward(s->tmp, A->a, W->wo, W->bo, N, d, d);
         for (size_t i = 0; i < T * d; i++) A->x_mid[i] = A->x_in[i] + s->tmp[i];
@@ -211,21 +209,19 @@ double tr_forward_backward(tr_state *s, pf_kernel kernel, const int32_t *tokens,
         /* x_mid = x_in + o(attn(q, k, v)); s->dx holds d x_mid */
         memset(s->da, 0, T * d * sizeof(float));
         matmul_backward(s->da, GW->wo, GW->bo, s->dx, A->a, W->wo, N, d, d);
-        size_t off = 0, aoff = 0;
-        for (int b = 0; b < B; b++) {
-            size_t o = off * d;
-            if (exact) {
+        if (exact) {
+            size_t off = 0, aoff = 0;
+            for (int b = 0; b < B; b++) {
+                size_t o = off * d;
                 exact_backward(s->dq + o, s->dk + o, s->dv + o, s->da + o, A->att + aoff, A->q + o,
                                A->k + o, A->v + o, lens[b], H, dh, s->scratch);
                 aoff += (size_t)H * lens[b] * lens[b];
-            } else {
-                favor_state st = { A->phi_q + off * H * M, A->phi_k + off * H * M,
-                                   A->kv + (size_t)b * H * M * dh, A->z + (size_t)b * H * M,
-                                   A->den + off * H };
-                favor_backward(s->dq + o, s->dk + o, s->dv + o, s->da + o, A->a + o, &st, A->q + o,
-                               A->k + o, A->v + o, W->proj, lens[b], H, dh, M, relu, s->scratch);
+                off += lens[b];
             }
-            off += lens[b];
+        } else {
+            favor_state st = { A->phi_q, A->phi_k, A->kv, A->z, A->den };
+            favor_backward_batch(s->dq, s->dk, s->dv, s->da, A->a, &st, A->q, A->k, A->v, W->proj,
+                                 lens, B, H, dh, M, relu, s->scratch);
         }
         memset(s->dh, 0, T * d * sizeof(float));
         if (c->conv_kernel > 0) {

@@ -2,7 +2,8 @@
  * converges to exact softmax attention as the number of random features m grows, and orthogonal
  * features give a lower mean-squared error than i.i.d. Gaussian features at equal m (averaged over
  * seeds). Also: linear memory (no L x L buffer) and a 34,350-residue forward pass of a tiny model,
- * and the exact kernel's refusal over its memory limit. */
+ * and the exact kernel's refusal over its memory limit; the packed-batch attention equals attention
+ * of each sequence alone and does not depend on the thread count. */
 #include "model.h"
 #include "ops.h"
 #include "rng.h"
@@ -105,8 +106,91 @@ static void test_long_sequence(void) {
     free(tok); free(logp);
 }
 
+/* Max |a - b| over n floats. */
+static double max_diff(const float *a, const float *b, size_t n) {
+    double m = 0;
+    for (size_t i = 0; i < n; i++) { double e = fabs((double)a[i] - b[i]); if (e > m) m = e; }
+    return m;
+}
+
+/* favor_forward_batch / favor_backward_batch over a packed batch (lengths 1 .. 300, so the
+ * parallel paths run) equal favor_forward / favor_backward of each sequence on its own, for both
+ * kernels, and the batch result does not depend on the thread count (bit-identical). */
+static void test_packed_batch(void) {
+    enum { B = 6, H = 4, dh = 8, m = 16 };
+    const int lens[B] = { 1, 300, 7, 129, 2, 64 };
+    const int d = H * dh;
+    size_t T = 0;
+    for (int b = 0; b < B; b++) T += (size_t)lens[b];
+    rng_t r;
+    rng_seed(&r, 77);
+    float *buf[5];
+    for (int i = 0; i < 5; i++) {   /* q, k, v, dout, proj */
+        buf[i] = malloc(sizeof(float) * T * d);
+        for (size_t j = 0; j < T * d; j++) buf[i][j] = (float)(0.7 * rng_normal(&r));
+    }
+    pf_draw_projection(buf[4], m, dh, 5);
+    size_t ns = T * H * m * 2 + (size_t)B * H * m * dh + (size_t)B * H * m + T * H;
+    size_t nsc = favor_backward_scratch_batch(T, B, H, dh, m);
+    float *out[3], *st_buf[3], *grad[3][3], *sc = malloc(sizeof(float) * nsc);
+    for (int v = 0; v < 3; v++) {   /* 0: per sequence, 1: batch on 2 threads, 2: batch on 1 */
+        out[v] = malloc(sizeof(float) * T * d);
+        st_buf[v] = malloc(sizeof(float) * ns);
+        for (int g = 0; g < 3; g++) grad[v][g] = malloc(sizeof(float) * T * d);
+    }
+    for (int relu = 0; relu < 2; relu++) {
+        for (int v = 0; v < 3; v++) {
+            pf_set_threads(v == 2 ? 1 : 2);
+            float *p = st_buf[v];
+            favor_state st = { p, p + T * H * m, p + 2 * T * H * m,
+                               p + 2 * T * H * m + (size_t)B * H * m * dh,
+                               p + 2 * T * H * m + (size_t)B * H * m * dh + (size_t)B * H * m };
+            if (v == 0) {
+                size_t o = 0;
+                for (int b = 0; b < B; b++) {
+                    favor_state s1 = { st.phi_q + o * H * m, st.phi_k + o * H * m,
+                                       st.kv + (size_t)b * H * m * dh, st.z + (size_t)b * H * m,
+                                       st.den + o * H };
+                    size_t od = o * d;
+                    favor_forward(out[v] + od, &s1, buf[0] + od, buf[1] + od, buf[2] + od, buf[4],
+                                  lens[b], H, dh, m, relu);
+                    favor_backward(grad[v][0] + od, grad[v][1] + od, grad[v][2] + od, buf[3] + od,
+                                   out[v] + od, &s1, buf[0] + od, buf[1] + od, buf[2] + od, buf[4],
+                                   lens[b], H, dh, m, relu, sc);
+                    o += (size_t)lens[b];
+                }
+            } else {
+                favor_forward_batch(out[v], &st, buf[0], buf[1], buf[2], buf[4], lens, B, H, dh, m,
+                                    relu);
+                favor_backward_batch(grad[v][0], grad[v][1], grad[v][2], buf[3], out[v], &st,
+                                     buf[0], buf[1], buf[2], buf[4], lens, B, H, dh, m, relu, sc);
+            }
+        }
+        double e = max_diff(out[0], out[1], T * d);
+        for (int g = 0; g < 3; g++) {
+            double eg = max_diff(grad[0][g], grad[1][g], T * d);
+            if (eg > e) e = eg;
+        }
+        int same = max_diff(out[1], out[2], T * d) == 0;
+        for (int g = 0; g < 3; g++) same &= max_diff(grad[1][g], grad[2][g], T * d) == 0;
+        printf("%s packed batch of %d (T=%zu) vs one sequence at a time: max |diff| %.3g "
+               "(out, dq, dk, dv); 1 vs 2 threads: %s\n", relu ? "favor-relu" : "favor-softmax",
+               B, T, e, same ? "bit-identical" : "DIFFERENT");
+        CHECKF(e <= 1e-5, "packed batch differs from per-sequence attention by %g", e);
+        CHECKF(same, "packed batch depends on the thread count");
+    }
+    pf_set_threads(2);
+    for (int v = 0; v < 3; v++) {
+        free(out[v]); free(st_buf[v]);
+        for (int g = 0; g < 3; g++) free(grad[v][g]);
+    }
+    for (int i = 0; i < 5; i++) free(buf[i]);
+    free(sc);
+}
+
 int main(void) {
     pf_set_threads(2);
+    test_packed_batch();
     test_convergence();
     test_orthogonal();
     test_long_sequence();
