@@ -62,8 +62,36 @@ void layernorm_forward(float *out, float *mean, float *rstd, const float *inp, c
     }
 }
 
+/* Width of the channel blocks a column reduction (sum over rows, in row order) is split into
+ * across threads: a multiple of 16 floats, so blocks start on cache lines. */
+static int col_block(int C, size_t work) {
+    int nt = 1;
+#ifdef _OPENMP
+    if (work > OMP_MIN) nt = omp_get_max_threads();
+#endif
+    int bw = (C + nt - 1) / nt;
+    return (bw + 15) / 16 * 16;
+}
+
 void layernorm_backward(float *dinp, float *dw, float *db, const float *dout, const float *inp,
                         const float *w, const float *mean, const float *rstd, int N, int C) {
+    /* dw, db: each channel summed over the rows in order (the result does not depend on the
+     * thread count), blocks of channels in parallel */
+    const int bw = col_block(C, (size_t)N * C);
+    #pragma omp parallel for if ((size_t)N * C > OMP_MIN)
+    for (int c0 = 0; c0 < C; c0 += bw) {
+        const int c1 = c0 + bw < C ? c0 + bw : C;
+        for (int p = 0; p < N; p++) {
+            const float *x = inp + (size_t)p * C, *d = dout + (size_t)p * C;
+            const float m = mean[p], s = rstd[p];
+            #pragma omp simd
+            for (int i = c0; i < c1; i++) {
+                dw[i] += (x[i] - m) * s * d[i];
+                db[i] += d[i];
+            }
+        }
+    }
+    #pragma omp parallel for if ((size_t)N * C > OMP_MIN)
     for (int p = 0; p < N; p++) {
         const float *x = inp + (size_t)p * C, *d = dout + (size_t)p * C;
         float *dx = dinp + (size_t)p * C;
@@ -74,8 +102,6 @@ void layernorm_backward(float *dinp, float *dw, float *db, const float *dout, co
             float norm = (x[i] - m) * s, dnorm = w[i] * d[i];
             dnorm_mean += dnorm;
             dnorm_norm_mean += dnorm * norm;
-            dw[i] += norm * d[i];
-            db[i] += d[i];
         }
         dnorm_mean /= C;
         dnorm_norm_mean /= C;
@@ -96,19 +122,37 @@ void matmul_forward(float *out, const float *inp, const float *w, const float *b
                 b ? 1.0f : 0.0f, out, OC);
 }
 
-void matmul_backward(float *dinp, float *dw, float *db, const float *dout, const float *inp,
-                     const float *w, int N, int C, int OC) {
+/* matmul_backward with dinp = beta * dinp + dout w (beta 0: dinp need not be initialised). */
+static void matmul_backward_beta(float *dinp, float beta, float *dw, float *db, const float *dout,
+                                 const float *inp, const float *w, int N, int C, int OC) {
     if (dinp)
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, C, OC, 1.0f, dout, OC, w, C,
-                    1.0f, dinp, C);
+                    beta, dinp, C);
     cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, OC, C, N, 1.0f, dout, OC, inp, C, 1.0f,
                 dw, C);
     if (db) {
-        for (int p = 0; p < N; p++) {
-            const float *d = dout + (size_t)p * OC;
-            for (int o = 0; o < OC; o++) db[o] += d[o];
+        /* each column summed over the rows in order, blocks of columns in parallel */
+        const int bw = col_block(OC, (size_t)N * OC);
+        #pragma omp parallel for if ((size_t)N * OC > OMP_MIN)
+        for (int o0 = 0; o0 < OC; o0 += bw) {
+            const int o1 = o0 + bw < OC ? o0 + bw : OC;
+            for (int p = 0; p < N; p++) {
+                const float *d = dout + (size_t)p * OC;
+                #pragma omp simd
+                for (int o = o0; o < o1; o++) db[o] += d[o];
+            }
         }
     }
+}
+
+void matmul_backward(float *dinp, float *dw, float *db, const float *dout, const float *inp,
+                     const float *w, int N, int C, int OC) {
+    matmul_backward_beta(dinp, 1.0f, dw, db, dout, inp, w, N, C, OC);
+}
+
+void matmul_backward_set(float *dinp, float *dw, float *db, const float *dout, const float *inp,
+                         const float *w, int N, int C, int OC) {
+    matmul_backward_beta(dinp, 0.0f, dw, db, dout, inp, w, N, C, OC);
 }
 
 /* erf(x) for float x, branch-free so the GELU loops vectorise: x·P(x²)/Q(x²) on [-4, 4] (outside
@@ -164,7 +208,7 @@ void gelu_backward(float *dinp, const float *inp, const float *dout, size_t n) {
         float x = inp[i];
         float cdf = 0.5f * (1.0f + erf_vec(x * (float)M_SQRT1_2));
         float pdf = exp_vec(-0.5f * x * x) * 0.3989422804014327f;
-        dinp[i] += dout[i] * (cdf + x * pdf);
+        dinp[i] = dout[i] * (cdf + x * pdf);
     }
 }
 

@@ -40,10 +40,14 @@ void matmul_forward(float *out, const float *inp, const float *w, const float *b
 void matmul_backward(float *dinp, float *dw, float *db, const float *dout, const float *inp,
                      const float *w, int N, int C, int OC);
 
+/* As matmul_backward, but dinp = dout w (overwritten, need not be initialised). */
+void matmul_backward_set(float *dinp, float *dw, float *db, const float *dout, const float *inp,
+                         const float *w, int N, int C, int OC);
+
 /* out = GELU(inp) element-wise (exact erf form); out may equal inp. */
 void gelu_forward(float *out, const float *inp, size_t n);
 
-/* dinp += dout * GELU'(inp). */
+/* dinp = dout * GELU'(inp) (overwrites dinp). */
 void gelu_backward(float *dinp, const float *inp, const float *dout, size_t n);
 
 /* x [N, C] = GELU(x + b) in place (the fc1 bias fused into the activation; inference only). */

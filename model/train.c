@@ -172,12 +172,14 @@ double tr_forward_backward(tr_state *s, pf_kernel kernel, const int32_t *tokens,
             favor_forward_batch(A->a, &st, A->q, A->k, A->v, W->proj, lens, B, H, dh, M, relu);
         }
         matmul_forward(s->tmp, A->a, W->wo, W->bo, N, d, d);
+        #pragma omp parallel for simd
         for (size_t i = 0; i < T * d; i++) A->x_mid[i] = A->x_in[i] + s->tmp[i];
         layernorm_forward(A->h2, A->mean2, A->rstd2, A->x_mid, W->ln2_w, W->ln2_b, N, d, c->norm_eps);
         matmul_forward(A->f1, A->h2, W->fc1_w, W->fc1_b, N, d, F);
         gelu_forward(A->g, A->f1, T * F);
         matmul_forward(s->tmp, A->g, W->fc2_w, W->fc2_b, N, F, d);
         float *x_out = l + 1 < c->n_layers ? s->L[l + 1].x_in : s->x_final;
+        #pragma omp parallel for simd
         for (size_t i = 0; i < T * d; i++) x_out[i] = A->x_mid[i] + s->tmp[i];
     }
     layernorm_forward(s->lnf, s->meanf, s->rstdf, s->x_final, P->lnf_w, P->lnf_b, N, d, c->norm_eps);
@@ -190,25 +192,20 @@ double tr_forward_backward(tr_state *s, pf_kernel kernel, const int32_t *tokens,
     memset(grads, 0, m->n_params * sizeof(float));
     tr_bind_grads(s, grads);
     pf_params *G = &s->g;
-    memset(s->dh, 0, T * d * sizeof(float));
     memset(s->dx, 0, T * d * sizeof(float));
-    matmul_backward(s->dh, G->head_w, G->head_b, s->dlogits, s->lnf, P->head_w, N, d, TOK_NRES);
+    matmul_backward_set(s->dh, G->head_w, G->head_b, s->dlogits, s->lnf, P->head_w, N, d, TOK_NRES);
     layernorm_backward(s->dx, G->lnf_w, G->lnf_b, s->dh, s->x_final, P->lnf_w, s->meanf, s->rstdf, N, d);
     for (int l = c->n_layers - 1; l >= 0; l--) {
         const pf_layer *W = &P->layers[l];
         pf_layer *GW = &G->layers[l];
         tr_layer_acts *A = &s->L[l];
         /* x_out = x_mid + fc2(gelu(fc1(ln2(x_mid)))); s->dx holds d x_out */
-        memset(s->dg, 0, T * F * sizeof(float));
-        matmul_backward(s->dg, GW->fc2_w, GW->fc2_b, s->dx, A->g, W->fc2_w, N, F, d);
-        memset(s->df, 0, T * F * sizeof(float));
+        matmul_backward_set(s->dg, GW->fc2_w, GW->fc2_b, s->dx, A->g, W->fc2_w, N, F, d);
         gelu_backward(s->df, A->f1, s->dg, T * F);
-        memset(s->dh, 0, T * d * sizeof(float));
-        matmul_backward(s->dh, GW->fc1_w, GW->fc1_b, s->df, A->h2, W->fc1_w, N, d, F);
+        matmul_backward_set(s->dh, GW->fc1_w, GW->fc1_b, s->df, A->h2, W->fc1_w, N, d, F);
         layernorm_backward(s->dx, GW->ln2_w, GW->ln2_b, s->dh, A->x_mid, W->ln2_w, A->mean2, A->rstd2, N, d);
         /* x_mid = x_in + o(attn(q, k, v)); s->dx holds d x_mid */
-        memset(s->da, 0, T * d * sizeof(float));
-        matmul_backward(s->da, GW->wo, GW->bo, s->dx, A->a, W->wo, N, d, d);
+        matmul_backward_set(s->da, GW->wo, GW->bo, s->dx, A->a, W->wo, N, d, d);
         if (exact) {
             size_t off = 0, aoff = 0;
             for (int b = 0; b < B; b++) {
@@ -223,7 +220,7 @@ double tr_forward_backward(tr_state *s, pf_kernel kernel, const int32_t *tokens,
             favor_backward_batch(s->dq, s->dk, s->dv, s->da, A->a, &st, A->q, A->k, A->v, W->proj,
                                  lens, B, H, dh, M, relu, s->scratch);
         }
-        memset(s->dh, 0, T * d * sizeof(float));
+        /* s->dh = the sum of the three projections' input gradients (the first one sets it) */
         if (c->conv_kernel > 0) {
             /* s->dq/dk/dv are gradients w.r.t. the conv outputs; s->tmp takes the gradient
              * w.r.t. each projection in turn */
@@ -235,10 +232,11 @@ double tr_forward_backward(tr_state *s, pf_kernel kernel, const int32_t *tokens,
             for (int j = 0; j < 3; j++) {
                 memset(s->tmp, 0, T * d * sizeof(float));
                 dwconv_backward(s->tmp, gcw[j], dcv[j], in0[j], cw[j], lens, B, d, c->conv_kernel);
-                matmul_backward(s->dh, gw[j], gb[j], s->tmp, A->h1, wm[j], N, d, d);
+                (j ? matmul_backward : matmul_backward_set)(s->dh, gw[j], gb[j], s->tmp, A->h1,
+                                                            wm[j], N, d, d);
             }
         } else {
-            matmul_backward(s->dh, GW->wq, GW->bq, s->dq, A->h1, W->wq, N, d, d);
+            matmul_backward_set(s->dh, GW->wq, GW->bq, s->dq, A->h1, W->wq, N, d, d);
             matmul_backward(s->dh, GW->wk, GW->bk, s->dk, A->h1, W->wk, N, d, d);
             matmul_backward(s->dh, GW->wv, GW->bv, s->dv, A->h1, W->wv, N, d, d);
         }
