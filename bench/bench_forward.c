@@ -19,8 +19,15 @@
  *   bench_forward sgemm [--threads N] [--n 2048] [--reps 5] [--shapes-T T] [--d D --d-ff F]
  *       Best-of-reps GFLOP/s of an n x n x n cblas_sgemm (the machine's sgemm peak), and of the
  *       model's own linear-layer shapes at T tokens (what a forward pass can reach at best).
+ *   bench_forward dwconv [--threads N] [--batch B] [--len L] [--d C] [--conv K] [--reps 21]
+ *                 [--seed S]
+ *       The q/k/v depthwise convolution alone (dwconv_forward, dwconv_backward) on random data:
+ *       B packed sequences of L rows (default 32 x 512 = 16,384 tokens), C channels (256), width
+ *       K (15); median/min seconds of reps runs after one warm-up, and GFLOP/s counting
+ *       2 N C K FLOPs forward and 4 N C K backward (dinp and dw).
  */
 #include "model.h"
+#include "ops.h"
 #include "tokenizer.h"
 
 #include <cblas.h>
@@ -88,7 +95,9 @@ static void usage(void) {
             "                     [--single-over S] [--seed S] [--tokens-out F] [--logp-out F]\n"
             "                     [--exact-limit-mb MB]\n"
             "       bench_forward sgemm [--threads N] [--n 2048] [--reps 5] [--shapes-T T]\n"
-            "                     [--d D] [--d-ff F]\n");
+            "                     [--d D] [--d-ff F]\n"
+            "       bench_forward dwconv [--threads N] [--batch B] [--len L] [--d C] [--conv K]\n"
+            "                     [--reps N] [--seed S]\n");
     exit(2);
 }
 
@@ -188,13 +197,62 @@ static int mode_sgemm(int threads, int n, int reps, int T, int d, int F) {
     return 0;
 }
 
+static double median_of(double *t, int n) {
+    qsort(t, (size_t)n, sizeof(double), cmp_double);
+    return n % 2 ? t[n / 2] : 0.5 * (t[n / 2 - 1] + t[n / 2]);
+}
+
+/* Times dwconv_forward and dwconv_backward on B random sequences of L rows, C channels, width K. */
+static int mode_dwconv(int threads, int B, int L, int C, int K, int reps, uint64_t seed) {
+    if (B < 1 || L < 1 || C < 1 || K < 1 || K % 2 == 0 || K > PF_DW_MAX_K || reps < 1) usage();
+    pf_set_threads(threads);
+    size_t N = (size_t)B * L;
+    int *lens = malloc((size_t)B * sizeof *lens);
+    float *x = malloc(N * C * sizeof(float)), *g = malloc(N * C * sizeof(float));
+    float *out = malloc(N * C * sizeof(float)), *dx = malloc(N * C * sizeof(float));
+    float *w = malloc((size_t)K * C * sizeof(float)), *dw = malloc((size_t)K * C * sizeof(float));
+    double *tf = malloc(sizeof(double) * (size_t)reps), *tb = malloc(sizeof(double) * (size_t)reps);
+    if (!lens || !x || !g || !out || !dx || !w || !dw || !tf || !tb) {
+        fprintf(stderr, "bench_forward: out of memory\n");
+        return 1;
+    }
+    rng_state = seed;
+    for (int b = 0; b < B; b++) lens[b] = L;
+    for (size_t i = 0; i < N * C; i++) x[i] = (float)(splitmix() >> 40) * 0x1p-24f - 0.5f;
+    for (size_t i = 0; i < N * C; i++) g[i] = (float)(splitmix() >> 40) * 0x1p-24f - 0.5f;
+    for (size_t i = 0; i < (size_t)K * C; i++) w[i] = (float)(splitmix() >> 40) * 0x1p-24f - 0.5f;
+    memset(dx, 0, N * C * sizeof(float));
+    memset(dw, 0, (size_t)K * C * sizeof(float));
+    for (int r = -1; r < reps; r++) {    /* r = -1 is the warm-up */
+        double t0 = now_s();
+        dwconv_forward(out, x, w, lens, B, C, K);
+        double t1 = now_s();
+        dwconv_backward(dx, dw, g, x, w, lens, B, C, K);
+        double t2 = now_s();
+        if (r >= 0) { tf[r] = t1 - t0; tb[r] = t2 - t1; }
+    }
+    double chk = 0;    /* keeps the results live */
+    for (size_t i = 0; i < N * C; i += 4099) chk += (double)out[i] + dx[i];
+    for (size_t i = 0; i < (size_t)K * C; i++) chk += dw[i];
+    double ff = 2.0 * (double)N * C * K, fb = 4.0 * (double)N * C * K;
+    double mf = median_of(tf, reps), mb = median_of(tb, reps);
+    printf("{\"bench\":\"dwconv\",\"threads\":%d,\"batch\":%d,\"L\":%d,\"N\":%zu,\"C\":%d,"
+           "\"K\":%d,\"reps\":%d,\"forward_median_s\":%.6f,\"forward_min_s\":%.6f,"
+           "\"forward_gflops\":%.3f,\"backward_median_s\":%.6f,\"backward_min_s\":%.6f,"
+           "\"backward_gflops\":%.3f,\"checksum\":%.6g}\n",
+           threads, B, L, N, C, K, reps, mf, tf[0], ff / mf * 1e-9, mb, tb[0], fb / mb * 1e-9, chk);
+    fflush(stdout);
+    free(lens); free(x); free(g); free(out); free(dx); free(w); free(dw); free(tf); free(tb);
+    return 0;
+}
+
 int main(int argc, char **argv) {
     pf_omp_passive(argv);   /* as bin/performer and bin/performerd do */
     if (argc < 2) usage();
     const char *mode = argv[1];
     const char *weights = "weights/model.safetensors", *kname = NULL, *tok_out = NULL, *logp_out = NULL;
     int L = 0, B = 1, threads = 2, warmup = 1, min_reps = 3, max_reps = 50, n = 2048, reps = 5;
-    int shapesT = 0, d = 256, F = 1024;
+    int shapesT = 0, d = 256, F = 1024, conv = 15;
     double min_time = 2.0, single_over = 5.0, exact_limit_mb = 0;
     uint64_t seed = 1;
     for (int i = 2; i < argc; i++) {
@@ -219,6 +277,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--shapes-T")) shapesT = atoi(v);
         else if (!strcmp(a, "--d")) d = atoi(v);
         else if (!strcmp(a, "--d-ff")) F = atoi(v);
+        else if (!strcmp(a, "--conv")) conv = atoi(v);
         else if (!strcmp(a, "--exact-limit-mb")) exact_limit_mb = atof(v);
         else usage();
     }
@@ -227,6 +286,17 @@ int main(int argc, char **argv) {
     if (!strcmp(mode, "sgemm")) {
         if (n < 1 || reps < 1) usage();
         return mode_sgemm(threads, n, reps, shapesT, d, F);
+    }
+    if (!strcmp(mode, "dwconv")) {
+        /* defaults: 32 sequences of 512 (16,384 packed tokens), 21 timed runs */
+        int reps_given = 0, len_given = 0, batch_given = 0;
+        for (int i = 2; i + 1 < argc; i += 2) {
+            reps_given |= !strcmp(argv[i], "--reps");
+            len_given |= !strcmp(argv[i], "--len");
+            batch_given |= !strcmp(argv[i], "--batch");
+        }
+        return mode_dwconv(threads, batch_given ? B : 32, len_given ? L : 512, d, conv,
+                           reps_given ? reps : 21, seed);
     }
     if (strcmp(mode, "forward") != 0 || L < 3 || B < 1 || max_reps < 1) usage();
 

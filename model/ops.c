@@ -526,6 +526,76 @@ static void dw_rows(const int *lens, int B, size_t N, size_t *p0, size_t *p1, in
     while (*b < B - 1 && *s0 + (size_t)lens[*b] <= *p0) { *s0 += (size_t)lens[*b]; (*b)++; }
 }
 
+/* The kernels below keep the sums of DW_CH channels in fixed-size local arrays that GCC holds in
+ * vector registers across the taps (4 AVX-512 registers per row), and store each sum once. Every
+ * path adds the same products in the same order (tap j ascending for out and dinp, position t
+ * ascending for dw), so results do not depend on which path or thread handles a row or channel. */
+#define DW_CH 64        /* channels per register block */
+#define DW_ROWS 4       /* rows per register block of the forward and the input gradient */
+
+/* Rows i < DW_ROWS, channels c < DW_CH: o[i*C + c] = (add ? o[i*C + c] : 0)
+ * + sum_{j<n} w[j*C + c] * x[i*C + j*xs + c]. */
+static void dw_taps4(float *restrict o, const float *restrict x, const float *restrict w, size_t C,
+                     ptrdiff_t xs, int n, int add) {
+    float a0[DW_CH], a1[DW_CH], a2[DW_CH], a3[DW_CH];
+    for (int c = 0; c < DW_CH; c++) {
+        a0[c] = add ? o[c] : 0.0f;
+        a1[c] = add ? o[C + c] : 0.0f;
+        a2[c] = add ? o[2 * C + c] : 0.0f;
+        a3[c] = add ? o[3 * C + c] : 0.0f;
+    }
+    for (int j = 0; j < n; j++) {
+        const float *wj = w + (size_t)j * C, *xj = x + j * xs;
+        #pragma omp simd
+        for (int c = 0; c < DW_CH; c++) {
+            a0[c] += wj[c] * xj[c];
+            a1[c] += wj[c] * xj[C + c];
+            a2[c] += wj[c] * xj[2 * C + c];
+            a3[c] += wj[c] * xj[3 * C + c];
+        }
+    }
+    for (int c = 0; c < DW_CH; c++) {
+        o[c] = a0[c];
+        o[C + c] = a1[c];
+        o[2 * C + c] = a2[c];
+        o[3 * C + c] = a3[c];
+    }
+}
+
+/* dw_taps4 for one row. */
+static void dw_taps1(float *restrict o, const float *restrict x, const float *restrict w, size_t C,
+                     ptrdiff_t xs, int n, int add) {
+    float a0[DW_CH];
+    for (int c = 0; c < DW_CH; c++) a0[c] = add ? o[c] : 0.0f;
+    for (int j = 0; j < n; j++) {
+        const float *wj = w + (size_t)j * C, *xj = x + j * xs;
+        #pragma omp simd
+        for (int c = 0; c < DW_CH; c++) a0[c] += wj[c] * xj[c];
+    }
+    for (int c = 0; c < DW_CH; c++) o[c] = a0[c];
+}
+
+/* nr (1 or DW_ROWS) whole rows of C channels: row i, channel c is
+ * o[i*C + c] = (add ? o[i*C + c] : 0) + sum_{j<n} w[j*C + c] * x[i*C + j*xs + c]. */
+static void dw_taps(float *o, const float *x, const float *w, int C, ptrdiff_t xs, int n, int add,
+                    int nr) {
+    const size_t Cs = (size_t)C;
+    int c0 = 0;
+    for (; c0 + DW_CH <= C; c0 += DW_CH) {
+        if (nr == DW_ROWS) dw_taps4(o + c0, x + c0, w + c0, Cs, xs, n, add);
+        else dw_taps1(o + c0, x + c0, w + c0, Cs, xs, n, add);
+    }
+    for (int i = 0; i < nr && c0 < C; i++) {    /* the last C % DW_CH channels */
+        float *oi = o + i * Cs + c0;
+        const float *xi = x + i * Cs + c0, *wc = w + c0;
+        if (!add) for (int c = 0; c < C - c0; c++) oi[c] = 0.0f;
+        for (int j = 0; j < n; j++) {
+            const float *wj = wc + (size_t)j * Cs, *xj = xi + j * xs;
+            for (int c = 0; c < C - c0; c++) oi[c] += wj[c] * xj[c];
+        }
+    }
+}
+
 void dwconv_forward(float *out, const float *inp, const float *w, const int *lens, int B, int C,
                     int K) {
     size_t N = 0;
@@ -536,22 +606,68 @@ void dwconv_forward(float *out, const float *inp, const float *w, const int *len
         size_t p0, p1, s0;
         int b;
         dw_rows(lens, B, N, &p0, &p1, &b, &s0);
-        for (size_t p = p0; p < p1; p++) {
+        for (size_t p = p0; p < p1;) {
             while (p >= s0 + (size_t)lens[b]) s0 += (size_t)lens[b++];
             const int t = (int)(p - s0), L = lens[b];
-            const int j0 = r - t > 0 ? r - t : 0, j1 = L - t + r < K ? L - t + r : K;
-            float *o = out + p * C;
-            for (int c = 0; c < C; c++) o[c] = 0.0f;
-            for (int j = j0; j < j1; j++) {
-                const float *x = inp + (p + j - r) * C, *wj = w + (size_t)j * C;
-                #pragma omp simd
-                for (int c = 0; c < C; c++) o[c] += wj[c] * x[c];
+            if (t >= r && t + DW_ROWS - 1 + r < L && p + DW_ROWS <= p1) {
+                /* DW_ROWS rows whose K taps are all inside the sequence */
+                dw_taps(out + p * C, inp + (p - r) * C, w, C, C, K, 0, DW_ROWS);
+                p += DW_ROWS;
+                continue;
             }
+            const int j0 = r - t > 0 ? r - t : 0, j1 = L - t + r < K ? L - t + r : K;
+            dw_taps(out + p * C, inp + (p + j0 - r) * C, w + (size_t)j0 * C, C, C, j1 - j0, 0, 1);
+            p++;
         }
     }
 }
 
 #define DW_BLOCK 128    /* most channels per task of the weight gradient */
+#define DW_TAPS 4       /* taps per register block of the weight gradient */
+#define DW_TILE 128     /* interior rows per tile of the weight gradient (its inputs stay in L2) */
+
+/* Taps j < nt (<= DW_TAPS), channels c < DW_CH: acc[j*DW_BLOCK + c] += sum_{t<nr} g[t*C + c]
+ * * x[(t + j)*C + c], each sum over t in order in registers. Taps nt..DW_TAPS-1 repeat tap nt-1
+ * (every load stays in range) and are not stored. */
+static void dw_grad_taps(float *restrict acc, const float *restrict g, const float *restrict x,
+                         size_t C, int nr, int nt) {
+    const float *x0 = x, *x1 = x + (nt > 1 ? 1 : 0) * C, *x2 = x + (nt > 2 ? 2 : nt - 1) * C;
+    const float *x3 = x + (size_t)(nt > 3 ? 3 : nt - 1) * C;
+    float a0[DW_CH], a1[DW_CH], a2[DW_CH], a3[DW_CH];
+    for (int c = 0; c < DW_CH; c++) {
+        a0[c] = acc[c];
+        a1[c] = nt > 1 ? acc[DW_BLOCK + c] : 0.0f;
+        a2[c] = nt > 2 ? acc[2 * DW_BLOCK + c] : 0.0f;
+        a3[c] = nt > 3 ? acc[3 * DW_BLOCK + c] : 0.0f;
+    }
+    for (int t = 0; t < nr; t++) {
+        const size_t o = (size_t)t * C;
+        #pragma omp simd
+        for (int c = 0; c < DW_CH; c++) {
+            const float gc = g[o + c];
+            a0[c] += gc * x0[o + c];
+            a1[c] += gc * x1[o + c];
+            a2[c] += gc * x2[o + c];
+            a3[c] += gc * x3[o + c];
+        }
+    }
+    for (int c = 0; c < DW_CH; c++) {
+        acc[c] = a0[c];
+        if (nt > 1) acc[DW_BLOCK + c] = a1[c];
+        if (nt > 2) acc[2 * DW_BLOCK + c] = a2[c];
+        if (nt > 3) acc[3 * DW_BLOCK + c] = a3[c];
+    }
+}
+
+/* acc[j*DW_BLOCK + c] += g[c] * x[j*C + c] for taps j < n and channels c < nc (one row). */
+static void dw_grad_row(float *acc, const float *g, const float *x, size_t C, int n, int nc) {
+    for (int j = 0; j < n; j++) {
+        float *a = acc + (size_t)j * DW_BLOCK;
+        const float *xj = x + (size_t)j * C;
+        #pragma omp simd
+        for (int c = 0; c < nc; c++) a[c] += g[c] * xj[c];
+    }
+}
 
 void dwconv_backward(float *dinp, float *dw, const float *dout, const float *inp, const float *w,
                      const int *lens, int B, int C, int K) {
@@ -564,21 +680,25 @@ void dwconv_backward(float *dinp, float *dw, const float *dout, const float *inp
         size_t p0, p1, s0;
         int b;
         dw_rows(lens, B, N, &p0, &p1, &b, &s0);
-        for (size_t p = p0; p < p1; p++) {
+        for (size_t p = p0; p < p1;) {
             while (p >= s0 + (size_t)lens[b]) s0 += (size_t)lens[b++];
             const int s = (int)(p - s0), L = lens[b];
-            const int j0 = s + r - L + 1 > 0 ? s + r - L + 1 : 0, j1 = s + r + 1 < K ? s + r + 1 : K;
-            float *dx = dinp + p * C;
-            for (int j = j0; j < j1; j++) {
-                const float *g = dout + (p - j + r) * C, *wj = w + (size_t)j * C;
-                #pragma omp simd
-                for (int c = 0; c < C; c++) dx[c] += wj[c] * g[c];
+            if (s >= r && s + DW_ROWS - 1 + r < L && p + DW_ROWS <= p1) {
+                dw_taps(dinp + p * C, dout + (p + r) * C, w, C, -(ptrdiff_t)C, K, 1, DW_ROWS);
+                p += DW_ROWS;
+                continue;
             }
+            const int j0 = s + r - L + 1 > 0 ? s + r - L + 1 : 0, j1 = s + r + 1 < K ? s + r + 1 : K;
+            dw_taps(dinp + p * C, dout + (p - j0 + r) * C, w + (size_t)j0 * C, C, -(ptrdiff_t)C,
+                    j1 - j0, 1, 1);
+            p++;
         }
     }
     /* dw[j, c] += sum_t dout[t, c] inp[t + j - r, c]: parallel over blocks of channels (as wide as
      * the threads allow, a multiple of 16, at most DW_BLOCK), each channel summed over all
-     * positions in order, so the result does not depend on the thread count or block width */
+     * positions in order, so the result does not depend on the thread count or block width.
+     * A sequence's interior rows (all taps inside it) go in tiles of DW_TILE rows, DW_TAPS taps x
+     * DW_CH channels at a time in registers; its first and last r rows one by one. */
     int nt = 1;
 #ifdef _OPENMP
     if (N * C > OMP_MIN) nt = omp_get_max_threads();
@@ -587,28 +707,41 @@ void dwconv_backward(float *dinp, float *dw, const float *dout, const float *inp
     bw = (bw + 15) / 16 * 16;
     if (bw > DW_BLOCK) bw = DW_BLOCK;
     const int nblk = (C + bw - 1) / bw;
+    const size_t Cs = (size_t)C;
     #pragma omp parallel for if (N * C > OMP_MIN)
     for (int blk = 0; blk < nblk; blk++) {
-        const int c0 = blk * bw, nc = C - c0 < bw ? C - c0 : bw;
-        float acc[PF_DW_MAX_K][DW_BLOCK];
+        const int c0 = blk * bw, nc = C - c0 < bw ? C - c0 : bw, nv = nc / DW_CH * DW_CH;
+        float acc[PF_DW_MAX_K * DW_BLOCK];    /* [tap][channel of the block] */
         memset(acc, 0, sizeof acc);
         size_t s0 = 0;
         for (int b = 0; b < B; b++) {
             const int L = lens[b];
+            const int ia = r < L ? r : L, ib = L - r > ia ? L - r : ia;   /* interior: [ia, ib) */
             for (int t = 0; t < L; t++) {
-                const float *g = dout + (s0 + t) * C + c0;
-                const int j0 = r - t > 0 ? r - t : 0, j1 = L - t + r < K ? L - t + r : K;
-                for (int j = j0; j < j1; j++) {
-                    const float *x = inp + (s0 + t + j - r) * C + c0;
-                    float *a = acc[j];
-                    #pragma omp simd
-                    for (int c = 0; c < nc; c++) a[c] += g[c] * x[c];
+                if (t == ia && ia < ib) {
+                    for (int t0 = ia; t0 < ib; t0 += DW_TILE) {
+                        const int nr = ib - t0 < DW_TILE ? ib - t0 : DW_TILE;
+                        const float *g = dout + (s0 + t0) * Cs + c0;
+                        const float *x = inp + (s0 + t0 - r) * Cs + c0;
+                        for (int q = 0; q < nv; q += DW_CH)
+                            for (int j = 0; j < K; j += DW_TAPS)
+                                dw_grad_taps(acc + (size_t)j * DW_BLOCK + q, g + q,
+                                             x + (size_t)j * Cs + q, Cs, nr,
+                                             K - j < DW_TAPS ? K - j : DW_TAPS);
+                        for (int i = 0; i < nr && nv < nc; i++)    /* the last nc % DW_CH */
+                            dw_grad_row(acc + nv, g + i * Cs + nv, x + i * Cs + nv, Cs, K, nc - nv);
+                    }
+                    t = ib - 1;
+                    continue;
                 }
+                const int j0 = r - t > 0 ? r - t : 0, j1 = L - t + r < K ? L - t + r : K;
+                dw_grad_row(acc + (size_t)j0 * DW_BLOCK, dout + (s0 + t) * Cs + c0,
+                            inp + (s0 + t + j0 - r) * Cs + c0, Cs, j1 - j0, nc);
             }
             s0 += (size_t)L;
         }
         for (int j = 0; j < K; j++)
-            for (int c = 0; c < nc; c++) dw[(size_t)j * C + c0 + c] += acc[j][c];
+            for (int c = 0; c < nc; c++) dw[(size_t)j * C + c0 + c] += acc[(size_t)j * DW_BLOCK + c];
     }
 }
 
