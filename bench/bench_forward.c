@@ -137,7 +137,7 @@ static int write_file(const char *path, const void *data, size_t n) {
 
 static int mode_info(int threads) {
     pf_set_threads(threads);
-    const char *wp = getenv("OMP_WAIT_POLICY");
+    const char *wp = getenv("OMP_WAIT_POLICY"), *spin = getenv("GOMP_SPINCOUNT");
     const char *ct = getenv("OPENBLAS_CORETYPE");
     printf("{\"bench\":\"info\",\"openblas_core\":");
     json_str(openblas_get_corename());
@@ -147,6 +147,8 @@ static int mode_info(int threads) {
     json_str(ct ? ct : "");
     printf(",\"openblas_threads\":%d,\"omp_wait_policy\":", openblas_get_num_threads());
     json_str(wp ? wp : "");
+    printf(",\"gomp_spincount\":");
+    json_str(spin ? spin : "");
     printf("}\n");
     return 0;
 }

@@ -201,6 +201,7 @@ def cmd_info(a):
     info = {"bench": "torch_info", "torch": torch.__version__, "threads": torch.get_num_threads(),
             "python": sys.version.split()[0], "numpy": np.__version__,
             "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", ""),
+            "gomp_spincount": os.environ.get("GOMP_SPINCOUNT", ""),
             "capability": torch.backends.cpu.get_cpu_capability()
             if hasattr(torch.backends, "cpu") else ""}
     info.update(blas_info())

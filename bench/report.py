@@ -377,6 +377,8 @@ def report(a):
         ", ".join(os.path.basename(x) for x in tinfo.get("blas_libs", [])) or "?", tinfo.get("openblas_core", "?")))
     w("OMP_WAIT_POLICY:   %s (C), %s (PyTorch)" % (info.get("omp_wait_policy") or "(unset)",
                                                    tinfo.get("omp_wait_policy") or "(unset)"))
+    w("GOMP_SPINCOUNT:    %s (C), %s (PyTorch)" % (info.get("gomp_spincount") or "(unset)",
+                                                   tinfo.get("gomp_spincount") or "(unset)"))
     w("Load average:      start %s, end %s" % (" ".join(load[:3]),
                                                 " ".join(read(os.path.join(meta, "load_end.txt")).split()[:3])))
     if busy_start:

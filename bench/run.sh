@@ -27,6 +27,8 @@ PY=${PY:-/usr/bin/python3}
 BF=$BIN/bench/bench_forward
 if [ "$SMOKE" = 1 ]; then OUT=${OUT:-bench/smoke}; else OUT=${OUT:-bench}; fi
 export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
+# libgomp's spin before sleeping, for C and PyTorch alike (the C programs' default, PF_GOMP_SPINCOUNT)
+export GOMP_SPINCOUNT=${GOMP_SPINCOUNT:-10000}
 # PyTorch gets the same OpenMP wait policy as C unless TORCH_OMP_WAIT_POLICY says otherwise
 # ("unset" = libgomp's default, spin then sleep)
 TORCH_OMP_WAIT_POLICY=${TORCH_OMP_WAIT_POLICY:-$OMP_WAIT_POLICY}
@@ -121,8 +123,8 @@ fi
 cat model/*.c model/*.h server/*.c server/*.h bench/*.c 2>/dev/null | sha256sum | cut -c1-16 >"$T/srcdigest.txt"
 sha256sum "$WEIGHTS" | cut -c1-64 >"$T/weights_sha.txt"
 "$BIN/performer" info --weights "$WEIGHTS" >"$T/weights_info.txt" 2>&1 || true
-printf 'SMOKE=%s WEIGHTS=%s THREADS=%s OMP_WAIT_POLICY=%s TORCH_OMP_WAIT_POLICY=%s OPENBLAS_CORETYPE=%s\n' \
-    "$SMOKE" "$WEIGHTS" "$THREADS" "$OMP_WAIT_POLICY" "$TORCH_OMP_WAIT_POLICY" "${OPENBLAS_CORETYPE:-}" >"$T/env.txt"
+printf 'SMOKE=%s WEIGHTS=%s THREADS=%s OMP_WAIT_POLICY=%s TORCH_OMP_WAIT_POLICY=%s GOMP_SPINCOUNT=%s OPENBLAS_CORETYPE=%s\n' \
+    "$SMOKE" "$WEIGHTS" "$THREADS" "$OMP_WAIT_POLICY" "$TORCH_OMP_WAIT_POLICY" "$GOMP_SPINCOUNT" "${OPENBLAS_CORETYPE:-}" >"$T/env.txt"
 echo "MIN_REPS=$MIN_REPS MIN_TIME=$MIN_TIME SINGLE_OVER=$SINGLE_OVER" >"$T/params.txt"
 rec "$BF" info --threads "$THREADS"
 rec "${PYT[@]}" bench/bench_torch.py info --threads "$THREADS"

@@ -28,12 +28,20 @@ struct pf_ctx {
 };
 
 void pf_omp_passive(char **argv) {
-    if (getenv("OMP_WAIT_POLICY")) return;
+    int change = 0;
+    if (!getenv("OMP_WAIT_POLICY")) {
+        if (setenv("OMP_WAIT_POLICY", "PASSIVE", 1) != 0) return;
+        change = 1;
+    }
+    if (!getenv("GOMP_SPINCOUNT")) {
+        if (setenv("GOMP_SPINCOUNT", PF_GOMP_SPINCOUNT, 1) != 0) return;
+        change = 1;
+    }
+    if (!change) return;
     char self[4096];
     ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
     if (n <= 0) return;
     self[n] = '\0';
-    if (setenv("OMP_WAIT_POLICY", "PASSIVE", 1) != 0) return;
     execv(self, argv);  /* keeps the program's name; only returns on failure: carry on as we are */
 }
 

@@ -94,8 +94,16 @@ check(e.get("limit") == 50, "length limit from the environment")
 check(d.request("OPTIONS", "/predict").status == 204, "preflight needs no key")
 rc, secs = d.stop(signal.SIGINT)
 check(rc == 0, "SIGINT exits 0 (%s)" % rc)
-d = Daemon(W, DB).start()
+d = Daemon(W, DB)
+for k in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT"):
+    d.env.pop(k, None)
+d.start()
 check(d.get("/model").status == 200, "auth off without --api-key")
+# started without them, performerd re-executes itself with the OpenMP settings it needs
+with open("/proc/%d/environ" % d.proc.pid, "rb") as f:
+    env = dict(x.split(b"=", 1) for x in f.read().split(b"\0") if b"=" in x)
+check(env.get(b"OMP_WAIT_POLICY") == b"PASSIVE" and env.get(b"GOMP_SPINCOUNT") == b"10000",
+      "OpenMP environment after re-exec: %r %r" % (env.get(b"OMP_WAIT_POLICY"), env.get(b"GOMP_SPINCOUNT")))
 d.stop()
 
 # ---- restart: results persist; schema version --------------------------------------------------------

@@ -6,7 +6,7 @@
 # suppressions are needed (OpenBLAS, libgomp and libmicrohttpd report nothing here).
 #
 # valgrind runs a build of its own (build/valgrind, -O1, no -march: valgrind does not decode AVX-512,
-# which -march=native may emit), and OMP_WAIT_POLICY is set so that performerd does not re-exec
+# which -march=native may emit), and OMP_WAIT_POLICY and GOMP_SPINCOUNT are set so that performerd does not re-exec
 # itself (pf_omp_passive) out from under valgrind. The valgrind build is the same under
 # `make asan-test` (valgrind cannot run AddressSanitizer binaries); BIN only provides `performer init`.
 set -u
@@ -26,7 +26,7 @@ fail() { echo "FAIL: $*"; [ -f "$T/vg.log" ] && tail -40 "$T/vg.log"; exit 1; }
 
 "$BIN"/performer init --out "$T/m.safetensors" --seed 1 --layers 2 --d-model 32 --heads 4 --d-ff 64 --features 16 >/dev/null
 t0=$SECONDS
-OMP_WAIT_POLICY=PASSIVE valgrind --leak-check=full --errors-for-leak-kinds=definite --show-leak-kinds=definite \
+OMP_WAIT_POLICY=PASSIVE GOMP_SPINCOUNT=10000 valgrind --leak-check=full --errors-for-leak-kinds=definite --show-leak-kinds=definite \
     --error-exitcode=99 --track-fds=no --log-file="$T/vg.log" \
     $VBIN/performerd --bind 127.0.0.1 --port 0 --weights "$T/m.safetensors" --db "$T/db/cache.sqlite" \
     --threads 1 --http-threads 2 --connection-timeout 2 2>"$T/d.log" &
