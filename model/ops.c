@@ -62,15 +62,19 @@ void layernorm_forward(float *out, float *mean, float *rstd, const float *inp, c
     }
 }
 
-/* Width of the channel blocks a column reduction (sum over rows, in row order) is split into
- * across threads: a multiple of 16 floats, so blocks start on cache lines. */
+#define COL_BLOCK_MAX 256   /* most columns per task of a column reduction */
+
+/* Width of the column blocks a column reduction (sum over rows, in row order) is split into
+ * across threads: a multiple of 16 floats, at most COL_BLOCK_MAX. Each task sums its block in a
+ * local array and stores it once (threads writing next to each other would share cache lines). */
 static int col_block(int C, size_t work) {
     int nt = 1;
 #ifdef _OPENMP
     if (work > OMP_MIN) nt = omp_get_max_threads();
 #endif
     int bw = (C + nt - 1) / nt;
-    return (bw + 15) / 16 * 16;
+    bw = (bw + 15) / 16 * 16;
+    return bw < COL_BLOCK_MAX ? bw : COL_BLOCK_MAX;
 }
 
 void layernorm_backward(float *dinp, float *dw, float *db, const float *dout, const float *inp,
@@ -80,16 +84,19 @@ void layernorm_backward(float *dinp, float *dw, float *db, const float *dout, co
     const int bw = col_block(C, (size_t)N * C);
     #pragma omp parallel for if ((size_t)N * C > OMP_MIN)
     for (int c0 = 0; c0 < C; c0 += bw) {
-        const int c1 = c0 + bw < C ? c0 + bw : C;
+        const int nc = c0 + bw < C ? bw : C - c0;
+        float aw[COL_BLOCK_MAX], ab[COL_BLOCK_MAX];
+        for (int i = 0; i < nc; i++) { aw[i] = dw[c0 + i]; ab[i] = db[c0 + i]; }
         for (int p = 0; p < N; p++) {
-            const float *x = inp + (size_t)p * C, *d = dout + (size_t)p * C;
+            const float *x = inp + (size_t)p * C + c0, *d = dout + (size_t)p * C + c0;
             const float m = mean[p], s = rstd[p];
             #pragma omp simd
-            for (int i = c0; i < c1; i++) {
-                dw[i] += (x[i] - m) * s * d[i];
-                db[i] += d[i];
+            for (int i = 0; i < nc; i++) {
+                aw[i] += (x[i] - m) * s * d[i];
+                ab[i] += d[i];
             }
         }
+        for (int i = 0; i < nc; i++) { dw[c0 + i] = aw[i]; db[c0 + i] = ab[i]; }
     }
     #pragma omp parallel for if ((size_t)N * C > OMP_MIN)
     for (int p = 0; p < N; p++) {
@@ -135,12 +142,15 @@ static void matmul_backward_beta(float *dinp, float beta, float *dw, float *db, 
         const int bw = col_block(OC, (size_t)N * OC);
         #pragma omp parallel for if ((size_t)N * OC > OMP_MIN)
         for (int o0 = 0; o0 < OC; o0 += bw) {
-            const int o1 = o0 + bw < OC ? o0 + bw : OC;
+            const int no = o0 + bw < OC ? bw : OC - o0;
+            float a[COL_BLOCK_MAX];
+            for (int o = 0; o < no; o++) a[o] = db[o0 + o];
             for (int p = 0; p < N; p++) {
-                const float *d = dout + (size_t)p * OC;
+                const float *d = dout + (size_t)p * OC + o0;
                 #pragma omp simd
-                for (int o = o0; o < o1; o++) db[o] += d[o];
+                for (int o = 0; o < no; o++) a[o] += d[o];
             }
+            for (int o = 0; o < no; o++) db[o0 + o] = a[o];
         }
     }
 }
