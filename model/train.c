@@ -91,13 +91,22 @@ static size_t tr_layout(tr_state *s, float *base, size_t T, size_t B, size_t Lm,
     return n;
 }
 
+/* The capacity to grow to when need exceeds cap (else cap): at least need, and by steps of a
+ * fraction 1/div of cap, so that batches a little larger than the last do not each reallocate
+ * (and page in) the whole arena again. */
+static size_t tr_grow(size_t need, size_t cap, size_t div) {
+    if (need <= cap) return cap;
+    size_t step = cap + cap / div;
+    return need > step ? need : step;
+}
+
 /* Grows the arena to the batch; returns 0 or -1 (out of memory). */
 static int tr_reserve(tr_state *s, size_t T, size_t B, size_t Lm, size_t att) {
     if (T <= s->cap_T && B <= s->cap_B && Lm <= s->cap_L && att <= s->cap_att) return 0;
-    T = T > s->cap_T ? T : s->cap_T;
-    B = B > s->cap_B ? B : s->cap_B;
-    Lm = Lm > s->cap_L ? Lm : s->cap_L;
-    att = att > s->cap_att ? att : s->cap_att;
+    T = tr_grow(T, s->cap_T, 8);        /* tokens: batches fill a fixed budget, grow by 1/8 */
+    B = tr_grow(B, s->cap_B, 1);        /* sequences: per-sequence state is small, double */
+    Lm = tr_grow(Lm, s->cap_L, 2);
+    att = tr_grow(att, s->cap_att, 4);
     size_t n = tr_layout(s, NULL, T, B, Lm, att);
     float *a = malloc(n * sizeof(float));
     int *pos = malloc(T * sizeof(int));
@@ -702,7 +711,11 @@ int tr_run(const tr_options *o, int *interrupted, char *err, size_t errlen) {
     b.tokens = malloc(b.cap_T * sizeof(int32_t));
     b.targets = malloc(b.cap_T * sizeof(int32_t));
     b.lens = malloc(b.cap_B * sizeof(int));
-    if (!st.m || !st.v || !st.kind || !grads || !s || !b.tokens || !b.targets || !b.lens) {
+    /* activations for the largest batch up front (tokens and crop length are bounded; sequences
+     * start at one per 64 tokens and double when exceeded): growing the arena later pages it all
+     * in again, which cost the first steps of a run about 0.1 s each */
+    if (!st.m || !st.v || !st.kind || !grads || !s || !b.tokens || !b.targets || !b.lens ||
+        tr_reserve(s, (size_t)b.cap_T, (size_t)b.cap_T / 64 + 1, (size_t)o->crop, 0) != 0) {
         snprintf(err, errlen, "out of memory");
         goto cleanup;
     }
