@@ -178,55 +178,6 @@ static void test_forward(const pf_model *m) {
     st_close(&f);
 }
 
-/* Central finite differences vs the analytic gradient: one entry of every tensor, and every tap
- * row of the conv tensors (favor-softmax from first_kernel 0 only: its stabilisers are constants
- * in the analytic gradient). */
-static void fd_check(pf_model *m, const int32_t *tok, const int *lens, int B, const int32_t *tgt,
-                     int first_kernel, const char *label) {
-    char err[512];
-    static pf_tensor_info info[64];
-    int nt = pf_tensor_table(&m->cfg, &m->p, info, 64);
-    tr_state *s = tr_state_new(m);
-    float *g = malloc(m->n_params * sizeof(float)), *g2 = malloc(m->n_params * sizeof(float));
-    printf("finite differences (%s):\n", label);
-    for (int k = first_kernel; k < 3; k++) {
-        pf_kernel kern;
-        pf_kernel_parse(KERNELS[k], &kern);
-        int ns;
-        tr_forward_backward(s, kern, tok, lens, B, tgt, g, &ns, err, sizeof err);
-        double worst = 0, worst_conv = 0;
-        int checked = 0;
-        for (int i = 0; i < nt; i++) {
-            if (strstr(info[i].name, "attn.proj")) continue;
-            int conv = strstr(info[i].name, "attn.conv_") != NULL;
-            int reps = conv ? m->cfg.conv_kernel : 1;
-            for (int rep = 0; rep < reps; rep++) {
-                float *p = *info[i].slot;
-                size_t j = conv ? (size_t)rep * m->cfg.d_model + (size_t)(5 + 7 * rep) % m->cfg.d_model
-                                : (info[i].numel * 7 + 3) / 11 % info[i].numel;
-                float keep = p[j];
-                const float h = 1e-2f;
-                p[j] = keep + h;
-                double lp = tr_forward_backward(s, kern, tok, lens, B, tgt, g2, &ns, err, sizeof err);
-                p[j] = keep - h;
-                double lm = tr_forward_backward(s, kern, tok, lens, B, tgt, g2, &ns, err, sizeof err);
-                p[j] = keep;
-                double fd = (lp - lm) / (2 * h), an = g[p + j - m->owned];
-                double rel = fabs(fd - an) / (fabs(fd) + fabs(an) + 1e-3);
-                if (rel > worst) worst = rel;
-                if (conv && rel > worst_conv) worst_conv = rel;
-                CHECKF(rel < 0.05, "%s %s[%zu]: finite difference %g vs analytic %g", KERNELS[k],
-                       info[i].name, j, fd, an);
-                checked++;
-            }
-        }
-        printf("  %-14s %d entries, worst relative error %.3g (conv taps %.3g)\n", KERNELS[k], checked,
-               worst, worst_conv);
-    }
-    free(g); free(g2);
-    tr_state_free(s);
-}
-
 static void test_model_grads(const pf_model *loaded) {
     st_file f = {0};
     char err[512];

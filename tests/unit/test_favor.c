@@ -8,6 +8,7 @@
 #include "ops.h"
 #include "rng.h"
 #include "testutil.h"
+#include "refutil.h"
 
 #include <stdlib.h>
 
@@ -104,13 +105,6 @@ static void test_long_sequence(void) {
     pf_ctx_free(ctx);
     pf_model_free(m);
     free(tok); free(logp);
-}
-
-/* Max |a - b| over n floats. */
-static double max_diff(const float *a, const float *b, size_t n) {
-    double m = 0;
-    for (size_t i = 0; i < n; i++) { double e = fabs((double)a[i] - b[i]); if (e > m) m = e; }
-    return m;
 }
 
 /* favor_forward_batch / favor_backward_batch over a packed batch (lengths 1 .. 300, so the

@@ -161,47 +161,6 @@ static void test_ops(void) {
     st_close(&f);
 }
 
-/* Central finite differences on one entry of every parameter tensor vs the analytic gradient.
- * The favor-softmax stabilisers are constants in the analytic gradient (FORMAT.md), so that kernel
- * is checked only when first_kernel is 0 (a model whose features stay far above the 1e-4 floor). */
-static void fd_check(pf_model *m, const int32_t *tok, const int *lens, int B, const int32_t *tgt,
-                     int first_kernel, const char *label) {
-    char err[512];
-    static pf_tensor_info info[64];
-    int nt = pf_tensor_table(&m->cfg, &m->p, info, 64);
-    tr_state *s = tr_state_new(m);
-    float *g = malloc(m->n_params * sizeof(float)), *g2 = malloc(m->n_params * sizeof(float));
-    printf("finite differences (%s):\n", label);
-    for (int k = first_kernel; k < 3; k++) {
-        pf_kernel kern;
-        pf_kernel_parse(KERNELS[k], &kern);
-        int ns;
-        tr_forward_backward(s, kern, tok, lens, B, tgt, g, &ns, err, sizeof err);
-        double worst = 0;
-        int checked = 0;
-        for (int i = 0; i < nt; i++) {
-            if (strstr(info[i].name, "attn.proj")) continue;
-            float *p = *info[i].slot;
-            size_t j = (info[i].numel * 7 + 3) / 11 % info[i].numel;
-            float keep = p[j];
-            const float h = 1e-2f;
-            p[j] = keep + h;
-            double lp = tr_forward_backward(s, kern, tok, lens, B, tgt, g2, &ns, err, sizeof err);
-            p[j] = keep - h;
-            double lm = tr_forward_backward(s, kern, tok, lens, B, tgt, g2, &ns, err, sizeof err);
-            p[j] = keep;
-            double fd = (lp - lm) / (2 * h), an = g[p + j - m->owned];
-            double rel = fabs(fd - an) / (fabs(fd) + fabs(an) + 1e-3);
-            if (rel > worst) worst = rel;
-            CHECKF(rel < 0.05, "%s %s[%zu]: finite difference %g vs analytic %g", KERNELS[k], info[i].name, j, fd, an);
-            checked++;
-        }
-        printf("  %-14s %d parameters, worst relative error %.3g\n", KERNELS[k], checked, worst);
-    }
-    free(g); free(g2);
-    tr_state_free(s);
-}
-
 static void test_model_grads(pf_model *loaded) {
     st_file f = {0};
     char err[512];
