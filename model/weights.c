@@ -4,6 +4,7 @@
 #include "rng.h"
 #include "safetensors.h"
 
+#include <assert.h>
 #include <jansson.h>
 #include <math.h>
 #include <stdarg.h>
@@ -575,20 +576,36 @@ cleanup:
     return rc;
 }
 
-/* Makes an owned, writable deep copy of m (same cfg, sha256 and path); 0 or -1 + err. */
-int pf_model_clone_owned(pf_model **out, const pf_model *m, char *err, size_t errlen) {
+/* Makes an owned model of configuration cfg from m: tensors of the same name are copied; the
+ * others (only the conv taps cfg adds to a conv-less m) start as the identity, so the copy computes
+ * m's function. Keeps m's path; sha256 is left empty. Returns 0 or -1 + err. */
+static int model_copy(pf_model **out, const pf_model *m, const pf_config *cfg, char *err,
+                      size_t errlen) {
     pf_model *c = NULL;
     pf_tensor_info *src = NULL, *dst = NULL;
     int n = 0, n2 = 0, rc = -1;
     *out = NULL;
-    c = pf_model_alloc(&m->cfg);
+    c = pf_model_alloc(cfg);
     if (!c || !(src = pf_table_of((pf_model *)m, &n)) || !(dst = pf_table_of(c, &n2)) ||
         pf_model_own(c, dst, n2) != 0) {
         pf_err(err, errlen, "out of memory copying %zu parameters", m->n_params);
         goto cleanup;
     }
-    for (int i = 0; i < n; i++) memcpy(*dst[i].slot, *src[i].slot, dst[i].numel * sizeof(float));
-    memcpy(c->sha256, m->sha256, sizeof c->sha256);
+    /* both tables list their tensors in the canonical order, dst possibly with 3 conv tensors per
+     * layer inserted */
+    for (int i = 0, j = 0; j < n2; j++) {
+        if (i < n && strcmp(src[i].name, dst[j].name) == 0) {
+            memcpy(*dst[j].slot, *src[i].slot, dst[j].numel * sizeof(float));
+            i++;
+        } else {
+            assert(strstr(dst[j].name, "attn.conv_") && cfg->conv_kernel > 0);
+            const int K = cfg->conv_kernel;
+            float *p = *dst[j].slot;
+            memset(p, 0, dst[j].numel * sizeof *p);
+            for (int ch = 0; ch < cfg->d_model; ch++) p[(size_t)((K - 1) / 2) * cfg->d_model + ch] = 1.0f;
+        }
+    }
+    c->sha256[0] = '\0';
     memcpy(c->path, m->path, sizeof c->path);
     *out = c;
     c = NULL;
@@ -600,11 +617,15 @@ cleanup:
     return rc;
 }
 
+/* Makes an owned, writable deep copy of m (same cfg, sha256 and path); 0 or -1 + err. */
+int pf_model_clone_owned(pf_model **out, const pf_model *m, char *err, size_t errlen) {
+    if (model_copy(out, m, &m->cfg, err, errlen) != 0) return -1;
+    memcpy((*out)->sha256, m->sha256, sizeof m->sha256);
+    return 0;
+}
+
 /* Makes an owned copy of conv-less m with identity conv taps of width K; 0 or -1 + err. */
 int pf_model_add_conv(pf_model **out, const pf_model *m, int K, char *err, size_t errlen) {
-    pf_model *c = NULL;
-    pf_tensor_info *src = NULL, *dst = NULL;
-    int n = 0, n2 = 0, rc = -1;
     *out = NULL;
     if (m->cfg.conv_kernel != 0) {
         pf_err(err, errlen, "the model already has a depthwise convolution (conv_kernel %d)",
@@ -618,34 +639,7 @@ int pf_model_add_conv(pf_model **out, const pf_model *m, int K, char *err, size_
                           PF_MAX_CONV_KERNEL);
         return -1;
     }
-    c = pf_model_alloc(&cfg);
-    if (!c || !(src = pf_table_of((pf_model *)m, &n)) || !(dst = pf_table_of(c, &n2)) ||
-        pf_model_own(c, dst, n2) != 0) {
-        pf_err(err, errlen, "out of memory copying %zu parameters", m->n_params);
-        goto cleanup;
-    }
-    /* both tables list the same tensors in the same order, the new one with 3 conv tensors per
-     * layer inserted */
-    for (int i = 0, j = 0; j < n2; j++) {
-        if (i < n && strcmp(src[i].name, dst[j].name) == 0) {
-            memcpy(*dst[j].slot, *src[i].slot, dst[j].numel * sizeof(float));
-            i++;
-        } else {
-            float *p = *dst[j].slot;
-            memset(p, 0, dst[j].numel * sizeof *p);
-            for (int ch = 0; ch < cfg.d_model; ch++) p[(size_t)((K - 1) / 2) * cfg.d_model + ch] = 1.0f;
-        }
-    }
-    c->sha256[0] = '\0';        /* a new, unsaved model */
-    memcpy(c->path, m->path, sizeof c->path);
-    *out = c;
-    c = NULL;
-    rc = 0;
-cleanup:
-    pf_model_free(c);
-    free(src);
-    free(dst);
-    return rc;
+    return model_copy(out, m, &cfg, err, errlen);   /* a new, unsaved model: no sha256 */
 }
 
 /* Writes m as a v1 safetensors file atomically and sets m->sha256 (and m->path); 0 or -1 + err. */
