@@ -92,4 +92,51 @@ static inline void fd_check(pf_model *m, const int32_t *tok, const int *lens, in
     tr_state_free(s);
 }
 
+/* Loss and every gradient tensor of m on a fixture batch vs the PyTorch reference (the fixture's
+ * loss.KERNEL and grad.KERNEL.TENSOR), for all three kernels: prints the max abs diffs (each conv
+ * tensor on its own line) and fails over 1e-4 + 1e-3 * max |reference|. */
+static inline void grad_check(pf_model *m, const st_file *f, const int32_t *tok, const int *lens,
+                              int B, const int32_t *tgt, const char *label) {
+    char err[512];
+    tr_state *s = tr_state_new(m);
+    float *g = malloc(m->n_params * sizeof(float));
+    static pf_tensor_info info[64];
+    int nt = pf_tensor_table(&m->cfg, &m->p, info, 64);
+    printf("%s gradients vs reference:\n", label);
+    for (int k = 0; k < 3; k++) {
+        pf_kernel kern;
+        pf_kernel_parse(KERNELS[k], &kern);
+        int ns;
+        double loss = tr_forward_backward(s, kern, tok, lens, B, tgt, g, &ns, err, sizeof err);
+        char name[128];
+        snprintf(name, sizeof name, "loss.%s", KERNELS[k]);
+        const float *want = fx(f, name, 1);
+        if (want) {
+            printf("  %-48s |diff| %.3g\n", name, fabs(loss - want[0]));
+            CHECK_CLOSE(loss, want[0], 1e-5);
+        }
+        double worst = 0, worst_abs = 0;
+        const char *worst_name = "";
+        int ntens = 0;
+        for (int i = 0; i < nt; i++) {
+            if (strstr(info[i].name, "attn.proj")) continue;
+            snprintf(name, sizeof name, "grad.%s.%.63s", KERNELS[k], info[i].name);
+            const float *w = fx(f, name, info[i].numel);
+            if (!w) continue;
+            const float *got = g + (*info[i].slot - m->owned);
+            double d = max_diff(got, w, info[i].numel), tol = 1e-4 + 1e-3 * max_abs(w, info[i].numel);
+            CHECKF(d <= tol, "%s: max abs diff %g > %g", name, d, tol);
+            if (d / tol > worst) { worst = d / tol; worst_name = info[i].name; }
+            if (d > worst_abs) worst_abs = d;
+            if (strstr(info[i].name, "attn.conv_"))
+                printf("  %-48s max abs diff %.3g (tol %.3g)\n", name, d, tol);
+            ntens++;
+        }
+        printf("  grad.%s.* (%d tensors): max abs diff %.3g, worst diff/tol %.3g (%s)\n", KERNELS[k],
+               ntens, worst_abs, worst, worst_name);
+    }
+    free(g);
+    tr_state_free(s);
+}
+
 #endif

@@ -189,43 +189,7 @@ static void test_model_grads(const pf_model *loaded) {
     int B = fx_lens(&f, lens, &T);
     if (!B || !m) { pf_model_free(m); st_close(&f); return; }
     const int32_t *tok = fx(&f, "tokens", T), *tgt = fx(&f, "targets", T);
-    tr_state *s = tr_state_new(m);
-    float *g = malloc(m->n_params * sizeof(float));
-    static pf_tensor_info info[64];
-    int nt = pf_tensor_table(&m->cfg, &m->p, info, 64);
-    printf("conv model gradients vs reference:\n");
-    for (int k = 0; k < 3; k++) {
-        pf_kernel kern;
-        pf_kernel_parse(KERNELS[k], &kern);
-        int ns;
-        double loss = tr_forward_backward(s, kern, tok, lens, B, tgt, g, &ns, err, sizeof err);
-        char name[128];
-        snprintf(name, sizeof name, "loss.%s", KERNELS[k]);
-        const float *want = fx(&f, name, 1);
-        if (want) {
-            printf("  %-48s |diff| %.3g\n", name, fabs(loss - want[0]));
-            CHECK_CLOSE(loss, want[0], 1e-5);
-        }
-        double worst = 0, worst_abs = 0;
-        const char *worst_name = "";
-        int ntens = 0;
-        for (int i = 0; i < nt; i++) {
-            if (strstr(info[i].name, "attn.proj")) continue;
-            snprintf(name, sizeof name, "grad.%s.%.63s", KERNELS[k], info[i].name);
-            const float *w = fx(&f, name, info[i].numel);
-            if (!w) continue;
-            const float *got = g + (*info[i].slot - m->owned);
-            double d = max_diff(got, w, info[i].numel), tol = 1e-4 + 1e-3 * max_abs(w, info[i].numel);
-            CHECKF(d <= tol, "%s: max abs diff %g > %g", name, d, tol);
-            if (d / tol > worst) { worst = d / tol; worst_name = info[i].name; }
-            if (d > worst_abs) worst_abs = d;
-            if (strstr(info[i].name, "attn.conv_"))
-                printf("  %-48s max abs diff %.3g (tol %.3g)\n", name, d, tol);
-            ntens++;
-        }
-        printf("  grad.%s.* (%d tensors): max abs diff %.3g, worst diff/tol %.3g (%s)\n", KERNELS[k],
-               ntens, worst_abs, worst, worst_name);
-    }
+    grad_check(m, &f, tok, lens, B, tgt, "conv model");
     /* the loud fixture model: exact only (favor-softmax: stabilisers; favor-relu: a 1e-2 step
      * moves many pre-activations across the ReLU kink in this model). Every kernel is checked by
      * finite differences below on a normally initialised model with perturbed taps. */
@@ -244,8 +208,6 @@ static void test_model_grads(const pf_model *loaded) {
         }
         pf_model_free(im);
     }
-    free(g);
-    tr_state_free(s);
     pf_model_free(m);
     st_close(&f);
 }

@@ -173,41 +173,8 @@ static void test_model_grads(pf_model *loaded) {
     size_t T = 0;
     for (int b = 0; b < B; b++) { lens[b] = ((const int32_t *)lt->data)[b]; T += lens[b]; }
     const int32_t *tok = fx(&f, "tokens", T), *tgt = fx(&f, "targets", T);
-    tr_state *s = tr_state_new(m);
-    float *g = malloc(m->n_params * sizeof(float));
-    static pf_tensor_info info[64];
-    int nt = pf_tensor_table(&m->cfg, &m->p, info, 64);
-    printf("model gradients vs reference:\n");
-    for (int k = 0; k < 3; k++) {
-        pf_kernel kern;
-        pf_kernel_parse(KERNELS[k], &kern);
-        int ns;
-        double loss = tr_forward_backward(s, kern, tok, lens, B, tgt, g, &ns, err, sizeof err);
-        char name[128];
-        snprintf(name, sizeof name, "loss.%s", KERNELS[k]);
-        const float *want = fx(&f, name, 1);
-        if (want) {
-            printf("  %-48s |diff| %.3g\n", name, fabs(loss - want[0]));
-            CHECK_CLOSE(loss, want[0], 1e-5);
-        }
-        double worst = 0;
-        const char *worst_name = "";
-        for (int i = 0; i < nt; i++) {
-            if (strstr(info[i].name, "attn.proj")) continue;
-            snprintf(name, sizeof name, "grad.%s.%.63s", KERNELS[k], info[i].name);
-            const float *w = fx(&f, name, info[i].numel);
-            if (!w) continue;
-            const float *got = g + (*info[i].slot - m->owned);
-            double d = max_diff(got, w, info[i].numel), tol = 1e-4 + 1e-3 * max_abs(w, info[i].numel);
-            CHECKF(d <= tol, "%s: max abs diff %g > %g", name, d, tol);
-            if (d / tol > worst) { worst = d / tol; worst_name = info[i].name; }
-        }
-        printf("  grad.%s.* (%d tensors)%*s worst diff/tol %.3g (%s)\n", KERNELS[k], nt - m->cfg.n_layers,
-               (int)(22 - strlen(KERNELS[k])), "", worst, worst_name);
-    }
+    grad_check(m, &f, tok, lens, B, tgt, "model");
     fd_check(m, tok, lens, B, tgt, 1, "fixture model");
-    free(g);
-    tr_state_free(s);
     pf_model_free(m);
     st_close(&f);
 }
