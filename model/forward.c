@@ -188,13 +188,11 @@ int pf_forward_ex(pf_ctx *c, const pf_model *m, pf_kernel kernel, const int32_t 
             favor_forward_batch(c->h, &st, q, k, v, Lp->proj, lens, B, H, dh, M,
                                 kernel == PF_KERNEL_FAVOR_RELU);
         }
-        matmul_forward(c->q, c->h, Lp->wo, NULL, N, d, d);
-        residual_bias_add(c->x, c->q, Lp->bo, N, d);
+        matmul_residual(c->x, c->h, Lp->wo, Lp->bo, N, d, d);
         layernorm_forward(c->h, NULL, NULL, c->x, Lp->ln2_w, Lp->ln2_b, N, d, cfg->norm_eps);
         matmul_forward(c->ff, c->h, Lp->fc1_w, NULL, N, d, F);
         gelu_bias_forward(c->ff, Lp->fc1_b, N, F);
-        matmul_forward(c->q, c->ff, Lp->fc2_w, NULL, N, F, d);
-        residual_bias_add(c->x, c->q, Lp->fc2_b, N, d);
+        matmul_residual(c->x, c->ff, Lp->fc2_w, Lp->fc2_b, N, F, d);
         if (hidden && hidden_layer == l + 1) memcpy(hidden, c->x, T * d * sizeof(float));
     }
     layernorm_forward(c->h, NULL, NULL, c->x, P->lnf_w, P->lnf_b, N, d, cfg->norm_eps);

@@ -234,13 +234,17 @@ void gelu_bias_forward(float *x, const float *b, int N, int C) {
     }
 }
 
-void residual_bias_add(float *out, const float *inp, const float *b, int N, int C) {
-    #pragma omp parallel for if ((size_t)N * C > OMP_MIN)
+void matmul_residual(float *out, const float *inp, const float *w, const float *b, int N, int C,
+                     int OC) {
+    /* beta 1: the product lands on the residual stream directly (no zeroed buffer, no extra add) */
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, OC, C, 1.0f, inp, C, w, C, 1.0f, out,
+                OC);
+    if (!b) return;
+    #pragma omp parallel for if ((size_t)N * OC > OMP_MIN)
     for (int p = 0; p < N; p++) {
-        float *o = out + (size_t)p * C;
-        const float *r = inp + (size_t)p * C;
+        float *o = out + (size_t)p * OC;
         #pragma omp simd
-        for (int i = 0; i < C; i++) o[i] += r[i] + b[i];
+        for (int i = 0; i < OC; i++) o[i] += b[i];
     }
 }
 

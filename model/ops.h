@@ -53,8 +53,10 @@ void gelu_backward(float *dinp, const float *inp, const float *dout, size_t n);
 /* x [N, C] = GELU(x + b) in place (the fc1 bias fused into the activation; inference only). */
 void gelu_bias_forward(float *x, const float *b, int N, int C);
 
-/* out [N, C] += inp + b (a projection's bias fused into the residual add; inference only). */
-void residual_bias_add(float *out, const float *inp, const float *b, int N, int C);
+/* out [N, OC] += inp [N, C] w^T + b (b may be NULL): a projection added straight onto the residual
+ * stream (inference only). */
+void matmul_residual(float *out, const float *inp, const float *w, const float *b, int N, int C,
+                     int OC);
 
 /* out += inp, element-wise. */
 void residual_add(float *out, const float *inp, size_t n);
