@@ -42,7 +42,7 @@ $(BIN)/performerd: $(OBJ)/server/main.o $(SERVER_OBJ) $(MODEL_OBJ)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) $^ -o $@ $(LDLIBS_SERVER)
 
-$(BIN)/tests/%: tests/unit/%.c $(MODEL_OBJ) $(SERVER_OBJ) tests/unit/testutil.h
+$(BIN)/tests/%: tests/unit/%.c $(MODEL_OBJ) $(SERVER_OBJ) $(wildcard tests/unit/*.h)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -Itests/unit $< $(MODEL_OBJ) $(SERVER_OBJ) -o $@ $(LDFLAGS) $(LDLIBS_SERVER)
 

@@ -102,8 +102,8 @@ static void usage(void) {
 }
 
 /* FLOPs of the matrix products of one forward over B sequences of L positions (2 per
- * multiply-add), split into linear layers (q, k, v, o, fc1, fc2), attention (with the optional
- * convolution on q, k, v) and the head. */
+ * multiply-add), split into linear layers (q, k, v, o, fc1, fc2, local.out), attention (with the
+ * optional convolutions on q, k, v and of the local block) and the head. */
 typedef struct { double linear, attention, head, total; } flops_t;
 
 static flops_t forward_flops(const pf_config *c, pf_kernel k, double L, double B) {
@@ -121,6 +121,10 @@ static flops_t forward_flops(const pf_config *c, pf_kernel k, double L, double B
     }
     /* the depthwise convolution on q, k, v (conv_kernel K): K multiply-adds per element */
     f.attention += nl * 3.0 * 2.0 * T * d * c->conv_kernel;
+    /* the local block (local_kernel K): its depthwise convolution (K multiply-adds per element,
+     * counted with attention like the conv above) and its d x d output projection (linear) */
+    f.attention += nl * 2.0 * T * d * c->local_kernel;
+    if (c->local_kernel > 0) f.linear += nl * 2.0 * T * d * d;
     f.head = 2.0 * T * d * TOK_NRES;
     f.total = f.linear + f.attention + f.head;
     return f;

@@ -161,6 +161,10 @@ def forward_batched(model, tokens, lens, kernel):
             a = (pq @ kv) / (pq @ z.unsqueeze(-1))             # [B, H, L, dh]
         a = a.transpose(1, 2).reshape(B, Lm, d)
         x = x + Fn.linear(a, at.o.weight, at.o.bias)
+        if model.local_kernel > 0:     # the local block: x + out(GELU(dwconv(LN(x))))
+            lb = blk.local
+            h = Fn.layer_norm(x, (d,), lb.ln.weight, lb.ln.bias, eps)
+            x = x + Fn.linear(Fn.gelu(conv_batched(h, lb.conv, valid)), lb.out.weight, lb.out.bias)
         h = Fn.layer_norm(x, (d,), blk.ln2.weight, blk.ln2.bias, eps)
         x = x + Fn.linear(Fn.gelu(Fn.linear(h, blk.ffn.fc1.weight, blk.ffn.fc1.bias)),
                           blk.ffn.fc2.weight, blk.ffn.fc2.bias)
@@ -293,9 +297,11 @@ def cmd_train(a):
     for impl in a.impl.split(","):
         model = ref.load_model(a.weights, dtype=torch.float32).train()
         kernel = model.kernel
-        # like the C trainer: matrices decay; biases, LayerNorm and conv taps do not
-        decay = [p for n, p in model.named_parameters() if p.ndim == 2 and "conv_" not in n]
-        other = [p for n, p in model.named_parameters() if p.ndim != 2 or "conv_" in n]
+        # like the C trainer: matrices decay; biases, LayerNorm and conv taps (attn.conv_*,
+        # local.conv) do not
+        taps = lambda n: "conv_" in n or n.endswith("local.conv")  # noqa: E731
+        decay = [p for n, p in model.named_parameters() if p.ndim == 2 and not taps(n)]
+        other = [p for n, p in model.named_parameters() if p.ndim != 2 or taps(n)]
         opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.01},
                                  {"params": other, "weight_decay": 0.0}],
                                 lr=1e-3, betas=(0.9, 0.98), eps=1e-8)

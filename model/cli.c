@@ -20,11 +20,14 @@ static const char *USAGE =
     "commands:\n"
     "  info    --weights F                       config, parameter count and SHA-256\n"
     "  init    --out F [--layers N --d-model D --heads H --d-ff F --features M\n"
-    "          --kernel favor-softmax|favor-relu|exact --conv K --seed S --name NAME]\n"
+    "          --kernel favor-softmax|favor-relu|exact --conv K --local K --seed S --name NAME]\n"
     "                                            write a randomly initialised model; --conv K\n"
     "                                            (odd, 1..31; default 0 = none) adds a width-K\n"
     "                                            depthwise convolution over positions on q, k, v\n"
-    "                                            (Primer), initialised to the identity\n"
+    "                                            (Primer), initialised to the identity; --local K\n"
+    "                                            (odd, 1..31; default 0 = none) adds a residual\n"
+    "                                            local block per layer: x += out(GELU(dwconv_K(\n"
+    "                                            LN(x)))) between attention and feed-forward\n"
     "  predict --weights F [--top-k K] [--kernel K] SEQUENCE\n"
     "                                            top-k residues for every <mask> (or every\n"
     "                                            position when there is no mask)\n"
@@ -34,8 +37,9 @@ static const char *USAGE =
     "          [--ckpt-minutes X] [--max-minutes X] [--stop-after N] [--eval-every N]\n"
     "          [--eval-seqs N] [--train-kernel K]\n"
     "          [architecture options of init]    masked-LM training (see weights/TRAINING.md);\n"
-    "                                            --init F --conv K extends conv-less weights F\n"
-    "                                            with identity convolutions (same function)\n"
+    "                                            --init F --conv K / --local K extends weights F\n"
+    "                                            without them with identity convolutions / local\n"
+    "                                            blocks (same function)\n"
     "  eval    --weights F --fasta F [--mask-rate 0.15] [--seed S] [--kernel K]\n"
     "          [--max-seqs N] [--unigram F]      perplexity/accuracy vs a unigram baseline (JSON)\n"
     "  export  --ckpt F --out F                  write a checkpoint's model as a weights file\n"
@@ -94,6 +98,9 @@ static void print_info(const pf_model *m) {
     printf("kernel:      %s\nfeatures:    %d\nposition:    sinusoidal\nnorm_eps:    %g\n",
            pf_kernel_name(c->kernel), c->n_features, c->norm_eps);
     if (c->conv_kernel > 0) printf("conv_kernel: %d (depthwise convolution on q, k, v)\n", c->conv_kernel);
+    if (c->local_kernel > 0)
+        printf("local_kernel: %d (local block: depthwise convolution, GELU, projection)\n",
+               c->local_kernel);
     printf("parameters:  %zu (%zu trainable; projections are fixed)\n", m->n_params,
            m->n_params - (size_t)c->n_layers * c->n_features * (c->d_model / c->n_heads));
     printf("vocabulary:  %s\n", tok_vocab_json());
@@ -108,14 +115,14 @@ static int arch_opt(pf_config *cfg, int argc, char **argv, int *i) {
         { "--layers", &cfg->n_layers, 256 }, { "--d-model", &cfg->d_model, 8192 },
         { "--heads", &cfg->n_heads, 256 }, { "--d-ff", &cfg->d_ff, 65536 },
         { "--features", &cfg->n_features, 16384 } };
-    if (strcmp(a, "--conv") == 0) {
+    if (strcmp(a, "--conv") == 0 || strcmp(a, "--local") == 0) {
         if (!(v = arg_val(argc, argv, i)) || parse_long(a, v, 0, PF_MAX_CONV_KERNEL, &x)) return -1;
         if (x % 2 == 0 && x != 0) {
-            fprintf(stderr, "performer: --conv expects an odd width (1, 3, 5, ..., %d) or 0, got %ld\n",
-                    PF_MAX_CONV_KERNEL, x);
+            fprintf(stderr, "performer: %s expects an odd width (1, 3, 5, ..., %d) or 0, got %ld\n",
+                    a, PF_MAX_CONV_KERNEL, x);
             return -1;
         }
-        cfg->conv_kernel = (int)x;
+        *(a[2] == 'c' ? &cfg->conv_kernel : &cfg->local_kernel) = (int)x;
         return 1;
     }
     for (size_t k = 0; k < sizeof ints / sizeof ints[0]; k++)

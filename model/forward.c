@@ -189,6 +189,14 @@ int pf_forward_ex(pf_ctx *c, const pf_model *m, pf_kernel kernel, const int32_t 
                                 kernel == PF_KERNEL_FAVOR_RELU);
         }
         matmul_residual(c->x, c->h, Lp->wo, Lp->bo, N, d, d);
+        if (cfg->local_kernel > 0) {
+            /* local block x += out(GELU(dwconv(LN(x)))); q, k, v, cv are all free now */
+            layernorm_forward(c->h, NULL, NULL, c->x, Lp->local_ln_w, Lp->local_ln_b, N, d,
+                              cfg->norm_eps);
+            dwconv_forward(c->q, c->h, Lp->local_conv, lens, B, d, cfg->local_kernel);
+            gelu_forward(c->q, c->q, T * d);
+            matmul_residual(c->x, c->q, Lp->local_out_w, Lp->local_out_b, N, d, d);
+        }
         layernorm_forward(c->h, NULL, NULL, c->x, Lp->ln2_w, Lp->ln2_b, N, d, cfg->norm_eps);
         matmul_forward(c->ff, c->h, Lp->fc1_w, NULL, N, d, F);
         gelu_bias_forward(c->ff, Lp->fc1_b, N, F);

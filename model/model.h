@@ -25,6 +25,8 @@ typedef struct {
     pf_kernel kernel;           /* default attention kernel */
     float norm_eps;             /* LayerNorm epsilon */
     int conv_kernel;            /* width K of the depthwise conv on q, k, v (odd, 1..31); 0 = none */
+    int local_kernel;           /* width K of the local block's depthwise conv (odd, 1..31); 0 = no
+                                 * local block */
     int trained;                /* 1 when metadata says trained */
     char name[128];
     char provenance[2048];
@@ -39,6 +41,9 @@ typedef struct {
     float *wo, *bo;             /* [d, d], [d] */
     float *proj;                /* [m, dh] */
     float *conv_q, *conv_k, *conv_v; /* [K, d] depthwise conv taps (NULL when conv_kernel = 0) */
+    float *local_ln_w, *local_ln_b;  /* [d] local block (all NULL when local_kernel = 0) */
+    float *local_conv;               /* [K, d] its depthwise conv taps */
+    float *local_out_w, *local_out_b; /* [d, d], [d] */
     float *ln2_w, *ln2_b;       /* [d] */
     float *fc1_w, *fc1_b;       /* [F, d], [F] */
     float *fc2_w, *fc2_b;       /* [d, F], [d] */
@@ -81,11 +86,11 @@ int pf_tensor_table(const pf_config *cfg, pf_params *p, pf_tensor_info *out, int
 /* Returns the total number of parameters (floats) of cfg. */
 size_t pf_param_count(const pf_config *cfg);
 
-/* Largest conv_kernel accepted. */
+/* Largest conv_kernel and local_kernel accepted. */
 #define PF_MAX_CONV_KERNEL 31
 
-/* Checks a config (positive sizes, d divisible by heads, kernel valid, conv_kernel 0 or odd
- * 1..PF_MAX_CONV_KERNEL). Returns 0 or -1 + err. */
+/* Checks a config (positive sizes, d divisible by heads, kernel valid, conv_kernel and
+ * local_kernel 0 or odd 1..PF_MAX_CONV_KERNEL). Returns 0 or -1 + err. */
 int pf_config_validate(const pf_config *cfg, char *err, size_t errlen);
 
 /* Returns "favor-softmax" / "favor-relu" / "exact". */
@@ -108,6 +113,11 @@ int pf_model_clone_owned(pf_model **out, const pf_model *m, char *err, size_t er
  * taps (w[(K-1)/2, c] = 1, others 0), so the copy computes exactly the same function as m (warm
  * start of a conv model from a conv-less one). Returns 0 or -1 + err. */
 int pf_model_add_conv(pf_model **out, const pf_model *m, int K, char *err, size_t errlen);
+
+/* Makes an owned copy of m (which has no local block) with local_kernel K (odd, 1..31) and
+ * identity-preserving local blocks (LN 1/0, identity taps, local.out weight and bias 0), so the
+ * copy computes exactly the same function as m. Returns 0 or -1 + err. */
+int pf_model_add_local(pf_model **out, const pf_model *m, int K, char *err, size_t errlen);
 
 /* Writes m as safetensors atomically (temp file, fsync, rename, fsync dir); sets m->sha256. */
 int pf_model_save(pf_model *m, const char *path, char *err, size_t errlen);

@@ -17,14 +17,18 @@
 
 /* ---- activations ----------------------------------------------------------------------------- */
 
-/* Most tensors of any config: 20 per layer (17, plus 3 depthwise conv taps) + 5. */
-#define TR_MAX_TENSORS (20 * 256 + 5)
+/* Most tensors of any config: 25 per layer (17, plus 3 depthwise conv taps, plus 5 of the local
+ * block) + 5. */
+#define TR_MAX_TENSORS (25 * 256 + 5)
 _Static_assert(PF_MAX_CONV_KERNEL <= PF_DW_MAX_K, "dwconv must accept every valid conv_kernel");
 
 typedef struct {
     float *x_in, *h1, *mean1, *rstd1, *q, *k, *v, *a, *x_mid, *h2, *mean2, *rstd2, *f1, *g;
     float *phi_q, *phi_k, *kv, *z, *den, *att;
     float *q0, *k0, *v0;        /* projections before the depthwise conv (== q, k, v without it) */
+    float *x_att;               /* [T, d] x after attention = the local block's input (== x_mid
+                                 * without a local block) */
+    float *hl, *mean3, *rstd3, *cl, *gl; /* local block: LN [T, d] + stats [T], conv, GELU [T, d] */
 } tr_layer_acts;
 
 struct tr_state {
@@ -77,6 +81,12 @@ static size_t tr_layout(tr_state *s, float *base, size_t T, size_t B, size_t Lm,
             CARVE(a->q0, T * d); CARVE(a->k0, T * d); CARVE(a->v0, T * d);
         } else if (base) {
             a->q0 = a->q; a->k0 = a->k; a->v0 = a->v;
+        }
+        if (c->local_kernel > 0) {
+            CARVE(a->x_att, T * d); CARVE(a->hl, T * d); CARVE(a->mean3, T); CARVE(a->rstd3, T);
+            CARVE(a->cl, T * d); CARVE(a->gl, T * d);
+        } else if (base) {
+            a->x_att = a->x_mid;
         }
     }
     CARVE(s->x_final, T * d); CARVE(s->lnf, T * d); CARVE(s->meanf, T); CARVE(s->rstdf, T);
@@ -182,7 +192,17 @@ double tr_forward_backward(tr_state *s, pf_kernel kernel, const int32_t *tokens,
         }
         matmul_forward(s->tmp, A->a, W->wo, W->bo, N, d, d);
         #pragma omp parallel for simd
-        for (size_t i = 0; i < T * d; i++) A->x_mid[i] = A->x_in[i] + s->tmp[i];
+        for (size_t i = 0; i < T * d; i++) A->x_att[i] = A->x_in[i] + s->tmp[i];
+        if (c->local_kernel > 0) {
+            /* x_mid = x_att + local.out(GELU(dwconv(LN(x_att)))) */
+            layernorm_forward(A->hl, A->mean3, A->rstd3, A->x_att, W->local_ln_w, W->local_ln_b, N,
+                              d, c->norm_eps);
+            dwconv_forward(A->cl, A->hl, W->local_conv, lens, B, d, c->local_kernel);
+            gelu_forward(A->gl, A->cl, T * d);
+            matmul_forward(s->tmp, A->gl, W->local_out_w, W->local_out_b, N, d, d);
+            #pragma omp parallel for simd
+            for (size_t i = 0; i < T * d; i++) A->x_mid[i] = A->x_att[i] + s->tmp[i];
+        }
         layernorm_forward(A->h2, A->mean2, A->rstd2, A->x_mid, W->ln2_w, W->ln2_b, N, d, c->norm_eps);
         matmul_forward(A->f1, A->h2, W->fc1_w, W->fc1_b, N, d, F);
         gelu_forward(A->g, A->f1, T * F);
@@ -213,7 +233,19 @@ double tr_forward_backward(tr_state *s, pf_kernel kernel, const int32_t *tokens,
         gelu_backward(s->df, A->f1, s->dg, T * F);
         matmul_backward_set(s->dh, GW->fc1_w, GW->fc1_b, s->df, A->h2, W->fc1_w, N, d, F);
         layernorm_backward(s->dx, GW->ln2_w, GW->ln2_b, s->dh, A->x_mid, W->ln2_w, A->mean2, A->rstd2, N, d);
-        /* x_mid = x_in + o(attn(q, k, v)); s->dx holds d x_mid */
+        if (c->local_kernel > 0) {
+            /* x_mid = x_att + local.out(GELU(dwconv(LN(x_att)))); s->dx holds d x_mid and
+             * becomes d x_att (the LayerNorm backward adds the block's path to it) */
+            matmul_backward_set(s->da, GW->local_out_w, GW->local_out_b, s->dx, A->gl,
+                                W->local_out_w, N, d, d);
+            gelu_backward(s->tmp, A->cl, s->da, T * d);
+            memset(s->dh, 0, T * d * sizeof(float));
+            dwconv_backward(s->dh, GW->local_conv, s->tmp, A->hl, W->local_conv, lens, B, d,
+                            c->local_kernel);
+            layernorm_backward(s->dx, GW->local_ln_w, GW->local_ln_b, s->dh, A->x_att,
+                               W->local_ln_w, A->mean3, A->rstd3, N, d);
+        }
+        /* x_att = x_in + o(attn(q, k, v)); s->dx holds d x_att */
         matmul_backward_set(s->da, GW->wo, GW->bo, s->dx, A->a, W->wo, N, d, d);
         if (exact) {
             size_t off = 0, aoff = 0;
@@ -290,15 +322,17 @@ typedef struct {
 } tr_opt;
 
 /* Fills kind[] from the tensor table: proj frozen, matrices decayed, vectors not. The depthwise
- * conv taps are not decayed either (like LayerNorm weights: few parameters, and decay towards 0
- * would pull the centre tap away from its identity initialisation, not towards a simpler model). */
+ * conv taps (attn.conv_*, local.conv) are not decayed either (like LayerNorm weights: few
+ * parameters, and decay towards 0 would pull the centre tap away from its identity
+ * initialisation, not towards a simpler model). */
 static void tr_kinds(pf_model *m, unsigned char *kind) {
     static pf_tensor_info info[TR_MAX_TENSORS];
     int n = pf_tensor_table(&m->cfg, &m->p, info, (int)(sizeof info / sizeof info[0]));
     for (int i = 0; i < n; i++) {
         size_t off = (size_t)(*info[i].slot - m->owned);
         unsigned char k = strstr(info[i].name, "attn.proj") ? 0
-                        : strstr(info[i].name, "attn.conv_") ? 1 : info[i].ndim == 2 ? 2 : 1;
+                        : strstr(info[i].name, "attn.conv_") || strstr(info[i].name, "local.conv") ? 1
+                        : info[i].ndim == 2 ? 2 : 1;
         memset(kind + off, k, info[i].numel);
     }
 }
@@ -412,16 +446,20 @@ static int tr_save_ckpt(const char *path, pf_model *m, const tr_opt *st, const t
     snprintf(v[10], 64, "%.3f", st->elapsed);
     for (int i = 0; i < 4; i++) snprintf(v[11 + i], 64, "%016llx", (unsigned long long)st->rng.s[i]);
     snprintf(v[15], 64, "%llu", (unsigned long long)o->seed);
-    char conv[16];
+    char conv[16], local[16];
     snprintf(conv, sizeof conv, "%d", m->cfg.conv_kernel);
-    const char *keys[] = { "n_layers", "d_model", "n_heads", "d_ff", "n_features", "kernel",
-                           "norm_eps", "step", "cursor", "tokens", "elapsed", "rng0", "rng1",
-                           "rng2", "rng3", "seed", "format", "name", "conv_kernel" };
-    const char *vals[] = { v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7], v[8], v[9], v[10],
-                           v[11], v[12], v[13], v[14], v[15], "performer-protein-checkpoint",
-                           m->cfg.name, conv };
-    /* conv_kernel only for conv models (checkpoints of other models are as before) */
-    rc = st_write(path, t, n * 3, keys, vals, m->cfg.conv_kernel > 0 ? 19 : 18, err, errlen);
+    snprintf(local, sizeof local, "%d", m->cfg.local_kernel);
+    const char *keys[20] = { "n_layers", "d_model", "n_heads", "d_ff", "n_features", "kernel",
+                             "norm_eps", "step", "cursor", "tokens", "elapsed", "rng0", "rng1",
+                             "rng2", "rng3", "seed", "format", "name" };
+    const char *vals[20] = { v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7], v[8], v[9], v[10],
+                             v[11], v[12], v[13], v[14], v[15], "performer-protein-checkpoint",
+                             m->cfg.name };
+    /* conv_kernel / local_kernel only for models with them (other checkpoints are as before) */
+    int nk = 18;
+    if (m->cfg.conv_kernel > 0) { keys[nk] = "conv_kernel"; vals[nk++] = conv; }
+    if (m->cfg.local_kernel > 0) { keys[nk] = "local_kernel"; vals[nk++] = local; }
+    rc = st_write(path, t, n * 3, keys, vals, nk, err, errlen);
 cleanup:
     free(t);
     free(names);
@@ -462,12 +500,16 @@ static int tr_load_ckpt(const char *path, pf_model **mp, tr_opt *st, char *err, 
         goto fail;
     }
     c.norm_eps = strtof(eps, NULL);
-    long conv = 0;
-    if (st_meta(&f, "conv_kernel") && meta_long(&f, "conv_kernel", &conv) != 0) {
-        snprintf(err, errlen, "%s: checkpoint metadata 'conv_kernel' invalid", path);
-        goto fail;
+    const char *wkeys[2] = { "conv_kernel", "local_kernel" };
+    int *wdst[2] = { &c.conv_kernel, &c.local_kernel };
+    for (int i = 0; i < 2; i++) {
+        long w = 0;
+        if (st_meta(&f, wkeys[i]) && meta_long(&f, wkeys[i], &w) != 0) {
+            snprintf(err, errlen, "%s: checkpoint metadata '%s' invalid", path, wkeys[i]);
+            goto fail;
+        }
+        *wdst[i] = w >= 0 && w <= PF_MAX_CONV_KERNEL ? (int)w : -1;  /* -1: init rejects */
     }
-    c.conv_kernel = conv >= 0 && conv <= PF_MAX_CONV_KERNEL ? (int)conv : -1;  /* -1: init rejects */
     snprintf(c.name, sizeof c.name, "%s", nm ? nm : "performer-protein");
     if (pf_model_init(&m, &c, 0, err, errlen) != 0) goto fail;
     st->m = calloc(m->n_params, sizeof(float));
@@ -677,23 +719,32 @@ int tr_run(const tr_options *o, int *interrupted, char *err, size_t errlen) {
         if (o->init) {
             pf_model *src = NULL;
             if (pf_model_load(&src, o->init, err, errlen) != 0) goto cleanup;
-            int r2;
-            if (o->cfg.conv_kernel > 0 && src->cfg.conv_kernel == 0) {
-                /* warm start of a conv model: identity taps, so training continues from exactly
-                 * the function of the --init weights */
-                r2 = pf_model_add_conv(&m, src, o->cfg.conv_kernel, err, errlen);
-                if (r2 == 0)
-                    fprintf(stderr, "extended %s with identity depthwise convolutions (conv_kernel "
-                            "%d)\n", o->init, o->cfg.conv_kernel);
-            } else if (o->cfg.conv_kernel > 0 && src->cfg.conv_kernel != o->cfg.conv_kernel) {
-                snprintf(err, errlen, "--conv %d: %s already has conv_kernel %d (a trained "
-                         "convolution cannot change width)", o->cfg.conv_kernel, o->init,
-                         src->cfg.conv_kernel);
-                r2 = -1;
-            } else {
-                r2 = pf_model_clone_owned(&m, src, err, errlen);
-            }
+            int r2 = pf_model_clone_owned(&m, src, err, errlen);
             pf_model_free(src);
+            /* warm start with a conv on q, k, v and/or local blocks that F lacks: identity
+             * parts, so training continues from exactly the function of the --init weights */
+            static const struct { const char *opt, *key, *what; int local; } part[2] = {
+                { "--conv", "conv_kernel", "depthwise convolutions on q, k, v", 0 },
+                { "--local", "local_kernel", "local blocks", 1 } };
+            for (int j = 0; j < 2 && r2 == 0; j++) {
+                int want = part[j].local ? o->cfg.local_kernel : o->cfg.conv_kernel;
+                int have = part[j].local ? m->cfg.local_kernel : m->cfg.conv_kernel;
+                if (want == 0 || want == have) continue;
+                if (have != 0) {
+                    snprintf(err, errlen, "%s %d: %s already has %s %d (a trained convolution "
+                             "cannot change width)", part[j].opt, want, o->init, part[j].key, have);
+                    r2 = -1;
+                    break;
+                }
+                pf_model *ext = NULL;
+                r2 = (part[j].local ? pf_model_add_local : pf_model_add_conv)(&ext, m, want, err,
+                                                                              errlen);
+                pf_model_free(m);
+                m = ext;
+                if (r2 == 0)
+                    fprintf(stderr, "extended %s with identity %s (%s %d)\n", o->init,
+                            part[j].what, part[j].key, want);
+            }
             if (r2 != 0) goto cleanup;
         } else if (pf_model_init(&m, &o->cfg, o->seed, err, errlen) != 0) {
             goto cleanup;
@@ -737,6 +788,9 @@ int tr_run(const tr_options *o, int *interrupted, char *err, size_t errlen) {
             m->cfg.n_features, m->n_params, pf_kernel_name(kernel), ds_count(train));
     if (m->cfg.conv_kernel > 0)
         fprintf(stderr, "depthwise convolution on q, k, v: width %d\n", m->cfg.conv_kernel);
+    if (m->cfg.local_kernel > 0)
+        fprintf(stderr, "local blocks (depthwise convolution + GELU + projection): width %d\n",
+                m->cfg.local_kernel);
     double t0 = now_s(), t_proc = t0, last_ckpt = t0, rate_t = t0, val_ppl = NAN, val_acc = NAN, val_uni = NAN;
     long rate_tok = 0, steps_here = 0;
     double rate = 0, loss_ema = NAN;

@@ -35,7 +35,8 @@ typedef struct {
     const char *log;            /* CSV log path, or NULL */
     int resume;
     pf_config cfg;              /* architecture when not --init; with --init only cfg.conv_kernel
-                                 * counts: > 0 extends conv-less weights with identity convs */
+                                 * and cfg.local_kernel count: > 0 extends weights without that
+                                 * part with an identity one (same function) */
     pf_kernel kernel;           /* kernel to train (DEFAULT = cfg's) */
     uint64_t seed;
     long steps;                 /* total optimiser steps (schedule length) */

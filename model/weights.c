@@ -83,6 +83,13 @@ int pf_tensor_table(const pf_config *cfg, pf_params *p, pf_tensor_info *out, int
             ADD("attn.conv_k", 2, cfg->conv_kernel, d, conv_k);
             ADD("attn.conv_v", 2, cfg->conv_kernel, d, conv_v);
         }
+        if (cfg->local_kernel > 0) {    /* optional local block (FORMAT.md) */
+            ADD("local.ln.weight", 1, d, 0, local_ln_w);
+            ADD("local.ln.bias", 1, d, 0, local_ln_b);
+            ADD("local.conv", 2, cfg->local_kernel, d, local_conv);
+            ADD("local.out.weight", 2, d, d, local_out_w);
+            ADD("local.out.bias", 1, d, 0, local_out_b);
+        }
         ADD("ln2.weight", 1, d, 0, ln2_w);
         ADD("ln2.bias", 1, d, 0, ln2_b);
         ADD("ffn.fc1.weight", 2, F, d, fc1_w);
@@ -105,7 +112,9 @@ size_t pf_param_count(const pf_config *cfg) {
     size_t d = (size_t)cfg->d_model, F = (size_t)cfg->d_ff, m = (size_t)cfg->n_features;
     size_t dh = cfg->n_heads > 0 ? d / (size_t)cfg->n_heads : 0;
     size_t K = cfg->conv_kernel > 0 ? (size_t)cfg->conv_kernel : 0;
-    size_t per_layer = 4 * d * d + 4 * d + m * dh + 3 * K * d + 4 * d + F * d + F + d * F + d;
+    size_t KL = cfg->local_kernel > 0 ? (size_t)cfg->local_kernel : 0;
+    size_t local = KL ? 2 * d + KL * d + d * d + d : 0;
+    size_t per_layer = 4 * d * d + 4 * d + m * dh + 3 * K * d + local + 4 * d + F * d + F + d * F + d;
     return (size_t)TOK_VOCAB * d + (size_t)cfg->n_layers * per_layer + 2 * d +
            (size_t)TOK_NRES * d + TOK_NRES;
 }
@@ -138,13 +147,15 @@ int pf_config_validate(const pf_config *cfg, char *err, size_t errlen) {
                (int)cfg->kernel);
         return -1;
     }
-    if (cfg->conv_kernel < 0 || cfg->conv_kernel > PF_MAX_CONV_KERNEL ||
-        (cfg->conv_kernel > 0 && cfg->conv_kernel % 2 == 0)) {
-        pf_err(err, errlen, "config conv_kernel = %d is invalid; it must be odd (1, 3, 5, ..., %d) "
-               "for a centred depthwise convolution, or 0 for none", cfg->conv_kernel,
-               PF_MAX_CONV_KERNEL);
-        return -1;
-    }
+    struct { const char *key; int v; } odd[] = {
+        {"conv_kernel", cfg->conv_kernel}, {"local_kernel", cfg->local_kernel}};
+    for (size_t i = 0; i < sizeof odd / sizeof odd[0]; i++)
+        if (odd[i].v < 0 || odd[i].v > PF_MAX_CONV_KERNEL || (odd[i].v > 0 && odd[i].v % 2 == 0)) {
+            pf_err(err, errlen, "config %s = %d is invalid; it must be odd (1, 3, 5, ..., %d) for a "
+                   "centred depthwise convolution, or 0 for none", odd[i].key, odd[i].v,
+                   PF_MAX_CONV_KERNEL);
+            return -1;
+        }
     if (!isfinite(cfg->norm_eps) || !(cfg->norm_eps > 0.0f)) {
         pf_err(err, errlen, "config norm_eps = %g is invalid; it must be a finite positive number "
                "(e.g. 1e-05)", (double)cfg->norm_eps);
@@ -257,6 +268,25 @@ static const char *pf_meta_req(const st_file *f, const char *key, char *err, siz
     return s;
 }
 
+/* Reads the optional odd width key (absent = 0 = none) of f into *out (what: the convolution it
+ * is the width of, for the message); returns 0 or -1 + err. */
+static int pf_meta_width(const st_file *f, const char *key, const char *what, int *out, char *err,
+                         size_t errlen) {
+    const char *s = st_meta(f, key);
+    if (!s) return 0;
+    long v = 0;
+    size_t i = 0;
+    for (; s[i] >= '0' && s[i] <= '9' && i < 4; i++) v = v * 10 + (s[i] - '0');
+    if (i == 0 || s[i] != '\0' || v > PF_MAX_CONV_KERNEL || (v > 0 && v % 2 == 0)) {
+        pf_err(err, errlen, "metadata %s = \"%.40s\" is invalid; it must be an odd decimal integer "
+               "1..%d (the width of %s), or \"0\" / absent for none", key, s, PF_MAX_CONV_KERNEL,
+               what);
+        return -1;
+    }
+    *out = (int)v;
+    return 0;
+}
+
 /* Reads and checks the __metadata__ of f into *cfg; returns 0 or -1 + err. */
 static int pf_parse_meta(const st_file *f, pf_config *cfg, char *err, size_t errlen) {
     const char *s;
@@ -309,18 +339,11 @@ static int pf_parse_meta(const st_file *f, pf_config *cfg, char *err, size_t err
         return -1;
     }
     cfg->norm_eps = (float)eps;
-    if ((s = st_meta(f, "conv_kernel"))) {      /* optional; absent = 0 = no convolution */
-        long v = 0;
-        size_t i = 0;
-        for (; s[i] >= '0' && s[i] <= '9' && i < 4; i++) v = v * 10 + (s[i] - '0');
-        if (i == 0 || s[i] != '\0' || v > PF_MAX_CONV_KERNEL || (v > 0 && v % 2 == 0)) {
-            pf_err(err, errlen, "metadata conv_kernel = \"%.40s\" is invalid; it must be an odd "
-                   "decimal integer 1..%d (the width of the depthwise convolution on q, k, v), or "
-                   "\"0\" / absent for none", s, PF_MAX_CONV_KERNEL);
-            return -1;
-        }
-        cfg->conv_kernel = (int)v;
-    }
+    if (pf_meta_width(f, "conv_kernel", "the depthwise convolution on q, k, v", &cfg->conv_kernel,
+                      err, errlen) != 0 ||
+        pf_meta_width(f, "local_kernel", "the local block's depthwise convolution",
+                      &cfg->local_kernel, err, errlen) != 0)
+        return -1;
     if (!(s = pf_meta_req(f, "trained", err, errlen))) return -1;
     if (strcmp(s, "true") == 0) cfg->trained = 1;
     else if (strcmp(s, "false") == 0) cfg->trained = 0;
@@ -407,11 +430,20 @@ int pf_model_load(pf_model **out, const char *path, char *err, size_t errlen) {
         int64_t want[2] = {tab[i].shape[0], tab[i].shape[1]};
         pf_shape_str(ws, sizeof ws, tab[i].ndim, want);
         int is_conv = strstr(tab[i].name, "attn.conv_") != NULL;
+        int is_local = strstr(tab[i].name, ".local.") != NULL;
         if (!hit && is_conv) {
             pf_err(err, errlen, "'%s': tensor '%s' (shape %s) is missing; metadata conv_kernel=%d "
                    "asks for depthwise convolution taps attn.conv_q/conv_k/conv_v [conv_kernel, "
                    "d_model] in every layer (add them, or drop conv_kernel for a model without "
                    "convolution)", path, tab[i].name, ws, cfg.conv_kernel);
+            goto cleanup;
+        }
+        if (!hit && is_local) {
+            pf_err(err, errlen, "'%s': tensor '%s' (shape %s) is missing; metadata local_kernel=%d "
+                   "asks for a local block local.ln.weight/ln.bias [d_model], local.conv "
+                   "[local_kernel, d_model], local.out.weight [d_model, d_model]/out.bias "
+                   "[d_model] in every layer (add them, or drop local_kernel for a model without "
+                   "local blocks)", path, tab[i].name, ws, cfg.local_kernel);
             goto cleanup;
         }
         if (!hit) {
@@ -428,10 +460,12 @@ int pf_model_load(pf_model **out, const char *path, char *err, size_t errlen) {
         }
         int ok = t->ndim == tab[i].ndim;
         for (int d = 0; ok && d < t->ndim; d++) ok = t->shape[d] == want[d];
-        if (!ok && is_conv) {
-            pf_err(err, errlen, "'%s': tensor '%s' has shape %s, expected %s = [conv_kernel, "
-                   "d_model] (from the metadata: conv_kernel=%d d_model=%d)", path, t->name,
-                   pf_shape_str(gs, sizeof gs, t->ndim, t->shape), ws, cfg.conv_kernel, cfg.d_model);
+        if (!ok && (is_conv || strstr(tab[i].name, "local.conv"))) {
+            const char *key = is_conv ? "conv_kernel" : "local_kernel";
+            pf_err(err, errlen, "'%s': tensor '%s' has shape %s, expected %s = [%s, d_model] (from "
+                   "the metadata: %s=%d d_model=%d)", path, t->name,
+                   pf_shape_str(gs, sizeof gs, t->ndim, t->shape), ws, key, key,
+                   is_conv ? cfg.conv_kernel : cfg.local_kernel, cfg.d_model);
             goto cleanup;
         }
         if (!ok) {
@@ -461,6 +495,10 @@ int pf_model_load(pf_model **out, const char *path, char *err, size_t errlen) {
                 pf_err(err, errlen, "'%s': unexpected tensor '%s': depthwise convolution taps need "
                        "metadata conv_kernel (their first dimension, odd), which is absent or 0 "
                        "(add conv_kernel, or remove the conv tensors)", path, nb);
+            else if (cfg.local_kernel == 0 && strstr(nb, ".local."))
+                pf_err(err, errlen, "'%s': unexpected tensor '%s': local block tensors need "
+                       "metadata local_kernel (the width of local.conv, odd), which is absent or 0 "
+                       "(add local_kernel, or remove the local tensors)", path, nb);
             else
                 pf_err(err, errlen, "'%s': unexpected tensor '%s'; a v1 file holds exactly the "
                        "tensors listed in weights/FORMAT.md (remove it)", path, nb);
@@ -509,11 +547,31 @@ cleanup:
     return rc;
 }
 
-/* Returns the seed of layer l's projection, derived from the model seed. */
-static uint64_t pf_proj_seed(uint64_t seed, int l) {
-    uint64_t x = seed ^ 0x70726f6a65637469ULL;   /* "projecti" */
+#define PF_SEED_PROJ 0x70726f6a65637469ULL    /* "projecti": layer l's FAVOR+ projection */
+#define PF_SEED_LOCAL 0x6c6f63616c6f7574ULL   /* "localout": layer l's local.out.weight */
+
+/* Returns the seed of layer l's stream tag (PF_SEED_*), derived from the model seed. */
+static uint64_t pf_layer_seed(uint64_t seed, uint64_t tag, int l) {
+    uint64_t x = seed ^ tag;
     x += 0x9e3779b97f4a7c15ULL * (uint64_t)(l + 1);
     return rng_splitmix64(&x);
+}
+
+/* Fills table entry t of cfg when it is a tensor that starts as the identity of an optional part
+ * (conv taps and local.conv: centre tap 1, others 0; local.ln.weight 1; local.ln.bias and
+ * local.out 0) and returns 1; returns 0 (leaving it) for any other tensor. */
+static int pf_fill_identity(const pf_tensor_info *t, const pf_config *cfg) {
+    float *p = *t->slot;
+    int conv = strstr(t->name, "attn.conv_") != NULL, local = strstr(t->name, ".local.") != NULL;
+    if (!conv && !local) return 0;
+    memset(p, 0, t->numel * sizeof *p);
+    if (conv || strstr(t->name, "local.conv")) {
+        int K = conv ? cfg->conv_kernel : cfg->local_kernel, d = cfg->d_model;
+        for (int c = 0; c < d; c++) p[(size_t)((K - 1) / 2) * d + c] = 1.0f;
+    } else if (strstr(t->name, "local.ln.weight")) {
+        for (size_t k = 0; k < t->numel; k++) p[k] = 1.0f;
+    }
+    return 1;
 }
 
 /* Creates a randomly initialised owned model from cfg and seed (deterministic); 0 or -1 + err. */
@@ -545,15 +603,18 @@ int pf_model_init(pf_model **out, const pf_config *cfg, uint64_t seed, char *err
         const char *nm = tab[i].name;
         size_t len = strlen(nm);
 #define ENDS(s) (len >= sizeof(s) - 1 && strcmp(nm + len - (sizeof(s) - 1), s) == 0)
-        if (ENDS("attn.conv_q") || ENDS("attn.conv_k") || ENDS("attn.conv_v")) {
-            /* identity taps: a conv model starts as the conv-less function (no RNG draws, so the
-             * other tensors equal those of the conv-less model of the same seed) */
-            memset(p, 0, tab[i].numel * sizeof *p);
-            int K = cfg->conv_kernel, d = cfg->d_model;
-            for (int c = 0; c < d; c++) p[(size_t)((K - 1) / 2) * d + c] = 1.0f;
+        if (ENDS("local.out.weight")) {
+            /* drawn like attn.o.weight, from the layer's own stream: the other tensors equal
+             * those of the model without local blocks of the same seed */
+            rng_t rl;
+            rng_seed(&rl, pf_layer_seed(seed, PF_SEED_LOCAL, atoi(nm + strlen("layers."))));
+            for (size_t k = 0; k < tab[i].numel; k++) p[k] = (float)(std_out * rng_normal(&rl));
+        } else if (pf_fill_identity(&tab[i], cfg)) {
+            /* identity taps, LN 1/0 (no RNG draws): a conv model starts as the conv-less
+             * function */
         } else if (ENDS("attn.proj")) {
             int l = atoi(nm + strlen("layers."));
-            pf_draw_projection(p, cfg->n_features, dh, pf_proj_seed(seed, l));
+            pf_draw_projection(p, cfg->n_features, dh, pf_layer_seed(seed, PF_SEED_PROJ, l));
         } else if (ENDS(".bias")) {
             memset(p, 0, tab[i].numel * sizeof *p);
         } else if (ENDS("ln1.weight") || ENDS("ln2.weight") || ENDS("final_ln.weight")) {
@@ -577,8 +638,9 @@ cleanup:
 }
 
 /* Makes an owned model of configuration cfg from m: tensors of the same name are copied; the
- * others (only the conv taps cfg adds to a conv-less m) start as the identity, so the copy computes
- * m's function. Keeps m's path; sha256 is left empty. Returns 0 or -1 + err. */
+ * others (only the conv taps and local blocks cfg adds to an m without them) start as the
+ * identity, so the copy computes m's function. Keeps m's path; sha256 is left empty. Returns 0 or
+ * -1 + err. */
 static int model_copy(pf_model **out, const pf_model *m, const pf_config *cfg, char *err,
                       size_t errlen) {
     pf_model *c = NULL;
@@ -591,18 +653,16 @@ static int model_copy(pf_model **out, const pf_model *m, const pf_config *cfg, c
         pf_err(err, errlen, "out of memory copying %zu parameters", m->n_params);
         goto cleanup;
     }
-    /* both tables list their tensors in the canonical order, dst possibly with 3 conv tensors per
-     * layer inserted */
+    /* both tables list their tensors in the canonical order, dst possibly with 3 conv tensors
+     * and 5 local tensors per layer inserted */
     for (int i = 0, j = 0; j < n2; j++) {
         if (i < n && strcmp(src[i].name, dst[j].name) == 0) {
             memcpy(*dst[j].slot, *src[i].slot, dst[j].numel * sizeof(float));
             i++;
         } else {
-            assert(strstr(dst[j].name, "attn.conv_") && cfg->conv_kernel > 0);
-            const int K = cfg->conv_kernel;
-            float *p = *dst[j].slot;
-            memset(p, 0, dst[j].numel * sizeof *p);
-            for (int ch = 0; ch < cfg->d_model; ch++) p[(size_t)((K - 1) / 2) * cfg->d_model + ch] = 1.0f;
+            int added = pf_fill_identity(&dst[j], cfg);
+            assert(added);
+            (void)added;
         }
     }
     c->sha256[0] = '\0';
@@ -624,22 +684,37 @@ int pf_model_clone_owned(pf_model **out, const pf_model *m, char *err, size_t er
     return 0;
 }
 
-/* Makes an owned copy of conv-less m with identity conv taps of width K; 0 or -1 + err. */
-int pf_model_add_conv(pf_model **out, const pf_model *m, int K, char *err, size_t errlen) {
+/* Makes an owned copy of m with the optional part of width K that m lacks (local: the local
+ * blocks, else the conv on q, k, v) added as the identity; 0 or -1 + err. */
+static int model_add(pf_model **out, const pf_model *m, int local, int K, char *err,
+                     size_t errlen) {
     *out = NULL;
-    if (m->cfg.conv_kernel != 0) {
-        pf_err(err, errlen, "the model already has a depthwise convolution (conv_kernel %d)",
-               m->cfg.conv_kernel);
+    const char *key = local ? "local_kernel" : "conv_kernel";
+    int have = local ? m->cfg.local_kernel : m->cfg.conv_kernel;
+    if (have != 0) {
+        pf_err(err, errlen, "the model already has %s (%s %d)",
+               local ? "local blocks" : "a depthwise convolution", key, have);
         return -1;
     }
     pf_config cfg = m->cfg;
-    cfg.conv_kernel = K;
+    *(local ? &cfg.local_kernel : &cfg.conv_kernel) = K;
     if (K < 1 || pf_config_validate(&cfg, err, errlen) != 0) {
-        if (K < 1) pf_err(err, errlen, "conv_kernel %d is invalid; it must be odd, 1..%d", K,
+        if (K < 1) pf_err(err, errlen, "%s %d is invalid; it must be odd, 1..%d", key, K,
                           PF_MAX_CONV_KERNEL);
         return -1;
     }
     return model_copy(out, m, &cfg, err, errlen);   /* a new, unsaved model: no sha256 */
+}
+
+/* Makes an owned copy of conv-less m with identity conv taps of width K; 0 or -1 + err. */
+int pf_model_add_conv(pf_model **out, const pf_model *m, int K, char *err, size_t errlen) {
+    return model_add(out, m, 0, K, err, errlen);
+}
+
+/* Makes an owned copy of m without local blocks with identity local blocks of width K; 0 or -1
+ * + err. */
+int pf_model_add_local(pf_model **out, const pf_model *m, int K, char *err, size_t errlen) {
+    return model_add(out, m, 1, K, err, errlen);
 }
 
 /* Writes m as a v1 safetensors file atomically and sets m->sha256 (and m->path); 0 or -1 + err. */
@@ -647,7 +722,7 @@ int pf_model_save(pf_model *m, const char *path, char *err, size_t errlen) {
     pf_tensor_info *tab = NULL;
     st_out_tensor *ot = NULL;
     int n = 0, rc = -1;
-    char ints[6][24], eps[32];
+    char ints[7][24], eps[32];
     if (pf_config_validate(&m->cfg, err, errlen) != 0) return -1;
     if (!(tab = pf_table_of(m, &n)) || !(ot = calloc((size_t)n, sizeof *ot))) {
         pf_err(err, errlen, "out of memory");
@@ -670,15 +745,18 @@ int pf_model_save(pf_model *m, const char *path, char *err, size_t errlen) {
     pf_copy_utf8(name, sizeof name, m->cfg.name);
     pf_copy_utf8(prov, sizeof prov, m->cfg.provenance);
     snprintf(ints[5], sizeof ints[5], "%d", m->cfg.conv_kernel);
-    /* conv_kernel is written only when there is a convolution, so a conv-less model's file is
-     * exactly what it was before the key existed */
-    const char *keys[] = {"format", "format_version", "name", "vocab", "n_layers", "d_model",
-                          "n_heads", "d_ff", "kernel", "n_features", "position", "norm_eps",
-                          "trained", "provenance", "conv_kernel"};
-    const char *vals[] = {"performer-protein", "1", name, tok_vocab_json(), ints[0], ints[1],
-                          ints[2], ints[3], pf_kernel_name(m->cfg.kernel), ints[4], "sinusoidal",
-                          eps, m->cfg.trained ? "true" : "false", prov, ints[5]};
-    int n_meta = (int)(sizeof keys / sizeof keys[0]) - (m->cfg.conv_kernel > 0 ? 0 : 1);
+    snprintf(ints[6], sizeof ints[6], "%d", m->cfg.local_kernel);
+    /* conv_kernel and local_kernel are written only when the model has that part, so a model
+     * without them has exactly the file it had before the keys existed */
+    const char *keys[16] = {"format", "format_version", "name", "vocab", "n_layers", "d_model",
+                            "n_heads", "d_ff", "kernel", "n_features", "position", "norm_eps",
+                            "trained", "provenance"};
+    const char *vals[16] = {"performer-protein", "1", name, tok_vocab_json(), ints[0], ints[1],
+                            ints[2], ints[3], pf_kernel_name(m->cfg.kernel), ints[4], "sinusoidal",
+                            eps, m->cfg.trained ? "true" : "false", prov};
+    int n_meta = 14;
+    if (m->cfg.conv_kernel > 0) { keys[n_meta] = "conv_kernel"; vals[n_meta++] = ints[5]; }
+    if (m->cfg.local_kernel > 0) { keys[n_meta] = "local_kernel"; vals[n_meta++] = ints[6]; }
     if (st_write(path, ot, n, keys, vals, n_meta, err, errlen) != 0)
         goto cleanup;
     if (st_sha256_file(path, m->sha256, err, errlen) != 0) goto cleanup;

@@ -47,11 +47,11 @@ static char *model_body(const pf_model *m, const cfg *c) {
     if (!prov) prov = json_string(m->cfg.provenance);
     if (!prov) prov = json_null();
     size_t exact_max = pf_exact_max_len(m);
-    json_t *o = json_pack("{s:s, s:s, s:b, s:{s:i, s:i, s:i, s:i, s:i, s:i, s:s, s:f, s:s}, s:I, s:o, s:o, s:[s,s,s,s,s,s,s,s,s,s,s,s,s,s,s,s,s,s,s,s],"
+    json_t *o = json_pack("{s:s, s:s, s:b, s:{s:i, s:i, s:i, s:i, s:i, s:i, s:i, s:s, s:f, s:s}, s:I, s:o, s:o, s:[s,s,s,s,s,s,s,s,s,s,s,s,s,s,s,s,s,s,s,s],"
                           " s:{s:I, s:I, s:I, s:i, s:i, s:I, s:I, s:I}}",
                           "name", m->cfg.name, "sha256", m->sha256, "trained", m->cfg.trained,
                           "config", "n_layers", m->cfg.n_layers, "d_model", m->cfg.d_model, "n_heads", m->cfg.n_heads,
-                          "d_ff", m->cfg.d_ff, "n_features", m->cfg.n_features, "conv_kernel", m->cfg.conv_kernel, "kernel", pf_kernel_name(m->cfg.kernel),
+                          "d_ff", m->cfg.d_ff, "n_features", m->cfg.n_features, "conv_kernel", m->cfg.conv_kernel, "local_kernel", m->cfg.local_kernel, "kernel", pf_kernel_name(m->cfg.kernel),
                           "norm_eps", (double)m->cfg.norm_eps, "position", "sinusoidal",
                           "n_params", (json_int_t)m->n_params, "provenance", prov, "vocabulary", vocab,
                           "output_tokens", "A", "C", "D", "E", "F", "G", "H", "I", "K", "L", "M", "N", "P", "Q", "R", "S",

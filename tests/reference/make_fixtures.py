@@ -14,7 +14,14 @@ stored as float32. Files (see tests/fixtures/README.md):
                           the same for the model with a width-3 depthwise conv on q, k, v
                           (conv_kernel 3; the other tensors equal model.safetensors')
   grad_ops_conv.safetensors  the dwconv op (K 1, 3, 5) over a packed batch of short sequences
-The files without "conv" in their name are exactly what they were before conv_kernel existed.
+  model_local3.safetensors, forward_local3.safetensors, grad_model_local3.safetensors
+                          the same for the model with a width-3 local block per layer
+                          (local_kernel 3; the other tensors equal model.safetensors')
+  model_conv3_local3.safetensors, forward_conv3_local3.safetensors,
+  grad_model_conv3_local3.safetensors
+                          both: model_conv3.safetensors' tensors plus the local blocks
+The files without "conv" in their name are exactly what they were before conv_kernel existed, and
+the files without "local" exactly what they were before local_kernel existed.
 """
 import hashlib
 import os
@@ -35,6 +42,8 @@ CONV_KERNEL = 3           # the conv fixture model
 CONV_STD = 0.4            # its taps: identity + N(0, 0.4): loud so that bugs show, and no favor-relu
                           # pre-activation of the batch within 1e-5 of the ReLU kink (0.3 had one at
                           # 1e-7, where float32 rounding flips a feature on or off)
+LOCAL_KERNEL = 3          # the local-block fixture models
+LOCAL_CONV_STD = 0.4      # their local taps: identity + N(0, 0.4)
 CONV_OPS_SEED = 13
 BATCH_SEED = 7
 OPS_SEED = 11
@@ -62,9 +71,22 @@ def sha256(path):
 
 
 # ----------------------------------------------------------------------------------------------
-def make_model(path, conv_kernel=0):
-    model = ref.Performer(**MODEL_CFG, conv_kernel=conv_kernel).to(F64)
-    if conv_kernel == 0:
+def make_model(path, conv_kernel=0, local_kernel=0):
+    model = ref.Performer(**MODEL_CFG, conv_kernel=conv_kernel, local_kernel=local_kernel).to(F64)
+    if local_kernel > 0:
+        model.init_weights(MODEL_SEED, std=0.2, out_std=0.2, embed_std=0.5, ln_w_std=0.1,
+                           bias_std=0.1, conv_std=CONV_STD, local_conv_std=LOCAL_CONV_STD)
+        prov = ("tests/reference/make_fixtures.py: Performer(conv_kernel=%d, local_kernel=%d)."
+                "init_weights(seed=%d, std=0.2, out_std=0.2, embed_std=0.5, ln_w_std=0.1, "
+                "bias_std=0.1, conv_std=%g, local_conv_std=%g): the tensors of %s plus local "
+                "blocks (LN 1 + N(0, 0.1) / N(0, 0.1), taps identity + N(0, %g), out N(0, 0.2) / "
+                "N(0, 0.1)); untrained test fixture" % (
+                    conv_kernel, local_kernel, MODEL_SEED, CONV_STD, LOCAL_CONV_STD,
+                    "model_conv%d.safetensors" % conv_kernel if conv_kernel else "model.safetensors",
+                    LOCAL_CONV_STD))
+        name = "fixture-tiny%s-local%d" % ("-conv%d" % conv_kernel if conv_kernel else "",
+                                           local_kernel)
+    elif conv_kernel == 0:
         model.init_weights(MODEL_SEED, std=0.2, out_std=0.2, embed_std=0.5, ln_w_std=0.1,
                            bias_std=0.1)
         prov = ("tests/reference/make_fixtures.py: Performer.init_weights(seed=%d, std=0.2, "
@@ -131,7 +153,8 @@ def make_forward(path, model, seqs, model_sha, model_file="model.safetensors"):
 def make_grad_model(path, model, seqs, targets, model_sha, model_file="model.safetensors"):
     out = {"tokens": i32(torch.cat(seqs)), "lens": i32([s.shape[0] for s in seqs]),
            "targets": i32(torch.cat(targets))}
-    names = [n for n in ref.format_tensor_names(model.n_layers, model.conv_kernel)
+    names = [n for n in ref.format_tensor_names(model.n_layers, model.conv_kernel,
+                                                model.local_kernel)
              if not n.endswith("attn.proj")]
     params = dict(model.named_parameters())
     assert set(params) == set(names), set(params) ^ set(names)
@@ -272,6 +295,35 @@ def float32_error_estimate(model, seqs):
     return res
 
 
+def make_variant(outdir, base, conv_kernel, local_kernel, seqs, targets):
+    """Writes model_TAG, forward_TAG, grad_model_TAG (TAG = convK, localK or convK_localK) for the
+    model with a conv and/or local blocks whose other tensors are base's (asserted); returns
+    (tag, model, forward fixture, losses)."""
+    tag = "_".join(t for t in ("conv%d" % conv_kernel if conv_kernel else "",
+                               "local%d" % local_kernel if local_kernel else "") if t)
+    p = os.path.join(outdir, "model_%s.safetensors" % tag)
+    vmodel = make_model(p, conv_kernel, local_kernel)
+    vsha = sha256(p)
+    for n, t in base.state_dict().items():
+        assert torch.equal(t, vmodel.state_dict()[n]), n
+    vfwd = make_forward(os.path.join(outdir, "forward_%s.safetensors" % tag), vmodel, seqs, vsha,
+                        os.path.basename(p))
+    vlosses = make_grad_model(os.path.join(outdir, "grad_model_%s.safetensors" % tag), vmodel,
+                              seqs, targets, vsha, os.path.basename(p))
+    return tag, vmodel, vfwd, vlosses
+
+
+def print_summary(tag, model, fwd, losses, seqs):
+    """Prints the logp ranges, losses and float32 error estimate of one fixture model."""
+    for K in KERNELS:
+        lp = fwd["logp." + K]
+        print("%s%-14s logp range [%.3f, %.3f]  mean max-prob %.3f  loss %.6f" % (
+            tag and tag + " ", K, float(lp.min()), float(lp.max()),
+            float(lp.exp().max(1).values.mean()), losses[K]))
+    print("%sfloat32-vs-float64 max |dlogp|:" % (tag and tag + " "),
+          {k: "%.1e" % v for k, v in float32_error_estimate(model, seqs).items()})
+
+
 def main():
     if len(sys.argv) != 2:
         print(__doc__)
@@ -288,32 +340,17 @@ def main():
                              targets, msha)
     make_grad_ops(os.path.join(outdir, "grad_ops.safetensors"))
 
-    # the conv model: model.safetensors' tensors + width-3 depthwise conv taps, same batch
-    p_conv = os.path.join(outdir, "model_conv%d.safetensors" % CONV_KERNEL)
-    cmodel = make_model(p_conv, CONV_KERNEL)
-    csha = sha256(p_conv)
-    for n, t in model.state_dict().items():
-        assert torch.equal(t, cmodel.state_dict()[n]), n
-    cfwd = make_forward(os.path.join(outdir, "forward_conv%d.safetensors" % CONV_KERNEL), cmodel,
-                        seqs, csha, os.path.basename(p_conv))
-    closses = make_grad_model(os.path.join(outdir, "grad_model_conv%d.safetensors" % CONV_KERNEL),
-                              cmodel, seqs, targets, csha, os.path.basename(p_conv))
+    # the conv model: model.safetensors' tensors + width-3 depthwise conv taps, same batch; the
+    # local-block models: model.safetensors' (and model_conv3's) tensors + local blocks
+    variants = [make_variant(outdir, model, CONV_KERNEL, 0, seqs, targets)]
     make_grad_ops_conv(os.path.join(outdir, "grad_ops_conv.safetensors"))
+    variants.append(make_variant(outdir, model, 0, LOCAL_KERNEL, seqs, targets))
+    variants.append(make_variant(outdir, variants[0][1], CONV_KERNEL, LOCAL_KERNEL, seqs, targets))
 
     print("lens:", [s.shape[0] for s in seqs], "scored:", int((torch.cat(targets) >= 0).sum()))
-    for K in KERNELS:
-        lp = fwd["logp." + K]
-        print("%-14s logp range [%.3f, %.3f]  mean max-prob %.3f  loss %.6f" % (
-            K, float(lp.min()), float(lp.max()), float(lp.exp().max(1).values.mean()), losses[K]))
-    print("float32-vs-float64 max |dlogp|:", {k: "%.1e" % v for k, v in
-                                              float32_error_estimate(model, seqs).items()})
-    for K in KERNELS:
-        lp = cfwd["logp." + K]
-        print("conv%d %-14s logp range [%.3f, %.3f]  mean max-prob %.3f  loss %.6f" % (
-            CONV_KERNEL, K, float(lp.min()), float(lp.max()), float(lp.exp().max(1).values.mean()),
-            closses[K]))
-    print("conv%d float32-vs-float64 max |dlogp|:" % CONV_KERNEL,
-          {k: "%.1e" % v for k, v in float32_error_estimate(cmodel, seqs).items()})
+    print_summary("", model, fwd, losses, seqs)
+    for tag, vmodel, vfwd, vlosses in variants:
+        print_summary(tag, vmodel, vfwd, vlosses, seqs)
     for f in sorted(os.listdir(outdir)):
         if f.endswith(".safetensors"):
             p = os.path.join(outdir, f)

@@ -10,7 +10,8 @@ Contents
   draw_projection(m, dh, gen)         FAVOR+ orthogonal random features
   positional_encoding, layer_norm, gelu, linear
   favor_softmax_attention, favor_relu_attention, exact_attention, attention(kernel=...)
-  dwconv(x, w, lens)                  depthwise centred convolution over positions (conv_kernel)
+  dwconv(x, w, lens)                  depthwise centred convolution over positions (conv_kernel,
+                                      and the local block's local.conv)
   Performer (nn.Module)               parameter/buffer names == FORMAT.md tensor names
   state_dict_to_format / from_format  conversion to/from the file's tensors + metadata
   masked_lm_loss                      mean over scored positions of -logp[target]
@@ -355,17 +356,29 @@ class _FFN(nn.Module):
         self.fc2 = _Linear(f, d)
 
 
+class _Local(nn.Module):
+    """The local block (local_kernel K): x + out(GELU(dwconv(LN(x); conv)))."""
+
+    def __init__(self, d, local_kernel):
+        super().__init__()
+        self.ln = _LN(d)
+        self.conv = _p(local_kernel, d)   # depthwise taps [K, d], like attn.conv_q
+        self.out = _Linear(d, d)
+
+
 class _Block(nn.Module):
-    def __init__(self, d, f, m, dh, conv_kernel=0):
+    def __init__(self, d, f, m, dh, conv_kernel=0, local_kernel=0):
         super().__init__()
         self.ln1 = _LN(d)
         self.attn = _Attn(d, m, dh, conv_kernel)
+        if local_kernel > 0:
+            self.local = _Local(d, local_kernel)
         self.ln2 = _LN(d)
         self.ffn = _FFN(d, f)
 
 
 DEFAULT_CONFIG = dict(n_layers=2, d_model=32, n_heads=4, d_ff=64, n_features=16,
-                      kernel="favor-softmax", norm_eps=1e-5, conv_kernel=0)
+                      kernel="favor-softmax", norm_eps=1e-5, conv_kernel=0, local_kernel=0)
 
 
 class Performer(nn.Module):
@@ -373,39 +386,50 @@ class Performer(nn.Module):
     (embed.weight, layers.{i}.ln1.weight, layers.{i}.attn.q.weight, layers.{i}.attn.proj, ...);
     attn.proj is a buffer (constant), everything else a parameter. conv_kernel K > 0 adds the
     depthwise convolutions layers.{i}.attn.conv_q/conv_k/conv_v [K, d] on q, k, v (after the
-    projections, before attention)."""
+    projections, before attention). local_kernel K > 0 adds a local block per layer between
+    attention and the feed-forward block: x = x + local.out(GELU(dwconv(LN(x; local.ln);
+    local.conv))) with layers.{i}.local.ln.weight/bias [d], local.conv [K, d],
+    local.out.weight [d, d], local.out.bias [d]."""
 
     def __init__(self, n_layers=2, d_model=32, n_heads=4, d_ff=64, n_features=16,
-                 kernel="favor-softmax", norm_eps=1e-5, conv_kernel=0):
+                 kernel="favor-softmax", norm_eps=1e-5, conv_kernel=0, local_kernel=0):
         super().__init__()
         assert d_model % n_heads == 0 and kernel in KERNELS
         assert conv_kernel == 0 or (conv_kernel % 2 == 1 and 1 <= conv_kernel <= 31)
+        assert local_kernel == 0 or (local_kernel % 2 == 1 and 1 <= local_kernel <= 31)
         self.n_layers, self.d_model, self.n_heads = n_layers, d_model, n_heads
         self.d_ff, self.n_features, self.kernel, self.norm_eps = d_ff, n_features, kernel, norm_eps
         self.conv_kernel = conv_kernel
+        self.local_kernel = local_kernel
         self.dh = d_model // n_heads
         self.embed = nn.Module()
         self.embed.weight = _p(V, d_model)
         self.layers = nn.ModuleList(
-            [_Block(d_model, d_ff, n_features, self.dh, conv_kernel) for _ in range(n_layers)])
+            [_Block(d_model, d_ff, n_features, self.dh, conv_kernel, local_kernel)
+             for _ in range(n_layers)])
         self.final_ln = _LN(d_model)
         self.head = _Linear(d_model, NRES)
 
     def config(self):
         return dict(n_layers=self.n_layers, d_model=self.d_model, n_heads=self.n_heads,
                     d_ff=self.d_ff, n_features=self.n_features, kernel=self.kernel,
-                    norm_eps=self.norm_eps, conv_kernel=self.conv_kernel)
+                    norm_eps=self.norm_eps, conv_kernel=self.conv_kernel,
+                    local_kernel=self.local_kernel)
 
     # -- initialisation ------------------------------------------------------------------------
     @torch.no_grad()
     def init_weights(self, seed, std=0.02, out_std=None, embed_std=None, ln_w_std=0.0,
-                     bias_std=0.0, ln_b_std=None, conv_std=0.0):
+                     bias_std=0.0, ln_b_std=None, conv_std=0.0, local_conv_std=0.0,
+                     local_out_std=None):
         """Seeded init. Defaults mimic the C init: embed and linear weights N(0, std=0.02),
         attn.o / ffn.fc2 weights N(0, std / sqrt(2 n_layers)), biases 0, LN weight 1 / bias 0,
         proj drawn per FORMAT.md, conv taps the identity (centre tap 1, others 0). The other
         arguments allow a "louder" init for fixtures (conv_std: identity + N(0, conv_std)).
         Conv taps are drawn last, so the other tensors equal those of the conv-less model of the
-        same seed."""
+        same seed. Local blocks (drawn after those, so the other tensors equal those of the model
+        without them): LN like the others (ln_w_std, ln_b_std), taps identity +
+        N(0, local_conv_std), local.out weight N(0, local_out_std (default out_std)), bias
+        N(0, bias_std). With local_out_std=0 and bias_std=0 a block adds exactly 0."""
         gen = torch.Generator().manual_seed(seed)
         if out_std is None:
             out_std = std / math.sqrt(2 * self.n_layers)
@@ -445,6 +469,12 @@ class Performer(nn.Module):
                 for w in (blk.attn.conv_q, blk.attn.conv_k, blk.attn.conv_v):
                     normal_(w, conv_std)
                     w[(self.conv_kernel - 1) // 2].add_(1.0)
+        if self.local_kernel > 0:
+            for blk in self.layers:
+                init_ln(blk.local.ln)
+                normal_(blk.local.conv, local_conv_std)
+                blk.local.conv[(self.local_kernel - 1) // 2].add_(1.0)
+                init_lin(blk.local.out, out_std if local_out_std is None else local_out_std)
         return self
 
     # -- forward -------------------------------------------------------------------------------
@@ -469,6 +499,10 @@ class Performer(nn.Module):
                 heads.append(attention(q[:, sl], k[:, sl], v[:, sl], blk.attn.proj, kernel))
             a = torch.cat(heads, dim=1)
             x = x + blk.attn.o(a)
+            if self.local_kernel > 0:
+                lb = blk.local
+                h = layer_norm(x, lb.ln.weight, lb.ln.bias, self.norm_eps)
+                x = x + lb.out(gelu(dwconv(h, lb.conv)))
             h = layer_norm(x, blk.ln2.weight, blk.ln2.bias, self.norm_eps)
             x = x + blk.ffn.fc2(gelu(blk.ffn.fc1(h)))
         hidden = layer_norm(x, self.final_ln.weight, self.final_ln.bias, self.norm_eps)
@@ -489,7 +523,7 @@ class Performer(nn.Module):
         return [o[0] for o in outs], [o[1] for o in outs]
 
 
-def format_tensor_names(n_layers, conv_kernel=0):
+def format_tensor_names(n_layers, conv_kernel=0, local_kernel=0):
     """The FORMAT.md tensor names in canonical (table) order."""
     names = ["embed.weight"]
     for i in range(n_layers):
@@ -500,6 +534,9 @@ def format_tensor_names(n_layers, conv_kernel=0):
         names += [pre + "attn.proj"]
         if conv_kernel > 0:
             names += [pre + "attn.conv_q", pre + "attn.conv_k", pre + "attn.conv_v"]
+        if local_kernel > 0:
+            names += [pre + "local.ln.weight", pre + "local.ln.bias", pre + "local.conv",
+                      pre + "local.out.weight", pre + "local.out.bias"]
         names += [pre + "ln2.weight", pre + "ln2.bias",
                   pre + "ffn.fc1.weight", pre + "ffn.fc1.bias",
                   pre + "ffn.fc2.weight", pre + "ffn.fc2.bias"]
@@ -526,13 +563,15 @@ def make_metadata(cfg, name, trained=False, provenance=""):
     }
     if cfg.get("conv_kernel", 0) > 0:  # written only for conv models (older files lack it)
         meta["conv_kernel"] = str(cfg["conv_kernel"])
+    if cfg.get("local_kernel", 0) > 0:  # likewise for models with local blocks
+        meta["local_kernel"] = str(cfg["local_kernel"])
     return meta
 
 
 def state_dict_to_format(model):
     """Model -> ordered dict of contiguous float32 tensors named per FORMAT.md."""
     sd = model.state_dict()
-    names = format_tensor_names(model.n_layers, model.conv_kernel)
+    names = format_tensor_names(model.n_layers, model.conv_kernel, model.local_kernel)
     assert set(names) == set(sd.keys()), set(names) ^ set(sd.keys())
     return {n: sd[n].detach().to(torch.float32).contiguous() for n in names}
 
@@ -550,7 +589,8 @@ def from_format(tensors, metadata, dtype=torch.float64):
                n_heads=int(metadata["n_heads"]), d_ff=int(metadata["d_ff"]),
                n_features=int(metadata["n_features"]), kernel=metadata["kernel"],
                norm_eps=float(metadata["norm_eps"]),
-               conv_kernel=int(metadata.get("conv_kernel", "0")))
+               conv_kernel=int(metadata.get("conv_kernel", "0")),
+               local_kernel=int(metadata.get("local_kernel", "0")))
     model = Performer(**cfg)
     sd = model.state_dict()
     if set(sd.keys()) != set(tensors.keys()):

@@ -11,64 +11,6 @@
 
 #include <stdlib.h>
 
-static void test_forward(pf_model *m) {
-    st_file f = {0};
-    char err[512];
-    CHECKF(st_open(&f, "tests/fixtures/forward.safetensors", err, sizeof err) == 0, "%s", err);
-    const st_tensor *lt = st_find(&f, "lens");
-    if (!lt) return;
-    int B = (int)lt->numel, lens[16];
-    const int32_t *L32 = lt->data;
-    size_t T = 0;
-    for (int b = 0; b < B; b++) { lens[b] = L32[b]; T += lens[b]; }
-    const int32_t *tok = fx(&f, "tokens", T);
-    int d = m->cfg.d_model;
-    float *logp = malloc(T * 20 * sizeof(float)), *hid = malloc(T * d * sizeof(float));
-    float *one = malloc(T * 20 * sizeof(float));
-    pf_ctx *ctx = pf_ctx_new(m);
-    printf("forward vs reference (B=%d, T=%zu):\n", B, T);
-    for (int k = 0; k < 3; k++) {
-        pf_kernel kern;
-        pf_kernel_parse(KERNELS[k], &kern);
-        CHECKF(pf_forward(ctx, m, kern, tok, lens, B, logp, hid, err, sizeof err) == 0, "%s", err);
-        char name[64];
-        snprintf(name, sizeof name, "logp.%s", KERNELS[k]);
-        compare(name, logp, fx(&f, name, T * 20), T * 20, 1e-4);
-        snprintf(name, sizeof name, "hidden.%s", KERNELS[k]);
-        compare(name, hid, fx(&f, name, T * d), T * d, 1e-4);
-        /* batch independence: every sequence alone gives the same log-probs as in the batch */
-        size_t off = 0;
-        double worst = 0;
-        for (int b = 0; b < B; b++) {
-            CHECK(pf_forward(ctx, m, kern, tok + off, &lens[b], 1, one + off * 20, NULL, err, sizeof err) == 0);
-            off += lens[b];
-        }
-        worst = max_diff(one, logp, T * 20);
-        printf("  batch-independence %-29s max abs diff %.3g\n", KERNELS[k], worst);
-        CHECKF(worst <= 1e-5, "%s: alone vs batch differ by %g", KERNELS[k], worst);
-        /* reversed batch order */
-        int rl[16];
-        int32_t *rt = malloc(T * sizeof *rt);
-        float *rlp = malloc(T * 20 * sizeof(float));
-        size_t o2 = 0;
-        for (int b = B - 1; b >= 0; b--) {
-            size_t src = 0;
-            for (int j = 0; j < b; j++) src += lens[j];
-            memcpy(rt + o2, tok + src, lens[b] * sizeof *rt);
-            rl[B - 1 - b] = lens[b];
-            o2 += lens[b];
-        }
-        CHECK(pf_forward(ctx, m, kern, rt, rl, B, rlp, NULL, err, sizeof err) == 0);
-        size_t src = T - lens[0];
-        worst = max_diff(rlp + src * 20, logp, lens[0] * 20);
-        CHECKF(worst <= 1e-5, "%s: reversed batch differs by %g", KERNELS[k], worst);
-        free(rt); free(rlp);
-    }
-    pf_ctx_free(ctx);
-    free(logp); free(hid); free(one);
-    st_close(&f);
-}
-
 /* Checks one per-op gradient tensor with the fixture tolerance 1e-5 + 1e-4 max|expected|. */
 static void cmp_op(const st_file *f, const char *name, const float *got, size_t n) {
     const float *want = fx(f, name, n);
@@ -185,7 +127,7 @@ int main(void) {
     pf_model *m = NULL;
     CHECKF(pf_model_load(&m, "tests/fixtures/model.safetensors", err, sizeof err) == 0, "%s", err);
     if (!m) return TEST_DONE();
-    test_forward(m);
+    forward_check(m, "tests/fixtures/forward.safetensors", "model.safetensors");
     test_ops();
     test_model_grads(m);
     { /* finite differences on a normally initialised model, every kernel */
