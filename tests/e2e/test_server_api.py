@@ -340,4 +340,14 @@ check(any(l.get("request_id") == "req-1" and l.get("cache") == "MISS" for l in l
 
 rc, secs = d.stop()
 check(rc == 0 and secs < 10, "SIGTERM exits 0 (%s) in %.2fs" % (rc, secs))
+
+# a model with the optional convolutions: GET /model reports their widths (0 when absent, above)
+check(m["config"]["conv_kernel"] == 0 and m["config"]["local_kernel"] == 0, "no conv / local block: widths 0")
+W2 = make_model(os.path.join(T, "cl.safetensors"), conv=3, local=5)
+d = Daemon(W2, os.path.join(T, "cl.sqlite")).start()
+c2 = d.get("/model").json()["config"]
+check(c2["conv_kernel"] == 3 and c2["local_kernel"] == 5, "GET /model reports conv_kernel 3, local_kernel 5: %s" % c2)
+r = d.post({"sequence": "MKT<mask>LLVAG"})
+check(r.status == 200 and len(r.json()["results"]) == 1, "predict with conv + local blocks: %s" % r.status)
+d.stop()
 done()
