@@ -4,7 +4,8 @@
 # `performer eval` on the held-out test split; plus FAVOR+ ReLU with the depthwise convolution on
 # q, k, v (`--conv K`, variant name favor-relu-convK). Writes weights/ablation/{RESULTS.md,curves.png,*.csv}.
 # usage: weights/ablation.sh   (needs `make data` first; env STEPS, THREADS, VARIANTS override;
-# a variant whose .safetensors exists is only evaluated again)
+# a variant whose .safetensors exists is not trained again, and not evaluated again while its
+# .eval.json is newer than it)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 STEPS=${STEPS:-1500}
@@ -15,10 +16,10 @@ BIN=${BIN:-bin}
 ARCH="--layers 2 --d-model 128 --heads 4 --d-ff 512 --features 64 --lr 2e-3"
 RUN="--data weights/data/train.bin --valid weights/data/valid.bin --steps $STEPS --warmup 100
      --crop 256 --batch-tokens 4096 --eval-every 250 --eval-seqs 300 --seed 7 --threads $THREADS --quiet"
-VARIANTS=${VARIANTS:-exact favor-softmax favor-relu favor-relu-conv3}
+VARIANTS=${VARIANTS:-exact favor-softmax favor-relu favor-relu-conv3 favor-relu-conv9 favor-relu-conv15 favor-relu-conv31}
 for k in $VARIANTS; do
-    # a variant is a kernel name with optional suffixes: -convK (--conv K), -maskNN (--mask-rate
-    # 0.NN in training; evaluation stays at 15%), -lrX (--lr X)
+    # a variant is a kernel name with optional suffixes: -convK (--conv K), -localK (--local K),
+    # -maskNN (--mask-rate 0.NN in training; evaluation stays at 15%), -lrX (--lr X)
     case $k in exact*) kernel=exact ;; favor-softmax*) kernel=favor-softmax ;; favor-relu*) kernel=favor-relu ;;
         *) echo "unknown variant $k" >&2; exit 2 ;; esac
     conv=""; rest=${k#"$kernel"}
@@ -26,6 +27,7 @@ for k in $VARIANTS; do
         rest=${rest#-}; part=${rest%%-*}; rest=${rest#"$part"}
         case $part in
             conv*) conv+=" --conv ${part#conv}" ;;
+            local*) conv+=" --local ${part#local}" ;;
             mask*) conv+=" --mask-rate 0.${part#mask}" ;;
             lr*) conv+=" --lr ${part#lr}" ;;
             *) echo "unknown variant suffix $part in $k" >&2; exit 2 ;;
@@ -38,8 +40,10 @@ for k in $VARIANTS; do
             --name "ablation-$k" --out "$OUT/$k.safetensors" --log "$OUT/$k.csv"
         echo $(( $(date +%s) - t0 )) > "$OUT/$k.seconds"
     fi
-    $BIN/performer eval --weights "$OUT/$k.safetensors" --fasta weights/data/test.fasta --seed 1 \
-        --unigram weights/data/train.bin --threads "$THREADS" > "$OUT/$k.eval.json"
+    if [ ! -f "$OUT/$k.eval.json" ] || [ "$OUT/$k.safetensors" -nt "$OUT/$k.eval.json" ]; then
+        $BIN/performer eval --weights "$OUT/$k.safetensors" --fasta weights/data/test.fasta --seed 1 \
+            --unigram weights/data/train.bin --threads "$THREADS" > "$OUT/$k.eval.json"
+    fi
 done
 plots=()
 for k in $VARIANTS; do plots+=("$k=$OUT/$k.csv"); done
@@ -54,6 +58,8 @@ lines = ["# Kernel ablation (small scale)", "",
          "weights/data/test.fasta (15% of standard residues masked, seed 1, whole sequences), unigram",
          "frequencies from train.bin. `-convK`: the same model with the depthwise convolution of",
          "width K on q, k, v (`--conv K`, identity-initialised; 3 x K x 128 more parameters per layer);",
+         "`-localK`: a residual local block per layer, LayerNorm -> depthwise convolution of width K ->",
+         "GELU -> linear (`--local K`, weights/FORMAT.md);",
          "`-maskNN`: trained with NN% of residues masked (evaluated at 15% like the others); `-lrX`:",
          "peak learning rate X instead of 2e-3.",
          "Produced by `weights/ablation.sh`.", "",
