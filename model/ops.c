@@ -71,6 +71,8 @@ static int col_block(int C, size_t work) {
     int nt = 1;
 #ifdef _OPENMP
     if (work > OMP_MIN) nt = omp_get_max_threads();
+#else
+    (void)work;
 #endif
     int bw = (C + nt - 1) / nt;
     bw = (bw + 15) / 16 * 16;
@@ -320,6 +322,7 @@ void favor_forward_batch(float *out, favor_state *st, const float *q, const floa
                          int m, int relu) {
     const int d = H * dh;
     const size_t T = seq_total(lens, B);
+    (void)T;    /* only the parallel region's size test uses it (unused without OpenMP) */
     favor_features(st->phi_q, q, proj, lens, B, H, dh, m, relu, 1);
     favor_features(st->phi_k, k, proj, lens, B, H, dh, m, relu, 0);
     /* one task per (sequence, head); the small products run single-threaded inside the region
