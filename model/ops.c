@@ -250,9 +250,9 @@ void matmul_residual(float *out, const float *inp, const float *w, const float *
     }
 }
 
-void residual_add(float *out, const float *inp, size_t n) {
-    #pragma omp parallel for if (n > OMP_MIN)
-    for (size_t i = 0; i < n; i++) out[i] += inp[i];
+void residual_forward(float *out, const float *a, const float *b, size_t n) {
+    #pragma omp parallel for simd if (n > OMP_MIN)
+    for (size_t i = 0; i < n; i++) out[i] = a[i] + b[i];
 }
 
 /* ---- FAVOR+ ---------------------------------------------------------------------------------- */
@@ -368,10 +368,6 @@ void favor_forward(float *out, favor_state *st, const float *q, const float *k, 
 
 size_t favor_backward_scratch_batch(size_t T, int B, int H, int dh, int m) {
     return 2 * T * H * m + T * H * dh + (size_t)B * H * m * dh + (size_t)B * H * m + T * H;
-}
-
-size_t favor_backward_scratch(int L, int H, int dh, int m) {
-    return favor_backward_scratch_batch((size_t)L, 1, H, dh, m);
 }
 
 /* Turns dphi [rows, m] (gradient w.r.t. the features) into dx [rows, dh] (overwritten). */

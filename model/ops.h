@@ -58,8 +58,8 @@ void gelu_bias_forward(float *x, const float *b, int N, int C);
 void matmul_residual(float *out, const float *inp, const float *w, const float *b, int N, int C,
                      int OC);
 
-/* out += inp, element-wise. */
-void residual_add(float *out, const float *inp, size_t n);
+/* out = a + b, element-wise (a residual connection; out may be a or b). */
+void residual_forward(float *out, const float *a, const float *b, size_t n);
 
 /* Saved state of FAVOR+ attention for a packed batch of B sequences, T tokens in all (all heads).
  * Sizes: phi_q, phi_k [T, H, m]; kv [B, H, m, dh]; z [B, H, m]; den [T, H]. */
@@ -86,16 +86,14 @@ void favor_backward_batch(float *dq, float *dk, float *dv, const float *dout, co
                           const float *proj, const int *lens, int B, int H, int dh, int m,
                           int relu, float *scratch);
 
-/* Backward of favor_forward (one sequence of length L). */
+/* Backward of favor_forward (one sequence of length L; scratch as favor_backward_batch with
+ * T = L, B = 1). */
 void favor_backward(float *dq, float *dk, float *dv, const float *dout, const float *out,
                     const favor_state *st, const float *q, const float *k, const float *v,
                     const float *proj, int L, int H, int dh, int m, int relu, float *scratch);
 
 /* Floats of scratch favor_backward_batch needs: 2*T*H*m + T*H*dh + B*H*m*dh + B*H*m + T*H. */
 size_t favor_backward_scratch_batch(size_t T, int B, int H, int dh, int m);
-
-/* Floats of scratch favor_backward needs. */
-size_t favor_backward_scratch(int L, int H, int dh, int m);
 
 /* Exact softmax attention of one sequence, one head at a time. att [H, L, L] receives the
  * attention probabilities when save_all is set, else att is one [L, L] buffer reused per head. */

@@ -191,8 +191,7 @@ double tr_forward_backward(tr_state *s, pf_kernel kernel, const int32_t *tokens,
             favor_forward_batch(A->a, &st, A->q, A->k, A->v, W->proj, lens, B, H, dh, M, relu);
         }
         matmul_forward(s->tmp, A->a, W->wo, W->bo, N, d, d);
-        #pragma omp parallel for simd
-        for (size_t i = 0; i < T * d; i++) A->x_att[i] = A->x_in[i] + s->tmp[i];
+        residual_forward(A->x_att, A->x_in, s->tmp, T * d);
         if (c->local_kernel > 0) {
             /* x_mid = x_att + local.out(GELU(dwconv(LN(x_att)))) */
             layernorm_forward(A->hl, A->mean3, A->rstd3, A->x_att, W->local_ln_w, W->local_ln_b, N,
@@ -200,16 +199,14 @@ double tr_forward_backward(tr_state *s, pf_kernel kernel, const int32_t *tokens,
             dwconv_forward(A->cl, A->hl, W->local_conv, lens, B, d, c->local_kernel);
             gelu_forward(A->gl, A->cl, T * d);
             matmul_forward(s->tmp, A->gl, W->local_out_w, W->local_out_b, N, d, d);
-            #pragma omp parallel for simd
-            for (size_t i = 0; i < T * d; i++) A->x_mid[i] = A->x_att[i] + s->tmp[i];
+            residual_forward(A->x_mid, A->x_att, s->tmp, T * d);
         }
         layernorm_forward(A->h2, A->mean2, A->rstd2, A->x_mid, W->ln2_w, W->ln2_b, N, d, c->norm_eps);
         matmul_forward(A->f1, A->h2, W->fc1_w, W->fc1_b, N, d, F);
         gelu_forward(A->g, A->f1, T * F);
         matmul_forward(s->tmp, A->g, W->fc2_w, W->fc2_b, N, F, d);
         float *x_out = l + 1 < c->n_layers ? s->L[l + 1].x_in : s->x_final;
-        #pragma omp parallel for simd
-        for (size_t i = 0; i < T * d; i++) x_out[i] = A->x_mid[i] + s->tmp[i];
+        residual_forward(x_out, A->x_mid, s->tmp, T * d);
     }
     layernorm_forward(s->lnf, s->meanf, s->rstdf, s->x_final, P->lnf_w, P->lnf_b, N, d, c->norm_eps);
     matmul_forward(s->logits, s->lnf, P->head_w, P->head_b, N, d, TOK_NRES);
@@ -719,32 +716,19 @@ int tr_run(const tr_options *o, int *interrupted, char *err, size_t errlen) {
         if (o->init) {
             pf_model *src = NULL;
             if (pf_model_load(&src, o->init, err, errlen) != 0) goto cleanup;
-            int r2 = pf_model_clone_owned(&m, src, err, errlen);
-            pf_model_free(src);
             /* warm start with a conv on q, k, v and/or local blocks that F lacks: identity
              * parts, so training continues from exactly the function of the --init weights */
-            static const struct { const char *opt, *key, *what; int local; } part[2] = {
-                { "--conv", "conv_kernel", "depthwise convolutions on q, k, v", 0 },
-                { "--local", "local_kernel", "local blocks", 1 } };
-            for (int j = 0; j < 2 && r2 == 0; j++) {
-                int want = part[j].local ? o->cfg.local_kernel : o->cfg.conv_kernel;
-                int have = part[j].local ? m->cfg.local_kernel : m->cfg.conv_kernel;
-                if (want == 0 || want == have) continue;
-                if (have != 0) {
-                    snprintf(err, errlen, "%s %d: %s already has %s %d (a trained convolution "
-                             "cannot change width)", part[j].opt, want, o->init, part[j].key, have);
-                    r2 = -1;
-                    break;
-                }
-                pf_model *ext = NULL;
-                r2 = (part[j].local ? pf_model_add_local : pf_model_add_conv)(&ext, m, want, err,
-                                                                              errlen);
-                pf_model_free(m);
-                m = ext;
-                if (r2 == 0)
-                    fprintf(stderr, "extended %s with identity %s (%s %d)\n", o->init,
-                            part[j].what, part[j].key, want);
-            }
+            char e2[400];
+            int r2 = pf_model_extend(&m, src, o->cfg.conv_kernel, o->cfg.local_kernel, e2,
+                                     sizeof e2);
+            if (r2 != 0) snprintf(err, errlen, "--init %s: %s", o->init, e2);
+            if (r2 == 0 && m->cfg.conv_kernel != src->cfg.conv_kernel)
+                fprintf(stderr, "extended %s with identity depthwise convolutions on q, k, v "
+                        "(conv_kernel %d)\n", o->init, m->cfg.conv_kernel);
+            if (r2 == 0 && m->cfg.local_kernel != src->cfg.local_kernel)
+                fprintf(stderr, "extended %s with identity local blocks (local_kernel %d)\n",
+                        o->init, m->cfg.local_kernel);
+            pf_model_free(src);
             if (r2 != 0) goto cleanup;
         } else if (pf_model_init(&m, &o->cfg, o->seed, err, errlen) != 0) {
             goto cleanup;

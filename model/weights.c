@@ -679,13 +679,32 @@ cleanup:
 
 /* Makes an owned, writable deep copy of m (same cfg, sha256 and path); 0 or -1 + err. */
 int pf_model_clone_owned(pf_model **out, const pf_model *m, char *err, size_t errlen) {
-    if (model_copy(out, m, &m->cfg, err, errlen) != 0) return -1;
-    memcpy((*out)->sha256, m->sha256, sizeof m->sha256);
+    return pf_model_extend(out, m, 0, 0, err, errlen);
+}
+
+int pf_model_extend(pf_model **out, const pf_model *m, int conv_kernel, int local_kernel,
+                    char *err, size_t errlen) {
+    *out = NULL;
+    pf_config cfg = m->cfg;
+    const char *key[2] = { "conv_kernel", "local_kernel" };
+    int want[2] = { conv_kernel, local_kernel }, *dst[2] = { &cfg.conv_kernel, &cfg.local_kernel };
+    for (int j = 0; j < 2; j++) {
+        if (want[j] == 0 || want[j] == *dst[j]) continue;
+        if (*dst[j] != 0) {
+            pf_err(err, errlen, "the model already has %s %d, not %d (a trained convolution cannot "
+                   "change width)", key[j], *dst[j], want[j]);
+            return -1;
+        }
+        *dst[j] = want[j];
+    }
+    if (pf_config_validate(&cfg, err, errlen) != 0 || model_copy(out, m, &cfg, err, errlen) != 0)
+        return -1;
+    if (cfg.conv_kernel == m->cfg.conv_kernel && cfg.local_kernel == m->cfg.local_kernel)
+        memcpy((*out)->sha256, m->sha256, sizeof m->sha256);   /* the same model */
     return 0;
 }
 
-/* Makes an owned copy of m with the optional part of width K that m lacks (local: the local
- * blocks, else the conv on q, k, v) added as the identity; 0 or -1 + err. */
+/* pf_model_add_conv / pf_model_add_local: K (> 0) for the part (local or not) m must lack. */
 static int model_add(pf_model **out, const pf_model *m, int local, int K, char *err,
                      size_t errlen) {
     *out = NULL;
@@ -696,14 +715,11 @@ static int model_add(pf_model **out, const pf_model *m, int local, int K, char *
                local ? "local blocks" : "a depthwise convolution", key, have);
         return -1;
     }
-    pf_config cfg = m->cfg;
-    *(local ? &cfg.local_kernel : &cfg.conv_kernel) = K;
-    if (K < 1 || pf_config_validate(&cfg, err, errlen) != 0) {
-        if (K < 1) pf_err(err, errlen, "%s %d is invalid; it must be odd, 1..%d", key, K,
-                          PF_MAX_CONV_KERNEL);
+    if (K < 1) {
+        pf_err(err, errlen, "%s %d is invalid; it must be odd, 1..%d", key, K, PF_MAX_CONV_KERNEL);
         return -1;
     }
-    return model_copy(out, m, &cfg, err, errlen);   /* a new, unsaved model: no sha256 */
+    return pf_model_extend(out, m, local ? 0 : K, local ? K : 0, err, errlen);
 }
 
 /* Makes an owned copy of conv-less m with identity conv taps of width K; 0 or -1 + err. */
