@@ -83,12 +83,37 @@ children_cpu() {
     CH_CPU=$(awk 'NR == 2 { split($1, u, /[ms]/); split($2, s, /[ms]/); print u[1] * 60 + u[2] + s[1] * 60 + s[2] }' "$T/times")
 }
 
-# run_wrk CASE BATCHING CONNS: one wrk run, one JSON line
+# mean_batch A B: sequences per forward pass between metrics snapshots A and B (at least 1)
+mean_batch() {
+    awk "BEGIN{n = $(metric "$2" performerd_model_forward_seconds_count) - $(metric "$1" performerd_model_forward_seconds_count);
+         s = $(metric "$2" performerd_forward_sequences_total) - $(metric "$1" performerd_forward_sequences_total);
+         b = n > 0 ? int(s / n + 0.5) : 1; print (b < 1 ? 1 : b)}"
+}
+
+# raw_forward BATCH: bench_forward's JSON for BATCH sequences of the request length (own process)
+raw_forward() {
+    "$BENCH_FORWARD" forward --weights "$WEIGHTS" --len $((SHORT_LEN + 2)) --batch "$1" \
+        --threads "$THREADS" --min-time "${RAW_MIN_TIME:-1}" --min-reps 3
+}
+
+# run_wrk CASE BATCHING CONNS: one wrk run, one JSON line. For uncached runs the raw model
+# throughput is measured right before and right after the timed run (at the mean batch the server
+# formed: before, from a short untimed warm-up run at the same concurrency), so that a drift of the
+# shared machine's speed shows as two different raw figures instead of as server overhead.
 run_wrk() {
     local case=$1 batching=$2 c=$3 t=2
     [ "$c" -lt 2 ] && t=1
-    metrics_snapshot a
     local salt=$(( (RANDOM << 8 | RANDOM) % 1000 ))
+    local raw_before="null"
+    if [ "$case" = miss ]; then
+        metrics_snapshot w0
+        BENCH_MODE=unique BENCH_LEN=$SHORT_LEN BENCH_SALT=$(( (salt + 500) % 1000 )) \
+            "$WRK" -t"$t" -c"$c" -d"${WARMUP_DURATION:-2}s" --timeout 60s -s "$LUA" "$URL/predict" \
+            >/dev/null 2>&1 || { log "warm-up wrk failed"; exit 1; }
+        metrics_snapshot w1
+        raw_before=$(raw_forward "$(mean_batch w0 w1)")
+    fi
+    metrics_snapshot a
     local scpu0 wcpu0 scpu wcpu
     scpu0=$(proc_cpu "$PID"); children_cpu; wcpu0=$CH_CPU
     BENCH_MODE=$([ "$case" = hit ] && echo hit || echo unique) BENCH_LEN=$SHORT_LEN BENCH_SALT=$salt \
@@ -110,15 +135,11 @@ run_wrk() {
     rej=$(awk "BEGIN{print $(metric b performerd_queue_rejected_total) - $(metric a performerd_queue_rejected_total)}")
     local raw="null"
     if [ "$case" = miss ] && [ "$fcnt" -gt 0 ]; then
-        # raw model throughput at the same length and the server's mean batch, own process
-        local mb
-        mb=$(awk "BEGIN{b = int($fseq / $fcnt + 0.5); print (b < 1 ? 1 : b)}")
-        raw=$("$BENCH_FORWARD" forward --weights "$WEIGHTS" --len $((SHORT_LEN + 2)) --batch "$mb" \
-              --threads "$THREADS" --min-time "${RAW_MIN_TIME:-1}" --min-reps 3)
+        raw=$(raw_forward "$(mean_batch a b)")
     fi
     local w
     w=$(cat "$T/wrk.json")
-    echo "{\"bench\":\"server\",\"case\":\"$case\",\"batching\":\"$batching\",\"conns\":$c,\"wrk_threads\":$t,\"residues\":$SHORT_LEN,\"server_threads\":$THREADS,\"wrk\":$w,\"cache_hits\":$hits,\"cache_misses\":$misses,\"forward_sequences\":$fseq,\"forward_passes\":$fcnt,\"forward_seconds\":$fsum,\"queue_rejected\":$rej,\"server_cpu_s\":$scpu,\"wrk_cpu_s\":$wcpu,\"raw\":$raw,\"command\":\"$WRK -t$t -c$c -d${DURATION}s --timeout 60s --latency -s $LUA URL/predict (BENCH_MODE=$([ "$case" = hit ] && echo hit || echo unique))\"}"
+    echo "{\"bench\":\"server\",\"case\":\"$case\",\"batching\":\"$batching\",\"conns\":$c,\"wrk_threads\":$t,\"residues\":$SHORT_LEN,\"server_threads\":$THREADS,\"wrk\":$w,\"cache_hits\":$hits,\"cache_misses\":$misses,\"forward_sequences\":$fseq,\"forward_passes\":$fcnt,\"forward_seconds\":$fsum,\"queue_rejected\":$rej,\"server_cpu_s\":$scpu,\"wrk_cpu_s\":$wcpu,\"raw\":$raw,\"raw_before\":$raw_before,\"command\":\"$WRK -t$t -c$c -d${DURATION}s --timeout 60s --latency -s $LUA URL/predict (BENCH_MODE=$([ "$case" = hit ] && echo hit || echo unique))\"}"
     local nreq cpu_us
     nreq=$(sed -n 's/.*"requests":\([0-9]*\).*/\1/p' "$T/wrk.json")
     cpu_us=$(awk "BEGIN{printf \"%.1f\", (${nreq:-0} > 0 ? $scpu / ${nreq:-1} * 1e6 : 0)}")

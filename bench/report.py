@@ -31,6 +31,20 @@ T_OVERHEAD = 0.10
 T_BATCH_RATIO = 2.0
 
 
+def raw_rate(s):
+    """(mean, before, after) raw model sequences/s of a server record: bench_forward at the
+    server's mean batch right after the timed run and, when recorded, right before it (before is
+    None without it); None when no raw measurement succeeded."""
+    rates = []
+    for key in ("raw_before", "raw"):
+        r = s.get(key) or {}
+        rates.append(r["batch"] / r["median_s"] if r.get("status") == "ok" and r.get("median_s") else None)
+    before, after = rates
+    if after is None:
+        return None
+    return ((before + after) / 2 if before else after), before, after
+
+
 def csv2json(a):
     rows = list(csv.DictReader(open(a.csv)))
     if len(rows) < 2:
@@ -173,12 +187,16 @@ def report(a):
     targets = []   # (target, measured, ok, margin / bound)
 
     # ---- forward vs torch -------------------------------------------------------------------
+    # C and PyTorch run alternately in TORCH_ROUNDS rounds: each side's fastest round counts (the
+    # least disturbed by other load on the shared machine)
+    fastest = lambda rs: min(rs, key=lambda r: r["median_s"]) if rs else None  # noqa: E731
     cmp_rows = []
-    for c in cmp_c:
-        if c.get("status") != "ok":
-            continue
-        L, B = c["L"], c["batch"]
-        tr = {t["impl"]: t for t in cmp_t if t["L"] == L and t["batch"] == B}
+    for L, B in sorted({(c["L"], c["batch"]) for c in cmp_c if c.get("status") == "ok"}):
+        c = fastest([x for x in cmp_c if x.get("status") == "ok" and x["L"] == L and x["batch"] == B])
+        c["rounds"] = len([x for x in cmp_c if x["L"] == L and x["batch"] == B])
+        tr = {}
+        for impl in ("reference", "batched"):
+            tr[impl] = fastest([t for t in cmp_t if t["L"] == L and t["batch"] == B and t["impl"] == impl])
         ref, bat = tr.get("reference"), tr.get("batched")
         ceil = None
         if peak and ref:
@@ -282,11 +300,10 @@ def report(a):
                 extra += " (daemon alone on all cores: %s req/s)" % fmt(ncpu / scpu)
         targets.append(("Cache hits ≥ %s requests/s on %s cores" % (fmt(T_HIT_RPS), read(os.path.join(meta, "nproc.txt"))),
                         "%s req/s (c = %d)" % (fmt(best["wrk"]["rps"]), best["conns"]), met, extra.lstrip("; ")))
-    miss_on = [s for s in srv if s["case"] == "miss" and s["batching"] == "on" and s.get("raw")
-               and s["raw"].get("status") == "ok"]
+    miss_on = [s for s in srv if s["case"] == "miss" and s["batching"] == "on" and raw_rate(s)]
     ovh = []
     for s in sorted(miss_on, key=lambda s: s["conns"]):
-        raw_rps = s["raw"]["batch"] / s["raw"]["median_s"]
+        raw_rps = raw_rate(s)[0]
         ovh.append((s["conns"], raw_rps / s["wrk"]["rps"] - 1.0, raw_rps, s))
     if ovh:
         worst = max(ovh, key=lambda x: x[1])
@@ -480,13 +497,17 @@ def report(a):
       "head at a time); `batched` is the same mathematics vectorised over batch and heads "
       "(`bench/bench_torch.py:forward_batched`), a stronger PyTorch baseline. Every timed PyTorch pass is "
       "compared with the C log-probs (max |Δ log p|). *Ceiling* is the ratio C would reach at 100%% of "
-      "the measured sgemm peak." % (default_kernel, tinfo.get("threads", "?")))
+      "the measured sgemm peak. C and PyTorch ran alternately, %s round(s) each (C, PyTorch, C, PyTorch, …, "
+      "each a fresh process); each side's fastest round is shown — the one least disturbed by other "
+      "load on the shared machine." % (default_kernel, tinfo.get("threads", "?"),
+                                       max([c.get("rounds", 1) for _, _, c, _, _, _ in cmp_rows] or [1])))
     w("")
     w("| L | batch | C | PyTorch reference | **ratio** | PyTorch batched | ratio | ceiling | max \\|Δ log p\\| | agree |")
     w("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
     for L, B, c, ref, bat, ceil in cmp_rows:
-        diffs = [x["max_abs_diff_logp"] for x in (ref, bat) if x and "max_abs_diff_logp" in x]
-        agree = all(x.get("agree") for x in (ref, bat) if x and "agree" in x)
+        every = [t for t in cmp_t if t["L"] == L and t["batch"] == B]   # all rounds are checked
+        diffs = [x["max_abs_diff_logp"] for x in every if "max_abs_diff_logp" in x]
+        agree = all(x.get("agree") for x in every if "agree" in x)
         w("| %s | %d | %s | %s | **%s** | %s | %s | %s | %s | %s |" % (
             fmt(L), B, secs(c["median_s"]), secs(ref["median_s"]) if ref else "–",
             "%.2f×" % (ref["median_s"] / c["median_s"]) if ref else "–",
@@ -575,8 +596,10 @@ def report(a):
           "same machine (wrk's own CPU use is included). *hit*: the same request every time (answered "
           "from the cache); *miss*: a different %d-residue sequence with one `<mask>` per request "
           "(`bench/wrk_post.lua`). *raw*: `bench_forward` at the same length and the server's mean batch "
-          "(forward passes counted by the daemon's `/metrics`); overhead = raw sequences/s ÷ server "
-          "requests/s − 1. *busy* = the daemon's forward seconds ÷ wall time. *CPU/req* = CPU seconds "
+          "(forward passes counted by the daemon's `/metrics`), measured right before (at the mean batch of "
+          "an untimed 2 s warm-up run) and right after the timed run: the mean of the two, with "
+          "before → after in brackets, so that a drift of the shared machine shows; overhead = raw "
+          "sequences/s ÷ server requests/s − 1. *busy* = the daemon's forward seconds ÷ wall time. *CPU/req* = CPU seconds "
           "(user + system) of the daemon and of wrk during the run ÷ completed requests." % (
               s0["server_threads"], fmt(s0["wrk"]["duration_s"]), s0["residues"]))
         w("")
@@ -587,13 +610,14 @@ def report(a):
             errs = wr["err_connect"] + wr["err_read"] + wr["err_write"] + wr["err_status"] + wr["err_timeout"]
             mb = s["forward_sequences"] / s["forward_passes"] if s["forward_passes"] else None
             busy = s["forward_seconds"] / wr["duration_s"] if wr["duration_s"] else None
-            raw = s.get("raw") or {}
-            raw_rps = raw["batch"] / raw["median_s"] if raw.get("status") == "ok" else None
+            rr = raw_rate(s)
+            raw_rps = rr[0] if rr else None
             nreq = max(wr["requests"], 1)
             w("| %s | %s | %d | %s | %.2f ms | %.2f ms | %d | %s / %s | %s | %s | %s | %s | %s | %s |" % (
                 s["case"], s["batching"], s["conns"], fmt(wr["rps"]), wr["lat_p50_ms"], wr["lat_p99_ms"], errs,
                 fmt(s["cache_hits"]), fmt(s["cache_misses"]), fmt(mb) if mb else "–",
-                "%.0f%%" % (100 * busy) if busy is not None else "–", fmt(raw_rps) if raw_rps else "–",
+                "%.0f%%" % (100 * busy) if busy is not None else "–",
+                ("%s (%s → %s)" % (fmt(raw_rps), fmt(rr[1]), fmt(rr[2])) if rr[1] else fmt(raw_rps)) if rr else "–",
                 "%+.0f%%" % (100 * (raw_rps / wr["rps"] - 1)) if raw_rps else "–",
                 secs(s["server_cpu_s"] / nreq) if "server_cpu_s" in s else "–",
                 secs(s["wrk_cpu_s"] / nreq) if "wrk_cpu_s" in s else "–"))

@@ -42,7 +42,7 @@ if [ "$SMOKE" = 1 ]; then
     SGEMM_N=512; SGEMM_REPS=2; SHAPES_T=512
     TORCH_CASES="128:1 128:4"           # L:batch
     PROFILE_L=512
-    TORCH_MIN_TIME=0.2; TORCH_MIN_REPS=1
+    TORCH_MIN_TIME=0.2; TORCH_MIN_REPS=1; TORCH_ROUNDS=1
     CROP=128; BATCH_TOKENS=1024; C_TRAIN_STEPS=4; TORCH_TRAIN_STEPS=3; TRAIN_SKIP=1
     SRV_DURATION=2; SRV_CONNS="1 8 64"; SRV_BATCH_CONNS=16; SRV_LEN=62; TITIN_LEN=2000
 else
@@ -52,7 +52,7 @@ else
     SGEMM_N=2048; SGEMM_REPS=5; SHAPES_T=4096
     TORCH_CASES="512:1 512:16 4096:1 4096:16"
     PROFILE_L=4096
-    TORCH_MIN_TIME=2; TORCH_MIN_REPS=3
+    TORCH_MIN_TIME=2; TORCH_MIN_REPS=3; TORCH_ROUNDS=2
     CROP=512; BATCH_TOKENS=8192; C_TRAIN_STEPS=12; TORCH_TRAIN_STEPS=7; TRAIN_SKIP=2
     SRV_DURATION=10; SRV_CONNS="1 8 64"; SRV_BATCH_CONNS=16; SRV_LEN=62; TITIN_LEN=34350
 fi
@@ -162,15 +162,17 @@ if [ "${PROFILE:-1}" = 1 ] && command -v perf >/dev/null; then
 fi
 
 # ---- C vs PyTorch on the same tokens, with the agreement check ---------------------------------
-for c in $TORCH_CASES; do
-    L=${c%:*}; B=${c#*:}
-    log "C vs PyTorch L=$L batch=$B"
-    rec_tag cmp "$BF" forward --weights "$WEIGHTS" --len "$L" --batch "$B" --threads "$THREADS" \
-        --min-time "$TORCH_MIN_TIME" --min-reps "$TORCH_MIN_REPS" --single-over "$SINGLE_OVER" \
-        --tokens-out "$T/tok.i32" --logp-out "$T/logp.f32"
-    rec "${PYT[@]}" bench/bench_torch.py forward --weights "$WEIGHTS" --tokens "$T/tok.i32" \
-        --logp-ref "$T/logp.f32" --len "$L" --batch "$B" --threads "$THREADS" \
-        --min-time "$TORCH_MIN_TIME" --min-reps "$TORCH_MIN_REPS" --single-over "$SINGLE_OVER"
+for round in $(seq "$TORCH_ROUNDS"); do
+    for c in $TORCH_CASES; do
+        L=${c%:*}; B=${c#*:}
+        log "C vs PyTorch L=$L batch=$B (round $round of $TORCH_ROUNDS)"
+        rec_tag cmp "$BF" forward --weights "$WEIGHTS" --len "$L" --batch "$B" --threads "$THREADS" \
+            --min-time "$TORCH_MIN_TIME" --min-reps "$TORCH_MIN_REPS" --single-over "$SINGLE_OVER" \
+            --tokens-out "$T/tok.i32" --logp-out "$T/logp.f32"
+        rec "${PYT[@]}" bench/bench_torch.py forward --weights "$WEIGHTS" --tokens "$T/tok.i32" \
+            --logp-ref "$T/logp.f32" --len "$L" --batch "$B" --threads "$THREADS" \
+            --min-time "$TORCH_MIN_TIME" --min-reps "$TORCH_MIN_REPS" --single-over "$SINGLE_OVER"
+    done
 done
 
 # ---- trainer vs a PyTorch training step of the same configuration ------------------------------
