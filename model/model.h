@@ -119,6 +119,14 @@ int pf_model_add_conv(pf_model **out, const pf_model *m, int K, char *err, size_
  * copy computes exactly the same function as m. Returns 0 or -1 + err. */
 int pf_model_add_local(pf_model **out, const pf_model *m, int K, char *err, size_t errlen);
 
+/* Parses the value s of the optional width key (conv_kernel / local_kernel; NULL = absent = 0 =
+ * none) into *out: an odd decimal integer 1..PF_MAX_CONV_KERNEL or 0. what names the convolution
+ * for the message (PF_WIDTH_CONV / PF_WIDTH_LOCAL). Returns 0 or -1 + err. */
+#define PF_WIDTH_CONV "the depthwise convolution on q, k, v"
+#define PF_WIDTH_LOCAL "the local block's depthwise convolution"
+int pf_parse_width(const char *s, const char *key, const char *what, int *out, char *err,
+                   size_t errlen);
+
 /* Makes an owned copy of m with conv_kernel / local_kernel set to the given widths (0 = as m has
  * it); the parts m lacks start as the identity, so the copy computes exactly m's function. A width
  * m already has with another value is refused (a trained convolution cannot change width). The

@@ -497,15 +497,13 @@ static int tr_load_ckpt(const char *path, pf_model **mp, tr_opt *st, char *err, 
         goto fail;
     }
     c.norm_eps = strtof(eps, NULL);
-    const char *wkeys[2] = { "conv_kernel", "local_kernel" };
-    int *wdst[2] = { &c.conv_kernel, &c.local_kernel };
-    for (int i = 0; i < 2; i++) {
-        long w = 0;
-        if (st_meta(&f, wkeys[i]) && meta_long(&f, wkeys[i], &w) != 0) {
-            snprintf(err, errlen, "%s: checkpoint metadata '%s' invalid", path, wkeys[i]);
-            goto fail;
-        }
-        *wdst[i] = w >= 0 && w <= PF_MAX_CONV_KERNEL ? (int)w : -1;  /* -1: init rejects */
+    char werr[256];
+    if (pf_parse_width(st_meta(&f, "conv_kernel"), "conv_kernel", PF_WIDTH_CONV, &c.conv_kernel, werr,
+                       sizeof werr) != 0 ||
+        pf_parse_width(st_meta(&f, "local_kernel"), "local_kernel", PF_WIDTH_LOCAL, &c.local_kernel,
+                       werr, sizeof werr) != 0) {
+        snprintf(err, errlen, "%s: checkpoint %s", path, werr);
+        goto fail;
     }
     snprintf(c.name, sizeof c.name, "%s", nm ? nm : "performer-protein");
     if (pf_model_init(&m, &c, 0, err, errlen) != 0) goto fail;

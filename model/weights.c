@@ -268,12 +268,9 @@ static const char *pf_meta_req(const st_file *f, const char *key, char *err, siz
     return s;
 }
 
-/* Reads the optional odd width key (absent = 0 = none) of f into *out (what: the convolution it
- * is the width of, for the message); returns 0 or -1 + err. */
-static int pf_meta_width(const st_file *f, const char *key, const char *what, int *out, char *err,
-                         size_t errlen) {
-    const char *s = st_meta(f, key);
-    if (!s) return 0;
+int pf_parse_width(const char *s, const char *key, const char *what, int *out, char *err,
+                   size_t errlen) {
+    if (!s) { *out = 0; return 0; }
     long v = 0;
     size_t i = 0;
     for (; s[i] >= '0' && s[i] <= '9' && i < 4; i++) v = v * 10 + (s[i] - '0');
@@ -339,10 +336,10 @@ static int pf_parse_meta(const st_file *f, pf_config *cfg, char *err, size_t err
         return -1;
     }
     cfg->norm_eps = (float)eps;
-    if (pf_meta_width(f, "conv_kernel", "the depthwise convolution on q, k, v", &cfg->conv_kernel,
-                      err, errlen) != 0 ||
-        pf_meta_width(f, "local_kernel", "the local block's depthwise convolution",
-                      &cfg->local_kernel, err, errlen) != 0)
+    if (pf_parse_width(st_meta(f, "conv_kernel"), "conv_kernel", PF_WIDTH_CONV, &cfg->conv_kernel,
+                       err, errlen) != 0 ||
+        pf_parse_width(st_meta(f, "local_kernel"), "local_kernel", PF_WIDTH_LOCAL,
+                       &cfg->local_kernel, err, errlen) != 0)
         return -1;
     if (!(s = pf_meta_req(f, "trained", err, errlen))) return -1;
     if (strcmp(s, "true") == 0) cfg->trained = 1;

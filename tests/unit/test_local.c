@@ -171,6 +171,13 @@ static void test_cli(const char *dir) {
         CHECK(moved && u->cfg.local_kernel == 3 && u->cfg.conv_kernel == 3);
     }
     pf_model_free(u);
+    /* a checkpoint whose local_kernel is not a valid width is refused by --resume, naming the key */
+    snprintf(cmd, sizeof cmd, "sed -i 's/\"local_kernel\":\"3\"/\"local_kernel\":\"4\"/' %s/r.ckpt && "
+             "grep -q '\"local_kernel\":\"4\"' %s/r.ckpt && %s/performer train --fasta %s --out %s "
+             "--ckpt %s/r.ckpt %s --resume 2>%s/badckpt.log && exit 9; "
+             "grep -q 'checkpoint metadata local_kernel = \"4\" is invalid' %s/badckpt.log",
+             dir, dir, bin, fa, p[3], dir, arch, dir, dir);
+    CHECKF(sh(cmd) == 0, "%s", cmd);
     cli_cleanup(dir);
 }
 
