@@ -36,12 +36,15 @@ static const char *USAGE =
     "          [--crop N] [--batch-tokens N] [--redraw N] [--seed S] [--threads N]\n"
     "          [--ckpt-minutes X] [--max-minutes X] [--stop-after N] [--eval-every N]\n"
     "          [--eval-seqs N] [--train-kernel K]\n"
-    "          [architecture options of init]    masked-LM training (see weights/TRAINING.md);\n"
+    "          [architecture options of init]    masked-LM training (README.md,\n"
+    "                                            section Command-line tool);\n"
     "                                            --init F --conv K / --local K extends weights F\n"
     "                                            without them with identity convolutions / local\n"
     "                                            blocks (same function)\n"
     "  eval    --weights F --fasta F [--mask-rate 0.15] [--seed S] [--kernel K]\n"
-    "          [--max-seqs N] [--unigram F]      perplexity/accuracy vs a unigram baseline (JSON)\n"
+    "          [--max-seqs N] [--unigram F]      perplexity, top-1/top-5 accuracy and calibration\n"
+    "                                            of the top-1 probability (JSON), vs a unigram\n"
+    "                                            baseline\n"
     "  export  --ckpt F --out F                  write a checkpoint's model as a weights file\n"
     "  score   --weights F (--mutations A24G,K30R:D31N | --mutations-file F) [--method M]\n"
     "          [--offset N] [--json] SEQUENCE    variant effect scores (log p(mt) - log p(wt) per site,\n"
@@ -366,12 +369,26 @@ static int cmd_eval(int argc, char **argv) {
     }
     tr_eval_result res;
     if (tr_evaluate(m, kernel, set, rate, (uint64_t)seed, max_seqs, 0, unip, &res, err, sizeof err) != 0) goto fail;
+    char cal[TR_CAL_BINS * 112] = "";
+    size_t cl = 0;
+    for (int k = 0; k < TR_CAL_BINS; k++) {     /* an empty bin has null mean and accuracy */
+        char pm[16] = "null", ac[16] = "null";
+        if (res.cal_count[k]) {
+            snprintf(pm, sizeof pm, "%.4f", res.cal_conf[k]);
+            snprintf(ac, sizeof ac, "%.4f", res.cal_acc[k]);
+        }
+        cl += (size_t)snprintf(cal + cl, sizeof cal - cl, "%s{\"from\": %.1f, \"to\": %.1f, \"residues\": %ld, "
+                               "\"mean_probability\": %s, \"accuracy\": %s}", k ? ", " : "",
+                               (double)k / TR_CAL_BINS, (double)(k + 1) / TR_CAL_BINS, res.cal_count[k], pm, ac);
+    }
     printf("{\"weights\": \"%s\", \"sha256\": \"%s\", \"fasta\": \"%s\", \"kernel\": \"%s\", \"mask_rate\": %g, "
            "\"seed\": %ld, \"sequences\": %ld, \"residues\": %ld, \"perplexity\": %.4f, \"accuracy\": %.4f, "
-           "\"unigram\": {\"perplexity\": %.4f, \"accuracy\": %.4f, \"source\": \"%s\"}}\n",
+           "\"top5_accuracy\": %.4f, "
+           "\"unigram\": {\"perplexity\": %.4f, \"accuracy\": %.4f, \"source\": \"%s\"}, "
+           "\"calibration\": {\"ece\": %.4f, \"bins\": [%s]}}\n",
            w, m->sha256, fa, pf_kernel_name(kernel == PF_KERNEL_DEFAULT ? m->cfg.kernel : kernel), rate, seed,
-           res.sequences, res.residues, res.perplexity, res.accuracy, res.uni_perplexity, res.uni_accuracy,
-           unif ? unif : fa);
+           res.sequences, res.residues, res.perplexity, res.accuracy, res.top5_accuracy, res.uni_perplexity,
+           res.uni_accuracy, unif ? unif : fa, res.ece, cal);
     rc = 0;
     goto cleanup;
 fail:

@@ -596,8 +596,9 @@ int tr_evaluate(const pf_model *m, pf_kernel kernel, const ds_set *set, double m
     int *lens = malloc(capT * sizeof *lens);
     float *logp = malloc(capT * TOK_NRES * sizeof *logp);
     if (!ctx || !tok || !tgt || !lens || !logp) { snprintf(err, errlen, "out of memory"); goto cleanup; }
-    double nll = 0, uni_nll = 0;
-    long correct = 0, uni_correct = 0, scored = 0;
+    double nll = 0, uni_nll = 0, cal_psum[TR_CAL_BINS] = {0};
+    long correct = 0, correct5 = 0, uni_correct = 0, scored = 0, cal_hit[TR_CAL_BINS] = {0};
+    memset(r, 0, sizeof *r);
     size_t i = 0;
     while (i < count) {
         size_t T = 0;
@@ -635,11 +636,19 @@ int tr_evaluate(const pf_model *m, pf_kernel kernel, const ds_set *set, double m
         for (size_t p = 0; p < T; p++) {
             if (tgt[p] < 0) continue;
             const float *lp = logp + p * TOK_NRES;
-            int best = 0;
+            int best = 0, above = 0;    /* above: residues more likely than the true one */
             for (int c = 1; c < TOK_NRES; c++) if (lp[c] > lp[best]) best = c;
+            for (int c = 0; c < TOK_NRES; c++) above += lp[c] > lp[tgt[p]];
             nll -= lp[tgt[p]];
             uni_nll -= log(uni[tgt[p]]);
             correct += best == tgt[p];
+            correct5 += above < 5;
+            double pbest = exp((double)lp[best]);
+            int k = (int)(pbest * TR_CAL_BINS);
+            k = k < 0 ? 0 : k >= TR_CAL_BINS ? TR_CAL_BINS - 1 : k;
+            r->cal_count[k]++;
+            cal_psum[k] += pbest;
+            cal_hit[k] += best == tgt[p];
             uni_correct += uni_best == tgt[p];
             scored++;
         }
@@ -650,6 +659,13 @@ int tr_evaluate(const pf_model *m, pf_kernel kernel, const ds_set *set, double m
         r->nll = nll / scored;
         r->perplexity = exp(r->nll);
         r->accuracy = (double)correct / scored;
+        r->top5_accuracy = (double)correct5 / scored;
+        for (int k = 0; k < TR_CAL_BINS; k++) {
+            if (!r->cal_count[k]) continue;
+            r->cal_conf[k] = cal_psum[k] / r->cal_count[k];
+            r->cal_acc[k] = (double)cal_hit[k] / r->cal_count[k];
+            r->ece += (double)r->cal_count[k] / scored * fabs(r->cal_acc[k] - r->cal_conf[k]);
+        }
         r->uni_perplexity = exp(uni_nll / scored);
         r->uni_accuracy = (double)uni_correct / scored;
     }

@@ -66,12 +66,21 @@ int tr_run(const tr_options *o, int *interrupted, char *err, size_t errlen);
  * checkpoint's step and tokens). Returns 0 or -1 with err. */
 int tr_export(const char *ckpt, const char *out, char *err, size_t errlen);
 
+#define TR_CAL_BINS 10                          /* calibration bins of the top-1 probability */
+
 /* Result of an evaluation pass. */
 typedef struct {
     double nll, perplexity, accuracy;           /* model, over the 20 standard residues */
+    double top5_accuracy;                       /* the true residue among the model's 5 most likely */
     double uni_perplexity, uni_accuracy;        /* unigram baseline on the same masks */
     long residues;                              /* positions scored */
     long sequences;
+    /* calibration of the top-1 probability p: bin k holds the positions with p in
+     * [k / TR_CAL_BINS, (k + 1) / TR_CAL_BINS) (p = 1 in the last): their count, mean p and
+     * top-1 accuracy; ece = sum_k count_k / residues * |accuracy_k - mean p_k| */
+    long cal_count[TR_CAL_BINS];
+    double cal_conf[TR_CAL_BINS], cal_acc[TR_CAL_BINS];
+    double ece;
 } tr_eval_result;
 
 struct ds_set;

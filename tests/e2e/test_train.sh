@@ -76,6 +76,19 @@ for k in ("perplexity", "accuracy", "residues", "unigram"):
 assert r["residues"] > 100
 assert r["perplexity"] < r["unigram"]["perplexity"], "model no better than unigram on its training motif"
 assert r["accuracy"] > r["unigram"]["accuracy"]
+# top-5 and calibration: 10 bins of the top-1 probability that account for every scored residue,
+# whose accuracies average to the top-1 accuracy and whose gaps give the ECE
+assert r["accuracy"] <= r["top5_accuracy"] <= 1
+bins = r["calibration"]["bins"]
+assert len(bins) == 10 and [b["from"] for b in bins] == [k / 10 for k in range(10)], bins
+assert sum(b["residues"] for b in bins) == r["residues"]
+full = [b for b in bins if b["residues"]]
+assert all(b["mean_probability"] is None and b["accuracy"] is None for b in bins if not b["residues"])
+assert all(b["from"] - 1e-4 <= b["mean_probability"] <= b["to"] + 1e-4 for b in full), full
+acc = sum(b["residues"] * b["accuracy"] for b in full) / r["residues"]
+assert abs(acc - r["accuracy"]) < 2e-4, (acc, r["accuracy"])
+ece = sum(b["residues"] * abs(b["accuracy"] - b["mean_probability"]) for b in full) / r["residues"]
+assert 0 <= r["calibration"]["ece"] <= 1 and abs(ece - r["calibration"]["ece"]) < 2e-4, (ece, r["calibration"])
 PY
 # deterministic masks: same seed, same numbers
 cmp "$T/eval.json" <($BIN/performer eval --weights "$T/m.safetensors" --fasta "$T/tiny.fasta" --seed 2) || fail "eval not deterministic"
