@@ -40,7 +40,9 @@ static const char *USAGE =
     "                                            section Command-line tool);\n"
     "                                            --init F --conv K / --local K extends weights F\n"
     "                                            without them with identity convolutions / local\n"
-    "                                            blocks (same function)\n"
+    "                                            blocks, --layers N with identity layers on top\n"
+    "                                            (same function); other architecture options\n"
+    "                                            must match F\n"
     "  eval    --weights F --fasta F [--mask-rate 0.15] [--seed S] [--kernel K]\n"
     "          [--max-seqs N] [--unigram F]      perplexity, top-1/top-5 accuracy and calibration\n"
     "                                            of the top-1 probability (JSON), vs a unigram\n"
@@ -110,14 +112,17 @@ static void print_info(const pf_model *m) {
     printf("provenance:  %s\n", c->provenance);
 }
 
-/* Applies one architecture option to cfg; returns 1 if consumed, 0 if not, -1 on error. */
-static int arch_opt(pf_config *cfg, int argc, char **argv, int *i) {
+/* Applies one architecture option to cfg, setting its TR_ARCH_* bit in *given (NULL = none);
+ * returns 1 if consumed, 0 if not, -1 on error. */
+static int arch_opt(pf_config *cfg, unsigned *given, int argc, char **argv, int *i) {
     const char *a = argv[*i], *v;
     long x;
-    struct { const char *name; int *dst; long hi; } ints[] = {
-        { "--layers", &cfg->n_layers, 256 }, { "--d-model", &cfg->d_model, 8192 },
-        { "--heads", &cfg->n_heads, 256 }, { "--d-ff", &cfg->d_ff, 65536 },
-        { "--features", &cfg->n_features, 16384 } };
+    unsigned dummy = 0;
+    if (!given) given = &dummy;
+    struct { const char *name; int *dst; long hi; unsigned bit; } ints[] = {
+        { "--layers", &cfg->n_layers, 256, TR_ARCH_LAYERS }, { "--d-model", &cfg->d_model, 8192, TR_ARCH_D_MODEL },
+        { "--heads", &cfg->n_heads, 256, TR_ARCH_HEADS }, { "--d-ff", &cfg->d_ff, 65536, TR_ARCH_D_FF },
+        { "--features", &cfg->n_features, 16384, TR_ARCH_FEATURES } };
     if (strcmp(a, "--conv") == 0 || strcmp(a, "--local") == 0) {
         if (!(v = arg_val(argc, argv, i)) || parse_long(a, v, 0, PF_MAX_CONV_KERNEL, &x)) return -1;
         if (x % 2 == 0 && x != 0) {
@@ -132,16 +137,19 @@ static int arch_opt(pf_config *cfg, int argc, char **argv, int *i) {
         if (strcmp(a, ints[k].name) == 0) {
             if (!(v = arg_val(argc, argv, i)) || parse_long(a, v, 1, ints[k].hi, &x)) return -1;
             *ints[k].dst = (int)x;
+            *given |= ints[k].bit;
             return 1;
         }
     if (strcmp(a, "--kernel") == 0) {
         if (!(v = arg_val(argc, argv, i))) return -1;
         if (pf_kernel_parse(v, &cfg->kernel) != 0) { fprintf(stderr, "performer: unknown kernel '%s'\n", v); return -1; }
+        *given |= TR_ARCH_KERNEL;
         return 1;
     }
     if (strcmp(a, "--name") == 0) {
         if (!(v = arg_val(argc, argv, i))) return -1;
         snprintf(cfg->name, sizeof cfg->name, "%s", v);
+        *given |= TR_ARCH_NAME;
         return 1;
     }
     return 0;
@@ -172,7 +180,7 @@ static int cmd_init(int argc, char **argv) {
     const char *out = NULL;
     long seed = 1;
     for (int i = 2; i < argc; i++) {
-        int r = arch_opt(&cfg, argc, argv, &i);
+        int r = arch_opt(&cfg, NULL, argc, argv, &i);
         if (r < 0) return 2;
         if (r) continue;
         const char *v;
@@ -274,7 +282,7 @@ static int cmd_train(int argc, char **argv) {
     tr_options_default(&o);
     o.cfg.trained = 0;
     for (int i = 2; i < argc; i++) {
-        int r = arch_opt(&o.cfg, argc, argv, &i);
+        int r = arch_opt(&o.cfg, &o.arch_given, argc, argv, &i);
         if (r < 0) return 2;
         if (r) continue;
         const char *a = argv[i], *v;

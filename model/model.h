@@ -128,11 +128,12 @@ int pf_parse_width(const char *s, const char *key, const char *what, int *out, c
                    size_t errlen);
 
 /* Makes an owned copy of m with conv_kernel / local_kernel set to the given widths (0 = as m has
- * it); the parts m lacks start as the identity, so the copy computes exactly m's function. A width
- * m already has with another value is refused (a trained convolution cannot change width). The
- * sha256 is kept when nothing was added. Returns 0 or -1 + err. */
+ * it) and n_layers layers (0 = as m; more appends layers on top, drawn with seed); the parts m
+ * lacks start as the identity (an added layer's residual branches end in zero projections), so
+ * the copy computes exactly m's function. A width m already has with another value, or fewer
+ * layers, is refused. The sha256 is kept when nothing was added. Returns 0 or -1 + err. */
 int pf_model_extend(pf_model **out, const pf_model *m, int conv_kernel, int local_kernel,
-                    char *err, size_t errlen);
+                    int n_layers, uint64_t seed, char *err, size_t errlen);
 
 /* Writes m as safetensors atomically (temp file, fsync, rename, fsync dir); sets m->sha256. */
 int pf_model_save(pf_model *m, const char *path, char *err, size_t errlen);

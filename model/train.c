@@ -298,6 +298,31 @@ void tr_options_default(tr_options *o) {
     o->ckpt_minutes = 10; o->eval_every = 500; o->eval_seqs = 500; o->threads = 2;
 }
 
+/* With --init F: checks that the architecture options given (o->arch_given) agree with F (src):
+ * d_model, heads, d_ff, features and kernel cannot change; --layers may only add layers and
+ * --conv / --local only add parts (pf_model_extend checks those). Returns 0 or -1 + err. */
+static int tr_init_check(const tr_options *o, const pf_model *src, char *err, size_t errlen) {
+    const struct { unsigned bit; const char *opt; int want, have; } fixed[] = {
+        { TR_ARCH_D_MODEL, "--d-model", o->cfg.d_model, src->cfg.d_model },
+        { TR_ARCH_HEADS, "--heads", o->cfg.n_heads, src->cfg.n_heads },
+        { TR_ARCH_D_FF, "--d-ff", o->cfg.d_ff, src->cfg.d_ff },
+        { TR_ARCH_FEATURES, "--features", o->cfg.n_features, src->cfg.n_features } };
+    for (size_t k = 0; k < sizeof fixed / sizeof fixed[0]; k++)
+        if ((o->arch_given & fixed[k].bit) && fixed[k].want != fixed[k].have) {
+            snprintf(err, errlen, "%s %d: the weights have %d, and %s cannot change on a warm start "
+                     "(--layers, --conv and --local can add to them)", fixed[k].opt, fixed[k].want,
+                     fixed[k].have, fixed[k].opt);
+            return -1;
+        }
+    if ((o->arch_given & TR_ARCH_KERNEL) && o->cfg.kernel != src->cfg.kernel) {
+        snprintf(err, errlen, "--kernel %s: the weights' kernel is %s; to train these weights "
+                 "with another kernel use --train-kernel %s", pf_kernel_name(o->cfg.kernel),
+                 pf_kernel_name(src->cfg.kernel), pf_kernel_name(o->cfg.kernel));
+        return -1;
+    }
+    return 0;
+}
+
 /* Returns the learning rate of step (0-based): linear warm-up, then cosine to min_lr_frac * lr. */
 static double tr_lr(const tr_options *o, long step) {
     if (step < o->warmup) return o->lr * (step + 1) / (double)o->warmup;
@@ -733,8 +758,13 @@ int tr_run(const tr_options *o, int *interrupted, char *err, size_t errlen) {
             /* warm start with a conv on q, k, v and/or local blocks that F lacks: identity
              * parts, so training continues from exactly the function of the --init weights */
             char e2[400];
-            int r2 = pf_model_extend(&m, src, o->cfg.conv_kernel, o->cfg.local_kernel, e2,
-                                     sizeof e2);
+            int r2 = tr_init_check(o, src, e2, sizeof e2);
+            if (r2 == 0)
+                r2 = pf_model_extend(&m, src, o->cfg.conv_kernel, o->cfg.local_kernel,
+                                     (o->arch_given & TR_ARCH_LAYERS) ? o->cfg.n_layers : 0, o->seed,
+                                     e2, sizeof e2);
+            if (r2 == 0 && (o->arch_given & TR_ARCH_NAME))
+                snprintf(m->cfg.name, sizeof m->cfg.name, "%s", o->cfg.name);
             if (r2 != 0) snprintf(err, errlen, "--init %s: %s", o->init, e2);
             if (r2 == 0 && m->cfg.conv_kernel != src->cfg.conv_kernel)
                 fprintf(stderr, "extended %s with identity depthwise convolutions on q, k, v "
@@ -742,6 +772,9 @@ int tr_run(const tr_options *o, int *interrupted, char *err, size_t errlen) {
             if (r2 == 0 && m->cfg.local_kernel != src->cfg.local_kernel)
                 fprintf(stderr, "extended %s with identity local blocks (local_kernel %d)\n",
                         o->init, m->cfg.local_kernel);
+            if (r2 == 0 && m->cfg.n_layers != src->cfg.n_layers)
+                fprintf(stderr, "extended %s from %d to %d layers (the new layers on top start as "
+                        "the identity)\n", o->init, src->cfg.n_layers, m->cfg.n_layers);
             pf_model_free(src);
             if (r2 != 0) goto cleanup;
         } else if (pf_model_init(&m, &o->cfg, o->seed, err, errlen) != 0) {

@@ -24,6 +24,10 @@ double tr_forward_backward(tr_state *s, pf_kernel kernel, const int32_t *tokens,
                            int B, const int32_t *targets, float *grads, int *n_scored, char *err,
                            size_t errlen);
 
+/* Architecture options given on the command line (tr_options.arch_given). */
+enum { TR_ARCH_LAYERS = 1, TR_ARCH_D_MODEL = 2, TR_ARCH_HEADS = 4, TR_ARCH_D_FF = 8,
+       TR_ARCH_FEATURES = 16, TR_ARCH_KERNEL = 32, TR_ARCH_NAME = 64 };
+
 /* Options of `performer train`. */
 typedef struct {
     const char *data;           /* training .bin (weights/data/train.bin) or NULL with fasta */
@@ -34,9 +38,11 @@ typedef struct {
     const char *ckpt;           /* checkpoint path (resume reads it) */
     const char *log;            /* CSV log path, or NULL */
     int resume;
-    pf_config cfg;              /* architecture when not --init; with --init only cfg.conv_kernel
-                                 * and cfg.local_kernel count: > 0 extends weights without that
-                                 * part with an identity one (same function) */
+    pf_config cfg;              /* architecture when not --init; with --init, cfg.conv_kernel and
+                                 * cfg.local_kernel > 0 add that part to weights without it, and
+                                 * cfg.n_layers (when given) adds layers on top, all as the
+                                 * identity (same function); other given options must match */
+    unsigned arch_given;        /* TR_ARCH_* bits: the architecture options given explicitly */
     pf_kernel kernel;           /* kernel to train (DEFAULT = cfg's) */
     uint64_t seed;
     long steps;                 /* total optimiser steps (schedule length) */

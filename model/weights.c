@@ -546,6 +546,7 @@ cleanup:
 
 #define PF_SEED_PROJ 0x70726f6a65637469ULL    /* "projecti": layer l's FAVOR+ projection */
 #define PF_SEED_LOCAL 0x6c6f63616c6f7574ULL   /* "localout": layer l's local.out.weight */
+#define PF_SEED_GROW 0x67726f776c617972ULL    /* "growlayr": a layer added by pf_model_extend */
 
 /* Returns the seed of layer l's stream tag (PF_SEED_*), derived from the model seed. */
 static uint64_t pf_layer_seed(uint64_t seed, uint64_t tag, int l) {
@@ -634,12 +635,40 @@ cleanup:
     return rc;
 }
 
+/* Fills tensor t of layer l, a layer that pf_model_extend appends, so that the layer is the
+ * identity: its residual branches end in zero projections (attn.o, ffn.fc2, local.out and their
+ * biases), the inputs of those projections are drawn as pf_model_init draws them (from the layer's
+ * own stream of seed, so they can learn once the projections move), LayerNorms are 1/0 and the
+ * convolutions the identity. */
+static void pf_fill_new_layer(const pf_tensor_info *t, const pf_config *cfg, int l, uint64_t seed) {
+    float *p = *t->slot;
+    const char *nm = t->name;
+    size_t len = strlen(nm);
+#define ENDS(x) (len >= sizeof(x) - 1 && strcmp(nm + len - (sizeof(x) - 1), x) == 0)
+    if (pf_fill_identity(t, cfg)) return;           /* conv taps, local block (output 0) */
+    if (ENDS("attn.proj")) {
+        pf_draw_projection(p, cfg->n_features, cfg->d_model / cfg->n_heads,
+                           pf_layer_seed(seed, PF_SEED_PROJ, l));
+    } else if (ENDS(".bias") || ENDS("attn.o.weight") || ENDS("ffn.fc2.weight")) {
+        memset(p, 0, t->numel * sizeof *p);
+    } else if (ENDS("ln1.weight") || ENDS("ln2.weight")) {
+        for (size_t k = 0; k < t->numel; k++) p[k] = 1.0f;
+    } else {                                         /* attn.{q,k,v}.weight, ffn.fc1.weight */
+        uint64_t h = 0xcbf29ce484222325ULL;         /* one stream per (layer, tensor name) */
+        for (size_t k = 0; k < len; k++) h = (h ^ (unsigned char)nm[k]) * 0x100000001b3ULL;
+        rng_t r;
+        rng_seed(&r, pf_layer_seed(seed, PF_SEED_GROW, l) ^ h);
+        for (size_t k = 0; k < t->numel; k++) p[k] = (float)(0.02 * rng_normal(&r));
+    }
+#undef ENDS
+}
+
 /* Makes an owned model of configuration cfg from m: tensors of the same name are copied; the
- * others (only the conv taps and local blocks cfg adds to an m without them) start as the
- * identity, so the copy computes m's function. Keeps m's path; sha256 is left empty. Returns 0 or
- * -1 + err. */
-static int model_copy(pf_model **out, const pf_model *m, const pf_config *cfg, char *err,
-                      size_t errlen) {
+ * others (the conv taps and local blocks cfg adds to an m without them, and the layers from
+ * m's n_layers up to cfg's, drawn with seed) start as the identity, so the copy computes m's
+ * function. Keeps m's path; sha256 is left empty. Returns 0 or -1 + err. */
+static int model_copy(pf_model **out, const pf_model *m, const pf_config *cfg, uint64_t seed,
+                      char *err, size_t errlen) {
     pf_model *c = NULL;
     pf_tensor_info *src = NULL, *dst = NULL;
     int n = 0, n2 = 0, rc = -1;
@@ -651,11 +680,14 @@ static int model_copy(pf_model **out, const pf_model *m, const pf_config *cfg, c
         goto cleanup;
     }
     /* both tables list their tensors in the canonical order, dst possibly with 3 conv tensors
-     * and 5 local tensors per layer inserted */
+     * and 5 local tensors per layer inserted, and whole layers before final_ln */
     for (int i = 0, j = 0; j < n2; j++) {
+        int l = strncmp(dst[j].name, "layers.", 7) == 0 ? atoi(dst[j].name + 7) : -1;
         if (i < n && strcmp(src[i].name, dst[j].name) == 0) {
             memcpy(*dst[j].slot, *src[i].slot, dst[j].numel * sizeof(float));
             i++;
+        } else if (l >= m->cfg.n_layers) {
+            pf_fill_new_layer(&dst[j], cfg, l, seed);
         } else {
             int added = pf_fill_identity(&dst[j], cfg);
             assert(added);
@@ -676,13 +708,19 @@ cleanup:
 
 /* Makes an owned, writable deep copy of m (same cfg, sha256 and path); 0 or -1 + err. */
 int pf_model_clone_owned(pf_model **out, const pf_model *m, char *err, size_t errlen) {
-    return pf_model_extend(out, m, 0, 0, err, errlen);
+    return pf_model_extend(out, m, 0, 0, 0, 0, err, errlen);
 }
 
 int pf_model_extend(pf_model **out, const pf_model *m, int conv_kernel, int local_kernel,
-                    char *err, size_t errlen) {
+                    int n_layers, uint64_t seed, char *err, size_t errlen) {
     *out = NULL;
     pf_config cfg = m->cfg;
+    if (n_layers != 0 && n_layers < m->cfg.n_layers) {
+        pf_err(err, errlen, "the model has %d layers; layers can be added (identity layers on top), "
+               "not removed (asked for %d)", m->cfg.n_layers, n_layers);
+        return -1;
+    }
+    if (n_layers > 0) cfg.n_layers = n_layers;
     const char *key[2] = { "conv_kernel", "local_kernel" };
     int want[2] = { conv_kernel, local_kernel }, *dst[2] = { &cfg.conv_kernel, &cfg.local_kernel };
     for (int j = 0; j < 2; j++) {
@@ -694,9 +732,11 @@ int pf_model_extend(pf_model **out, const pf_model *m, int conv_kernel, int loca
         }
         *dst[j] = want[j];
     }
-    if (pf_config_validate(&cfg, err, errlen) != 0 || model_copy(out, m, &cfg, err, errlen) != 0)
+    if (pf_config_validate(&cfg, err, errlen) != 0 ||
+        model_copy(out, m, &cfg, seed, err, errlen) != 0)
         return -1;
-    if (cfg.conv_kernel == m->cfg.conv_kernel && cfg.local_kernel == m->cfg.local_kernel)
+    if (cfg.conv_kernel == m->cfg.conv_kernel && cfg.local_kernel == m->cfg.local_kernel &&
+        cfg.n_layers == m->cfg.n_layers)
         memcpy((*out)->sha256, m->sha256, sizeof m->sha256);   /* the same model */
     return 0;
 }
@@ -716,7 +756,7 @@ static int model_add(pf_model **out, const pf_model *m, int local, int K, char *
         pf_err(err, errlen, "%s %d is invalid; it must be odd, 1..%d", key, K, PF_MAX_CONV_KERNEL);
         return -1;
     }
-    return pf_model_extend(out, m, local ? 0 : K, local ? K : 0, err, errlen);
+    return pf_model_extend(out, m, local ? 0 : K, local ? K : 0, 0, 0, err, errlen);
 }
 
 /* Makes an owned copy of conv-less m with identity conv taps of width K; 0 or -1 + err. */

@@ -374,10 +374,11 @@ static inline pf_model *resume_check(const char *dir, const char *fa, const char
     pf_model *u = load(p[0]), *r = load(p[1]), *e = load(p[2]);
     if (u && r && e) {
         int same = u->n_params == r->n_params && r->n_params == e->n_params;
-        static pf_tensor_info tu[64], tr[64], te[64];
-        int n = pf_tensor_table(&u->cfg, &u->p, tu, 64);
-        pf_tensor_table(&r->cfg, &r->p, tr, 64);
-        pf_tensor_table(&e->cfg, &e->p, te, 64);
+        enum { CAP = 512 };
+        static pf_tensor_info tu[CAP], tr[CAP], te[CAP];
+        int n = pf_tensor_table(&u->cfg, &u->p, tu, CAP);
+        same = same && n <= CAP && pf_tensor_table(&r->cfg, &r->p, tr, CAP) == n &&
+               pf_tensor_table(&e->cfg, &e->p, te, CAP) == n;
         for (int i = 0; same && i < n; i++)
             same = memcmp(*tu[i].slot, *tr[i].slot, tu[i].numel * 4) == 0 &&
                    memcmp(*tr[i].slot, *te[i].slot, tu[i].numel * 4) == 0;
