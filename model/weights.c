@@ -268,6 +268,7 @@ static const char *pf_meta_req(const st_file *f, const char *key, char *err, siz
     return s;
 }
 
+/* Parses an optional width value s (NULL = absent = 0) of metadata key into *out (model.h). */
 int pf_parse_width(const char *s, const char *key, const char *what, int *out, char *err,
                    size_t errlen) {
     if (!s) { *out = 0; return 0; }
