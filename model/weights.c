@@ -573,6 +573,42 @@ static int pf_fill_identity(const pf_tensor_info *t, const pf_config *cfg) {
     return 1;
 }
 
+/* Draws tensor t of a model of cfg as pf_model_init does: its layer's own streams of seed for the
+ * FAVOR+ projection and local.out.weight, the identity for convolution taps and local blocks,
+ * 0 / 1 for biases / LayerNorm weights, and normal draws from *r for the other matrices. */
+static void pf_init_tensor(const pf_tensor_info *t, const pf_config *cfg, uint64_t seed, rng_t *r) {
+    float *p = *t->slot;
+    const char *nm = t->name;
+    size_t len = strlen(nm);
+    double std = 0.02, std_out = 0.02 / sqrt(2.0 * cfg->n_layers);
+    int dh = cfg->d_model / cfg->n_heads;
+#define ENDS(s) (len >= sizeof(s) - 1 && strcmp(nm + len - (sizeof(s) - 1), s) == 0)
+    if (ENDS("local.out.weight")) {
+        /* drawn like attn.o.weight, from the layer's own stream: the other tensors equal
+         * those of the model without local blocks of the same seed */
+        rng_t rl;
+        rng_seed(&rl, pf_layer_seed(seed, PF_SEED_LOCAL, atoi(nm + strlen("layers."))));
+        for (size_t k = 0; k < t->numel; k++) p[k] = (float)(std_out * rng_normal(&rl));
+    } else if (pf_fill_identity(t, cfg)) {
+        /* identity taps, LN 1/0 (no RNG draws): a conv model starts as the conv-less
+         * function */
+    } else if (ENDS("attn.proj")) {
+        int l = atoi(nm + strlen("layers."));
+        pf_draw_projection(p, cfg->n_features, dh, pf_layer_seed(seed, PF_SEED_PROJ, l));
+    } else if (ENDS(".bias")) {
+        memset(p, 0, t->numel * sizeof *p);
+    } else if (ENDS("ln1.weight") || ENDS("ln2.weight") || ENDS("final_ln.weight")) {
+        for (size_t k = 0; k < t->numel; k++) p[k] = 1.0f;
+    } else {
+        /* token embeddings at unit scale so that they are not drowned by the sinusoidal
+         * position encoding (entries of size ~1) */
+        double s = ENDS("embed.weight") ? 1.0
+                 : (ENDS("attn.o.weight") || ENDS("ffn.fc2.weight")) ? std_out : std;
+        for (size_t k = 0; k < t->numel; k++) p[k] = (float)(s * rng_normal(r));
+    }
+#undef ENDS
+}
+
 /* Creates a randomly initialised owned model from cfg and seed (deterministic); 0 or -1 + err. */
 int pf_model_init(pf_model **out, const pf_config *cfg, uint64_t seed, char *err, size_t errlen) {
     pf_model *m = NULL;
@@ -595,38 +631,7 @@ int pf_model_init(pf_model **out, const pf_config *cfg, uint64_t seed, char *err
 
     rng_t r;
     rng_seed(&r, seed);
-    double std = 0.02, std_out = 0.02 / sqrt(2.0 * cfg->n_layers);
-    int dh = cfg->d_model / cfg->n_heads;
-    for (int i = 0; i < n; i++) {
-        float *p = *tab[i].slot;
-        const char *nm = tab[i].name;
-        size_t len = strlen(nm);
-#define ENDS(s) (len >= sizeof(s) - 1 && strcmp(nm + len - (sizeof(s) - 1), s) == 0)
-        if (ENDS("local.out.weight")) {
-            /* drawn like attn.o.weight, from the layer's own stream: the other tensors equal
-             * those of the model without local blocks of the same seed */
-            rng_t rl;
-            rng_seed(&rl, pf_layer_seed(seed, PF_SEED_LOCAL, atoi(nm + strlen("layers."))));
-            for (size_t k = 0; k < tab[i].numel; k++) p[k] = (float)(std_out * rng_normal(&rl));
-        } else if (pf_fill_identity(&tab[i], cfg)) {
-            /* identity taps, LN 1/0 (no RNG draws): a conv model starts as the conv-less
-             * function */
-        } else if (ENDS("attn.proj")) {
-            int l = atoi(nm + strlen("layers."));
-            pf_draw_projection(p, cfg->n_features, dh, pf_layer_seed(seed, PF_SEED_PROJ, l));
-        } else if (ENDS(".bias")) {
-            memset(p, 0, tab[i].numel * sizeof *p);
-        } else if (ENDS("ln1.weight") || ENDS("ln2.weight") || ENDS("final_ln.weight")) {
-            for (size_t k = 0; k < tab[i].numel; k++) p[k] = 1.0f;
-        } else {
-            /* token embeddings at unit scale so that they are not drowned by the sinusoidal
-             * position encoding (entries of size ~1) */
-            double s = ENDS("embed.weight") ? 1.0
-                     : (ENDS("attn.o.weight") || ENDS("ffn.fc2.weight")) ? std_out : std;
-            for (size_t k = 0; k < tab[i].numel; k++) p[k] = (float)(s * rng_normal(&r));
-        }
-#undef ENDS
-    }
+    for (int i = 0; i < n; i++) pf_init_tensor(&tab[i], cfg, seed, &r);
     *out = m;
     m = NULL;
     rc = 0;
@@ -637,31 +642,19 @@ cleanup:
 }
 
 /* Fills tensor t of layer l, a layer that pf_model_extend appends, so that the layer is the
- * identity: its residual branches end in zero projections (attn.o, ffn.fc2, local.out and their
- * biases), the inputs of those projections are drawn as pf_model_init draws them (from the layer's
- * own stream of seed, so they can learn once the projections move), LayerNorms are 1/0 and the
- * convolutions the identity. */
+ * identity: drawn as pf_model_init draws it (the matrices from a stream of seed, layer and tensor
+ * name, so they can learn once training starts), then its residual branches' output projections
+ * (attn.o, local.out, ffn.fc2) zeroed. */
 static void pf_fill_new_layer(const pf_tensor_info *t, const pf_config *cfg, int l, uint64_t seed) {
-    float *p = *t->slot;
     const char *nm = t->name;
     size_t len = strlen(nm);
-#define ENDS(x) (len >= sizeof(x) - 1 && strcmp(nm + len - (sizeof(x) - 1), x) == 0)
-    if (pf_fill_identity(t, cfg)) return;           /* conv taps, local block (output 0) */
-    if (ENDS("attn.proj")) {
-        pf_draw_projection(p, cfg->n_features, cfg->d_model / cfg->n_heads,
-                           pf_layer_seed(seed, PF_SEED_PROJ, l));
-    } else if (ENDS(".bias") || ENDS("attn.o.weight") || ENDS("ffn.fc2.weight")) {
-        memset(p, 0, t->numel * sizeof *p);
-    } else if (ENDS("ln1.weight") || ENDS("ln2.weight")) {
-        for (size_t k = 0; k < t->numel; k++) p[k] = 1.0f;
-    } else {                                         /* attn.{q,k,v}.weight, ffn.fc1.weight */
-        uint64_t h = 0xcbf29ce484222325ULL;         /* one stream per (layer, tensor name) */
-        for (size_t k = 0; k < len; k++) h = (h ^ (unsigned char)nm[k]) * 0x100000001b3ULL;
-        rng_t r;
-        rng_seed(&r, pf_layer_seed(seed, PF_SEED_GROW, l) ^ h);
-        for (size_t k = 0; k < t->numel; k++) p[k] = (float)(0.02 * rng_normal(&r));
-    }
-#undef ENDS
+    uint64_t h = 0xcbf29ce484222325ULL;             /* FNV-1a of the name */
+    for (size_t k = 0; k < len; k++) h = (h ^ (unsigned char)nm[k]) * 0x100000001b3ULL;
+    rng_t r;
+    rng_seed(&r, pf_layer_seed(seed, PF_SEED_GROW, l) ^ h);
+    pf_init_tensor(t, cfg, seed, &r);
+    if (strstr(nm, ".attn.o.weight") || strstr(nm, ".local.out.weight") || strstr(nm, ".ffn.fc2.weight"))
+        memset(*t->slot, 0, t->numel * sizeof(float));
 }
 
 /* Makes an owned model of configuration cfg from m: tensors of the same name are copied; the
