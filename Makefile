@@ -20,7 +20,7 @@ UNIT_SRC   := $(wildcard tests/unit/test_*.c)
 UNIT_BIN   := $(UNIT_SRC:tests/unit/%.c=$(BIN)/tests/%)
 PROGS      := $(BIN)/performer $(if $(wildcard server/main.c),$(BIN)/performerd)
 
-.PHONY: all test unit asan asan-test fixtures deps run data bench clean docker-test fuzz fuzz-build fuzz-run
+.PHONY: all test unit asan asan-test fixtures deps run data similarity bench clean docker-test fuzz fuzz-build fuzz-run
 all: $(PROGS) $(UNIT_BIN)
 
 $(OBJ)/%.o: %.c $(wildcard model/*.h server/*.h)
@@ -103,6 +103,10 @@ bench: $(PROGS) $(BIN)/bench/bench_forward
 # Builds the training corpus from Debian's metastudent-data (see weights/DATA.md).
 data:
 	bash weights/make_data.sh
+
+# Test-split quality binned by similarity to the training split (weights/similarity.sh; needs data).
+similarity: $(PROGS)
+	BIN=$(BIN) bash weights/similarity.sh $(WEIGHTS)
 
 # Builds the container image with podman and runs it end to end (docker/test.sh).
 docker-test:

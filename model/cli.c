@@ -2,6 +2,7 @@
  * and score, embed, run-jobs, which share server/task.c and server/batch.c with performerd). */
 #include "batch.h"
 #include "dataset.h"
+#include "kmer.h"
 #include "model.h"
 #include "task.h"
 #include "train.h"
@@ -48,6 +49,9 @@ static const char *USAGE =
     "                                            of the top-1 probability (JSON), vs a unigram\n"
     "                                            baseline\n"
     "  export  --ckpt F --out F                  write a checkpoint's model as a weights file\n"
+    "  overlap --train F --fasta F [--k 10]      per sequence of F: how many of its k-mers (k\n"
+    "                                            residues, 1..12) occur anywhere in --train (TSV:\n"
+    "                                            name, length, windows, shared, fraction)\n"
     "  score   --weights F (--mutations A24G,K30R:D31N | --mutations-file F) [--method M]\n"
     "          [--offset N] [--json] SEQUENCE    variant effect scores (log p(mt) - log p(wt) per site,\n"
     "                                            summed; M = masked-marginals (default), wt-marginals,\n"
@@ -328,6 +332,13 @@ static int cmd_train(int argc, char **argv) {
     return 0;
 }
 
+/* Opens path as a set: a PFDATA1 token file when it ends in .bin, else FASTA; 0 or -1 with err. */
+static int open_set(ds_set **out, const char *path, char *err, size_t errlen) {
+    size_t l = strlen(path);
+    return (l > 4 && strcmp(path + l - 4, ".bin") == 0) ? ds_open(out, path, err, errlen)
+                                                        : ds_load_fasta(out, path, err, errlen);
+}
+
 /* `performer eval`: prints one JSON object. */
 static int cmd_eval(int argc, char **argv) {
     const char *w = NULL, *fa = NULL, *unif = NULL, *v;
@@ -355,15 +366,9 @@ static int cmd_eval(int argc, char **argv) {
     ds_set *set = NULL, *uset = NULL;
     double uni[TOK_NRES], *unip = NULL;
     if (pf_model_load(&m, w, err, sizeof err) != 0) goto fail;
-    size_t fl = strlen(fa);
-    int r = (fl > 4 && strcmp(fa + fl - 4, ".bin") == 0) ? ds_open(&set, fa, err, sizeof err)
-                                                          : ds_load_fasta(&set, fa, err, sizeof err);
-    if (r != 0) goto fail;
+    if (open_set(&set, fa, err, sizeof err) != 0) goto fail;
     if (unif) {
-        size_t ul = strlen(unif);
-        r = (ul > 4 && strcmp(unif + ul - 4, ".bin") == 0) ? ds_open(&uset, unif, err, sizeof err)
-                                                            : ds_load_fasta(&uset, unif, err, sizeof err);
-        if (r != 0) goto fail;
+        if (open_set(&uset, unif, err, sizeof err) != 0) goto fail;
         double tot = 0;
         for (int c = 0; c < TOK_NRES; c++) uni[c] = 1;
         for (size_t i = 0; i < ds_count(uset); i++) {
@@ -404,6 +409,50 @@ fail:
 cleanup:
     ds_close(set); ds_close(uset);
     pf_model_free(m);
+    return rc;
+}
+
+/* `performer overlap`: for each sequence of --fasta, the share of its k-mers found in --train. */
+static int cmd_overlap(int argc, char **argv) {
+    const char *tr = NULL, *fa = NULL, *v;
+    long k = 10;
+    for (int i = 2; i < argc; i++) {
+        const char *a = argv[i];
+        if (!(v = arg_val(argc, argv, &i))) return 2;
+        if (strcmp(a, "--train") == 0) tr = v;
+        else if (strcmp(a, "--fasta") == 0) fa = v;
+        else if (strcmp(a, "--k") == 0) { if (parse_long(a, v, 1, KM_MAX_K, &k)) return 2; }
+        else { fprintf(stderr, "performer overlap: unknown option %s\n", a); return 2; }
+    }
+    if (!tr || !fa) { fprintf(stderr, "performer overlap: --train F and --fasta F are required\n"); return 2; }
+    char err[512];
+    int rc = 1;
+    ds_set *train = NULL, *set = NULL;
+    km_index *idx = NULL;
+    if (open_set(&train, tr, err, sizeof err) != 0 || open_set(&set, fa, err, sizeof err) != 0) goto fail;
+    if (km_build(&idx, train, (int)k, err, sizeof err) != 0) goto fail;
+    size_t all_w = 0, all_s = 0;
+    printf("name\tlength\twindows\tshared\tfraction\n");
+    for (size_t i = 0; i < ds_count(set); i++) {
+        size_t n, w;
+        const uint8_t *q = ds_seq(set, i, &n);
+        size_t sh = km_shared(idx, q, n, &w);
+        const char *name = ds_name(set, i);
+        char num[32];
+        if (!name) { snprintf(num, sizeof num, "%zu", i + 1); name = num; }
+        printf("%s\t%zu\t%zu\t%zu\t%.4f\n", name, n, w, sh, w ? (double)sh / (double)w : 0.0);
+        all_w += w; all_s += sh;
+    }
+    fprintf(stderr, "performer overlap: %zu distinct %ld-mers in %s; %zu sequences of %s, %zu of their %zu windows "
+            "(%.1f%%) occur in it\n", km_size(idx), k, tr, ds_count(set), fa, all_s, all_w,
+            all_w ? 100.0 * (double)all_s / (double)all_w : 0.0);
+    rc = 0;
+    goto cleanup;
+fail:
+    fprintf(stderr, "performer overlap: %s\n", err);
+cleanup:
+    km_free(idx);
+    ds_close(set); ds_close(train);
     return rc;
 }
 
@@ -882,6 +931,7 @@ int main(int argc, char **argv) {
     if (strcmp(c, "train") == 0) return cmd_train(argc, argv);
     if (strcmp(c, "eval") == 0) return cmd_eval(argc, argv);
     if (strcmp(c, "export") == 0) return cmd_export(argc, argv);
+    if (strcmp(c, "overlap") == 0) return cmd_overlap(argc, argv);
     if (strcmp(c, "score") == 0) return cmd_score(argc, argv);
     if (strcmp(c, "embed") == 0) return cmd_lines(argc, argv, "embed");
     if (strcmp(c, "run-jobs") == 0) return cmd_lines(argc, argv, "run-jobs");

@@ -92,4 +92,25 @@ assert 0 <= r["calibration"]["ece"] <= 1 and abs(ece - r["calibration"]["ece"]) 
 PY
 # deterministic masks: same seed, same numbers
 cmp "$T/eval.json" <($BIN/performer eval --weights "$T/m.safetensors" --fasta "$T/tiny.fasta" --seed 2) || fail "eval not deterministic"
+
+# 6. overlap: a set against itself shares every k-mer; a sequence absent from it shares none; bad k refused
+printf '>novel one\nWWWWWWWWWWWWWWWWWWWW\n>half\nMKTAYIAKQRQIWWWWWWWWWWWW\n>short\nMKT\n' > "$T/q.fasta"
+$BIN/performer overlap --train "$T/tiny.fasta" --fasta "$T/tiny.fasta" > "$T/self.tsv" 2> "$T/ov.err"
+$BIN/performer overlap --train "$T/tiny.fasta" --fasta "$T/q.fasta" --k 10 > "$T/q.tsv" 2>> "$T/ov.err"
+python3 - "$T/self.tsv" "$T/q.tsv" <<'PY'
+import csv, sys
+rows = list(csv.DictReader(open(sys.argv[1]), delimiter="\t"))
+assert len(rows) == 120 and rows[0]["name"] == "seq0", rows[:2]
+for r in rows:
+    assert int(r["windows"]) == int(r["length"]) - 9 and r["shared"] == r["windows"] and float(r["fraction"]) == 1, r
+q = {r["name"]: r for r in csv.DictReader(open(sys.argv[2]), delimiter="\t")}
+assert list(q) == ["novel", "half", "short"], q
+assert q["novel"]["shared"] == "0" and q["novel"]["windows"] == "11", q["novel"]
+# MKTAYIAKQRQI occurs in the motif: its 3 windows of 10 are shared, the 12 touching the W run are not
+assert (q["half"]["windows"], q["half"]["shared"]) == ("15", "3"), q["half"]
+assert (q["short"]["windows"], q["short"]["shared"], q["short"]["fraction"]) == ("0", "0", "0.0000"), q["short"]
+print("overlap ok")
+PY
+grep -q "120 sequences" "$T/ov.err" || fail "overlap summary missing: $(cat "$T/ov.err")"
+if $BIN/performer overlap --train "$T/tiny.fasta" --fasta "$T/q.fasta" --k 13 > /dev/null 2>&1; then fail "k 13 accepted"; fi
 echo "train tests ok"
