@@ -20,7 +20,7 @@ UNIT_SRC   := $(wildcard tests/unit/test_*.c)
 UNIT_BIN   := $(UNIT_SRC:tests/unit/%.c=$(BIN)/tests/%)
 PROGS      := $(BIN)/performer $(if $(wildcard server/main.c),$(BIN)/performerd)
 
-.PHONY: all test unit asan asan-test fixtures deps run data similarity bench clean docker-test fuzz fuzz-build fuzz-run
+.PHONY: all test unit asan asan-test fixtures deps run data breakdown bench clean docker-test fuzz fuzz-build fuzz-run
 all: $(PROGS) $(UNIT_BIN)
 
 $(OBJ)/%.o: %.c $(wildcard model/*.h server/*.h)
@@ -104,9 +104,9 @@ bench: $(PROGS) $(BIN)/bench/bench_forward
 data:
 	bash weights/make_data.sh
 
-# Test-split quality binned by similarity to the training split (weights/similarity.sh; needs data).
-similarity: $(PROGS)
-	BIN=$(BIN) bash weights/similarity.sh $(WEIGHTS)
+# Test-split quality by similarity to the training split and by length (weights/breakdown.sh; needs data).
+breakdown: $(PROGS)
+	BIN=$(BIN) bash weights/breakdown.sh $(WEIGHTS)
 
 # Builds the container image with podman and runs it end to end (docker/test.sh).
 docker-test:

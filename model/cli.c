@@ -46,8 +46,9 @@ static const char *USAGE =
     "                                            must match F\n"
     "  eval    --weights F --fasta F [--mask-rate 0.15] [--seed S] [--kernel K]\n"
     "          [--max-seqs N] [--unigram F]      perplexity, top-1/top-5 accuracy and calibration\n"
-    "                                            of the top-1 probability (JSON), vs a unigram\n"
-    "                                            baseline\n"
+    "          [--window N]                      of the top-1 probability (JSON), vs a unigram\n"
+    "                                            baseline; --window N runs pieces of at most N\n"
+    "                                            residues (same masks) instead of whole sequences\n"
     "  export  --ckpt F --out F                  write a checkpoint's model as a weights file\n"
     "  overlap --train F --fasta F [--k 10]      per sequence of F: how many of its k-mers (k\n"
     "                                            residues, 1..12) occur anywhere in --train (TSV:\n"
@@ -343,7 +344,7 @@ static int open_set(ds_set **out, const char *path, char *err, size_t errlen) {
 static int cmd_eval(int argc, char **argv) {
     const char *w = NULL, *fa = NULL, *unif = NULL, *v;
     double rate = 0.15;
-    long seed = 1, max_seqs = 0;
+    long seed = 1, max_seqs = 0, window = 0;
     pf_kernel kernel = PF_KERNEL_DEFAULT;
     for (int i = 2; i < argc; i++) {
         const char *a = argv[i];
@@ -354,6 +355,7 @@ static int cmd_eval(int argc, char **argv) {
         else if (strcmp(a, "--mask-rate") == 0) { if (parse_double(a, v, &rate) || rate <= 0 || rate > 1) return 2; }
         else if (strcmp(a, "--seed") == 0) { if (parse_long(a, v, 0, 0x7fffffffL, &seed)) return 2; }
         else if (strcmp(a, "--max-seqs") == 0) { if (parse_long(a, v, 0, 100000000L, &max_seqs)) return 2; }
+        else if (strcmp(a, "--window") == 0) { if (parse_long(a, v, 0, 1000000000L, &window)) return 2; }
         else if (strcmp(a, "--threads") == 0) { long t; if (parse_long(a, v, 1, 256, &t)) return 2; pf_set_threads((int)t); }
         else if (strcmp(a, "--kernel") == 0) {
             if (pf_kernel_parse(v, &kernel) != 0) { fprintf(stderr, "performer: unknown kernel '%s'\n", v); return 2; }
@@ -381,7 +383,7 @@ static int cmd_eval(int argc, char **argv) {
         unip = uni;
     }
     tr_eval_result res;
-    if (tr_evaluate(m, kernel, set, rate, (uint64_t)seed, max_seqs, 0, unip, &res, err, sizeof err) != 0) goto fail;
+    if (tr_evaluate(m, kernel, set, rate, (uint64_t)seed, max_seqs, 0, (int)window, unip, &res, err, sizeof err) != 0) goto fail;
     char cal[TR_CAL_BINS * 112] = "";
     size_t cl = 0;
     for (int k = 0; k < TR_CAL_BINS; k++) {     /* an empty bin has null mean and accuracy */
@@ -395,11 +397,11 @@ static int cmd_eval(int argc, char **argv) {
                                (double)k / TR_CAL_BINS, (double)(k + 1) / TR_CAL_BINS, res.cal_count[k], pm, ac);
     }
     printf("{\"weights\": \"%s\", \"sha256\": \"%s\", \"fasta\": \"%s\", \"kernel\": \"%s\", \"mask_rate\": %g, "
-           "\"seed\": %ld, \"sequences\": %ld, \"residues\": %ld, \"perplexity\": %.4f, \"accuracy\": %.4f, "
+           "\"seed\": %ld, \"window\": %ld, \"sequences\": %ld, \"residues\": %ld, \"perplexity\": %.4f, \"accuracy\": %.4f, "
            "\"top5_accuracy\": %.4f, "
            "\"unigram\": {\"perplexity\": %.4f, \"accuracy\": %.4f, \"source\": \"%s\"}, "
            "\"calibration\": {\"ece\": %.4f, \"bins\": [%s]}}\n",
-           w, m->sha256, fa, pf_kernel_name(kernel == PF_KERNEL_DEFAULT ? m->cfg.kernel : kernel), rate, seed,
+           w, m->sha256, fa, pf_kernel_name(kernel == PF_KERNEL_DEFAULT ? m->cfg.kernel : kernel), rate, seed, window,
            res.sequences, res.residues, res.perplexity, res.accuracy, res.top5_accuracy, res.uni_perplexity,
            res.uni_accuracy, unif ? unif : fa, res.ece, cal);
     rc = 0;

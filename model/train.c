@@ -589,7 +589,7 @@ int tr_export(const char *ckpt, const char *out, char *err, size_t errlen) {
 /* ---- evaluation ------------------------------------------------------------------------------- */
 
 int tr_evaluate(const pf_model *m, pf_kernel kernel, const ds_set *set, double mask_rate,
-                uint64_t seed, long max_seqs, int max_len, const double *uni_in,
+                uint64_t seed, long max_seqs, int max_len, int window, const double *uni_in,
                 tr_eval_result *r, char *err, size_t errlen) {
     memset(r, 0, sizeof *r);
     size_t count = ds_count(set);
@@ -612,15 +612,20 @@ int tr_evaluate(const pf_model *m, pf_kernel kernel, const ds_set *set, double m
     const size_t budget = 16384;
     int rc = -1;
     pf_ctx *ctx = pf_ctx_new(m);
-    size_t capT = budget + (size_t)(max_len > 0 ? max_len : 0) + 2;
-    for (size_t i = 0; i < count && max_len <= 0; i++) {
+    /* positions a sequence of n residues takes: every window framed by <cls> ... <eos> */
+#define EVAL_SPAN(n) ((n) + 2 * (window > 0 ? ((n) + (size_t)window - 1) / (size_t)window : 1))
+    size_t capT = budget, capN = 1;
+    for (size_t i = 0; i < count; i++) {
         size_t n; ds_seq(set, i, &n);
-        if (n + 2 > capT) capT = n + 2;
+        if (max_len > 0 && n > (size_t)max_len) n = (size_t)max_len;
+        if (budget + EVAL_SPAN(n) > capT) capT = budget + EVAL_SPAN(n);
+        if (n > capN) capN = n;
     }
     int32_t *tok = malloc(capT * sizeof *tok), *tgt = malloc(capT * sizeof *tgt);
+    int32_t *mtok = malloc(capN * sizeof *mtok), *mtgt = malloc(capN * sizeof *mtgt);
     int *lens = malloc(capT * sizeof *lens);
     float *logp = malloc(capT * TOK_NRES * sizeof *logp);
-    if (!ctx || !tok || !tgt || !lens || !logp) { snprintf(err, errlen, "out of memory"); goto cleanup; }
+    if (!ctx || !tok || !tgt || !mtok || !mtgt || !lens || !logp) { snprintf(err, errlen, "out of memory"); goto cleanup; }
     double nll = 0, uni_nll = 0, cal_psum[TR_CAL_BINS] = {0};
     long correct = 0, correct5 = 0, uni_correct = 0, scored = 0, cal_hit[TR_CAL_BINS] = {0};
     memset(r, 0, sizeof *r);
@@ -632,31 +637,40 @@ int tr_evaluate(const pf_model *m, pf_kernel kernel, const ds_set *set, double m
             size_t n;
             const uint8_t *s = ds_seq(set, i, &n);
             if (max_len > 0 && n > (size_t)max_len) n = (size_t)max_len;
-            if (B > 0 && T + n + 2 > budget) break;
+            if (B > 0 && T + EVAL_SPAN(n) > budget) break;
             rng_t rng;
             rng_seed(&rng, seed * 0x9e3779b97f4a7c15ULL + i);
-            /* mask exactly round(rate * standard residues), at least one, chosen uniformly */
+            /* mask exactly round(rate * standard residues), at least one, chosen uniformly; the
+             * masks depend on the sequence only, not on the window */
             size_t nstd = 0;
             for (size_t j = 0; j < n; j++) nstd += tok_is_standard(s[j]);
             size_t want = (size_t)llround(mask_rate * (double)nstd);
             if (want == 0 && nstd > 0) want = 1;
-            tok[T] = TOK_CLS; tgt[T] = -1;
             size_t left = nstd;
             for (size_t j = 0; j < n; j++) {
-                tok[T + 1 + j] = s[j]; tgt[T + 1 + j] = -1;
+                mtok[j] = s[j]; mtgt[j] = -1;
                 if (!tok_is_standard(s[j])) continue;
                 if (rng_uniform(&rng) * (double)left < (double)want) {
-                    tgt[T + 1 + j] = s[j] - TOK_RES0;
-                    tok[T + 1 + j] = TOK_MASK;
+                    mtgt[j] = s[j] - TOK_RES0;
+                    mtok[j] = TOK_MASK;
                     want--;
                 }
                 left--;
             }
-            tok[T + n + 1] = TOK_EOS; tgt[T + n + 1] = -1;
-            lens[B++] = (int)n + 2;
-            T += n + 2;
+            size_t w = window > 0 ? (size_t)window : (n ? n : 1);
+            for (size_t c = 0; c < n || c == 0; c += w) {     /* one framed row per window */
+                size_t len = n - c < w ? n - c : w;
+                tok[T] = TOK_CLS; tgt[T] = -1;
+                memcpy(tok + T + 1, mtok + c, len * sizeof *tok);
+                memcpy(tgt + T + 1, mtgt + c, len * sizeof *tgt);
+                tok[T + len + 1] = TOK_EOS; tgt[T + len + 1] = -1;
+                lens[B++] = (int)len + 2;
+                T += len + 2;
+            }
+            r->sequences++;
             i++;
         }
+#undef EVAL_SPAN
         if (pf_forward(ctx, m, kernel, tok, lens, B, logp, NULL, err, errlen) != 0) goto cleanup;
         for (size_t p = 0; p < T; p++) {
             if (tgt[p] < 0) continue;
@@ -677,7 +691,6 @@ int tr_evaluate(const pf_model *m, pf_kernel kernel, const ds_set *set, double m
             uni_correct += uni_best == tgt[p];
             scored++;
         }
-        r->sequences += B;
     }
     r->residues = scored;
     if (scored) {
@@ -697,7 +710,7 @@ int tr_evaluate(const pf_model *m, pf_kernel kernel, const ds_set *set, double m
     rc = 0;
 cleanup:
     pf_ctx_free(ctx);
-    free(tok); free(tgt); free(lens); free(logp);
+    free(tok); free(tgt); free(mtok); free(mtgt); free(lens); free(logp);
     return rc;
 }
 
@@ -847,7 +860,7 @@ int tr_run(const tr_options *o, int *interrupted, char *err, size_t errlen) {
         int do_eval = valid && o->eval_every > 0 && (st.step % o->eval_every == 0 || st.step == o->steps);
         if (do_eval) {
             tr_eval_result r;
-            if (tr_evaluate(m, kernel, valid, o->mask_rate, 12345, o->eval_seqs, 1022, NULL, &r, err, errlen) != 0)
+            if (tr_evaluate(m, kernel, valid, o->mask_rate, 12345, o->eval_seqs, 1022, 0, NULL, &r, err, errlen) != 0)
                 goto cleanup;
             val_ppl = r.perplexity; val_acc = r.accuracy; val_uni = r.uni_perplexity;
         }

@@ -90,10 +90,12 @@ typedef struct {
 } tr_eval_result;
 
 struct ds_set;
-/* Evaluates m on set (masking mask_rate of the standard residues of each sequence with seed,
- * whole sequences, up to max_seqs (0 = all)) with unigram frequencies uni[20] (NULL = from the set). */
+/* Evaluates m on set (masking mask_rate of the standard residues of each sequence with seed, up to
+ * max_seqs sequences (0 = all), each cut to its first max_len residues (0 = whole)) with unigram
+ * frequencies uni[20] (NULL = from the set). window 0 runs each sequence in one pass; window N > 0
+ * runs consecutive pieces of at most N residues, each framed by <cls>/<eos>, with the same masks. */
 int tr_evaluate(const pf_model *m, pf_kernel kernel, const struct ds_set *set, double mask_rate,
-                uint64_t seed, long max_seqs, int max_len, const double *uni, tr_eval_result *r,
-                char *err, size_t errlen);
+                uint64_t seed, long max_seqs, int max_len, int window, const double *uni,
+                tr_eval_result *r, char *err, size_t errlen);
 
 #endif

@@ -92,6 +92,24 @@ assert 0 <= r["calibration"]["ece"] <= 1 and abs(ece - r["calibration"]["ece"]) 
 PY
 # deterministic masks: same seed, same numbers
 cmp "$T/eval.json" <($BIN/performer eval --weights "$T/m.safetensors" --fasta "$T/tiny.fasta" --seed 2) || fail "eval not deterministic"
+# --window: a window longer than every sequence is the whole-sequence pass; shorter windows score the
+# same masked positions (the masks do not depend on the window), with less context
+$BIN/performer eval --weights "$T/m.safetensors" --fasta "$T/tiny.fasta" --seed 2 --window 1000 > "$T/w1000.json"
+$BIN/performer eval --weights "$T/m.safetensors" --fasta "$T/tiny.fasta" --seed 2 --window 7 > "$T/w7.json"
+$BIN/performer eval --weights "$T/m.safetensors" --fasta "$T/tiny.fasta" --seed 2 --window 1 > "$T/w1.json"
+python3 - "$T/eval.json" "$T/w1000.json" "$T/w7.json" "$T/w1.json" <<'PY'
+import json, sys
+whole, w1000, w7, w1 = (json.load(open(f)) for f in sys.argv[1:])
+assert whole["window"] == 0 and w1000["window"] == 1000 and w7["window"] == 7, (whole["window"], w7["window"])
+w1000["window"] = 0
+assert w1000 == whole, (w1000, whole)
+for w in (w7, w1):
+    assert (w["sequences"], w["residues"]) == (whole["sequences"], whole["residues"]), w
+    assert w["unigram"] == whole["unigram"], w["unigram"]
+# the motif is learned from context: 7 residues of it are worse than the whole, 1 residue is no context at all
+assert whole["perplexity"] < w7["perplexity"] < w1["perplexity"], (whole["perplexity"], w7["perplexity"], w1["perplexity"])
+print("eval --window ok:", whole["perplexity"], w7["perplexity"], w1["perplexity"])
+PY
 
 # 6. overlap: a set against itself shares every k-mer; a sequence absent from it shares none; bad k refused
 printf '>novel one\nWWWWWWWWWWWWWWWWWWWW\n>half\nMKTAYIAKQRQIWWWWWWWWWWWW\n>short\nMKT\n' > "$T/q.fasta"
