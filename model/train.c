@@ -613,7 +613,7 @@ int tr_evaluate(const pf_model *m, pf_kernel kernel, const ds_set *set, double m
     int rc = -1;
     pf_ctx *ctx = pf_ctx_new(m);
     /* positions a sequence of n residues takes: every window framed by <cls> ... <eos> */
-#define EVAL_SPAN(n) ((n) + 2 * (window > 0 ? ((n) + (size_t)window - 1) / (size_t)window : 1))
+#define EVAL_SPAN(n) ((n) + 2 * (window > 0 && (n) > 0 ? ((n) + (size_t)window - 1) / (size_t)window : 1))
     size_t capT = budget, capN = 1;
     for (size_t i = 0; i < count; i++) {
         size_t n; ds_seq(set, i, &n);
