@@ -333,13 +333,6 @@ static int cmd_train(int argc, char **argv) {
     return 0;
 }
 
-/* Opens path as a set: a PFDATA1 token file when it ends in .bin, else FASTA; 0 or -1 with err. */
-static int open_set(ds_set **out, const char *path, char *err, size_t errlen) {
-    size_t l = strlen(path);
-    return (l > 4 && strcmp(path + l - 4, ".bin") == 0) ? ds_open(out, path, err, errlen)
-                                                        : ds_load_fasta(out, path, err, errlen);
-}
-
 /* `performer eval`: prints one JSON object. */
 static int cmd_eval(int argc, char **argv) {
     const char *w = NULL, *fa = NULL, *unif = NULL, *v;
@@ -368,9 +361,9 @@ static int cmd_eval(int argc, char **argv) {
     ds_set *set = NULL, *uset = NULL;
     double uni[TOK_NRES], *unip = NULL;
     if (pf_model_load(&m, w, err, sizeof err) != 0) goto fail;
-    if (open_set(&set, fa, err, sizeof err) != 0) goto fail;
+    if (ds_open_path(&set, fa, err, sizeof err) != 0) goto fail;
     if (unif) {
-        if (open_set(&uset, unif, err, sizeof err) != 0) goto fail;
+        if (ds_open_path(&uset, unif, err, sizeof err) != 0) goto fail;
         double tot = 0;
         for (int c = 0; c < TOK_NRES; c++) uni[c] = 1;
         for (size_t i = 0; i < ds_count(uset); i++) {
@@ -431,7 +424,7 @@ static int cmd_overlap(int argc, char **argv) {
     int rc = 1;
     ds_set *train = NULL, *set = NULL;
     km_index *idx = NULL;
-    if (open_set(&train, tr, err, sizeof err) != 0 || open_set(&set, fa, err, sizeof err) != 0) goto fail;
+    if (ds_open_path(&train, tr, err, sizeof err) != 0 || ds_open_path(&set, fa, err, sizeof err) != 0) goto fail;
     if (km_build(&idx, train, (int)k, err, sizeof err) != 0) goto fail;
     size_t all_w = 0, all_s = 0;
     printf("name\tlength\twindows\tshared\tfraction\n");

@@ -335,6 +335,12 @@ cleanup:
 }
 
 /* Returns the number of sequences. */
+int ds_open_path(ds_set **out, const char *path, char *err, size_t errlen) {
+    size_t n = strlen(path);
+    if (n > 4 && strcmp(path + n - 4, ".bin") == 0) return ds_open(out, path, err, errlen);
+    return ds_load_fasta(out, path, err, errlen);
+}
+
 size_t ds_count(const ds_set *s) { return s ? s->n : 0; }
 
 /* Returns the number of residues over all sequences. */

@@ -26,6 +26,9 @@ int ds_open(ds_set **out, const char *path, char *err, size_t errlen);
  * data before the first header or a file without records is an error naming record and position. */
 int ds_load_fasta(ds_set **out, const char *path, char *err, size_t errlen);
 
+/* Opens path with ds_open when its name ends in ".bin", else with ds_load_fasta. */
+int ds_open_path(ds_set **out, const char *path, char *err, size_t errlen);
+
 /* Returns the number of sequences (0 for NULL). */
 size_t ds_count(const ds_set *s);
 

@@ -734,13 +734,6 @@ static void fmt_dur(char *buf, size_t n, double s) {
     else snprintf(buf, n, "%ldm%02lds", t / 60, t % 60);
 }
 
-/* Opens the data set at path (.bin or FASTA by extension / magic). */
-static int open_set(ds_set **out, const char *path, char *err, size_t errlen) {
-    size_t n = strlen(path);
-    if (n > 4 && strcmp(path + n - 4, ".bin") == 0) return ds_open(out, path, err, errlen);
-    return ds_load_fasta(out, path, err, errlen);
-}
-
 int tr_run(const tr_options *o, int *interrupted, char *err, size_t errlen) {
     int rc = -1;
     pf_model *m = NULL;
@@ -757,9 +750,9 @@ int tr_run(const tr_options *o, int *interrupted, char *err, size_t errlen) {
 
     const char *tpath = o->fasta ? o->fasta : o->data;
     if (!tpath) { snprintf(err, errlen, "no training data: give --data FILE.bin or --fasta FILE"); return -1; }
-    if (open_set(&train, tpath, err, errlen) != 0) goto cleanup;
+    if (ds_open_path(&train, tpath, err, errlen) != 0) goto cleanup;
     if (ds_count(train) == 0) { snprintf(err, errlen, "%s: no sequences", tpath); goto cleanup; }
-    if (o->valid && open_set(&valid, o->valid, err, errlen) != 0) goto cleanup;
+    if (o->valid && ds_open_path(&valid, o->valid, err, errlen) != 0) goto cleanup;
 
     if (o->resume && o->ckpt && access(o->ckpt, R_OK) == 0) {
         if (tr_load_ckpt(o->ckpt, &m, &st, err, errlen) != 0) goto cleanup;
