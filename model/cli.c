@@ -2,6 +2,7 @@
  * and score, embed, run-jobs, which share server/task.c and server/batch.c with performerd). */
 #include "batch.h"
 #include "dataset.h"
+#include "gemm.h"
 #include "kmer.h"
 #include "model.h"
 #include "task.h"
@@ -65,7 +66,10 @@ static const char *USAGE =
     "                                            GET /jobs/{id}/result, with a progress bar\n"
     "          (score/run-jobs also take --max-pll-length N, default 1024)\n"
     "\n"
-    "common: --threads N (default 2)\n";
+    "common: --threads N (default 2)\n"
+    "        --precision fp32|bf16 (default fp32): bf16 runs the weight products in bfloat16 with\n"
+    "        float32 sums, about twice as fast (needs AVX-512 BF16; weights/MODEL_CARD.md gives\n"
+    "        its measured effect on quality)\n";
 
 /* Returns the value following option i, or NULL (and complains) when absent. */
 static const char *arg_val(int argc, char **argv, int *i) {
@@ -390,12 +394,12 @@ static int cmd_eval(int argc, char **argv) {
                                (double)k / TR_CAL_BINS, (double)(k + 1) / TR_CAL_BINS, res.cal_count[k], pm, ac);
     }
     printf("{\"weights\": \"%s\", \"sha256\": \"%s\", \"fasta\": \"%s\", \"kernel\": \"%s\", \"mask_rate\": %g, "
-           "\"seed\": %ld, \"window\": %ld, \"sequences\": %ld, \"residues\": %ld, \"perplexity\": %.4f, \"accuracy\": %.4f, "
+           "\"seed\": %ld, \"window\": %ld, \"precision\": \"%s\", \"sequences\": %ld, \"residues\": %ld, \"perplexity\": %.4f, \"accuracy\": %.4f, "
            "\"top5_accuracy\": %.4f, "
            "\"unigram\": {\"perplexity\": %.4f, \"accuracy\": %.4f, \"source\": \"%s\"}, "
            "\"calibration\": {\"ece\": %.4f, \"bins\": [%s]}}\n",
            w, m->sha256, fa, pf_kernel_name(kernel == PF_KERNEL_DEFAULT ? m->cfg.kernel : kernel), rate, seed, window,
-           res.sequences, res.residues, res.perplexity, res.accuracy, res.top5_accuracy, res.uni_perplexity,
+           gm_precision_name(gm_precision()), res.sequences, res.residues, res.perplexity, res.accuracy, res.top5_accuracy, res.uni_perplexity,
            res.uni_accuracy, unif ? unif : fa, res.ece, cal);
     rc = 0;
     goto cleanup;
@@ -912,6 +916,27 @@ static int cmd_lines(int argc, char **argv, const char *cmd) {
     return r == 0 ? 0 : 1;
 }
 
+/* Applies and removes the common option --precision P from argv (every command takes it);
+ * 0, or -1 after a message for a bad or unsupported value. */
+static int take_precision(int *argc, char **argv) {
+    for (int i = 2; i < *argc; i++) {
+        if (strcmp(argv[i], "--precision") != 0) continue;
+        int p;
+        if (i + 1 >= *argc || gm_parse_precision(argv[i + 1], &p) != 0) {
+            fprintf(stderr, "performer: --precision takes fp32 or bf16\n");
+            return -1;
+        }
+        if (gm_set_precision(p) != 0) {
+            fprintf(stderr, "performer: --precision bf16 needs a CPU with AVX-512 BF16; use fp32\n");
+            return -1;
+        }
+        memmove(argv + i, argv + i + 2, sizeof(char *) * (size_t)(*argc - i - 1));  /* keeps NULL */
+        *argc -= 2;
+        i--;
+    }
+    return 0;
+}
+
 int main(int argc, char **argv) {
     if (argc < 2 || strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0 || strcmp(argv[1], "help") == 0) {
         fputs(USAGE, argc < 2 ? stderr : stdout);
@@ -919,6 +944,7 @@ int main(int argc, char **argv) {
     }
     pf_omp_passive(argv);
     pf_set_threads(2);
+    if (take_precision(&argc, argv) != 0) return 2;
     const char *c = argv[1];
     if (strcmp(c, "info") == 0) return cmd_info(argc, argv);
     if (strcmp(c, "init") == 0) return cmd_init(argc, argv);

@@ -1,6 +1,7 @@
 /* ops.c - Performer layer operations, forward and backward. See ops.h for the contracts and
  * weights/FORMAT.md for the mathematics. */
 #include "ops.h"
+#include "gemm.h"
 
 #include <cblas.h>
 #include <float.h>
@@ -127,18 +128,15 @@ void matmul_forward(float *out, const float *inp, const float *w, const float *b
         #pragma omp parallel for if ((size_t)N * OC > OMP_MIN)
         for (int p = 0; p < N; p++) memcpy(out + (size_t)p * OC, b, sizeof(float) * OC);
     }
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, OC, C, 1.0f, inp, C, w, C,
-                b ? 1.0f : 0.0f, out, OC);
+    gm_sgemm(0, 1, N, OC, C, 1.0f, inp, C, w, C, b ? 1.0f : 0.0f, out, OC);
 }
 
 /* matmul_backward with dinp = beta * dinp + dout w (beta 0: dinp need not be initialised). */
 static void matmul_backward_beta(float *dinp, float beta, float *dw, float *db, const float *dout,
                                  const float *inp, const float *w, int N, int C, int OC) {
     if (dinp)
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, C, OC, 1.0f, dout, OC, w, C,
-                    beta, dinp, C);
-    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, OC, C, N, 1.0f, dout, OC, inp, C, 1.0f,
-                dw, C);
+        gm_sgemm(0, 0, N, C, OC, 1.0f, dout, OC, w, C, beta, dinp, C);
+    gm_sgemm(1, 0, OC, C, N, 1.0f, dout, OC, inp, C, 1.0f, dw, C);
     if (db) {
         /* each column summed over the rows in order, blocks of columns in parallel */
         const int bw = col_block(OC, (size_t)N * OC);
@@ -239,8 +237,7 @@ void gelu_bias_forward(float *x, const float *b, int N, int C) {
 void matmul_residual(float *out, const float *inp, const float *w, const float *b, int N, int C,
                      int OC) {
     /* beta 1: the product lands on the residual stream directly (no zeroed buffer, no extra add) */
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, OC, C, 1.0f, inp, C, w, C, 1.0f, out,
-                OC);
+    gm_sgemm(0, 1, N, OC, C, 1.0f, inp, C, w, C, 1.0f, out, OC);
     if (!b) return;
     #pragma omp parallel for if ((size_t)N * OC > OMP_MIN)
     for (int p = 0; p < N; p++) {

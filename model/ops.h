@@ -2,7 +2,8 @@
  * <op>_forward(out, in, ...) and <op>_backward(dinp, ..., dout, ...). All tensors are row-major
  * float32; N is a number of rows (positions), C/OC widths. Backward functions ACCUMULATE (+=) into
  * parameter gradients and into dinp unless the comment says they overwrite. Matrix products go
- * through OpenBLAS cblas_sgemm. */
+ * through gm_sgemm (gemm.h: OpenBLAS float32, or bf16 when the process selected it); the attention
+ * products use cblas_sgemm directly, always float32. */
 #ifndef PF_OPS_H
 #define PF_OPS_H
 

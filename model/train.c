@@ -2,6 +2,7 @@
  * with warm-up + cosine decay and clipping, atomic checkpoints with exact resume, evaluation. */
 #include "train.h"
 #include "dataset.h"
+#include "gemm.h"
 #include "ops.h"
 #include "rng.h"
 #include "safetensors.h"
@@ -821,8 +822,9 @@ int tr_run(const tr_options *o, int *interrupted, char *err, size_t errlen) {
 
     pf_kernel kernel = o->kernel == PF_KERNEL_DEFAULT ? m->cfg.kernel : o->kernel;
     fprintf(stderr, "training %s: %d layers, d %d, %d heads, d_ff %d, %d features, %zu params, kernel %s, "
-            "%zu sequences\n", m->cfg.name, m->cfg.n_layers, m->cfg.d_model, m->cfg.n_heads, m->cfg.d_ff,
-            m->cfg.n_features, m->n_params, pf_kernel_name(kernel), ds_count(train));
+            "products %s, %zu sequences\n", m->cfg.name, m->cfg.n_layers, m->cfg.d_model, m->cfg.n_heads,
+            m->cfg.d_ff, m->cfg.n_features, m->n_params, pf_kernel_name(kernel),
+            gm_precision_name(gm_precision()), ds_count(train));
     if (m->cfg.conv_kernel > 0)
         fprintf(stderr, "depthwise convolution on q, k, v: width %d\n", m->cfg.conv_kernel);
     if (m->cfg.local_kernel > 0)

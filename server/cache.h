@@ -121,7 +121,7 @@ typedef struct {
     char id[65];
     char task[16];              /* predict, score, embed, logits */
     char *params;               /* canonical parameters JSON (malloc'd; db_job_clear frees it) */
-    char model_sha256[65];
+    char model_sha256[72];      /* ut_model_key: the weights SHA-256 (+ "+bf16") */
     char state[16];             /* queued, running, done, cancelled */
     long long total, done, failed;
     double created_at, started_at, finished_at, updated_at;   /* Unix seconds; 0 = not yet */

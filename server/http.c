@@ -886,10 +886,10 @@ static enum MHD_Result submit_job(struct MHD_Connection *conn, req_st *st) {
         json_t *q = json_object();
         MHD_get_connection_values(conn, MHD_GET_ARGUMENT_KIND, query_arg, q);
         rc = bt_parse_fasta(st->body ? st->body : "", st->len, json_string_value(json_object_get(q, "task")), q, &lim,
-                            env->model->sha256, &sub, &e);
+                            ut_model_key(env->model->sha256), &sub, &e);
         json_decref(q);
     } else {
-        rc = bt_parse_json(st->body, st->len, &lim, env->model->sha256, &sub, &e);
+        rc = bt_parse_json(st->body, st->len, &lim, ut_model_key(env->model->sha256), &sub, &e);
     }
     if (rc) return send_error(conn, st, e.status, e.type, e.msg, e.details, NULL);
     memcpy(st->result_id, sub->id, sizeof sub->id);
@@ -927,7 +927,7 @@ static enum MHD_Result analyze(struct MHD_Connection *conn, req_st *st) {
     }
     tk_request *req = NULL;
     pr_error e;
-    if (tk_parse(kind_of(st->route), st->body, st->len, &tk_lim, env->model->sha256, &req, &e))
+    if (tk_parse(kind_of(st->route), st->body, st->len, &tk_lim, ut_model_key(env->model->sha256), &req, &e))
         return send_error(conn, st, e.status, e.type, e.msg, e.details, NULL);
     memcpy(st->result_id, req->id, sizeof req->id);
     hb = hc_get(req->id);

@@ -336,7 +336,7 @@ static void complete(jb_job **jobs, int nj, char **bodies, size_t *blens, const 
     if (m > 0) {
         long ev = 0;
         unsigned long long epoch = hc_epoch();
-        if (db_put_many(model->sha256, res, m, &ev)) {
+        if (db_put_many(ut_model_key(model->sha256), res, m, &ev)) {
             for (int i = 0; i < m; i++) {
                 status[which[i]] = 503;
                 snprintf(msg[which[i]], sizeof msg[which[i]], "could not store the result: %s", db_last_error());

@@ -53,7 +53,7 @@ int ja_submit(const bt_submission *s) {
     memcpy(j.id, s->id, sizeof j.id);
     snprintf(j.task, sizeof j.task, "%s", tk_kind_name(s->kind));
     j.params = s->params;
-    snprintf(j.model_sha256, sizeof j.model_sha256, "%s", model->sha256);
+    snprintf(j.model_sha256, sizeof j.model_sha256, "%s", ut_model_key(model->sha256));
     int rc = db_job_insert(&j, s->n, (const char *const *)s->names, (const char *const *)s->requests);
     if (rc < 0) return -1;
     if (rc == 1) {
@@ -111,7 +111,7 @@ json_t *ja_job_json(const db_job *j) {
             json_object_set_new(o, "eta_s", json_real((double)(j->total - finished_items) / rate));
         }
     }
-    if (o && strcmp(j->model_sha256, model->sha256))
+    if (o && strcmp(j->model_sha256, ut_model_key(model->sha256)))
         json_object_set_new(o, "note", json_string("submitted for another model: it runs when a daemon serving that"
                                                    " model does"));
     return o;
@@ -163,7 +163,7 @@ static int run_chunk(const char *id, tk_kind kind, long long *after) {
         }
         tk_request *r = NULL;
         pr_error e;
-        if (tk_parse(kind, reqs[i], strlen(reqs[i]), &limits, model->sha256, &r, &e)) {
+        if (tk_parse(kind, reqs[i], strlen(reqs[i]), &limits, ut_model_key(model->sha256), &r, &e)) {
             status[i] = e.status;
             outs[i] = error_output(e.type, e.msg, e.details, &lens[i]);
             continue;
@@ -292,7 +292,7 @@ static void *runner_main(void *arg) {
     for (;;) {
         if (stop_requested()) break;
         char id[65];
-        int rc = db_job_next(model->sha256, id);
+        int rc = db_job_next(ut_model_key(model->sha256), id);
         if (rc == 1 && db_job_set_state(id, "running", ",queued,") == 1) {
             pthread_mutex_lock(&mu);
             memcpy(current, id, sizeof current);

@@ -4,6 +4,7 @@
  * accepting, finish in-flight requests, stop the daemon, close the database, return 0. */
 #include "cache.h"
 #include "config.h"
+#include "gemm.h"
 #include "hot.h"
 #include "http.h"
 #include "jobs.h"
@@ -36,7 +37,8 @@ static int fatal(const char *msg) {
 
 /* Returns the "model" object embedded in every prediction response. */
 static json_t *model_ref(const pf_model *m) {
-    return json_pack("{s:s, s:s, s:b}", "name", m->cfg.name, "sha256", m->sha256, "trained", m->cfg.trained);
+    return json_pack("{s:s, s:s, s:b, s:s}", "name", m->cfg.name, "sha256", m->sha256, "trained", m->cfg.trained,
+                     "precision", gm_precision_name(gm_precision()));
 }
 
 /* Returns the GET /model body (malloc'd). */
@@ -47,10 +49,10 @@ static char *model_body(const pf_model *m, const cfg *c) {
     if (!prov) prov = json_string(m->cfg.provenance);
     if (!prov) prov = json_null();
     size_t exact_max = pf_exact_max_len(m);
-    json_t *o = json_pack("{s:s, s:s, s:b, s:{s:i, s:i, s:i, s:i, s:i, s:i, s:i, s:s, s:f, s:s}, s:I, s:o, s:o, s:[s,s,s,s,s,s,s,s,s,s,s,s,s,s,s,s,s,s,s,s],"
+    json_t *o = json_pack("{s:s, s:s, s:b, s:s, s:{s:i, s:i, s:i, s:i, s:i, s:i, s:i, s:s, s:f, s:s}, s:I, s:o, s:o, s:[s,s,s,s,s,s,s,s,s,s,s,s,s,s,s,s,s,s,s,s],"
                           " s:{s:I, s:I, s:I, s:i, s:i, s:I, s:I, s:I}}",
                           "name", m->cfg.name, "sha256", m->sha256, "trained", m->cfg.trained,
-                          "config", "n_layers", m->cfg.n_layers, "d_model", m->cfg.d_model, "n_heads", m->cfg.n_heads,
+                          "precision", gm_precision_name(gm_precision()), "config", "n_layers", m->cfg.n_layers, "d_model", m->cfg.d_model, "n_heads", m->cfg.n_heads,
                           "d_ff", m->cfg.d_ff, "n_features", m->cfg.n_features, "conv_kernel", m->cfg.conv_kernel, "local_kernel", m->cfg.local_kernel, "kernel", pf_kernel_name(m->cfg.kernel),
                           "norm_eps", (double)m->cfg.norm_eps, "position", "sinusoidal",
                           "n_params", (json_int_t)m->n_params, "provenance", prov, "vocabulary", vocab,
@@ -111,6 +113,15 @@ int main(int argc, char **argv) {
     if (rc == 1) return 0;
     if (rc < 0) {
         fprintf(stderr, "performerd: error: %s\n", err);
+        return 2;
+    }
+    int precision;
+    if (gm_parse_precision(c.precision, &precision) != 0) {
+        fprintf(stderr, "performerd: error: --precision takes fp32 or bf16, not '%s'\n", c.precision);
+        return 2;
+    }
+    if (gm_set_precision(precision) != 0) {
+        fprintf(stderr, "performerd: error: --precision bf16 needs a CPU with AVX-512 BF16; use fp32\n");
         return 2;
     }
 
@@ -231,7 +242,7 @@ int main(int argc, char **argv) {
     snprintf(wk, sizeof wk, "%ld", c.workers);
     http_log("info", "listening", "bind", c.bind, "port", portbuf, "weights", c.weights, "model", m->cfg.name,
              "sha256", m->sha256, "trained", m->cfg.trained ? "true" : "false", "db", c.db, "threads", thr,
-             "workers", wk, "auth", c.api_key[0] ? "on" : "off", (char *)NULL);
+             "workers", wk, "precision", gm_precision_name(gm_precision()), "auth", c.api_key[0] ? "on" : "off", (char *)NULL);
     if (!m->cfg.trained)
         http_log("warn", "serving an UNTRAINED model (random initialisation); predictions are meaningless", (char *)NULL);
 

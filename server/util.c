@@ -1,5 +1,6 @@
 /* util.c - clocks, hex, random ids and SHA-256 helpers (see util.h). */
 #include "util.h"
+#include "gemm.h"
 
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
@@ -155,4 +156,11 @@ struct timespec ut_deadline_in(double seconds) {
     ts.tv_sec = (time_t)t;
     ts.tv_nsec = (long)((t - (double)ts.tv_sec) * 1e9);
     return ts;
+}
+
+/* The cache identity of a model's results in this process (see util.h). */
+const char *ut_model_key(const char *sha256) {
+    static _Thread_local char key[80];
+    snprintf(key, sizeof key, "%s%s", sha256, gm_precision() == GM_BF16 ? "+bf16" : "");
+    return key;
 }

@@ -21,6 +21,12 @@ void ut_random_hex(char *out, size_t n);
 /* Writes the lower-case hex SHA-256 of len bytes at data to out[65]. */
 void ut_sha256_hex(const void *data, size_t len, char out[65]);
 
+/* The identity results of the model with this weights SHA-256 are cached under in this process:
+ * the SHA-256 itself, with "+bf16" appended when the products run in bfloat16 (model/gemm.h), so
+ * the two precisions never share cached results or jobs. A per-thread buffer: use it or copy it
+ * before the thread's next call. */
+const char *ut_model_key(const char *sha256);
+
 /* Returns 1 when s is exactly 64 hex digits (either case), else 0. */
 int ut_is_hex64(const char *s);
 

@@ -131,4 +131,31 @@ print("overlap ok")
 PY
 grep -q "120 sequences" "$T/ov.err" || fail "overlap summary missing: $(cat "$T/ov.err")"
 if $BIN/performer overlap --train "$T/tiny.fasta" --fasta "$T/q.fasta" --k 13 > /dev/null 2>&1; then fail "k 13 accepted"; fi
+# 7. --precision: bf16 products train like fp32 (same losses to bfloat16 rounding) and evaluate alike
+if $BIN/performer eval --weights "$T/m.safetensors" --fasta "$T/tiny.fasta" --precision fp16 > /dev/null 2>&1; then
+    fail "--precision fp16 accepted"
+fi
+if grep -qw avx512_bf16 /proc/cpuinfo; then
+    $BIN/performer train --precision bf16 --fasta "$T/tiny.fasta" --out "$T/b.safetensors" --log "$T/b.csv" \
+        $ARCH --steps 60 --warmup 5 --lr 3e-3 --seed 9
+    $BIN/performer eval --weights "$T/m.safetensors" --fasta "$T/tiny.fasta" --seed 2 --precision bf16 > "$T/e16.json"
+    python3 - "$T/u.csv" "$T/b.csv" "$T/eval.json" "$T/e16.json" <<'PY'
+import csv, json, sys
+u = [float(r["loss"]) for r in csv.DictReader(open(sys.argv[1]))]
+b = [float(r["loss"]) for r in csv.DictReader(open(sys.argv[2]))]
+assert len(u) == len(b) == 60, (len(u), len(b))
+worst = max(abs(x - y) / x for x, y in zip(u, b))
+print(f"bf16 vs fp32 training, 60 steps: losses {u[0]:.4f} -> {u[-1]:.4f} vs {b[0]:.4f} -> {b[-1]:.4f}, worst relative step difference {worst:.2e}")
+assert worst < 0.02, worst
+assert u != b, "bf16 run identical to fp32: the precision option did nothing"
+e32, e16 = json.load(open(sys.argv[3])), json.load(open(sys.argv[4]))
+assert e32["precision"] == "fp32" and e16["precision"] == "bf16", (e32["precision"], e16["precision"])
+assert e16["residues"] == e32["residues"], (e16["residues"], e32["residues"])
+rel = abs(e16["perplexity"] - e32["perplexity"]) / e32["perplexity"]
+print(f"eval perplexity fp32 {e32['perplexity']:.4f}, bf16 {e16['perplexity']:.4f}")
+assert rel < 0.01, rel
+PY
+else
+    echo "no AVX-512 BF16 here: bf16 training not checked"
+fi
 echo "train tests ok"

@@ -1,0 +1,214 @@
+/* gemm.c - see gemm.h. The bf16 product is a Goto-style blocked GEMM:
+ *
+ *   for each block of KC rows of the reduction (K):
+ *     pack op(B)[kc, N] into panels of NR = 32 columns: [panel][k/2][32] pairs of bf16 (one dword
+ *       holds the values at k and k+1 of one column, the operand layout of VDPBF16PS);
+ *     pack op(A)[M, kc] into panels of MR = 14 rows: [panel][k/2][14] pairs;
+ *     for every (block of MC_PANELS A panels, B panel) tile, in parallel: the 14 x 32 micro-kernel
+ *       keeps 28 float32 accumulators in registers over the kc/2 pairs and stores
+ *       alpha * acc + beta * C (the first K block) or C + alpha * acc (the next ones).
+ *
+ * Odd K, partial panels and partial tiles are zero-padded in the packs and masked in the stores,
+ * so any M, N, K >= 0, leading dimension and transpose is valid. The packing converts float32 to
+ * bf16 with VCVTNEPS2BF16 (round to nearest even). Threads: OpenMP over the tiles; the result does
+ * not depend on the thread count (each C element is summed by one thread, in K order). */
+#include "gemm.h"
+
+#include <immintrin.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include <cblas.h>
+
+#define MR 14                   /* rows of A per micro-kernel (28 accumulators + 3 operands) */
+#define NR 32                   /* columns of B per micro-kernel (two zmm) */
+#define KC 256                  /* reduction block: a B panel of KC/2 x 32 dwords is 16 KiB (L1) */
+#define MC_PANELS 16            /* A panels per tile: 224 rows x KC = 112 KiB (L2) */
+#define GM_PAR_MIN (1 << 20)    /* multiply-adds below which the product runs on one thread */
+
+static int gm_mode = GM_FP32;
+
+#define BF16_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16")))
+
+/* 1 when this CPU executes AVX-512 BF16 (and AVX-512 BW/VL), else 0. */
+int gm_bf16_supported(void) {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bf16");
+}
+
+/* Sets the process's precision; -1 (unchanged) for an unknown value or unsupported bf16. */
+int gm_set_precision(int precision) {
+    if (precision != GM_FP32 && precision != GM_BF16) return -1;
+    if (precision == GM_BF16 && !gm_bf16_supported()) return -1;
+    gm_mode = precision;
+    return 0;
+}
+
+/* The current precision. */
+int gm_precision(void) { return gm_mode; }
+
+/* Parses a precision name; 0 or -1. */
+int gm_parse_precision(const char *s, int *precision) {
+    if (!s) return -1;
+    if (!strcasecmp(s, "fp32") || !strcasecmp(s, "float32")) *precision = GM_FP32;
+    else if (!strcasecmp(s, "bf16") || !strcasecmp(s, "bfloat16")) *precision = GM_BF16;
+    else return -1;
+    return 0;
+}
+
+/* The name of a precision. */
+const char *gm_precision_name(int precision) { return precision == GM_BF16 ? "bf16" : "fp32"; }
+
+static CBLAS_TRANSPOSE cb(int t) { return t ? CblasTrans : CblasNoTrans; }
+
+/* Row-major C = alpha op(A) op(B) + beta C in the process's precision. */
+void gm_sgemm(int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda,
+              const float *B, int ldb, float beta, float *C, int ldc) {
+    if (gm_mode == GM_BF16) {
+        gm_sgemm_bf16(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+        return;
+    }
+    cblas_sgemm(CblasRowMajor, cb(ta), cb(tb), M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+}
+
+/* Packs rows [r0, r0 + R) x k [k0, k0 + kc) of a matrix whose k runs contiguously along a row
+ * (element (r, k) at src[r * ld + k]) into one panel dst[kc2][R] of bf16 pairs; rows >= rows and
+ * k >= kc are zero. */
+BF16_TARGET static void pack_kcontig(uint32_t *dst, const float *src, long ld, int rows, int r0,
+                                     int k0, int kc, int R) {
+    const int kc2 = (kc + 1) / 2;
+    const __m512i idx = _mm512_mullo_epi32(_mm512_set1_epi32(R),
+                                           _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10,
+                                                             11, 12, 13, 14, 15));
+    if (r0 + R > rows) memset(dst, 0, sizeof(uint32_t) * (size_t)kc2 * R);
+    for (int i = 0; i < R && r0 + i < rows; i++) {
+        const float *s = src + (long)(r0 + i) * ld + k0;
+        for (int k = 0; k < kc; k += 32) {
+            const int n = kc - k < 32 ? kc - k : 32;
+            const __mmask16 mlo = (__mmask16)(n >= 16 ? 0xffff : (1u << n) - 1);
+            const __mmask16 mhi = (__mmask16)(n <= 16 ? 0 : n >= 32 ? 0xffff : (1u << (n - 16)) - 1);
+            const __m512 lo = _mm512_maskz_loadu_ps(mlo, s + k);
+            const __m512 hi = _mm512_maskz_loadu_ps(mhi, s + k + 16);
+            const __m512i p = (__m512i)_mm512_cvtne2ps_pbh(hi, lo);
+            const int np = (n + 1) / 2;
+            const __mmask16 mp = (__mmask16)(np >= 16 ? 0xffff : (1u << np) - 1);
+            _mm512_mask_i32scatter_epi32(dst + (size_t)(k / 2) * R + i, mp, idx, p, 4);
+        }
+    }
+}
+
+/* Packs rows [r0, r0 + R) x k [k0, k0 + kc) of a matrix stored k-major (element (r, k) at
+ * src[k * ld + r]) into one panel dst[kc2][R] of bf16 pairs; rows >= rows and k >= kc are zero. */
+BF16_TARGET static void pack_kstrided(uint32_t *dst, const float *src, long ld, int rows, int r0,
+                                      int k0, int kc, int R) {
+    const int kc2 = (kc + 1) / 2;
+    for (int k2 = 0; k2 < kc2; k2++) {
+        const float *s0 = src + (long)(k0 + 2 * k2) * ld + r0;
+        const float *s1 = s0 + ld;
+        const int have1 = 2 * k2 + 1 < kc;
+        uint32_t *d = dst + (size_t)k2 * R;
+        for (int i = 0; i < R; i += 16) {
+            const int nr = rows - r0 - i;   /* valid source rows from here on */
+            const int nd = R - i < 16 ? R - i : 16;
+            const int nv = nr <= 0 ? 0 : nr < nd ? nr : nd;
+            const __mmask16 mv = (__mmask16)(nv >= 16 ? 0xffff : (1u << nv) - 1);
+            const __mmask16 md = (__mmask16)(nd >= 16 ? 0xffff : (1u << nd) - 1);
+            const __m512 a = _mm512_maskz_loadu_ps(mv, s0 + i);
+            const __m512 b = have1 ? _mm512_maskz_loadu_ps(mv, s1 + i) : _mm512_setzero_ps();
+            const __m512i lo = _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(a));
+            const __m512i hi = _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(b));
+            _mm512_mask_storeu_epi32(d + i, md, _mm512_or_si512(lo, _mm512_slli_epi32(hi, 16)));
+        }
+    }
+}
+
+/* The 14 x 32 micro-kernel: acc = sum over kc2 pairs of a[k2][14] x b[k2][32]; stores rows < mr,
+ * columns < nc of C as alpha * acc + beta * C (first: the first K block; beta 0 reads no C) or
+ * C + alpha * acc. */
+BF16_TARGET static void kernel_14x32(int kc2, const uint32_t *a, const uint32_t *b, float *c,
+                                     long ldc, int mr, int nc, float alpha, float beta,
+                                     int first) {
+    __m512 acc[MR][2];
+    for (int i = 0; i < MR; i++) acc[i][0] = acc[i][1] = _mm512_setzero_ps();
+    for (int k2 = 0; k2 < kc2; k2++) {
+        const __m512bh b0 = (__m512bh)_mm512_load_si512(b + (size_t)k2 * NR);
+        const __m512bh b1 = (__m512bh)_mm512_load_si512(b + (size_t)k2 * NR + 16);
+        const uint32_t *ak = a + (size_t)k2 * MR;
+        #pragma GCC unroll 14
+        for (int i = 0; i < MR; i++) {
+            const __m512bh av = (__m512bh)_mm512_set1_epi32((int)ak[i]);
+            acc[i][0] = _mm512_dpbf16_ps(acc[i][0], av, b0);
+            acc[i][1] = _mm512_dpbf16_ps(acc[i][1], av, b1);
+        }
+    }
+    const __mmask16 m0 = (__mmask16)(nc >= 16 ? 0xffff : (1u << nc) - 1);
+    const __mmask16 m1 = (__mmask16)(nc <= 16 ? 0 : nc >= 32 ? 0xffff : (1u << (nc - 16)) - 1);
+    const __m512 va = _mm512_set1_ps(alpha), vb = _mm512_set1_ps(first ? beta : 1.0f);
+    const int read = !first || beta != 0.0f;
+    for (int i = 0; i < MR && i < mr; i++) {
+        float *ci = c + (long)i * ldc;
+        __m512 r0 = _mm512_mul_ps(va, acc[i][0]), r1 = _mm512_mul_ps(va, acc[i][1]);
+        if (read) {
+            r0 = _mm512_fmadd_ps(vb, _mm512_maskz_loadu_ps(m0, ci), r0);
+            r1 = _mm512_fmadd_ps(vb, _mm512_maskz_loadu_ps(m1, ci + 16), r1);
+        }
+        _mm512_mask_storeu_ps(ci, m0, r0);
+        _mm512_mask_storeu_ps(ci + 16, m1, r1);
+    }
+}
+
+/* gm_sgemm in bf16 with float32 accumulation, whatever the process's precision. */
+BF16_TARGET void gm_sgemm_bf16(int ta, int tb, int M, int N, int K, float alpha, const float *A,
+                               int lda, const float *B, int ldb, float beta, float *C, int ldc) {
+    if (M <= 0 || N <= 0) return;
+    if (K <= 0 || alpha == 0.0f) {   /* C = beta C, as BLAS does */
+        for (int i = 0; i < M; i++)
+            for (int j = 0; j < N; j++)
+                C[(long)i * ldc + j] = beta == 0.0f ? 0.0f : beta * C[(long)i * ldc + j];
+        return;
+    }
+    const int npa = (M + MR - 1) / MR, npb = (N + NR - 1) / NR;
+    const int kcmax = K < KC ? K : KC, kc2max = (kcmax + 1) / 2;
+    const int nblk = (npa + MC_PANELS - 1) / MC_PANELS, ntiles = nblk * npb;
+    uint32_t *ap = aligned_alloc(64, ((sizeof(uint32_t) * (size_t)npa * MR * kc2max) + 63) & ~(size_t)63);
+    uint32_t *bp = aligned_alloc(64, ((sizeof(uint32_t) * (size_t)npb * NR * kc2max) + 63) & ~(size_t)63);
+    if (!ap || !bp) {   /* out of memory for the packs: the float32 product needs none */
+        free(ap);
+        free(bp);
+        cblas_sgemm(CblasRowMajor, cb(ta), cb(tb), M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+        return;
+    }
+    const int par = (double)M * N * K > GM_PAR_MIN;
+    #pragma omp parallel if (par)
+    for (int k0 = 0; k0 < K; k0 += KC) {
+        const int kc = K - k0 < KC ? K - k0 : KC, kc2 = (kc + 1) / 2;
+        #pragma omp for schedule(static)
+        for (int p = 0; p < npb; p++) {
+            uint32_t *d = bp + (size_t)p * NR * kc2;
+            if (tb) pack_kcontig(d, B, ldb, N, p * NR, k0, kc, NR);
+            else pack_kstrided(d, B, ldb, N, p * NR, k0, kc, NR);
+        }
+        #pragma omp for schedule(static)
+        for (int p = 0; p < npa; p++) {
+            uint32_t *d = ap + (size_t)p * MR * kc2;
+            if (ta) pack_kstrided(d, A, lda, M, p * MR, k0, kc, MR);
+            else pack_kcontig(d, A, lda, M, p * MR, k0, kc, MR);
+        }
+        #pragma omp for schedule(static)
+        for (int t = 0; t < ntiles; t++) {
+            const int blk = t / npb, pb = t % npb;
+            const int pa1 = (blk + 1) * MC_PANELS < npa ? (blk + 1) * MC_PANELS : npa;
+            const int n0 = pb * NR, nc = N - n0 < NR ? N - n0 : NR;
+            for (int pa = blk * MC_PANELS; pa < pa1; pa++) {
+                const int m0 = pa * MR, mr = M - m0 < MR ? M - m0 : MR;
+                kernel_14x32(kc2, ap + (size_t)pa * MR * kc2, bp + (size_t)pb * NR * kc2,
+                             C + (long)m0 * ldc + n0, ldc, mr, nc, alpha, beta, k0 == 0);
+            }
+        }
+    }
+    free(ap);
+    free(bp);
+}

@@ -1,0 +1,42 @@
+/* gemm.h - the matrix products of the model: OpenBLAS sgemm (float32, the default) or a bfloat16
+ * product with float32 accumulation (AVX-512 BF16, VDPBF16PS) selected once per process.
+ *
+ * The bf16 mode rounds both operands to bfloat16 (8-bit mantissa, round to nearest even) and
+ * accumulates their products in float32: the same arithmetic as PyTorch's autocast on CPU. It is
+ * about twice the float32 throughput of the same cores; the rounding changes outputs by about 0.3%
+ * of their size (measured figures: weights/MODEL_CARD.md, bench/RESULTS.md). Without AVX-512 BF16
+ * in the CPU, gm_set_precision(GM_BF16) fails and the process stays in float32. */
+#ifndef PF_GEMM_H
+#define PF_GEMM_H
+
+enum { GM_FP32 = 0, GM_BF16 = 1 };
+
+/* 1 when this CPU executes AVX-512 BF16 (and AVX-512 BW/VL), else 0. */
+int gm_bf16_supported(void);
+
+/* Sets the precision of every later gm_sgemm in this process (GM_FP32 or GM_BF16). Returns 0, or
+ * -1 (precision unchanged) for an unknown value or GM_BF16 on a CPU without AVX-512 BF16. Call it
+ * before any thread runs products (start-up). */
+int gm_set_precision(int precision);
+
+/* The current precision (GM_FP32 unless gm_set_precision changed it). */
+int gm_precision(void);
+
+/* Parses "fp32"/"float32" or "bf16"/"bfloat16" into *precision; 0, or -1 for anything else. */
+int gm_parse_precision(const char *s, int *precision);
+
+/* The name of a precision ("fp32" or "bf16"). */
+const char *gm_precision_name(int precision);
+
+/* Row-major C[M,N] = alpha * op(A)[M,K] op(B)[K,N] + beta * C, exactly cblas_sgemm(CblasRowMajor,
+ * ...) with ta/tb 0 (no transpose) or 1 (transpose): op(A) is A[M,lda] or A^T of A[K,lda], op(B)
+ * B[K,ldb] or B^T of B[N,ldb]. Runs in the process's precision; beta 0 never reads C. */
+void gm_sgemm(int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda,
+              const float *B, int ldb, float beta, float *C, int ldc);
+
+/* gm_sgemm always in bf16 (the CPU must support it: gm_bf16_supported()), whatever the process's
+ * precision; for tests and benchmarks. */
+void gm_sgemm_bf16(int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda,
+                   const float *B, int ldb, float beta, float *C, int ldc);
+
+#endif

@@ -1,0 +1,161 @@
+/* test_gemm.c - model/gemm.h: the bf16 product against a double-precision product of the same
+ * bf16-rounded operands, for every transpose, odd and edge sizes (partial panels, odd K, K over
+ * one block), padded leading dimensions, alpha and beta (beta 0 must not read C: NaNs there are
+ * ignored), untouched padding columns, the same bits on 1 and 2 threads, and the precision switch
+ * (fp32 mode is cblas_sgemm exactly). Exits 77 (skip) after the fp32 checks on a CPU without
+ * AVX-512 BF16. */
+#include "gemm.h"
+#include "testutil.h"
+
+#include <cblas.h>
+#include <omp.h>
+#include <stdint.h>
+
+/* Rounds a float to bfloat16 (nearest even) and back, as VCVTNEPS2BF16 does for normal values. */
+static float bf(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    u += 0x7fffu + ((u >> 16) & 1u);
+    u &= 0xffff0000u;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+static float urand(uint64_t *s) {
+    *s = *s * 6364136223846793005ULL + 1442695040888963407ULL;
+    return (float)((*s >> 40) & 0xffffff) / 16777216.0f - 0.5f;
+}
+
+/* Checks one product of the given shape against the reference; returns the max relative error. */
+static double check_one(int ta, int tb, int M, int N, int K, float alpha, float beta, uint64_t seed) {
+    const int lda = (ta ? M : K) + 3, ldb = (tb ? K : N) + 5, ldc = N + 7;
+    const int ar = ta ? K : M, br = tb ? N : K;
+    float *A = malloc(sizeof(float) * ((size_t)ar * lda + 1));
+    float *B = malloc(sizeof(float) * ((size_t)br * ldb + 1));
+    float *C = malloc(sizeof(float) * ((size_t)M * ldc + 1));
+    float *C0 = malloc(sizeof(float) * ((size_t)M * ldc + 1));
+    for (size_t i = 0; i < (size_t)ar * lda; i++) A[i] = urand(&seed);
+    for (size_t i = 0; i < (size_t)br * ldb; i++) B[i] = urand(&seed);
+    for (size_t i = 0; i < (size_t)M * ldc; i++)
+        C0[i] = (i % ldc) >= (size_t)N ? 1234.5f : beta == 0.0f ? NAN : urand(&seed);
+    memcpy(C, C0, sizeof(float) * (size_t)M * ldc);
+    gm_sgemm_bf16(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+    double worst = 0;
+    int bad_pad = 0, bad_val = 0;
+    for (int i = 0; i < M; i++) {
+        for (int j = 0; j < ldc; j++) {
+            const float got = C[(size_t)i * ldc + j];
+            if (j >= N) { bad_pad += got != 1234.5f; continue; }
+            double ref = 0, mag = 0;
+            for (int k = 0; k < K; k++) {
+                const double a = bf(ta ? A[(size_t)k * lda + i] : A[(size_t)i * lda + k]);
+                const double b = bf(tb ? B[(size_t)j * ldb + k] : B[(size_t)k * ldb + j]);
+                ref += a * b;
+                mag += fabs(a * b);
+            }
+            ref *= alpha;
+            mag *= fabs(alpha);
+            if (beta != 0.0f) {
+                ref += (double)beta * C0[(size_t)i * ldc + j];
+                mag += fabs((double)beta * C0[(size_t)i * ldc + j]);
+            }
+            const double err = fabs(got - ref) / (mag + 1e-30);
+            if (!(err <= worst)) worst = err;   /* NaN makes it infinite */
+            if (!(err <= 1e-5)) bad_val++;
+        }
+    }
+    CHECKF(bad_val == 0 && bad_pad == 0,
+           "ta %d tb %d M %d N %d K %d alpha %g beta %g: %d values off (worst relative %g), "
+           "%d padding values changed", ta, tb, M, N, K, alpha, beta, bad_val, worst, bad_pad);
+    free(A); free(B); free(C); free(C0);
+    return worst;
+}
+
+int main(void) {
+    int prec = -1;
+    CHECK(gm_precision() == GM_FP32);
+    CHECK(gm_parse_precision("bf16", &prec) == 0 && prec == GM_BF16);
+    CHECK(gm_parse_precision("BFloat16", &prec) == 0 && prec == GM_BF16);
+    CHECK(gm_parse_precision("fp32", &prec) == 0 && prec == GM_FP32);
+    CHECK(gm_parse_precision("fp16", &prec) == -1 && gm_parse_precision(NULL, &prec) == -1);
+    CHECK(gm_set_precision(7) == -1 && gm_precision() == GM_FP32);
+    CHECK(!strcmp(gm_precision_name(GM_BF16), "bf16") && !strcmp(gm_precision_name(GM_FP32), "fp32"));
+
+    /* fp32 mode: exactly cblas_sgemm */
+    {
+        uint64_t s = 5;
+        const int M = 37, N = 45, K = 70;
+        float *A = malloc(sizeof(float) * M * K), *B = malloc(sizeof(float) * K * N);
+        float *C1 = calloc((size_t)M * N, sizeof(float)), *C2 = calloc((size_t)M * N, sizeof(float));
+        for (int i = 0; i < M * K; i++) A[i] = urand(&s);
+        for (int i = 0; i < K * N; i++) B[i] = urand(&s);
+        gm_sgemm(0, 0, M, N, K, 0.7f, A, K, B, N, 0.0f, C1, N);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, M, N, K, 0.7f, A, K, B, N, 0.0f, C2, N);
+        CHECK(memcmp(C1, C2, sizeof(float) * M * N) == 0);
+        free(A); free(B); free(C1); free(C2);
+    }
+
+    if (!gm_bf16_supported()) {
+        CHECK(gm_set_precision(GM_BF16) == -1 && gm_precision() == GM_FP32);
+        printf("SKIP this CPU has no AVX-512 BF16 (fp32 checks: %d, %d failed)\n", tu_checks, tu_failures);
+        return tu_failures ? 1 : 77;
+    }
+
+    /* shapes: single elements, partial and full panels (MR 14, NR 32), odd K, K over one block
+     * (256), several A blocks (224 rows) */
+    static const int shapes[][3] = {
+        {1, 1, 1}, {1, 33, 2}, {14, 32, 256}, {15, 33, 257}, {13, 31, 7}, {29, 65, 513},
+        {100, 20, 600}, {238, 70, 300}, {3, 100, 1}, {450, 40, 64}, {20, 256, 1030},
+    };
+    static const float ab[][2] = { {1.0f, 0.0f}, {0.5f, 1.0f}, {-2.0f, -0.5f} };
+    double worst = 0;
+    uint64_t seed = 1;
+    for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++)
+        for (int t = 0; t < 4; t++)
+            for (int c = 0; c < 3; c++) {
+                double w = check_one(t >> 1, t & 1, shapes[si][0], shapes[si][1], shapes[si][2],
+                                     ab[c][0], ab[c][1], seed++);
+                if (w > worst) worst = w;
+            }
+    printf("bf16 product vs double product of the rounded operands: worst relative error %.3g\n",
+           worst);
+
+    /* K = 0 scales C by beta; alpha 0 likewise */
+    {
+        float c[4] = { 1, 2, 3, 4 }, a = 1, b = 1;
+        gm_sgemm_bf16(0, 0, 2, 2, 0, 1.0f, &a, 1, &b, 2, 0.5f, c, 2);
+        CHECK(c[0] == 0.5f && c[3] == 2.0f);
+    }
+
+    /* the same bits on one thread and on two */
+    {
+        uint64_t s = 9;
+        const int M = 700, N = 300, K = 600;
+        float *A = malloc(sizeof(float) * M * K), *B = malloc(sizeof(float) * N * K);
+        float *C1 = malloc(sizeof(float) * M * N), *C2 = malloc(sizeof(float) * M * N);
+        for (int i = 0; i < M * K; i++) A[i] = urand(&s);
+        for (int i = 0; i < N * K; i++) B[i] = urand(&s);
+        omp_set_num_threads(1);
+        gm_sgemm_bf16(0, 1, M, N, K, 1.0f, A, K, B, K, 0.0f, C1, N);
+        omp_set_num_threads(2);
+        gm_sgemm_bf16(0, 1, M, N, K, 1.0f, A, K, B, K, 0.0f, C2, N);
+        CHECK(memcmp(C1, C2, sizeof(float) * M * N) == 0);
+
+        /* the switch: gm_sgemm follows the process's precision */
+        CHECK(gm_set_precision(GM_BF16) == 0 && gm_precision() == GM_BF16);
+        gm_sgemm(0, 1, M, N, K, 1.0f, A, K, B, K, 0.0f, C2, N);
+        CHECK(memcmp(C1, C2, sizeof(float) * M * N) == 0);
+        /* and differs from float32 by the rounding of the operands, about 2^-9 relative */
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, N, K, 1.0f, A, K, B, K, 0.0f, C2, N);
+        double md = 0, mref = 0;
+        for (int i = 0; i < M * N; i++) {
+            if (fabs(C1[i] - C2[i]) > md) md = fabs(C1[i] - C2[i]);
+            if (fabs(C2[i]) > mref) mref = fabs(C2[i]);
+        }
+        printf("bf16 vs float32 product: max abs diff %.3g (max |C| %.3g)\n", md, mref);
+        CHECK(md > 0 && md < 0.02 * mref);
+        CHECK(gm_set_precision(GM_FP32) == 0 && gm_precision() == GM_FP32);
+        free(A); free(B); free(C1); free(C2);
+    }
+    return TEST_DONE();
+}
