@@ -7,6 +7,7 @@
  *   bench_forward forward --weights F --kernel K --len L [--batch B] [--threads N]
  *                 [--warmup N] [--min-reps N] [--max-reps N] [--min-time S] [--single-over S]
  *                 [--seed S] [--tokens-out F] [--logp-out F] [--exact-limit-mb MB]
+ *                 [--precision fp32|bf16]
  *       Runs pf_forward on B random sequences of L framed positions (<cls> + L-2 standard
  *       residues + <eos>) with warm-up and repeats; reports median/min/max seconds, the matmul
  *       FLOPs of one forward (weights/FORMAT.md shapes), GFLOP/s, and memory: VmRSS after loading
@@ -16,9 +17,16 @@
  *       --tokens-out writes the int32 tokens [B*L], --logp-out the float32 log-probs [B*L*20]
  *       of the last run (for the PyTorch agreement check in bench_torch.py). --exact-limit-mb
  *       changes the exact kernel's L x L memory limit (default: the library's, 1 GiB).
+ *       --precision (default fp32) sets the weight products' precision (gm_set_precision, as
+ *       `performer --precision` does) before the model runs; bf16 on a CPU without AVX-512 BF16
+ *       fails with exit 2. The JSON line always says "precision".
  *   bench_forward sgemm [--threads N] [--n 2048] [--reps 5] [--shapes-T T] [--d D --d-ff F]
  *       Best-of-reps GFLOP/s of an n x n x n cblas_sgemm (the machine's sgemm peak), and of the
- *       model's own linear-layer shapes at T tokens (what a forward pass can reach at best).
+ *       model's own linear-layer shapes at T tokens (what a forward pass can reach at best). When
+ *       the CPU has AVX-512 BF16 (gm_bf16_supported()), the same products again with
+ *       gm_sgemm_bf16 (bf16 operands, float32 accumulation): "bf16_gflops" on every line (the
+ *       n^3 one is the bf16 peak) and "bf16_frac_of_bf16_peak" on the shape lines;
+ *       "bf16_supported" on the n^3 line says whether they were measured.
  *   bench_forward dwconv [--threads N] [--batch B] [--len L] [--d C] [--conv K] [--reps 21]
  *                 [--seed S]
  *       The q/k/v depthwise convolution alone (dwconv_forward, dwconv_backward) on random data:
@@ -26,6 +34,7 @@
  *       K (15); median/min seconds of reps runs after one warm-up, and GFLOP/s counting
  *       2 N C K FLOPs forward and 4 N C K backward (dinp and dw).
  */
+#include "gemm.h"
 #include "model.h"
 #include "ops.h"
 #include "tokenizer.h"
@@ -93,7 +102,7 @@ static void usage(void) {
             "       bench_forward forward --weights F --kernel K --len L [--batch B] [--threads N]\n"
             "                     [--warmup N] [--min-reps N] [--max-reps N] [--min-time S]\n"
             "                     [--single-over S] [--seed S] [--tokens-out F] [--logp-out F]\n"
-            "                     [--exact-limit-mb MB]\n"
+            "                     [--exact-limit-mb MB] [--precision fp32|bf16]\n"
             "       bench_forward sgemm [--threads N] [--n 2048] [--reps 5] [--shapes-T T]\n"
             "                     [--d D] [--d-ff F]\n"
             "       bench_forward dwconv [--threads N] [--batch B] [--len L] [--d C] [--conv K]\n"
@@ -157,8 +166,9 @@ static int mode_info(int threads) {
     return 0;
 }
 
-/* Times one cblas_sgemm(RowMajor, ta, tb, M, N, K) best of reps; returns GFLOP/s. */
-static double time_sgemm(int ta, int M, int N, int K, int reps, int tb) {
+/* Times one cblas_sgemm(RowMajor, ta, tb, M, N, K) (bf16 = 0) or gm_sgemm_bf16 of the same
+ * product (bf16 = 1) best of reps; returns GFLOP/s. */
+static double time_sgemm(int ta, int M, int N, int K, int reps, int tb, int bf16) {
     float *A = malloc(sizeof(float) * (size_t)M * K);
     float *Bm = malloc(sizeof(float) * (size_t)K * N);
     float *C = malloc(sizeof(float) * (size_t)M * N);
@@ -170,8 +180,11 @@ static double time_sgemm(int ta, int M, int N, int K, int reps, int tb) {
     double best = 1e30;
     for (int r = 0; r < reps + 1; r++) {    /* the first run is a warm-up */
         double t0 = now_s();
-        cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans,
-                    M, N, K, 1.0f, A, lda, Bm, ldb, 0.0f, C, N);
+        if (bf16)
+            gm_sgemm_bf16(ta, tb, M, N, K, 1.0f, A, lda, Bm, ldb, 0.0f, C, N);
+        else
+            cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans,
+                        M, N, K, 1.0f, A, lda, Bm, ldb, 0.0f, C, N);
         double t = now_s() - t0;
         if (r > 0 && t < best) best = t;
     }
@@ -182,10 +195,14 @@ static double time_sgemm(int ta, int M, int N, int K, int reps, int tb) {
 static int mode_sgemm(int threads, int n, int reps, int T, int d, int F) {
     pf_set_threads(threads);
     rng_state = 12345;
-    double peak = time_sgemm(0, n, n, n, reps, 0);
+    const int bf = gm_bf16_supported();
+    double peak = time_sgemm(0, n, n, n, reps, 0, 0);
+    double bpeak = bf ? time_sgemm(0, n, n, n, reps, 0, 1) : 0;
     printf("{\"bench\":\"sgemm\",\"threads\":%d,\"n\":%d,\"reps\":%d,\"gflops\":%.2f,\"openblas_core\":",
            threads, n, reps, peak);
     json_str(openblas_get_corename());
+    printf(",\"bf16_supported\":%s", bf ? "true" : "false");
+    if (bf) printf(",\"bf16_gflops\":%.2f", bpeak);
     printf("}\n");
     fflush(stdout);
     if (T > 0) {
@@ -193,10 +210,15 @@ static int mode_sgemm(int threads, int n, int reps, int T, int d, int F) {
         struct { const char *name; int C, OC; } s[] = {
             { "qkvo", d, d }, { "fc1", d, F }, { "fc2", F, d }, { "head", d, TOK_NRES } };
         for (size_t i = 0; i < sizeof s / sizeof s[0]; i++) {
-            double g = time_sgemm(0, T, s[i].OC, s[i].C, reps, 1);
+            double g = time_sgemm(0, T, s[i].OC, s[i].C, reps, 1, 0);
             printf("{\"bench\":\"sgemm_shape\",\"threads\":%d,\"layer\":\"%s\",\"M\":%d,\"N\":%d,\"K\":%d,"
-                   "\"gflops\":%.2f,\"frac_of_peak\":%.4f}\n", threads, s[i].name, T, s[i].OC, s[i].C, g,
+                   "\"gflops\":%.2f,\"frac_of_peak\":%.4f", threads, s[i].name, T, s[i].OC, s[i].C, g,
                    g / peak);
+            if (bf) {
+                double gb = time_sgemm(0, T, s[i].OC, s[i].C, reps, 1, 1);
+                printf(",\"bf16_gflops\":%.2f,\"bf16_frac_of_bf16_peak\":%.4f", gb, gb / bpeak);
+            }
+            printf("}\n");
             fflush(stdout);
         }
     }
@@ -257,6 +279,7 @@ int main(int argc, char **argv) {
     if (argc < 2) usage();
     const char *mode = argv[1];
     const char *weights = "weights/model.safetensors", *kname = NULL, *tok_out = NULL, *logp_out = NULL;
+    const char *prec_name = NULL;
     int L = 0, B = 1, threads = 2, warmup = 1, min_reps = 3, max_reps = 50, n = 2048, reps = 5;
     int shapesT = 0, d = 256, F = 1024, conv = 15;
     double min_time = 2.0, single_over = 5.0, exact_limit_mb = 0;
@@ -285,9 +308,11 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--d-ff")) F = atoi(v);
         else if (!strcmp(a, "--conv")) conv = atoi(v);
         else if (!strcmp(a, "--exact-limit-mb")) exact_limit_mb = atof(v);
+        else if (!strcmp(a, "--precision")) prec_name = v;
         else usage();
     }
     if (threads < 1) threads = 1;
+    if (prec_name && strcmp(mode, "forward") != 0) usage();   /* only the forward pass takes it */
     if (!strcmp(mode, "info")) return mode_info(threads);
     if (!strcmp(mode, "sgemm")) {
         if (n < 1 || reps < 1) usage();
@@ -305,6 +330,16 @@ int main(int argc, char **argv) {
                            reps_given ? reps : 21, seed);
     }
     if (strcmp(mode, "forward") != 0 || L < 3 || B < 1 || max_reps < 1) usage();
+    int prec = GM_FP32;
+    if (prec_name && gm_parse_precision(prec_name, &prec) != 0) {
+        fprintf(stderr, "bench_forward: --precision takes fp32 or bf16, not %s\n", prec_name);
+        return 2;
+    }
+    if (gm_set_precision(prec) != 0) {
+        fprintf(stderr, "bench_forward: --precision bf16 needs a CPU with AVX-512 BF16 "
+                "(gm_bf16_supported() is 0 here); use fp32\n");
+        return 2;
+    }
 
     char err[512];
     pf_set_threads(threads);
@@ -337,9 +372,10 @@ int main(int argc, char **argv) {
     flops_t fl = forward_flops(&m->cfg, k, L, B);
 
     printf("{\"bench\":\"forward\",\"kernel\":\"%s\",\"L\":%d,\"batch\":%d,\"threads\":%d,"
-           "\"n_layers\":%d,\"d_model\":%d,\"n_heads\":%d,\"d_ff\":%d,\"n_features\":%d,",
-           pf_kernel_name(k), L, B, threads, m->cfg.n_layers, m->cfg.d_model, m->cfg.n_heads,
-           m->cfg.d_ff, m->cfg.n_features);
+           "\"precision\":\"%s\",\"n_layers\":%d,\"d_model\":%d,\"n_heads\":%d,\"d_ff\":%d,"
+           "\"n_features\":%d,",
+           pf_kernel_name(k), L, B, threads, gm_precision_name(gm_precision()), m->cfg.n_layers,
+           m->cfg.d_model, m->cfg.n_heads, m->cfg.d_ff, m->cfg.n_features);
 
     double *times = malloc(sizeof(double) * (size_t)(max_reps + warmup + 1));
     int nt = 0;

@@ -7,7 +7,8 @@ Prints one JSON object per line on stdout (bench/report.py reads them).
       torch version, threads, the BLAS library torch uses and its OpenBLAS core.
 
   bench_torch.py forward --weights F --tokens F.i32 --len L --batch B [--kernel K]
-                         [--logp-ref F.f32] [--threads N] [--impl reference,batched]
+                         [--logp-ref F.f32] [--tol T] [--logp-ref-bf16 F.f32] [--tol-bf16 T]
+                         [--threads N] [--impl reference,batched]
                          [--min-reps N] [--min-time S] [--single-over S]
       Loads F with tests/reference/performer_ref.py's reader into a float32 model and times the
       forward pass of the B x L tokens that bench_forward wrote (--tokens-out), with the same
@@ -16,7 +17,12 @@ Prints one JSON object per line on stdout (bench/report.py reads them).
                    one sequence and one head at a time)
         batched    the same operations vectorised over batch and heads (torch.nn.functional),
                    what an idiomatic PyTorch implementation does - a stronger baseline
-      Every timed run's log-probs are compared with the C program's (--logp-ref): max |diff|.
+      Every timed run's log-probs are compared with the C program's (--logp-ref): max |diff|,
+      agreement within --tol (1e-3), and top-1 agreement (the fraction of positions whose most
+      likely residue is the same). --logp-ref-bf16 gives the log-probs of the C program run with
+      --precision bf16 on the same tokens: the same PyTorch (float32) outputs are compared with
+      them too ("*_bf16" keys) within the looser --tol-bf16 (5e-2), since bf16 rounds the weight
+      products' operands to 8 mantissa bits.
 
   bench_torch.py train --weights F --fasta F [--steps N] [--skip N] [--crop 512]
                        [--batch-tokens 8192] [--threads N] [--impl reference,batched] [--seed S]
@@ -220,9 +226,14 @@ def cmd_forward(a):
     if tok.numel() != a.len * a.batch:
         sys.exit("bench_torch: %s has %d tokens, expected %d x %d" % (a.tokens, tok.numel(), a.batch, a.len))
     tok = tok.view(a.batch, a.len)
-    refp = None
-    if a.logp_ref:
-        refp = torch.from_numpy(np.fromfile(a.logp_ref, dtype="<f4")).view(a.batch, a.len, ref.NRES)
+    def load_ref(path):
+        x = np.fromfile(path, dtype="<f4")
+        if x.size != a.batch * a.len * ref.NRES:
+            sys.exit("bench_torch: %s has %d floats, expected %d x %d x %d" % (
+                path, x.size, a.batch, a.len, ref.NRES))
+        return torch.from_numpy(x).view(a.batch, a.len, ref.NRES)
+    refp = load_ref(a.logp_ref) if a.logp_ref else None
+    refb = load_ref(a.logp_ref_bf16) if a.logp_ref_bf16 else None
     for impl in a.impl.split(","):
         with torch.no_grad():
             times, first, outs = time_loop(lambda: run_impl(model, impl, tok, kernel),
@@ -238,7 +249,20 @@ def cmd_forward(a):
             rec["max_abs_diff_logp"] = max(diffs)
             rec["agree_tol"] = a.tol
             rec["agree"] = bool(max(diffs) <= a.tol)
+            rec["top1_agree"] = min(top1(o, refp) for o in outs)
+        if refb is not None:
+            diffs = [float((o.float() - refb).abs().max()) for o in outs]
+            rec["max_abs_diff_logp_bf16"] = max(diffs)
+            rec["mean_abs_diff_logp_bf16"] = max(float((o.float() - refb).abs().mean()) for o in outs)
+            rec["agree_tol_bf16"] = a.tol_bf16
+            rec["agree_bf16"] = bool(max(diffs) <= a.tol_bf16)
+            rec["top1_agree_bf16"] = min(top1(o, refb) for o in outs)
         emit(rec)
+
+
+def top1(logp, refp):
+    """The fraction of positions where logp and refp ([B, L, 20]) rank the same residue first."""
+    return float((logp.float().argmax(-1) == refp.argmax(-1)).double().mean())
 
 
 def read_fasta(path):
@@ -353,6 +377,8 @@ def main():
     pf.add_argument("--kernel")
     pf.add_argument("--logp-ref")
     pf.add_argument("--tol", type=float, default=1e-3)
+    pf.add_argument("--logp-ref-bf16")
+    pf.add_argument("--tol-bf16", type=float, default=5e-2)
     pf.add_argument("--threads", type=int, default=nthreads)
     pf.add_argument("--impl", default="reference,batched")
     pf.add_argument("--min-reps", type=int, default=3)

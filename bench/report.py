@@ -3,7 +3,9 @@
 
   report.py report --results results.jsonl --meta DIR --out DIR [--smoke 0|1]
   report.py csv2json --csv train.csv --skip N [--crop C --batch-tokens T --threads N]
-      (tokens/s of `performer train` from its CSV log, skipping the first N steps)
+                     [--precision fp32|bf16]
+      (tokens/s of `performer train` from its CSV log, skipping the first N steps; --precision
+      is the one the trainer ran with, recorded as "precision")
 
 Standard library only (any Python 3).
 """
@@ -54,7 +56,8 @@ def csv2json(a):
     dt = float(r1["elapsed_s"]) - float(r0["elapsed_s"])
     dtok = int(r1["tokens"]) - int(r0["tokens"])
     steps = int(r1["step"]) - int(r0["step"])
-    print(json.dumps({"bench": "c_train", "steps": int(r1["step"]), "skip": sk, "crop": a.crop,
+    print(json.dumps({"bench": "c_train", "precision": a.precision, "steps": int(r1["step"]), "skip": sk,
+                      "crop": a.crop,
                       "batch_tokens": a.batch_tokens, "threads": a.threads,
                       "tokens_per_s": dtok / dt if dt > 0 else None,
                       "mean_step_s": dt / steps if steps else None,
@@ -91,6 +94,9 @@ def secs(x):
 
 
 def status(ok):
+    """ok: True, False, or None (not measured)."""
+    if ok is None:
+        return "not measured"
     return "**met**" if ok else "**missed**"
 
 
@@ -120,6 +126,26 @@ def loglog_slope(pts):
     sxx = sum((p[0] - mx) ** 2 for p in pts)
     sxy = sum((p[0] - mx) * (p[1] - my) for p in pts)
     return sxy / sxx if sxx > 0 else None
+
+
+def bf16_missing_reason(bf16_txt, sg_start, lscpu):
+    """The text shown for a bf16 figure that this run has not measured, with the reason: the CPU
+    lacks AVX-512 BF16 (bench/run.sh's CPU_BF16=0, bench_forward's "bf16_supported": false, or no
+    avx512_bf16 in lscpu's flags), the run was told BF16=0, or the run has no bf16 measurement at
+    all (results from before bf16 was benchmarked, or a failed bf16 run)."""
+    kv = dict(t.split("=", 1) for t in bf16_txt.split() if "=" in t)
+    flags = None
+    for l in lscpu.splitlines():
+        if l.startswith("Flags"):
+            flags = l.split(":", 1)[1].split()
+    if kv.get("CPU_BF16") == "0" or sg_start.get("bf16_supported") is False or (
+            flags is not None and "avx512_bf16" not in flags):
+        return "not measured (CPU has no AVX-512 BF16)"
+    if kv.get("BF16") == "0":
+        return "not measured (skipped: BF16=0)"
+    if kv:
+        return "not measured (the bf16 runs failed: see the log of bench/run.sh)"
+    return "not measured (no bf16 measurement in these results)"
 
 
 def crossover(fav, exa):
@@ -166,7 +192,20 @@ def report(a):
     sweep = [r for r in by(bench="forward", role="sweep")]
     cmp_c = by(bench="forward", role="cmp")
     cmp_t = by(bench="torch_forward")
-    c_train = (by(bench="c_train") or [None])[0]
+    # the C trainer in float32 (older results have no "precision") and in bf16
+    c_train = ([r for r in by(bench="c_train") if r.get("precision", "fp32") == "fp32"] or [None])[0]
+    c_train_b = (by(bench="c_train", precision="bf16") or [None])[0]
+    # bf16: the C forward of the PyTorch comparison with --precision bf16, and the bf16 product's
+    # rates (gm_sgemm_bf16) on the sgemm lines; its peak is the best of them, as for float32
+    cmp_b = [r for r in by(bench="forward", role="cmp_bf16") if r.get("precision") == "bf16"]
+    bpeaks = [x.get("bf16_gflops") for x in [sg_start, sg_end] + shapes if x.get("bf16_gflops")]
+    bpeak = max(bpeaks) if bpeaks else None
+    bf16_why = bf16_missing_reason(read(os.path.join(meta, "bf16.txt")), sg_start,
+                                   read(os.path.join(meta, "lscpu.txt")))
+    bf16_tol = None
+    for tok in read(os.path.join(meta, "bf16.txt")).split():
+        if tok.startswith("BF16_TOL="):
+            bf16_tol = float(tok.split("=", 1)[1])
     t_train = {r["impl"]: r for r in by(bench="torch_train")}
     titin = (by(bench="titin") or [None])[0]
     srv = by(bench="server")
@@ -217,6 +256,54 @@ def report(a):
         targets.append(("Forward ≥ %g× PyTorch reference, L = %s, batch %d" % (T_TORCH_RATIO, fmt(L), B),
                         "%.2f×" % ratio, met, extra.lstrip("; ")))
 
+    # C with --precision bf16 against the same (float32) PyTorch runs: every round's PyTorch
+    # outputs were compared with that round's C bf16 log-probs of the same tokens
+    cmp_b_rows = []
+    for L, B in sorted({(c["L"], c["batch"]) for c in cmp_b if c.get("status") == "ok"}):
+        cb = fastest([x for x in cmp_b if x.get("status") == "ok" and x["L"] == L and x["batch"] == B])
+        cb["rounds"] = len([x for x in cmp_b if x["L"] == L and x["batch"] == B])
+        c32 = next((r[2] for r in cmp_rows if r[0] == L and r[1] == B), None)
+        ref = fastest([t for t in cmp_t if t["L"] == L and t["batch"] == B and t["impl"] == "reference"])
+        bat = fastest([t for t in cmp_t if t["L"] == L and t["batch"] == B and t["impl"] == "batched"])
+        every = [t for t in cmp_t if t["L"] == L and t["batch"] == B and "max_abs_diff_logp_bf16" in t]
+        agr = None
+        if every:
+            agr = {"max": max(t["max_abs_diff_logp_bf16"] for t in every),
+                   "mean": max(t.get("mean_abs_diff_logp_bf16", 0) for t in every)
+                   if all("mean_abs_diff_logp_bf16" in t for t in every) else None,
+                   "top1": min(t["top1_agree_bf16"] for t in every)
+                   if all("top1_agree_bf16" in t for t in every) else None,
+                   "tol": max(t.get("agree_tol_bf16", 0) for t in every),
+                   "agree": all(t.get("agree_bf16") for t in every), "n": len(every)}
+        ceil = ref["median_s"] / (cb["flops"] / (bpeak * 1e9)) if bpeak and ref else None
+        cmp_b_rows.append((L, B, cb, c32, ref, bat, ceil, agr))
+    for L, B, cb, c32, ref, bat, ceil, agr in cmp_b_rows:
+        if not ref:
+            continue
+        ratio = ref["median_s"] / cb["median_s"]
+        parts = []
+        if agr:
+            parts.append("max \\|Δ log p\\| vs PyTorch %.1e (tolerance %.0e: %s)%s" % (
+                agr["max"], agr["tol"], "within" if agr["agree"] else "**OUTSIDE**",
+                ", top-1 agreement %.2f%%" % (100 * agr["top1"]) if agr["top1"] is not None else ""))
+        else:
+            parts.append("agreement not checked")
+        if bat:
+            parts.append("vs batched PyTorch %.2f×" % (bat["median_s"] / cb["median_s"]))
+        if c32:
+            parts.append("C bf16 / C fp32 speed %.2f×" % (c32["median_s"] / cb["median_s"]))
+        if ratio < T_TORCH_RATIO:
+            parts.append("short by %.2f×" % (T_TORCH_RATIO / ratio))
+            if ceil is not None:
+                parts.append("ceiling with C at 100%% of the bf16 peak: %.1f×" % ceil)
+        # met only when it is fast enough and its outputs agree with PyTorch within the tolerance
+        met = ratio >= T_TORCH_RATIO and bool(agr and agr["agree"])
+        targets.append(("Forward ≥ %g× PyTorch reference (C bf16 vs PyTorch fp32), L = %s, batch %d" % (
+            T_TORCH_RATIO, fmt(L), B), "%.2f×" % ratio, met, "; ".join(parts)))
+    if not any(ref for _, _, _, _, ref, _, _, _ in cmp_b_rows):
+        targets.append(("Forward ≥ %g× PyTorch reference (C bf16 vs PyTorch fp32)" % T_TORCH_RATIO,
+                        bf16_why if not cmp_b_rows else "not measured (no PyTorch reference run)", None, ""))
+
     # ---- MFU ---------------------------------------------------------------------------------
     mfu_rows = [(L, r["gflops"] / peak) for L, r in sorted(ok.get(default_kernel, {}).items())
                 if peak and L >= T_MFU_MIN_L]
@@ -237,6 +324,22 @@ def report(a):
     elif smoke:
         targets.append(("≥ %.0f%% of sgemm peak at L ≥ %s" % (100 * T_MFU, fmt(T_MFU_MIN_L)),
                         "not measured (no L ≥ %s in this run)" % fmt(T_MFU_MIN_L), False, ""))
+    # bf16: the C bf16 forward passes of the PyTorch comparison against the bf16 peak
+    bt = "C bf16 forward ≥ %.0f%% of the bf16 peak at L ≥ %s (the compared lengths and batches)" % (
+        100 * T_MFU, fmt(T_MFU_MIN_L))
+    bmfu = [(L, B, cb["gflops"] / bpeak) for L, B, cb, _, _, _, _, _ in cmp_b_rows if bpeak and L >= T_MFU_MIN_L]
+    if bmfu:
+        worst = min(bmfu, key=lambda x: x[2])
+        met = worst[2] >= T_MFU
+        extra = ", ".join("L = %s batch %d: %.0f%%" % (fmt(L), B, 100 * f) for L, B, f in bmfu)
+        extra += "; bf16 peak %s GFLOP/s (%.2f× the fp32 peak)" % (fmt(bpeak), bpeak / peak) if peak else ""
+        if not met:
+            extra += "; short by %.0f points" % (100 * (T_MFU - worst[2]))
+        targets.append((bt, "%.0f%% (worst)" % (100 * worst[2]), met, extra))
+    elif not bpeak or not cmp_b_rows:
+        targets.append((bt, bf16_why, None, ""))
+    else:
+        targets.append((bt, "not measured (no L ≥ %s in this run)" % fmt(T_MFU_MIN_L), None, ""))
 
     # ---- per-residue time and memory ----------------------------------------------------------
     for k in ("favor-softmax", "favor-relu"):
@@ -283,6 +386,24 @@ def report(a):
             extra += "; short by %.2f×" % (T_TRAIN_RATIO / ratio)
         targets.append(("Trainer ≥ %g× PyTorch tokens/s (same configuration)" % T_TRAIN_RATIO,
                         "%.2f×" % ratio, ratio >= T_TRAIN_RATIO, extra.lstrip("; ")))
+    tt = "Trainer ≥ %g× PyTorch tokens/s (C bf16)" % T_TRAIN_RATIO
+    if c_train_b and t_train.get("reference") and c_train_b.get("tokens_per_s"):
+        ratio = c_train_b["tokens_per_s"] / t_train["reference"]["tokens_per_s"]
+        parts = []
+        if t_train.get("batched"):
+            parts.append("vs batched PyTorch %.2f×" % (c_train_b["tokens_per_s"] / t_train["batched"]["tokens_per_s"]))
+        if c_train and c_train.get("tokens_per_s"):
+            parts.append("C bf16 / C fp32 %.2f×" % (c_train_b["tokens_per_s"] / c_train["tokens_per_s"]))
+        parts.append("loss %.3f → %.3f over %d steps (fp32 C: %s)" % (
+            c_train_b["first_loss"], c_train_b["last_loss"], c_train_b["steps"],
+            "%.3f → %.3f" % (c_train["first_loss"], c_train["last_loss"]) if c_train else "–"))
+        if ratio < T_TRAIN_RATIO:
+            parts.append("short by %.2f×" % (T_TRAIN_RATIO / ratio))
+        targets.append((tt, "%.2f×" % ratio, ratio >= T_TRAIN_RATIO, "; ".join(parts)))
+    elif c_train_b:
+        targets.append((tt, "not measured (no PyTorch reference training run)", None, ""))
+    else:
+        targets.append((tt, bf16_why, None, ""))
 
     # ---- server --------------------------------------------------------------------------------
     hits = [s for s in srv if s["case"] == "hit"]
@@ -516,6 +637,42 @@ def report(a):
             "%.1f×" % ceil if ceil else "–",
             "%.1e" % max(diffs) if diffs else "–", "yes" if agree and diffs else "**NO**" if diffs else "–"))
     w("")
+    w("### C bf16 vs PyTorch float32")
+    w("")
+    if cmp_b_rows:
+        w("The C side again with `--precision bf16`: every weight product (q, k, v, o, fc1, fc2, the local "
+          "block's output projection, the head) rounds both its operands to bfloat16 (8-bit mantissa, round to "
+          "nearest even) and accumulates in float32 (`gm_sgemm_bf16`, AVX-512 BF16); the attention products "
+          "and everything else stay float32. **PyTorch runs float32 throughout**, so these ratios compare C "
+          "with less precise arithmetic against the same float32 PyTorch runs as above (same tokens; in each "
+          "round C float32, C bf16, then PyTorch). Every timed PyTorch pass is compared with the C bf16 "
+          "log-probs too, with its own, looser tolerance%s; *top-1* is the fraction of positions where both "
+          "rank the same residue first. A bf16 target row is met only when C bf16 is fast enough *and* "
+          "agrees within that tolerance. The tokens are random residues, "
+          "so this checks the arithmetic, not the model: the effect of bf16 on model quality (perplexity and "
+          "accuracy on held-out proteins) is measured in `weights/MODEL_CARD.md`, not here." % (
+              " of %g (`BF16_TOL` of bench/run.sh; the float32 check above keeps 1e-3)" % bf16_tol
+              if bf16_tol is not None else " (the float32 check above keeps 1e-3)"))
+        w("")
+        w("| L | batch | C bf16 | C fp32 | bf16 speed-up | PyTorch reference | **ratio** | PyTorch batched | ratio "
+          "| ceiling (bf16 peak) | max \\|Δ log p\\| | mean \\|Δ log p\\| | top-1 | agree |")
+        w("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+        for L, B, cb, c32, ref, bat, ceil, agr in cmp_b_rows:
+            w("| %s | %d | %s | %s | %s | %s | **%s** | %s | %s | %s | %s | %s | %s | %s |" % (
+                fmt(L), B, secs(cb["median_s"]), secs(c32["median_s"]) if c32 else "–",
+                "%.2f×" % (c32["median_s"] / cb["median_s"]) if c32 else "–",
+                secs(ref["median_s"]) if ref else "–",
+                "%.2f×" % (ref["median_s"] / cb["median_s"]) if ref else "–",
+                secs(bat["median_s"]) if bat else "–",
+                "%.2f×" % (bat["median_s"] / cb["median_s"]) if bat else "–",
+                "%.1f×" % ceil if ceil else "–",
+                "%.1e" % agr["max"] if agr else "–",
+                "%.1e" % agr["mean"] if agr and agr["mean"] is not None else "–",
+                "%.2f%%" % (100 * agr["top1"]) if agr and agr["top1"] is not None else "–",
+                ("yes (≤ %g)" % agr["tol"] if agr["agree"] else "**NO** (> %g)" % agr["tol"]) if agr else "–"))
+    else:
+        w("C bf16: %s." % bf16_why)
+    w("")
 
     # ---- MFU --------------------------------------------------------------------------------------
     w("## Model FLOP utilisation")
@@ -561,6 +718,50 @@ def report(a):
                 "; PyTorch reference %s GFLOP/s" % fmt(c["flops"] / ref["median_s"] * 1e-9) if ref else ""))
     w("")
 
+    w("### bf16")
+    w("")
+    if bpeak:
+        w("The bf16 product `gm_sgemm_bf16` (bf16 operands, float32 accumulation; %s³, best of %s, %s threads): "
+          "%s GFLOP/s at the start, %s GFLOP/s at the end of the run. **bf16 peak = %s GFLOP/s**, the best "
+          "bf16 rate measured in this run (these two and the model shapes below)%s; the bf16 %% of peak "
+          "figures use it." % (
+              fmt(sg_start.get("n")), sg_start.get("reps"), sg_start.get("threads"),
+              fmt(sg_start.get("bf16_gflops")), fmt(sg_end.get("bf16_gflops")), fmt(bpeak),
+              ", %.2f× the float32 peak" % (bpeak / peak) if peak else ""))
+        if sg_start.get("bf16_gflops") and sg_end.get("bf16_gflops"):
+            drift = abs(sg_start["bf16_gflops"] - sg_end["bf16_gflops"]) / max(sg_start["bf16_gflops"], sg_end["bf16_gflops"])
+            if drift > 0.1:
+                w("")
+                w("> **The bf16 product's rate changed by %.0f%% between start and end**: the machine was not "
+                  "steady; compare ratios with care." % (100 * drift))
+        w("")
+        bsh = [s for s in shapes if s.get("bf16_gflops")]
+        if bsh:
+            w("| layer | M × N × K | bf16 GFLOP/s | % of bf16 peak | bf16 / fp32 rate |")
+            w("|---|---|---:|---:|---:|")
+            for s in bsh:
+                w("| %s | %d × %d × %d | %s | %.0f%% | %.2f× |" % (
+                    s["layer"], s["M"], s["N"], s["K"], fmt(s["bf16_gflops"]), 100 * s["bf16_gflops"] / bpeak,
+                    s["bf16_gflops"] / s["gflops"]))
+            w("")
+    else:
+        w("bf16 peak: %s." % bf16_why)
+        w("")
+    if bpeak and cmp_b_rows:
+        w("C forward with `--precision bf16` (the runs of the PyTorch comparison). The FLOPs are the same "
+          "count as for float32; only the weight products among them run in bf16 (the linear layers and "
+          "the head: %s), the attention products stay float32, so %% of the bf16 peak "
+          "understates how well the bf16 products themselves run:" % ", ".join(
+              "%.0f%% of the FLOPs at L = %s" % (100 * (cb["flops_linear"] + cb["flops_head"]) / cb["flops"], fmt(L))
+              for L, B, cb, _, _, _, _, _ in cmp_b_rows if B == min(x[1] for x in cmp_b_rows)))
+        w("")
+        for L, B, cb, c32, ref, bat, ceil, agr in cmp_b_rows:
+            w("* L = %s, batch %d, bf16: C %s GFLOP/s (%.0f%% of the bf16 peak, %s of the float32 peak)%s." % (
+                fmt(L), B, fmt(cb["gflops"]), 100 * cb["gflops"] / bpeak,
+                "%.0f%%" % (100 * cb["gflops"] / peak) if peak else "–",
+                "; C fp32 %s GFLOP/s" % fmt(c32["gflops"]) if c32 else ""))
+        w("")
+
     # ---- trainer --------------------------------------------------------------------------------
     w("## Trainer")
     w("")
@@ -583,8 +784,25 @@ def report(a):
                 w("| PyTorch %s | %d | %s | %s | %s | %.2f× |" % (
                     impl, t["steps"] - t["skip"], fmt(t["mean_batch_tokens"]), secs(t["mean_step_s"]),
                     fmt(t["tokens_per_s"]), c_train["tokens_per_s"] / t["tokens_per_s"]))
+        if c_train_b:
+            w("| C `performer train --precision bf16` | %d | %s | %s | %s | %.2f× |" % (
+                c_train_b["steps"] - c_train_b["skip"], fmt(c_train_b["mean_batch_tokens"]),
+                secs(c_train_b["mean_step_s"]), fmt(c_train_b["tokens_per_s"]),
+                c_train["tokens_per_s"] / c_train_b["tokens_per_s"]))
         w("")
         w("C tokens/s comes from the trainer's CSV log (`tokens`, `elapsed_s` at 0.1 s resolution).")
+        w("")
+        if c_train_b:
+            w("`performer train --precision bf16` is the same run (same data, seed and steps) with the weight "
+              "products in bf16 (the linear layers' and the head's forward, input-gradient and weight-gradient "
+              "products; float32 accumulation), while weights, gradients, AdamW and the rest of the "
+              "arithmetic stay float32; PyTorch stays float32. Loss over its %d steps: %.3f → %.3f (float32 C: "
+              "%.3f → %.3f); a few steps say nothing about convergence in bf16 — the trained quality "
+              "is measured in `weights/MODEL_CARD.md`." % (
+                  c_train_b["steps"], c_train_b["first_loss"], c_train_b["last_loss"],
+                  c_train["first_loss"], c_train["last_loss"]))
+        else:
+            w("C `performer train --precision bf16`: %s." % bf16_why)
         w("")
 
     # ---- server ---------------------------------------------------------------------------------
@@ -726,6 +944,7 @@ def main():
     c.add_argument("--crop", type=int, default=512)
     c.add_argument("--batch-tokens", type=int, default=8192)
     c.add_argument("--threads", type=int, default=2)
+    c.add_argument("--precision", default="fp32", choices=("fp32", "bf16"))
     a = p.parse_args()
     (report if a.cmd == "report" else csv2json)(a)
 

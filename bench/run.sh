@@ -2,7 +2,10 @@
 # bench/run.sh - the whole benchmark in one invocation (`make bench`): forward latency and memory
 # vs length for every kernel, C vs PyTorch on the same weights (with an agreement check), FLOP
 # utilisation vs the sgemm peak, trainer vs PyTorch training, and performerd under wrk. Writes
-# $OUT/RESULTS.md, $OUT/forward.png and the raw measurements $OUT/results.jsonl.
+# $OUT/RESULTS.md, $OUT/forward.png and the raw measurements $OUT/results.jsonl. On a CPU with
+# AVX-512 BF16 the C side of the PyTorch comparisons (forward and trainer) also runs with
+# --precision bf16 (weight products in bfloat16, float32 accumulation), and the sgemm peak is also
+# measured for the bf16 product; PyTorch stays float32.
 #
 # Environment (all optional):
 #   WEIGHTS   weights to benchmark (weights/model.safetensors)
@@ -13,6 +16,9 @@
 #   OUT       output directory (bench, or bench/smoke with SMOKE=1)
 #   DATA      FASTA for the trainer comparison (weights/data/valid.fasta, else a synthetic one)
 #   PY        Python with torch (/usr/bin/python3, Debian python3-torch)
+#   BF16      1 (the default when /proc/cpuinfo has avx512_bf16) also runs C in bf16; 0 skips it
+#   BF16_TOL  max |log p| difference allowed between C bf16 and PyTorch float32 (0.05; C float32
+#             keeps bench_torch.py's 1e-3)
 #   OMP_WAIT_POLICY  given to C and PyTorch alike (PASSIVE when unset, as the C programs use)
 #   TORCH_OMP_WAIT_POLICY  PyTorch's instead (ACTIVE, PASSIVE, or "unset" for libgomp's default)
 # The full run takes about 10-15 minutes on 2 cores; run it on an otherwise idle machine.
@@ -24,6 +30,14 @@ BIN=${BIN:-bin}
 WEIGHTS=${WEIGHTS:-weights/model.safetensors}
 THREADS=${THREADS:-$(nproc)}
 PY=${PY:-/usr/bin/python3}
+# the C bf16 runs: by default when the CPU has AVX-512 BF16, never without it
+grep -qw avx512_bf16 /proc/cpuinfo 2>/dev/null && CPU_BF16=1 || CPU_BF16=0
+BF16=${BF16:-$CPU_BF16}
+[ "$BF16" = 1 ] && [ "$CPU_BF16" = 1 ] || BF16=0
+# bf16 rounds the weight products' operands to 8 mantissa bits: on the shipped weights C bf16 vs
+# PyTorch float32 measured 0.007-0.021 max |delta log p| (mean 0.001) over L = 128-4,096, batch
+# 1-16 (float32 C: under 1e-4); 0.05 is about 2x the largest of those
+BF16_TOL=${BF16_TOL:-0.05}
 BF=$BIN/bench/bench_forward
 if [ "$SMOKE" = 1 ]; then OUT=${OUT:-bench/smoke}; else OUT=${OUT:-bench}; fi
 export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
@@ -126,6 +140,8 @@ sha256sum "$WEIGHTS" | cut -c1-64 >"$T/weights_sha.txt"
 printf 'SMOKE=%s WEIGHTS=%s THREADS=%s OMP_WAIT_POLICY=%s TORCH_OMP_WAIT_POLICY=%s GOMP_SPINCOUNT=%s OPENBLAS_CORETYPE=%s\n' \
     "$SMOKE" "$WEIGHTS" "$THREADS" "$OMP_WAIT_POLICY" "$TORCH_OMP_WAIT_POLICY" "$GOMP_SPINCOUNT" "${OPENBLAS_CORETYPE:-}" >"$T/env.txt"
 echo "MIN_REPS=$MIN_REPS MIN_TIME=$MIN_TIME SINGLE_OVER=$SINGLE_OVER" >"$T/params.txt"
+# whether the C bf16 runs happen (BF16=1), and why not (CPU_BF16=0: no AVX-512 BF16; else BF16=0 given)
+echo "BF16=$BF16 CPU_BF16=$CPU_BF16 BF16_TOL=$BF16_TOL" >"$T/bf16.txt"
 rec "$BF" info --threads "$THREADS"
 rec "${PYT[@]}" bench/bench_torch.py info --threads "$THREADS"
 
@@ -166,12 +182,27 @@ for round in $(seq "$TORCH_ROUNDS"); do
     for c in $TORCH_CASES; do
         L=${c%:*}; B=${c#*:}
         log "C vs PyTorch L=$L batch=$B (round $round of $TORCH_ROUNDS)"
+        rm -f "$T/tok.i32" "$T/logp.f32" "$T/tok_bf16.i32" "$T/logp_bf16.f32"
         rec_tag cmp "$BF" forward --weights "$WEIGHTS" --len "$L" --batch "$B" --threads "$THREADS" \
             --min-time "$TORCH_MIN_TIME" --min-reps "$TORCH_MIN_REPS" --single-over "$SINGLE_OVER" \
             --tokens-out "$T/tok.i32" --logp-out "$T/logp.f32"
+        # the same tokens (same --seed) with the weight products in bf16; PyTorch's float32 outputs
+        # below are compared with both, each within its own tolerance
+        bfref=()
+        if [ "$BF16" = 1 ]; then
+            log "C bf16 L=$L batch=$B (round $round of $TORCH_ROUNDS)"
+            if rec_tag cmp_bf16 "$BF" forward --weights "$WEIGHTS" --len "$L" --batch "$B" --threads "$THREADS" \
+                    --min-time "$TORCH_MIN_TIME" --min-reps "$TORCH_MIN_REPS" --single-over "$SINGLE_OVER" \
+                    --precision bf16 --tokens-out "$T/tok_bf16.i32" --logp-out "$T/logp_bf16.f32"; then
+                cmp -s "$T/tok.i32" "$T/tok_bf16.i32" || die "the bf16 forward ran on other tokens than the fp32 one"
+                bfref=(--logp-ref-bf16 "$T/logp_bf16.f32" --tol-bf16 "$BF16_TOL")
+            else
+                log "C bf16 forward L=$L batch=$B failed (recorded)"
+            fi
+        fi
         rec "${PYT[@]}" bench/bench_torch.py forward --weights "$WEIGHTS" --tokens "$T/tok.i32" \
             --logp-ref "$T/logp.f32" --len "$L" --batch "$B" --threads "$THREADS" \
-            --min-time "$TORCH_MIN_TIME" --min-reps "$TORCH_MIN_REPS" --single-over "$SINGLE_OVER"
+            --min-time "$TORCH_MIN_TIME" --min-reps "$TORCH_MIN_REPS" --single-over "$SINGLE_OVER" "${bfref[@]}"
     done
 done
 
@@ -197,6 +228,20 @@ printf '%s\n' "$BIN/performer train --fasta $DATA --init $WEIGHTS --out T/train_
     { cat "$T/train_c.log" >&2; die "performer train failed"; }
 "$PY" bench/report.py csv2json --csv "$T/train_c.csv" --skip "$TRAIN_SKIP" --crop "$CROP" \
     --batch-tokens "$BATCH_TOKENS" --threads "$THREADS" >>"$R"
+if [ "$BF16" = 1 ]; then
+    # the same run with the weight products (forward and backward) in bf16; PyTorch stays float32
+    log "trainer: C --precision bf16, $C_TRAIN_STEPS steps"
+    printf '%s\n' "$BIN/performer train --precision bf16 --fasta $DATA --init $WEIGHTS --out T/train_out_bf16.safetensors --log T/train_c_bf16.csv --steps $C_TRAIN_STEPS --crop $CROP --batch-tokens $BATCH_TOKENS --eval-every 0 --quiet --threads $THREADS --seed 1" >>"$T/commands.txt"
+    if "$BIN/performer" train --precision bf16 --fasta "$DATA" --init "$WEIGHTS" --out "$T/train_out_bf16.safetensors" \
+            --log "$T/train_c_bf16.csv" --steps "$C_TRAIN_STEPS" --crop "$CROP" --batch-tokens "$BATCH_TOKENS" \
+            --eval-every 0 --quiet --threads "$THREADS" --seed 1 2>"$T/train_c_bf16.log"; then
+        "$PY" bench/report.py csv2json --csv "$T/train_c_bf16.csv" --skip "$TRAIN_SKIP" --crop "$CROP" \
+            --batch-tokens "$BATCH_TOKENS" --threads "$THREADS" --precision bf16 >>"$R"
+    else
+        cat "$T/train_c_bf16.log" >&2
+        log "performer train --precision bf16 failed (no bf16 trainer figure)"
+    fi
+fi
 log "trainer: PyTorch, $TORCH_TRAIN_STEPS steps per implementation"
 rec "${PYT[@]}" bench/bench_torch.py train --weights "$WEIGHTS" --fasta "$DATA" --steps "$TORCH_TRAIN_STEPS" \
     --skip "$TRAIN_SKIP" --crop "$CROP" --batch-tokens "$BATCH_TOKENS" --threads "$THREADS"
