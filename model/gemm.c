@@ -74,28 +74,59 @@ void gm_sgemm(int ta, int tb, int M, int N, int K, float alpha, const float *A, 
     cblas_sgemm(CblasRowMajor, cb(ta), cb(tb), M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
 }
 
+/* Transposes the 16 x 16 dwords r[i][j] in place (r[j][i] afterwards). */
+BF16_TARGET static inline void transpose16(__m512i r[16]) {
+    __m512i t[16], u[16];
+    for (int k = 0; k < 16; k += 2) {
+        t[k] = _mm512_unpacklo_epi32(r[k], r[k + 1]);
+        t[k + 1] = _mm512_unpackhi_epi32(r[k], r[k + 1]);
+    }
+    /* u[g + c], lane L: column 4L + c of rows g..g+3 */
+    for (int g = 0; g < 16; g += 4) {
+        u[g] = _mm512_unpacklo_epi64(t[g], t[g + 2]);
+        u[g + 1] = _mm512_unpackhi_epi64(t[g], t[g + 2]);
+        u[g + 2] = _mm512_unpacklo_epi64(t[g + 1], t[g + 3]);
+        u[g + 3] = _mm512_unpackhi_epi64(t[g + 1], t[g + 3]);
+    }
+    for (int c = 0; c < 4; c++) {
+        const __m512i v0 = _mm512_shuffle_i32x4(u[c], u[4 + c], 0x88);
+        const __m512i v1 = _mm512_shuffle_i32x4(u[c], u[4 + c], 0xdd);
+        const __m512i w0 = _mm512_shuffle_i32x4(u[8 + c], u[12 + c], 0x88);
+        const __m512i w1 = _mm512_shuffle_i32x4(u[8 + c], u[12 + c], 0xdd);
+        r[c] = _mm512_shuffle_i32x4(v0, w0, 0x88);
+        r[8 + c] = _mm512_shuffle_i32x4(v0, w0, 0xdd);
+        r[4 + c] = _mm512_shuffle_i32x4(v1, w1, 0x88);
+        r[12 + c] = _mm512_shuffle_i32x4(v1, w1, 0xdd);
+    }
+}
+
 /* Packs rows [r0, r0 + R) x k [k0, k0 + kc) of a matrix whose k runs contiguously along a row
  * (element (r, k) at src[r * ld + k]) into one panel dst[kc2][R] of bf16 pairs; rows >= rows and
- * k >= kc are zero. */
+ * k >= kc are zero. Blocks of 16 rows x 16 pairs are converted and transposed in registers. */
 BF16_TARGET static void pack_kcontig(uint32_t *dst, const float *src, long ld, int rows, int r0,
                                      int k0, int kc, int R) {
-    const int kc2 = (kc + 1) / 2;
-    const __m512i idx = _mm512_mullo_epi32(_mm512_set1_epi32(R),
-                                           _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10,
-                                                             11, 12, 13, 14, 15));
-    if (r0 + R > rows) memset(dst, 0, sizeof(uint32_t) * (size_t)kc2 * R);
-    for (int i = 0; i < R && r0 + i < rows; i++) {
-        const float *s = src + (long)(r0 + i) * ld + k0;
+    for (int i0 = 0; i0 < R; i0 += 16) {
+        const int nd = R - i0 < 16 ? R - i0 : 16;                /* panel rows in this block */
+        const __mmask16 md = (__mmask16)((1u << nd) - 1);
         for (int k = 0; k < kc; k += 32) {
             const int n = kc - k < 32 ? kc - k : 32;
             const __mmask16 mlo = (__mmask16)(n >= 16 ? 0xffff : (1u << n) - 1);
             const __mmask16 mhi = (__mmask16)(n <= 16 ? 0 : n >= 32 ? 0xffff : (1u << (n - 16)) - 1);
-            const __m512 lo = _mm512_maskz_loadu_ps(mlo, s + k);
-            const __m512 hi = _mm512_maskz_loadu_ps(mhi, s + k + 16);
-            const __m512i p = (__m512i)_mm512_cvtne2ps_pbh(hi, lo);
+            __m512i r[16];
+            for (int i = 0; i < 16; i++) {
+                const int row = r0 + i0 + i;
+                if (i < nd && row < rows) {
+                    const float *s = src + (long)row * ld + k0 + k;
+                    r[i] = (__m512i)_mm512_cvtne2ps_pbh(_mm512_maskz_loadu_ps(mhi, s + 16),
+                                                        _mm512_maskz_loadu_ps(mlo, s));
+                } else {
+                    r[i] = _mm512_setzero_si512();
+                }
+            }
+            transpose16(r);
             const int np = (n + 1) / 2;
-            const __mmask16 mp = (__mmask16)(np >= 16 ? 0xffff : (1u << np) - 1);
-            _mm512_mask_i32scatter_epi32(dst + (size_t)(k / 2) * R + i, mp, idx, p, 4);
+            for (int j = 0; j < np; j++)
+                _mm512_mask_storeu_epi32(dst + (size_t)(k / 2 + j) * R + i0, md, r[j]);
         }
     }
 }
