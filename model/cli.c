@@ -368,15 +368,7 @@ static int cmd_eval(int argc, char **argv) {
     if (ds_open_path(&set, fa, err, sizeof err) != 0) goto fail;
     if (unif) {
         if (ds_open_path(&uset, unif, err, sizeof err) != 0) goto fail;
-        double tot = 0;
-        for (int c = 0; c < TOK_NRES; c++) uni[c] = 1;
-        for (size_t i = 0; i < ds_count(uset); i++) {
-            size_t n;
-            const uint8_t *s = ds_seq(uset, i, &n);
-            for (size_t j = 0; j < n; j++) if (tok_is_standard(s[j])) uni[s[j] - TOK_RES0] += 1;
-        }
-        for (int c = 0; c < TOK_NRES; c++) tot += uni[c];
-        for (int c = 0; c < TOK_NRES; c++) uni[c] /= tot;
+        ds_unigram(uset, ds_count(uset), uni);
         unip = uni;
     }
     tr_eval_result res;

@@ -399,3 +399,17 @@ void ds_close(ds_set *s) {
     free(s->name_off);
     free(s);
 }
+
+/* Add-one smoothed standard-residue frequencies over the first count sequences of s. */
+void ds_unigram(const ds_set *s, size_t count, double freq[TOK_NRES]) {
+    double tot = 0;
+    if (count > ds_count(s)) count = ds_count(s);
+    for (int c = 0; c < TOK_NRES; c++) freq[c] = 1;
+    for (size_t i = 0; i < count; i++) {
+        size_t n;
+        const uint8_t *q = ds_seq(s, i, &n);
+        for (size_t j = 0; j < n; j++) if (tok_is_standard(q[j])) freq[q[j] - TOK_RES0] += 1;
+    }
+    for (int c = 0; c < TOK_NRES; c++) tot += freq[c];
+    for (int c = 0; c < TOK_NRES; c++) freq[c] /= tot;
+}

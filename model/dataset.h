@@ -39,6 +39,10 @@ size_t ds_tokens(const ds_set *s);
  * out of range. The pointer stays valid until ds_close. */
 const uint8_t *ds_seq(const ds_set *s, size_t i, size_t *len);
 
+/* Fills freq[20] with the add-one smoothed frequencies of the 20 standard residues (tokenizer
+ * order) over the first count sequences of s (all when count exceeds them): the unigram baseline. */
+void ds_unigram(const ds_set *s, size_t count, double freq[20]);
+
 /* Returns the FASTA name of sequence i, or NULL for sets opened from a .bin file or i out of range. */
 const char *ds_name(const ds_set *s, size_t i);
 

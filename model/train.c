@@ -597,17 +597,7 @@ int tr_evaluate(const pf_model *m, pf_kernel kernel, const ds_set *set, double m
     if (max_seqs > 0 && (size_t)max_seqs < count) count = (size_t)max_seqs;
     double uni[TOK_NRES];
     if (uni_in) memcpy(uni, uni_in, sizeof uni);
-    else {
-        double tot = 0;
-        for (int i = 0; i < TOK_NRES; i++) uni[i] = 1;   /* add-one smoothing */
-        for (size_t i = 0; i < count; i++) {
-            size_t n;
-            const uint8_t *s = ds_seq(set, i, &n);
-            for (size_t j = 0; j < n; j++) if (tok_is_standard(s[j])) uni[s[j] - TOK_RES0] += 1;
-        }
-        for (int i = 0; i < TOK_NRES; i++) tot += uni[i];
-        for (int i = 0; i < TOK_NRES; i++) uni[i] /= tot;
-    }
+    else ds_unigram(set, count, uni);
     int uni_best = 0;
     for (int i = 1; i < TOK_NRES; i++) if (uni[i] > uni[uni_best]) uni_best = i;
     const size_t budget = 16384;

@@ -371,6 +371,30 @@ static void test_fasta_negative(void) {
     fasta_fails("mask token", mask, sizeof mask - 1, "'m'", "'<' at position 3", NULL);
 }
 
+/* ds_unigram: add-one smoothed counts of the standard residues only, over the first count. */
+static void test_unigram(void) {
+    static const char fa[] = ">a\nAACX\n>b\nC\n>c\nWWWW\n";
+    char err[256] = "";
+    ds_set *s = NULL;
+    double f[20];
+    write_file(tp("u.fa"), fa, sizeof fa - 1);
+    CHECKF(ds_load_fasta(&s, tp("u.fa"), err, sizeof err) == 0, "%s", err);
+    if (!s) return;
+    const int A = tok_residue_id('A') - TOK_RES0, C = tok_residue_id('C') - TOK_RES0;
+    const int W = tok_residue_id('W') - TOK_RES0, D = tok_residue_id('D') - TOK_RES0;
+    ds_unigram(s, 2, f);                      /* A A C + C, X is not standard: 4 + 20 */
+    CHECK_CLOSE(f[A], 3.0 / 24, 1e-12);
+    CHECK_CLOSE(f[C], 3.0 / 24, 1e-12);
+    CHECK_CLOSE(f[W], 1.0 / 24, 1e-12);
+    ds_unigram(s, 99, f);                     /* all three: 8 + 20 */
+    CHECK_CLOSE(f[W], 5.0 / 28, 1e-12);
+    CHECK_CLOSE(f[D], 1.0 / 28, 1e-12);
+    double tot = 0;
+    for (int i = 0; i < 20; i++) tot += f[i];
+    CHECK_CLOSE(tot, 1.0, 1e-12);
+    ds_close(s);
+}
+
 int main(void) {
     const char *t = getenv("TMPDIR");
     snprintf(tmpdir, sizeof tmpdir, "%s/pf_test_dataset_XXXXXX", t && *t ? t : "/tmp");
@@ -380,6 +404,7 @@ int main(void) {
     test_bin_edge_cases();
     test_bin_negative();
     test_fasta_negative();
+    test_unigram();
     /* remove the temporary directory */
     DIR *d = opendir(tmpdir);
     struct dirent *e;
