@@ -340,6 +340,7 @@ int main(int argc, char **argv) {
                 "(gm_bf16_supported() is 0 here); use fp32\n");
         return 2;
     }
+    gm_weight_cache(1);   /* as performerd and the inference commands run: weights packed once */
 
     char err[512];
     pf_set_threads(threads);

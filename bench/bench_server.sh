@@ -9,13 +9,19 @@
 #             batch, forward seconds), the daemon's CPU seconds (utime + stime from /proc/PID/stat,
 #             robust to a busy machine when divided by the requests) and the raw model throughput
 #             at the same length and mean batch (bench_forward in its own process) for the server
-#             overhead
+#             overhead. Every line has "precision": "fp32", or "bf16" for the runs below
+#   server_rss  the daemon's peak RSS after its runs (the default daemon; with BF16=1 also the bf16 one)
+#
+# With BF16=1 (bench/run.sh passes it when the CPU has AVX-512 BF16), after the float32 runs: the
+# uncached load at BATCH_CONNS on a daemon with --precision bf16 (default batching) and on one with
+# --precision bf16 --batch-tokens 0, its raw model throughput from bench_forward --precision bf16.
+# Best effort: when they fail, the float32 lines stand and the script still succeeds.
 #
 # Environment: BIN (bin), BENCH_FORWARD ($BIN/bench/bench_forward), WEIGHTS
 # (weights/model.safetensors), THREADS (nproc), DURATION (seconds per wrk run, 10),
 # CONNS (concurrency levels, "1 8 64"), BATCH_CONNS (concurrency of the batching on/off
 # comparison, 16), SHORT_LEN (residues of the uncached short sequences, 62), TITIN (1 = run the
-# titin request), TITIN_LEN (34350), WRK (wrk).
+# titin request), TITIN_LEN (34350), WRK (wrk), BF16 (1 = also the bf16 runs above; 0).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${BIN:-bin}
@@ -29,12 +35,18 @@ SHORT_LEN=${SHORT_LEN:-62}
 TITIN=${TITIN:-1}
 TITIN_LEN=${TITIN_LEN:-34350}
 WRK=${WRK:-wrk}
+BF16=${BF16:-0}
+# the weight products' precision of the daemon being measured and of its raw model runs
+PRECISION=fp32
 LUA=bench/wrk_post.lua
 
 T=$(mktemp -d /tmp/bench_server.XXXXXX)
 PID=
-cleanup() {
+stop_if_running() {
     if [ -n "$PID" ] && kill -0 "$PID" 2>/dev/null; then kill -TERM "$PID"; wait "$PID" 2>/dev/null || true; fi
+}
+cleanup() {
+    stop_if_running
     rm -rf "$T"
 }
 trap cleanup EXIT
@@ -90,10 +102,13 @@ mean_batch() {
          b = n > 0 ? int(s / n + 0.5) : 1; print (b < 1 ? 1 : b)}"
 }
 
-# raw_forward BATCH: bench_forward's JSON for BATCH sequences of the request length (own process)
+# raw_forward BATCH: bench_forward's JSON for BATCH sequences of the request length (own process),
+# in the daemon's precision
 raw_forward() {
+    local prec=()
+    [ "$PRECISION" = fp32 ] || prec=(--precision "$PRECISION")
     "$BENCH_FORWARD" forward --weights "$WEIGHTS" --len $((SHORT_LEN + 2)) --batch "$1" \
-        --threads "$THREADS" --min-time "${RAW_MIN_TIME:-1}" --min-reps 3
+        --threads "$THREADS" --min-time "${RAW_MIN_TIME:-1}" --min-reps 3 "${prec[@]}"
 }
 
 # run_wrk CASE BATCHING CONNS: one wrk run, one JSON line. For uncached runs the raw model
@@ -139,11 +154,11 @@ run_wrk() {
     fi
     local w
     w=$(cat "$T/wrk.json")
-    echo "{\"bench\":\"server\",\"case\":\"$case\",\"batching\":\"$batching\",\"conns\":$c,\"wrk_threads\":$t,\"residues\":$SHORT_LEN,\"server_threads\":$THREADS,\"wrk\":$w,\"cache_hits\":$hits,\"cache_misses\":$misses,\"forward_sequences\":$fseq,\"forward_passes\":$fcnt,\"forward_seconds\":$fsum,\"queue_rejected\":$rej,\"server_cpu_s\":$scpu,\"wrk_cpu_s\":$wcpu,\"raw\":$raw,\"raw_before\":$raw_before,\"command\":\"$WRK -t$t -c$c -d${DURATION}s --timeout 60s --latency -s $LUA URL/predict (BENCH_MODE=$([ "$case" = hit ] && echo hit || echo unique))\"}"
+    echo "{\"bench\":\"server\",\"case\":\"$case\",\"batching\":\"$batching\",\"precision\":\"$PRECISION\",\"conns\":$c,\"wrk_threads\":$t,\"residues\":$SHORT_LEN,\"server_threads\":$THREADS,\"wrk\":$w,\"cache_hits\":$hits,\"cache_misses\":$misses,\"forward_sequences\":$fseq,\"forward_passes\":$fcnt,\"forward_seconds\":$fsum,\"queue_rejected\":$rej,\"server_cpu_s\":$scpu,\"wrk_cpu_s\":$wcpu,\"raw\":$raw,\"raw_before\":$raw_before,\"command\":\"$WRK -t$t -c$c -d${DURATION}s --timeout 60s --latency -s $LUA URL/predict (BENCH_MODE=$([ "$case" = hit ] && echo hit || echo unique))\"}"
     local nreq cpu_us
     nreq=$(sed -n 's/.*"requests":\([0-9]*\).*/\1/p' "$T/wrk.json")
     cpu_us=$(awk "BEGIN{printf \"%.1f\", (${nreq:-0} > 0 ? $scpu / ${nreq:-1} * 1e6 : 0)}")
-    log "$case batching=$batching c=$c: $(sed 's/.*"rps":\([0-9.]*\).*"lat_p50_ms":\([0-9.]*\).*"lat_p99_ms":\([0-9.]*\).*/\1 req\/s, p50 \2 ms, p99 \3 ms/' "$T/wrk.json"), daemon CPU $cpu_us us/req"
+    log "$case batching=$batching precision=$PRECISION c=$c: $(sed 's/.*"rps":\([0-9.]*\).*"lat_p50_ms":\([0-9.]*\).*"lat_p99_ms":\([0-9.]*\).*/\1 req\/s, p50 \2 ms, p99 \3 ms/' "$T/wrk.json"), daemon CPU $cpu_us us/req"
 }
 
 # a deterministic random sequence of n residues (LCG), with <mask> at the middle
@@ -180,7 +195,7 @@ xc=$(curl -s -D - -o /dev/null -H 'Content-Type: application/json' -d "$HIT_BODY
 for c in $CONNS; do run_wrk hit on "$c"; done
 for c in $CONNS; do run_wrk miss on "$c"; done
 case " $CONNS " in *" $BATCH_CONNS "*) ;; *) run_wrk miss on "$BATCH_CONNS" ;; esac
-echo "{\"bench\":\"server_rss\",\"config\":\"default\",\"peak_rss_kb\":$(proc_kb "$PID" VmHWM)}"
+echo "{\"bench\":\"server_rss\",\"config\":\"default\",\"precision\":\"fp32\",\"peak_rss_kb\":$(proc_kb "$PID" VmHWM)}"
 stop_server
 
 # ---- batching off: the same uncached load computed one request at a time ---------------------
@@ -188,3 +203,25 @@ start_server nobatch --batch-tokens 0
 run_wrk miss off 1
 run_wrk miss off "$BATCH_CONNS"
 stop_server
+
+# ---- bf16: the same uncached load at BATCH_CONNS, batching on and off, --precision bf16 ----------
+# In a subshell with its own errexit, so that a failure ends only this section (the daemon it
+# started is stopped by the subshell's EXIT trap; the float32 lines above are already printed).
+if [ "$BF16" = 1 ]; then
+    set +e
+    (
+        set -e
+        trap stop_if_running EXIT
+        PRECISION=bf16
+        start_server bf16 --precision bf16
+        run_wrk miss on "$BATCH_CONNS"
+        echo "{\"bench\":\"server_rss\",\"config\":\"bf16\",\"precision\":\"bf16\",\"peak_rss_kb\":$(proc_kb "$PID" VmHWM)}"
+        stop_server
+        start_server bf16_nobatch --precision bf16 --batch-tokens 0
+        run_wrk miss off "$BATCH_CONNS"
+        stop_server
+    )
+    rc=$?
+    set -e
+    [ "$rc" = 0 ] || log "the bf16 runs failed (exit $rc): no bf16 server figures"
+fi

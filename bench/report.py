@@ -208,8 +208,11 @@ def report(a):
             bf16_tol = float(tok.split("=", 1)[1])
     t_train = {r["impl"]: r for r in by(bench="torch_train")}
     titin = (by(bench="titin") or [None])[0]
-    srv = by(bench="server")
-    srv_rss = (by(bench="server_rss") or [None])[0]
+    # the server runs in float32 (older results have no "precision") and with --precision bf16
+    srv = [s for s in by(bench="server") if s.get("precision", "fp32") == "fp32"]
+    srv_b = by(bench="server", precision="bf16")
+    srv_rss = ([r for r in by(bench="server_rss") if r.get("precision", "fp32") == "fp32"] or [None])[0]
+    srv_rss_b = (by(bench="server_rss", precision="bf16") or [None])[0]
     winfo = read(os.path.join(meta, "weights_info.txt"))
     wcfg = {}
     for line in winfo.splitlines():
@@ -449,6 +452,45 @@ def report(a):
                           rb.get("batch", 0), peak / r1["gflops"]))
         targets.append(("Batching: ≥ %g× throughput at c = 16 vs one-at-a-time" % T_BATCH_RATIO,
                         "%.2f×" % ratio, ratio >= T_BATCH_RATIO, extra))
+    # bf16: the same on/off pair on daemons with --precision bf16, raw = bench_forward --precision
+    # bf16, bounded by the bf16 peak; the faster one-at-a-time is, the less batching can add
+    on16_b = [s for s in srv_b if s["case"] == "miss" and s["batching"] == "on" and s["conns"] == 16]
+    off16_b = [s for s in srv_b if s["case"] == "miss" and s["batching"] == "off" and s["conns"] == 16]
+    ovh_b = [(s["conns"], raw_rate(s)[0] / s["wrk"]["rps"] - 1.0) for s in on16_b if raw_rate(s)]
+    ot = "Server overhead ≤ %.0f%% over raw model throughput (bf16, c = 16, uncached%s)" % (
+        100 * T_OVERHEAD, ", %d residues" % on16_b[0]["residues"] if on16_b else "")
+    if ovh_b:
+        met = ovh_b[0][1] <= T_OVERHEAD
+        targets.append((ot, "c%d %+.0f%%" % (ovh_b[0][0], 100 * ovh_b[0][1]), met,
+                        "raw = `bench_forward --precision bf16` at the server's mean batch" +
+                        ("" if met else "; %.0f%% over" % (100 * ovh_b[0][1]))))
+    elif on16_b:
+        targets.append((ot, "not measured (no raw bf16 model run)", None, ""))
+    elif not srv_b:
+        targets.append((ot, bf16_why, None, ""))
+    else:
+        targets.append((ot, "not measured (no bf16 batched run at c = 16)", None, ""))
+    bt = "Batching: ≥ %g× throughput at c = 16 vs one-at-a-time (bf16)" % T_BATCH_RATIO
+    if on16_b and off16_b:
+        ratio = on16_b[0]["wrk"]["rps"] / off16_b[0]["wrk"]["rps"]
+        extra = "batched %s req/s vs --batch-tokens 0 %s req/s" % (
+            fmt(on16_b[0]["wrk"]["rps"]), fmt(off16_b[0]["wrk"]["rps"]))
+        r1, rb = off16_b[0].get("raw") or {}, on16_b[0].get("raw") or {}
+        if bpeak and r1.get("gflops") and rb.get("gflops"):
+            extra += ("; the model bounds it: a bf16 forward pass runs at %.0f GFLOP/s (%.0f%% of the bf16 "
+                      "peak) one sequence at a time and %.0f GFLOP/s (%.0f%%) at batch %d, so batching "
+                      "can give at most %.2f× (at 100%% of the bf16 peak)" % (
+                          r1["gflops"], 100 * r1["gflops"] / bpeak, rb["gflops"], 100 * rb["gflops"] / bpeak,
+                          rb.get("batch", 0), bpeak / r1["gflops"]))
+        if off16:
+            extra += "; one-at-a-time bf16 / fp32: %.2f× (c = 16, --batch-tokens 0)" % (
+                off16_b[0]["wrk"]["rps"] / off16[0]["wrk"]["rps"])
+        targets.append((bt, "%.2f×" % ratio, ratio >= T_BATCH_RATIO, extra))
+    elif not srv_b:
+        targets.append((bt, bf16_why, None, ""))
+    else:
+        targets.append((bt, "not measured (no bf16 %s run at c = 16)" % (
+            "batched" if not on16_b else "--batch-tokens 0"), None, ""))
 
     # =============================================================================================
     w("# Benchmark results")
@@ -821,9 +863,11 @@ def report(a):
           "(user + system) of the daemon and of wrk during the run ÷ completed requests." % (
               s0["server_threads"], fmt(s0["wrk"]["duration_s"]), s0["residues"]))
         w("")
-        w("| case | batching | conns | req/s | p50 | p99 | errors | hits / misses | mean batch | busy | raw seq/s | overhead | daemon CPU/req | wrk CPU/req |")
-        w("|---|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|")
-        for s in srv:
+    srv_head = ("| case | batching | conns | req/s | p50 | p99 | errors | hits / misses | mean batch | busy | raw seq/s | overhead | daemon CPU/req | wrk CPU/req |",
+                "|---|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|")
+
+    def srv_rows(rows):
+        for s in rows:
             wr = s["wrk"]
             errs = wr["err_connect"] + wr["err_read"] + wr["err_write"] + wr["err_status"] + wr["err_timeout"]
             mb = s["forward_sequences"] / s["forward_passes"] if s["forward_passes"] else None
@@ -839,6 +883,10 @@ def report(a):
                 "%+.0f%%" % (100 * (raw_rps / wr["rps"] - 1)) if raw_rps else "–",
                 secs(s["server_cpu_s"] / nreq) if "server_cpu_s" in s else "–",
                 secs(s["wrk_cpu_s"] / nreq) if "wrk_cpu_s" in s else "–"))
+    if srv:
+        for l in srv_head:
+            w(l)
+        srv_rows(srv)
         w("")
         on = {s["conns"]: s for s in srv if s["case"] == "miss" and s["batching"] == "on"}
         off = {s["conns"]: s for s in srv if s["case"] == "miss" and s["batching"] == "off"}
@@ -858,6 +906,44 @@ def report(a):
           "daemon RSS %s MB before, peak %s MB. Server-Timing: `%s`." % (
               fmt(titin["residues"]), titin["http_status"], secs(titin["seconds"]),
               fmt(titin["rss_before_kb"] / 1024), fmt(titin["peak_rss_kb"] / 1024), titin.get("server_timing", "")))
+    w("")
+    w("### bf16")
+    w("")
+    if srv_b:
+        w("The uncached load again on fresh daemons with `--precision bf16` (the weight products in bfloat16 "
+          "with float32 sums; results are cached per precision), batching on (default `--batch-tokens`) and "
+          "off (`--batch-tokens 0`); *raw* is `bench_forward --precision bf16` at the same length and mean "
+          "batch, and the other columns are as above. These are bf16 runs only; the float32 ones are the "
+          "table above:")
+        w("")
+        for l in srv_head:
+            w(l)
+        srv_rows(srv_b)
+        w("")
+        on_b = {s["conns"]: s for s in srv_b if s["case"] == "miss" and s["batching"] == "on"}
+        off_b = {s["conns"]: s for s in srv_b if s["case"] == "miss" and s["batching"] == "off"}
+        on = {s["conns"]: s for s in srv if s["case"] == "miss" and s["batching"] == "on"}
+        off = {s["conns"]: s for s in srv if s["case"] == "miss" and s["batching"] == "off"}
+        for c in sorted(set(on_b) & set(off_b)):
+            w("* **Batching at c = %d, bf16:** %s req/s batched vs %s req/s with `--batch-tokens 0`: **%.2f×**%s." % (
+                c, fmt(on_b[c]["wrk"]["rps"]), fmt(off_b[c]["wrk"]["rps"]), on_b[c]["wrk"]["rps"] / off_b[c]["wrk"]["rps"],
+                " (float32: %.2f×)" % (on[c]["wrk"]["rps"] / off[c]["wrk"]["rps"]) if c in on and c in off else ""))
+        for c in sorted(set(on_b) | set(off_b)):
+            parts = []
+            for name, b, f in (("batched", on_b, on), ("one at a time", off_b, off)):
+                if c in b and c in f:
+                    parts.append("%s %.2f×" % (name, b[c]["wrk"]["rps"] / f[c]["wrk"]["rps"]))
+                    rb, rf = raw_rate(b[c]), raw_rate(f[c])
+                    if rb and rf:
+                        parts[-1] += " (raw model %.2f×)" % (rb[0] / rf[0])
+            if parts:
+                w("* bf16 / float32 requests/s at c = %d: %s." % (c, ", ".join(parts)))
+        if srv_rss_b:
+            w("* bf16 daemon peak RSS after its batched run (c = %s only, so not comparable with the float32 "
+              "daemon's figure above, which ran every concurrency): %s MB." % (
+                  ", ".join(str(c) for c in sorted(on_b)) or "–", fmt(srv_rss_b["peak_rss_kb"] / 1024)))
+    else:
+        w("`performerd --precision bf16`: %s." % bf16_why)
     w("")
 
     # ---- commands ---------------------------------------------------------------------------------

@@ -5,7 +5,8 @@
 # $OUT/RESULTS.md, $OUT/forward.png and the raw measurements $OUT/results.jsonl. On a CPU with
 # AVX-512 BF16 the C side of the PyTorch comparisons (forward and trainer) also runs with
 # --precision bf16 (weight products in bfloat16, float32 accumulation), and the sgemm peak is also
-# measured for the bf16 product; PyTorch stays float32.
+# measured for the bf16 product; PyTorch stays float32. The server's batching on/off comparison
+# (uncached short requests at SRV_BATCH_CONNS) is repeated with performerd --precision bf16.
 #
 # Environment (all optional):
 #   WEIGHTS   weights to benchmark (weights/model.safetensors)
@@ -248,10 +249,10 @@ rec "${PYT[@]}" bench/bench_torch.py train --weights "$WEIGHTS" --fasta "$DATA" 
 
 # ---- server -------------------------------------------------------------------------------------
 log "server (wrk, ${SRV_DURATION}s per run)"
-printf '%s\n' "BIN=$BIN BENCH_FORWARD=$BF WEIGHTS=$WEIGHTS THREADS=$THREADS DURATION=$SRV_DURATION CONNS='$SRV_CONNS' BATCH_CONNS=$SRV_BATCH_CONNS SHORT_LEN=$SRV_LEN TITIN_LEN=$TITIN_LEN bash bench/bench_server.sh" >>"$T/commands.txt"
+printf '%s\n' "BIN=$BIN BENCH_FORWARD=$BF WEIGHTS=$WEIGHTS THREADS=$THREADS DURATION=$SRV_DURATION CONNS='$SRV_CONNS' BATCH_CONNS=$SRV_BATCH_CONNS SHORT_LEN=$SRV_LEN TITIN_LEN=$TITIN_LEN BF16=$BF16 bash bench/bench_server.sh" >>"$T/commands.txt"
 BIN=$BIN BENCH_FORWARD=$BF WEIGHTS=$WEIGHTS THREADS=$THREADS DURATION=$SRV_DURATION \
     CONNS="$SRV_CONNS" BATCH_CONNS=$SRV_BATCH_CONNS SHORT_LEN=$SRV_LEN TITIN_LEN=$TITIN_LEN \
-    RAW_MIN_TIME=$MIN_TIME bash bench/bench_server.sh >>"$R"
+    RAW_MIN_TIME=$MIN_TIME BF16=$BF16 bash bench/bench_server.sh >>"$R"
 
 # ---- sgemm peak (end: drift check) ---------------------------------------------------------------
 log "sgemm peak (end)"

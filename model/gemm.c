@@ -15,6 +15,7 @@
 #include "gemm.h"
 
 #include <immintrin.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -28,7 +29,19 @@
 #define MC_PANELS 16            /* A panels per tile: 224 rows x KC = 112 KiB (L2) */
 #define GM_PAR_MIN (1 << 20)    /* multiply-adds below which the product runs on one thread */
 
+#define WCACHE_MAX 256           /* weight matrices the cache holds (the shipped model has 33) */
+
 static int gm_mode = GM_FP32;
+
+/* The weight cache: packed bf16 panels of B for every K block, [block][panel][kc2][NR]. */
+typedef struct {
+    const float *b;
+    int ldb, n, k, tb;
+    uint32_t *pack;
+} wentry;
+static wentry wcache[WCACHE_MAX];
+static int wcache_n, wcache_on;
+static pthread_mutex_t wcache_mu = PTHREAD_MUTEX_INITIALIZER;
 
 #define BF16_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16")))
 
@@ -191,9 +204,104 @@ BF16_TARGET static void kernel_14x32(int kc2, const uint32_t *a, const uint32_t 
     }
 }
 
+/* Packs all of op(B)[K, N] block by block into dst ([block][panel][kc2][NR], the blocks KC apart).
+ * Single-threaded (once per weight matrix). */
+BF16_TARGET static void pack_b_all(uint32_t *dst, int tb, int N, int K, const float *B, int ldb) {
+    const int npb = (N + NR - 1) / NR;
+    for (int k0 = 0; k0 < K; k0 += KC) {
+        const int kc = K - k0 < KC ? K - k0 : KC, kc2 = (kc + 1) / 2;
+        uint32_t *blk = dst + (size_t)npb * NR * (KC / 2) * (k0 / KC);
+        for (int p = 0; p < npb; p++) {
+            uint32_t *d = blk + (size_t)p * NR * kc2;
+            if (tb) pack_kcontig(d, B, ldb, N, p * NR, k0, kc, NR);
+            else pack_kstrided(d, B, ldb, N, p * NR, k0, kc, NR);
+        }
+    }
+}
+
+BF16_TARGET static void gemm_bf16(int ta, int tb, int M, int N, int K, float alpha,
+                                  const float *A, int lda, const float *B, int ldb, float beta,
+                                  float *C, int ldc, const uint32_t *pre);
+
 /* gm_sgemm in bf16 with float32 accumulation, whatever the process's precision. */
-BF16_TARGET void gm_sgemm_bf16(int ta, int tb, int M, int N, int K, float alpha, const float *A,
-                               int lda, const float *B, int ldb, float beta, float *C, int ldc) {
+void gm_sgemm_bf16(int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda,
+                   const float *B, int ldb, float beta, float *C, int ldc) {
+    gemm_bf16(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, NULL);
+}
+
+/* Returns B's cached packs, packing them on first use; NULL when the cache is full or out of memory
+ * (the caller then packs per call). */
+static const uint32_t *wcache_get(int tb, int N, int K, const float *B, int ldb) {
+    const uint32_t *r = NULL;
+    pthread_mutex_lock(&wcache_mu);
+    for (int i = 0; i < wcache_n && !r; i++) {
+        const wentry *e = &wcache[i];
+        if (e->b == B && e->ldb == ldb && e->n == N && e->k == K && e->tb == tb) r = e->pack;
+    }
+    if (!r && wcache_on && wcache_n < WCACHE_MAX) {
+        const int npb = (N + NR - 1) / NR, nblk = (K + KC - 1) / KC;
+        const size_t bytes = sizeof(uint32_t) * (size_t)npb * NR * (KC / 2) * nblk;
+        uint32_t *pk = aligned_alloc(64, (bytes + 63) & ~(size_t)63);
+        if (pk) {
+            pack_b_all(pk, tb, N, K, B, ldb);
+            wcache[wcache_n++] = (wentry){B, ldb, N, K, tb, pk};
+            r = pk;
+        }
+    }
+    pthread_mutex_unlock(&wcache_mu);
+    return r;
+}
+
+/* gm_sgemm with B a weight matrix, its packs cached (see gemm.h). */
+void gm_sgemm_w(int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda,
+                const float *B, int ldb, float beta, float *C, int ldc) {
+    if (gm_mode != GM_BF16) {
+        cblas_sgemm(CblasRowMajor, cb(ta), cb(tb), M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+        return;
+    }
+    const uint32_t *pre = wcache_on && M > 0 && N > 0 && K > 0 ? wcache_get(tb, N, K, B, ldb) : NULL;
+    gemm_bf16(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, pre);
+}
+
+/* Turns the weight cache on or off (off empties it). */
+void gm_weight_cache(int on) {
+    pthread_mutex_lock(&wcache_mu);
+    wcache_on = on != 0;
+    if (!wcache_on) {
+        for (int i = 0; i < wcache_n; i++) free(wcache[i].pack);
+        wcache_n = 0;
+    }
+    pthread_mutex_unlock(&wcache_mu);
+}
+
+/* Drops the cached packs of every B inside [base, base + bytes). */
+void gm_weight_cache_drop(const void *base, size_t bytes) {
+    const char *lo = base, *hi = lo + bytes;
+    pthread_mutex_lock(&wcache_mu);
+    for (int i = 0; i < wcache_n;) {
+        const char *b = (const char *)wcache[i].b;
+        if (b >= lo && b < hi) {
+            free(wcache[i].pack);
+            wcache[i] = wcache[--wcache_n];
+        } else {
+            i++;
+        }
+    }
+    pthread_mutex_unlock(&wcache_mu);
+}
+
+/* The number of cached weight matrices. */
+int gm_weight_cache_count(void) {
+    pthread_mutex_lock(&wcache_mu);
+    int n = wcache_n;
+    pthread_mutex_unlock(&wcache_mu);
+    return n;
+}
+
+/* The bf16 product; pre = B's packs from the weight cache, or NULL to pack B here. */
+BF16_TARGET static void gemm_bf16(int ta, int tb, int M, int N, int K, float alpha, const float *A,
+                                  int lda, const float *B, int ldb, float beta, float *C, int ldc,
+                                  const uint32_t *pre) {
     if (M <= 0 || N <= 0) return;
     if (K <= 0 || alpha == 0.0f) {   /* C = beta C, as BLAS does */
         for (int i = 0; i < M; i++)
@@ -205,8 +313,8 @@ BF16_TARGET void gm_sgemm_bf16(int ta, int tb, int M, int N, int K, float alpha,
     const int kcmax = K < KC ? K : KC, kc2max = (kcmax + 1) / 2;
     const int nblk = (npa + MC_PANELS - 1) / MC_PANELS, ntiles = nblk * npb;
     uint32_t *ap = aligned_alloc(64, ((sizeof(uint32_t) * (size_t)npa * MR * kc2max) + 63) & ~(size_t)63);
-    uint32_t *bp = aligned_alloc(64, ((sizeof(uint32_t) * (size_t)npb * NR * kc2max) + 63) & ~(size_t)63);
-    if (!ap || !bp) {   /* out of memory for the packs: the float32 product needs none */
+    uint32_t *bp = pre ? NULL : aligned_alloc(64, ((sizeof(uint32_t) * (size_t)npb * NR * kc2max) + 63) & ~(size_t)63);
+    if (!ap || (!pre && !bp)) {   /* out of memory for the packs: the float32 product needs none */
         free(ap);
         free(bp);
         cblas_sgemm(CblasRowMajor, cb(ta), cb(tb), M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
@@ -216,11 +324,14 @@ BF16_TARGET void gm_sgemm_bf16(int ta, int tb, int M, int N, int K, float alpha,
     #pragma omp parallel if (par)
     for (int k0 = 0; k0 < K; k0 += KC) {
         const int kc = K - k0 < KC ? K - k0 : KC, kc2 = (kc + 1) / 2;
-        #pragma omp for schedule(static)
-        for (int p = 0; p < npb; p++) {
-            uint32_t *d = bp + (size_t)p * NR * kc2;
-            if (tb) pack_kcontig(d, B, ldb, N, p * NR, k0, kc, NR);
-            else pack_kstrided(d, B, ldb, N, p * NR, k0, kc, NR);
+        const uint32_t *bk = pre ? pre + (size_t)npb * NR * (KC / 2) * (k0 / KC) : bp;
+        if (!pre) {
+            #pragma omp for schedule(static)
+            for (int p = 0; p < npb; p++) {
+                uint32_t *d = bp + (size_t)p * NR * kc2;
+                if (tb) pack_kcontig(d, B, ldb, N, p * NR, k0, kc, NR);
+                else pack_kstrided(d, B, ldb, N, p * NR, k0, kc, NR);
+            }
         }
         #pragma omp for schedule(static)
         for (int p = 0; p < npa; p++) {
@@ -235,7 +346,7 @@ BF16_TARGET void gm_sgemm_bf16(int ta, int tb, int M, int N, int K, float alpha,
             const int n0 = pb * NR, nc = N - n0 < NR ? N - n0 : NR;
             for (int pa = blk * MC_PANELS; pa < pa1; pa++) {
                 const int m0 = pa * MR, mr = M - m0 < MR ? M - m0 : MR;
-                kernel_14x32(kc2, ap + (size_t)pa * MR * kc2, bp + (size_t)pb * NR * kc2,
+                kernel_14x32(kc2, ap + (size_t)pa * MR * kc2, bk + (size_t)pb * NR * kc2,
                              C + (long)m0 * ldc + n0, ldc, mr, nc, alpha, beta, k0 == 0);
             }
         }

@@ -9,6 +9,8 @@
 #ifndef PF_GEMM_H
 #define PF_GEMM_H
 
+#include <stddef.h>
+
 enum { GM_FP32 = 0, GM_BF16 = 1 };
 
 /* 1 when this CPU executes AVX-512 BF16 (and AVX-512 BW/VL), else 0. */
@@ -33,6 +35,24 @@ const char *gm_precision_name(int precision);
  * B[K,ldb] or B^T of B[N,ldb]. Runs in the process's precision; beta 0 never reads C. */
 void gm_sgemm(int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda,
               const float *B, int ldb, float beta, float *C, int ldc);
+
+/* gm_sgemm where B is a weight matrix: with the weight cache on (gm_weight_cache) and the process
+ * in bf16, B's bf16 panels are packed once per (B, ldb, N, K, tb) and reused by later calls, which
+ * then only pack A (the activations): short sequences no longer pay for re-packing the weights.
+ * The caller promises B does not change while cached (see gm_weight_cache_drop). */
+void gm_sgemm_w(int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda,
+                const float *B, int ldb, float beta, float *C, int ldc);
+
+/* Turns the weight cache of gm_sgemm_w on (1) or off (0, the default: training changes its
+ * weights every step); off also empties it. For inference processes (performerd, eval, predict). */
+void gm_weight_cache(int on);
+
+/* Drops every cached pack of a B inside [base, base + bytes) (pf_model_free calls it, so a later
+ * model at the same address can never meet stale packs). Thread-safe. */
+void gm_weight_cache_drop(const void *base, size_t bytes);
+
+/* The number of weight matrices cached now (tests). */
+int gm_weight_cache_count(void);
 
 /* gm_sgemm always in bf16 (the CPU must support it: gm_bf16_supported()), whatever the process's
  * precision; for tests and benchmarks. */

@@ -128,7 +128,7 @@ void matmul_forward(float *out, const float *inp, const float *w, const float *b
         #pragma omp parallel for if ((size_t)N * OC > OMP_MIN)
         for (int p = 0; p < N; p++) memcpy(out + (size_t)p * OC, b, sizeof(float) * OC);
     }
-    gm_sgemm(0, 1, N, OC, C, 1.0f, inp, C, w, C, b ? 1.0f : 0.0f, out, OC);
+    gm_sgemm_w(0, 1, N, OC, C, 1.0f, inp, C, w, C, b ? 1.0f : 0.0f, out, OC);
 }
 
 /* matmul_backward with dinp = beta * dinp + dout w (beta 0: dinp need not be initialised). */
@@ -237,7 +237,7 @@ void gelu_bias_forward(float *x, const float *b, int N, int C) {
 void matmul_residual(float *out, const float *inp, const float *w, const float *b, int N, int C,
                      int OC) {
     /* beta 1: the product lands on the residual stream directly (no zeroed buffer, no extra add) */
-    gm_sgemm(0, 1, N, OC, C, 1.0f, inp, C, w, C, 1.0f, out, OC);
+    gm_sgemm_w(0, 1, N, OC, C, 1.0f, inp, C, w, C, 1.0f, out, OC);
     if (!b) return;
     #pragma omp parallel for if ((size_t)N * OC > OMP_MIN)
     for (int p = 0; p < N; p++) {

@@ -1,6 +1,7 @@
 /* weights.c - the canonical tensor table, config checks, loading (validating, zero-copy mmap),
  * random initialisation, saving and the FAVOR+ projection draw (weights/FORMAT.md). */
 #include "model.h"
+#include "gemm.h"
 #include "rng.h"
 #include "safetensors.h"
 
@@ -226,6 +227,9 @@ static int pf_model_own(pf_model *m, const pf_tensor_info *t, int n) {
 /* Frees a model (unmaps or frees parameters); NULL is fine. */
 void pf_model_free(pf_model *m) {
     if (!m) return;
+    /* bf16 packs of these weights (gm_sgemm_w) must not outlive them */
+    if (m->map) gm_weight_cache_drop(m->map, m->map_len);
+    if (m->owned) gm_weight_cache_drop(m->owned, sizeof(float) * m->n_params);
     if (m->map) munmap(m->map, m->map_len);
     free(m->owned);
     free(m->layer_store);

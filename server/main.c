@@ -124,6 +124,7 @@ int main(int argc, char **argv) {
         fprintf(stderr, "performerd: error: --precision bf16 needs a CPU with AVX-512 BF16; use fp32\n");
         return 2;
     }
+    gm_weight_cache(1);   /* the served weights never change: bf16 packs them once */
 
     /* Signals are handled by sigwait in this thread only; every thread inherits the mask. */
     sigset_t sigs;

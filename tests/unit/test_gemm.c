@@ -5,7 +5,9 @@
  * (fp32 mode is cblas_sgemm exactly). Exits 77 (skip) after the fp32 checks on a CPU without
  * AVX-512 BF16. */
 #include "gemm.h"
+#include "model.h"
 #include "testutil.h"
+#include "tokenizer.h"
 
 #include <cblas.h>
 #include <omp.h>
@@ -156,6 +158,78 @@ int main(void) {
         CHECK(md > 0 && md < 0.02 * mref);
         CHECK(gm_set_precision(GM_FP32) == 0 && gm_precision() == GM_FP32);
         free(A); free(B); free(C1); free(C2);
+    }
+    /* the weight cache of gm_sgemm_w: packed once per (B, ldb, N, K, tb), same bits as packing per
+     * call, dropped by address range, emptied when turned off, unused in fp32 */
+    {
+        uint64_t s = 11;
+        const int M = 50, N = 70, K = 300;
+        float *A = malloc(sizeof(float) * M * K), *B = malloc(sizeof(float) * N * K);
+        float *C1 = malloc(sizeof(float) * M * K), *C2 = malloc(sizeof(float) * M * K);   /* M x max(N, K) */
+        for (int i = 0; i < M * K; i++) A[i] = urand(&s);
+        for (int i = 0; i < N * K; i++) B[i] = urand(&s);
+        CHECK(gm_weight_cache_count() == 0);
+        gm_sgemm_w(0, 1, M, N, K, 1.0f, A, K, B, K, 0.0f, C1, N);    /* fp32: no cache */
+        CHECK(gm_weight_cache_count() == 0);
+        CHECK(gm_set_precision(GM_BF16) == 0);
+        gm_sgemm_w(0, 1, M, N, K, 1.0f, A, K, B, K, 0.0f, C1, N);    /* cache off: packs per call */
+        CHECK(gm_weight_cache_count() == 0);
+        gm_weight_cache(1);
+        gm_sgemm_bf16(0, 1, M, N, K, 1.0f, A, K, B, K, 0.0f, C1, N);
+        for (int rep = 0; rep < 2; rep++) {
+            memset(C2, 0, sizeof(float) * M * N);
+            gm_sgemm_w(0, 1, M, N, K, 1.0f, A, K, B, K, 0.0f, C2, N);
+            CHECK(memcmp(C1, C2, sizeof(float) * M * N) == 0);
+            CHECK(gm_weight_cache_count() == 1);
+        }
+        /* B as [K, N] (tb 0) is another entry; so is a sub-matrix with other N */
+        gm_sgemm_w(0, 0, M, K, N, 1.0f, A, N, B, K, 0.0f, C2, K);
+        gm_sgemm_w(0, 1, M, N - 3, K, 1.0f, A, K, B, K, 0.0f, C2, N);
+        CHECK(gm_weight_cache_count() == 3);
+        gm_sgemm_bf16(0, 1, M, N - 3, K, 1.0f, A, K, B, K, 0.0f, C1, N);
+        gm_sgemm_w(0, 1, M, N - 3, K, 1.0f, A, K, B, K, 0.0f, C2, N);
+        int same = 1;
+        for (int i = 0; i < M; i++) same &= memcmp(C1 + i * N, C2 + i * N, sizeof(float) * (N - 3)) == 0;
+        CHECK(same);
+        gm_weight_cache_drop(A, sizeof(float) * M * K);              /* not a cached B: nothing */
+        CHECK(gm_weight_cache_count() == 3);
+        gm_weight_cache_drop(B, sizeof(float) * N * K);
+        CHECK(gm_weight_cache_count() == 0);
+        gm_sgemm_w(0, 1, M, N, K, 1.0f, A, K, B, K, 0.0f, C2, N);
+        CHECK(gm_weight_cache_count() == 1);
+        gm_weight_cache(0);
+        CHECK(gm_weight_cache_count() == 0);
+        CHECK(gm_set_precision(GM_FP32) == 0);
+        free(A); free(B); free(C1); free(C2);
+    }
+
+    /* a model's packs go with it: pf_model_free drops them */
+    {
+        char err[512];
+        pf_model *m = NULL;
+        CHECKF(pf_model_load(&m, "tests/fixtures/model.safetensors", err, sizeof err) == 0, "%s", err);
+        if (m) {
+            CHECK(gm_set_precision(GM_BF16) == 0);
+            gm_weight_cache(1);
+            pf_ctx *ctx = pf_ctx_new(m);
+            int32_t tok[40];
+            tok[0] = TOK_CLS;
+            for (int i = 1; i < 39; i++) tok[i] = TOK_RES0 + i % 20;
+            tok[39] = TOK_EOS;
+            float *logp = malloc(sizeof(float) * 40 * TOK_NRES), *logp2 = malloc(sizeof(float) * 40 * TOK_NRES);
+            int len = 40;
+            CHECK(ctx && pf_forward(ctx, m, PF_KERNEL_DEFAULT, tok, &len, 1, logp, NULL, err, sizeof err) == 0);
+            const int cached = gm_weight_cache_count();
+            CHECKF(cached > 0, "%d weight matrices cached after a forward", cached);
+            CHECK(ctx && pf_forward(ctx, m, PF_KERNEL_DEFAULT, tok, &len, 1, logp2, NULL, err, sizeof err) == 0);
+            CHECK(memcmp(logp, logp2, sizeof(float) * 40 * TOK_NRES) == 0 && gm_weight_cache_count() == cached);
+            pf_ctx_free(ctx);
+            pf_model_free(m);
+            CHECKF(gm_weight_cache_count() == 0, "%d packs left after pf_model_free", gm_weight_cache_count());
+            gm_weight_cache(0);
+            CHECK(gm_set_precision(GM_FP32) == 0);
+            free(logp); free(logp2);
+        }
     }
     return TEST_DONE();
 }
