@@ -173,6 +173,16 @@ def crossover(fav, exa):
         fmt(a), r[a], fmt(b), r[b], fmt(round(est)))), est
 
 
+
+def drift_note(w, start, end, key, what, why):
+    """Writes a warning when the start and end measurements of key differ by over 10%."""
+    if start.get(key) and end.get(key):
+        drift = abs(start[key] - end[key]) / max(start[key], end[key])
+        if drift > 0.1:
+            w("")
+            w("> **The %s changed by %.0f%% between start and end**: the machine was not steady%s; "
+              "compare ratios with care." % (what, 100 * drift, why))
+
 def report(a):
     recs = [json.loads(l) for l in open(a.results) if l.strip().startswith("{")]
     meta = a.meta
@@ -725,12 +735,7 @@ def report(a):
           "the model shapes below); all %% of peak figures use it." % (
               fmt(sg_start.get("n")), sg_start.get("reps"), sg_start.get("threads"), fmt(sg_start.get("gflops")),
               fmt(sg_end.get("gflops")), fmt(peak)))
-        if sg_start.get("gflops") and sg_end.get("gflops"):
-            drift = abs(sg_start["gflops"] - sg_end["gflops"]) / max(sg_start["gflops"], sg_end["gflops"])
-            if drift > 0.1:
-                w("")
-                w("> **The sgemm rate changed by %.0f%% between start and end**: the machine was not steady "
-                  "(other load, frequency or thermal changes); compare ratios with care." % (100 * drift))
+        drift_note(w, sg_start, sg_end, "gflops", "sgemm rate", " (other load, frequency or thermal changes)")
         w("")
     if shapes:
         w("The model's own products as `matmul_forward` calls them (`out[T, N] = in[T, K] W[N, K]^T`), in "
@@ -770,12 +775,7 @@ def report(a):
               fmt(sg_start.get("n")), sg_start.get("reps"), sg_start.get("threads"),
               fmt(sg_start.get("bf16_gflops")), fmt(sg_end.get("bf16_gflops")), fmt(bpeak),
               ", %.2f× the float32 peak" % (bpeak / peak) if peak else ""))
-        if sg_start.get("bf16_gflops") and sg_end.get("bf16_gflops"):
-            drift = abs(sg_start["bf16_gflops"] - sg_end["bf16_gflops"]) / max(sg_start["bf16_gflops"], sg_end["bf16_gflops"])
-            if drift > 0.1:
-                w("")
-                w("> **The bf16 product's rate changed by %.0f%% between start and end**: the machine was not "
-                  "steady; compare ratios with care." % (100 * drift))
+        drift_note(w, sg_start, sg_end, "bf16_gflops", "bf16 product's rate", "")
         w("")
         bsh = [s for s in shapes if s.get("bf16_gflops")]
         if bsh:
