@@ -11,7 +11,12 @@
  * Odd K, partial panels and partial tiles are zero-padded in the packs and masked in the stores,
  * so any M, N, K >= 0, leading dimension and transpose is valid. The packing converts float32 to
  * bf16 with VCVTNEPS2BF16 (round to nearest even). Threads: OpenMP over the tiles; the result does
- * not depend on the thread count (each C element is summed by one thread, in K order). */
+ * not depend on the thread count (each C element is summed by one thread, in K order).
+ *
+ * gm_sgemm_w keeps the packed panels of weight matrices (B) in a small table keyed by pointer,
+ * leading dimension, shape and transpose, so an inference pass packs only its activations; the
+ * table is filled only while gm_weight_cache(1) is in force and pf_model_free drops a model's
+ * entries. */
 #include "gemm.h"
 
 #include <immintrin.h>
@@ -29,7 +34,7 @@
 #define MC_PANELS 16            /* A panels per tile: 224 rows x KC = 112 KiB (L2) */
 #define GM_PAR_MIN (1 << 20)    /* multiply-adds below which the product runs on one thread */
 
-#define WCACHE_MAX 256           /* weight matrices the cache holds (the shipped model has 33) */
+#define WCACHE_MAX 256          /* weight matrices the cache holds (the shipped model has 29) */
 
 static int gm_mode = GM_FP32;
 

@@ -3,8 +3,9 @@
  *
  * The bf16 mode rounds both operands to bfloat16 (8-bit mantissa, round to nearest even) and
  * accumulates their products in float32: the same arithmetic as PyTorch's autocast on CPU. It is
- * about twice the float32 throughput of the same cores; the rounding changes outputs by about 0.3%
- * of their size (measured figures: weights/MODEL_CARD.md, bench/RESULTS.md). Without AVX-512 BF16
+ * about twice the float32 throughput of the same cores; the rounding moves a product by about
+ * 0.2% of its largest output (tests/unit/test_gemm.c; the effect on the model's quality:
+ * weights/MODEL_CARD.md, on its speed: bench/RESULTS.md). Without AVX-512 BF16
  * in the CPU, gm_set_precision(GM_BF16) fails and the process stays in float32. */
 #ifndef PF_GEMM_H
 #define PF_GEMM_H
