@@ -826,7 +826,7 @@ def report(a):
                 w("| PyTorch %s | %d | %s | %s | %s | %.2f× |" % (
                     impl, t["steps"] - t["skip"], fmt(t["mean_batch_tokens"]), secs(t["mean_step_s"]),
                     fmt(t["tokens_per_s"]), c_train["tokens_per_s"] / t["tokens_per_s"]))
-        if c_train_b:
+        if c_train_b and c_train_b.get("tokens_per_s"):
             w("| C `performer train --precision bf16` | %d | %s | %s | %s | %.2f× |" % (
                 c_train_b["steps"] - c_train_b["skip"], fmt(c_train_b["mean_batch_tokens"]),
                 secs(c_train_b["mean_step_s"]), fmt(c_train_b["tokens_per_s"]),

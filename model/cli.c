@@ -7,6 +7,7 @@
 #include "model.h"
 #include "task.h"
 #include "train.h"
+#include "util.h"
 
 #include <errno.h>
 #include <time.h>
@@ -562,11 +563,6 @@ out:
     return rc;
 }
 
-/* Returns the {"name","sha256","trained"} object of responses. */
-static json_t *model_ref(const pf_model *m) {
-    return json_pack("{s:s, s:s, s:b}", "name", m->cfg.name, "sha256", m->sha256, "trained", m->cfg.trained);
-}
-
 /* Fills the per-sequence limits for offline use (no request-size limits; pseudo-likelihood cap). */
 static void cli_limits(const pf_model *m, long max_pll, tk_limits *lim) {
     lim->max_length = 10000000;
@@ -619,7 +615,7 @@ static char *read_file(const char *path, size_t *len, char *err, size_t errlen) 
 static int run_submission(const pf_model *m, const bt_submission *s, const tk_limits *lim, FILE *out, int quiet,
                           char *err, size_t errlen) {
     pf_ctx *ctx = pf_ctx_new(m);
-    json_t *mref = model_ref(m);
+    json_t *mref = tk_model_ref(m->cfg.name, m->sha256, m->cfg.trained);
     if (!ctx || !mref) {
         pf_ctx_free(ctx);
         json_decref(mref);
@@ -634,7 +630,7 @@ static int run_submission(const pf_model *m, const bt_submission *s, const tk_li
     for (long long i = 0; i < s->n; i++) {      /* the passes to run, for the bar */
         tk_request *r = NULL;
         pr_error e;
-        if (tk_parse(s->kind, s->requests[i], strlen(s->requests[i]), lim, m->sha256, &r, &e) == 0)
+        if (tk_parse(s->kind, s->requests[i], strlen(s->requests[i]), lim, ut_model_key(m->sha256), &r, &e) == 0)
             pg.total += r->n_inputs;
         else
             json_decref(e.details);
@@ -646,7 +642,7 @@ static int run_submission(const pf_model *m, const bt_submission *s, const tk_li
         pr_error e;
         ut_buf line = {0};
         char ferr[256] = "";
-        if (tk_parse(s->kind, s->requests[i], strlen(s->requests[i]), lim, m->sha256, &r, &e)) {
+        if (tk_parse(s->kind, s->requests[i], strlen(s->requests[i]), lim, ut_model_key(m->sha256), &r, &e)) {
             json_t *o = json_pack("{s:s, s:s}", "error", e.msg, "error_type", e.type);
             json_decref(e.details);
             char *eo = json_dumps(o, JSON_COMPACT);
@@ -765,7 +761,7 @@ static int load_submission(task_opts *o, tk_kind kind, pf_model **m, tk_limits *
         len = b.len;
     }
     pr_error e;
-    int rc = bt_parse_fasta(text, len, tk_kind_name(kind), o->params, &bl, (*m)->sha256, sub, &e);
+    int rc = bt_parse_fasta(text, len, tk_kind_name(kind), o->params, &bl, ut_model_key((*m)->sha256), sub, &e);
     free(text);
     if (rc) {
         const char *msg = e.msg, *pre = "sequence 1 ('sequence'): ";
@@ -818,7 +814,7 @@ static int cmd_score(int argc, char **argv) {
     pr_error e;
     char err[512];
     rc = 1;
-    if (tk_parse(TK_SCORE, sub->requests[0], strlen(sub->requests[0]), &lim, m->sha256, &r, &e)) {
+    if (tk_parse(TK_SCORE, sub->requests[0], strlen(sub->requests[0]), &lim, ut_model_key(m->sha256), &r, &e)) {
         fprintf(stderr, "performer: %s\n", e.msg);
         json_decref(e.details);
         goto done;
@@ -836,7 +832,7 @@ static int cmd_score(int argc, char **argv) {
     if (frc) { fprintf(stderr, "performer: %s\n", err); goto done; }
     pg.seqs_done = 1;
     progress_end(&pg);
-    json_t *mref = model_ref(m);
+    json_t *mref = tk_model_ref(m->cfg.name, m->sha256, m->cfg.trained);
     size_t len = 0;
     char *body = tk_response(r, mref, &len);
     json_decref(mref);

@@ -45,10 +45,18 @@ void pf_omp_passive(char **argv) {
     execv(self, argv);  /* keeps the program's name; only returns on failure: carry on as we are */
 }
 
+static _Atomic int g_threads = 0;   /* 0: never set (OpenMP's default) */
+
 void pf_set_threads(int n) {
     if (n < 1) n = 1;
+    g_threads = n;
     openblas_set_num_threads(n);
     omp_set_num_threads(n);
+}
+
+void pf_thread_init(void) {
+    const int n = g_threads;
+    if (n > 0) omp_set_num_threads(n);
 }
 
 void pf_set_exact_mem_limit(size_t bytes) { g_exact_mem_limit = bytes; }

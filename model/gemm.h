@@ -2,11 +2,12 @@
  * product with float32 accumulation (AVX-512 BF16, VDPBF16PS) selected once per process.
  *
  * The bf16 mode rounds both operands to bfloat16 (8-bit mantissa, round to nearest even) and
- * accumulates their products in float32: the same arithmetic as PyTorch's autocast on CPU. It is
- * about twice the float32 throughput of the same cores; the rounding moves a product by about
- * 0.2% of its largest output (tests/unit/test_gemm.c; the effect on the model's quality:
- * weights/MODEL_CARD.md, on its speed: bench/RESULTS.md). Without AVX-512 BF16
- * in the CPU, gm_set_precision(GM_BF16) fails and the process stays in float32. */
+ * accumulates their products in float32 (the operand rounding of PyTorch's CPU autocast, whose
+ * outputs are bf16 too; here they stay float32). It runs at about twice the float32 rate of the
+ * same cores; the rounding moves a product by about 0.2% of its largest output
+ * (tests/unit/test_gemm.c; the effect on the model's quality: weights/MODEL_CARD.md, on its
+ * speed: bench/RESULTS.md). Without AVX-512 BF16 in the CPU, gm_set_precision(GM_BF16) fails and
+ * the process stays in float32. */
 #ifndef PF_GEMM_H
 #define PF_GEMM_H
 
@@ -49,7 +50,8 @@ void gm_sgemm_w(int ta, int tb, int M, int N, int K, float alpha, const float *A
 void gm_weight_cache(int on);
 
 /* Drops every cached pack of a B inside [base, base + bytes) (pf_model_free calls it, so a later
- * model at the same address can never meet stale packs). Thread-safe. */
+ * model at the same address can never meet stale packs). Thread-safe against other cache calls,
+ * but no product on those weights may be running (a pack in use would be freed). */
 void gm_weight_cache_drop(const void *base, size_t bytes);
 
 /* The number of weight matrices cached now (tests). */

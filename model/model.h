@@ -185,7 +185,12 @@ int pf_forward_ex(pf_ctx *ctx, const pf_model *m, pf_kernel kernel, const int32_
                   const int *lens, int B, float *logp, float *hidden, int hidden_layer, char *err,
                   size_t errlen);
 
-/* Sets the number of threads used by OpenBLAS and the element-wise loops. */
+/* Sets the number of threads used by OpenBLAS, the bf16 products and the element-wise loops, for
+ * the calling thread and (through pf_thread_init) for threads started later. */
 void pf_set_threads(int n);
+
+/* Applies the count of the last pf_set_threads to the calling thread: OpenMP keeps its team size
+ * per thread, so every thread that runs the model (the daemon's workers) calls this first. */
+void pf_thread_init(void);
 
 #endif

@@ -31,7 +31,7 @@ typedef struct {
     long max_pll_length;        /* residues of a sequence scored by pseudo-likelihood */
     long max_score_tokens;      /* framed tokens one POST /score request may run through the model */
     long hot_cache_mb;          /* bound of the in-memory hot-result map (MiB); 0 = off */
-    char precision[8];          /* "fp32" or "bf16": the weight products' arithmetic (model/gemm.h) */
+    char precision[16];         /* "fp32" or "bf16" (or "float32", "bfloat16"): the weight products' arithmetic (model/gemm.h) */
     long result_fsync;          /* 1 = fsync each stored result before its 200; 0 = WAL write, background sync */
 } cfg;
 

@@ -370,6 +370,7 @@ static void complete(jb_job **jobs, int nj, char **bodies, size_t *blens, const 
 /* Worker: takes the head job plus following short jobs, runs them in one forward pass. */
 static void *worker_main(void *arg) {
     (void)arg;
+    pf_thread_init();   /* --threads: OpenMP's team size is per thread */
     pf_ctx *ctx = pf_ctx_new(model);
     int cap = cfg.batch_max_seqs > 0 ? cfg.batch_max_seqs : 1;
     jb_job **batch = malloc((size_t)cap * sizeof *batch);

@@ -112,8 +112,9 @@ json_t *ja_job_json(const db_job *j) {
         }
     }
     if (o && strcmp(j->model_sha256, ut_model_key(model->sha256)))
-        json_object_set_new(o, "note", json_string("submitted for another model: it runs when a daemon serving that"
-                                                   " model does"));
+        json_object_set_new(o, "note", json_string("submitted for another model or precision (model_sha256 ends in"
+                                                   " +bf16 for bf16): it runs when a daemon serving that model"
+                                                   " at that precision does"));
     return o;
 }
 
@@ -289,6 +290,7 @@ static void run_job(const char *id) {
 /* The runner: one job at a time, oldest first. */
 static void *runner_main(void *arg) {
     (void)arg;
+    pf_thread_init();   /* --threads: OpenMP's team size is per thread */
     for (;;) {
         if (stop_requested()) break;
         char id[65];

@@ -35,12 +35,6 @@ static int fatal(const char *msg) {
     return 1;
 }
 
-/* Returns the "model" object embedded in every prediction response. */
-static json_t *model_ref(const pf_model *m) {
-    return json_pack("{s:s, s:s, s:b, s:s}", "name", m->cfg.name, "sha256", m->sha256, "trained", m->cfg.trained,
-                     "precision", gm_precision_name(gm_precision()));
-}
-
 /* Returns the GET /model body (malloc'd). */
 static char *model_body(const pf_model *m, const cfg *c) {
     json_t *vocab = json_loads(tok_vocab_json(), 0, NULL);
@@ -185,7 +179,7 @@ int main(int argc, char **argv) {
         pf_model_free(m);
         return fatal(err);
     }
-    json_t *mref = model_ref(m);
+    json_t *mref = tk_model_ref(m->cfg.name, m->sha256, m->cfg.trained);
     char *mbody = model_body(m, &c), *api = api_openapi(&c);
     if (!mref || !mbody || !api) {
         close(fd);

@@ -1,5 +1,6 @@
 /* task.c - predict/score/embed/logits requests, model inputs and responses (see task.h). */
 #include "task.h"
+#include "gemm.h"
 #include "tokenizer.h"
 #include "util.h"
 
@@ -754,4 +755,10 @@ char *tk_response(const tk_request *r, json_t *model, size_t *out_len) {
     }
     *out_len = b.len;
     return b.s;
+}
+
+/* The model object of responses (see task.h). */
+json_t *tk_model_ref(const char *name, const char *sha256, int trained) {
+    return json_pack("{s:s, s:s, s:b, s:s}", "name", name, "sha256", sha256, "trained", trained,
+                     "precision", gm_precision_name(gm_precision()));
 }

@@ -106,8 +106,12 @@ int tk_consume(tk_request *r, int k, const float *logp, const float *hidden, int
 /* Returns 1 when every input has been consumed. */
 int tk_complete(const tk_request *r);
 
+/* Returns the {"name", "sha256", "trained", "precision"} object every response embeds (precision:
+ * the process's, model/gemm.h), or NULL when out of memory. performerd and the CLI share it. */
+json_t *tk_model_ref(const char *name, const char *sha256, int trained);
+
 /* Builds the 200 response JSON (compact, "cached":false) once every input is consumed; model is
- * the {"name","sha256","trained"} object. Returns a malloc'd string and *out_len, or NULL (out of
+ * the tk_model_ref object. Returns a malloc'd string and *out_len, or NULL (out of
  * memory). */
 char *tk_response(const tk_request *r, json_t *model, size_t *out_len);
 

@@ -3,14 +3,18 @@ are refused at start-up with a message; with the shipped weights, bf16 /logits a
 bfloat16 rounding on a real 350-residue protein and pick the same top residue almost everywhere;
 the two precisions never share a cached result (different ids, MISS after a restart on the same
 database, both ids still served), and /model, every response and the start-up log name the
-precision. Exits 77 (skip) after the refusal checks on a CPU without AVX-512 BF16."""
+precision; the CLI's run-jobs gives the daemon's ids and numbers in each precision; --threads
+holds in bf16 too (the daemon's worker threads size their OpenMP teams by it). Exits 77 (skip) after the refusal checks on a CPU without AVX-512 BF16."""
 import math
 import os
 import sys
 
 sys.dont_write_bytecode = True  # no __pycache__ in the source tree
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from pdtest import ROOT, Daemon, check, done, run_daemon_cmd, tmpdir  # noqa: E402
+import json  # noqa: E402
+import subprocess  # noqa: E402
+
+from pdtest import PERFORMER, ROOT, Daemon, check, done, run_daemon_cmd, tmpdir  # noqa: E402
 
 T = tmpdir()
 W = os.path.join(ROOT, "weights", "model.safetensors")
@@ -80,6 +84,23 @@ check(logits(d).header("X-Cache") == "HIT", "bf16 second request HIT")
 old = d.get("/logits/" + j32["id"])
 check(old.status == 200 and old.json()["model"]["precision"] == "fp32", "the fp32 result stays retrievable by id")
 
+# the CLI computes the same results under the same ids as the daemon of the same precision
+FA = os.path.join(T, "one.fasta")
+with open(FA, "w") as f:
+    f.write(">p\n%s\n" % seq)
+
+
+def cli_logits(precision):
+    out = subprocess.run([PERFORMER, "run-jobs", "--precision", precision, "--weights", W, "--fasta", FA,
+                          "--task", "logits"], capture_output=True, text=True, check=True).stdout
+    return json.loads(out.splitlines()[0])["result"]
+
+
+c32, c16 = cli_logits("fp32"), cli_logits("bf16")
+check(c32["id"] == j32["id"] and c32["model"]["precision"] == "fp32", "CLI fp32 id = daemon fp32 id")
+check(c16["id"] == j16["id"] and c16["model"]["precision"] == "bf16", "CLI bf16 id = daemon bf16 id")
+check(c16["results"][0]["log_probs"] == j16["results"][0]["log_probs"], "CLI bf16 numbers = daemon bf16 numbers")
+
 a = j32["results"][0]["log_probs"]
 b = j16["results"][0]["log_probs"]
 check(len(a) == len(b) == len(seq), "one row per residue")
@@ -92,4 +113,22 @@ check(0 < diff < 0.05, "bf16 log-probabilities within 0.05 of fp32 (bfloat16 rou
 check(same >= 0.97 * len(seq), "same top-1 residue at >= 97% of positions")
 check(abs(sum(pa) - 1) < 1e-3, "bf16 probabilities still sum to 1")
 d.stop()
+
+
+def threads_around_request(extra):
+    """Starts a daemon with --threads 1 (and extra); returns its thread counts before and after one
+    uncached request (a team of 1 starts no OpenMP threads)."""
+    dd = Daemon(W, os.path.join(T, "t%d.sqlite" % len(extra)), ["--threads", "1", "--workers", "1"] + extra).start()
+    before = len(os.listdir("/proc/%d/task" % dd.proc.pid))
+    r = dd.post({"sequence": seq[:200]}, path="/logits")
+    check(r.status == 200, "logits 200 (%s)" % extra)
+    after = len(os.listdir("/proc/%d/task" % dd.proc.pid))
+    dd.stop()
+    return before, after
+
+
+for extra in ([], ["--precision", "bfloat16"]):
+    b, a_ = threads_around_request(extra)
+    print("--threads 1 %s: %d threads before a request, %d after" % (" ".join(extra) or "(fp32)", b, a_))
+    check(a_ == b, "--threads 1 %s: no OpenMP threads started by a forward pass (%d -> %d)" % (extra, b, a_))
 done()
