@@ -2,8 +2,9 @@
  * bf16-rounded operands, for every transpose, odd and edge sizes (partial panels, odd K, K over
  * one block), padded leading dimensions, alpha and beta (beta 0 must not read C: NaNs there are
  * ignored), untouched padding columns, the same bits on 1 and 2 threads, and the precision switch
- * (fp32 mode is cblas_sgemm exactly). Exits 77 (skip) after the fp32 checks on a CPU without
- * AVX-512 BF16. */
+ * (fp32 mode is cblas_sgemm exactly), every operand packed tight against a guard page, and the
+ * weight cache (same bits, dropped by address range and by pf_model_free). Exits 77 (skip)
+ * after the fp32 checks on a CPU without AVX-512 BF16. */
 #include "gemm.h"
 #include "model.h"
 #include "testutil.h"
@@ -12,6 +13,7 @@
 #include <cblas.h>
 #include <omp.h>
 #include <stdint.h>
+#include <sys/mman.h>
 
 /* Rounds a float to bfloat16 (nearest even) and back, as VCVTNEPS2BF16 does for normal values. */
 static float bf(float f) {
@@ -73,6 +75,66 @@ static double check_one(int ta, int tb, int M, int N, int K, float alpha, float 
     return worst;
 }
 
+/* Returns n floats that end right before an inaccessible page (a read or write past them faults);
+ * base and len receive the mapping to munmap. */
+static float *guarded(size_t n, void **base, size_t *len) {
+    const size_t ps = 4096, bytes = n * sizeof(float), pages = (bytes + ps - 1) / ps + 1;
+    char *p = mmap(NULL, pages * ps, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED || mprotect(p + (pages - 1) * ps, ps, PROT_NONE) != 0) { perror("mmap"); exit(2); }
+    *base = p;
+    *len = pages * ps;
+    return (float *)(p + (pages - 1) * ps - bytes);
+}
+
+/* Every transpose and edge size with A, B and C packed tight (leading dimension = width) against a
+ * guard page, per-call packing and cached weights alike: no access past any operand. */
+static void check_guarded(void) {
+    static const int Ms[] = {1, 13, 14, 15, 33}, Ns[] = {1, 17, 32, 33, 47}, Ks[] = {1, 2, 17, 33, 257};
+    uint64_t seed = 3;
+    int bad = 0, n = 0;
+    CHECK(gm_set_precision(GM_BF16) == 0);   /* gm_sgemm_w follows the process's precision */
+    gm_weight_cache(1);
+    for (int t = 0; t < 4; t++)
+        for (int mi = 0; mi < 5; mi++)
+            for (int ni = 0; ni < 5; ni++)
+                for (int ki = 0; ki < 5; ki++) {
+                    const int ta = t >> 1, tb = t & 1, M = Ms[mi], N = Ns[ni], K = Ks[ki];
+                    const int lda = ta ? M : K, ldb = tb ? K : N, ar = ta ? K : M, br = tb ? N : K;
+                    void *b1, *b2, *b3;
+                    size_t l1, l2, l3;
+                    float *A = guarded((size_t)ar * lda, &b1, &l1), *B = guarded((size_t)br * ldb, &b2, &l2);
+                    float *C = guarded((size_t)M * N, &b3, &l3), *C0 = malloc(sizeof(float) * M * N);
+                    for (int i = 0; i < ar * lda; i++) A[i] = urand(&seed);
+                    for (int i = 0; i < br * ldb; i++) B[i] = urand(&seed);
+                    for (int i = 0; i < M * N; i++) C0[i] = urand(&seed);
+                    for (int w = 0; w < 2; w++) {
+                        memcpy(C, C0, sizeof(float) * M * N);
+                        if (w) gm_sgemm_w(ta, tb, M, N, K, 1.0f, A, lda, B, ldb, 0.5f, C, N);
+                        else gm_sgemm_bf16(ta, tb, M, N, K, 1.0f, A, lda, B, ldb, 0.5f, C, N);
+                        for (int i = 0; i < M; i++)
+                            for (int j = 0; j < N; j++) {
+                                double r = 0.5 * C0[i * N + j], mag = fabs(r);
+                                for (int k = 0; k < K; k++) {
+                                    const double a = bf(ta ? A[k * lda + i] : A[i * lda + k]);
+                                    const double b = bf(tb ? B[j * ldb + k] : B[k * ldb + j]);
+                                    r += a * b;
+                                    mag += fabs(a * b);
+                                }
+                                bad += !(fabs(C[i * N + j] - r) <= 1e-5 * mag + 1e-30);
+                            }
+                        n++;
+                    }
+                    gm_weight_cache_drop(B, sizeof(float) * (size_t)br * ldb);
+                    munmap(b1, l1); munmap(b2, l2); munmap(b3, l3);
+                    free(C0);
+                }
+    CHECKF(bad == 0, "%d values off in %d guarded products", bad, n);
+    CHECK(gm_weight_cache_count() == 0);
+    gm_weight_cache(0);
+    CHECK(gm_set_precision(GM_FP32) == 0);
+    printf("%d products with every operand against a guard page: %d values off\n", n, bad);
+}
+
 int main(void) {
     int prec = -1;
     CHECK(gm_precision() == GM_FP32);
@@ -121,6 +183,8 @@ int main(void) {
             }
     printf("bf16 product vs double product of the rounded operands: worst relative error %.3g\n",
            worst);
+
+    check_guarded();
 
     /* K = 0 scales C by beta; alpha 0 likewise */
     {
