@@ -1,5 +1,6 @@
 /* metrics.c - Prometheus counters, gauges and histograms (see metrics.h). */
 #include "metrics.h"
+#include "gemm.h"
 
 #include <pthread.h>
 #include <stdarg.h>
@@ -174,6 +175,9 @@ char *mt_render(const mt_gauges *g) {
                   "# TYPE performerd_ready gauge\nperformerd_ready %d\n", g->ready);
     sb_printf(&b, "# HELP performerd_model_trained 1 when the served weights are trained (0 = random init).\n"
                   "# TYPE performerd_model_trained gauge\nperformerd_model_trained %d\n", g->trained);
+    sb_printf(&b, "# HELP performerd_model_info The arithmetic of the weight products (--precision).\n"
+                  "# TYPE performerd_model_info gauge\nperformerd_model_info{precision=\"%s\"} 1\n",
+              gm_precision_name(gm_precision()));
     sb_printf(&b, "# HELP performerd_weights_changed 1 when the weights file on disk differs from the served model"
                   " (restart to load it).\n"
                   "# TYPE performerd_weights_changed gauge\nperformerd_weights_changed %d\n", g->weights_changed);
