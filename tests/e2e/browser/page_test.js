@@ -113,6 +113,7 @@ async function main() {
     check(csp.includes("default-src 'none'") && csp.includes("script-src 'sha256-"), "page has a strict CSP: " + csp);
     await waitFor(page, () => document.getElementById("model-info").dataset.connected === "1");
     check((await page.textContent("#model-info")).includes("UNTRAINED"), "model info says untrained");
+    check((await page.textContent("#model-info")).includes("fp32"), "model info names the precision");
     await page.fill("#sequence", SEQ.toLowerCase().slice(0, 10) + "\n" + SEQ.slice(10));
     await page.click("#analyze");
     await waitFor(page, () => document.getElementById("heatmap").dataset.rendered === "1");
