@@ -174,6 +174,22 @@ def crossover(fav, exa):
 
 
 
+
+def batching_margin(on, off, pk, kind, peak_name, at_peak):
+    """Returns (batched / one-at-a-time requests/s, the margin text) of a server on/off pair; when both
+    raw model rates are known, the text adds what the model allows: batching can at best lift
+    one-at-a-time to the peak pk."""
+    ratio = on["wrk"]["rps"] / off["wrk"]["rps"]
+    extra = "batched %s req/s vs --batch-tokens 0 %s req/s" % (fmt(on["wrk"]["rps"]), fmt(off["wrk"]["rps"]))
+    r1, rb = off.get("raw") or {}, on.get("raw") or {}
+    if pk and r1.get("gflops") and rb.get("gflops"):
+        extra += ("; the model bounds it: a %sforward pass runs at %.0f GFLOP/s (%.0f%% of the %s) one "
+                  "sequence at a time and %.0f GFLOP/s (%.0f%%) at batch %d, so batching can give at most "
+                  "%.2f× (at 100%% of %s)" % (
+                      kind, r1["gflops"], 100 * r1["gflops"] / pk, peak_name, rb["gflops"],
+                      100 * rb["gflops"] / pk, rb.get("batch", 0), pk / r1["gflops"], at_peak))
+    return ratio, extra
+
 def drift_note(w, start, end, key, what, why):
     """Writes a warning when the start and end measurements of key differ by over 10%."""
     if start.get(key) and end.get(key):
@@ -449,17 +465,7 @@ def report(a):
     on16 = [s for s in srv if s["case"] == "miss" and s["batching"] == "on" and s["conns"] == 16]
     off16 = [s for s in srv if s["case"] == "miss" and s["batching"] == "off" and s["conns"] == 16]
     if on16 and off16:
-        ratio = on16[0]["wrk"]["rps"] / off16[0]["wrk"]["rps"]
-        extra = "batched %s req/s vs --batch-tokens 0 %s req/s" % (
-            fmt(on16[0]["wrk"]["rps"]), fmt(off16[0]["wrk"]["rps"]))
-        r1, rb = off16[0].get("raw") or {}, on16[0].get("raw") or {}
-        if peak and r1.get("gflops") and rb.get("gflops"):
-            # what the model allows: batching can at best lift one-at-a-time to the sgemm peak
-            extra += ("; the model bounds it: a forward pass runs at %.0f GFLOP/s (%.0f%% of the sgemm "
-                      "peak) one sequence at a time and %.0f GFLOP/s (%.0f%%) at batch %d, so batching "
-                      "can give at most %.2f× (at 100%% of peak)" % (
-                          r1["gflops"], 100 * r1["gflops"] / peak, rb["gflops"], 100 * rb["gflops"] / peak,
-                          rb.get("batch", 0), peak / r1["gflops"]))
+        ratio, extra = batching_margin(on16[0], off16[0], peak, "", "sgemm peak", "peak")
         targets.append(("Batching: ≥ %g× throughput at c = 16 vs one-at-a-time" % T_BATCH_RATIO,
                         "%.2f×" % ratio, ratio >= T_BATCH_RATIO, extra))
     # bf16: the same on/off pair on daemons with --precision bf16, raw = bench_forward --precision
@@ -482,16 +488,7 @@ def report(a):
         targets.append((ot, "not measured (no bf16 batched run at c = 16)", None, ""))
     bt = "Batching: ≥ %g× throughput at c = 16 vs one-at-a-time (bf16)" % T_BATCH_RATIO
     if on16_b and off16_b:
-        ratio = on16_b[0]["wrk"]["rps"] / off16_b[0]["wrk"]["rps"]
-        extra = "batched %s req/s vs --batch-tokens 0 %s req/s" % (
-            fmt(on16_b[0]["wrk"]["rps"]), fmt(off16_b[0]["wrk"]["rps"]))
-        r1, rb = off16_b[0].get("raw") or {}, on16_b[0].get("raw") or {}
-        if bpeak and r1.get("gflops") and rb.get("gflops"):
-            extra += ("; the model bounds it: a bf16 forward pass runs at %.0f GFLOP/s (%.0f%% of the bf16 "
-                      "peak) one sequence at a time and %.0f GFLOP/s (%.0f%%) at batch %d, so batching "
-                      "can give at most %.2f× (at 100%% of the bf16 peak)" % (
-                          r1["gflops"], 100 * r1["gflops"] / bpeak, rb["gflops"], 100 * rb["gflops"] / bpeak,
-                          rb.get("batch", 0), bpeak / r1["gflops"]))
+        ratio, extra = batching_margin(on16_b[0], off16_b[0], bpeak, "bf16 ", "bf16 peak", "the bf16 peak")
         if off16:
             extra += "; one-at-a-time bf16 / fp32: %.2f× (c = 16, --batch-tokens 0)" % (
                 off16_b[0]["wrk"]["rps"] / off16[0]["wrk"]["rps"])
