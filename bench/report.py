@@ -190,6 +190,11 @@ def batching_margin(on, off, pk, kind, peak_name, at_peak):
                       100 * rb["gflops"] / pk, rb.get("batch", 0), pk / r1["gflops"], at_peak))
     return ratio, extra
 
+
+def miss_runs(rows, batching):
+    """The uncached ("miss") server runs of rows with batching "on" or "off", by concurrency."""
+    return {s["conns"]: s for s in rows if s["case"] == "miss" and s["batching"] == batching}
+
 def drift_note(w, start, end, key, what, why):
     """Writes a warning when the start and end measurements of key differ by over 10%."""
     if start.get(key) and end.get(key):
@@ -880,13 +885,17 @@ def report(a):
                 "%+.0f%%" % (100 * (raw_rps / wr["rps"] - 1)) if raw_rps else "–",
                 secs(s["server_cpu_s"] / nreq) if "server_cpu_s" in s else "–",
                 secs(s["wrk_cpu_s"] / nreq) if "wrk_cpu_s" in s else "–"))
-    if srv:
+
+    def srv_table(rows):
+        """Writes the server table of rows; returns their uncached runs by concurrency, (on, off)."""
         for l in srv_head:
             w(l)
-        srv_rows(srv)
+        srv_rows(rows)
         w("")
-        on = {s["conns"]: s for s in srv if s["case"] == "miss" and s["batching"] == "on"}
-        off = {s["conns"]: s for s in srv if s["case"] == "miss" and s["batching"] == "off"}
+        return miss_runs(rows, "on"), miss_runs(rows, "off")
+
+    if srv:
+        on, off = srv_table(srv)
         if 16 in on and 16 in off:
             w("* **Batching at c = 16:** %s req/s batched vs %s req/s with `--batch-tokens 0`: **%.2f×**." % (
                 fmt(on[16]["wrk"]["rps"]), fmt(off[16]["wrk"]["rps"]), on[16]["wrk"]["rps"] / off[16]["wrk"]["rps"]))
@@ -913,14 +922,9 @@ def report(a):
           "batch, and the other columns are as above. These are bf16 runs only; the float32 ones are the "
           "table above:")
         w("")
-        for l in srv_head:
-            w(l)
-        srv_rows(srv_b)
-        w("")
-        on_b = {s["conns"]: s for s in srv_b if s["case"] == "miss" and s["batching"] == "on"}
-        off_b = {s["conns"]: s for s in srv_b if s["case"] == "miss" and s["batching"] == "off"}
-        on = {s["conns"]: s for s in srv if s["case"] == "miss" and s["batching"] == "on"}
-        off = {s["conns"]: s for s in srv if s["case"] == "miss" and s["batching"] == "off"}
+        on_b, off_b = srv_table(srv_b)
+        on = miss_runs(srv, "on")
+        off = miss_runs(srv, "off")
         for c in sorted(set(on_b) & set(off_b)):
             w("* **Batching at c = %d, bf16:** %s req/s batched vs %s req/s with `--batch-tokens 0`: **%.2f×**%s." % (
                 c, fmt(on_b[c]["wrk"]["rps"]), fmt(off_b[c]["wrk"]["rps"]), on_b[c]["wrk"]["rps"] / off_b[c]["wrk"]["rps"],
