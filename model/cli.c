@@ -69,7 +69,7 @@ static const char *USAGE =
     "\n"
     "common: --threads N (default 2)\n"
     "        --precision fp32|bf16 (default fp32): bf16 runs the weight products in bfloat16 with\n"
-    "        float32 sums, about twice as fast (needs AVX-512 BF16; weights/MODEL_CARD.md gives\n"
+    "        float32 sums, 1.5-2x faster forward passes (needs AVX-512 BF16; weights/MODEL_CARD.md gives\n"
     "        its measured effect on quality)\n";
 
 /* Returns the value following option i, or NULL (and complains) when absent. */

@@ -3,8 +3,9 @@
  *
  * The bf16 mode rounds both operands to bfloat16 (8-bit mantissa, round to nearest even) and
  * accumulates their products in float32 (the operand rounding of PyTorch's CPU autocast, whose
- * outputs are bf16 too; here they stay float32). It runs at about twice the float32 rate of the
- * same cores; the rounding moves a product by about 0.2% of its largest output
+ * outputs are bf16 too; here they stay float32). On one core of this project's machine it ran at
+ * 2.1x OpenBLAS's AVX-512 float32 sgemm (3.65x its Haswell kernels in bench/RESULTS.md); the
+ * rounding moves a product by about 0.2% of its largest output
  * (tests/unit/test_gemm.c; the effect on the model's quality: weights/MODEL_CARD.md, on its
  * speed: bench/RESULTS.md). Without AVX-512 BF16 in the CPU, gm_set_precision(GM_BF16) fails and
  * the process stays in float32. */
