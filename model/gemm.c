@@ -325,8 +325,7 @@ BF16_TARGET static void gemm_bf16(int ta, int tb, int M, int N, int K, float alp
         cblas_sgemm(CblasRowMajor, cb(ta), cb(tb), M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
         return;
     }
-    const int par = (double)M * N * K > GM_PAR_MIN;
-    #pragma omp parallel if (par)
+    #pragma omp parallel if ((double)M * N * K > GM_PAR_MIN)
     for (int k0 = 0; k0 < K; k0 += KC) {
         const int kc = K - k0 < KC ? K - k0 : KC, kc2 = (kc + 1) / 2;
         const uint32_t *bk = pre ? pre + (size_t)npb * NR * (KC / 2) * (k0 / KC) : bp;
