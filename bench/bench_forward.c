@@ -330,14 +330,9 @@ int main(int argc, char **argv) {
                            reps_given ? reps : 21, seed);
     }
     if (strcmp(mode, "forward") != 0 || L < 3 || B < 1 || max_reps < 1) usage();
-    int prec = GM_FP32;
-    if (prec_name && gm_parse_precision(prec_name, &prec) != 0) {
-        fprintf(stderr, "bench_forward: --precision takes fp32 or bf16, not %s\n", prec_name);
-        return 2;
-    }
-    if (gm_set_precision(prec) != 0) {
-        fprintf(stderr, "bench_forward: --precision bf16 needs a CPU with AVX-512 BF16 "
-                "(gm_bf16_supported() is 0 here); use fp32\n");
+    char perr[128];
+    if (gm_select_precision(prec_name ? prec_name : "fp32", perr, sizeof perr) != 0) {
+        fprintf(stderr, "bench_forward: %s\n", perr);
         return 2;
     }
     gm_weight_cache(1);   /* as performerd and the inference commands run: weights packed once */

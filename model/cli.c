@@ -909,13 +909,9 @@ static int cmd_lines(int argc, char **argv, const char *cmd) {
 static int take_precision(int *argc, char **argv) {
     for (int i = 2; i < *argc; i++) {
         if (strcmp(argv[i], "--precision") != 0) continue;
-        int p;
-        if (i + 1 >= *argc || gm_parse_precision(argv[i + 1], &p) != 0) {
-            fprintf(stderr, "performer: --precision takes fp32 or bf16\n");
-            return -1;
-        }
-        if (gm_set_precision(p) != 0) {
-            fprintf(stderr, "performer: --precision bf16 needs a CPU with AVX-512 BF16; use fp32\n");
+        char err[128];
+        if (gm_select_precision(i + 1 < *argc ? argv[i + 1] : NULL, err, sizeof err) != 0) {
+            fprintf(stderr, "performer: %s\n", err);
             return -1;
         }
         memmove(argv + i, argv + i + 2, sizeof(char *) * (size_t)(*argc - i - 1));  /* keeps NULL */

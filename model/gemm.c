@@ -22,6 +22,7 @@
 #include <immintrin.h>
 #include <pthread.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -74,6 +75,20 @@ int gm_parse_precision(const char *s, int *precision) {
     if (!strcasecmp(s, "fp32") || !strcasecmp(s, "float32")) *precision = GM_FP32;
     else if (!strcasecmp(s, "bf16") || !strcasecmp(s, "bfloat16")) *precision = GM_BF16;
     else return -1;
+    return 0;
+}
+
+/* Parses and sets the process's precision; 0, or -1 with err. */
+int gm_select_precision(const char *name, char *err, size_t errlen) {
+    int p;
+    if (gm_parse_precision(name, &p) != 0) {
+        snprintf(err, errlen, "--precision takes fp32 or bf16, not '%s'", name ? name : "");
+        return -1;
+    }
+    if (gm_set_precision(p) != 0) {
+        snprintf(err, errlen, "--precision bf16 needs a CPU with AVX-512 BF16; use fp32");
+        return -1;
+    }
     return 0;
 }
 
@@ -209,6 +224,14 @@ BF16_TARGET static void kernel_14x32(int kc2, const uint32_t *a, const uint32_t 
     }
 }
 
+/* Packs one panel of R rows from r0 of a matrix stored k-major (kmajor: element (r, k) at
+ * src[k * ld + r]) or row-major (at src[r * ld + k]), k in [k0, k0 + kc). */
+BF16_TARGET static void pack_panel(uint32_t *dst, int kmajor, const float *src, long ld, int rows,
+                                   int r0, int k0, int kc, int R) {
+    if (kmajor) pack_kstrided(dst, src, ld, rows, r0, k0, kc, R);
+    else pack_kcontig(dst, src, ld, rows, r0, k0, kc, R);
+}
+
 /* Packs all of op(B)[K, N] block by block into dst ([block][panel][kc2][NR], the blocks KC apart).
  * Single-threaded (once per weight matrix). */
 BF16_TARGET static void pack_b_all(uint32_t *dst, int tb, int N, int K, const float *B, int ldb) {
@@ -216,11 +239,8 @@ BF16_TARGET static void pack_b_all(uint32_t *dst, int tb, int N, int K, const fl
     for (int k0 = 0; k0 < K; k0 += KC) {
         const int kc = K - k0 < KC ? K - k0 : KC, kc2 = (kc + 1) / 2;
         uint32_t *blk = dst + (size_t)npb * NR * (KC / 2) * (k0 / KC);
-        for (int p = 0; p < npb; p++) {
-            uint32_t *d = blk + (size_t)p * NR * kc2;
-            if (tb) pack_kcontig(d, B, ldb, N, p * NR, k0, kc, NR);
-            else pack_kstrided(d, B, ldb, N, p * NR, k0, kc, NR);
-        }
+        for (int p = 0; p < npb; p++)
+            pack_panel(blk + (size_t)p * NR * kc2, !tb, B, ldb, N, p * NR, k0, kc, NR);
     }
 }
 
@@ -331,18 +351,12 @@ BF16_TARGET static void gemm_bf16(int ta, int tb, int M, int N, int K, float alp
         const uint32_t *bk = pre ? pre + (size_t)npb * NR * (KC / 2) * (k0 / KC) : bp;
         if (!pre) {
             #pragma omp for schedule(static)
-            for (int p = 0; p < npb; p++) {
-                uint32_t *d = bp + (size_t)p * NR * kc2;
-                if (tb) pack_kcontig(d, B, ldb, N, p * NR, k0, kc, NR);
-                else pack_kstrided(d, B, ldb, N, p * NR, k0, kc, NR);
-            }
+            for (int p = 0; p < npb; p++)
+                pack_panel(bp + (size_t)p * NR * kc2, !tb, B, ldb, N, p * NR, k0, kc, NR);
         }
         #pragma omp for schedule(static)
-        for (int p = 0; p < npa; p++) {
-            uint32_t *d = ap + (size_t)p * MR * kc2;
-            if (ta) pack_kstrided(d, A, lda, M, p * MR, k0, kc, MR);
-            else pack_kcontig(d, A, lda, M, p * MR, k0, kc, MR);
-        }
+        for (int p = 0; p < npa; p++)
+            pack_panel(ap + (size_t)p * MR * kc2, ta, A, lda, M, p * MR, k0, kc, MR);
         #pragma omp for schedule(static)
         for (int t = 0; t < ntiles; t++) {
             const int blk = t / npb, pb = t % npb;

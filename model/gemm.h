@@ -30,6 +30,11 @@ int gm_precision(void);
 /* Parses "fp32"/"float32" or "bf16"/"bfloat16" into *precision; 0, or -1 for anything else. */
 int gm_parse_precision(const char *s, int *precision);
 
+/* Parses name as gm_parse_precision does and sets it as gm_set_precision does: 0, or -1 with a
+ * one-line err ("--precision takes fp32 or bf16, not 'x'" or "--precision bf16 needs a CPU with
+ * AVX-512 BF16; use fp32") and the precision unchanged. The programs' --precision options. */
+int gm_select_precision(const char *name, char *err, size_t errlen);
+
 /* The name of a precision ("fp32" or "bf16"). */
 const char *gm_precision_name(int precision);
 

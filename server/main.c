@@ -109,13 +109,8 @@ int main(int argc, char **argv) {
         fprintf(stderr, "performerd: error: %s\n", err);
         return 2;
     }
-    int precision;
-    if (gm_parse_precision(c.precision, &precision) != 0) {
-        fprintf(stderr, "performerd: error: --precision takes fp32 or bf16, not '%s'\n", c.precision);
-        return 2;
-    }
-    if (gm_set_precision(precision) != 0) {
-        fprintf(stderr, "performerd: error: --precision bf16 needs a CPU with AVX-512 BF16; use fp32\n");
+    if (gm_select_precision(c.precision, err, sizeof err) != 0) {
+        fprintf(stderr, "performerd: error: %s\n", err);
         return 2;
     }
     gm_weight_cache(1);   /* the served weights never change: bf16 packs them once */
