@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 static size_t g_exact_mem_limit = (size_t)1 << 30;
+static _Atomic size_t g_group_tokens = PF_GROUP_TOKENS_DEFAULT;
 
 struct pf_ctx {
     const pf_model *m;
@@ -60,6 +61,8 @@ void pf_thread_init(void) {
 }
 
 void pf_set_exact_mem_limit(size_t bytes) { g_exact_mem_limit = bytes; }
+
+void pf_set_group_tokens(size_t n) { g_group_tokens = n; }
 
 size_t pf_exact_max_len(const pf_model *m) {
     (void)m;
@@ -118,6 +121,9 @@ static int ctx_reserve(pf_ctx *c, size_t T, size_t B, size_t L, int exact) {
     return 0;
 }
 
+static void forward_group(pf_ctx *c, const pf_model *m, pf_kernel kernel, const int32_t *tokens,
+                          const int *lens, int B, int N, float *logp, float *hidden, int hidden_layer);
+
 int pf_forward(pf_ctx *c, const pf_model *m, pf_kernel kernel, const int32_t *tokens,
                const int *lens, int B, float *logp, float *hidden, char *err, size_t errlen) {
     return pf_forward_ex(c, m, kernel, tokens, lens, B, logp, hidden, -1, err, errlen);
@@ -132,7 +138,6 @@ int pf_forward_ex(pf_ctx *c, const pf_model *m, pf_kernel kernel, const int32_t 
                  hidden_layer, cfg->n_layers);
         return -1;
     }
-    const pf_params *P = &m->p;
     if (kernel == PF_KERNEL_DEFAULT) kernel = cfg->kernel;
     if (c->m != m) { snprintf(err, errlen, "context belongs to another model"); return -1; }
     if (B < 1) { snprintf(err, errlen, "empty batch"); return -1; }
@@ -154,12 +159,40 @@ int pf_forward_ex(pf_ctx *c, const pf_model *m, pf_kernel kernel, const int32_t 
                  (double)Lmax * Lmax * 4 / (1 << 30), pf_exact_max_len(m));
         return -1;
     }
-    if (ctx_reserve(c, T, (size_t)B, Lmax, kernel == PF_KERNEL_EXACT) != 0) {
-        snprintf(err, errlen, "out of memory for a batch of %zu tokens (longest %zu)", T, Lmax);
+    /* the groups: whole sequences, at most G tokens each unless one sequence is longer */
+    const size_t G = g_group_tokens;
+    size_t gT = 0, gB = 0, maxT = 0, maxB = 0;
+    for (int b = 0; b < B; b++) {
+        if (gB > 0 && G > 0 && gT + (size_t)lens[b] > G) gT = gB = 0;
+        gT += (size_t)lens[b]; gB++;
+        if (gT > maxT) maxT = gT;
+        if (gB > maxB) maxB = gB;
+    }
+    if (ctx_reserve(c, maxT, maxB, Lmax, kernel == PF_KERNEL_EXACT) != 0) {
+        snprintf(err, errlen, "out of memory for a batch of %zu tokens (longest %zu)", maxT, Lmax);
         return -1;
     }
+    const size_t d = (size_t)cfg->d_model;
+    for (size_t b0 = 0, off = 0; b0 < (size_t)B;) {
+        size_t nb = 0, t = 0;
+        while (b0 + nb < (size_t)B && (nb == 0 || G == 0 || t + (size_t)lens[b0 + nb] <= G))
+            t += (size_t)lens[b0 + nb++];
+        forward_group(c, m, kernel, tokens + off, lens + b0, (int)nb, (int)t, logp + off * TOK_NRES,
+                      hidden ? hidden + off * d : NULL, hidden_layer);
+        b0 += nb;
+        off += t;
+    }
+    return 0;
+}
+
+/* Runs the B sequences of one group (N packed tokens; the arena holds them) through every layer:
+ * pf_forward_ex's contract for those sequences, after its checks. */
+static void forward_group(pf_ctx *c, const pf_model *m, pf_kernel kernel, const int32_t *tokens,
+                          const int *lens, int B, int N, float *logp, float *hidden, int hidden_layer) {
+    const pf_config *cfg = &m->cfg;
+    const pf_params *P = &m->p;
+    const size_t T = (size_t)N;
     const int d = cfg->d_model, F = cfg->d_ff, H = cfg->n_heads, M = cfg->n_features, dh = d / H;
-    const int N = (int)T;
     for (int b = 0, i = 0; b < B; b++)
         for (int p = 0; p < lens[b]; p++) c->pos[i++] = p;
 
@@ -215,5 +248,4 @@ int pf_forward_ex(pf_ctx *c, const pf_model *m, pf_kernel kernel, const int32_t 
     if (hidden && hidden_layer == -1) memcpy(hidden, c->h, T * d * sizeof(float));
     matmul_forward(logp, c->h, P->head_w, P->head_b, N, d, TOK_NRES);
     log_softmax_rows(logp, N, TOK_NRES);
-    return 0;
 }

@@ -159,6 +159,16 @@ size_t pf_exact_max_len(const pf_model *m);
 /* Sets the memory limit (bytes) for the exact kernel's L x L scores (default 1 GiB). */
 void pf_set_exact_mem_limit(size_t bytes);
 
+/* Default of pf_set_group_tokens: the most packed tokens a forward pass runs through all layers
+ * at once (a longer sequence runs alone). Measured in bench/RESULTS.md ("Batch groups"). */
+#define PF_GROUP_TOKENS_DEFAULT 4096
+
+/* Sets how many packed tokens pf_forward runs through all layers at once: a batch is cut into
+ * groups of whole sequences of at most n tokens (a longer sequence forms its own group) and the
+ * groups run one after another, so that a group's activations stay in cache and the arena holds
+ * one group, not the batch. 0 = the whole batch at once. Results do not depend on it. */
+void pf_set_group_tokens(size_t n);
+
 /* Runs B framed sequences (tokens packed back to back, lens[b] each, including <cls>/<eos>)
  * through the model with the given kernel (PF_KERNEL_DEFAULT = config's). Writes log-probs
  * over the 20 standard residues for every position, packed: logp[(sum of lens) * 20].

@@ -3,7 +3,8 @@
  * features give a lower mean-squared error than i.i.d. Gaussian features at equal m (averaged over
  * seeds). Also: linear memory (no L x L buffer) and a 34,350-residue forward pass of a tiny model,
  * and the exact kernel's refusal over its memory limit; the packed-batch attention equals attention
- * of each sequence alone and does not depend on the thread count. */
+ * of each sequence alone and does not depend on the thread count; a forward pass cut into groups
+ * of sequences (pf_set_group_tokens) gives what the whole batch at once gives. */
 #include "model.h"
 #include "ops.h"
 #include "rng.h"
@@ -182,8 +183,71 @@ static void test_packed_batch(void) {
     free(sc);
 }
 
+/* pf_forward_ex over one packed batch with group sizes from "whole batch" to "one sequence per
+ * group" (and one sequence longer than the group): the same log-probs and hidden states as the
+ * whole batch at once and as each sequence alone, for the final and an inner layer. */
+static void test_forward_groups(void) {
+    pf_config c = { .n_layers = 2, .d_model = 32, .n_heads = 4, .d_ff = 64, .n_features = 16,
+                    .kernel = PF_KERNEL_FAVOR_RELU, .norm_eps = 1e-5f, .conv_kernel = 5,
+                    .local_kernel = 5 };
+    char err[512];
+    pf_model *m = NULL;
+    CHECKF(pf_model_init(&m, &c, 11, err, sizeof err) == 0, "%s", err);
+    if (!m) return;
+    enum { B = 7 };
+    const int lens[B] = { 40, 3, 700, 129, 2, 64, 300 };
+    size_t T = 0;
+    for (int b = 0; b < B; b++) T += (size_t)lens[b];
+    int32_t *tok = malloc(sizeof(int32_t) * T);
+    rng_t r;
+    rng_seed(&r, 9);
+    for (size_t i = 0, b = 0, p = 0; i < T; i++) {
+        tok[i] = p == 0 ? TOK_CLS : p + 1 == (size_t)lens[b] ? TOK_EOS : TOK_RES0 + (int)rng_below(&r, 25);
+        if (++p == (size_t)lens[b]) { p = 0; b++; }
+    }
+    const size_t d = 32;
+    float *lp0 = malloc(sizeof(float) * T * 20), *h0 = malloc(sizeof(float) * T * d);
+    float *lp = malloc(sizeof(float) * T * 20), *h = malloc(sizeof(float) * T * d);
+    const size_t groups[] = { 0, 1, 64, 200, 800, PF_GROUP_TOKENS_DEFAULT };
+    for (int layer = -1; layer <= 1; layer += 2) {
+        pf_ctx *ctx = pf_ctx_new(m);
+        pf_set_group_tokens(0);
+        CHECKF(pf_forward_ex(ctx, m, PF_KERNEL_DEFAULT, tok, lens, B, lp0, h0, layer, err, sizeof err) == 0, "%s", err);
+        pf_ctx_free(ctx);
+        for (size_t g = 0; g < sizeof groups / sizeof groups[0]; g++) {
+            ctx = pf_ctx_new(m);   /* a fresh arena: sized for the largest group alone */
+            pf_set_group_tokens(groups[g]);
+            CHECKF(pf_forward_ex(ctx, m, PF_KERNEL_DEFAULT, tok, lens, B, lp, h, layer, err, sizeof err) == 0, "%s", err);
+            double e = max_diff(lp, lp0, T * 20), eh = max_diff(h, h0, T * d);
+            printf("forward in groups of %zu tokens (layer %d) vs the whole batch: max |diff| "
+                   "log-probs %.3g, hidden %.3g\n", groups[g], layer, e, eh);
+            CHECKF(e <= 1e-5 && eh <= 1e-5, "groups of %zu tokens differ by %g / %g", groups[g], e, eh);
+            pf_ctx_free(ctx);
+        }
+        /* each sequence alone, with the default grouping */
+        double e = 0;
+        size_t off = 0;
+        for (int b = 0; b < B; b++) {
+            ctx = pf_ctx_new(m);
+            CHECKF(pf_forward_ex(ctx, m, PF_KERNEL_DEFAULT, tok + off, &lens[b], 1, lp, h, layer, err, sizeof err) == 0, "%s", err);
+            double eb = max_diff(lp, lp0 + off * 20, (size_t)lens[b] * 20);
+            double ebh = max_diff(h, h0 + off * d, (size_t)lens[b] * d);
+            if (eb > e) e = eb;
+            if (ebh > e) e = ebh;
+            off += (size_t)lens[b];
+            pf_ctx_free(ctx);
+        }
+        printf("each sequence alone vs the whole batch (layer %d): max |diff| %.3g\n", layer, e);
+        CHECKF(e <= 1e-5, "a sequence alone differs from its batch by %g", e);
+    }
+    pf_set_group_tokens(PF_GROUP_TOKENS_DEFAULT);
+    free(tok); free(lp0); free(h0); free(lp); free(h);
+    pf_model_free(m);
+}
+
 int main(void) {
     pf_set_threads(2);
+    test_forward_groups();
     test_packed_batch();
     test_convergence();
     test_orthogonal();
