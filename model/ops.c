@@ -254,6 +254,21 @@ void residual_forward(float *out, const float *a, const float *b, size_t n) {
 
 /* ---- FAVOR+ ---------------------------------------------------------------------------------- */
 
+static _Atomic int g_favor_follow = 0;
+
+void favor_products_follow_precision(int on) { g_favor_follow = on != 0; }
+
+/* C = alpha op(A) op(B) (row-major, ta/tb transpose flags): gm_sgemm when the FAVOR+ products
+ * follow the precision, else float32 OpenBLAS. */
+static void favor_sgemm(int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda,
+                        const float *B, int ldb, float *C, int ldc) {
+    if (g_favor_follow)
+        gm_sgemm(ta, tb, M, N, K, alpha, A, lda, B, ldb, 0.0f, C, ldc);
+    else
+        cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans,
+                    M, N, K, alpha, A, lda, B, ldb, 0.0f, C, ldc);
+}
+
 /* Tokens in a packed batch of B sequences. */
 static size_t seq_total(const int *lens, int B) {
     size_t t = 0;
@@ -276,8 +291,7 @@ static void favor_features(float *phi, const float *x, const float *proj, const 
     const float c = powf((float)dh, -0.25f);
     const size_t rows = seq_total(lens, B) * (size_t)H;
     /* x viewed as [T*H, dh] is contiguous: one sgemm for every head of every sequence. */
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)rows, m, dh, c, x, dh, proj, dh,
-                0.0f, phi, m);
+    favor_sgemm(0, 1, (int)rows, m, dh, c, x, dh, proj, dh, phi, m);
     if (relu) {
         #pragma omp parallel for simd if (rows * m > OMP_MIN)
         for (size_t i = 0; i < rows * m; i++)
@@ -333,8 +347,7 @@ void favor_forward_batch(float *out, favor_state *st, const float *q, const floa
         const float *pq = st->phi_q + s0 * H * m + (size_t)h * m;
         float *o = out + s0 * d + (size_t)h * dh;
         /* KV = phi_k^T V  [m, dh] */
-        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, m, dh, L, 1.0f, pk, H * m,
-                    v + s0 * d + (size_t)h * dh, d, 0.0f, kv, dh);
+        favor_sgemm(1, 0, m, dh, L, 1.0f, pk, H * m, v + s0 * d + (size_t)h * dh, d, kv, dh);
         /* z = column sums of phi_k */
         for (int r = 0; r < m; r++) z[r] = 0;
         for (int p = 0; p < L; p++) {
@@ -343,8 +356,7 @@ void favor_forward_batch(float *out, favor_state *st, const float *q, const floa
             for (int r = 0; r < m; r++) z[r] += row[r];
         }
         /* numerator = phi_q KV, written straight into the head's columns of out */
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, L, dh, m, 1.0f, pq, H * m, kv, dh,
-                    0.0f, o, d);
+        favor_sgemm(0, 0, L, dh, m, 1.0f, pq, H * m, kv, dh, o, d);
         for (int p = 0; p < L; p++) {
             const float *pqr = pq + (size_t)p * H * m;
             float den = 0;

@@ -7,6 +7,7 @@
  * after the fp32 checks on a CPU without AVX-512 BF16. */
 #include "gemm.h"
 #include "model.h"
+#include "ops.h"
 #include "testutil.h"
 #include "tokenizer.h"
 
@@ -135,6 +136,50 @@ static void check_guarded(void) {
     printf("%d products with every operand against a guard page: %d values off\n", n, bad);
 }
 
+
+/* favor_products_follow_precision: off keeps FAVOR+ in float32 OpenBLAS in either precision (the
+ * trainer's forward matches its float32 backward); on, bf16 runs its products through the bf16
+ * GEMM (different bits, within bf16 rounding of float32), and fp32 is unchanged. */
+static void check_favor_products(void) {
+    enum { B = 3, H = 4, dh = 16, m = 32 };
+    const int lens[B] = { 5, 333, 64 };
+    const int d = H * dh;
+    const size_t T = 5 + 333 + 64;
+    uint64_t s = 99;
+    float *q = malloc(sizeof(float) * T * d), *k = malloc(sizeof(float) * T * d);
+    float *v = malloc(sizeof(float) * T * d), *P = malloc(sizeof(float) * m * dh);
+    for (size_t i = 0; i < T * d; i++) { q[i] = urand(&s); k[i] = urand(&s); v[i] = urand(&s); }
+    pf_draw_projection(P, m, dh, 3);
+    size_t ns = T * H * m * 2 + (size_t)B * H * m * dh + (size_t)B * H * m + T * H;
+    float *sb = malloc(sizeof(float) * ns), *out[4];
+    favor_state st = { sb, sb + T * H * m, sb + 2 * T * H * m, sb + 2 * T * H * m + (size_t)B * H * m * dh,
+                       sb + 2 * T * H * m + (size_t)B * H * m * dh + (size_t)B * H * m };
+    for (int relu = 0; relu < 2; relu++) {
+        /* 0: fp32 off, 1: fp32 on, 2: bf16 off, 3: bf16 on */
+        for (int c = 0; c < 4; c++) {
+            out[c] = malloc(sizeof(float) * T * d);
+            CHECK(gm_set_precision(c < 2 ? GM_FP32 : GM_BF16) == 0);
+            favor_products_follow_precision(c & 1);
+            favor_forward_batch(out[c], &st, q, k, v, P, lens, B, H, dh, m, relu);
+        }
+        favor_products_follow_precision(0);
+        CHECK(gm_set_precision(GM_FP32) == 0);
+        double e = 0, mx = 0;
+        for (size_t i = 0; i < T * d; i++) {
+            double di = fabs((double)out[3][i] - out[0][i]);
+            if (di > e) e = di;
+            if (fabs(out[0][i]) > mx) mx = fabs(out[0][i]);
+        }
+        printf("FAVOR+ %s products in bf16 vs float32: max |diff| %.3g (max |out| %.3g)\n",
+               relu ? "relu" : "softmax", e, mx);
+        CHECK(memcmp(out[0], out[1], sizeof(float) * T * d) == 0);
+        CHECK(memcmp(out[0], out[2], sizeof(float) * T * d) == 0);
+        CHECKF(e > 0 && e <= 2e-2 * mx, "bf16 FAVOR+ products differ by %g (max |out| %g)", e, mx);
+        for (int c = 0; c < 4; c++) free(out[c]);
+    }
+    free(q); free(k); free(v); free(P); free(sb);
+}
+
 int main(void) {
     int prec = -1;
     CHECK(gm_precision() == GM_FP32);
@@ -185,6 +230,7 @@ int main(void) {
            worst);
 
     check_guarded();
+    check_favor_products();
 
     /* K = 0 scales C by beta; alpha 0 likewise */
     {
