@@ -7,7 +7,7 @@
  *   bench_forward forward --weights F --kernel K --len L [--batch B] [--threads N]
  *                 [--warmup N] [--min-reps N] [--max-reps N] [--min-time S] [--single-over S]
  *                 [--seed S] [--tokens-out F] [--logp-out F] [--exact-limit-mb MB]
- *                 [--precision fp32|bf16] [--group-tokens N]
+ *                 [--precision fp32|bf16] [--group-tokens N] [--seq-parallel-len N]
  *       Runs pf_forward on B random sequences of L framed positions (<cls> + L-2 standard
  *       residues + <eos>) with warm-up and repeats; reports median/min/max seconds, the matmul
  *       FLOPs of one forward (weights/FORMAT.md shapes), GFLOP/s, and memory: VmRSS after loading
@@ -21,7 +21,8 @@
  *       `performer --precision` does) before the model runs; bf16 on a CPU without AVX-512 BF16
  *       fails with exit 2. The JSON line always says "precision".
  *       --group-tokens N (default PF_GROUP_TOKENS_DEFAULT; 0 = the whole batch at once) sets
- *       pf_set_group_tokens; the JSON line says "group_tokens".
+ *       pf_set_group_tokens; the JSON line says "group_tokens". --seq-parallel-len N (default
+ *       PF_SEQ_PARALLEL_LEN_DEFAULT; 0 = never) sets pf_set_seq_parallel_len ("seq_parallel_len").
  *   bench_forward sgemm [--threads N] [--n 2048] [--reps 5] [--shapes-T T] [--d D --d-ff F]
  *       Best-of-reps GFLOP/s of an n x n x n cblas_sgemm (the machine's sgemm peak), and of the
  *       model's own linear-layer shapes at T tokens (what a forward pass can reach at best). When
@@ -105,6 +106,7 @@ static void usage(void) {
             "                     [--warmup N] [--min-reps N] [--max-reps N] [--min-time S]\n"
             "                     [--single-over S] [--seed S] [--tokens-out F] [--logp-out F]\n"
             "                     [--exact-limit-mb MB] [--precision fp32|bf16] [--group-tokens N]\n"
+            "                     [--seq-parallel-len N]\n"
             "       bench_forward sgemm [--threads N] [--n 2048] [--reps 5] [--shapes-T T]\n"
             "                     [--d D] [--d-ff F]\n"
             "       bench_forward dwconv [--threads N] [--batch B] [--len L] [--d C] [--conv K]\n"
@@ -286,6 +288,7 @@ int main(int argc, char **argv) {
     int shapesT = 0, d = 256, F = 1024, conv = 15;
     double min_time = 2.0, single_over = 5.0, exact_limit_mb = 0;
     long group_tokens = PF_GROUP_TOKENS_DEFAULT;
+    int seq_par = PF_SEQ_PARALLEL_LEN_DEFAULT;
     uint64_t seed = 1;
     for (int i = 2; i < argc; i++) {
         const char *a = argv[i];
@@ -313,6 +316,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--exact-limit-mb")) exact_limit_mb = atof(v);
         else if (!strcmp(a, "--precision")) prec_name = v;
         else if (!strcmp(a, "--group-tokens")) group_tokens = atol(v);
+        else if (!strcmp(a, "--seq-parallel-len")) seq_par = atoi(v);
         else usage();
     }
     if (threads < 1) threads = 1;
@@ -335,6 +339,7 @@ int main(int argc, char **argv) {
     }
     if (strcmp(mode, "forward") != 0 || L < 3 || B < 1 || max_reps < 1 || group_tokens < 0) usage();
     pf_set_group_tokens((size_t)group_tokens);
+    pf_set_seq_parallel_len(seq_par);
     char perr[128];
     if (gm_select_precision(prec_name ? prec_name : "fp32", perr, sizeof perr) != 0) {
         fprintf(stderr, "bench_forward: %s\n", perr);
@@ -374,9 +379,10 @@ int main(int argc, char **argv) {
     flops_t fl = forward_flops(&m->cfg, k, L, B);
 
     printf("{\"bench\":\"forward\",\"kernel\":\"%s\",\"L\":%d,\"batch\":%d,\"threads\":%d,"
-           "\"precision\":\"%s\",\"group_tokens\":%ld,\"n_layers\":%d,\"d_model\":%d,\"n_heads\":%d,\"d_ff\":%d,"
+           "\"precision\":\"%s\",\"group_tokens\":%ld,\"seq_parallel_len\":%d,\"n_layers\":%d,\"d_model\":%d,\"n_heads\":%d,\"d_ff\":%d,"
            "\"n_features\":%d,",
-           pf_kernel_name(k), L, B, threads, gm_precision_name(gm_precision()), group_tokens, m->cfg.n_layers,
+           pf_kernel_name(k), L, B, threads, gm_precision_name(gm_precision()), group_tokens, seq_par,
+           m->cfg.n_layers,
            m->cfg.d_model, m->cfg.n_heads, m->cfg.d_ff, m->cfg.n_features);
 
     double *times = malloc(sizeof(double) * (size_t)(max_reps + warmup + 1));

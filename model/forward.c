@@ -13,6 +13,7 @@
 
 static size_t g_exact_mem_limit = (size_t)1 << 30;
 static _Atomic size_t g_group_tokens = PF_GROUP_TOKENS_DEFAULT;
+static _Atomic int g_seq_parallel_len = PF_SEQ_PARALLEL_LEN_DEFAULT;
 
 struct pf_ctx {
     const pf_model *m;
@@ -26,6 +27,8 @@ struct pf_ctx {
     float *phi_q, *phi_k, *kv, *z, *den; /* FAVOR+ state of the batch (favor_state sizes) */
     float *scores;                      /* [cap_L, cap_L] (exact kernel only) */
     int *pos;                           /* [T] position of each token inside its sequence */
+    struct pf_ctx **sub;                /* [n_sub] per-thread contexts of sequence-parallel batches */
+    int n_sub;
 };
 
 void pf_omp_passive(char **argv) {
@@ -64,6 +67,8 @@ void pf_set_exact_mem_limit(size_t bytes) { g_exact_mem_limit = bytes; }
 
 void pf_set_group_tokens(size_t n) { g_group_tokens = n; }
 
+void pf_set_seq_parallel_len(int n) { g_seq_parallel_len = n < 0 ? 0 : n; }
+
 size_t pf_exact_max_len(const pf_model *m) {
     (void)m;
     return (size_t)sqrt((double)(g_exact_mem_limit / sizeof(float)));
@@ -77,6 +82,8 @@ pf_ctx *pf_ctx_new(const pf_model *m) {
 
 void pf_ctx_free(pf_ctx *c) {
     if (!c) return;
+    for (int i = 0; i < c->n_sub; i++) pf_ctx_free(c->sub[i]);
+    free(c->sub);
     free(c->arena);
     free(c->pos);
     free(c);
@@ -159,30 +166,70 @@ int pf_forward_ex(pf_ctx *c, const pf_model *m, pf_kernel kernel, const int32_t 
                  (double)Lmax * Lmax * 4 / (1 << 30), pf_exact_max_len(m));
         return -1;
     }
-    /* the groups: whole sequences, at most G tokens each unless one sequence is longer */
-    const size_t G = g_group_tokens;
-    size_t gT = 0, gB = 0, maxT = 0, maxB = 0;
-    for (int b = 0; b < B; b++) {
-        if (gB > 0 && G > 0 && gT + (size_t)lens[b] > G) gT = gB = 0;
-        gT += (size_t)lens[b]; gB++;
-        if (gT > maxT) maxT = gT;
-        if (gB > maxB) maxB = gB;
+    /* Sequence-parallel: a batch of short sequences runs as groups of whole sequences, one group
+     * per thread at a time, each thread on its own arena with single-threaded products (no
+     * fork/join per operation); otherwise groups of at most G tokens run one after another, each
+     * operation on every thread. */
+    const int nt = omp_in_parallel() ? 1 : omp_get_max_threads();
+    const int par = nt > 1 && B > 1 && g_seq_parallel_len > 0 && Lmax <= (size_t)g_seq_parallel_len;
+    size_t G = g_group_tokens;
+    if (par) {   /* about two groups per thread, for balance; never more than G */
+        size_t g = (T + 2 * (size_t)nt - 1) / (2 * (size_t)nt);
+        if (G == 0 || g < G) G = g;
     }
-    if (ctx_reserve(c, maxT, maxB, Lmax, kernel == PF_KERNEL_EXACT) != 0) {
-        snprintf(err, errlen, "out of memory for a batch of %zu tokens (longest %zu)", maxT, Lmax);
+    /* the groups: whole sequences, at most G tokens each unless one sequence is longer; group g is
+     * sequences gstart[g] .. gstart[g + 1] - 1, its tokens start at goff[g] */
+    int *gstart = malloc(sizeof(int) * ((size_t)B + 1));
+    size_t *goff = malloc(sizeof(size_t) * ((size_t)B + 1));
+    if (!gstart || !goff) {
+        free(gstart); free(goff);
+        snprintf(err, errlen, "out of memory");
         return -1;
     }
-    const size_t d = (size_t)cfg->d_model;
-    for (size_t b0 = 0, off = 0; b0 < (size_t)B;) {
-        size_t nb = 0, t = 0;
-        while (b0 + nb < (size_t)B && (nb == 0 || G == 0 || t + (size_t)lens[b0 + nb] <= G))
-            t += (size_t)lens[b0 + nb++];
-        forward_group(c, m, kernel, tokens + off, lens + b0, (int)nb, (int)t, logp + off * TOK_NRES,
-                      hidden ? hidden + off * d : NULL, hidden_layer);
-        b0 += nb;
-        off += t;
+    int ng = 0;
+    size_t gB = 0, maxT = 0, maxB = 0, off = 0;
+    for (int b = 0; b < B; b++) {
+        if (gB > 0 && G > 0 && off - goff[ng - 1] + (size_t)lens[b] > G) gB = 0;
+        if (gB == 0) { gstart[ng] = b; goff[ng++] = off; }
+        off += (size_t)lens[b]; gB++;
+        if (off - goff[ng - 1] > maxT) maxT = off - goff[ng - 1];
+        if (gB > maxB) maxB = gB;
     }
-    return 0;
+    gstart[ng] = B;
+    goff[ng] = off;
+    const int exact = kernel == PF_KERNEL_EXACT, use_sub = par && ng > 1;
+    const int nctx = use_sub ? nt : 1;
+    int rc = 0;
+    if (use_sub && c->n_sub < nt) {
+        pf_ctx **sub = realloc(c->sub, sizeof *sub * (size_t)nt);
+        if (sub) {
+            c->sub = sub;
+            while (c->n_sub < nt && (c->sub[c->n_sub] = pf_ctx_new(m)) != NULL) c->n_sub++;
+        }
+    }
+    for (int i = 0; i < nctx && rc == 0; i++) {
+        pf_ctx *x = use_sub ? (i < c->n_sub ? c->sub[i] : NULL) : c;
+        if (!x || ctx_reserve(x, maxT, maxB, Lmax, exact) != 0) rc = -1;
+    }
+    if (rc != 0) {
+        snprintf(err, errlen, "out of memory for a batch of %zu tokens (longest %zu, %d arenas)",
+                 maxT, Lmax, nctx);
+    } else if (use_sub) {
+        #pragma omp parallel for schedule(dynamic, 1) num_threads(nt)
+        for (int g = 0; g < ng; g++)
+            forward_group(c->sub[omp_get_thread_num()], m, kernel, tokens + goff[g], lens + gstart[g],
+                          gstart[g + 1] - gstart[g], (int)(goff[g + 1] - goff[g]),
+                          logp + goff[g] * TOK_NRES, hidden ? hidden + goff[g] * cfg->d_model : NULL,
+                          hidden_layer);
+    } else {
+        for (int g = 0; g < ng; g++)
+            forward_group(c, m, kernel, tokens + goff[g], lens + gstart[g], gstart[g + 1] - gstart[g],
+                          (int)(goff[g + 1] - goff[g]), logp + goff[g] * TOK_NRES,
+                          hidden ? hidden + goff[g] * cfg->d_model : NULL, hidden_layer);
+    }
+    free(gstart);
+    free(goff);
+    return rc;
 }
 
 /* Runs the B sequences of one group (N packed tokens; the arena holds them) through every layer:

@@ -169,6 +169,16 @@ void pf_set_exact_mem_limit(size_t bytes);
  * one group, not the batch. 0 = the whole batch at once. Results do not depend on it. */
 void pf_set_group_tokens(size_t n);
 
+/* Default of pf_set_seq_parallel_len. Measured in bench/RESULTS.md ("Batch groups"). */
+#define PF_SEQ_PARALLEL_LEN_DEFAULT 1024
+
+/* Sets the longest sequence (framed positions) of a sequence-parallel batch: when pf_forward gets
+ * two or more sequences, none longer than n, and more than one thread, it runs them as groups of
+ * whole sequences on the threads side by side, each thread on its own arena with single-threaded
+ * products, instead of each operation on all threads in turn (fewer fork/joins for short
+ * sequences). 0 = never. Results do not depend on it beyond float32 summation order. */
+void pf_set_seq_parallel_len(int n);
+
 /* Runs B framed sequences (tokens packed back to back, lens[b] each, including <cls>/<eos>)
  * through the model with the given kernel (PF_KERNEL_DEFAULT = config's). Writes log-probs
  * over the 20 standard residues for every position, packed: logp[(sum of lens) * 20].

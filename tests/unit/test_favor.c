@@ -4,7 +4,8 @@
  * seeds). Also: linear memory (no L x L buffer) and a 34,350-residue forward pass of a tiny model,
  * and the exact kernel's refusal over its memory limit; the packed-batch attention equals attention
  * of each sequence alone and does not depend on the thread count; a forward pass cut into groups
- * of sequences (pf_set_group_tokens) gives what the whole batch at once gives. */
+ * of sequences (pf_set_group_tokens), one after another or side by side on the threads
+ * (pf_set_seq_parallel_len), gives what the whole batch at once gives. */
 #include "model.h"
 #include "ops.h"
 #include "rng.h"
@@ -212,16 +213,21 @@ static void test_forward_groups(void) {
     for (int layer = -1; layer <= 1; layer += 2) {
         pf_ctx *ctx = pf_ctx_new(m);
         pf_set_group_tokens(0);
+        pf_set_seq_parallel_len(0);
         CHECKF(pf_forward_ex(ctx, m, PF_KERNEL_DEFAULT, tok, lens, B, lp0, h0, layer, err, sizeof err) == 0, "%s", err);
         pf_ctx_free(ctx);
-        for (size_t g = 0; g < sizeof groups / sizeof groups[0]; g++) {
+        for (size_t g = 0; g < 2 * sizeof groups / sizeof groups[0]; g++) {
+            /* the first half one group after another, the second half sequence-parallel */
+            const int sp = g >= sizeof groups / sizeof groups[0];
             ctx = pf_ctx_new(m);   /* a fresh arena: sized for the largest group alone */
-            pf_set_group_tokens(groups[g]);
+            pf_set_group_tokens(groups[g % (sizeof groups / sizeof groups[0])]);
+            pf_set_seq_parallel_len(sp ? 1000 : 0);
             CHECKF(pf_forward_ex(ctx, m, PF_KERNEL_DEFAULT, tok, lens, B, lp, h, layer, err, sizeof err) == 0, "%s", err);
             double e = max_diff(lp, lp0, T * 20), eh = max_diff(h, h0, T * d);
-            printf("forward in groups of %zu tokens (layer %d) vs the whole batch: max |diff| "
-                   "log-probs %.3g, hidden %.3g\n", groups[g], layer, e, eh);
-            CHECKF(e <= 1e-5 && eh <= 1e-5, "groups of %zu tokens differ by %g / %g", groups[g], e, eh);
+            printf("forward in groups of %zu tokens%s (layer %d) vs the whole batch: max |diff| "
+                   "log-probs %.3g, hidden %.3g\n", groups[g % (sizeof groups / sizeof groups[0])],
+                   sp ? ", sequence-parallel" : "", layer, e, eh);
+            CHECKF(e <= 1e-5 && eh <= 1e-5, "groups %zu (sp %d) differ by %g / %g", g, sp, e, eh);
             pf_ctx_free(ctx);
         }
         /* each sequence alone, with the default grouping */
@@ -240,7 +246,22 @@ static void test_forward_groups(void) {
         printf("each sequence alone vs the whole batch (layer %d): max |diff| %.3g\n", layer, e);
         CHECKF(e <= 1e-5, "a sequence alone differs from its batch by %g", e);
     }
+    /* the exact kernel, sequence-parallel, against itself one sequence at a time */
+    {
+        pf_ctx *ctx = pf_ctx_new(m);
+        pf_set_group_tokens(0);
+        pf_set_seq_parallel_len(0);
+        CHECKF(pf_forward(ctx, m, PF_KERNEL_EXACT, tok, lens, B, lp0, NULL, err, sizeof err) == 0, "%s", err);
+        pf_set_group_tokens(PF_GROUP_TOKENS_DEFAULT);
+        pf_set_seq_parallel_len(1000);
+        CHECKF(pf_forward(ctx, m, PF_KERNEL_EXACT, tok, lens, B, lp, NULL, err, sizeof err) == 0, "%s", err);
+        double e = max_diff(lp, lp0, T * 20);
+        printf("exact kernel, sequence-parallel vs whole batch: max |diff| %.3g\n", e);
+        CHECKF(e <= 1e-5, "exact sequence-parallel differs by %g", e);
+        pf_ctx_free(ctx);
+    }
     pf_set_group_tokens(PF_GROUP_TOKENS_DEFAULT);
+    pf_set_seq_parallel_len(PF_SEQ_PARALLEL_LEN_DEFAULT);
     free(tok); free(lp0); free(h0); free(lp); free(h);
     pf_model_free(m);
 }
