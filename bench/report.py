@@ -807,6 +807,36 @@ def report(a):
                 "; C fp32 %s GFLOP/s" % fmt(c32["gflops"]) if c32 else ""))
         w("")
 
+    # ---- batches of short sequences ----------------------------------------------------------
+    sp_rows = []
+    for prec in ("fp32", "bf16"):
+        cases = sorted({(r["L"], r["batch"]) for r in by(bench="forward", role="seqpar_0")
+                        if r.get("precision") == prec and r.get("status") == "ok"})
+        for L, B in cases:
+            off = [r["median_s"] for r in by(bench="forward", role="seqpar_0", L=L, batch=B)
+                   if r.get("precision") == prec and r.get("status") == "ok"]
+            on = [r for r in by(bench="forward", role="seqpar_default", L=L, batch=B)
+                  if r.get("precision") == prec and r.get("status") == "ok"]
+            if off and on:
+                sp_rows.append((prec, L, B, min(off), min(r["median_s"] for r in on),
+                                on[0].get("seq_parallel_len"), on[0].get("group_tokens")))
+    if sp_rows:
+        w("## Batches of short sequences: sequence-parallel")
+        w("")
+        w("A batch of two or more sequences none longer than `PF_SEQ_PARALLEL_LEN_DEFAULT` (%s positions) runs "
+          "sequence-parallel (model/forward.c): groups of whole sequences side by side on the threads, each "
+          "thread on its own arena with single-threaded products, instead of every operation on all threads "
+          "in turn (`bench_forward --seq-parallel-len 0`). Longer batches run in groups of at most %s tokens "
+          "(`PF_GROUP_TOKENS_DEFAULT`) one after another, so the arena holds one group. Both settings, "
+          "alternately, two rounds; each cell is the faster round's median:" % (
+              sp_rows[0][5], fmt(sp_rows[0][6])))
+        w("")
+        w("| precision | L | batch | each operation on all threads | sequence-parallel | **speed-up** |")
+        w("|---|---:|---:|---:|---:|---:|")
+        for prec, L, B, t_off, t_on, _, _ in sp_rows:
+            w("| %s | {:,} | %d | %s | %s | **%.2f×** |".format(L) % (prec, B, secs(t_off), secs(t_on), t_off / t_on))
+        w("")
+
     # ---- trainer --------------------------------------------------------------------------------
     w("## Trainer")
     w("")

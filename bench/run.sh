@@ -56,6 +56,7 @@ if [ "$SMOKE" = 1 ]; then
     EXACT_LIMIT_MB=8                    # so that exact refuses L = 2048 (checks that path)
     SGEMM_N=512; SGEMM_REPS=2; SHAPES_T=512
     TORCH_CASES="128:1 128:4"           # L:batch
+    SEQPAR_CASES="64:4"                 # L:batch
     PROFILE_L=512
     TORCH_MIN_TIME=0.2; TORCH_MIN_REPS=1; TORCH_ROUNDS=1
     CROP=128; BATCH_TOKENS=1024; C_TRAIN_STEPS=4; TORCH_TRAIN_STEPS=3; TRAIN_SKIP=1
@@ -66,6 +67,7 @@ else
     EXACT_LIMIT_MB=0                    # the library's limit (1 GiB of L x L scores)
     SGEMM_N=2048; SGEMM_REPS=5; SHAPES_T=4096
     TORCH_CASES="512:1 512:16 4096:1 4096:16"
+    SEQPAR_CASES="64:9 128:32 512:16 1024:8"
     PROFILE_L=4096
     TORCH_MIN_TIME=2; TORCH_MIN_REPS=3; TORCH_ROUNDS=2
     CROP=512; BATCH_TOKENS=8192; C_TRAIN_STEPS=12; TORCH_TRAIN_STEPS=7; TRAIN_SKIP=2
@@ -204,6 +206,23 @@ for round in $(seq "$TORCH_ROUNDS"); do
         rec "${PYT[@]}" bench/bench_torch.py forward --weights "$WEIGHTS" --tokens "$T/tok.i32" \
             --logp-ref "$T/logp.f32" --len "$L" --batch "$B" --threads "$THREADS" \
             --min-time "$TORCH_MIN_TIME" --min-reps "$TORCH_MIN_REPS" --single-over "$SINGLE_OVER" "${bfref[@]}"
+    done
+done
+
+# ---- batches of short sequences: sequence-parallel (the default) vs each operation on all threads
+# (--seq-parallel-len 0), alternately, in each precision the CPU has ------------------------------
+for round in 1 2; do
+    for c in $SEQPAR_CASES; do
+        L=${c%:*}; B=${c#*:}
+        for p in fp32 $([ "$BF16" = 1 ] && echo bf16); do
+            log "batch of short sequences L=$L batch=$B $p (round $round of 2)"
+            for sp in 0 default; do
+                spa=(); [ "$sp" = 0 ] && spa=(--seq-parallel-len 0)
+                rec_tag "seqpar_$sp" "$BF" forward --weights "$WEIGHTS" --len "$L" --batch "$B" \
+                    --threads "$THREADS" --precision "$p" --min-time "$MIN_TIME" --min-reps "$MIN_REPS" \
+                    --single-over "$SINGLE_OVER" "${spa[@]}" || log "L=$L batch=$B $p failed (recorded)"
+            done
+        done
     done
 done
 
