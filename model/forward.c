@@ -128,6 +128,68 @@ static int ctx_reserve(pf_ctx *c, size_t T, size_t B, size_t L, int exact) {
     return 0;
 }
 
+/* Whether pf_forward runs B sequences, the longest Lmax, sequence-parallel on nt threads. */
+static int seq_parallel(int nt, int B, size_t Lmax) {
+    return nt > 1 && B > 1 && g_seq_parallel_len > 0 && Lmax <= (size_t)g_seq_parallel_len;
+}
+
+/* Cuts B sequences (T tokens) into groups: group g is sequences gstart[g] .. gstart[g + 1] - 1,
+ * its tokens from goff[g] (both arrays B + 1 long). Sequence-parallel on nt > 0 threads: k groups
+ * per thread (k = 1 unless a thread's share exceeds the group size), cut at the sequence
+ * boundaries nearest to equal shares of the tokens, so that the threads finish together.
+ * nt = 0: whole sequences, at most the group size a group unless one sequence is longer.
+ * Returns the number of groups. */
+static int plan_groups(const int *lens, int B, size_t T, int nt, int *gstart, size_t *goff) {
+    const size_t G = g_group_tokens;
+    int ng = 0;
+    size_t off = 0;
+    if (nt > 0) {
+        const size_t share = (T + (size_t)nt - 1) / (size_t)nt;
+        const size_t want = (size_t)nt * (G > 0 && share > G ? (share + G - 1) / G : 1);
+        for (int b = 0; b < B; b++) {
+            /* a new group starts at b when b is the boundary nearest to the next equal share */
+            const size_t target = (size_t)ng * T / want, len = (size_t)lens[b];
+            if (ng == 0 || ((size_t)ng < want && off + len / 2 >= target)) { gstart[ng] = b; goff[ng++] = off; }
+            off += len;
+        }
+    } else {
+        size_t gB = 0;
+        for (int b = 0; b < B; b++) {
+            if (gB > 0 && G > 0 && off - goff[ng - 1] + (size_t)lens[b] > G) gB = 0;
+            if (gB == 0) { gstart[ng] = b; goff[ng++] = off; }
+            off += (size_t)lens[b]; gB++;
+        }
+    }
+    gstart[ng] = B;
+    goff[ng] = off;
+    return ng;
+}
+
+size_t pf_forward_span(const int *lens, int B) {
+    size_t T = 0, Lmax = 0;
+    for (int b = 0; b < B; b++) {
+        T += (size_t)lens[b];
+        if ((size_t)lens[b] > Lmax) Lmax = (size_t)lens[b];
+    }
+    const int nt = omp_in_parallel() ? 1 : omp_get_max_threads();
+    if (!seq_parallel(nt, B, Lmax)) return T;
+    int *gstart = malloc(sizeof(int) * ((size_t)B + 1));
+    size_t *goff = malloc(sizeof(size_t) * ((size_t)B + 1)), span = T;
+    if (gstart && goff) {
+        const int ng = plan_groups(lens, B, T, nt, gstart, goff);
+        span = 0;
+        /* groups go round-robin to the threads: a thread's span is the sum of its groups */
+        for (int t = 0; t < nt; t++) {
+            size_t sum = 0;
+            for (int g = t; g < ng; g += nt) sum += goff[g + 1] - goff[g];
+            if (sum > span) span = sum;
+        }
+    }
+    free(gstart);
+    free(goff);
+    return span;
+}
+
 static void forward_group(pf_ctx *c, const pf_model *m, pf_kernel kernel, const int32_t *tokens,
                           const int *lens, int B, int N, float *logp, float *hidden, int hidden_layer);
 
@@ -171,14 +233,7 @@ int pf_forward_ex(pf_ctx *c, const pf_model *m, pf_kernel kernel, const int32_t 
      * fork/join per operation); otherwise groups of at most G tokens run one after another, each
      * operation on every thread. */
     const int nt = omp_in_parallel() ? 1 : omp_get_max_threads();
-    const int par = nt > 1 && B > 1 && g_seq_parallel_len > 0 && Lmax <= (size_t)g_seq_parallel_len;
-    size_t G = g_group_tokens;
-    if (par) {   /* about two groups per thread, for balance; never more than G */
-        size_t g = (T + 2 * (size_t)nt - 1) / (2 * (size_t)nt);
-        if (G == 0 || g < G) G = g;
-    }
-    /* the groups: whole sequences, at most G tokens each unless one sequence is longer; group g is
-     * sequences gstart[g] .. gstart[g + 1] - 1, its tokens start at goff[g] */
+    const int par = seq_parallel(nt, B, Lmax);
     int *gstart = malloc(sizeof(int) * ((size_t)B + 1));
     size_t *goff = malloc(sizeof(size_t) * ((size_t)B + 1));
     if (!gstart || !goff) {
@@ -186,17 +241,12 @@ int pf_forward_ex(pf_ctx *c, const pf_model *m, pf_kernel kernel, const int32_t 
         snprintf(err, errlen, "out of memory");
         return -1;
     }
-    int ng = 0;
-    size_t gB = 0, maxT = 0, maxB = 0, off = 0;
-    for (int b = 0; b < B; b++) {
-        if (gB > 0 && G > 0 && off - goff[ng - 1] + (size_t)lens[b] > G) gB = 0;
-        if (gB == 0) { gstart[ng] = b; goff[ng++] = off; }
-        off += (size_t)lens[b]; gB++;
-        if (off - goff[ng - 1] > maxT) maxT = off - goff[ng - 1];
-        if (gB > maxB) maxB = gB;
+    const int ng = plan_groups(lens, B, T, par ? nt : 0, gstart, goff);
+    size_t maxT = 0, maxB = 0;
+    for (int g = 0; g < ng; g++) {
+        if (goff[g + 1] - goff[g] > maxT) maxT = goff[g + 1] - goff[g];
+        if ((size_t)(gstart[g + 1] - gstart[g]) > maxB) maxB = (size_t)(gstart[g + 1] - gstart[g]);
     }
-    gstart[ng] = B;
-    goff[ng] = off;
     const int exact = kernel == PF_KERNEL_EXACT, use_sub = par && ng > 1;
     const int nctx = use_sub ? nt : 1;
     int rc = 0;
@@ -215,7 +265,7 @@ int pf_forward_ex(pf_ctx *c, const pf_model *m, pf_kernel kernel, const int32_t 
         snprintf(err, errlen, "out of memory for a batch of %zu tokens (longest %zu, %d arenas)",
                  maxT, Lmax, nctx);
     } else if (use_sub) {
-        #pragma omp parallel for schedule(dynamic, 1) num_threads(nt)
+        #pragma omp parallel for schedule(static, 1) num_threads(nt)
         for (int g = 0; g < ng; g++)
             forward_group(c->sub[omp_get_thread_num()], m, kernel, tokens + goff[g], lens + gstart[g],
                           gstart[g + 1] - gstart[g], (int)(goff[g + 1] - goff[g]),

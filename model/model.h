@@ -183,6 +183,13 @@ void pf_set_group_tokens(size_t n);
  * sequences). 0 = never. Results do not depend on it beyond float32 summation order. */
 void pf_set_seq_parallel_len(int n);
 
+/* Returns the most packed tokens one thread runs when pf_forward, called from this thread, gets
+ * the B sequences lens[b]: a thread's share when they run sequence-parallel, else the total
+ * (every operation on all threads). Time is about proportional to it, so a scheduler can compare
+ * batches by tokens per span (the daemon drops the last jobs of a batch that would leave a thread
+ * idle). */
+size_t pf_forward_span(const int *lens, int B);
+
 /* Runs B framed sequences (tokens packed back to back, lens[b] each, including <cls>/<eos>)
  * through the model with the given kernel (PF_KERNEL_DEFAULT = config's). Writes log-probs
  * over the 20 standard residues for every position, packed: logp[(sum of lens) * 20].

@@ -266,8 +266,32 @@ static void test_forward_groups(void) {
     pf_model_free(m);
 }
 
+/* pf_forward_span: a thread's share of a sequence-parallel batch, else the whole batch. */
+static void test_forward_span(void) {
+    int lens[10];
+    for (int i = 0; i < 10; i++) lens[i] = 64;
+    pf_set_threads(2);
+    pf_set_seq_parallel_len(1024);
+    CHECK(pf_forward_span(lens, 8) == 4 * 64);
+    CHECK(pf_forward_span(lens, 9) == 5 * 64);     /* 9 equal sequences take as long as 10 */
+    CHECK(pf_forward_span(lens, 10) == 5 * 64);
+    CHECK(pf_forward_span(lens, 1) == 64);         /* one sequence: every operation on all threads */
+    lens[0] = 2000;                                /* over the length limit: not sequence-parallel */
+    CHECK(pf_forward_span(lens, 4) == 2000 + 3 * 64);
+    lens[0] = 600;                                 /* 600 | 64 x 8 = 512: one thread each */
+    CHECK(pf_forward_span(lens, 9) == 600);
+    pf_set_seq_parallel_len(0);
+    CHECK(pf_forward_span(lens, 9) == 600 + 8 * 64);
+    pf_set_threads(1);
+    pf_set_seq_parallel_len(1024);
+    CHECK(pf_forward_span(lens, 9) == 600 + 8 * 64);   /* one thread */
+    pf_set_seq_parallel_len(PF_SEQ_PARALLEL_LEN_DEFAULT);
+    pf_set_threads(2);
+}
+
 int main(void) {
     pf_set_threads(2);
+    test_forward_span();
     test_forward_groups();
     test_packed_batch();
     test_convergence();
