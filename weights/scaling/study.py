@@ -66,6 +66,8 @@ def load_subset(path):
 
 
 # ---- the model, batched ----------------------------------------------------------------------
+# (The same mathematics as bench/bench_torch.py:forward_batched, kept here as it ran on the GPU:
+# padding masks on the convolutions and keys, and the FAVOR+ sums in float32 under autocast.)
 def dwconv(x, w, mm):
     """Depthwise centred convolution over positions of x [B, T, C] (zero outside each sequence:
     mm [B, T, 1] is 1 on real positions) with taps w [K, C] (FORMAT.md)."""
