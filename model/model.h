@@ -172,9 +172,11 @@ void pf_set_exact_mem_limit(size_t bytes);
  * one group, not the batch. 0 = the whole batch at once. Results do not depend on it. */
 void pf_set_group_tokens(size_t n);
 
-/* Default of pf_set_seq_parallel_len. Measured in bench/RESULTS.md
- * ("Batches of short sequences: sequence-parallel"). */
-#define PF_SEQ_PARALLEL_LEN_DEFAULT 1024
+/* Default of pf_set_seq_parallel_len. On an idle 2-core machine sequence-parallel batches ran
+ * 1.04-1.08x faster up to 256 positions and 0.90-1.0x at 512 (bench/RESULTS.md, "Batches of short
+ * sequences: sequence-parallel"); with the cores shared with another process it ran 3.6x (fp32) and
+ * 10.9x (bf16) faster at 64 positions, as it waits at one barrier per batch instead of hundreds. */
+#define PF_SEQ_PARALLEL_LEN_DEFAULT 256
 
 /* Sets the longest sequence (framed positions) of a sequence-parallel batch: when pf_forward gets
  * two or more sequences, none longer than n, and more than one thread, it runs them as groups of
