@@ -165,33 +165,68 @@ static int plan_groups(const int *lens, int B, size_t T, int nt, int *gstart, si
     return ng;
 }
 
-size_t pf_forward_span(const int *lens, int B) {
-    size_t T = 0, Lmax = 0;
+/* How pf_forward, called from this thread, runs a batch: its size, threads, and groups. */
+typedef struct {
+    size_t T, Lmax;     /* packed tokens, longest sequence */
+    int nt, par, ng;    /* threads; sequence-parallel (1) or not; number of groups */
+    int *gstart;        /* [ng + 1] first sequence of each group (plan_groups) */
+    size_t *goff;       /* [ng + 1] first token of each group */
+} batch_plan;
+
+/* Fills p for the B sequences lens[b] (lens[b] >= 1). Returns 0, or -1 when out of memory. */
+static int plan_batch(batch_plan *p, const int *lens, int B) {
+    p->T = p->Lmax = 0;
     for (int b = 0; b < B; b++) {
-        T += (size_t)lens[b];
-        if ((size_t)lens[b] > Lmax) Lmax = (size_t)lens[b];
+        p->T += (size_t)lens[b];
+        if ((size_t)lens[b] > p->Lmax) p->Lmax = (size_t)lens[b];
     }
-    const int nt = omp_in_parallel() ? 1 : omp_get_max_threads();
-    if (!seq_parallel(nt, B, Lmax)) return T;
-    int *gstart = malloc(sizeof(int) * ((size_t)B + 1));
-    size_t *goff = malloc(sizeof(size_t) * ((size_t)B + 1)), span = T;
-    if (gstart && goff) {
-        const int ng = plan_groups(lens, B, T, nt, gstart, goff);
+    p->nt = omp_in_parallel() ? 1 : omp_get_max_threads();
+    p->par = seq_parallel(p->nt, B, p->Lmax);
+    p->gstart = malloc(sizeof(int) * ((size_t)B + 1));
+    p->goff = malloc(sizeof(size_t) * ((size_t)B + 1));
+    if (!p->gstart || !p->goff) {
+        free(p->gstart); free(p->goff);
+        p->gstart = NULL; p->goff = NULL;
+        return -1;
+    }
+    p->ng = plan_groups(lens, B, p->T, p->par ? p->nt : 0, p->gstart, p->goff);
+    return 0;
+}
+
+/* Frees what plan_batch allocated. */
+static void plan_free(batch_plan *p) {
+    free(p->gstart);
+    free(p->goff);
+}
+
+size_t pf_forward_span(const int *lens, int B) {
+    batch_plan p;
+    if (plan_batch(&p, lens, B) != 0) return p.T;   /* T is set before the allocations */
+    size_t span = p.T;
+    if (p.par) {
         span = 0;
         /* groups go round-robin to the threads: a thread's span is the sum of its groups */
-        for (int t = 0; t < nt; t++) {
+        for (int t = 0; t < p.nt; t++) {
             size_t sum = 0;
-            for (int g = t; g < ng; g += nt) sum += goff[g + 1] - goff[g];
+            for (int g = t; g < p.ng; g += p.nt) sum += p.goff[g + 1] - p.goff[g];
             if (sum > span) span = sum;
         }
     }
-    free(gstart);
-    free(goff);
+    plan_free(&p);
     return span;
 }
 
 static void forward_group(pf_ctx *c, const pf_model *m, pf_kernel kernel, const int32_t *tokens,
                           const int *lens, int B, int N, float *logp, float *hidden, int hidden_layer);
+
+/* forward_group on group g of plan p, in arena c: its slice of the packed inputs and outputs. */
+static void run_group(pf_ctx *c, const pf_model *m, pf_kernel kernel, const batch_plan *p, int g,
+                      const int32_t *tokens, const int *lens, float *logp, float *hidden, int hidden_layer) {
+    const size_t o = p->goff[g];
+    forward_group(c, m, kernel, tokens + o, lens + p->gstart[g], p->gstart[g + 1] - p->gstart[g],
+                  (int)(p->goff[g + 1] - o), logp + o * TOK_NRES,
+                  hidden ? hidden + o * (size_t)m->cfg.d_model : NULL, hidden_layer);
+}
 
 int pf_forward(pf_ctx *c, const pf_model *m, pf_kernel kernel, const int32_t *tokens,
                const int *lens, int B, float *logp, float *hidden, char *err, size_t errlen) {
@@ -232,22 +267,16 @@ int pf_forward_ex(pf_ctx *c, const pf_model *m, pf_kernel kernel, const int32_t 
      * per thread at a time, each thread on its own arena with single-threaded products (no
      * fork/join per operation); otherwise groups of at most G tokens run one after another, each
      * operation on every thread. */
-    const int nt = omp_in_parallel() ? 1 : omp_get_max_threads();
-    const int par = seq_parallel(nt, B, Lmax);
-    int *gstart = malloc(sizeof(int) * ((size_t)B + 1));
-    size_t *goff = malloc(sizeof(size_t) * ((size_t)B + 1));
-    if (!gstart || !goff) {
-        free(gstart); free(goff);
-        snprintf(err, errlen, "out of memory");
-        return -1;
-    }
-    const int ng = plan_groups(lens, B, T, par ? nt : 0, gstart, goff);
+    batch_plan p;
+    if (plan_batch(&p, lens, B) != 0) { snprintf(err, errlen, "out of memory"); return -1; }
+    const int nt = p.nt, ng = p.ng, *gstart = p.gstart;
+    const size_t *goff = p.goff;
     size_t maxT = 0, maxB = 0;
     for (int g = 0; g < ng; g++) {
         if (goff[g + 1] - goff[g] > maxT) maxT = goff[g + 1] - goff[g];
         if ((size_t)(gstart[g + 1] - gstart[g]) > maxB) maxB = (size_t)(gstart[g + 1] - gstart[g]);
     }
-    const int exact = kernel == PF_KERNEL_EXACT, use_sub = par && ng > 1;
+    const int exact = kernel == PF_KERNEL_EXACT, use_sub = p.par && ng > 1;
     const int nctx = use_sub ? nt : 1;
     int rc = 0;
     if (use_sub && c->n_sub < nt) {
@@ -267,18 +296,11 @@ int pf_forward_ex(pf_ctx *c, const pf_model *m, pf_kernel kernel, const int32_t 
     } else if (use_sub) {
         #pragma omp parallel for schedule(static, 1) num_threads(nt)
         for (int g = 0; g < ng; g++)
-            forward_group(c->sub[omp_get_thread_num()], m, kernel, tokens + goff[g], lens + gstart[g],
-                          gstart[g + 1] - gstart[g], (int)(goff[g + 1] - goff[g]),
-                          logp + goff[g] * TOK_NRES, hidden ? hidden + goff[g] * cfg->d_model : NULL,
-                          hidden_layer);
+            run_group(c->sub[omp_get_thread_num()], m, kernel, &p, g, tokens, lens, logp, hidden, hidden_layer);
     } else {
-        for (int g = 0; g < ng; g++)
-            forward_group(c, m, kernel, tokens + goff[g], lens + gstart[g], gstart[g + 1] - gstart[g],
-                          (int)(goff[g + 1] - goff[g]), logp + goff[g] * TOK_NRES,
-                          hidden ? hidden + goff[g] * cfg->d_model : NULL, hidden_layer);
+        for (int g = 0; g < ng; g++) run_group(c, m, kernel, &p, g, tokens, lens, logp, hidden, hidden_layer);
     }
-    free(gstart);
-    free(goff);
+    plan_free(&p);
     return rc;
 }
 

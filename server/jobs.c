@@ -372,7 +372,7 @@ static void complete(jb_job **jobs, int nj, char **bodies, size_t *blens, const 
  * takes (lock held): the jobs the batch limits admit, less the last few when dropping them gives
  * more tokens per unit of time on the model's threads (pf_forward_span: e.g. 9 equal sequences on
  * 2 threads take as long as 10, so 8 go now and the 9th starts the next batch). Only batches of
- * single-input jobs are trimmed. lens has room for cap entries. */
+ * single-input jobs are trimmed, and none when lens (room for cap entries) is NULL. */
 static int batch_take_locked(int bg, int cap, int *lens) {
     int nj = 0, seqs = 0, single = 1;
     long long tokens = 0;
@@ -383,7 +383,7 @@ static int batch_take_locked(int bg, int cap, int *lens) {
                        seqs + j->req->n_inputs > cfg.batch_max_seqs ||
                        j->req->hidden_layer != first->req->hidden_layer))
             break;
-        if (j->req->n_inputs != 1) single = 0;
+        if (!lens || j->req->n_inputs != 1) single = 0;
         else lens[nj] = (int)tk_input_len(j->req, 0) + 2;
         nj++;
         seqs += j->req->n_inputs;
@@ -419,25 +419,15 @@ static void *worker_main(void *arg) {
         while (!stopping && !q_head && !b_head) pthread_cond_wait(&cv_work, &mu);
         if (!q_head && !b_head) break;
         int bg = q_head == NULL;      /* interactive jobs always go first */
-        int nj = 0, seqs = 0;
-        long long tokens = 0;
         double now = ut_mono();
-        const int take = lens ? batch_take_locked(bg, cap, lens) : cap;
-        while ((bg ? b_head : q_head) && nj < take) {
+        const int nj = batch_take_locked(bg, cap, lens);   /* the batch limits live there */
+        for (int k = 0; k < nj; k++) {
             jb_job *j = bg ? b_head : q_head;
-            long long t = j->req->input_tokens;
-            if (nj > 0 && (cfg.batch_tokens <= 0 || tokens + t > cfg.batch_tokens ||
-                           seqs + j->req->n_inputs > cfg.batch_max_seqs ||
-                           j->req->hidden_layer != batch[0]->req->hidden_layer))
-                break;
             queue_remove(j);
             j->state = JS_RUNNING;
             j->queue_s = now - j->t_submit;
             n_running++;
-            batch[nj++] = j;
-            seqs += j->req->n_inputs;
-            tokens += t;
-            if (cfg.batch_tokens <= 0 || tokens > cfg.batch_tokens) break;  /* a long job runs alone */
+            batch[k] = j;
         }
         pthread_mutex_unlock(&mu);
         char err[256] = "";
