@@ -14,6 +14,8 @@ static const double lat_bounds[] = {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1
 #define N_LAT (sizeof lat_bounds / sizeof lat_bounds[0])
 static const double fwd_bounds[] = {0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120};
 #define N_FWD (sizeof fwd_bounds / sizeof fwd_bounds[0])
+static const int seq_bounds[] = {1, 2, 4, 8, 16, 32, 64, 128, 256, 1024};
+#define N_SEQ (sizeof seq_bounds / sizeof seq_bounds[0])
 
 typedef struct { const char *route; char method[8]; int status; unsigned long long n; } series;
 typedef struct { const char *route; unsigned long long b[N_LAT + 1]; double sum; unsigned long long n; } hist;
@@ -24,7 +26,7 @@ static int n_req;
 static hist lat[MAX_ROUTES];
 static int n_lat;
 static unsigned long long cache_hit, cache_miss, rejected, evicted, fwd_n, fwd_seqs, residues;
-static unsigned long long fwd_b[N_FWD + 1];
+static unsigned long long fwd_b[N_FWD + 1], seq_b[N_SEQ + 1];
 static double fwd_sum;
 
 /* Counts one finished HTTP request. */
@@ -74,6 +76,9 @@ void mt_forward(double seconds, int sequences, long res) {
     fwd_sum += seconds;
     fwd_n++;
     fwd_seqs += (unsigned long long)sequences;
+    k = 0;
+    while (k < N_SEQ && sequences > seq_bounds[k]) k++;
+    seq_b[k]++;
     residues += (unsigned long long)res;
     pthread_mutex_unlock(&mu);
 }
@@ -170,6 +175,17 @@ char *mt_render(const mt_gauges *g) {
     }
     sb_printf(&b, "performerd_model_forward_seconds_sum %.6f\nperformerd_model_forward_seconds_count %llu\n", fwd_sum,
               fwd_n);
+    sb_printf(&b, "# HELP performerd_batch_sequences Sequences per forward pass (batching of concurrent requests).\n"
+                  "# TYPE performerd_batch_sequences histogram\n");
+    cum = 0;
+    for (size_t k = 0; k <= N_SEQ; k++) {
+        cum += seq_b[k];
+        if (k < N_SEQ)
+            sb_printf(&b, "performerd_batch_sequences_bucket{le=\"%d\"} %llu\n", seq_bounds[k], cum);
+        else
+            sb_printf(&b, "performerd_batch_sequences_bucket{le=\"+Inf\"} %llu\n", cum);
+    }
+    sb_printf(&b, "performerd_batch_sequences_sum %llu\nperformerd_batch_sequences_count %llu\n", fwd_seqs, fwd_n);
     pthread_mutex_unlock(&mu);
     sb_printf(&b, "# HELP performerd_ready 1 when weights are loaded, the database is writable and not draining.\n"
                   "# TYPE performerd_ready gauge\nperformerd_ready %d\n", g->ready);

@@ -324,6 +324,16 @@ def metric(name):
 
 
 check(metric("performerd_cache_hits_total") >= 8, "cache hits counted")
+# sequences per forward pass: the histogram's sum and count are the sequence and pass counters, and
+# the concurrent clients above went through at least one pass of more than one sequence
+check(metric("performerd_batch_sequences_sum") == metric("performerd_forward_sequences_total") > 0,
+      "batch histogram sum = sequences run")
+check(metric("performerd_batch_sequences_count") == metric("performerd_model_forward_seconds_count") > 0,
+      "batch histogram count = forward passes")
+check(metric('performerd_batch_sequences_bucket{le="+Inf"}') == metric("performerd_batch_sequences_count"),
+      "batch histogram +Inf bucket = count")
+check(metric('performerd_batch_sequences_bucket{le="1"}') < metric("performerd_batch_sequences_count"),
+      "some forward pass ran more than one sequence")
 check(metric("performerd_residues_processed_total") >= 30000, "residues counted")
 time.sleep(0.2)
 c = sqlite3.connect(DB)
