@@ -14,7 +14,7 @@ static const double lat_bounds[] = {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1
 #define N_LAT (sizeof lat_bounds / sizeof lat_bounds[0])
 static const double fwd_bounds[] = {0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120};
 #define N_FWD (sizeof fwd_bounds / sizeof fwd_bounds[0])
-static const int seq_bounds[] = {1, 2, 4, 8, 16, 32, 64, 128, 256, 1024};
+static const double seq_bounds[] = {1, 2, 4, 8, 16, 32, 64, 128, 256, 1024};
 #define N_SEQ (sizeof seq_bounds / sizeof seq_bounds[0])
 
 typedef struct { const char *route; char method[8]; int status; unsigned long long n; } series;
@@ -77,7 +77,7 @@ void mt_forward(double seconds, int sequences, long res) {
     fwd_n++;
     fwd_seqs += (unsigned long long)sequences;
     k = 0;
-    while (k < N_SEQ && sequences > seq_bounds[k]) k++;
+    while (k < N_SEQ && (double)sequences > seq_bounds[k]) k++;
     seq_b[k]++;
     residues += (unsigned long long)res;
     pthread_mutex_unlock(&mu);
@@ -117,6 +117,20 @@ __attribute__((format(printf, 2, 3))) static void sb_printf(sbuf *b, const char 
     }
 }
 
+/* Appends the cumulative buckets of histogram name (counts[n + 1], the last one over every bound),
+ * labels ("" or 'key="value",') going before le. */
+static void sb_buckets(sbuf *b, const char *name, const char *labels, const double *bounds, size_t n,
+                       const unsigned long long *counts) {
+    unsigned long long cum = 0;
+    for (size_t k = 0; k <= n; k++) {
+        cum += counts[k];
+        if (k < n)
+            sb_printf(b, "%s_bucket{%sle=\"%g\"} %llu\n", name, labels, bounds[k], cum);
+        else
+            sb_printf(b, "%s_bucket{%sle=\"+Inf\"} %llu\n", name, labels, cum);
+    }
+}
+
 /* Renders the exposition text. */
 char *mt_render(const mt_gauges *g) {
     sbuf b = {0};
@@ -129,16 +143,9 @@ char *mt_render(const mt_gauges *g) {
     sb_printf(&b, "# HELP performerd_request_duration_seconds HTTP request latency by route.\n"
                   "# TYPE performerd_request_duration_seconds histogram\n");
     for (int i = 0; i < n_lat; i++) {
-        unsigned long long cum = 0;
-        for (size_t k = 0; k <= N_LAT; k++) {
-            cum += lat[i].b[k];
-            if (k < N_LAT)
-                sb_printf(&b, "performerd_request_duration_seconds_bucket{route=\"%s\",le=\"%g\"} %llu\n", lat[i].route,
-                          lat_bounds[k], cum);
-            else
-                sb_printf(&b, "performerd_request_duration_seconds_bucket{route=\"%s\",le=\"+Inf\"} %llu\n",
-                          lat[i].route, cum);
-        }
+        char labels[160];
+        snprintf(labels, sizeof labels, "route=\"%s\",", lat[i].route);
+        sb_buckets(&b, "performerd_request_duration_seconds", labels, lat_bounds, N_LAT, lat[i].b);
         sb_printf(&b, "performerd_request_duration_seconds_sum{route=\"%s\"} %.6f\n", lat[i].route, lat[i].sum);
         sb_printf(&b, "performerd_request_duration_seconds_count{route=\"%s\"} %llu\n", lat[i].route, lat[i].n);
     }
@@ -165,26 +172,12 @@ char *mt_render(const mt_gauges *g) {
               fwd_seqs);
     sb_printf(&b, "# HELP performerd_model_forward_seconds Wall time of model forward passes (one per batch).\n"
                   "# TYPE performerd_model_forward_seconds histogram\n");
-    unsigned long long cum = 0;
-    for (size_t k = 0; k <= N_FWD; k++) {
-        cum += fwd_b[k];
-        if (k < N_FWD)
-            sb_printf(&b, "performerd_model_forward_seconds_bucket{le=\"%g\"} %llu\n", fwd_bounds[k], cum);
-        else
-            sb_printf(&b, "performerd_model_forward_seconds_bucket{le=\"+Inf\"} %llu\n", cum);
-    }
+    sb_buckets(&b, "performerd_model_forward_seconds", "", fwd_bounds, N_FWD, fwd_b);
     sb_printf(&b, "performerd_model_forward_seconds_sum %.6f\nperformerd_model_forward_seconds_count %llu\n", fwd_sum,
               fwd_n);
     sb_printf(&b, "# HELP performerd_batch_sequences Sequences per forward pass (batching of concurrent requests).\n"
                   "# TYPE performerd_batch_sequences histogram\n");
-    cum = 0;
-    for (size_t k = 0; k <= N_SEQ; k++) {
-        cum += seq_b[k];
-        if (k < N_SEQ)
-            sb_printf(&b, "performerd_batch_sequences_bucket{le=\"%d\"} %llu\n", seq_bounds[k], cum);
-        else
-            sb_printf(&b, "performerd_batch_sequences_bucket{le=\"+Inf\"} %llu\n", cum);
-    }
+    sb_buckets(&b, "performerd_batch_sequences", "", seq_bounds, N_SEQ, seq_b);
     sb_printf(&b, "performerd_batch_sequences_sum %llu\nperformerd_batch_sequences_count %llu\n", fwd_seqs, fwd_n);
     pthread_mutex_unlock(&mu);
     sb_printf(&b, "# HELP performerd_ready 1 when weights are loaded, the database is writable and not draining.\n"
