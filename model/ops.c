@@ -401,8 +401,7 @@ static void favor_features_backward(float *dx, float *dphi, const float *phi, co
         #pragma omp parallel for simd if (n > OMP_MIN)
         for (size_t i = 0; i < n; i++) dphi[i] *= phi[i] - re;  /* d(exp)/da */
     }
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)rows, dh, m, c, dphi, m, proj, dh,
-                0.0f, dx, dh);
+    favor_sgemm(0, 0, (int)rows, dh, m, c, dphi, m, proj, dh, dx, dh);
     if (!relu) {
         /* a = s - g - max: dg = -sum_r da; g = c^2 |x|^2 / 2 */
         #pragma omp parallel for if (n > OMP_MIN)
@@ -449,10 +448,8 @@ void favor_backward_batch(float *dq, float *dk, float *dv, const float *dout, co
         const float *pq = st->phi_q + hm, *pk = st->phi_k + hm;
         float *dkv_h = dkv + (size_t)bh * m * dh, *dz_h = dz + (size_t)bh * m;
         /* num = phi_q KV: dphi_q = dnum KV^T, dKV = phi_q^T dnum */
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, L, m, dh, 1.0f, dnum + hd, d, kv, dh,
-                    0.0f, dphi_q + hm, H * m);
-        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, m, dh, L, 1.0f, pq, H * m, dnum + hd,
-                    d, 0.0f, dkv_h, dh);
+        favor_sgemm(0, 1, L, m, dh, 1.0f, dnum + hd, d, kv, dh, dphi_q + hm, H * m);
+        favor_sgemm(1, 0, m, dh, L, 1.0f, pq, H * m, dnum + hd, d, dkv_h, dh);
         /* den = phi_q . z: dphi_q += dden z, dz = phi_q^T dden */
         for (int r = 0; r < m; r++) dz_h[r] = 0;
         for (int p = 0; p < L; p++) {
@@ -463,10 +460,8 @@ void favor_backward_batch(float *dq, float *dk, float *dv, const float *dout, co
             for (int r = 0; r < m; r++) { dpq[r] += dd * z[r]; dz_h[r] += dd * pqr[r]; }
         }
         /* KV = phi_k^T V: dphi_k = V dKV^T, dV = phi_k dKV; z = sum phi_k: dphi_k += dz */
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, L, m, dh, 1.0f, v + hd, d, dkv_h, dh,
-                    0.0f, dphi_k + hm, H * m);
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, L, dh, m, 1.0f, pk, H * m, dkv_h,
-                    dh, 0.0f, dv + hd, d);
+        favor_sgemm(0, 1, L, m, dh, 1.0f, v + hd, d, dkv_h, dh, dphi_k + hm, H * m);
+        favor_sgemm(0, 0, L, dh, m, 1.0f, pk, H * m, dkv_h, dh, dv + hd, d);
         for (int p = 0; p < L; p++) {
             float *dpk = dphi_k + hm + (size_t)p * H * m;
             #pragma omp simd

@@ -140,6 +140,18 @@ static void check_guarded(void) {
 /* favor_products_follow_precision: off keeps FAVOR+ in float32 OpenBLAS in either precision (the
  * trainer's forward matches its float32 backward); on, bf16 runs its products through the bf16
  * GEMM (different bits, within bf16 rounding of float32), and fp32 is unchanged. */
+/* Largest |a[i] - b[i]| and largest |b[i]| over n floats. */
+static void max_diff(const float *a, const float *b, size_t n, double *e, double *mx) {
+    *e = 0; *mx = 0;
+    for (size_t i = 0; i < n; i++) {
+        double di = fabs((double)a[i] - b[i]);
+        if (di > *e) *e = di;
+        if (fabs(b[i]) > *mx) *mx = fabs(b[i]);
+    }
+}
+
+/* favor_products_follow_precision: off, or on in fp32, is bit-identical to float32 OpenBLAS in the
+ * forward pass and in the backward pass; on in bf16 stays close to it. */
 static void check_favor_products(void) {
     enum { B = 3, H = 4, dh = 16, m = 32 };
     const int lens[B] = { 5, 333, 64 };
@@ -148,36 +160,57 @@ static void check_favor_products(void) {
     uint64_t s = 99;
     float *q = malloc(sizeof(float) * T * d), *k = malloc(sizeof(float) * T * d);
     float *v = malloc(sizeof(float) * T * d), *P = malloc(sizeof(float) * m * dh);
-    for (size_t i = 0; i < T * d; i++) { q[i] = urand(&s); k[i] = urand(&s); v[i] = urand(&s); }
+    float *dout = malloc(sizeof(float) * T * d);
+    for (size_t i = 0; i < T * d; i++) { q[i] = urand(&s); k[i] = urand(&s); v[i] = urand(&s); dout[i] = urand(&s); }
     pf_draw_projection(P, m, dh, 3);
     size_t ns = T * H * m * 2 + (size_t)B * H * m * dh + (size_t)B * H * m + T * H;
-    float *sb = malloc(sizeof(float) * ns), *out[4];
+    float *sb = malloc(sizeof(float) * ns), *out[4], *grad[4];
+    float *scratch = malloc(sizeof(float) * favor_backward_scratch_batch(T, B, H, dh, m));
+    float *fo = malloc(sizeof(float) * T * d);    /* the float32 forward output under each backward */
     favor_state st = { sb, sb + T * H * m, sb + 2 * T * H * m, sb + 2 * T * H * m + (size_t)B * H * m * dh,
                        sb + 2 * T * H * m + (size_t)B * H * m * dh + (size_t)B * H * m };
+    const size_t n = T * d;
     for (int relu = 0; relu < 2; relu++) {
         /* 0: fp32 off, 1: fp32 on, 2: bf16 off, 3: bf16 on */
         for (int c = 0; c < 4; c++) {
-            out[c] = malloc(sizeof(float) * T * d);
+            out[c] = malloc(sizeof(float) * n);
+            grad[c] = malloc(sizeof(float) * 3 * n);    /* dq, dk, dv */
             CHECK(gm_set_precision(c < 2 ? GM_FP32 : GM_BF16) == 0);
             favor_products_follow_precision(c & 1);
             favor_forward_batch(out[c], &st, q, k, v, P, lens, B, H, dh, m, relu);
         }
+        /* the backward products alone: every backward starts from the float32 forward pass (a
+         * bf16 forward moves ReLU features across their kink, which no backward precision undoes) */
+        for (int c = 0; c < 4; c++) {
+            CHECK(gm_set_precision(GM_FP32) == 0);
+            favor_products_follow_precision(0);
+            favor_forward_batch(fo, &st, q, k, v, P, lens, B, H, dh, m, relu);
+            CHECK(gm_set_precision(c < 2 ? GM_FP32 : GM_BF16) == 0);
+            favor_products_follow_precision(c & 1);
+            favor_backward_batch(grad[c], grad[c] + n, grad[c] + 2 * n, dout, fo, &st, q, k, v, P,
+                                 lens, B, H, dh, m, relu, scratch);
+        }
         favor_products_follow_precision(0);
         CHECK(gm_set_precision(GM_FP32) == 0);
-        double e = 0, mx = 0;
-        for (size_t i = 0; i < T * d; i++) {
-            double di = fabs((double)out[3][i] - out[0][i]);
-            if (di > e) e = di;
-            if (fabs(out[0][i]) > mx) mx = fabs(out[0][i]);
-        }
+        double e, mx;
+        max_diff(out[3], out[0], n, &e, &mx);
         printf("FAVOR+ %s products in bf16 vs float32: max |diff| %.3g (max |out| %.3g)\n",
                relu ? "relu" : "softmax", e, mx);
-        CHECK(memcmp(out[0], out[1], sizeof(float) * T * d) == 0);
-        CHECK(memcmp(out[0], out[2], sizeof(float) * T * d) == 0);
+        CHECK(memcmp(out[0], out[1], sizeof(float) * n) == 0);
+        CHECK(memcmp(out[0], out[2], sizeof(float) * n) == 0);
         CHECKF(e > 0 && e <= 2e-2 * mx, "bf16 FAVOR+ products differ by %g (max |out| %g)", e, mx);
-        for (int c = 0; c < 4; c++) free(out[c]);
+        CHECK(memcmp(grad[0], grad[1], sizeof(float) * 3 * n) == 0);
+        CHECK(memcmp(grad[0], grad[2], sizeof(float) * 3 * n) == 0);
+        static const char *gname[3] = { "dq", "dk", "dv" };
+        for (int g = 0; g < 3; g++) {
+            max_diff(grad[3] + g * n, grad[0] + g * n, n, &e, &mx);
+            printf("FAVOR+ %s backward %s in bf16 vs float32: max |diff| %.3g (max |%s| %.3g)\n",
+                   relu ? "relu" : "softmax", gname[g], e, gname[g], mx);
+            CHECKF(e > 0 && e <= 2e-2 * mx, "bf16 FAVOR+ %s differs by %g (max %g)", gname[g], e, mx);
+        }
+        for (int c = 0; c < 4; c++) { free(out[c]); free(grad[c]); }
     }
-    free(q); free(k); free(v); free(P); free(sb);
+    free(q); free(k); free(v); free(P); free(sb); free(dout); free(scratch); free(fo);
 }
 
 int main(void) {
