@@ -149,52 +149,35 @@ int main(int argc, char **argv) {
     }
     pf_set_threads((int)c.threads);
     db_set_log(db_event);
-    if (db_init(c.db, (long long)c.cache_max_mb * 1024 * 1024, err, sizeof err)) {
-        pf_model_free(m);
-        return fatal(err);
-    }
+    /* Start-up: each step that fails goes to startup_failed, which undoes the steps done (in reverse
+     * order) and returns 1; up[] says which were done. */
+    enum { UP_DB, UP_HOT, UP_LOG, UP_JOBS, UP_RUNNER, UP_N };
+    int up[UP_N] = {0}, fd = -1, port = 0;
+    const char *why = err;
+    json_t *mref = NULL;
+    char *mbody = NULL, *api = NULL;
+    if (db_init(c.db, (long long)c.cache_max_mb * 1024 * 1024, err, sizeof err)) goto startup_failed;
+    up[UP_DB] = 1;
     db_set_result_fsync((int)c.result_fsync);
+    up[UP_HOT] = 1;                 /* hc_free also undoes a partial hc_init */
     if (hc_init((size_t)c.hot_cache_mb * 1024 * 1024)) {
-        db_close_all();
-        hc_free();
-        pf_model_free(m);
-        return fatal("out of memory for the hot-result map (--hot-cache-mb)");
+        why = "out of memory for the hot-result map (--hot-cache-mb)";
+        goto startup_failed;
     }
     db_set_hooks(hc_take_touches, hc_evicted);
-    if (rl_start(err, sizeof err)) {
-        db_close_all();
-        hc_free();
-        pf_model_free(m);
-        return fatal(err);
-    }
-    int port = 0;
-    int fd = http_listen(c.bind, c.port, &port, err, sizeof err);
-    if (fd < 0) {
-        rl_stop();
-        db_close_all();
-        hc_free();
-        pf_model_free(m);
-        return fatal(err);
-    }
-    json_t *mref = tk_model_ref(m->cfg.name, m->sha256, m->cfg.trained);
-    char *mbody = model_body(m, &c), *api = api_openapi(&c);
+    if (rl_start(err, sizeof err)) goto startup_failed;
+    up[UP_LOG] = 1;
+    if ((fd = http_listen(c.bind, c.port, &port, err, sizeof err)) < 0) goto startup_failed;
+    mref = tk_model_ref(m->cfg.name, m->sha256, m->cfg.trained);
+    mbody = model_body(m, &c);
+    api = api_openapi(&c);
     if (!mref || !mbody || !api) {
-        close(fd);
-        rl_stop();
-        db_close_all();
-        hc_free();
-        pf_model_free(m);
-        return fatal("out of memory while preparing the model description");
+        why = "out of memory while preparing the model description";
+        goto startup_failed;
     }
     jb_config jc = {(int)c.workers, c.queue, c.batch_tokens, (int)(c.max_batch > 64 ? c.max_batch : 64)};
-    if (jb_start(m, mref, &jc, err, sizeof err)) {
-        close(fd);
-        rl_stop();
-        db_close_all();
-        hc_free();
-        pf_model_free(m);
-        return fatal(err);
-    }
+    if (jb_start(m, mref, &jc, err, sizeof err)) goto startup_failed;
+    up[UP_JOBS] = 1;
     http_env env = {&c, m, mbody, api, {0}, wst};
     env.tk.max_length = c.max_length;
     env.tk.max_batch = c.max_batch;
@@ -204,30 +187,13 @@ int main(int argc, char **argv) {
     env.tk.d_model = m->cfg.d_model;
     size_t exact_max = m->cfg.kernel == PF_KERNEL_EXACT ? pf_exact_max_len(m) : 0;
     if (exact_max > 2 && (long)exact_max - 2 < env.tk.max_length) env.tk.max_length = (long)exact_max - 2;
-    int page_ok = pg_init() == 0;
-    if (!page_ok) snprintf(err, sizeof err, "the embedded web page (server/page.html) lacks its <script> or <style>");
-    if (!page_ok || ja_start(m, &env.tk, err, sizeof err)) {
-        jb_drain(0);
-        jb_stop(1);
-        close(fd);
-        rl_stop();
-        db_close_all();
-        hc_free();
-        pf_model_free(m);
-        return fatal(err);
+    if (pg_init() != 0) {
+        why = "the embedded web page (server/page.html) lacks its <script> or <style>";
+        goto startup_failed;
     }
-    if (http_start(&env, fd, err, sizeof err)) {
-        ja_stop();
-        jb_drain(0);
-        ja_join(2);
-        jb_stop(1);
-        close(fd);
-        rl_stop();
-        db_close_all();
-        hc_free();
-        pf_model_free(m);
-        return fatal(err);
-    }
+    if (ja_start(m, &env.tk, err, sizeof err)) goto startup_failed;
+    up[UP_RUNNER] = 1;
+    if (http_start(&env, fd, err, sizeof err)) goto startup_failed;
     char portbuf[16], thr[16], wk[16];
     snprintf(portbuf, sizeof portbuf, "%d", port);
     snprintf(thr, sizeof thr, "%ld", c.threads);
@@ -270,4 +236,19 @@ int main(int argc, char **argv) {
     snprintf(secs, sizeof secs, "%.3f", ut_mono() - t0);
     http_log("info", "stopped", "drain", clean ? "complete" : "timed out (503 sent)", "seconds", secs, (char *)NULL);
     return 0;
+
+startup_failed:
+    if (up[UP_RUNNER]) ja_stop();
+    if (up[UP_JOBS]) jb_drain(0);
+    if (up[UP_RUNNER]) ja_join(2);
+    if (up[UP_JOBS]) jb_stop(1);
+    if (fd >= 0) close(fd);
+    if (up[UP_LOG]) rl_stop();
+    if (up[UP_DB]) db_close_all();
+    if (up[UP_HOT]) hc_free();
+    pf_model_free(m);
+    json_decref(mref);
+    free(mbody);
+    free(api);
+    return fatal(why);
 }
