@@ -421,15 +421,21 @@ static int add_topk(ut_buf *b, const float *lp, int k) {
     return TOK_RES0 + order[0];
 }
 
+/* See predict.h. */
+int pr_result_head(ut_buf *b, const char *id, json_t *model) {
+    char *mj = json_dumps(model, JSON_COMPACT);
+    if (!mj) return -1;
+    ut_printf(b, "{\"id\":\"%s\",\"model\":", id);
+    ut_str(b, mj);
+    free(mj);
+    return 0;
+}
+
 /* Builds the 200 response JSON directly as text (large results would cost far more as jansson
  * objects). */
 char *pr_response(const pr_request *r, json_t *model, float *const *logp, size_t *out_len) {
     ut_buf b = {0};
-    char *mj = json_dumps(model, JSON_COMPACT);
-    if (!mj) return NULL;
-    ut_printf(&b, "{\"id\":\"%s\",\"model\":", r->id);
-    ut_str(&b, mj);
-    free(mj);
+    if (pr_result_head(&b, r->id, model)) return NULL;
     ut_printf(&b, ",\"cached\":false,\"top_k\":%d,\"results\":[", r->top_k);
     for (int s = 0; s < r->n; s++) {
         size_t n = r->len[s];

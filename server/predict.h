@@ -7,6 +7,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "util.h"
+
 #define PR_TOPK_DEFAULT 5
 #define PR_TOPK_MAX 25          /* accepted maximum; at most 20 entries exist (the residue classes) */
 #define PR_RESPONSE_VERSION 1   /* part of the id: bump when the response format changes */
@@ -87,6 +89,10 @@ size_t pr_tokens(const pr_request *r);
  * logp[s] = [(len[s] + 2) * 20] framed positions. model is {"name","sha256",...}. Returns a malloc'd
  * string and *out_len, or NULL when out of memory. */
 char *pr_response(const pr_request *r, json_t *model, float *const *logp, size_t *out_len);
+
+/* Starts a result body in b: {"id":"<id>","model":<model, compact>. 0, or -1 when out of memory
+ * (b is then unchanged). */
+int pr_result_head(ut_buf *b, const char *id, json_t *model);
 
 /* Rewrites a stored response's first "cached":false to "cached":true  (same length) in place. */
 void pr_mark_cached(char *body, size_t len);

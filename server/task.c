@@ -691,11 +691,7 @@ char *tk_response(const tk_request *r, json_t *model, size_t *out_len) {
     if (!tk_complete(r)) return NULL;
     if (r->kind == TK_PREDICT) return pr_response(r->seq, model, r->out, out_len);
     ut_buf b = {0};
-    char *mj = json_dumps(model, JSON_COMPACT);
-    if (!mj) return NULL;
-    ut_printf(&b, "{\"id\":\"%s\",\"model\":", r->id);
-    ut_str(&b, mj);
-    free(mj);
+    if (pr_result_head(&b, r->id, model)) return NULL;
     ut_printf(&b, ",\"cached\":false,\"task\":\"%s\"", tk_kind_name(r->kind));
     if (r->kind == TK_SCORE) {
         score_body(&b, r);
