@@ -3,6 +3,7 @@
 #include "model.h"
 #include "ops.h"
 
+#include <assert.h>
 #include <cblas.h>
 #include <math.h>
 #include <omp.h>
@@ -13,6 +14,7 @@
 
 static size_t g_exact_mem_limit = (size_t)1 << 30;
 static _Atomic size_t g_group_tokens = PF_GROUP_TOKENS_DEFAULT;
+static _Atomic size_t g_ffn_rows = PF_FFN_ROWS_DEFAULT;
 static _Atomic int g_seq_parallel_len = PF_SEQ_PARALLEL_LEN_DEFAULT;
 
 struct pf_ctx {
@@ -20,8 +22,9 @@ struct pf_ctx {
     float *arena;           /* one allocation holding every buffer below */
     size_t arena_floats;
     size_t cap_T, cap_L, cap_B; /* capacity: packed tokens, longest sequence, sequences */
+    size_t cap_ff;              /* rows of ff */
     int exact_ready;        /* arena includes the L x L scores buffer */
-    float *x, *h, *q, *k, *v, *ff;      /* [T, d] x5, [T, F] */
+    float *x, *h, *q, *k, *v, *ff;      /* [T, d] x5, [cap_ff, F] */
     float *cv;                          /* [T, d] convolution output (conv models only) */
     float *pe;                          /* [cap_L, d] */
     float *phi_q, *phi_k, *kv, *z, *den; /* FAVOR+ state of the batch (favor_state sizes) */
@@ -67,6 +70,14 @@ void pf_set_exact_mem_limit(size_t bytes) { g_exact_mem_limit = bytes; }
 
 void pf_set_group_tokens(size_t n) { g_group_tokens = n; }
 
+void pf_set_ffn_rows(size_t n) { g_ffn_rows = n; }
+
+/* Rows of the feed-forward block at a time for a group of T tokens (pf_set_ffn_rows). */
+static size_t ffn_rows(size_t T) {
+    const size_t r = g_ffn_rows;
+    return r == 0 || r > T ? T : r;
+}
+
 void pf_set_seq_parallel_len(int n) { g_seq_parallel_len = n < 0 ? 0 : n; }
 
 size_t pf_exact_max_len(const pf_model *m) {
@@ -92,7 +103,9 @@ void pf_ctx_free(pf_ctx *c) {
 /* Makes the arena hold T packed tokens in B sequences up to L long (scores when exact).
  * Returns 0, or -1 when memory cannot be had. */
 static int ctx_reserve(pf_ctx *c, size_t T, size_t B, size_t L, int exact) {
-    if (T <= c->cap_T && B <= c->cap_B && L <= c->cap_L && (!exact || c->exact_ready)) return 0;
+    size_t rows = ffn_rows(T);
+    if (T <= c->cap_T && B <= c->cap_B && L <= c->cap_L && rows <= c->cap_ff && (!exact || c->exact_ready))
+        return 0;
     const pf_config *cfg = &c->m->cfg;
     size_t d = cfg->d_model, F = cfg->d_ff, H = cfg->n_heads, M = cfg->n_features, dh = d / H;
     if (T < c->cap_T) T = c->cap_T;
@@ -100,7 +113,8 @@ static int ctx_reserve(pf_ctx *c, size_t T, size_t B, size_t L, int exact) {
     if (B < c->cap_B) B = c->cap_B;
     exact = exact || c->exact_ready;
     size_t nconv = cfg->conv_kernel > 0 ? T * d : 0;
-    size_t n = 5 * T * d + T * F + L * d + 2 * T * H * M + B * H * M * dh + B * H * M + T * H +
+    if (rows < c->cap_ff) rows = c->cap_ff;
+    size_t n = 5 * T * d + rows * F + L * d + 2 * T * H * M + B * H * M * dh + B * H * M + T * H +
                (exact ? L * L : 0) + nconv;
     float *a = malloc(n * sizeof(float));
     int *pos = malloc(T * sizeof(int));
@@ -113,7 +127,7 @@ static int ctx_reserve(pf_ctx *c, size_t T, size_t B, size_t L, int exact) {
     c->q = a; a += T * d;
     c->k = a; a += T * d;
     c->v = a; a += T * d;
-    c->ff = a; a += T * F;
+    c->ff = a; a += rows * F;
     c->pe = a; a += L * d;
     c->phi_q = a; a += T * H * M;
     c->phi_k = a; a += T * H * M;
@@ -123,7 +137,7 @@ static int ctx_reserve(pf_ctx *c, size_t T, size_t B, size_t L, int exact) {
     c->scores = exact ? a : NULL;
     a += exact ? L * L : 0;
     c->cv = nconv ? a : NULL;
-    c->cap_T = T; c->cap_L = L; c->cap_B = B; c->exact_ready = exact;
+    c->cap_T = T; c->cap_L = L; c->cap_B = B; c->cap_ff = rows; c->exact_ready = exact;
     pe_fill(c->pe, (int)L, (int)d);
     return 0;
 }
@@ -310,7 +324,8 @@ static void forward_group(pf_ctx *c, const pf_model *m, pf_kernel kernel, const 
                           const int *lens, int B, int N, float *logp, float *hidden, int hidden_layer) {
     const pf_config *cfg = &m->cfg;
     const pf_params *P = &m->p;
-    const size_t T = (size_t)N;
+    const size_t T = (size_t)N, fr = ffn_rows(T);
+    assert(fr <= c->cap_ff);
     const int d = cfg->d_model, F = cfg->d_ff, H = cfg->n_heads, M = cfg->n_features, dh = d / H;
     for (int b = 0, i = 0; b < B; b++)
         for (int p = 0; p < lens[b]; p++) c->pos[i++] = p;
@@ -357,10 +372,15 @@ static void forward_group(pf_ctx *c, const pf_model *m, pf_kernel kernel, const 
             gelu_forward(c->q, c->q, T * d);
             matmul_residual(c->x, c->q, Lp->local_out_w, Lp->local_out_b, N, d, d);
         }
-        layernorm_forward(c->h, NULL, NULL, c->x, Lp->ln2_w, Lp->ln2_b, N, d, cfg->norm_eps);
-        matmul_forward(c->ff, c->h, Lp->fc1_w, NULL, N, d, F);
-        gelu_bias_forward(c->ff, Lp->fc1_b, N, F);
-        matmul_residual(c->x, c->ff, Lp->fc2_w, Lp->fc2_b, N, F, d);
+        /* feed-forward block, fr positions at a time (every step is row-wise) */
+        for (size_t r0 = 0; r0 < T; r0 += fr) {
+            const int n = (int)(T - r0 < fr ? T - r0 : fr);
+            float *xr = c->x + r0 * d, *hr = c->h + r0 * d;
+            layernorm_forward(hr, NULL, NULL, xr, Lp->ln2_w, Lp->ln2_b, n, d, cfg->norm_eps);
+            matmul_forward(c->ff, hr, Lp->fc1_w, NULL, n, d, F);
+            gelu_bias_forward(c->ff, Lp->fc1_b, n, F);
+            matmul_residual(xr, c->ff, Lp->fc2_w, Lp->fc2_b, n, F, d);
+        }
         if (hidden && hidden_layer == l + 1) memcpy(hidden, c->x, T * d * sizeof(float));
     }
     layernorm_forward(c->h, NULL, NULL, c->x, P->lnf_w, P->lnf_b, N, d, cfg->norm_eps);

@@ -172,6 +172,17 @@ void pf_set_exact_mem_limit(size_t bytes);
  * one group, not the batch. 0 = the whole batch at once. Results do not depend on it. */
 void pf_set_group_tokens(size_t n);
 
+/* Default of pf_set_ffn_rows. Measured when it was added (bench_forward, 2 threads, interleaved,
+ * favor-relu): at L = 32,768 1.12x faster in bf16 and 1.06x in float32 than the whole sequence at
+ * once, peak RSS 559 -> 431 MB; at 4,096 1.03-1.07x; 512 rows were 7% slower at L = 1,024 in bf16. */
+#define PF_FFN_ROWS_DEFAULT 2048
+
+/* Sets how many positions the feed-forward block (LayerNorm, fc1, GELU, fc2 + residual: all
+ * row-wise) runs at a time, so that its [rows, d_ff] activations stay in cache at any length and
+ * the arena holds only that many rows of them. 0 = all positions of a group at once. Results do
+ * not depend on it (float32 sums per row are the same). */
+void pf_set_ffn_rows(size_t n);
+
 /* Default of pf_set_seq_parallel_len. On an idle 2-core machine sequence-parallel batches ran
  * 1.04-1.08x faster up to 256 positions and 0.90-1.0x at 512 (bench/RESULTS.md, "Batches of short
  * sequences: sequence-parallel"); with the cores shared with another process it ran 3.6x (fp32) and

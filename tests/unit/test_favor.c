@@ -109,6 +109,54 @@ static void test_long_sequence(void) {
     free(tok); free(logp);
 }
 
+/* The feed-forward block in chunks of rows (pf_set_ffn_rows) gives the log-probs of the whole block
+ * at once, for a sequence longer than the default chunk and chunks that do not divide it. */
+static void test_ffn_rows(void) {
+    pf_config c = { .n_layers = 2, .d_model = 32, .n_heads = 4, .d_ff = 64, .n_features = 16,
+                    .kernel = PF_KERNEL_FAVOR_RELU, .norm_eps = 1e-5f };
+    char err[512];
+    pf_model *m = NULL;
+    CHECKF(pf_model_init(&m, &c, 5, err, sizeof err) == 0, "%s", err);
+    if (!m) return;
+    int lens[2] = { PF_FFN_ROWS_DEFAULT + 901, 77 };
+    const int T = lens[0] + lens[1];
+    int32_t *tok = malloc(sizeof(int32_t) * T);
+    for (int i = 0; i < T; i++) tok[i] = TOK_RES0 + (i * 13 + i / 7) % 20;
+    tok[0] = TOK_CLS; tok[lens[0] - 1] = TOK_EOS; tok[lens[0]] = TOK_CLS; tok[T - 1] = TOK_EOS;
+    const size_t rows[] = { 0, PF_FFN_ROWS_DEFAULT, 333, 1 };
+    float *ref = NULL;
+    for (size_t r = 0; r < sizeof rows / sizeof rows[0]; r++) {
+        pf_set_ffn_rows(rows[r]);
+        pf_ctx *ctx = pf_ctx_new(m);   /* a fresh arena sized for this setting */
+        float *logp = malloc(sizeof(float) * T * 20);
+        CHECKF(pf_forward(ctx, m, PF_KERNEL_DEFAULT, tok, lens, 2, logp, NULL, err, sizeof err) == 0, "%s", err);
+        if (!ref) {
+            ref = logp;
+        } else {
+            double mx = 0;
+            for (int i = 0; i < T * 20; i++) mx = fmax(mx, fabs((double)logp[i] - ref[i]));
+            printf("feed-forward %zu rows at a time vs all at once: max |diff| %.3g\n", rows[r], mx);
+            CHECKF(mx <= 1e-5, "ffn rows %zu: max |diff| %g", rows[r], mx);
+            free(logp);
+        }
+        pf_ctx_free(ctx);
+    }
+    /* one arena across settings: growing the chunk after a smaller one grows the buffer */
+    pf_ctx *ctx = pf_ctx_new(m);
+    float *logp = malloc(sizeof(float) * T * 20);
+    pf_set_ffn_rows(64);
+    CHECK(pf_forward(ctx, m, PF_KERNEL_DEFAULT, tok, lens, 2, logp, NULL, err, sizeof err) == 0);
+    pf_set_ffn_rows(0);
+    CHECK(pf_forward(ctx, m, PF_KERNEL_DEFAULT, tok, lens, 2, logp, NULL, err, sizeof err) == 0);
+    double mx = 0;
+    for (int i = 0; i < T * 20; i++) mx = fmax(mx, fabs((double)logp[i] - ref[i]));
+    CHECKF(mx <= 1e-5, "reused arena: max |diff| %g", mx);
+    pf_set_ffn_rows(PF_FFN_ROWS_DEFAULT);
+    pf_ctx_free(ctx);
+    free(logp); free(ref); free(tok);
+    pf_model_free(m);
+}
+
 /* favor_forward_batch / favor_backward_batch over a packed batch (lengths 1 .. 300, so the
  * parallel paths run) equal favor_forward / favor_backward of each sequence on its own, for both
  * kernels, and the batch result does not depend on the thread count (bit-identical). */
@@ -297,5 +345,6 @@ int main(void) {
     test_convergence();
     test_orthogonal();
     test_long_sequence();
+    test_ffn_rows();
     return TEST_DONE();
 }
