@@ -346,7 +346,6 @@ int main(int argc, char **argv) {
         return 2;
     }
     gm_weight_cache(1);   /* as performerd and the inference commands run: weights packed once */
-    favor_products_follow_precision(1);   /* and their attention products follow the precision */
 
     char err[512];
     pf_set_threads(threads);

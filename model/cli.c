@@ -931,7 +931,6 @@ int main(int argc, char **argv) {
     pf_set_threads(2);
     if (take_precision(&argc, argv) != 0) return 2;
     if (strcmp(argv[1], "train") != 0) gm_weight_cache(1);   /* inference: the weights stay fixed */
-    favor_products_follow_precision(1);
     const char *c = argv[1];
     if (strcmp(c, "info") == 0) return cmd_info(argc, argv);
     if (strcmp(c, "init") == 0) return cmd_init(argc, argv);

@@ -254,7 +254,7 @@ void residual_forward(float *out, const float *a, const float *b, size_t n) {
 
 /* ---- FAVOR+ ---------------------------------------------------------------------------------- */
 
-static _Atomic int g_favor_follow = 0;
+static _Atomic int g_favor_follow = 1;
 
 void favor_products_follow_precision(int on) { g_favor_follow = on != 0; }
 

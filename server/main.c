@@ -10,7 +10,6 @@
 #include "jobs.h"
 #include "jobs_async.h"
 #include "model.h"
-#include "ops.h"
 #include "openapi.h"
 #include "page.h"
 #include "reqlog.h"
@@ -115,7 +114,6 @@ int main(int argc, char **argv) {
         return 2;
     }
     gm_weight_cache(1);   /* the served weights never change: bf16 packs them once */
-    favor_products_follow_precision(1);   /* inference: attention products in bf16 too */
 
     /* Signals are handled by sigwait in this thread only; every thread inherits the mask. */
     sigset_t sigs;

@@ -17,6 +17,13 @@ static const double fwd_bounds[] = {0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1,
 static const double seq_bounds[] = {1, 2, 4, 8, 16, 32, 64, 128, 256, 1024};
 #define N_SEQ (sizeof seq_bounds / sizeof seq_bounds[0])
 
+/* Index of the first bound >= v among n ascending bounds (n when v is over all of them). */
+static size_t bucket_of(const double *bounds, size_t n, double v) {
+    size_t k = 0;
+    while (k < n && v > bounds[k]) k++;
+    return k;
+}
+
 typedef struct { const char *route; char method[8]; int status; unsigned long long n; } series;
 typedef struct { const char *route; unsigned long long b[N_LAT + 1]; double sum; unsigned long long n; } hist;
 
@@ -51,9 +58,7 @@ void mt_request(const char *route, const char *method, int status, double second
         n_lat++;
     }
     if (i < n_lat) {
-        size_t k = 0;
-        while (k < N_LAT && seconds > lat_bounds[k]) k++;
-        lat[i].b[k]++;
+        lat[i].b[bucket_of(lat_bounds, N_LAT, seconds)]++;
         lat[i].sum += seconds;
         lat[i].n++;
     }
@@ -70,15 +75,11 @@ void mt_cache(int hit) {
 /* Counts one forward pass. */
 void mt_forward(double seconds, int sequences, long res) {
     pthread_mutex_lock(&mu);
-    size_t k = 0;
-    while (k < N_FWD && seconds > fwd_bounds[k]) k++;
-    fwd_b[k]++;
+    fwd_b[bucket_of(fwd_bounds, N_FWD, seconds)]++;
     fwd_sum += seconds;
     fwd_n++;
     fwd_seqs += (unsigned long long)sequences;
-    k = 0;
-    while (k < N_SEQ && (double)sequences > seq_bounds[k]) k++;
-    seq_b[k]++;
+    seq_b[bucket_of(seq_bounds, N_SEQ, (double)sequences)]++;
     residues += (unsigned long long)res;
     pthread_mutex_unlock(&mu);
 }

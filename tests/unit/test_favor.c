@@ -133,8 +133,7 @@ static void test_ffn_rows(void) {
         if (!ref) {
             ref = logp;
         } else {
-            double mx = 0;
-            for (int i = 0; i < T * 20; i++) mx = fmax(mx, fabs((double)logp[i] - ref[i]));
+            const double mx = max_diff(logp, ref, (size_t)T * 20);
             printf("feed-forward %zu rows at a time vs all at once: max |diff| %.3g\n", rows[r], mx);
             CHECKF(mx <= 1e-5, "ffn rows %zu: max |diff| %g", rows[r], mx);
             free(logp);
@@ -148,8 +147,7 @@ static void test_ffn_rows(void) {
     CHECK(pf_forward(ctx, m, PF_KERNEL_DEFAULT, tok, lens, 2, logp, NULL, err, sizeof err) == 0);
     pf_set_ffn_rows(0);
     CHECK(pf_forward(ctx, m, PF_KERNEL_DEFAULT, tok, lens, 2, logp, NULL, err, sizeof err) == 0);
-    double mx = 0;
-    for (int i = 0; i < T * 20; i++) mx = fmax(mx, fabs((double)logp[i] - ref[i]));
+    const double mx = max_diff(logp, ref, (size_t)T * 20);
     CHECKF(mx <= 1e-5, "reused arena: max |diff| %g", mx);
     pf_set_ffn_rows(PF_FFN_ROWS_DEFAULT);
     pf_ctx_free(ctx);

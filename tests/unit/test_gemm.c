@@ -9,6 +9,7 @@
 #include "model.h"
 #include "ops.h"
 #include "testutil.h"
+#include "refutil.h"
 #include "tokenizer.h"
 
 #include <cblas.h>
@@ -136,20 +137,6 @@ static void check_guarded(void) {
     printf("%d products with every operand against a guard page: %d values off\n", n, bad);
 }
 
-
-/* favor_products_follow_precision: off keeps FAVOR+ in float32 OpenBLAS in either precision (the
- * trainer's forward matches its float32 backward); on, bf16 runs its products through the bf16
- * GEMM (different bits, within bf16 rounding of float32), and fp32 is unchanged. */
-/* Largest |a[i] - b[i]| and largest |b[i]| over n floats. */
-static void max_diff(const float *a, const float *b, size_t n, double *e, double *mx) {
-    *e = 0; *mx = 0;
-    for (size_t i = 0; i < n; i++) {
-        double di = fabs((double)a[i] - b[i]);
-        if (di > *e) *e = di;
-        if (fabs(b[i]) > *mx) *mx = fabs(b[i]);
-    }
-}
-
 /* favor_products_follow_precision: off, or on in fp32, is bit-identical to float32 OpenBLAS in the
  * forward pass and in the backward pass; on in bf16 stays close to it. */
 static void check_favor_products(void) {
@@ -190,10 +177,9 @@ static void check_favor_products(void) {
             favor_backward_batch(grad[c], grad[c] + n, grad[c] + 2 * n, dout, fo, &st, q, k, v, P,
                                  lens, B, H, dh, m, relu, scratch);
         }
-        favor_products_follow_precision(0);
+        favor_products_follow_precision(1);   /* the default again */
         CHECK(gm_set_precision(GM_FP32) == 0);
-        double e, mx;
-        max_diff(out[3], out[0], n, &e, &mx);
+        double e = max_diff(out[3], out[0], n), mx = max_abs(out[0], n);
         printf("FAVOR+ %s products in bf16 vs float32: max |diff| %.3g (max |out| %.3g)\n",
                relu ? "relu" : "softmax", e, mx);
         CHECK(memcmp(out[0], out[1], sizeof(float) * n) == 0);
@@ -203,7 +189,8 @@ static void check_favor_products(void) {
         CHECK(memcmp(grad[0], grad[2], sizeof(float) * 3 * n) == 0);
         static const char *gname[3] = { "dq", "dk", "dv" };
         for (int g = 0; g < 3; g++) {
-            max_diff(grad[3] + g * n, grad[0] + g * n, n, &e, &mx);
+            e = max_diff(grad[3] + g * n, grad[0] + g * n, n);
+            mx = max_abs(grad[0] + g * n, n);
             printf("FAVOR+ %s backward %s in bf16 vs float32: max |diff| %.3g (max |%s| %.3g)\n",
                    relu ? "relu" : "softmax", gname[g], e, gname[g], mx);
             CHECKF(e > 0 && e <= 2e-2 * mx, "bf16 FAVOR+ %s differs by %g (max %g)", gname[g], e, mx);
