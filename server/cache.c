@@ -1088,6 +1088,17 @@ static int job_delete_locked(const char *id) {
 
 /* ---- public operations: each holds g_rw for reading (see enter) ---------------------------------- */
 
+/* rc = call; an operation that failed because this thread's connection broke (e.g. it was opened
+ * while the file was read-only: it stays read-only) runs once more on a fresh connection. The
+ * operations that use it write in one transaction that rolls back on failure (or only check), so
+ * the retry cannot apply anything twice. */
+#define RETRY_FRESH(rc, call)                                             \
+    do {                                                                  \
+        (rc) = (call);                                                    \
+        if ((rc) < 0 && drop_if_broken()) (rc) = (call); /* fresh conn */ \
+        if ((rc) < 0) drop_if_broken();                                   \
+    } while (0)
+
 /* See cache.h (under the read lock). */
 int db_get(const char *id, char **body, size_t *len) {
     enter(0);
@@ -1107,9 +1118,8 @@ int db_put(const char *id, const char *model_sha256, const char *request_json, c
 /* See cache.h (under the read lock). */
 int db_put_many(const char *model_sha256, const db_result *r, int n, long *evicted) {
     enter(1);
-    int rc = put_locked(model_sha256, r, n, evicted);
-    if (rc < 0 && drop_if_broken()) rc = put_locked(model_sha256, r, n, evicted);   /* a fresh connection */
-    if (rc < 0) drop_if_broken();
+    int rc;
+    RETRY_FRESH(rc, put_locked(model_sha256, r, n, evicted));
     leave();
     return rc;
 }
@@ -1117,9 +1127,8 @@ int db_put_many(const char *model_sha256, const db_result *r, int n, long *evict
 /* See cache.h (under the read lock). */
 int db_log_batch(const db_log_row *rows, int n) {
     enter(1);
-    int rc = log_batch_locked(rows, n);
-    if (rc < 0 && drop_if_broken()) rc = log_batch_locked(rows, n);   /* a fresh connection */
-    if (rc < 0) drop_if_broken();
+    int rc;
+    RETRY_FRESH(rc, log_batch_locked(rows, n));
     leave();
     return rc;
 }
@@ -1159,9 +1168,8 @@ int db_log_request(double time, const char *request_id, const char *result_id, c
 /* See cache.h (under the read lock). */
 int db_ping(void) {
     enter(1);
-    int rc = ping_locked();
-    if (rc < 0 && drop_if_broken()) rc = ping_locked();   /* a fresh connection */
-    if (rc < 0) drop_if_broken();
+    int rc;
+    RETRY_FRESH(rc, ping_locked());
     leave();
     return rc;
 }
@@ -1178,8 +1186,8 @@ int db_stats(long long *results, long long *bytes) {
 /* See cache.h (under the read lock). */
 int db_job_insert(const db_job *j, long long n, const char *const *names, const char *const *requests) {
     enter(1);
-    int rc = job_insert_locked(j, n, names, requests);
-    if (rc < 0) drop_if_broken();
+    int rc;
+    RETRY_FRESH(rc, job_insert_locked(j, n, names, requests));
     leave();
     return rc;
 }
@@ -1214,8 +1222,8 @@ int db_job_next(const char *model_sha256, char id[65]) {
 /* See cache.h (under the read lock). */
 int db_job_set_state(const char *id, const char *state, const char *from) {
     enter(1);
-    int rc = job_set_state_locked(id, state, from);
-    if (rc < 0) drop_if_broken();
+    int rc;
+    RETRY_FRESH(rc, job_set_state_locked(id, state, from));
     leave();
     return rc;
 }
@@ -1223,8 +1231,8 @@ int db_job_set_state(const char *id, const char *state, const char *from) {
 /* See cache.h (under the read lock). */
 int db_job_requeue_running(void) {
     enter(1);
-    int rc = job_requeue_running_locked();
-    if (rc < 0) drop_if_broken();
+    int rc;
+    RETRY_FRESH(rc, job_requeue_running_locked());
     leave();
     return rc;
 }
@@ -1242,8 +1250,8 @@ int db_job_pending(const char *id, long long after, int limit, long long *idx, c
 int db_job_store(const char *id, int n, const long long *idx, const int *status, const char *const *result_ids,
                  const char *const *outputs, const size_t *lens) {
     enter(1);
-    int rc = job_store_locked(id, n, idx, status, result_ids, outputs, lens);
-    if (rc < 0) drop_if_broken();
+    int rc;
+    RETRY_FRESH(rc, job_store_locked(id, n, idx, status, result_ids, outputs, lens));
     leave();
     return rc;
 }
@@ -1251,8 +1259,8 @@ int db_job_store(const char *id, int n, const long long *idx, const int *status,
 /* See cache.h (under the read lock). */
 int db_job_finish(const char *id) {
     enter(1);
-    int rc = job_finish_locked(id);
-    if (rc < 0) drop_if_broken();
+    int rc;
+    RETRY_FRESH(rc, job_finish_locked(id));
     leave();
     return rc;
 }
@@ -1269,8 +1277,8 @@ int db_job_items(const char *id, long long from, int limit, db_item_fn fn, void 
 /* See cache.h (under the read lock). */
 int db_job_delete(const char *id) {
     enter(1);
-    int rc = job_delete_locked(id);
-    if (rc < 0) drop_if_broken();
+    int rc;
+    RETRY_FRESH(rc, job_delete_locked(id));
     leave();
     return rc;
 }
