@@ -8,6 +8,7 @@
  *                 [--warmup N] [--min-reps N] [--max-reps N] [--min-time S] [--single-over S]
  *                 [--seed S] [--tokens-out F] [--logp-out F] [--exact-limit-mb MB]
  *                 [--precision fp32|bf16] [--group-tokens N] [--seq-parallel-len N]
+ *                 [--fp32-kernel own|openblas]
  *       Runs pf_forward on B random sequences of L framed positions (<cls> + L-2 standard
  *       residues + <eos>) with warm-up and repeats; reports median/min/max seconds, the matmul
  *       FLOPs of one forward (weights/FORMAT.md shapes), GFLOP/s, and memory: VmRSS after loading
@@ -19,7 +20,9 @@
  *       changes the exact kernel's L x L memory limit (default: the library's, 1 GiB).
  *       --precision (default fp32) sets the weight products' precision (gm_set_precision, as
  *       `performer --precision` does) before the model runs; bf16 on a CPU without AVX-512 BF16
- *       fails with exit 2. The JSON line always says "precision".
+ *       fails with exit 2. The JSON line always says "precision". --fp32-kernel (default: own
+ *       where the CPU has AVX-512F, as in every program) picks the float32 products' kernel
+ *       (gm_fp32_own); the JSON line says "fp32_kernel".
  *       --group-tokens N (default PF_GROUP_TOKENS_DEFAULT; 0 = the whole batch at once) sets
  *       pf_set_group_tokens; the JSON line says "group_tokens". --seq-parallel-len N (default
  *       PF_SEQ_PARALLEL_LEN_DEFAULT; 0 = never) sets pf_set_seq_parallel_len ("seq_parallel_len").
@@ -106,7 +109,7 @@ static void usage(void) {
             "                     [--warmup N] [--min-reps N] [--max-reps N] [--min-time S]\n"
             "                     [--single-over S] [--seed S] [--tokens-out F] [--logp-out F]\n"
             "                     [--exact-limit-mb MB] [--precision fp32|bf16] [--group-tokens N]\n"
-            "                     [--seq-parallel-len N]\n"
+            "                     [--seq-parallel-len N] [--fp32-kernel own|openblas]\n"
             "       bench_forward sgemm [--threads N] [--n 2048] [--reps 5] [--shapes-T T]\n"
             "                     [--d D] [--d-ff F]\n"
             "       bench_forward dwconv [--threads N] [--batch B] [--len L] [--d C] [--conv K]\n"
@@ -283,7 +286,7 @@ int main(int argc, char **argv) {
     if (argc < 2) usage();
     const char *mode = argv[1];
     const char *weights = "weights/model.safetensors", *kname = NULL, *tok_out = NULL, *logp_out = NULL;
-    const char *prec_name = NULL;
+    const char *prec_name = NULL, *f32k = NULL;
     int L = 0, B = 1, threads = 2, warmup = 1, min_reps = 3, max_reps = 50, n = 2048, reps = 5;
     int shapesT = 0, d = 256, F = 1024, conv = 15;
     double min_time = 2.0, single_over = 5.0, exact_limit_mb = 0;
@@ -315,12 +318,18 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--conv")) conv = atoi(v);
         else if (!strcmp(a, "--exact-limit-mb")) exact_limit_mb = atof(v);
         else if (!strcmp(a, "--precision")) prec_name = v;
+        else if (!strcmp(a, "--fp32-kernel")) f32k = v;
         else if (!strcmp(a, "--group-tokens")) group_tokens = atol(v);
         else if (!strcmp(a, "--seq-parallel-len")) seq_par = atoi(v);
         else usage();
     }
     if (threads < 1) threads = 1;
-    if (prec_name && strcmp(mode, "forward") != 0) usage();   /* only the forward pass takes it */
+    if ((prec_name || f32k) && strcmp(mode, "forward") != 0) usage();   /* only the forward pass takes them */
+    if (f32k && strcmp(f32k, "own") != 0 && strcmp(f32k, "openblas") != 0) usage();
+    if (f32k && gm_fp32_own(strcmp(f32k, "own") == 0) != 0) {
+        fprintf(stderr, "bench_forward: --fp32-kernel own needs a CPU with AVX-512F\n");
+        return 2;
+    }
     if (!strcmp(mode, "info")) return mode_info(threads);
     if (!strcmp(mode, "sgemm")) {
         if (n < 1 || reps < 1) usage();
@@ -378,9 +387,10 @@ int main(int argc, char **argv) {
     flops_t fl = forward_flops(&m->cfg, k, L, B);
 
     printf("{\"bench\":\"forward\",\"kernel\":\"%s\",\"L\":%d,\"batch\":%d,\"threads\":%d,"
-           "\"precision\":\"%s\",\"group_tokens\":%ld,\"seq_parallel_len\":%d,\"n_layers\":%d,\"d_model\":%d,\"n_heads\":%d,\"d_ff\":%d,"
+           "\"precision\":\"%s\",\"fp32_kernel\":\"%s\",\"group_tokens\":%ld,\"seq_parallel_len\":%d,\"n_layers\":%d,\"d_model\":%d,\"n_heads\":%d,\"d_ff\":%d,"
            "\"n_features\":%d,",
-           pf_kernel_name(k), L, B, threads, gm_precision_name(gm_precision()), group_tokens, seq_par,
+           pf_kernel_name(k), L, B, threads, gm_precision_name(gm_precision()),
+           gm_fp32_is_own() ? "own" : "openblas", group_tokens, seq_par,
            m->cfg.n_layers,
            m->cfg.d_model, m->cfg.n_heads, m->cfg.d_ff, m->cfg.n_features);
 

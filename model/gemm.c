@@ -1,17 +1,25 @@
-/* gemm.c - see gemm.h. The bf16 product is a Goto-style blocked GEMM:
+/* gemm.c - see gemm.h. Both own products (bf16, and float32 on AVX-512 CPUs) are one Goto-style
+ * blocked GEMM (gemm_packed) with two sets of packing routines and micro-kernels (gm_impl):
  *
  *   for each block of KC rows of the reduction (K):
- *     pack op(B)[kc, N] into panels of NR = 32 columns: [panel][k/2][32] pairs of bf16 (one dword
- *       holds the values at k and k+1 of one column, the operand layout of VDPBF16PS);
- *     pack op(A)[M, kc] into panels of MR = 14 rows: [panel][k/2][14] pairs;
+ *     pack op(B)[kc, N] into panels of NR = 32 columns: [panel][ku][32] dwords, where a dword is
+ *       one float32 (ku = kc) or, in bf16, the pair of values at k and k+1 of one column
+ *       (ku = kc/2, the operand layout of VDPBF16PS);
+ *     pack op(A)[M, kc] into panels of MR = 14 rows: [panel][ku][14] dwords;
  *     for every (block of MC_PANELS A panels, B panel) tile, in parallel: the 14 x 32 micro-kernel
- *       keeps 28 float32 accumulators in registers over the kc/2 pairs and stores
- *       alpha * acc + beta * C (the first K block) or C + alpha * acc (the next ones).
+ *       keeps 28 float32 accumulators in registers over the ku dwords (VFMADD231PS with the A
+ *       value broadcast, or VDPBF16PS) and stores alpha * acc + beta * C (the first K block) or
+ *       C + alpha * acc (the next ones).
  *
  * Odd K, partial panels and partial tiles are zero-padded in the packs and masked in the stores,
- * so any M, N, K >= 0, leading dimension and transpose is valid. The packing converts float32 to
- * bf16 with VCVTNEPS2BF16 (round to nearest even). Threads: OpenMP over the tiles; the result does
- * not depend on the thread count (each C element is summed by one thread, in K order).
+ * so any M, N, K >= 0, leading dimension and transpose is valid. The bf16 packing converts float32
+ * to bf16 with VCVTNEPS2BF16 (round to nearest even). Threads: OpenMP over the tiles; the result
+ * does not depend on the thread count (each C element is summed by one thread, in K order).
+ *
+ * Why an own float32 product: OpenBLAS picks its kernels by CPU type, and where it runs its AVX2
+ * (Haswell) kernels on an AVX-512 CPU (OPENBLAS_CORETYPE=Haswell, or a CPU its build does not
+ * know) a float32 product runs at half the machine's FMA rate. gm_fp32_own(0) goes back to
+ * cblas_sgemm (bench/RESULTS.md compares both).
  *
  * gm_sgemm_w keeps the packed panels of weight matrices (B) in a small table keyed by pointer,
  * leading dimension, shape and transpose, so an inference pass packs only its activations; the
@@ -31,25 +39,47 @@
 
 #define MR 14                   /* rows of A per micro-kernel (28 accumulators + 3 operands) */
 #define NR 32                   /* columns of B per micro-kernel (two zmm) */
-#define KC 256                  /* reduction block: a B panel of KC/2 x 32 dwords is 16 KiB (L1) */
-#define MC_PANELS 16            /* A panels per tile: 224 rows x KC = 112 KiB (L2) */
+#define KC 256                  /* reduction block: a B panel is 16 KiB in bf16, 32 KiB in float32 (L1) */
+#define MC_PANELS 16            /* A panels per tile: 224 rows x KC: 112 KiB in bf16, 224 in float32 (L2) */
 #define GM_PAR_MIN (1 << 20)    /* multiply-adds below which the product runs on one thread */
 
 #define WCACHE_MAX 256          /* weight matrices the cache holds (the shipped model has 29) */
 
 static int gm_mode = GM_FP32;
 
-/* The weight cache: packed bf16 panels of B for every K block, [block][panel][kc2][NR]. */
+#define BF16_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16")))
+#define F32_TARGET __attribute__((target("avx512f")))
+
+/* One packed product: how a block of K is packed (ku(kc) dwords per panel row, pack) and
+ * multiplied (kernel). */
+typedef struct {
+    int pairs;   /* 1: a dword holds two bf16 values of consecutive k (ku = (kc + 1) / 2); 0: one float */
+    /* Packs rows [r0, r0 + R) x k [k0, k0 + kc) of src (kmajor: element (r, k) at src[k * ld + r],
+     * else at src[r * ld + k]) into one panel dst[ku][R]; rows >= rows and k >= kc are zero. */
+    void (*pack)(uint32_t *dst, int kmajor, const float *src, long ld, int rows, int r0, int k0,
+                 int kc, int R);
+    /* acc = sum over ku dwords of a[ku][MR] x b[ku][NR]; stores rows < mr, columns < nc of C as
+     * alpha * acc + beta * C (first: the first K block; beta 0 reads no C) or C + alpha * acc. */
+    void (*kernel)(int ku, const uint32_t *a, const uint32_t *b, float *c, long ldc, int mr,
+                   int nc, float alpha, float beta, int first);
+    /* kernel with A read in place (row-major A: rows a + i * lda, i < mr, k < ku), no A pack;
+     * NULL where A must be packed (bf16 converts it). */
+    void (*kernel_direct)(int ku, const float *a, long lda, const uint32_t *b, float *c, long ldc,
+                          int mr, int nc, float alpha, float beta, int first);
+} gm_impl;
+
+/* The weight cache: packed panels of B for every K block, [block][panel][ku][NR]. */
 typedef struct {
     const float *b;
     int ldb, n, k, tb;
+    const gm_impl *impl;
     uint32_t *pack;
 } wentry;
 static wentry wcache[WCACHE_MAX];
 static int wcache_n, wcache_on;
 static pthread_mutex_t wcache_mu = PTHREAD_MUTEX_INITIALIZER;
 
-#define BF16_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16")))
+static int gm_own_f32 = -1;    /* -1: not decided yet (own kernel when the CPU has AVX-512F) */
 
 /* 1 when this CPU executes AVX-512 BF16 (and AVX-512 BW/VL), else 0. */
 int gm_bf16_supported(void) {
@@ -97,18 +127,50 @@ const char *gm_precision_name(int precision) { return precision == GM_BF16 ? "bf
 
 static CBLAS_TRANSPOSE cb(int t) { return t ? CblasTrans : CblasNoTrans; }
 
+static const gm_impl impl_bf16, impl_f32;
+static void gemm_packed(const gm_impl *im, int ta, int tb, int M, int N, int K, float alpha,
+                        const float *A, int lda, const float *B, int ldb, float beta, float *C,
+                        int ldc, const uint32_t *pre);
+
+/* 1 when this CPU executes AVX-512F (the own float32 product), else 0. */
+static int f32_supported(void) {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f") != 0;
+}
+
+/* Chooses whether float32 products use the own AVX-512 kernel (own = 1, the default where the CPU
+ * has AVX-512F) or cblas_sgemm (0); 0, or -1 (unchanged) for own = 1 on a CPU without AVX-512F. */
+int gm_fp32_own(int own) {
+    if (own && !f32_supported()) return -1;
+    gm_own_f32 = own != 0;
+    return 0;
+}
+
+/* 1 when float32 products use the own kernel, 0 when they call cblas_sgemm. */
+int gm_fp32_is_own(void) {
+    if (gm_own_f32 < 0) gm_own_f32 = f32_supported();
+    return gm_own_f32;
+}
+
 /* Row-major C = alpha op(A) op(B) + beta C in the process's precision. */
 void gm_sgemm(int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda,
               const float *B, int ldb, float beta, float *C, int ldc) {
-    if (gm_mode == GM_BF16) {
-        gm_sgemm_bf16(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
-        return;
-    }
-    cblas_sgemm(CblasRowMajor, cb(ta), cb(tb), M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+    if (gm_mode == GM_BF16)
+        gemm_packed(&impl_bf16, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, NULL);
+    else if (gm_fp32_is_own())
+        gemm_packed(&impl_f32, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, NULL);
+    else
+        cblas_sgemm(CblasRowMajor, cb(ta), cb(tb), M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+}
+
+/* gm_sgemm in float32 with the own kernel (the CPU must have AVX-512F), whatever the settings. */
+void gm_sgemm_f32(int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda,
+                  const float *B, int ldb, float beta, float *C, int ldc) {
+    gemm_packed(&impl_f32, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, NULL);
 }
 
 /* Transposes the 16 x 16 dwords r[i][j] in place (r[j][i] afterwards). */
-BF16_TARGET static inline void transpose16(__m512i r[16]) {
+F32_TARGET static inline void transpose16(__m512i r[16]) {
     __m512i t[16], u[16];
     for (int k = 0; k < 16; k += 2) {
         t[k] = _mm512_unpacklo_epi32(r[k], r[k + 1]);
@@ -189,25 +251,10 @@ BF16_TARGET static void pack_kstrided(uint32_t *dst, const float *src, long ld, 
     }
 }
 
-/* The 14 x 32 micro-kernel: acc = sum over kc2 pairs of a[k2][14] x b[k2][32]; stores rows < mr,
- * columns < nc of C as alpha * acc + beta * C (first: the first K block; beta 0 reads no C) or
- * C + alpha * acc. */
-BF16_TARGET static void kernel_14x32(int kc2, const uint32_t *a, const uint32_t *b, float *c,
-                                     long ldc, int mr, int nc, float alpha, float beta,
-                                     int first) {
-    __m512 acc[MR][2];
-    for (int i = 0; i < MR; i++) acc[i][0] = acc[i][1] = _mm512_setzero_ps();
-    for (int k2 = 0; k2 < kc2; k2++) {
-        const __m512bh b0 = (__m512bh)_mm512_load_si512(b + (size_t)k2 * NR);
-        const __m512bh b1 = (__m512bh)_mm512_load_si512(b + (size_t)k2 * NR + 16);
-        const uint32_t *ak = a + (size_t)k2 * MR;
-        #pragma GCC unroll 14
-        for (int i = 0; i < MR; i++) {
-            const __m512bh av = (__m512bh)_mm512_set1_epi32((int)ak[i]);
-            acc[i][0] = _mm512_dpbf16_ps(acc[i][0], av, b0);
-            acc[i][1] = _mm512_dpbf16_ps(acc[i][1], av, b1);
-        }
-    }
+/* Stores the 14 x 32 accumulators acc of a micro-kernel into rows < mr, columns < nc of C (see
+ * gm_impl.kernel). */
+F32_TARGET static inline __attribute__((always_inline)) void store_tile(__m512 acc[MR][2], float *c,
+        long ldc, int mr, int nc, float alpha, float beta, int first) {
     const __mmask16 m0 = (__mmask16)(nc >= 16 ? 0xffff : (1u << nc) - 1);
     const __mmask16 m1 = (__mmask16)(nc <= 16 ? 0 : nc >= 32 ? 0xffff : (1u << (nc - 16)) - 1);
     const __m512 va = _mm512_set1_ps(alpha), vb = _mm512_set1_ps(first ? beta : 1.0f);
@@ -224,52 +271,157 @@ BF16_TARGET static void kernel_14x32(int kc2, const uint32_t *a, const uint32_t 
     }
 }
 
-/* Packs one panel of R rows from r0 of a matrix stored k-major (kmajor: element (r, k) at
- * src[k * ld + r]) or row-major (at src[r * ld + k]), k in [k0, k0 + kc). */
-BF16_TARGET static void pack_panel(uint32_t *dst, int kmajor, const float *src, long ld, int rows,
-                                   int r0, int k0, int kc, int R) {
+/* The bf16 14 x 32 micro-kernel (gm_impl.kernel): VDPBF16PS over kc2 pairs. */
+BF16_TARGET static void kernel_bf16(int kc2, const uint32_t *a, const uint32_t *b, float *c,
+                                    long ldc, int mr, int nc, float alpha, float beta, int first) {
+    __m512 acc[MR][2];
+    for (int i = 0; i < MR; i++) acc[i][0] = acc[i][1] = _mm512_setzero_ps();
+    for (int k2 = 0; k2 < kc2; k2++) {
+        const __m512bh b0 = (__m512bh)_mm512_load_si512(b + (size_t)k2 * NR);
+        const __m512bh b1 = (__m512bh)_mm512_load_si512(b + (size_t)k2 * NR + 16);
+        const uint32_t *ak = a + (size_t)k2 * MR;
+        #pragma GCC unroll 14
+        for (int i = 0; i < MR; i++) {
+            const __m512bh av = (__m512bh)_mm512_set1_epi32((int)ak[i]);
+            acc[i][0] = _mm512_dpbf16_ps(acc[i][0], av, b0);
+            acc[i][1] = _mm512_dpbf16_ps(acc[i][1], av, b1);
+        }
+    }
+    store_tile(acc, c, ldc, mr, nc, alpha, beta, first);
+}
+
+/* The bf16 packing (gm_impl.pack): pairs of bf16 values. */
+BF16_TARGET static void pack_bf16(uint32_t *dst, int kmajor, const float *src, long ld, int rows,
+                                  int r0, int k0, int kc, int R) {
     if (kmajor) pack_kstrided(dst, src, ld, rows, r0, k0, kc, R);
     else pack_kcontig(dst, src, ld, rows, r0, k0, kc, R);
 }
 
-/* Packs all of op(B)[K, N] block by block into dst ([block][panel][kc2][NR], the blocks KC apart).
- * Single-threaded (once per weight matrix). */
-BF16_TARGET static void pack_b_all(uint32_t *dst, int tb, int N, int K, const float *B, int ldb) {
-    const int npb = (N + NR - 1) / NR;
-    for (int k0 = 0; k0 < K; k0 += KC) {
-        const int kc = K - k0 < KC ? K - k0 : KC, kc2 = (kc + 1) / 2;
-        uint32_t *blk = dst + (size_t)npb * NR * (KC / 2) * (k0 / KC);
-        for (int p = 0; p < npb; p++)
-            pack_panel(blk + (size_t)p * NR * kc2, !tb, B, ldb, N, p * NR, k0, kc, NR);
+/* The float32 packing (gm_impl.pack): one float per dword, dst[kc][R]. Row-major sources are
+ * transposed in registers 16 rows x 16 k at a time; k-major ones are copied row of k by row. */
+F32_TARGET static void pack_f32(uint32_t *dst, int kmajor, const float *src, long ld, int rows,
+                                int r0, int k0, int kc, int R) {
+    if (kmajor) {
+        for (int k = 0; k < kc; k++) {
+            const float *s = src + (long)(k0 + k) * ld + r0;
+            uint32_t *d = dst + (size_t)k * R;
+            for (int i = 0; i < R; i += 16) {
+                const int nr = rows - r0 - i;   /* valid source rows from here on */
+                const int nd = R - i < 16 ? R - i : 16;
+                const int nv = nr <= 0 ? 0 : nr < nd ? nr : nd;
+                const __mmask16 mv = (__mmask16)(nv >= 16 ? 0xffff : (1u << nv) - 1);
+                const __mmask16 md = (__mmask16)(nd >= 16 ? 0xffff : (1u << nd) - 1);
+                _mm512_mask_storeu_ps((float *)(d + i), md, _mm512_maskz_loadu_ps(mv, s + i));
+            }
+        }
+        return;
+    }
+    for (int i0 = 0; i0 < R; i0 += 16) {
+        const int nd = R - i0 < 16 ? R - i0 : 16;                /* panel rows in this block */
+        const __mmask16 md = (__mmask16)((1u << nd) - 1);
+        for (int k = 0; k < kc; k += 16) {
+            const int n = kc - k < 16 ? kc - k : 16;
+            const __mmask16 mk = (__mmask16)(n >= 16 ? 0xffff : (1u << n) - 1);
+            __m512i r[16];
+            for (int i = 0; i < 16; i++) {
+                const int row = r0 + i0 + i;
+                r[i] = i < nd && row < rows
+                           ? _mm512_castps_si512(_mm512_maskz_loadu_ps(mk, src + (long)row * ld + k0 + k))
+                           : _mm512_setzero_si512();
+            }
+            transpose16(r);
+            for (int j = 0; j < n; j++)
+                _mm512_mask_storeu_epi32(dst + (size_t)(k + j) * R + i0, md, r[j]);
+        }
     }
 }
 
-BF16_TARGET static void gemm_bf16(int ta, int tb, int M, int N, int K, float alpha,
-                                  const float *A, int lda, const float *B, int ldb, float beta,
-                                  float *C, int ldc, const uint32_t *pre);
+/* The float32 14 x 32 micro-kernel (gm_impl.kernel): one FMA per accumulator and k. */
+F32_TARGET static void kernel_f32(int kc, const uint32_t *a, const uint32_t *b, float *c,
+                                  long ldc, int mr, int nc, float alpha, float beta, int first) {
+    __m512 acc[MR][2];
+    for (int i = 0; i < MR; i++) acc[i][0] = acc[i][1] = _mm512_setzero_ps();
+    const float *af = (const float *)a, *bf = (const float *)b;
+    for (int k = 0; k < kc; k++) {
+        const __m512 b0 = _mm512_load_ps(bf + (size_t)k * NR);
+        const __m512 b1 = _mm512_load_ps(bf + (size_t)k * NR + 16);
+        const float *ak = af + (size_t)k * MR;
+        #pragma GCC unroll 14
+        for (int i = 0; i < MR; i++) {
+            const __m512 av = _mm512_set1_ps(ak[i]);
+            acc[i][0] = _mm512_fmadd_ps(av, b0, acc[i][0]);
+            acc[i][1] = _mm512_fmadd_ps(av, b1, acc[i][1]);
+        }
+    }
+    store_tile(acc, c, ldc, mr, nc, alpha, beta, first);
+}
+
+/* The float32 micro-kernel with A unpacked (gm_impl.kernel_direct): broadcasts A's values from its
+ * rows in place (rows mr..13 repeat row mr - 1, whose sums are never stored), which saves packing
+ * the activations (a transpose of every 16 x 16 block) on every call. */
+F32_TARGET static void kernel_f32_direct(int kc, const float *a, long lda, const uint32_t *b,
+                                         float *c, long ldc, int mr, int nc, float alpha,
+                                         float beta, int first) {
+    const float *ar[MR];
+    for (int i = 0; i < MR; i++) ar[i] = a + (long)(i < mr ? i : mr - 1) * lda;
+    __m512 acc[MR][2];
+    for (int i = 0; i < MR; i++) acc[i][0] = acc[i][1] = _mm512_setzero_ps();
+    const float *bf = (const float *)b;
+    for (int k = 0; k < kc; k++) {
+        const __m512 b0 = _mm512_load_ps(bf + (size_t)k * NR);
+        const __m512 b1 = _mm512_load_ps(bf + (size_t)k * NR + 16);
+        #pragma GCC unroll 14
+        for (int i = 0; i < MR; i++) {
+            const __m512 av = _mm512_set1_ps(ar[i][k]);
+            acc[i][0] = _mm512_fmadd_ps(av, b0, acc[i][0]);
+            acc[i][1] = _mm512_fmadd_ps(av, b1, acc[i][1]);
+        }
+    }
+    store_tile(acc, c, ldc, mr, nc, alpha, beta, first);
+}
+
+static const gm_impl impl_bf16 = { 1, pack_bf16, kernel_bf16, NULL };
+static const gm_impl impl_f32 = { 0, pack_f32, kernel_f32, kernel_f32_direct };
+
+/* Dwords per panel row for a K block of kc (pairs in bf16). */
+static inline int ku_of(const gm_impl *im, int kc) { return im->pairs ? (kc + 1) / 2 : kc; }
+
+/* Packs all of op(B)[K, N] block by block into dst ([block][panel][ku][NR], the blocks
+ * npb * NR * ku_of(KC) apart). Single-threaded (once per weight matrix). */
+static void pack_b_all(const gm_impl *im, uint32_t *dst, int tb, int N, int K, const float *B,
+                       int ldb) {
+    const int npb = (N + NR - 1) / NR;
+    for (int k0 = 0; k0 < K; k0 += KC) {
+        const int kc = K - k0 < KC ? K - k0 : KC, ku = ku_of(im, kc);
+        uint32_t *blk = dst + (size_t)npb * NR * ku_of(im, KC) * (k0 / KC);
+        for (int p = 0; p < npb; p++)
+            im->pack(blk + (size_t)p * NR * ku, !tb, B, ldb, N, p * NR, k0, kc, NR);
+    }
+}
 
 /* gm_sgemm in bf16 with float32 accumulation, whatever the process's precision. */
 void gm_sgemm_bf16(int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda,
                    const float *B, int ldb, float beta, float *C, int ldc) {
-    gemm_bf16(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, NULL);
+    gemm_packed(&impl_bf16, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, NULL);
 }
 
-/* Returns B's cached packs, packing them on first use; NULL when the cache is full or out of memory
- * (the caller then packs per call). */
-static const uint32_t *wcache_get(int tb, int N, int K, const float *B, int ldb) {
+/* Returns B's cached packs for impl im, packing them on first use; NULL when the cache is full or
+ * out of memory (the caller then packs per call). */
+static const uint32_t *wcache_get(const gm_impl *im, int tb, int N, int K, const float *B, int ldb) {
     const uint32_t *r = NULL;
     pthread_mutex_lock(&wcache_mu);
     for (int i = 0; i < wcache_n && !r; i++) {
         const wentry *e = &wcache[i];
-        if (e->b == B && e->ldb == ldb && e->n == N && e->k == K && e->tb == tb) r = e->pack;
+        if (e->b == B && e->ldb == ldb && e->n == N && e->k == K && e->tb == tb && e->impl == im)
+            r = e->pack;
     }
     if (!r && wcache_on && wcache_n < WCACHE_MAX) {
         const int npb = (N + NR - 1) / NR, nblk = (K + KC - 1) / KC;
-        const size_t bytes = sizeof(uint32_t) * (size_t)npb * NR * (KC / 2) * nblk;
+        const size_t bytes = sizeof(uint32_t) * (size_t)npb * NR * ku_of(im, KC) * nblk;
         uint32_t *pk = aligned_alloc(64, (bytes + 63) & ~(size_t)63);
         if (pk) {
-            pack_b_all(pk, tb, N, K, B, ldb);
-            wcache[wcache_n++] = (wentry){B, ldb, N, K, tb, pk};
+            pack_b_all(im, pk, tb, N, K, B, ldb);
+            wcache[wcache_n++] = (wentry){B, ldb, N, K, tb, im, pk};
             r = pk;
         }
     }
@@ -280,14 +432,14 @@ static const uint32_t *wcache_get(int tb, int N, int K, const float *B, int ldb)
 /* gm_sgemm with B a weight matrix, its packs cached (see gemm.h). */
 void gm_sgemm_w(int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda,
                 const float *B, int ldb, float beta, float *C, int ldc) {
-    if (gm_mode != GM_BF16) {
+    const gm_impl *im = gm_mode == GM_BF16 ? &impl_bf16 : gm_fp32_is_own() ? &impl_f32 : NULL;
+    if (!im) {
         cblas_sgemm(CblasRowMajor, cb(ta), cb(tb), M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
         return;
     }
-    const uint32_t *pre = wcache_on && M > 0 && N > 0 && K > 0 ? wcache_get(tb, N, K, B, ldb) : NULL;
-    gemm_bf16(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, pre);
+    const uint32_t *pre = wcache_on && M > 0 && N > 0 && K > 0 ? wcache_get(im, tb, N, K, B, ldb) : NULL;
+    gemm_packed(im, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, pre);
 }
-
 /* Turns the weight cache on or off (off empties it). */
 void gm_weight_cache(int on) {
     pthread_mutex_lock(&wcache_mu);
@@ -324,9 +476,11 @@ int gm_weight_cache_count(void) {
 }
 
 /* The bf16 product; pre = B's packs from the weight cache, or NULL to pack B here. */
-BF16_TARGET static void gemm_bf16(int ta, int tb, int M, int N, int K, float alpha, const float *A,
-                                  int lda, const float *B, int ldb, float beta, float *C, int ldc,
-                                  const uint32_t *pre) {
+
+/* The packed product with impl im; pre = B's packs from the weight cache, or NULL to pack B here. */
+static void gemm_packed(const gm_impl *im, int ta, int tb, int M, int N, int K, float alpha,
+                        const float *A, int lda, const float *B, int ldb, float beta, float *C,
+                        int ldc, const uint32_t *pre) {
     if (M <= 0 || N <= 0) return;
     if (K <= 0 || alpha == 0.0f) {   /* C = beta C, as BLAS does */
         for (int i = 0; i < M; i++)
@@ -335,11 +489,12 @@ BF16_TARGET static void gemm_bf16(int ta, int tb, int M, int N, int K, float alp
         return;
     }
     const int npa = (M + MR - 1) / MR, npb = (N + NR - 1) / NR;
-    const int kcmax = K < KC ? K : KC, kc2max = (kcmax + 1) / 2;
+    const int kcmax = K < KC ? K : KC, kumax = ku_of(im, kcmax), kublk = ku_of(im, KC);
     const int nblk = (npa + MC_PANELS - 1) / MC_PANELS, ntiles = nblk * npb;
-    uint32_t *ap = aligned_alloc(64, ((sizeof(uint32_t) * (size_t)npa * MR * kc2max) + 63) & ~(size_t)63);
-    uint32_t *bp = pre ? NULL : aligned_alloc(64, ((sizeof(uint32_t) * (size_t)npb * NR * kc2max) + 63) & ~(size_t)63);
-    if (!ap || (!pre && !bp)) {   /* out of memory for the packs: the float32 product needs none */
+    const int direct = im->kernel_direct && !ta;   /* A read in place, not packed */
+    uint32_t *ap = direct ? NULL : aligned_alloc(64, ((sizeof(uint32_t) * (size_t)npa * MR * kumax) + 63) & ~(size_t)63);
+    uint32_t *bp = pre ? NULL : aligned_alloc(64, ((sizeof(uint32_t) * (size_t)npb * NR * kumax) + 63) & ~(size_t)63);
+    if ((!direct && !ap) || (!pre && !bp)) {   /* out of memory for the packs: the float32 product needs none */
         free(ap);
         free(bp);
         cblas_sgemm(CblasRowMajor, cb(ta), cb(tb), M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
@@ -347,16 +502,18 @@ BF16_TARGET static void gemm_bf16(int ta, int tb, int M, int N, int K, float alp
     }
     #pragma omp parallel if ((double)M * N * K > GM_PAR_MIN)
     for (int k0 = 0; k0 < K; k0 += KC) {
-        const int kc = K - k0 < KC ? K - k0 : KC, kc2 = (kc + 1) / 2;
-        const uint32_t *bk = pre ? pre + (size_t)npb * NR * (KC / 2) * (k0 / KC) : bp;
+        const int kc = K - k0 < KC ? K - k0 : KC, ku = ku_of(im, kc);
+        const uint32_t *bk = pre ? pre + (size_t)npb * NR * kublk * (k0 / KC) : bp;
         if (!pre) {
             #pragma omp for schedule(static)
             for (int p = 0; p < npb; p++)
-                pack_panel(bp + (size_t)p * NR * kc2, !tb, B, ldb, N, p * NR, k0, kc, NR);
+                im->pack(bp + (size_t)p * NR * ku, !tb, B, ldb, N, p * NR, k0, kc, NR);
         }
-        #pragma omp for schedule(static)
-        for (int p = 0; p < npa; p++)
-            pack_panel(ap + (size_t)p * MR * kc2, ta, A, lda, M, p * MR, k0, kc, MR);
+        if (!direct) {
+            #pragma omp for schedule(static)
+            for (int p = 0; p < npa; p++)
+                im->pack(ap + (size_t)p * MR * ku, ta, A, lda, M, p * MR, k0, kc, MR);
+        }
         #pragma omp for schedule(static)
         for (int t = 0; t < ntiles; t++) {
             const int blk = t / npb, pb = t % npb;
@@ -364,8 +521,12 @@ BF16_TARGET static void gemm_bf16(int ta, int tb, int M, int N, int K, float alp
             const int n0 = pb * NR, nc = N - n0 < NR ? N - n0 : NR;
             for (int pa = blk * MC_PANELS; pa < pa1; pa++) {
                 const int m0 = pa * MR, mr = M - m0 < MR ? M - m0 : MR;
-                kernel_14x32(kc2, ap + (size_t)pa * MR * kc2, bk + (size_t)pb * NR * kc2,
-                             C + (long)m0 * ldc + n0, ldc, mr, nc, alpha, beta, k0 == 0);
+                if (direct)
+                    im->kernel_direct(ku, A + (long)m0 * lda + k0, lda, bk + (size_t)pb * NR * ku,
+                                      C + (long)m0 * ldc + n0, ldc, mr, nc, alpha, beta, k0 == 0);
+                else
+                    im->kernel(ku, ap + (size_t)pa * MR * ku, bk + (size_t)pb * NR * ku,
+                               C + (long)m0 * ldc + n0, ldc, mr, nc, alpha, beta, k0 == 0);
             }
         }
     }

@@ -1,5 +1,6 @@
-/* gemm.h - the matrix products of the model: OpenBLAS sgemm (float32, the default) or a bfloat16
- * product with float32 accumulation (AVX-512 BF16, VDPBF16PS) selected once per process.
+/* gemm.h - the matrix products of the model: float32 (the default; an own AVX-512 kernel where the
+ * CPU has AVX-512F, else OpenBLAS sgemm) or a bfloat16 product with float32 accumulation (AVX-512
+ * BF16, VDPBF16PS), selected once per process.
  *
  * The bf16 mode rounds both operands to bfloat16 (8-bit mantissa, round to nearest even) and
  * accumulates their products in float32 (the operand rounding of PyTorch's CPU autocast, whose
@@ -38,14 +39,14 @@ int gm_select_precision(const char *name, char *err, size_t errlen);
 /* The name of a precision ("fp32" or "bf16"). */
 const char *gm_precision_name(int precision);
 
-/* Row-major C[M,N] = alpha * op(A)[M,K] op(B)[K,N] + beta * C, exactly cblas_sgemm(CblasRowMajor,
+/* Row-major C[M,N] = alpha * op(A)[M,K] op(B)[K,N] + beta * C, as cblas_sgemm(CblasRowMajor,
  * ...) with ta/tb 0 (no transpose) or 1 (transpose): op(A) is A[M,lda] or A^T of A[K,lda], op(B)
  * B[K,ldb] or B^T of B[N,ldb]. Runs in the process's precision; beta 0 never reads C. */
 void gm_sgemm(int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda,
               const float *B, int ldb, float beta, float *C, int ldc);
 
 /* gm_sgemm where B is a weight matrix: with the weight cache on (gm_weight_cache) and the process
- * in bf16, B's bf16 panels are packed once per (B, ldb, N, K, tb) and reused by later calls, which
+ * in bf16 or on the own float32 kernel, B's packed panels are packed once per (B, ldb, N, K, tb) and reused by later calls, which
  * then only pack A (the activations): short sequences no longer pay for re-packing the weights.
  * The caller promises B does not change while cached (see gm_weight_cache_drop). */
 void gm_sgemm_w(int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda,
@@ -62,6 +63,21 @@ void gm_weight_cache_drop(const void *base, size_t bytes);
 
 /* The number of weight matrices cached now (tests). */
 int gm_weight_cache_count(void);
+
+/* Float32 products (gm_sgemm, gm_sgemm_w in fp32) use the own AVX-512 kernel (own = 1, the default
+ * on a CPU with AVX-512F) or OpenBLAS's cblas_sgemm (0). The own kernel sums in a different order
+ * than OpenBLAS (results differ in the last bits) but, unlike it, gives the same bits for any
+ * thread count. Returns 0, or -1 (unchanged) for own = 1 on a CPU without AVX-512F. Call it at
+ * start-up, like gm_set_precision. */
+int gm_fp32_own(int own);
+
+/* 1 when float32 products use the own kernel, 0 when they call cblas_sgemm. */
+int gm_fp32_is_own(void);
+
+/* gm_sgemm always in float32 with the own kernel (the CPU must have AVX-512F), whatever the
+ * settings; for tests and benchmarks. */
+void gm_sgemm_f32(int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda,
+                  const float *B, int ldb, float beta, float *C, int ldc);
 
 /* gm_sgemm always in bf16 (the CPU must support it: gm_bf16_supported()), whatever the process's
  * precision; for tests and benchmarks. */

@@ -1,10 +1,12 @@
-/* test_gemm.c - model/gemm.h: the bf16 product against a double-precision product of the same
- * bf16-rounded operands, for every transpose, odd and edge sizes (partial panels, odd K, K over
- * one block), padded leading dimensions, alpha and beta (beta 0 must not read C: NaNs there are
- * ignored), untouched padding columns, the same bits on 1 and 2 threads, and the precision switch
- * (fp32 mode is cblas_sgemm exactly), every operand packed tight against a guard page, and the
- * weight cache (same bits, dropped by address range and by pf_model_free). Exits 77 (skip)
- * after the fp32 checks on a CPU without AVX-512 BF16. */
+/* test_gemm.c - model/gemm.h: the own products (bf16, and float32 on AVX-512) against a
+ * double-precision product of the same operands (bf16-rounded for bf16), for every transpose, odd
+ * and edge sizes (partial panels, odd K, K over one block), padded leading dimensions, alpha and
+ * beta (beta 0 must not read C: NaNs there are ignored), untouched padding columns, the same bits
+ * on 1 and 2 threads, and the precision switch (fp32 mode is cblas_sgemm exactly with
+ * gm_fp32_own(0), the own float32 kernel otherwise), every operand packed tight against a guard
+ * page, and the weight cache (same bits, dropped by address range and by pf_model_free). Exits 77
+ * (skip) after the checks it can run on a CPU without AVX-512 BF16 (or AVX-512F).
+ */
 #include "gemm.h"
 #include "model.h"
 #include "ops.h"
@@ -27,6 +29,18 @@ static float bf(float f) {
     return f;
 }
 
+static int g_f32;   /* 1: the checks below test the own float32 product instead of the bf16 one */
+
+/* An operand as the product under test sees it: bf16-rounded, or as is in float32. */
+static float rnd(float f) { return g_f32 ? f : bf(f); }
+
+/* The product under test (gm_sgemm_f32 or gm_sgemm_bf16). */
+static void prod(int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda,
+                 const float *B, int ldb, float beta, float *C, int ldc) {
+    if (g_f32) gm_sgemm_f32(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+    else gm_sgemm_bf16(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+}
+
 static float urand(uint64_t *s) {
     *s = *s * 6364136223846793005ULL + 1442695040888963407ULL;
     return (float)((*s >> 40) & 0xffffff) / 16777216.0f - 0.5f;
@@ -45,7 +59,7 @@ static double check_one(int ta, int tb, int M, int N, int K, float alpha, float 
     for (size_t i = 0; i < (size_t)M * ldc; i++)
         C0[i] = (i % ldc) >= (size_t)N ? 1234.5f : beta == 0.0f ? NAN : urand(&seed);
     memcpy(C, C0, sizeof(float) * (size_t)M * ldc);
-    gm_sgemm_bf16(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+    prod(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
     double worst = 0;
     int bad_pad = 0, bad_val = 0;
     for (int i = 0; i < M; i++) {
@@ -54,8 +68,8 @@ static double check_one(int ta, int tb, int M, int N, int K, float alpha, float 
             if (j >= N) { bad_pad += got != 1234.5f; continue; }
             double ref = 0, mag = 0;
             for (int k = 0; k < K; k++) {
-                const double a = bf(ta ? A[(size_t)k * lda + i] : A[(size_t)i * lda + k]);
-                const double b = bf(tb ? B[(size_t)j * ldb + k] : B[(size_t)k * ldb + j]);
+                const double a = rnd(ta ? A[(size_t)k * lda + i] : A[(size_t)i * lda + k]);
+                const double b = rnd(tb ? B[(size_t)j * ldb + k] : B[(size_t)k * ldb + j]);
                 ref += a * b;
                 mag += fabs(a * b);
             }
@@ -94,7 +108,7 @@ static void check_guarded(void) {
     static const int Ms[] = {1, 13, 14, 15, 33}, Ns[] = {1, 17, 32, 33, 47}, Ks[] = {1, 2, 17, 33, 257};
     uint64_t seed = 3;
     int bad = 0, n = 0;
-    CHECK(gm_set_precision(GM_BF16) == 0);   /* gm_sgemm_w follows the process's precision */
+    CHECK(gm_set_precision(g_f32 ? GM_FP32 : GM_BF16) == 0);   /* gm_sgemm_w follows it */
     gm_weight_cache(1);
     for (int t = 0; t < 4; t++)
         for (int mi = 0; mi < 5; mi++)
@@ -112,13 +126,13 @@ static void check_guarded(void) {
                     for (int w = 0; w < 2; w++) {
                         memcpy(C, C0, sizeof(float) * M * N);
                         if (w) gm_sgemm_w(ta, tb, M, N, K, 1.0f, A, lda, B, ldb, 0.5f, C, N);
-                        else gm_sgemm_bf16(ta, tb, M, N, K, 1.0f, A, lda, B, ldb, 0.5f, C, N);
+                        else prod(ta, tb, M, N, K, 1.0f, A, lda, B, ldb, 0.5f, C, N);
                         for (int i = 0; i < M; i++)
                             for (int j = 0; j < N; j++) {
                                 double r = 0.5 * C0[i * N + j], mag = fabs(r);
                                 for (int k = 0; k < K; k++) {
-                                    const double a = bf(ta ? A[k * lda + i] : A[i * lda + k]);
-                                    const double b = bf(tb ? B[j * ldb + k] : B[k * ldb + j]);
+                                    const double a = rnd(ta ? A[k * lda + i] : A[i * lda + k]);
+                                    const double b = rnd(tb ? B[j * ldb + k] : B[k * ldb + j]);
                                     r += a * b;
                                     mag += fabs(a * b);
                                 }
@@ -130,15 +144,16 @@ static void check_guarded(void) {
                     munmap(b1, l1); munmap(b2, l2); munmap(b3, l3);
                     free(C0);
                 }
-    CHECKF(bad == 0, "%d values off in %d guarded products", bad, n);
+    CHECKF(bad == 0, "%s: %d values off in %d guarded products", g_f32 ? "fp32" : "bf16", bad, n);
     CHECK(gm_weight_cache_count() == 0);
     gm_weight_cache(0);
     CHECK(gm_set_precision(GM_FP32) == 0);
     printf("%d products with every operand against a guard page: %d values off\n", n, bad);
 }
 
-/* favor_products_follow_precision: off, or on in fp32, is bit-identical to float32 OpenBLAS in the
- * forward pass and in the backward pass; on in bf16 stays close to it. */
+/* favor_products_follow_precision: off is bit-identical to float32 OpenBLAS in the forward pass and
+ * in the backward pass, in either precision; on in fp32 (the own float32 kernel) agrees with it to
+ * float32 rounding, on in bf16 stays close to it. */
 static void check_favor_products(void) {
     enum { B = 3, H = 4, dh = 16, m = 32 };
     const int lens[B] = { 5, 333, 64 };
@@ -182,10 +197,12 @@ static void check_favor_products(void) {
         double e = max_diff(out[3], out[0], n), mx = max_abs(out[0], n);
         printf("FAVOR+ %s products in bf16 vs float32: max |diff| %.3g (max |out| %.3g)\n",
                relu ? "relu" : "softmax", e, mx);
-        CHECK(memcmp(out[0], out[1], sizeof(float) * n) == 0);
+        const double e32 = max_diff(out[1], out[0], n);
+        CHECKF(e32 <= 1e-5 * mx, "fp32 FAVOR+ products differ by %g (max |out| %g)", e32, mx);
         CHECK(memcmp(out[0], out[2], sizeof(float) * n) == 0);
         CHECKF(e > 0 && e <= 2e-2 * mx, "bf16 FAVOR+ products differ by %g (max |out| %g)", e, mx);
-        CHECK(memcmp(grad[0], grad[1], sizeof(float) * 3 * n) == 0);
+        const double g32 = max_diff(grad[1], grad[0], 3 * n), gmx = max_abs(grad[0], 3 * n);
+        CHECKF(g32 <= 1e-5 * gmx, "fp32 FAVOR+ gradients differ by %g (max %g)", g32, gmx);
         CHECK(memcmp(grad[0], grad[2], sizeof(float) * 3 * n) == 0);
         static const char *gname[3] = { "dq", "dk", "dv" };
         for (int g = 0; g < 3; g++) {
@@ -200,38 +217,10 @@ static void check_favor_products(void) {
     free(q); free(k); free(v); free(P); free(sb); free(dout); free(scratch); free(fo);
 }
 
-int main(void) {
-    int prec = -1;
-    CHECK(gm_precision() == GM_FP32);
-    CHECK(gm_parse_precision("bf16", &prec) == 0 && prec == GM_BF16);
-    CHECK(gm_parse_precision("BFloat16", &prec) == 0 && prec == GM_BF16);
-    CHECK(gm_parse_precision("fp32", &prec) == 0 && prec == GM_FP32);
-    CHECK(gm_parse_precision("fp16", &prec) == -1 && gm_parse_precision(NULL, &prec) == -1);
-    CHECK(gm_set_precision(7) == -1 && gm_precision() == GM_FP32);
-    CHECK(!strcmp(gm_precision_name(GM_BF16), "bf16") && !strcmp(gm_precision_name(GM_FP32), "fp32"));
-
-    /* fp32 mode: exactly cblas_sgemm */
-    {
-        uint64_t s = 5;
-        const int M = 37, N = 45, K = 70;
-        float *A = malloc(sizeof(float) * M * K), *B = malloc(sizeof(float) * K * N);
-        float *C1 = calloc((size_t)M * N, sizeof(float)), *C2 = calloc((size_t)M * N, sizeof(float));
-        for (int i = 0; i < M * K; i++) A[i] = urand(&s);
-        for (int i = 0; i < K * N; i++) B[i] = urand(&s);
-        gm_sgemm(0, 0, M, N, K, 0.7f, A, K, B, N, 0.0f, C1, N);
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, M, N, K, 0.7f, A, K, B, N, 0.0f, C2, N);
-        CHECK(memcmp(C1, C2, sizeof(float) * M * N) == 0);
-        free(A); free(B); free(C1); free(C2);
-    }
-
-    if (!gm_bf16_supported()) {
-        CHECK(gm_set_precision(GM_BF16) == -1 && gm_precision() == GM_FP32);
-        printf("SKIP this CPU has no AVX-512 BF16 (fp32 checks: %d, %d failed)\n", tu_checks, tu_failures);
-        return tu_failures ? 1 : 77;
-    }
-
-    /* shapes: single elements, partial and full panels (MR 14, NR 32), odd K, K over one block
-     * (256), several A blocks (224 rows) */
+/* Every transpose of the edge shapes below with three (alpha, beta), for the product under test;
+ * returns the worst relative error. Shapes: single elements, partial and full panels (MR 14,
+ * NR 32), odd K, K over one block (256), several A blocks (224 rows). */
+static double check_products(void) {
     static const int shapes[][3] = {
         {1, 1, 1}, {1, 33, 2}, {14, 32, 256}, {15, 33, 257}, {13, 31, 7}, {29, 65, 513},
         {100, 20, 600}, {238, 70, 300}, {3, 100, 1}, {450, 40, 64}, {20, 256, 1030},
@@ -246,8 +235,80 @@ int main(void) {
                                      ab[c][0], ab[c][1], seed++);
                 if (w > worst) worst = w;
             }
+    return worst;
+}
+
+/* The product under test gives the same bits on one thread and on two, for each transpose. */
+static void check_thread_bits(void) {
+    uint64_t s = 19;
+    const int M = 700, N = 300, K = 600;
+    float *A = malloc(sizeof(float) * M * K), *B = malloc(sizeof(float) * N * K);
+    float *C1 = malloc(sizeof(float) * M * N), *C2 = malloc(sizeof(float) * M * N);
+    for (int i = 0; i < M * K; i++) A[i] = urand(&s);
+    for (int i = 0; i < N * K; i++) B[i] = urand(&s);
+    for (int t = 0; t < 4; t++) {
+        const int ta = t >> 1, tb = t & 1;
+        omp_set_num_threads(1);
+        prod(ta, tb, M, N, K, 1.0f, A, ta ? M : K, B, tb ? K : N, 0.0f, C1, N);
+        omp_set_num_threads(2);
+        prod(ta, tb, M, N, K, 1.0f, A, ta ? M : K, B, tb ? K : N, 0.0f, C2, N);
+        CHECKF(memcmp(C1, C2, sizeof(float) * M * N) == 0, "%s ta %d tb %d: 1 and 2 threads differ",
+               g_f32 ? "fp32" : "bf16", ta, tb);
+    }
+    free(A); free(B); free(C1); free(C2);
+}
+
+int main(void) {
+    int prec = -1;
+    CHECK(gm_precision() == GM_FP32);
+    CHECK(gm_parse_precision("bf16", &prec) == 0 && prec == GM_BF16);
+    CHECK(gm_parse_precision("BFloat16", &prec) == 0 && prec == GM_BF16);
+    CHECK(gm_parse_precision("fp32", &prec) == 0 && prec == GM_FP32);
+    CHECK(gm_parse_precision("fp16", &prec) == -1 && gm_parse_precision(NULL, &prec) == -1);
+    CHECK(gm_set_precision(7) == -1 && gm_precision() == GM_FP32);
+    CHECK(!strcmp(gm_precision_name(GM_BF16), "bf16") && !strcmp(gm_precision_name(GM_FP32), "fp32"));
+
+    /* fp32 mode: exactly cblas_sgemm with gm_fp32_own(0); the own kernel's bits otherwise */
+    {
+        uint64_t s = 5;
+        const int M = 37, N = 45, K = 70;
+        float *A = malloc(sizeof(float) * M * K), *B = malloc(sizeof(float) * K * N);
+        float *C1 = calloc((size_t)M * N, sizeof(float)), *C2 = calloc((size_t)M * N, sizeof(float));
+        for (int i = 0; i < M * K; i++) A[i] = urand(&s);
+        for (int i = 0; i < K * N; i++) B[i] = urand(&s);
+        const int own = gm_fp32_is_own();
+        CHECK(gm_fp32_own(0) == 0 && !gm_fp32_is_own());
+        gm_sgemm(0, 0, M, N, K, 0.7f, A, K, B, N, 0.0f, C1, N);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, M, N, K, 0.7f, A, K, B, N, 0.0f, C2, N);
+        CHECK(memcmp(C1, C2, sizeof(float) * M * N) == 0);
+        if (__builtin_cpu_supports("avx512f")) {
+            CHECK(own == 1);   /* the default on an AVX-512 CPU */
+            CHECK(gm_fp32_own(1) == 0 && gm_fp32_is_own());
+            gm_sgemm(0, 0, M, N, K, 0.7f, A, K, B, N, 0.0f, C1, N);
+            gm_sgemm_f32(0, 0, M, N, K, 0.7f, A, K, B, N, 0.0f, C2, N);
+            CHECK(memcmp(C1, C2, sizeof(float) * M * N) == 0);
+            g_f32 = 1;
+            double worst = check_products();
+            printf("own fp32 product vs double product: worst relative error %.3g\n", worst);
+            check_guarded();
+            check_thread_bits();
+            g_f32 = 0;
+        } else {
+            CHECK(own == 0 && gm_fp32_own(1) == -1 && !gm_fp32_is_own());
+        }
+        free(A); free(B); free(C1); free(C2);
+    }
+
+    if (!gm_bf16_supported()) {
+        CHECK(gm_set_precision(GM_BF16) == -1 && gm_precision() == GM_FP32);
+        printf("SKIP this CPU has no AVX-512 BF16 (fp32 checks: %d, %d failed)\n", tu_checks, tu_failures);
+        return tu_failures ? 1 : 77;
+    }
+
+    double worst = check_products();
     printf("bf16 product vs double product of the rounded operands: worst relative error %.3g\n",
            worst);
+    check_thread_bits();
 
     check_guarded();
     check_favor_products();
