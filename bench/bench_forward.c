@@ -32,7 +32,9 @@
  *       the CPU has AVX-512 BF16 (gm_bf16_supported()), the same products again with
  *       gm_sgemm_bf16 (bf16 operands, float32 accumulation): "bf16_gflops" on every line (the
  *       n^3 one is the bf16 peak) and "bf16_frac_of_bf16_peak" on the shape lines;
- *       "bf16_supported" on the n^3 line says whether they were measured.
+ *       "bf16_supported" on the n^3 line says whether they were measured. On a CPU with AVX-512F
+ *       the own float32 product (gm_sgemm_f32, what the model's fp32 products use by default)
+ *       too: "own_gflops" on every line.
  *   bench_forward dwconv [--threads N] [--batch B] [--len L] [--d C] [--conv K] [--reps 21]
  *                 [--seed S]
  *       The q/k/v depthwise convolution alone (dwconv_forward, dwconv_backward) on random data:
@@ -173,9 +175,9 @@ static int mode_info(int threads) {
     return 0;
 }
 
-/* Times one cblas_sgemm(RowMajor, ta, tb, M, N, K) (bf16 = 0) or gm_sgemm_bf16 of the same
- * product (bf16 = 1) best of reps; returns GFLOP/s. */
-static double time_sgemm(int ta, int M, int N, int K, int reps, int tb, int bf16) {
+/* Times one cblas_sgemm(RowMajor, ta, tb, M, N, K) (kind 0), gm_sgemm_bf16 (kind 1) or the own
+ * float32 product gm_sgemm_f32 (kind 2) of the same product, best of reps; returns GFLOP/s. */
+static double time_sgemm(int ta, int M, int N, int K, int reps, int tb, int kind) {
     float *A = malloc(sizeof(float) * (size_t)M * K);
     float *Bm = malloc(sizeof(float) * (size_t)K * N);
     float *C = malloc(sizeof(float) * (size_t)M * N);
@@ -187,8 +189,10 @@ static double time_sgemm(int ta, int M, int N, int K, int reps, int tb, int bf16
     double best = 1e30;
     for (int r = 0; r < reps + 1; r++) {    /* the first run is a warm-up */
         double t0 = now_s();
-        if (bf16)
+        if (kind == 1)
             gm_sgemm_bf16(ta, tb, M, N, K, 1.0f, A, lda, Bm, ldb, 0.0f, C, N);
+        else if (kind == 2)
+            gm_sgemm_f32(ta, tb, M, N, K, 1.0f, A, lda, Bm, ldb, 0.0f, C, N);
         else
             cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans,
                         M, N, K, 1.0f, A, lda, Bm, ldb, 0.0f, C, N);
@@ -203,13 +207,17 @@ static int mode_sgemm(int threads, int n, int reps, int T, int d, int F) {
     pf_set_threads(threads);
     rng_state = 12345;
     const int bf = gm_bf16_supported();
+    __builtin_cpu_init();
+    const int own = __builtin_cpu_supports("avx512f") != 0;
     double peak = time_sgemm(0, n, n, n, reps, 0, 0);
     double bpeak = bf ? time_sgemm(0, n, n, n, reps, 0, 1) : 0;
+    double opeak = own ? time_sgemm(0, n, n, n, reps, 0, 2) : 0;
     printf("{\"bench\":\"sgemm\",\"threads\":%d,\"n\":%d,\"reps\":%d,\"gflops\":%.2f,\"openblas_core\":",
            threads, n, reps, peak);
     json_str(openblas_get_corename());
     printf(",\"bf16_supported\":%s", bf ? "true" : "false");
     if (bf) printf(",\"bf16_gflops\":%.2f", bpeak);
+    if (own) printf(",\"own_gflops\":%.2f", opeak);
     printf("}\n");
     fflush(stdout);
     if (T > 0) {
@@ -225,6 +233,7 @@ static int mode_sgemm(int threads, int n, int reps, int T, int d, int F) {
                 double gb = time_sgemm(0, T, s[i].OC, s[i].C, reps, 1, 1);
                 printf(",\"bf16_gflops\":%.2f,\"bf16_frac_of_bf16_peak\":%.4f", gb, gb / bpeak);
             }
+            if (own) printf(",\"own_gflops\":%.2f", time_sgemm(0, T, s[i].OC, s[i].C, reps, 1, 2));
             printf("}\n");
             fflush(stdout);
         }

@@ -226,13 +226,23 @@ def report(a):
     smoke = str(a.smoke) == "1"
     by = lambda **kw: [r for r in recs if all(r.get(k) == v for k, v in kw.items())]  # noqa: E731
 
-    info = (by(bench="info") or [{}])[0]
+    info = ([r for r in by(bench="info") if r.get("role") != "native"] or [{}])[0]
+    ninfo = (by(bench="info", role="native") or [None])[0]
+    # PyTorch and OpenBLAS runs repeated without OPENBLAS_CORETYPE (run.sh's NATIVE): their kernels
+    env_core = info.get("openblas_core", "?")
+    nat_core = ninfo.get("openblas_core", "?") if ninfo else None
+    blas_label = lambda r: nat_core if r.get("role") == "native" else env_core  # noqa: E731
     tinfo = (by(bench="torch_info") or [{}])[0]
     sg_start = (by(bench="sgemm", role="start") or [{}])[0]
     sg_end = (by(bench="sgemm", role="end") or [{}])[0]
+    sg_native = (by(bench="sgemm", role="start_native") or [{}])[0]
     shapes = by(bench="sgemm_shape")
-    # the peak: the best sgemm rate measured in this run (square runs at start and end, model shapes)
-    peaks = [x.get("gflops") for x in [sg_start, sg_end] + shapes if x.get("gflops")]
+    # the float32 peak: the best float32 product rate measured in this run, whichever product
+    # reached it: OpenBLAS as configured, OpenBLAS's own kernel choice (OPENBLAS_CORETYPE unset) and
+    # the own AVX-512 product the model's float32 products use (square runs at start and end, model
+    # shapes)
+    peaks = [x.get(k) for x in [sg_start, sg_end, sg_native] + shapes
+             for k in ("gflops", "own_gflops") if x.get(k)]
     peak = max(peaks) if peaks else None
     for s in shapes:
         s["frac_of_peak"] = s["gflops"] / peak
@@ -253,7 +263,12 @@ def report(a):
     for tok in read(os.path.join(meta, "bf16.txt")).split():
         if tok.startswith("BF16_TOL="):
             bf16_tol = float(tok.split("=", 1)[1])
-    t_train = {r["impl"]: r for r in by(bench="torch_train")}
+    # PyTorch training: the faster OpenBLAS configuration per implementation
+    t_train = {}
+    for r in by(bench="torch_train"):
+        if r["impl"] not in t_train or r["tokens_per_s"] > t_train[r["impl"]]["tokens_per_s"]:
+            t_train[r["impl"]] = r
+    t_train_all = by(bench="torch_train")
     titin = (by(bench="titin") or [None])[0]
     # the server runs in float32 (older results have no "precision") and with --precision bf16
     srv = [s for s in by(bench="server") if s.get("precision", "fp32") == "fp32"]
@@ -279,14 +294,17 @@ def report(a):
     # C and PyTorch run alternately in TORCH_ROUNDS rounds: each side's fastest round counts (the
     # least disturbed by other load on the shared machine)
     fastest = lambda rs: min(rs, key=lambda r: r["median_s"]) if rs else None  # noqa: E731
+    # PyTorch counts with its faster OpenBLAS configuration (as set, or native where run.sh ran both)
+    torch_best = lambda L, B, impl: fastest([t for t in cmp_t if t["L"] == L and t["batch"] == B  # noqa: E731
+                                             and t["impl"] == impl])
+    torch_alt = lambda L, B, impl, best: fastest([t for t in cmp_t if t["L"] == L and t["batch"] == B  # noqa: E731
+                                                  and t["impl"] == impl
+                                                  and t.get("role") != (best or {}).get("role")])
     cmp_rows = []
     for L, B in sorted({(c["L"], c["batch"]) for c in cmp_c if c.get("status") == "ok"}):
         c = fastest([x for x in cmp_c if x.get("status") == "ok" and x["L"] == L and x["batch"] == B])
         c["rounds"] = len([x for x in cmp_c if x["L"] == L and x["batch"] == B])
-        tr = {}
-        for impl in ("reference", "batched"):
-            tr[impl] = fastest([t for t in cmp_t if t["L"] == L and t["batch"] == B and t["impl"] == impl])
-        ref, bat = tr.get("reference"), tr.get("batched")
+        ref, bat = torch_best(L, B, "reference"), torch_best(L, B, "batched")
         ceil = None
         if peak and ref:
             ceil = ref["median_s"] / (c["flops"] / (peak * 1e9))
@@ -296,13 +314,16 @@ def report(a):
             continue
         ratio = ref["median_s"] / c["median_s"]
         met = ratio >= T_TORCH_RATIO
-        extra = ""
+        extra = "PyTorch's faster OpenBLAS kernels: %s" % blas_label(ref)
+        alt = torch_alt(L, B, "reference", ref)
+        if alt:
+            extra += " (with %s: %.2f×)" % (blas_label(alt), alt["median_s"] / c["median_s"])
         if bat:
             extra = "; vs batched PyTorch %.2f×" % (bat["median_s"] / c["median_s"])
         if not met:
             extra += "; short by %.2f× (needs %.2f× faster C)" % (T_TORCH_RATIO / ratio, T_TORCH_RATIO / ratio)
             if ceil is not None:
-                extra += "; ceiling with C at 100%% of sgemm peak: %.1f×" % ceil
+                extra += "; ceiling with C at 100%% of the float32 peak: %.1f×" % ceil
         targets.append(("Forward ≥ %g× PyTorch reference, L = %s, batch %d" % (T_TORCH_RATIO, fmt(L), B),
                         "%.2f×" % ratio, met, extra.lstrip("; ")))
 
@@ -313,8 +334,7 @@ def report(a):
         cb = fastest([x for x in cmp_b if x.get("status") == "ok" and x["L"] == L and x["batch"] == B])
         cb["rounds"] = len([x for x in cmp_b if x["L"] == L and x["batch"] == B])
         c32 = next((r[2] for r in cmp_rows if r[0] == L and r[1] == B), None)
-        ref = fastest([t for t in cmp_t if t["L"] == L and t["batch"] == B and t["impl"] == "reference"])
-        bat = fastest([t for t in cmp_t if t["L"] == L and t["batch"] == B and t["impl"] == "batched"])
+        ref, bat = torch_best(L, B, "reference"), torch_best(L, B, "batched")
         every = [t for t in cmp_t if t["L"] == L and t["batch"] == B and "max_abs_diff_logp_bf16" in t]
         agr = None
         if every:
@@ -331,7 +351,10 @@ def report(a):
         if not ref:
             continue
         ratio = ref["median_s"] / cb["median_s"]
-        parts = []
+        parts = ["PyTorch's faster OpenBLAS kernels: %s" % blas_label(ref)]
+        alt = torch_alt(L, B, "reference", ref)
+        if alt:
+            parts[0] += " (with %s: %.2f×)" % (blas_label(alt), alt["median_s"] / cb["median_s"])
         if agr:
             parts.append("max \\|Δ log p\\| vs PyTorch %.1e (tolerance %.0e: %s)%s" % (
                 agr["max"], agr["tol"], "within" if agr["agree"] else "**OUTSIDE**",
@@ -369,10 +392,10 @@ def report(a):
             if sh:
                 extra += "; the model's own linear shapes reach %s of the peak in isolation" % ", ".join(
                     "%s %.0f%%" % (s["layer"], 100 * s["frac_of_peak"]) for s in sh)
-        targets.append(("≥ %.0f%% of sgemm peak at L ≥ %s (batch 1)" % (100 * T_MFU, fmt(T_MFU_MIN_L)),
+        targets.append(("≥ %.0f%% of the float32 peak at L ≥ %s (batch 1)" % (100 * T_MFU, fmt(T_MFU_MIN_L)),
                         "%.0f%% (worst)" % (100 * worst[1]), met, extra))
     elif smoke:
-        targets.append(("≥ %.0f%% of sgemm peak at L ≥ %s" % (100 * T_MFU, fmt(T_MFU_MIN_L)),
+        targets.append(("≥ %.0f%% of the float32 peak at L ≥ %s" % (100 * T_MFU, fmt(T_MFU_MIN_L)),
                         "not measured (no L ≥ %s in this run)" % fmt(T_MFU_MIN_L), False, ""))
     # bf16: the C bf16 forward passes of the PyTorch comparison against the bf16 peak
     bt = "C bf16 forward ≥ %.0f%% of the bf16 peak at L ≥ %s (the compared lengths and batches)" % (
@@ -433,7 +456,7 @@ def report(a):
     # ---- trainer -------------------------------------------------------------------------------
     if c_train and t_train.get("reference") and c_train.get("tokens_per_s"):
         ratio = c_train["tokens_per_s"] / t_train["reference"]["tokens_per_s"]
-        extra = ""
+        extra = "PyTorch's faster OpenBLAS kernels: %s" % blas_label(t_train["reference"])
         if t_train.get("batched"):
             extra = "vs batched PyTorch %.2f×" % (c_train["tokens_per_s"] / t_train["batched"]["tokens_per_s"])
         if ratio < T_TRAIN_RATIO:
@@ -443,7 +466,7 @@ def report(a):
     tt = "Trainer ≥ %g× PyTorch tokens/s (C bf16)" % T_TRAIN_RATIO
     if c_train_b and t_train.get("reference") and c_train_b.get("tokens_per_s"):
         ratio = c_train_b["tokens_per_s"] / t_train["reference"]["tokens_per_s"]
-        parts = []
+        parts = ["PyTorch's faster OpenBLAS kernels: %s" % blas_label(t_train["reference"])]
         if t_train.get("batched"):
             parts.append("vs batched PyTorch %.2f×" % (c_train_b["tokens_per_s"] / t_train["batched"]["tokens_per_s"]))
         if c_train and c_train.get("tokens_per_s"):
@@ -490,7 +513,7 @@ def report(a):
     on16 = [s for s in srv if s["case"] == "miss" and s["batching"] == "on" and s["conns"] == 16]
     off16 = [s for s in srv if s["case"] == "miss" and s["batching"] == "off" and s["conns"] == 16]
     if on16 and off16:
-        ratio, extra = batching_margin(on16[0], off16[0], peak, "", "sgemm peak", "peak")
+        ratio, extra = batching_margin(on16[0], off16[0], peak, "", "float32 peak", "peak")
         targets.append(("Batching: ≥ %g× throughput at c = 16 vs one-at-a-time" % T_BATCH_RATIO,
                         "%.2f×" % ratio, ratio >= T_BATCH_RATIO, extra))
     # bf16: the same on/off pair on daemons with --precision bf16, raw = bench_forward --precision
@@ -624,7 +647,7 @@ def report(a):
       "%s s), and reports its peak RSS (VmHWM, including the mapped weights). L counts framed positions "
       "(`<cls>` + L−2 random standard residues + `<eos>`); titin (34,350 residues) is L = 34,352. "
       "GFLOP/s counts the matrix products of weights/FORMAT.md (2 FLOPs per multiply-add); "
-      "%% peak is against the sgemm peak below." % (
+      "%% peak is against the float32 peak (Model FLOP utilisation, below)." % (
           prm.get("MIN_REPS", "?"), prm.get("MIN_TIME", "?"), prm.get("SINGLE_OVER", "?")))
     w("")
     w("![time and memory vs L](forward.png)")
@@ -693,21 +716,31 @@ def report(a):
       "head at a time); `batched` is the same mathematics vectorised over batch and heads "
       "(`bench/bench_torch.py:forward_batched`), a stronger PyTorch baseline. Every timed PyTorch pass is "
       "compared with the C log-probs (max |Δ log p|). *Ceiling* is the ratio C would reach at 100%% of "
-      "the measured sgemm peak. C and PyTorch ran alternately, %s round(s) each (C, PyTorch, C, PyTorch, …, "
+      "the measured float32 peak. C and PyTorch ran alternately, %s round(s) each (C, PyTorch, C, PyTorch, …, "
       "each a fresh process); each side's fastest round is shown — the one least disturbed by other "
-      "load on the shared machine." % (default_kernel, tinfo.get("threads", "?"),
-                                       max([c.get("rounds", 1) for _, _, c, _, _, _ in cmp_rows] or [1])))
+      "load on the shared machine.%s" % (default_kernel, tinfo.get("threads", "?"),
+                                       max([c.get("rounds", 1) for _, _, c, _, _, _ in cmp_rows] or [1]),
+                                       (" **PyTorch ran with two OpenBLAS kernel sets**: as this machine is "
+                                        "configured (OPENBLAS_CORETYPE=%s: the %s kernels) and with OPENBLAS_CORETYPE "
+                                        "unset (OpenBLAS's own choice for this CPU: %s); the ratios and targets count "
+                                        "the faster of the two for each case, since the C float32 products use "
+                                        "their own AVX-512 kernel (model/gemm.c) whatever OpenBLAS is set to." % (
+                                            info.get("openblas_coretype_env", "?"), env_core, nat_core))
+                                       if nat_core else ""))
     w("")
-    w("| L | batch | C | PyTorch reference | **ratio** | PyTorch batched | ratio | ceiling | max \\|Δ log p\\| | agree |")
-    w("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+    w("| L | batch | C | PyTorch reference (faster OpenBLAS) | **ratio** | other OpenBLAS | ratio | PyTorch batched (faster) | ratio | ceiling | max \\|Δ log p\\| | agree |")
+    w("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
     for L, B, c, ref, bat, ceil in cmp_rows:
+        alt = torch_alt(L, B, "reference", ref)
         every = [t for t in cmp_t if t["L"] == L and t["batch"] == B]   # all rounds are checked
         diffs = [x["max_abs_diff_logp"] for x in every if "max_abs_diff_logp" in x]
         agree = all(x.get("agree") for x in every if "agree" in x)
-        w("| %s | %d | %s | %s | **%s** | %s | %s | %s | %s | %s |" % (
-            fmt(L), B, secs(c["median_s"]), secs(ref["median_s"]) if ref else "–",
+        w("| %s | %d | %s | %s | **%s** | %s | %s | %s | %s | %s | %s | %s |" % (
+            fmt(L), B, secs(c["median_s"]), "%s (%s)" % (secs(ref["median_s"]), blas_label(ref)) if ref else "–",
             "%.2f×" % (ref["median_s"] / c["median_s"]) if ref else "–",
-            secs(bat["median_s"]) if bat else "–",
+            "%s (%s)" % (secs(alt["median_s"]), blas_label(alt)) if alt else "–",
+            "%.2f×" % (alt["median_s"] / c["median_s"]) if alt else "–",
+            "%s (%s)" % (secs(bat["median_s"]), blas_label(bat)) if bat else "–",
             "%.2f×" % (bat["median_s"] / c["median_s"]) if bat else "–",
             "%.1f×" % ceil if ceil else "–",
             "%.1e" % max(diffs) if diffs else "–", "yes" if agree and diffs else "**NO**" if diffs else "–"))
@@ -730,16 +763,16 @@ def report(a):
               " of %g (`BF16_TOL` of bench/run.sh; the float32 check above keeps 1e-3)" % bf16_tol
               if bf16_tol is not None else " (the float32 check above keeps 1e-3)"))
         w("")
-        w("| L | batch | C bf16 | C fp32 | bf16 speed-up | PyTorch reference | **ratio** | PyTorch batched | ratio "
+        w("| L | batch | C bf16 | C fp32 | bf16 speed-up | PyTorch reference (faster OpenBLAS) | **ratio** | PyTorch batched (faster) | ratio "
           "| ceiling (bf16 peak) | max \\|Δ log p\\| | mean \\|Δ log p\\| | top-1 | agree |")
         w("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
         for L, B, cb, c32, ref, bat, ceil, agr in cmp_b_rows:
             w("| %s | %d | %s | %s | %s | %s | **%s** | %s | %s | %s | %s | %s | %s | %s |" % (
                 fmt(L), B, secs(cb["median_s"]), secs(c32["median_s"]) if c32 else "–",
                 "%.2f×" % (c32["median_s"] / cb["median_s"]) if c32 else "–",
-                secs(ref["median_s"]) if ref else "–",
+                "%s (%s)" % (secs(ref["median_s"]), blas_label(ref)) if ref else "–",
                 "%.2f×" % (ref["median_s"] / cb["median_s"]) if ref else "–",
-                secs(bat["median_s"]) if bat else "–",
+                "%s (%s)" % (secs(bat["median_s"]), blas_label(bat)) if bat else "–",
                 "%.2f×" % (bat["median_s"] / cb["median_s"]) if bat else "–",
                 "%.1f×" % ceil if ceil else "–",
                 "%.1e" % agr["max"] if agr else "–",
@@ -754,22 +787,29 @@ def report(a):
     w("## Model FLOP utilisation")
     w("")
     if peak:
-        w("sgemm (%s³ `cblas_sgemm`, best of %s, %s threads): %s GFLOP/s at the start, %s GFLOP/s at the "
-          "end of the run. **Peak = %s GFLOP/s**, the best sgemm rate measured in this run (these two and "
-          "the model shapes below); all %% of peak figures use it." % (
-              fmt(sg_start.get("n")), sg_start.get("reps"), sg_start.get("threads"), fmt(sg_start.get("gflops")),
-              fmt(sg_end.get("gflops")), fmt(peak)))
+        w("sgemm (%s³ `cblas_sgemm`, OpenBLAS %s, best of %s, %s threads): %s GFLOP/s at the start, %s GFLOP/s at the "
+          "end of the run%s; the own float32 product (`gm_sgemm_f32`, AVX-512, what the model's float32 "
+          "products use): %s GFLOP/s at the start, %s at the end. **Peak = %s GFLOP/s**, the best float32 "
+          "product rate measured in this run by any of them (these runs and the model shapes below); all "
+          "%% of peak figures use it." % (
+              fmt(sg_start.get("n")), env_core, sg_start.get("reps"), sg_start.get("threads"), fmt(sg_start.get("gflops")),
+              fmt(sg_end.get("gflops")),
+              "; OpenBLAS %s (OPENBLAS_CORETYPE unset): %s GFLOP/s" % (nat_core, fmt(sg_native.get("gflops")))
+              if sg_native.get("gflops") else "",
+              fmt(sg_start.get("own_gflops")), fmt(sg_end.get("own_gflops")), fmt(peak)))
         drift_note(w, sg_start, sg_end, "gflops", "sgemm rate", " (other load, frequency or thermal changes)")
         w("")
     if shapes:
         w("The model's own products as `matmul_forward` calls them (`out[T, N] = in[T, K] W[N, K]^T`), in "
           "isolation — what a forward pass could reach at best:")
         w("")
-        w("| layer | M × N × K | GFLOP/s | % of peak |")
-        w("|---|---|---:|---:|")
+        w("| layer | M × N × K | OpenBLAS GFLOP/s | % of peak | own float32 GFLOP/s | % of peak |")
+        w("|---|---|---:|---:|---:|---:|")
         for s in shapes:
-            w("| %s | %d × %d × %d | %s | %.0f%% |" % (s["layer"], s["M"], s["N"], s["K"], fmt(s["gflops"]),
-                                                    100 * s["frac_of_peak"]))
+            w("| %s | %d × %d × %d | %s | %.0f%% | %s | %s |" % (
+                s["layer"], s["M"], s["N"], s["K"], fmt(s["gflops"]), 100 * s["frac_of_peak"],
+                fmt(s.get("own_gflops")) if s.get("own_gflops") else "–",
+                "%.0f%%" % (100 * s["own_gflops"] / peak) if s.get("own_gflops") else "–"))
         w("")
     d = ok.get(default_kernel, {})
     if d and peak:
@@ -875,10 +915,10 @@ def report(a):
             c_train["steps"] - c_train["skip"], fmt(c_train["mean_batch_tokens"]), secs(c_train["mean_step_s"]),
             fmt(c_train["tokens_per_s"])))
         for impl in ("reference", "batched"):
-            t = t_train.get(impl)
-            if t:
-                w("| PyTorch %s | %d | %s | %s | %s | %.2f× |" % (
-                    impl, t["steps"] - t["skip"], fmt(t["mean_batch_tokens"]), secs(t["mean_step_s"]),
+            for t in sorted([t for t in t_train_all if t["impl"] == impl], key=lambda t: t.get("role", "")):
+                w("| PyTorch %s, OpenBLAS %s%s | %d | %s | %s | %s | %.2f× |" % (
+                    impl, blas_label(t), " (counted)" if t is t_train.get(impl) else "",
+                    t["steps"] - t["skip"], fmt(t["mean_batch_tokens"]), secs(t["mean_step_s"]),
                     fmt(t["tokens_per_s"]), c_train["tokens_per_s"] / t["tokens_per_s"]))
         if c_train_b and c_train_b.get("tokens_per_s"):
             w("| C `performer train --precision bf16` | %d | %s | %s | %s | %.2f× |" % (

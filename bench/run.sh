@@ -7,6 +7,11 @@
 # --precision bf16 (weight products in bfloat16, float32 accumulation), and the sgemm peak is also
 # measured for the bf16 product; PyTorch stays float32. The server's batching on/off comparison
 # (uncached short requests at SRV_BATCH_CONNS) is repeated with performerd --precision bf16.
+# When OPENBLAS_CORETYPE is set (this project's machine sets Haswell: AVX2 kernels on an AVX-512
+# CPU), every PyTorch run (forward and training) and the OpenBLAS sgemm peak are repeated without it
+# (role "native": OpenBLAS's own choice, its AVX-512 kernels here), and the targets count the
+# faster PyTorch: the C float32 products use an own AVX-512 kernel (model/gemm.c), so PyTorch must
+# not be held to AVX2 while C is not.
 #
 # Environment (all optional):
 #   WEIGHTS   weights to benchmark (weights/model.safetensors)
@@ -153,6 +158,15 @@ log "sgemm peak"
 rec_tag start "$BF" sgemm --threads "$THREADS" --n "$SGEMM_N" --reps "$SGEMM_REPS" --shapes-T "$SHAPES_T" \
     --d "$(awk '$1 == "d_model:" { print $2 }' "$T/weights_info.txt")" \
     --d-ff "$(awk '$1 == "d_ff:" { print $2 }' "$T/weights_info.txt")"
+# NATIVE: the same command without OPENBLAS_CORETYPE (OpenBLAS picks its kernels for this CPU);
+# empty when it is not set (then every run already is native)
+NATIVE=()
+[ -n "${OPENBLAS_CORETYPE:-}" ] && NATIVE=(env -u OPENBLAS_CORETYPE)
+if [ ${#NATIVE[@]} -gt 0 ]; then
+    log "sgemm peak, OpenBLAS's own kernel choice (OPENBLAS_CORETYPE unset)"
+    rec_tag native "${NATIVE[@]}" "$BF" info --threads "$THREADS"
+    rec_tag start_native "${NATIVE[@]}" "$BF" sgemm --threads "$THREADS" --n "$SGEMM_N" --reps "$SGEMM_REPS"
+fi
 
 # ---- forward latency and peak RSS vs L: one process per (kernel, L) ----------------------------
 for k in favor-softmax favor-relu exact; do
@@ -203,9 +217,14 @@ for round in $(seq "$TORCH_ROUNDS"); do
                 log "C bf16 forward L=$L batch=$B failed (recorded)"
             fi
         fi
-        rec "${PYT[@]}" bench/bench_torch.py forward --weights "$WEIGHTS" --tokens "$T/tok.i32" \
+        targs=(bench/bench_torch.py forward --weights "$WEIGHTS" --tokens "$T/tok.i32" \
             --logp-ref "$T/logp.f32" --len "$L" --batch "$B" --threads "$THREADS" \
-            --min-time "$TORCH_MIN_TIME" --min-reps "$TORCH_MIN_REPS" --single-over "$SINGLE_OVER" "${bfref[@]}"
+            --min-time "$TORCH_MIN_TIME" --min-reps "$TORCH_MIN_REPS" --single-over "$SINGLE_OVER" "${bfref[@]}")
+        rec "${PYT[@]}" "${targs[@]}"
+        if [ ${#NATIVE[@]} -gt 0 ]; then
+            log "PyTorch L=$L batch=$B, OPENBLAS_CORETYPE unset (round $round of $TORCH_ROUNDS)"
+            rec_tag native "${NATIVE[@]}" "${PYT[@]}" "${targs[@]}"
+        fi
     done
 done
 
@@ -265,6 +284,11 @@ fi
 log "trainer: PyTorch, $TORCH_TRAIN_STEPS steps per implementation"
 rec "${PYT[@]}" bench/bench_torch.py train --weights "$WEIGHTS" --fasta "$DATA" --steps "$TORCH_TRAIN_STEPS" \
     --skip "$TRAIN_SKIP" --crop "$CROP" --batch-tokens "$BATCH_TOKENS" --threads "$THREADS"
+if [ ${#NATIVE[@]} -gt 0 ]; then
+    log "trainer: PyTorch, OPENBLAS_CORETYPE unset"
+    rec_tag native "${NATIVE[@]}" "${PYT[@]}" bench/bench_torch.py train --weights "$WEIGHTS" --fasta "$DATA" \
+        --steps "$TORCH_TRAIN_STEPS" --skip "$TRAIN_SKIP" --crop "$CROP" --batch-tokens "$BATCH_TOKENS" --threads "$THREADS"
+fi
 
 # ---- server -------------------------------------------------------------------------------------
 log "server (wrk, ${SRV_DURATION}s per run)"
