@@ -5,7 +5,8 @@
  *     pack op(B)[kc, N] into panels of NR = 32 columns: [panel][ku][32] dwords, where a dword is
  *       one float32 (ku = kc) or, in bf16, the pair of values at k and k+1 of one column
  *       (ku = kc/2, the operand layout of VDPBF16PS);
- *     pack op(A)[M, kc] into panels of MR = 14 rows: [panel][ku][14] dwords;
+ *     bf16: pack op(A)[M, kc] into panels of MR = 14 rows: [panel][ku][14] dwords (float32 reads
+ *       A in place: its micro-kernel broadcasts each value straight from A, row-major or not);
  *     for every (block of MC_PANELS A panels, B panel) tile, in parallel: the 14 x 32 micro-kernel
  *       keeps 28 float32 accumulators in registers over the ku dwords (VFMADD231PS with the A
  *       value broadcast, or VDPBF16PS) and stores alpha * acc + beta * C (the first K block) or
@@ -58,14 +59,15 @@ typedef struct {
      * else at src[r * ld + k]) into one panel dst[ku][R]; rows >= rows and k >= kc are zero. */
     void (*pack)(uint32_t *dst, int kmajor, const float *src, long ld, int rows, int r0, int k0,
                  int kc, int R);
-    /* acc = sum over ku dwords of a[ku][MR] x b[ku][NR]; stores rows < mr, columns < nc of C as
-     * alpha * acc + beta * C (first: the first K block; beta 0 reads no C) or C + alpha * acc. */
+    /* acc = sum over ku dwords of a[ku][MR] x b[ku][NR] (A packed; NULL where kernel_direct reads A
+     * in place); stores rows < mr, columns < nc of C as alpha * acc + beta * C (first: the first K
+     * block; beta 0 reads no C) or C + alpha * acc. */
     void (*kernel)(int ku, const uint32_t *a, const uint32_t *b, float *c, long ldc, int mr,
                    int nc, float alpha, float beta, int first);
-    /* kernel with A read in place (row-major A: rows a + i * lda, i < mr, k < ku), no A pack;
-     * NULL where A must be packed (bf16 converts it). */
-    void (*kernel_direct)(int ku, const float *a, long lda, const uint32_t *b, float *c, long ldc,
-                          int mr, int nc, float alpha, float beta, int first);
+    /* kernel with A read in place, element (i, k) at a[i * si + k * sk] (i < mr, k < ku; si or
+     * sk is 1), no A pack; NULL where A must be packed (bf16 converts it). */
+    void (*kernel_direct)(int ku, const float *a, long si, long sk, const uint32_t *b, float *c,
+                          long ldc, int mr, int nc, float alpha, float beta, int first);
 } gm_impl;
 
 /* The weight cache: packed panels of B for every K block, [block][panel][ku][NR]. */
@@ -336,43 +338,25 @@ F32_TARGET static void pack_f32(uint32_t *dst, int kmajor, const float *src, lon
     }
 }
 
-/* The float32 14 x 32 micro-kernel (gm_impl.kernel): one FMA per accumulator and k. */
-F32_TARGET static void kernel_f32(int kc, const uint32_t *a, const uint32_t *b, float *c,
-                                  long ldc, int mr, int nc, float alpha, float beta, int first) {
-    __m512 acc[MR][2];
-    for (int i = 0; i < MR; i++) acc[i][0] = acc[i][1] = _mm512_setzero_ps();
-    const float *af = (const float *)a, *bf = (const float *)b;
-    for (int k = 0; k < kc; k++) {
-        const __m512 b0 = _mm512_load_ps(bf + (size_t)k * NR);
-        const __m512 b1 = _mm512_load_ps(bf + (size_t)k * NR + 16);
-        const float *ak = af + (size_t)k * MR;
-        #pragma GCC unroll 14
-        for (int i = 0; i < MR; i++) {
-            const __m512 av = _mm512_set1_ps(ak[i]);
-            acc[i][0] = _mm512_fmadd_ps(av, b0, acc[i][0]);
-            acc[i][1] = _mm512_fmadd_ps(av, b1, acc[i][1]);
-        }
-    }
-    store_tile(acc, c, ldc, mr, nc, alpha, beta, first);
-}
-
-/* The float32 micro-kernel with A unpacked (gm_impl.kernel_direct): broadcasts A's values from its
- * rows in place (rows mr..13 repeat row mr - 1, whose sums are never stored), which saves packing
- * the activations (a transpose of every 16 x 16 block) on every call. */
-F32_TARGET static void kernel_f32_direct(int kc, const float *a, long lda, const uint32_t *b,
-                                         float *c, long ldc, int mr, int nc, float alpha,
-                                         float beta, int first) {
+/* The float32 micro-kernel with A unpacked (gm_impl.kernel_direct), for one layout: broadcasts
+ * A's values in place (rows mr..13 repeat row mr - 1, whose sums are never stored; tk: A
+ * transposed, si = 1). Saves packing the activations on every call (a transpose of every
+ * 16 x 16 block, or a copy). (Reading B in place too, when not cached, measured slower.) */
+F32_TARGET static inline __attribute__((always_inline)) void f32_direct(
+        int kc, const float *a, long si, long sk, const uint32_t *b, float *c, long ldc, int mr,
+        int nc, float alpha, float beta, int first, int tk) {
     const float *ar[MR];
-    for (int i = 0; i < MR; i++) ar[i] = a + (long)(i < mr ? i : mr - 1) * lda;
+    for (int i = 0; i < MR; i++) ar[i] = a + (long)(i < mr ? i : mr - 1) * (tk ? 1 : si);
     __m512 acc[MR][2];
     for (int i = 0; i < MR; i++) acc[i][0] = acc[i][1] = _mm512_setzero_ps();
     const float *bf = (const float *)b;
     for (int k = 0; k < kc; k++) {
         const __m512 b0 = _mm512_load_ps(bf + (size_t)k * NR);
         const __m512 b1 = _mm512_load_ps(bf + (size_t)k * NR + 16);
+        const long ko = tk ? (long)k * sk : k;
         #pragma GCC unroll 14
         for (int i = 0; i < MR; i++) {
-            const __m512 av = _mm512_set1_ps(ar[i][k]);
+            const __m512 av = _mm512_set1_ps(ar[i][ko]);
             acc[i][0] = _mm512_fmadd_ps(av, b0, acc[i][0]);
             acc[i][1] = _mm512_fmadd_ps(av, b1, acc[i][1]);
         }
@@ -380,8 +364,16 @@ F32_TARGET static void kernel_f32_direct(int kc, const float *a, long lda, const
     store_tile(acc, c, ldc, mr, nc, alpha, beta, first);
 }
 
+/* gm_impl.kernel_direct of the float32 product: one specialised f32_direct per layout. */
+F32_TARGET static void kernel_f32_direct(int kc, const float *a, long si, long sk,
+                                         const uint32_t *b, float *c, long ldc, int mr, int nc,
+                                         float alpha, float beta, int first) {
+    if (si == 1 && sk != 1) f32_direct(kc, a, si, sk, b, c, ldc, mr, nc, alpha, beta, first, 1);
+    else f32_direct(kc, a, si, sk, b, c, ldc, mr, nc, alpha, beta, first, 0);
+}
+
 static const gm_impl impl_bf16 = { 1, pack_bf16, kernel_bf16, NULL };
-static const gm_impl impl_f32 = { 0, pack_f32, kernel_f32, kernel_f32_direct };
+static const gm_impl impl_f32 = { 0, pack_f32, NULL, kernel_f32_direct };   /* A never packed */
 
 /* Dwords per panel row for a K block of kc (pairs in bf16). */
 static inline int ku_of(const gm_impl *im, int kc) { return im->pairs ? (kc + 1) / 2 : kc; }
@@ -491,7 +483,7 @@ static void gemm_packed(const gm_impl *im, int ta, int tb, int M, int N, int K, 
     const int npa = (M + MR - 1) / MR, npb = (N + NR - 1) / NR;
     const int kcmax = K < KC ? K : KC, kumax = ku_of(im, kcmax), kublk = ku_of(im, KC);
     const int nblk = (npa + MC_PANELS - 1) / MC_PANELS, ntiles = nblk * npb;
-    const int direct = im->kernel_direct && !ta;   /* A read in place, not packed */
+    const int direct = im->kernel_direct != NULL;   /* float32: A read in place, not packed */
     uint32_t *ap = direct ? NULL : aligned_alloc(64, ((sizeof(uint32_t) * (size_t)npa * MR * kumax) + 63) & ~(size_t)63);
     uint32_t *bp = pre ? NULL : aligned_alloc(64, ((sizeof(uint32_t) * (size_t)npb * NR * kumax) + 63) & ~(size_t)63);
     if ((!direct && !ap) || (!pre && !bp)) {   /* out of memory for the packs: the float32 product needs none */
@@ -522,7 +514,8 @@ static void gemm_packed(const gm_impl *im, int ta, int tb, int M, int N, int K, 
             for (int pa = blk * MC_PANELS; pa < pa1; pa++) {
                 const int m0 = pa * MR, mr = M - m0 < MR ? M - m0 : MR;
                 if (direct)
-                    im->kernel_direct(ku, A + (long)m0 * lda + k0, lda, bk + (size_t)pb * NR * ku,
+                    im->kernel_direct(ku, ta ? A + (long)k0 * lda + m0 : A + (long)m0 * lda + k0,
+                                      ta ? 1 : lda, ta ? lda : 1, bk + (size_t)pb * NR * ku,
                                       C + (long)m0 * ldc + n0, ldc, mr, nc, alpha, beta, k0 == 0);
                 else
                     im->kernel(ku, ap + (size_t)pa * MR * ku, bk + (size_t)pb * NR * ku,
