@@ -5,6 +5,7 @@
 
 #include <cblas.h>
 #include <float.h>
+#include <immintrin.h>
 #include <math.h>
 #include <string.h>
 #ifdef _OPENMP
@@ -620,11 +621,66 @@ static void dw_taps(float *o, const float *x, const float *w, int C, ptrdiff_t x
     }
 }
 
+#define DW_SLIDE 8      /* rows per block of the AVX-512 forward kernel below */
+#define DW_SLIDE_MAXK 15
+
+/* Rows i < DW_SLIDE, channels c < 16: o[i*C + c] = sum_{j<K} w[j*C + c] * x[(i + j)*C + c], the
+ * K taps' weights held in registers while the K + DW_SLIDE - 1 input rows stream past, each loaded
+ * once (dw_taps4 loads every input row K times). Multiply then add, taps in ascending order, as
+ * the portable kernels do, so every row gets the same bits whichever kernel computes it. */
+__attribute__((target("avx512f"))) static inline __attribute__((always_inline)) void dw_slide16(
+        float *o, const float *x, const float *w, size_t C, const int K) {
+    __m512 wv[DW_SLIDE_MAXK], acc[DW_SLIDE];
+    #pragma GCC unroll 15
+    for (int j = 0; j < K; j++) wv[j] = _mm512_loadu_ps(w + (size_t)j * C);
+    #pragma GCC unroll 8
+    for (int i = 0; i < DW_SLIDE; i++) acc[i] = _mm512_setzero_ps();
+    #pragma GCC unroll 22
+    for (int q = 0; q < K + DW_SLIDE - 1; q++) {
+        const __m512 xv = _mm512_loadu_ps(x + (size_t)q * C);
+        #pragma GCC unroll 8
+        for (int i = 0; i < DW_SLIDE; i++) {
+            const int j = q - i;
+            if (j >= 0 && j < K) acc[i] = _mm512_add_ps(acc[i], _mm512_mul_ps(wv[j], xv));
+        }
+    }
+    #pragma GCC unroll 8
+    for (int i = 0; i < DW_SLIDE; i++) _mm512_storeu_ps(o + (size_t)i * C, acc[i]);
+}
+
+/* DW_SLIDE whole rows of C channels (C % 16 == 0, K odd <= DW_SLIDE_MAXK) with dw_slide16, the
+ * tap count a constant in each instance. */
+__attribute__((target("avx512f"))) static void dw_slide(float *o, const float *x, const float *w,
+                                                      int C, int K) {
+    for (int c0 = 0; c0 < C; c0 += 16) {
+        switch (K) {
+        case 1: dw_slide16(o + c0, x + c0, w + c0, (size_t)C, 1); break;
+        case 3: dw_slide16(o + c0, x + c0, w + c0, (size_t)C, 3); break;
+        case 5: dw_slide16(o + c0, x + c0, w + c0, (size_t)C, 5); break;
+        case 7: dw_slide16(o + c0, x + c0, w + c0, (size_t)C, 7); break;
+        case 9: dw_slide16(o + c0, x + c0, w + c0, (size_t)C, 9); break;
+        case 11: dw_slide16(o + c0, x + c0, w + c0, (size_t)C, 11); break;
+        case 13: dw_slide16(o + c0, x + c0, w + c0, (size_t)C, 13); break;
+        default: dw_slide16(o + c0, x + c0, w + c0, (size_t)C, 15); break;
+        }
+    }
+}
+
+/* 1 when dw_slide can run: an AVX-512 CPU, whole groups of 16 channels, an odd K up to 15. */
+static int dw_slide_ok(int C, int K) {
+    static int cpu = -1;
+    if (cpu < 0) {
+        __builtin_cpu_init();
+        cpu = __builtin_cpu_supports("avx512f") != 0;
+    }
+    return cpu && C % 16 == 0 && K % 2 == 1 && K <= DW_SLIDE_MAXK;
+}
+
 void dwconv_forward(float *out, const float *inp, const float *w, const int *lens, int B, int C,
                     int K) {
     size_t N = 0;
     for (int b = 0; b < B; b++) N += (size_t)lens[b];
-    const int r = (K - 1) / 2;
+    const int r = (K - 1) / 2, slide = dw_slide_ok(C, K);
     #pragma omp parallel if (N * C > OMP_MIN)
     {
         size_t p0, p1, s0;
@@ -633,6 +689,11 @@ void dwconv_forward(float *out, const float *inp, const float *w, const int *len
         for (size_t p = p0; p < p1;) {
             while (p >= s0 + (size_t)lens[b]) s0 += (size_t)lens[b++];
             const int t = (int)(p - s0), L = lens[b];
+            if (slide && t >= r && t + DW_SLIDE - 1 + r < L && p + DW_SLIDE <= p1) {
+                dw_slide(out + p * C, inp + (p - r) * C, w, C, K);
+                p += DW_SLIDE;
+                continue;
+            }
             if (t >= r && t + DW_ROWS - 1 + r < L && p + DW_ROWS <= p1) {
                 /* DW_ROWS rows whose K taps are all inside the sequence */
                 dw_taps(out + p * C, inp + (p - r) * C, w, C, C, K, 0, DW_ROWS);
