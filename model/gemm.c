@@ -29,6 +29,7 @@
 #include "gemm.h"
 
 #include <immintrin.h>
+#include <omp.h>
 #include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -482,7 +483,16 @@ static void gemm_packed(const gm_impl *im, int ta, int tb, int M, int N, int K, 
     }
     const int npa = (M + MR - 1) / MR, npb = (N + NR - 1) / NR;
     const int kcmax = K < KC ? K : KC, kumax = ku_of(im, kcmax), kublk = ku_of(im, KC);
-    const int nblk = (npa + MC_PANELS - 1) / MC_PANELS, ntiles = nblk * npb;
+    /* tiles: (block of A panels, B panel); the blocks split the A panels evenly (not MC_PANELS
+     * then a remainder) and there are enough of them for a whole number of equal tiles per thread,
+     * at least two each: a static split of unequal tiles left one thread waiting for the other */
+    const int par = (double)M * N * K > GM_PAR_MIN;
+    const int nt = par && !omp_in_parallel() ? omp_get_max_threads() : 1;
+    int nblk = (npa + MC_PANELS - 1) / MC_PANELS;
+    if (nblk * npb < 2 * nt) nblk = (2 * nt + npb - 1) / npb;
+    if (nblk > npa) nblk = npa;
+    while (nblk < npa && (nblk * npb) % nt) nblk++;
+    const int ntiles = nblk * npb;
     const int direct = im->kernel_direct != NULL;   /* float32: A read in place, not packed */
     uint32_t *ap = direct ? NULL : aligned_alloc(64, ((sizeof(uint32_t) * (size_t)npa * MR * kumax) + 63) & ~(size_t)63);
     uint32_t *bp = pre ? NULL : aligned_alloc(64, ((sizeof(uint32_t) * (size_t)npb * NR * kumax) + 63) & ~(size_t)63);
@@ -492,7 +502,7 @@ static void gemm_packed(const gm_impl *im, int ta, int tb, int M, int N, int K, 
         cblas_sgemm(CblasRowMajor, cb(ta), cb(tb), M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
         return;
     }
-    #pragma omp parallel if ((double)M * N * K > GM_PAR_MIN)
+    #pragma omp parallel if (par)
     for (int k0 = 0; k0 < K; k0 += KC) {
         const int kc = K - k0 < KC ? K - k0 : KC, ku = ku_of(im, kc);
         const uint32_t *bk = pre ? pre + (size_t)npb * NR * kublk * (k0 / KC) : bp;
@@ -509,9 +519,9 @@ static void gemm_packed(const gm_impl *im, int ta, int tb, int M, int N, int K, 
         #pragma omp for schedule(static)
         for (int t = 0; t < ntiles; t++) {
             const int blk = t / npb, pb = t % npb;
-            const int pa1 = (blk + 1) * MC_PANELS < npa ? (blk + 1) * MC_PANELS : npa;
+            const int pa0 = (int)((long)npa * blk / nblk), pa1 = (int)((long)npa * (blk + 1) / nblk);
             const int n0 = pb * NR, nc = N - n0 < NR ? N - n0 : NR;
-            for (int pa = blk * MC_PANELS; pa < pa1; pa++) {
+            for (int pa = pa0; pa < pa1; pa++) {
                 const int m0 = pa * MR, mr = M - m0 < MR ? M - m0 : MR;
                 if (direct)
                     im->kernel_direct(ku, ta ? A + (long)k0 * lda + m0 : A + (long)m0 * lda + k0,
