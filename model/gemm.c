@@ -483,18 +483,21 @@ static void gemm_packed(const gm_impl *im, int ta, int tb, int M, int N, int K, 
     }
     const int npa = (M + MR - 1) / MR, npb = (N + NR - 1) / NR;
     const int kcmax = K < KC ? K : KC, kumax = ku_of(im, kcmax), kublk = ku_of(im, KC);
-    /* tiles: (block of A panels, B panel); the blocks split the A panels evenly (not MC_PANELS
-     * then a remainder) and there are enough of them for a whole number of equal tiles per thread,
-     * at least two each: a static split of unequal tiles left one thread waiting for the other */
+    /* threads: each takes an equal share of the A panels (all B panels), or of the B panels
+     * (every A panel: a private copy of the A packs) for a small A that splits unevenly. A
+     * thread packs the A panels it uses itself, so with B's packs cached (inference) the threads
+     * never wait for each other until the end; without the cache B is packed by all of them, a
+     * barrier before and after. (A static split of fixed-size tiles left one thread waiting for the
+     * other in a fifth of an L = 512 pass.) */
     const int par = (double)M * N * K > GM_PAR_MIN;
     const int nt = par && !omp_in_parallel() ? omp_get_max_threads() : 1;
-    int nblk = (npa + MC_PANELS - 1) / MC_PANELS;
-    if (nblk * npb < 2 * nt) nblk = (2 * nt + npb - 1) / npb;
-    if (nblk > npa) nblk = npa;
-    while (nblk < npa && (nblk * npb) % nt) nblk++;
-    const int ntiles = nblk * npb;
+    const long load_a = (long)((npa + nt - 1) / nt) * npb, load_b = (long)npa * ((npb + nt - 1) / nt);
+    /* split B when that gives the busiest thread fewer panel pairs and A is small (each thread then
+     * packs all of A: at L = 512, 37 panels, that cost more than it saved) */
+    const int split_b = nt > 1 && npa < 4 * nt && load_b < load_a;
     const int direct = im->kernel_direct != NULL;   /* float32: A read in place, not packed */
-    uint32_t *ap = direct ? NULL : aligned_alloc(64, ((sizeof(uint32_t) * (size_t)npa * MR * kumax) + 63) & ~(size_t)63);
+    const size_t apanel = (size_t)MR * kumax;       /* dwords of one A panel */
+    uint32_t *ap = direct ? NULL : aligned_alloc(64, ((sizeof(uint32_t) * apanel * npa * (split_b ? nt : 1)) + 63) & ~(size_t)63);
     uint32_t *bp = pre ? NULL : aligned_alloc(64, ((sizeof(uint32_t) * (size_t)npb * NR * kumax) + 63) & ~(size_t)63);
     if ((!direct && !ap) || (!pre && !bp)) {   /* out of memory for the packs: the float32 product needs none */
         free(ap);
@@ -503,33 +506,40 @@ static void gemm_packed(const gm_impl *im, int ta, int tb, int M, int N, int K, 
         return;
     }
     #pragma omp parallel if (par)
-    for (int k0 = 0; k0 < K; k0 += KC) {
-        const int kc = K - k0 < KC ? K - k0 : KC, ku = ku_of(im, kc);
-        const uint32_t *bk = pre ? pre + (size_t)npb * NR * kublk * (k0 / KC) : bp;
-        if (!pre) {
-            #pragma omp for schedule(static)
-            for (int p = 0; p < npb; p++)
-                im->pack(bp + (size_t)p * NR * ku, !tb, B, ldb, N, p * NR, k0, kc, NR);
-        }
-        if (!direct) {
-            #pragma omp for schedule(static)
-            for (int p = 0; p < npa; p++)
-                im->pack(ap + (size_t)p * MR * ku, ta, A, lda, M, p * MR, k0, kc, MR);
-        }
-        #pragma omp for schedule(static)
-        for (int t = 0; t < ntiles; t++) {
-            const int blk = t / npb, pb = t % npb;
-            const int pa0 = (int)((long)npa * blk / nblk), pa1 = (int)((long)npa * (blk + 1) / nblk);
-            const int n0 = pb * NR, nc = N - n0 < NR ? N - n0 : NR;
-            for (int pa = pa0; pa < pa1; pa++) {
-                const int m0 = pa * MR, mr = M - m0 < MR ? M - m0 : MR;
-                if (direct)
-                    im->kernel_direct(ku, ta ? A + (long)k0 * lda + m0 : A + (long)m0 * lda + k0,
-                                      ta ? 1 : lda, ta ? lda : 1, bk + (size_t)pb * NR * ku,
-                                      C + (long)m0 * ldc + n0, ldc, mr, nc, alpha, beta, k0 == 0);
-                else
-                    im->kernel(ku, ap + (size_t)pa * MR * ku, bk + (size_t)pb * NR * ku,
-                               C + (long)m0 * ldc + n0, ldc, mr, nc, alpha, beta, k0 == 0);
+    {
+        const int tid = omp_get_thread_num(), nth = omp_get_num_threads();
+        const int sb = split_b && nth > 1;
+        const int a0 = sb ? 0 : (int)((long)npa * tid / nth), a1 = sb ? npa : (int)((long)npa * (tid + 1) / nth);
+        const int b0 = sb ? (int)((long)npb * tid / nth) : 0, b1 = sb ? (int)((long)npb * (tid + 1) / nth) : npb;
+        uint32_t *apt = ap && sb ? ap + apanel * npa * tid : ap;   /* this thread's A packs */
+        for (int k0 = 0; k0 < K; k0 += KC) {
+            const int kc = K - k0 < KC ? K - k0 : KC, ku = ku_of(im, kc);
+            const uint32_t *bk = pre ? pre + (size_t)npb * NR * kublk * (k0 / KC) : bp;
+            if (!pre) {
+                #pragma omp barrier
+                #pragma omp for schedule(static)
+                for (int p = 0; p < npb; p++)
+                    im->pack(bp + (size_t)p * NR * ku, !tb, B, ldb, N, p * NR, k0, kc, NR);
+            }
+            if (!direct && b1 > b0)
+                for (int p = a0; p < a1; p++)
+                    im->pack(apt + (size_t)p * MR * ku, ta, A, lda, M, p * MR, k0, kc, MR);
+            /* blocks of MC_PANELS A panels (in L2) x this thread's B panels */
+            for (int q0 = a0; q0 < a1; q0 += MC_PANELS) {
+                const int q1 = q0 + MC_PANELS < a1 ? q0 + MC_PANELS : a1;
+                for (int pb = b0; pb < b1; pb++) {
+                    const int n0 = pb * NR, nc = N - n0 < NR ? N - n0 : NR;
+                    for (int pa = q0; pa < q1; pa++) {
+                        const int m0 = pa * MR, mr = M - m0 < MR ? M - m0 : MR;
+                        if (direct)
+                            im->kernel_direct(ku, ta ? A + (long)k0 * lda + m0 : A + (long)m0 * lda + k0,
+                                              ta ? 1 : lda, ta ? lda : 1, bk + (size_t)pb * NR * ku,
+                                              C + (long)m0 * ldc + n0, ldc, mr, nc, alpha, beta, k0 == 0);
+                        else
+                            im->kernel(ku, apt + (size_t)pa * MR * ku, bk + (size_t)pb * NR * ku,
+                                       C + (long)m0 * ldc + n0, ldc, mr, nc, alpha, beta, k0 == 0);
+                    }
+                }
             }
         }
     }
