@@ -67,17 +67,20 @@ static void naive_dwconv(float *out, const float *inp, const float *w, const int
     }
 }
 
-/* A batch big enough for the parallel paths: 1 vs 2 threads give bit-identical results, the
- * forward matches the definition, and the backward matches the transpose identity
- * <conv(x), g> = <x, conv^T(g)> and <dw, 1> = sum of the products. */
-static void test_op_threads(void) {
-    int lens[] = { 1, 2, 3, 700, 5, 260, 1 }, B = 7, C = 40, K = 5;
+/* A batch big enough for the parallel paths, C channels, width K: 1 vs 2 threads give
+ * bit-identical results (the threads' row ranges start elsewhere, so rows move between the
+ * 8-row AVX-512 kernel, which runs where C % 16 == 0 and K <= 15, and the 4-row and 1-row
+ * portable ones), the forward matches the definition, and the backward matches the transpose
+ * identity <conv(x), g> = <x, conv^T(g)> and <dw, 1> = sum of the products. */
+static void test_op_threads(int C, int K) {
+    int lens[] = { 1, 2, 3, 700, 5, 260, 1 }, B = 7;
     size_t N = 0;
     for (int b = 0; b < B; b++) N += (size_t)lens[b];
     float *x = malloc(N * C * sizeof(float)), *g = malloc(N * C * sizeof(float));
     float *o1 = malloc(N * C * sizeof(float)), *o2 = malloc(N * C * sizeof(float));
     float *on = malloc(N * C * sizeof(float)), *d1 = calloc(N * C, sizeof(float));
-    float *d2 = calloc(N * C, sizeof(float)), w[7 * 40], dw1[7 * 40] = {0}, dw2[7 * 40] = {0};
+    float *d2 = calloc(N * C, sizeof(float)), *w = malloc(sizeof(float) * K * C);
+    float *dw1 = calloc((size_t)K * C, sizeof(float)), *dw2 = calloc((size_t)K * C, sizeof(float));
     uint64_t r = 12345;
     for (size_t i = 0; i < N * C; i++) {
         r = r * 6364136223846793005ULL + 1442695040888963407ULL;
@@ -97,7 +100,7 @@ static void test_op_threads(void) {
     printf("dwconv op, N %zu C %d K %d: forward vs definition max abs diff %.3g\n", N, C, K, dfw);
     CHECK(dfw < 1e-5);
     int same = memcmp(o1, o2, N * C * sizeof(float)) == 0 && memcmp(d1, d2, N * C * sizeof(float)) == 0 &&
-               memcmp(dw1, dw2, sizeof dw1) == 0;
+               memcmp(dw1, dw2, sizeof(float) * K * C) == 0;
     printf("  1 vs 2 threads: %s\n", same ? "bit-identical" : "DIFFERENT");
     CHECK(same);
     /* <conv(x), g> == <x, dinp> and == sum_jc w[j,c] dw[j,c]  (both are sum_t,j,c of the same terms) */
@@ -106,7 +109,7 @@ static void test_op_threads(void) {
     for (int i = 0; i < K * C; i++) c += (double)w[i] * dw1[i];
     printf("  adjoint: <conv x, g> %.6f, <x, conv^T g> %.6f, <w, dw> %.6f\n", a, b, c);
     CHECK(fabs(a - b) < 1e-3 * (1 + fabs(a)) && fabs(a - c) < 1e-3 * (1 + fabs(a)));
-    free(x); free(g); free(o1); free(o2); free(on); free(d1); free(d2);
+    free(x); free(g); free(o1); free(o2); free(on); free(d1); free(d2); free(w); free(dw1); free(dw2);
 }
 
 /* ---- the conv model against the reference ------------------------------------------------------ */
@@ -238,7 +241,11 @@ int main(void) {
     char dir[] = "/tmp/test_conv.XXXXXX";
     CHECK(mkdtemp(dir) != NULL);
     test_op_fixture();
-    test_op_threads();
+    test_op_threads(40, 5);
+    test_op_threads(48, 15);   /* the AVX-512 kernel: 3 groups of 16 channels, the widest K */
+    test_op_threads(32, 7);
+    test_op_threads(16, 1);
+    test_op_threads(32, 17);   /* K over its limit: the portable kernels only */
     pf_model *m = NULL, *base = NULL;
     CHECKF(pf_model_load(&m, "tests/fixtures/model_conv3.safetensors", err, sizeof err) == 0, "%s", err);
     CHECKF(pf_model_load(&base, "tests/fixtures/model.safetensors", err, sizeof err) == 0, "%s", err);
