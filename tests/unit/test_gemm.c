@@ -219,11 +219,13 @@ static void check_favor_products(void) {
 
 /* Every transpose of the edge shapes below with three (alpha, beta), for the product under test;
  * returns the worst relative error. Shapes: single elements, partial and full panels (MR 14,
- * NR 32), odd K, K over one block (256), several A blocks (224 rows). */
+ * NR 32), odd K, K over one block (256), several A blocks (224 rows), and two on two threads
+ * with few A panels, which the threads split by B panels (each packing all of A). */
 static double check_products(void) {
     static const int shapes[][3] = {
         {1, 1, 1}, {1, 33, 2}, {14, 32, 256}, {15, 33, 257}, {13, 31, 7}, {29, 65, 513},
         {100, 20, 600}, {238, 70, 300}, {3, 100, 1}, {450, 40, 64}, {20, 256, 1030},
+        {64, 256, 300}, {5, 700, 400},
     };
     static const float ab[][2] = { {1.0f, 0.0f}, {0.5f, 1.0f}, {-2.0f, -0.5f} };
     double worst = 0;
@@ -238,10 +240,10 @@ static double check_products(void) {
     return worst;
 }
 
-/* The product under test gives the same bits on one thread and on two, for each transpose. */
-static void check_thread_bits(void) {
+/* The product under test gives the same bits on one thread and on two, for each transpose, with
+ * the threads splitting A's panels (M x N x K) or B's (m x N x K). */
+static void check_thread_bits_one(int M, int N, int K) {
     uint64_t s = 19;
-    const int M = 700, N = 300, K = 600;
     float *A = malloc(sizeof(float) * M * K), *B = malloc(sizeof(float) * N * K);
     float *C1 = malloc(sizeof(float) * M * N), *C2 = malloc(sizeof(float) * M * N);
     for (int i = 0; i < M * K; i++) A[i] = urand(&s);
@@ -252,10 +254,15 @@ static void check_thread_bits(void) {
         prod(ta, tb, M, N, K, 1.0f, A, ta ? M : K, B, tb ? K : N, 0.0f, C1, N);
         omp_set_num_threads(2);
         prod(ta, tb, M, N, K, 1.0f, A, ta ? M : K, B, tb ? K : N, 0.0f, C2, N);
-        CHECKF(memcmp(C1, C2, sizeof(float) * M * N) == 0, "%s ta %d tb %d: 1 and 2 threads differ",
-               g_f32 ? "fp32" : "bf16", ta, tb);
+        CHECKF(memcmp(C1, C2, sizeof(float) * M * N) == 0, "%s ta %d tb %d M %d: 1 and 2 threads differ",
+               g_f32 ? "fp32" : "bf16", ta, tb, M);
     }
     free(A); free(B); free(C1); free(C2);
+}
+
+static void check_thread_bits(void) {
+    check_thread_bits_one(700, 300, 600);
+    check_thread_bits_one(64, 300, 600);
 }
 
 int main(void) {
