@@ -229,6 +229,16 @@ BF16_TARGET static void pack_kcontig(uint32_t *dst, const float *src, long ld, i
     }
 }
 
+/* For the 16 panel rows from i of a panel of R rows from r0 (of a matrix of rows rows): *mv = the
+ * rows to read (those < rows), *md = the rows to write (those < R). */
+static inline void row_masks(int rows, int r0, int i, int R, __mmask16 *mv, __mmask16 *md) {
+    const int nr = rows - r0 - i;   /* valid source rows from here on */
+    const int nd = R - i < 16 ? R - i : 16;
+    const int nv = nr <= 0 ? 0 : nr < nd ? nr : nd;
+    *mv = (__mmask16)(nv >= 16 ? 0xffff : (1u << nv) - 1);
+    *md = (__mmask16)(nd >= 16 ? 0xffff : (1u << nd) - 1);
+}
+
 /* Packs rows [r0, r0 + R) x k [k0, k0 + kc) of a matrix stored k-major (element (r, k) at
  * src[k * ld + r]) into one panel dst[kc2][R] of bf16 pairs; rows >= rows and k >= kc are zero. */
 BF16_TARGET static void pack_kstrided(uint32_t *dst, const float *src, long ld, int rows, int r0,
@@ -240,11 +250,8 @@ BF16_TARGET static void pack_kstrided(uint32_t *dst, const float *src, long ld, 
         const int have1 = 2 * k2 + 1 < kc;
         uint32_t *d = dst + (size_t)k2 * R;
         for (int i = 0; i < R; i += 16) {
-            const int nr = rows - r0 - i;   /* valid source rows from here on */
-            const int nd = R - i < 16 ? R - i : 16;
-            const int nv = nr <= 0 ? 0 : nr < nd ? nr : nd;
-            const __mmask16 mv = (__mmask16)(nv >= 16 ? 0xffff : (1u << nv) - 1);
-            const __mmask16 md = (__mmask16)(nd >= 16 ? 0xffff : (1u << nd) - 1);
+            __mmask16 mv, md;
+            row_masks(rows, r0, i, R, &mv, &md);
             const __m512 a = _mm512_maskz_loadu_ps(mv, s0 + i);
             const __m512 b = have1 ? _mm512_maskz_loadu_ps(mv, s1 + i) : _mm512_setzero_ps();
             const __m512i lo = _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(a));
@@ -309,11 +316,8 @@ F32_TARGET static void pack_f32(uint32_t *dst, int kmajor, const float *src, lon
             const float *s = src + (long)(k0 + k) * ld + r0;
             uint32_t *d = dst + (size_t)k * R;
             for (int i = 0; i < R; i += 16) {
-                const int nr = rows - r0 - i;   /* valid source rows from here on */
-                const int nd = R - i < 16 ? R - i : 16;
-                const int nv = nr <= 0 ? 0 : nr < nd ? nr : nd;
-                const __mmask16 mv = (__mmask16)(nv >= 16 ? 0xffff : (1u << nv) - 1);
-                const __mmask16 md = (__mmask16)(nd >= 16 ? 0xffff : (1u << nd) - 1);
+                __mmask16 mv, md;
+                row_masks(rows, r0, i, R, &mv, &md);
                 _mm512_mask_storeu_ps((float *)(d + i), md, _mm512_maskz_loadu_ps(mv, s + i));
             }
         }
