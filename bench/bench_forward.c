@@ -8,7 +8,7 @@
  *                 [--warmup N] [--min-reps N] [--max-reps N] [--min-time S] [--single-over S]
  *                 [--seed S] [--tokens-out F] [--logp-out F] [--exact-limit-mb MB]
  *                 [--precision fp32|bf16] [--group-tokens N] [--seq-parallel-len N]
- *                 [--fp32-kernel own|openblas]
+ *                 [--fp32-kernel own|openblas] [--ffn-rows N]
  *       Runs pf_forward on B random sequences of L framed positions (<cls> + L-2 standard
  *       residues + <eos>) with warm-up and repeats; reports median/min/max seconds, the matmul
  *       FLOPs of one forward (weights/FORMAT.md shapes), GFLOP/s, and memory: VmRSS after loading
@@ -22,7 +22,8 @@
  *       `performer --precision` does) before the model runs; bf16 on a CPU without AVX-512 BF16
  *       fails with exit 2. The JSON line always says "precision". --fp32-kernel (default: own
  *       where the CPU has AVX-512F, as in every program) picks the float32 products' kernel
- *       (gm_fp32_own); the JSON line says "fp32_kernel".
+ *       (gm_fp32_own); the JSON line says "fp32_kernel". --ffn-rows N sets pf_set_ffn_rows (the
+ *       feed-forward block's rows per chunk; default PF_FFN_ROWS_DEFAULT).
  *       --group-tokens N (default PF_GROUP_TOKENS_DEFAULT; 0 = the whole batch at once) sets
  *       pf_set_group_tokens; the JSON line says "group_tokens". --seq-parallel-len N (default
  *       PF_SEQ_PARALLEL_LEN_DEFAULT; 0 = never) sets pf_set_seq_parallel_len ("seq_parallel_len").
@@ -111,7 +112,7 @@ static void usage(void) {
             "                     [--warmup N] [--min-reps N] [--max-reps N] [--min-time S]\n"
             "                     [--single-over S] [--seed S] [--tokens-out F] [--logp-out F]\n"
             "                     [--exact-limit-mb MB] [--precision fp32|bf16] [--group-tokens N]\n"
-            "                     [--seq-parallel-len N] [--fp32-kernel own|openblas]\n"
+            "                     [--seq-parallel-len N] [--fp32-kernel own|openblas] [--ffn-rows N]\n"
             "       bench_forward sgemm [--threads N] [--n 2048] [--reps 5] [--shapes-T T]\n"
             "                     [--d D] [--d-ff F]\n"
             "       bench_forward dwconv [--threads N] [--batch B] [--len L] [--d C] [--conv K]\n"
@@ -296,6 +297,7 @@ int main(int argc, char **argv) {
     const char *mode = argv[1];
     const char *weights = "weights/model.safetensors", *kname = NULL, *tok_out = NULL, *logp_out = NULL;
     const char *prec_name = NULL, *f32k = NULL;
+    long ffn_rows = -1;   /* -1: the library's default */
     int L = 0, B = 1, threads = 2, warmup = 1, min_reps = 3, max_reps = 50, n = 2048, reps = 5;
     int shapesT = 0, d = 256, F = 1024, conv = 15;
     double min_time = 2.0, single_over = 5.0, exact_limit_mb = 0;
@@ -328,6 +330,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--exact-limit-mb")) exact_limit_mb = atof(v);
         else if (!strcmp(a, "--precision")) prec_name = v;
         else if (!strcmp(a, "--fp32-kernel")) f32k = v;
+        else if (!strcmp(a, "--ffn-rows")) ffn_rows = atol(v);
         else if (!strcmp(a, "--group-tokens")) group_tokens = atol(v);
         else if (!strcmp(a, "--seq-parallel-len")) seq_par = atoi(v);
         else usage();
@@ -358,6 +361,7 @@ int main(int argc, char **argv) {
     if (strcmp(mode, "forward") != 0 || L < 3 || B < 1 || max_reps < 1 || group_tokens < 0) usage();
     pf_set_group_tokens((size_t)group_tokens);
     pf_set_seq_parallel_len(seq_par);
+    if (ffn_rows >= 0) pf_set_ffn_rows((size_t)ffn_rows);
     char perr[128];
     if (gm_select_precision(prec_name ? prec_name : "fp32", perr, sizeof perr) != 0) {
         fprintf(stderr, "bench_forward: %s\n", perr);
