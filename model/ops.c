@@ -481,16 +481,30 @@ void favor_backward(float *dq, float *dk, float *dv, const float *dout, const fl
 
 /* ---- exact softmax attention --------------------------------------------------------------- */
 
-/* In place softmax of each row of x[N, C]. */
+/* In place softmax of each row of x[N, C] (SIMD max and sum, exp_vec). */
 static void softmax_rows(float *x, int N, int C) {
     #pragma omp parallel for if ((size_t)N * C > OMP_MIN)
     for (int p = 0; p < N; p++) {
         float *r = x + (size_t)p * C, mx = -FLT_MAX, s = 0;
-        for (int i = 0; i < C; i++) if (r[i] > mx) mx = r[i];
-        for (int i = 0; i < C; i++) { r[i] = expf(r[i] - mx); s += r[i]; }
+        #pragma omp simd reduction(max:mx)
+        for (int i = 0; i < C; i++) mx = r[i] > mx ? r[i] : mx;
+        #pragma omp simd reduction(+:s)
+        for (int i = 0; i < C; i++) { r[i] = exp_vec(r[i] - mx); s += r[i]; }
         float inv = 1.0f / s;
+        #pragma omp simd
         for (int i = 0; i < C; i++) r[i] *= inv;
     }
+}
+
+/* C = alpha op(A) op(B) in float32 whatever the process's precision (the exact attention's
+ * products): the own float32 kernel where there is one, else OpenBLAS. */
+static void f32_gemm(int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda,
+                     const float *B, int ldb, float *C, int ldc) {
+    if (gm_fp32_is_own())
+        gm_sgemm_f32(ta, tb, M, N, K, alpha, A, lda, B, ldb, 0.0f, C, ldc);
+    else
+        cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans,
+                    M, N, K, alpha, A, lda, B, ldb, 0.0f, C, ldc);
 }
 
 void exact_forward(float *out, float *att, const float *q, const float *k, const float *v, int L,
@@ -499,11 +513,9 @@ void exact_forward(float *out, float *att, const float *q, const float *k, const
     const float scale = 1.0f / sqrtf((float)dh);
     for (int h = 0; h < H; h++) {
         float *a = att + (save_all ? (size_t)h * L * L : 0);
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, L, L, dh, scale, q + (size_t)h * dh, d,
-                    k + (size_t)h * dh, d, 0.0f, a, L);
+        f32_gemm(0, 1, L, L, dh, scale, q + (size_t)h * dh, d, k + (size_t)h * dh, d, a, L);
         softmax_rows(a, L, L);
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, L, dh, L, 1.0f, a, L,
-                    v + (size_t)h * dh, d, 0.0f, out + (size_t)h * dh, d);
+        f32_gemm(0, 0, L, dh, L, 1.0f, a, L, v + (size_t)h * dh, d, out + (size_t)h * dh, d);
     }
 }
 
@@ -515,11 +527,9 @@ void exact_backward(float *dq, float *dk, float *dv, const float *dout, const fl
     for (int h = 0; h < H; h++) {
         const float *a = att + (size_t)h * L * L;
         const size_t o = (size_t)h * dh;
-        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, L, dh, L, 1.0f, a, L, dout + o, d,
-                    0.0f, dv + o, d);
+        f32_gemm(1, 0, L, dh, L, 1.0f, a, L, dout + o, d, dv + o, d);
         float *ds = scratch;
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, L, L, dh, 1.0f, dout + o, d, v + o, d,
-                    0.0f, ds, L);
+        f32_gemm(0, 1, L, L, dh, 1.0f, dout + o, d, v + o, d, ds, L);
         for (int p = 0; p < L; p++) {
             float *r = ds + (size_t)p * L;
             const float *ar = a + (size_t)p * L;
@@ -527,10 +537,8 @@ void exact_backward(float *dq, float *dk, float *dv, const float *dout, const fl
             for (int i = 0; i < L; i++) dot += r[i] * ar[i];
             for (int i = 0; i < L; i++) r[i] = ar[i] * (r[i] - dot);
         }
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, L, dh, L, scale, ds, L, k + o, d,
-                    0.0f, dq + o, d);
-        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, L, dh, L, scale, ds, L, q + o, d,
-                    0.0f, dk + o, d);
+        f32_gemm(0, 0, L, dh, L, scale, ds, L, k + o, d, dq + o, d);
+        f32_gemm(1, 0, L, dh, L, scale, ds, L, q + o, d, dk + o, d);
     }
 }
 
