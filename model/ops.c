@@ -632,23 +632,26 @@ static void dw_taps(float *o, const float *x, const float *w, int C, ptrdiff_t x
 #define DW_SLIDE 8      /* rows per block of the AVX-512 forward kernel below */
 #define DW_SLIDE_MAXK 15
 
-/* Rows i < DW_SLIDE, channels c < 16: o[i*C + c] = sum_{j<K} w[j*C + c] * x[(i + j)*C + c], the
- * K taps' weights held in registers while the K + DW_SLIDE - 1 input rows stream past, each loaded
- * once (dw_taps4 loads every input row K times). Multiply then add, taps in ascending order, as
- * the portable kernels do, so every row gets the same bits whichever kernel computes it. */
+/* Rows i < DW_SLIDE, channels c < 16, the K taps' weights held in registers while the input rows
+ * stream past, each loaded once (dw_taps4 loads every input row K times):
+ *   forward (rev 0): o[i*C + c] = sum_{j<K} w[j*C + c] * x[(i + j)*C + c], x rows 0..K+6;
+ *   input gradient (rev 1): o[i*C + c] += sum_{j<K} w[j*C + c] * x[(i - j)*C + c], x rows -(K-1)..7.
+ * Multiply then add, taps in ascending order, as dw_taps does, so every row gets the same bits
+ * whichever kernel computes it. */
 __attribute__((target("avx512f"))) static inline __attribute__((always_inline)) void dw_slide16(
-        float *o, const float *x, const float *w, size_t C, const int K) {
+        float *o, const float *x, const float *w, size_t C, const int K, const int rev) {
     __m512 wv[DW_SLIDE_MAXK], acc[DW_SLIDE];
     #pragma GCC unroll 15
     for (int j = 0; j < K; j++) wv[j] = _mm512_loadu_ps(w + (size_t)j * C);
     #pragma GCC unroll 8
-    for (int i = 0; i < DW_SLIDE; i++) acc[i] = _mm512_setzero_ps();
+    for (int i = 0; i < DW_SLIDE; i++) acc[i] = rev ? _mm512_loadu_ps(o + (size_t)i * C) : _mm512_setzero_ps();
     #pragma GCC unroll 22
-    for (int q = 0; q < K + DW_SLIDE - 1; q++) {
-        const __m512 xv = _mm512_loadu_ps(x + (size_t)q * C);
+    for (int n = 0; n < K + DW_SLIDE - 1; n++) {
+        const int q = rev ? DW_SLIDE - 1 - n : n;   /* input row; the reverse pass walks down */
+        const __m512 xv = _mm512_loadu_ps(x + (ptrdiff_t)q * (ptrdiff_t)C);
         #pragma GCC unroll 8
         for (int i = 0; i < DW_SLIDE; i++) {
-            const int j = q - i;
+            const int j = rev ? i - q : q - i;
             if (j >= 0 && j < K) acc[i] = _mm512_add_ps(acc[i], _mm512_mul_ps(wv[j], xv));
         }
     }
@@ -656,20 +659,21 @@ __attribute__((target("avx512f"))) static inline __attribute__((always_inline)) 
     for (int i = 0; i < DW_SLIDE; i++) _mm512_storeu_ps(o + (size_t)i * C, acc[i]);
 }
 
-/* DW_SLIDE whole rows of C channels (C % 16 == 0, K odd <= DW_SLIDE_MAXK) with dw_slide16, the
- * tap count a constant in each instance. */
+/* DW_SLIDE whole rows of C channels (C % 16 == 0, K odd <= DW_SLIDE_MAXK) with dw_slide16
+ * (forward, or input gradient with rev), the tap count a constant in each instance. */
 __attribute__((target("avx512f"))) static void dw_slide(float *o, const float *x, const float *w,
-                                                      int C, int K) {
+                                                      int C, int K, int rev) {
     for (int c0 = 0; c0 < C; c0 += 16) {
-        switch (K) {
-        case 1: dw_slide16(o + c0, x + c0, w + c0, (size_t)C, 1); break;
-        case 3: dw_slide16(o + c0, x + c0, w + c0, (size_t)C, 3); break;
-        case 5: dw_slide16(o + c0, x + c0, w + c0, (size_t)C, 5); break;
-        case 7: dw_slide16(o + c0, x + c0, w + c0, (size_t)C, 7); break;
-        case 9: dw_slide16(o + c0, x + c0, w + c0, (size_t)C, 9); break;
-        case 11: dw_slide16(o + c0, x + c0, w + c0, (size_t)C, 11); break;
-        case 13: dw_slide16(o + c0, x + c0, w + c0, (size_t)C, 13); break;
-        default: dw_slide16(o + c0, x + c0, w + c0, (size_t)C, 15); break;
+        float *oc = o + c0;
+        const float *xc = x + c0, *wc = w + c0;
+        const size_t Cs = (size_t)C;
+        switch (K * 2 + (rev != 0)) {
+#define DW_CASE(k) \
+        case 2 * (k): dw_slide16(oc, xc, wc, Cs, k, 0); break; \
+        case 2 * (k) + 1: dw_slide16(oc, xc, wc, Cs, k, 1); break;
+        DW_CASE(1) DW_CASE(3) DW_CASE(5) DW_CASE(7) DW_CASE(9) DW_CASE(11) DW_CASE(13) DW_CASE(15)
+#undef DW_CASE
+        default: break;   /* dw_slide_ok admits odd K <= 15 only */
         }
     }
 }
@@ -698,7 +702,7 @@ void dwconv_forward(float *out, const float *inp, const float *w, const int *len
             while (p >= s0 + (size_t)lens[b]) s0 += (size_t)lens[b++];
             const int t = (int)(p - s0), L = lens[b];
             if (slide && t >= r && t + DW_SLIDE - 1 + r < L && p + DW_SLIDE <= p1) {
-                dw_slide(out + p * C, inp + (p - r) * C, w, C, K);
+                dw_slide(out + p * C, inp + (p - r) * C, w, C, K, 0);
                 p += DW_SLIDE;
                 continue;
             }
@@ -766,7 +770,7 @@ void dwconv_backward(float *dinp, float *dw, const float *dout, const float *inp
                      const int *lens, int B, int C, int K) {
     size_t N = 0;
     for (int b = 0; b < B; b++) N += (size_t)lens[b];
-    const int r = (K - 1) / 2;
+    const int r = (K - 1) / 2, slide = dw_slide_ok(C, K);
     /* dinp[s] += sum_j w[j] * dout[s - j + r], over the positions of s's own sequence */
     #pragma omp parallel if (N * C > OMP_MIN)
     {
@@ -776,6 +780,11 @@ void dwconv_backward(float *dinp, float *dw, const float *dout, const float *inp
         for (size_t p = p0; p < p1;) {
             while (p >= s0 + (size_t)lens[b]) s0 += (size_t)lens[b++];
             const int s = (int)(p - s0), L = lens[b];
+            if (slide && s >= r && s + DW_SLIDE - 1 + r < L && p + DW_SLIDE <= p1) {
+                dw_slide(dinp + p * C, dout + (p + r) * C, w, C, K, 1);
+                p += DW_SLIDE;
+                continue;
+            }
             if (s >= r && s + DW_ROWS - 1 + r < L && p + DW_ROWS <= p1) {
                 dw_taps(dinp + p * C, dout + (p + r) * C, w, C, -(ptrdiff_t)C, K, 1, DW_ROWS);
                 p += DW_ROWS;
