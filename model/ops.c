@@ -629,7 +629,7 @@ static void dw_taps(float *o, const float *x, const float *w, int C, ptrdiff_t x
     }
 }
 
-#define DW_SLIDE 8      /* rows per block of the AVX-512 forward kernel below */
+#define DW_SLIDE 8      /* rows per block of the AVX-512 kernels below */
 #define DW_SLIDE_MAXK 15
 
 /* Rows i < DW_SLIDE, channels c < 16, the K taps' weights held in registers while the input rows
@@ -756,6 +756,55 @@ static void dw_grad_taps(float *restrict acc, const float *restrict g, const flo
     }
 }
 
+/* Taps j < K, channels c < 16: acc[j*DW_BLOCK + c] += sum_{t<nr} g[t*C + c] * x[(t + j)*C + c],
+ * all K sums in registers while the rows stream past, 8 rows of g at a time (each x row loaded
+ * once per 8 rows, not K times as in dw_grad_taps). Each sum over t in ascending order, multiply
+ * then add, as dw_grad_taps, so the bits do not depend on the kernel. */
+__attribute__((target("avx512f"))) static inline __attribute__((always_inline)) void dw_grad_slide16(
+        float *acc, const float *g, const float *x, size_t C, int nr, const int K) {
+    __m512 a[DW_SLIDE_MAXK];
+    #pragma GCC unroll 15
+    for (int j = 0; j < K; j++) a[j] = _mm512_loadu_ps(acc + (size_t)j * DW_BLOCK);
+    int t = 0;
+    for (; t + DW_SLIDE <= nr; t += DW_SLIDE) {
+        __m512 gv[DW_SLIDE];
+        #pragma GCC unroll 8
+        for (int i = 0; i < DW_SLIDE; i++) gv[i] = _mm512_loadu_ps(g + (size_t)(t + i) * C);
+        #pragma GCC unroll 22
+        for (int u = 0; u < K + DW_SLIDE - 1; u++) {   /* x row t + u */
+            const __m512 xv = _mm512_loadu_ps(x + (size_t)(t + u) * C);
+            #pragma GCC unroll 8
+            for (int i = 0; i < DW_SLIDE; i++) {
+                const int j = u - i;
+                if (j >= 0 && j < K) a[j] = _mm512_add_ps(a[j], _mm512_mul_ps(gv[i], xv));
+            }
+        }
+    }
+    for (; t < nr; t++) {
+        const __m512 gt = _mm512_loadu_ps(g + (size_t)t * C);
+        #pragma GCC unroll 15
+        for (int j = 0; j < K; j++)
+            a[j] = _mm512_add_ps(a[j], _mm512_mul_ps(gt, _mm512_loadu_ps(x + (size_t)(t + j) * C)));
+    }
+    #pragma GCC unroll 15
+    for (int j = 0; j < K; j++) _mm512_storeu_ps(acc + (size_t)j * DW_BLOCK, a[j]);
+}
+
+/* dw_grad_slide16 over nc channels (a multiple of 16; K odd <= DW_SLIDE_MAXK), the tap count a
+ * constant in each instance. */
+__attribute__((target("avx512f"))) static void dw_grad_slide(float *acc, const float *g,
+                                                           const float *x, size_t C, int nr,
+                                                           int nc, int K) {
+    for (int q = 0; q < nc; q += 16) {
+        switch (K) {
+#define DW_CASE(k) case k: dw_grad_slide16(acc + q, g + q, x + q, C, nr, k); break;
+        DW_CASE(1) DW_CASE(3) DW_CASE(5) DW_CASE(7) DW_CASE(9) DW_CASE(11) DW_CASE(13) DW_CASE(15)
+#undef DW_CASE
+        default: break;   /* dw_slide_ok admits odd K <= 15 only */
+        }
+    }
+}
+
 /* acc[j*DW_BLOCK + c] += g[c] * x[j*C + c] for taps j < n and channels c < nc (one row). */
 static void dw_grad_row(float *acc, const float *g, const float *x, size_t C, int n, int nc) {
     for (int j = 0; j < n; j++) {
@@ -825,6 +874,10 @@ void dwconv_backward(float *dinp, float *dw, const float *dout, const float *inp
                         const int nr = ib - t0 < DW_TILE ? ib - t0 : DW_TILE;
                         const float *g = dout + (s0 + t0) * Cs + c0;
                         const float *x = inp + (s0 + t0 - r) * Cs + c0;
+                        if (slide) {   /* C % 16 == 0, so nc is a multiple of 16 too */
+                            dw_grad_slide(acc, g, x, Cs, nr, nc, K);
+                            continue;
+                        }
                         for (int q = 0; q < nv; q += DW_CH)
                             for (int j = 0; j < K; j += DW_TAPS)
                                 dw_grad_taps(acc + (size_t)j * DW_BLOCK + q, g + q,
