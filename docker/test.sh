@@ -281,9 +281,9 @@ cors=$(curl -sS -m 5 -o /dev/null -D - -X OPTIONS -H "Origin: $ORIGIN" -H 'Acces
 grep -qi "^access-control-allow-origin: $ORIGIN\$" <<<"$cors" || die "CORS preflight for $ORIGIN not allowed: $cors"
 log "POST /predict -> id ${ID:0:16}..., GET by id, CORS preflight: ok"
 
-# Graceful drain: a request in flight when SIGTERM arrives is still answered (2 x 12,000 residues,
-# about 1-2 s of work on one thread with the 6-layer model; 2 x 30,000 took over the daemon's 7 s
-# drain window there), then the container exits 0.
+# Graceful drain: a request in flight when SIGTERM arrives is still answered (2 x 12,000 residues on
+# one thread; 2 x 30,000 outlasted the daemon's 7 s drain window with the 6-layer model), then the
+# container exits 0.
 rnd() { (set +o pipefail; tr -dc 'ACDEFGHIKLMNPQRSTVWY' < /dev/urandom | head -c "$1"); }
 printf '{"sequences": ["%s", "%s"], "mask_positions": [[1], [2]], "top_k": 1}' "$(rnd 12000)" "$(rnd 12000)" > "$WORK/long.json"
 curl -sS -m 30 -o "$WORK/long.out" -w '%{http_code}' -H 'Content-Type: application/json' \
