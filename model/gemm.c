@@ -500,7 +500,10 @@ static void gemm_packed(const gm_impl *im, int ta, int tb, int M, int N, int K, 
      * packs all of A: at L = 512, 37 panels, that cost more than it saved) */
     const int split_b = nt > 1 && npa < 4 * nt && load_b < load_a;
     const int direct = im->kernel_direct != NULL;   /* float32: A read in place, not packed */
-    const size_t apanel = (size_t)MR * kumax;       /* dwords of one A panel */
+    /* dwords of one A panel: its place in the packs is the same in every K block (with cached B the
+     * threads run through the K blocks unsynchronised: a shorter last block packed at p * MR * ku
+     * overwrote panels that another thread was still reading) */
+    const size_t apanel = (size_t)MR * kumax;
     uint32_t *ap = direct ? NULL : aligned_alloc(64, ((sizeof(uint32_t) * apanel * npa * (split_b ? nt : 1)) + 63) & ~(size_t)63);
     uint32_t *bp = pre ? NULL : aligned_alloc(64, ((sizeof(uint32_t) * (size_t)npb * NR * kumax) + 63) & ~(size_t)63);
     if ((!direct && !ap) || (!pre && !bp)) {   /* out of memory for the packs: the float32 product needs none */
@@ -527,7 +530,7 @@ static void gemm_packed(const gm_impl *im, int ta, int tb, int M, int N, int K, 
             }
             if (!direct && b1 > b0)
                 for (int p = a0; p < a1; p++)
-                    im->pack(apt + (size_t)p * MR * ku, ta, A, lda, M, p * MR, k0, kc, MR);
+                    im->pack(apt + apanel * p, ta, A, lda, M, p * MR, k0, kc, MR);
             /* blocks of MC_PANELS A panels (in L2) x this thread's B panels */
             for (int q0 = a0; q0 < a1; q0 += MC_PANELS) {
                 const int q1 = q0 + MC_PANELS < a1 ? q0 + MC_PANELS : a1;
@@ -540,7 +543,7 @@ static void gemm_packed(const gm_impl *im, int ta, int tb, int M, int N, int K, 
                                               ta ? 1 : lda, ta ? lda : 1, bk + (size_t)pb * NR * ku,
                                               C + (long)m0 * ldc + n0, ldc, mr, nc, alpha, beta, k0 == 0);
                         else
-                            im->kernel(ku, apt + (size_t)pa * MR * ku, bk + (size_t)pb * NR * ku,
+                            im->kernel(ku, apt + apanel * pa, bk + (size_t)pb * NR * ku,
                                        C + (long)m0 * ldc + n0, ldc, mr, nc, alpha, beta, k0 == 0);
                     }
                 }
