@@ -208,8 +208,7 @@ static int mode_sgemm(int threads, int n, int reps, int T, int d, int F) {
     pf_set_threads(threads);
     rng_state = 12345;
     const int bf = gm_bf16_supported();
-    __builtin_cpu_init();
-    const int own = __builtin_cpu_supports("avx512f") != 0;
+    const int own = gm_avx512f_supported();
     double peak = time_sgemm(0, n, n, n, reps, 0, 0);
     double bpeak = bf ? time_sgemm(0, n, n, n, reps, 0, 1) : 0;
     double opeak = own ? time_sgemm(0, n, n, n, reps, 0, 2) : 0;

@@ -7,15 +7,16 @@
  *       (ku = kc/2, the operand layout of VDPBF16PS);
  *     bf16: pack op(A)[M, kc] into panels of MR = 14 rows: [panel][ku][14] dwords (float32 reads
  *       A in place: its micro-kernel broadcasts each value straight from A, row-major or not);
- *     for every (block of MC_PANELS A panels, B panel) tile, in parallel: the 14 x 32 micro-kernel
- *       keeps 28 float32 accumulators in registers over the ku dwords (VFMADD231PS with the A
- *       value broadcast, or VDPBF16PS) and stores alpha * acc + beta * C (the first K block) or
- *       C + alpha * acc (the next ones).
+ *     for every (block of MC_PANELS A panels, B panel) of a thread's share: the 14 x 32
+ *       micro-kernel keeps 28 float32 accumulators in registers over the ku dwords (VFMADD231PS
+ *       with the A value broadcast, or VDPBF16PS) and stores alpha * acc + beta * C (the first K
+ *       block) or C + alpha * acc (the next ones).
  *
  * Odd K, partial panels and partial tiles are zero-padded in the packs and masked in the stores,
  * so any M, N, K >= 0, leading dimension and transpose is valid. The bf16 packing converts float32
- * to bf16 with VCVTNEPS2BF16 (round to nearest even). Threads: OpenMP over the tiles; the result
- * does not depend on the thread count (each C element is summed by one thread, in K order).
+ * to bf16 with VCVTNEPS2BF16 (round to nearest even). Threads: each OpenMP thread owns a share of
+ * A's panels (or of B's, see gemm_packed); the result does not depend on the thread count (each C
+ * element is summed by one thread, in K order).
  *
  * Why an own float32 product: OpenBLAS picks its kernels by CPU type, and where it runs its AVX2
  * (Haswell) kernels on an AVX-512 CPU (OPENBLAS_CORETYPE=Haswell, or a CPU its build does not
@@ -135,8 +136,8 @@ static void gemm_packed(const gm_impl *im, int ta, int tb, int M, int N, int K, 
                         const float *A, int lda, const float *B, int ldb, float beta, float *C,
                         int ldc, const uint32_t *pre);
 
-/* 1 when this CPU executes AVX-512F (the own float32 product), else 0. */
-static int f32_supported(void) {
+/* 1 when this CPU executes AVX-512F (the own float32 product, the 8-row convolution kernels). */
+int gm_avx512f_supported(void) {
     __builtin_cpu_init();
     return __builtin_cpu_supports("avx512f") != 0;
 }
@@ -144,14 +145,14 @@ static int f32_supported(void) {
 /* Chooses whether float32 products use the own AVX-512 kernel (own = 1, the default where the CPU
  * has AVX-512F) or cblas_sgemm (0); 0, or -1 (unchanged) for own = 1 on a CPU without AVX-512F. */
 int gm_fp32_own(int own) {
-    if (own && !f32_supported()) return -1;
+    if (own && !gm_avx512f_supported()) return -1;
     gm_own_f32 = own != 0;
     return 0;
 }
 
 /* 1 when float32 products use the own kernel, 0 when they call cblas_sgemm. */
 int gm_fp32_is_own(void) {
-    if (gm_own_f32 < 0) gm_own_f32 = f32_supported();
+    if (gm_own_f32 < 0) gm_own_f32 = gm_avx512f_supported();
     return gm_own_f32;
 }
 
@@ -437,6 +438,7 @@ void gm_sgemm_w(int ta, int tb, int M, int N, int K, float alpha, const float *A
     const uint32_t *pre = wcache_on && M > 0 && N > 0 && K > 0 ? wcache_get(im, tb, N, K, B, ldb) : NULL;
     gemm_packed(im, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, pre);
 }
+
 /* Turns the weight cache on or off (off empties it). */
 void gm_weight_cache(int on) {
     pthread_mutex_lock(&wcache_mu);
@@ -471,8 +473,6 @@ int gm_weight_cache_count(void) {
     pthread_mutex_unlock(&wcache_mu);
     return n;
 }
-
-/* The bf16 product; pre = B's packs from the weight cache, or NULL to pack B here. */
 
 /* The packed product with impl im; pre = B's packs from the weight cache, or NULL to pack B here. */
 static void gemm_packed(const gm_impl *im, int ta, int tb, int M, int N, int K, float alpha,

@@ -17,6 +17,9 @@
 
 enum { GM_FP32 = 0, GM_BF16 = 1 };
 
+/* 1 when this CPU executes AVX-512F (the own float32 product needs it), else 0. */
+int gm_avx512f_supported(void);
+
 /* 1 when this CPU executes AVX-512 BF16 (and AVX-512 BW/VL), else 0. */
 int gm_bf16_supported(void);
 

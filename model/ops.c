@@ -680,12 +680,7 @@ __attribute__((target("avx512f"))) static void dw_slide(float *o, const float *x
 
 /* 1 when dw_slide can run: an AVX-512 CPU, whole groups of 16 channels, an odd K up to 15. */
 static int dw_slide_ok(int C, int K) {
-    static int cpu = -1;
-    if (cpu < 0) {
-        __builtin_cpu_init();
-        cpu = __builtin_cpu_supports("avx512f") != 0;
-    }
-    return cpu && C % 16 == 0 && K % 2 == 1 && K <= DW_SLIDE_MAXK;
+    return gm_avx512f_supported() && C % 16 == 0 && K % 2 == 1 && K <= DW_SLIDE_MAXK;
 }
 
 void dwconv_forward(float *out, const float *inp, const float *w, const int *lens, int B, int C,

@@ -288,7 +288,7 @@ int main(void) {
         gm_sgemm(0, 0, M, N, K, 0.7f, A, K, B, N, 0.0f, C1, N);
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, M, N, K, 0.7f, A, K, B, N, 0.0f, C2, N);
         CHECK(memcmp(C1, C2, sizeof(float) * M * N) == 0);
-        if (__builtin_cpu_supports("avx512f")) {
+        if (gm_avx512f_supported()) {
             CHECK(own == 1);   /* the default on an AVX-512 CPU */
             CHECK(gm_fp32_own(1) == 0 && gm_fp32_is_own());
             gm_sgemm(0, 0, M, N, K, 0.7f, A, K, B, N, 0.0f, C1, N);
