@@ -358,7 +358,8 @@ static void forward_group(pf_ctx *c, const pf_model *m, pf_kernel kernel, const 
                 exact_forward(c->h + o, c->scores, q + o, k + o, v + o, lens[b], H, dh, 0);
                 off += (size_t)lens[b];
             }
-        } else {
+        } else if (favor_forward_fused(c->h, q, k, v, Lp->proj, lens, B, H, dh, M,
+                                       kernel == PF_KERNEL_FAVOR_RELU) != 0) {
             favor_state st = { c->phi_q, c->phi_k, c->kv, c->z, c->den };
             favor_forward_batch(c->h, &st, q, k, v, Lp->proj, lens, B, H, dh, M,
                                 kernel == PF_KERNEL_FAVOR_RELU);

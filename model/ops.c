@@ -378,6 +378,210 @@ void favor_forward_batch(float *out, favor_state *st, const float *q, const floa
     }
 }
 
+/* ---- FAVOR+ for inference, fused -------------------------------------------------------------
+ * favor_forward_fused computes what favor_forward_batch computes, for one (sequence, head) at a
+ * time, without writing the features to memory: phase 1 walks the keys in blocks of FZ_BLOCK rows
+ * (features of 4 rows at a time from the key rows, then KV += phi_k^T V and z += colsum(phi_k)
+ * with 8 rows of KV held in registers), phase 2 the queries 4 rows at a time (features, then
+ * numerator phi_q KV and denominator phi_q . z, divided). Everything a task touches besides q, k,
+ * v and out stays in L1 (KV m x 32, one block of features). The generic path wrote phi_q and
+ * phi_k [T, H, m] out and read them back and ran eight small products per head (a quarter of a
+ * pass at L = 4,096). Float32 throughout (also in bf16 mode). */
+
+#define FZ_BLOCK 32    /* key rows per block of phase 1 */
+#define FZ_MAXM 128    /* most features the fused path takes (its buffers live on the stack) */
+#define FZ_DH 32       /* the head width it takes (two zmm per row) */
+#define FZ_TARGET __attribute__((target("avx512f")))
+#define FZ_INLINE static inline __attribute__((always_inline))
+
+/* s[i][c0 .. c0 + 16 NG) = x_i . pt[:, c0 ..] for rows x_i = x + min(i, nr - 1) * ldx (i < 4),
+ * written to s + i * m (NG <= 4 groups of 16 columns; pt is [FZ_DH][m]). */
+FZ_TARGET FZ_INLINE void fz_scores4(float *s, const float *x, long ldx, int nr, const float *pt,
+                                    int m, int c0, const int NG) {
+    const float *xr[4];
+    for (int i = 0; i < 4; i++) xr[i] = x + (long)(i < nr ? i : nr - 1) * ldx;
+    __m512 acc[4][4];
+    #pragma GCC unroll 4
+    for (int i = 0; i < 4; i++)
+        #pragma GCC unroll 4
+        for (int g = 0; g < NG; g++) acc[i][g] = _mm512_setzero_ps();
+    #pragma GCC unroll 8
+    for (int j = 0; j < FZ_DH; j++) {
+        __m512 pv[4];
+        #pragma GCC unroll 4
+        for (int g = 0; g < NG; g++) pv[g] = _mm512_loadu_ps(pt + (size_t)j * m + c0 + 16 * g);
+        #pragma GCC unroll 4
+        for (int i = 0; i < 4; i++) {
+            const __m512 xv = _mm512_set1_ps(xr[i][j]);
+            #pragma GCC unroll 4
+            for (int g = 0; g < NG; g++) acc[i][g] = _mm512_fmadd_ps(xv, pv[g], acc[i][g]);
+        }
+    }
+    #pragma GCC unroll 4
+    for (int i = 0; i < 4; i++)
+        #pragma GCC unroll 4
+        for (int g = 0; g < NG; g++) _mm512_storeu_ps(s + (size_t)i * m + c0 + 16 * g, acc[i][g]);
+}
+
+/* Raw scores of 4 rows (see fz_scores4) over all m columns (m % 16 == 0, m <= FZ_MAXM). */
+FZ_TARGET static void fz_scores(float *s, const float *x, long ldx, int nr, const float *pt, int m) {
+    for (int c0 = 0; c0 < m; c0 += 64) {
+        switch ((m - c0) >= 64 ? 4 : (m - c0) / 16) {
+        case 4: fz_scores4(s, x, ldx, nr, pt, m, c0, 4); break;
+        case 3: fz_scores4(s, x, ldx, nr, pt, m, c0, 3); break;
+        case 2: fz_scores4(s, x, ldx, nr, pt, m, c0, 2); break;
+        default: fz_scores4(s, x, ldx, nr, pt, m, c0, 1); break;
+        }
+    }
+}
+
+/* Turns the raw scores s[i][m] of rows x_i (i < nr) into features, as favor_features does:
+ * ReLU: max(s, 0) + eps; softmax: ratio (exp(s - c^2 |x|^2 / 2 - mx) + eps) with mx the row's
+ * maximum (queries) or kmax (keys). */
+static void fz_activate(float *s, const float *x, long ldx, int nr, int m, int relu, int is_query,
+                        float kmax) {
+    const float ratio = 1.0f / sqrtf((float)m);
+    const float c = powf((float)FZ_DH, -0.25f), half_c2 = 0.5f * c * c;
+    for (int i = 0; i < nr; i++) {
+        float *si = s + (size_t)i * m;
+        if (relu) {
+            #pragma omp simd
+            for (int r = 0; r < m; r++) si[r] = (si[r] > 0 ? si[r] : 0.0f) + FAVOR_RELU_EPS;
+            continue;
+        }
+        const float *xr = x + (long)i * ldx;
+        float g = 0;
+        #pragma omp simd reduction(+:g)
+        for (int j = 0; j < FZ_DH; j++) g += xr[j] * xr[j];
+        g *= half_c2;
+        float mx = kmax;
+        if (is_query) {
+            mx = -FLT_MAX;
+            #pragma omp simd reduction(max:mx)
+            for (int r = 0; r < m; r++) mx = si[r] > mx ? si[r] : mx;
+        }
+        const float off = g + mx;
+        #pragma omp simd
+        for (int r = 0; r < m; r++) si[r] = ratio * (exp_vec(si[r] - off) + FAVOR_SOFTMAX_EPS);
+    }
+}
+
+/* One (sequence, head) of favor_forward_fused: q, k, v, out point at the head's columns of the
+ * sequence's first row (rows d apart). */
+FZ_TARGET static void fz_head(float *out, const float *q, const float *k, const float *v, int L,
+                              int d, const float *pt, int m, int relu) {
+    float kv[FZ_MAXM * FZ_DH] __attribute__((aligned(64)));
+    float z[FZ_MAXM] __attribute__((aligned(64)));
+    float phi[FZ_BLOCK * FZ_MAXM] __attribute__((aligned(64)));
+    memset(kv, 0, sizeof(float) * (size_t)m * FZ_DH);
+    memset(z, 0, sizeof(float) * (size_t)m);
+    /* softmax keys: one stabiliser per (sequence, head), the largest raw score */
+    float kmax = -FLT_MAX;
+    if (!relu)
+        for (int p = 0; p < L; p += 4) {
+            const int nr = L - p < 4 ? L - p : 4;
+            fz_scores(phi, k + (long)p * d, d, nr, pt, m);
+            for (int i = 0; i < nr; i++)
+                for (int r = 0; r < m; r++) kmax = phi[i * m + r] > kmax ? phi[i * m + r] : kmax;
+        }
+    /* phase 1: KV = phi_k^T V, z = column sums of phi_k */
+    for (int p0 = 0; p0 < L; p0 += FZ_BLOCK) {
+        const int P = L - p0 < FZ_BLOCK ? L - p0 : FZ_BLOCK;
+        for (int i = 0; i < P; i += 4) {
+            const int nr = P - i < 4 ? P - i : 4;
+            const float *kr = k + (long)(p0 + i) * d;
+            fz_scores(phi + (size_t)i * m, kr, d, nr, pt, m);
+            fz_activate(phi + (size_t)i * m, kr, d, nr, m, relu, 0, kmax);
+        }
+        for (int i = 0; i < P; i++) {
+            const float *pr = phi + (size_t)i * m;
+            #pragma omp simd
+            for (int r = 0; r < m; r++) z[r] += pr[r];
+        }
+        for (int r0 = 0; r0 < m; r0 += 8) {
+            __m512 a[8][2];
+            #pragma GCC unroll 8
+            for (int rr = 0; rr < 8; rr++) {
+                a[rr][0] = _mm512_load_ps(kv + (size_t)(r0 + rr) * FZ_DH);
+                a[rr][1] = _mm512_load_ps(kv + (size_t)(r0 + rr) * FZ_DH + 16);
+            }
+            for (int i = 0; i < P; i++) {
+                const float *vr = v + (long)(p0 + i) * d, *pr = phi + (size_t)i * m + r0;
+                const __m512 v0 = _mm512_loadu_ps(vr), v1 = _mm512_loadu_ps(vr + 16);
+                #pragma GCC unroll 8
+                for (int rr = 0; rr < 8; rr++) {
+                    const __m512 b = _mm512_set1_ps(pr[rr]);
+                    a[rr][0] = _mm512_fmadd_ps(b, v0, a[rr][0]);
+                    a[rr][1] = _mm512_fmadd_ps(b, v1, a[rr][1]);
+                }
+            }
+            #pragma GCC unroll 8
+            for (int rr = 0; rr < 8; rr++) {
+                _mm512_store_ps(kv + (size_t)(r0 + rr) * FZ_DH, a[rr][0]);
+                _mm512_store_ps(kv + (size_t)(r0 + rr) * FZ_DH + 16, a[rr][1]);
+            }
+        }
+    }
+    /* phase 2: out = (phi_q KV) / (phi_q . z), 4 query rows at a time */
+    for (int p = 0; p < L; p += 4) {
+        const int nr = L - p < 4 ? L - p : 4;
+        const float *qr = q + (long)p * d;
+        fz_scores(phi, qr, d, nr, pt, m);
+        fz_activate(phi, qr, d, nr, m, relu, 1, 0.0f);
+        float den[4];
+        for (int i = 0; i < 4; i++) {
+            const float *pr = phi + (size_t)(i < nr ? i : 0) * m;
+            float s = 0;
+            #pragma omp simd reduction(+:s)
+            for (int r = 0; r < m; r++) s += pr[r] * z[r];
+            den[i] = s;
+        }
+        __m512 o[4][2];
+        #pragma GCC unroll 4
+        for (int i = 0; i < 4; i++) o[i][0] = o[i][1] = _mm512_setzero_ps();
+        for (int r = 0; r < m; r++) {
+            const __m512 k0 = _mm512_load_ps(kv + (size_t)r * FZ_DH), k1 = _mm512_load_ps(kv + (size_t)r * FZ_DH + 16);
+            #pragma GCC unroll 4
+            for (int i = 0; i < 4; i++) {
+                const __m512 b = _mm512_set1_ps(phi[(size_t)i * m + r]);
+                o[i][0] = _mm512_fmadd_ps(b, k0, o[i][0]);
+                o[i][1] = _mm512_fmadd_ps(b, k1, o[i][1]);
+            }
+        }
+        for (int i = 0; i < nr; i++) {
+            const __m512 inv = _mm512_set1_ps(1.0f / den[i]);
+            float *orow = out + (long)(p + i) * d;
+            _mm512_storeu_ps(orow, _mm512_mul_ps(o[i][0], inv));
+            _mm512_storeu_ps(orow + 16, _mm512_mul_ps(o[i][1], inv));
+        }
+    }
+}
+
+int favor_fused_ok(int dh, int m) {
+    return gm_avx512f_supported() && dh == FZ_DH && m > 0 && m % 16 == 0 && m <= FZ_MAXM;
+}
+
+int favor_forward_fused(float *out, const float *q, const float *k, const float *v,
+                        const float *proj, const int *lens, int B, int H, int dh, int m, int relu) {
+    if (!favor_fused_ok(dh, m)) return -1;
+    const int d = H * dh;
+    const size_t T = seq_total(lens, B);
+    (void)T;
+    /* pt = c proj^T [dh][m]: the feature scale folded into the projection */
+    float pt[FZ_DH * FZ_MAXM];
+    const float c = powf((float)dh, -0.25f);
+    for (int r = 0; r < m; r++)
+        for (int j = 0; j < dh; j++) pt[(size_t)j * m + r] = c * proj[(size_t)r * dh + j];
+    #pragma omp parallel for schedule(dynamic) if (T * d > OMP_MIN)
+    for (int bh = 0; bh < B * H; bh++) {
+        const int b = bh / H, h = bh % H;
+        if (lens[b] <= 0) continue;
+        const size_t o = seq_start(lens, b) * d + (size_t)h * dh;
+        fz_head(out + o, q + o, k + o, v + o, lens[b], d, pt, m, relu);
+    }
+    return 0;
+}
+
 void favor_forward(float *out, favor_state *st, const float *q, const float *k, const float *v,
                    const float *proj, int L, int H, int dh, int m, int relu) {
     favor_forward_batch(out, st, q, k, v, proj, &L, 1, H, dh, m, relu);

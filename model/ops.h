@@ -84,6 +84,16 @@ void favor_forward_batch(float *out, favor_state *st, const float *q, const floa
                          const float *v, const float *proj, const int *lens, int B, int H, int dh,
                          int m, int relu);
 
+/* 1 when favor_forward_fused takes this shape: an AVX-512 CPU, dh = 32, m a multiple of 16 up to
+ * 128. */
+int favor_fused_ok(int dh, int m);
+
+/* favor_forward_batch for inference: the same attention (out only, no saved state), each
+ * (sequence, head) computed in one pass over its rows without storing the features, float32
+ * whatever the precision. Returns 0, or -1 (nothing written) where favor_fused_ok(dh, m) is 0. */
+int favor_forward_fused(float *out, const float *q, const float *k, const float *v,
+                        const float *proj, const int *lens, int B, int H, int dh, int m, int relu);
+
 /* favor_forward_batch of one sequence of length L. */
 void favor_forward(float *out, favor_state *st, const float *q, const float *k, const float *v,
                    const float *proj, int L, int H, int dh, int m, int relu);

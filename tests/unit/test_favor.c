@@ -5,7 +5,8 @@
  * and the exact kernel's refusal over its memory limit; the packed-batch attention equals attention
  * of each sequence alone and does not depend on the thread count; a forward pass cut into groups
  * of sequences (pf_set_group_tokens), one after another or side by side on the threads
- * (pf_set_seq_parallel_len), gives what the whole batch at once gives. */
+ * (pf_set_seq_parallel_len), gives what the whole batch at once gives; the fused inference
+ * attention equals the generic one. */
 #include "model.h"
 #include "ops.h"
 #include "rng.h"
@@ -230,6 +231,68 @@ static void test_packed_batch(void) {
     free(sc);
 }
 
+/* favor_forward_fused (the inference path) equals favor_forward_batch with float32 OpenBLAS
+ * products over a packed batch whose lengths cut the fused kernel's blocks (4 query rows, 32 key
+ * rows) everywhere, for both kernels and m = 16, 48, 64, 128 (one to eight groups of 16 features,
+ * so every column-group width of the score kernel runs), with large scores (softmax's stabilisers);
+ * it does not depend on the thread count, and it declines the shapes it does not take. */
+static void test_fused(void) {
+    enum { B = 9, H = 3, dh = 32 };
+    const int lens[B] = { 1, 3, 4, 5, 31, 32, 33, 300, 67 };
+    const int d = H * dh, ms[] = { 16, 48, 64, 128 };
+    if (!favor_fused_ok(dh, 64)) {
+        printf("favor_forward_fused: no AVX-512 on this CPU, the generic path runs (checked it declines)\n");
+        float x = 0;
+        CHECK(favor_forward_fused(&x, &x, &x, &x, &x, lens, 1, 1, dh, 64, 1) == -1);
+        return;
+    }
+    size_t T = 0;
+    for (int b = 0; b < B; b++) T += (size_t)lens[b];
+    rng_t r;
+    rng_seed(&r, 91);
+    float *q = malloc(sizeof(float) * T * d), *k = malloc(sizeof(float) * T * d);
+    float *v = malloc(sizeof(float) * T * d), *P = malloc(sizeof(float) * 128 * dh);
+    float *ref = malloc(sizeof(float) * T * d), *o1 = malloc(sizeof(float) * T * d);
+    float *o2 = malloc(sizeof(float) * T * d);
+    float *stb = malloc(sizeof(float) * (T * H * 128 * 2 + (size_t)B * H * 128 * dh + (size_t)B * H * 128 + T * H));
+    for (size_t j = 0; j < T * d; j++) {
+        q[j] = (float)(1.5 * rng_normal(&r));   /* scores up to ~10: exp features need the stabilisers */
+        k[j] = (float)(1.5 * rng_normal(&r));
+        v[j] = (float)rng_normal(&r);
+    }
+    favor_products_follow_precision(0);
+    for (size_t mi = 0; mi < sizeof ms / sizeof ms[0]; mi++) {
+        const int m = ms[mi];
+        pf_draw_projection(P, m, dh, 11 + (uint64_t)m);
+        for (int relu = 0; relu < 2; relu++) {
+            favor_state st = { stb, stb + T * H * m, stb + 2 * T * H * m,
+                               stb + 2 * T * H * m + (size_t)B * H * m * dh,
+                               stb + 2 * T * H * m + (size_t)B * H * m * dh + (size_t)B * H * m };
+            favor_forward_batch(ref, &st, q, k, v, P, lens, B, H, dh, m, relu);
+            pf_set_threads(2);
+            CHECK(favor_forward_fused(o1, q, k, v, P, lens, B, H, dh, m, relu) == 0);
+            pf_set_threads(1);
+            CHECK(favor_forward_fused(o2, q, k, v, P, lens, B, H, dh, m, relu) == 0);
+            const double e = max_diff(o1, ref, T * d), scale = max_abs(ref, T * d);
+            const int same = max_diff(o1, o2, T * d) == 0;
+            printf("%s m = %3d: fused vs generic (float32 OpenBLAS) max |diff| %.3g (max |out| %.3g); "
+                   "1 vs 2 threads: %s\n", relu ? "favor-relu   " : "favor-softmax", m, e, scale,
+                   same ? "bit-identical" : "DIFFERENT");
+            CHECKF(e <= 2e-5 * (scale > 1 ? scale : 1), "fused FAVOR+ differs by %g (m = %d, relu %d)", e, m, relu);
+            CHECKF(same, "fused FAVOR+ depends on the thread count (m = %d)", m);
+        }
+    }
+    favor_products_follow_precision(1);
+    pf_set_threads(2);
+    /* shapes it declines, writing nothing */
+    o1[0] = 42.0f;
+    CHECK(favor_forward_fused(o1, q, k, v, P, lens, 1, 6, 16, 64, 1) == -1);   /* dh 16 */
+    CHECK(favor_forward_fused(o1, q, k, v, P, lens, 1, 3, dh, 72, 1) == -1);   /* m not a multiple of 16 */
+    CHECK(favor_forward_fused(o1, q, k, v, P, lens, 1, 3, dh, 256, 1) == -1);  /* m over 128 */
+    CHECK(o1[0] == 42.0f);
+    free(q); free(k); free(v); free(P); free(ref); free(o1); free(o2); free(stb);
+}
+
 /* pf_forward_ex over one packed batch with group sizes from "whole batch" to "one sequence per
  * group" (and one sequence longer than the group): the same log-probs and hidden states as the
  * whole batch at once and as each sequence alone, for the final and an inner layer. */
@@ -340,6 +403,7 @@ int main(void) {
     test_forward_span();
     test_forward_groups();
     test_packed_batch();
+    test_fused();
     test_convergence();
     test_orthogonal();
     test_long_sequence();
