@@ -382,13 +382,14 @@ void favor_forward_batch(float *out, favor_state *st, const float *q, const floa
  * favor_forward_fused computes what favor_forward_batch computes, for one (sequence, head) at a
  * time, without writing the features to memory: phase 1 walks the keys in blocks of FZ_BLOCK rows
  * (features of 4 rows at a time from the key rows, then KV += phi_k^T V and z += colsum(phi_k)
- * with 8 rows of KV held in registers), phase 2 the queries 4 rows at a time (features, then
+ * with 8 rows of KV held in registers), phase 2 the queries 8 rows at a time (features, then
  * numerator phi_q KV and denominator phi_q . z, divided). Everything a task touches besides q, k,
  * v and out stays in L1 (KV m x 32, one block of features). The generic path wrote phi_q and
  * phi_k [T, H, m] out and read them back and ran eight small products per head (a quarter of a
  * pass at L = 4,096). Float32 throughout (also in bf16 mode). */
 
 #define FZ_BLOCK 32    /* key rows per block of phase 1 */
+#define FZ_QROWS 8     /* query rows per step of phase 2 (16 accumulators) */
 #define FZ_MAXM 128    /* most features the fused path takes (its buffers live on the stack) */
 #define FZ_DH 32       /* the head width it takes (two zmm per row) */
 #define FZ_TARGET __attribute__((target("avx512f")))
@@ -397,7 +398,7 @@ void favor_forward_batch(float *out, favor_state *st, const float *q, const floa
 /* s[i][c0 .. c0 + 16 NG) = x_i . pt[:, c0 ..] for rows x_i = x + min(i, nr - 1) * ldx (i < 4),
  * written to s + i * m (NG <= 4 groups of 16 columns; pt is [FZ_DH][m]). */
 FZ_TARGET FZ_INLINE void fz_scores4(float *s, const float *x, long ldx, int nr, const float *pt,
-                                    int m, int c0, const int NG) {
+                                    int m, int c0, const int NG, const int relu) {
     const float *xr[4];
     for (int i = 0; i < 4; i++) xr[i] = x + (long)(i < nr ? i : nr - 1) * ldx;
     __m512 acc[4][4];
@@ -417,38 +418,39 @@ FZ_TARGET FZ_INLINE void fz_scores4(float *s, const float *x, long ldx, int nr, 
             for (int g = 0; g < NG; g++) acc[i][g] = _mm512_fmadd_ps(xv, pv[g], acc[i][g]);
         }
     }
+    const __m512 zero = _mm512_setzero_ps(), eps = _mm512_set1_ps(FAVOR_RELU_EPS);
     #pragma GCC unroll 4
     for (int i = 0; i < 4; i++)
         #pragma GCC unroll 4
-        for (int g = 0; g < NG; g++) _mm512_storeu_ps(s + (size_t)i * m + c0 + 16 * g, acc[i][g]);
+        for (int g = 0; g < NG; g++)
+            _mm512_storeu_ps(s + (size_t)i * m + c0 + 16 * g,
+                             relu ? _mm512_add_ps(_mm512_max_ps(acc[i][g], zero), eps) : acc[i][g]);
 }
 
-/* Raw scores of 4 rows (see fz_scores4) over all m columns (m % 16 == 0, m <= FZ_MAXM). */
-FZ_TARGET static void fz_scores(float *s, const float *x, long ldx, int nr, const float *pt, int m) {
+/* Scores of 4 rows (see fz_scores4) over all m columns (m % 16 == 0, m <= FZ_MAXM): raw, or with
+ * relu the ReLU features max(s, 0) + eps. */
+FZ_TARGET static void fz_scores(float *s, const float *x, long ldx, int nr, const float *pt, int m,
+                                int relu) {
     for (int c0 = 0; c0 < m; c0 += 64) {
-        switch ((m - c0) >= 64 ? 4 : (m - c0) / 16) {
-        case 4: fz_scores4(s, x, ldx, nr, pt, m, c0, 4); break;
-        case 3: fz_scores4(s, x, ldx, nr, pt, m, c0, 3); break;
-        case 2: fz_scores4(s, x, ldx, nr, pt, m, c0, 2); break;
-        default: fz_scores4(s, x, ldx, nr, pt, m, c0, 1); break;
+        switch (((m - c0) >= 64 ? 4 : (m - c0) / 16) * 2 + (relu != 0)) {
+#define FZ_CASE(g) \
+        case 2 * (g): fz_scores4(s, x, ldx, nr, pt, m, c0, g, 0); break; \
+        case 2 * (g) + 1: fz_scores4(s, x, ldx, nr, pt, m, c0, g, 1); break;
+        FZ_CASE(1) FZ_CASE(2) FZ_CASE(3) FZ_CASE(4)
+#undef FZ_CASE
+        default: break;
         }
     }
 }
 
-/* Turns the raw scores s[i][m] of rows x_i (i < nr) into features, as favor_features does:
- * ReLU: max(s, 0) + eps; softmax: ratio (exp(s - c^2 |x|^2 / 2 - mx) + eps) with mx the row's
- * maximum (queries) or kmax (keys). */
-static void fz_activate(float *s, const float *x, long ldx, int nr, int m, int relu, int is_query,
-                        float kmax) {
+/* Turns the raw scores s[i][m] of rows x_i (i < nr) into softmax features, as favor_features
+ * does: ratio (exp(s - c^2 |x|^2 / 2 - mx) + eps) with mx the row's maximum (queries) or kmax
+ * (keys). */
+static void fz_softmax(float *s, const float *x, long ldx, int nr, int m, int is_query, float kmax) {
     const float ratio = 1.0f / sqrtf((float)m);
     const float c = powf((float)FZ_DH, -0.25f), half_c2 = 0.5f * c * c;
     for (int i = 0; i < nr; i++) {
         float *si = s + (size_t)i * m;
-        if (relu) {
-            #pragma omp simd
-            for (int r = 0; r < m; r++) si[r] = (si[r] > 0 ? si[r] : 0.0f) + FAVOR_RELU_EPS;
-            continue;
-        }
         const float *xr = x + (long)i * ldx;
         float g = 0;
         #pragma omp simd reduction(+:g)
@@ -480,7 +482,7 @@ FZ_TARGET static void fz_head(float *out, const float *q, const float *k, const 
     if (!relu)
         for (int p = 0; p < L; p += 4) {
             const int nr = L - p < 4 ? L - p : 4;
-            fz_scores(phi, k + (long)p * d, d, nr, pt, m);
+            fz_scores(phi, k + (long)p * d, d, nr, pt, m, 0);
             for (int i = 0; i < nr; i++)
                 for (int r = 0; r < m; r++) kmax = phi[i * m + r] > kmax ? phi[i * m + r] : kmax;
         }
@@ -490,8 +492,8 @@ FZ_TARGET static void fz_head(float *out, const float *q, const float *k, const 
         for (int i = 0; i < P; i += 4) {
             const int nr = P - i < 4 ? P - i : 4;
             const float *kr = k + (long)(p0 + i) * d;
-            fz_scores(phi + (size_t)i * m, kr, d, nr, pt, m);
-            fz_activate(phi + (size_t)i * m, kr, d, nr, m, relu, 0, kmax);
+            fz_scores(phi + (size_t)i * m, kr, d, nr, pt, m, relu);
+            if (!relu) fz_softmax(phi + (size_t)i * m, kr, d, nr, m, 0, kmax);
         }
         for (int i = 0; i < P; i++) {
             const float *pr = phi + (size_t)i * m;
@@ -522,33 +524,36 @@ FZ_TARGET static void fz_head(float *out, const float *q, const float *k, const 
             }
         }
     }
-    /* phase 2: out = (phi_q KV) / (phi_q . z), 4 query rows at a time */
-    for (int p = 0; p < L; p += 4) {
-        const int nr = L - p < 4 ? L - p : 4;
-        const float *qr = q + (long)p * d;
-        fz_scores(phi, qr, d, nr, pt, m);
-        fz_activate(phi, qr, d, nr, m, relu, 1, 0.0f);
-        float den[4];
-        for (int i = 0; i < 4; i++) {
-            const float *pr = phi + (size_t)(i < nr ? i : 0) * m;
+    /* phase 2: out = (phi_q KV) / (phi_q . z), FZ_QROWS query rows at a time */
+    for (int p = 0; p < L; p += FZ_QROWS) {
+        const int nq = L - p < FZ_QROWS ? L - p : FZ_QROWS;
+        for (int i = 0; i < nq; i += 4) {
+            const int nr = nq - i < 4 ? nq - i : 4;
+            const float *qr = q + (long)(p + i) * d;
+            fz_scores(phi + (size_t)i * m, qr, d, nr, pt, m, relu);
+            if (!relu) fz_softmax(phi + (size_t)i * m, qr, d, nr, m, 1, 0.0f);
+        }
+        float den[FZ_QROWS];
+        for (int i = 0; i < FZ_QROWS; i++) {
+            const float *pr = phi + (size_t)(i < nq ? i : 0) * m;
             float s = 0;
             #pragma omp simd reduction(+:s)
             for (int r = 0; r < m; r++) s += pr[r] * z[r];
             den[i] = s;
         }
-        __m512 o[4][2];
-        #pragma GCC unroll 4
-        for (int i = 0; i < 4; i++) o[i][0] = o[i][1] = _mm512_setzero_ps();
+        __m512 o[FZ_QROWS][2];
+        #pragma GCC unroll 8
+        for (int i = 0; i < FZ_QROWS; i++) o[i][0] = o[i][1] = _mm512_setzero_ps();
         for (int r = 0; r < m; r++) {
             const __m512 k0 = _mm512_load_ps(kv + (size_t)r * FZ_DH), k1 = _mm512_load_ps(kv + (size_t)r * FZ_DH + 16);
-            #pragma GCC unroll 4
-            for (int i = 0; i < 4; i++) {
+            #pragma GCC unroll 8
+            for (int i = 0; i < FZ_QROWS; i++) {
                 const __m512 b = _mm512_set1_ps(phi[(size_t)i * m + r]);
                 o[i][0] = _mm512_fmadd_ps(b, k0, o[i][0]);
                 o[i][1] = _mm512_fmadd_ps(b, k1, o[i][1]);
             }
         }
-        for (int i = 0; i < nr; i++) {
+        for (int i = 0; i < nq; i++) {
             const __m512 inv = _mm512_set1_ps(1.0f / den[i]);
             float *orow = out + (long)(p + i) * d;
             _mm512_storeu_ps(orow, _mm512_mul_ps(o[i][0], inv));
