@@ -114,8 +114,11 @@ static int ctx_reserve(pf_ctx *c, size_t T, size_t B, size_t L, int exact) {
     exact = exact || c->exact_ready;
     size_t nconv = cfg->conv_kernel > 0 ? T * d : 0;
     if (rows < c->cap_ff) rows = c->cap_ff;
-    size_t n = 5 * T * d + rows * F + L * d + 2 * T * H * M + B * H * M * dh + B * H * M + T * H +
-               (exact ? L * L : 0) + nconv;
+    /* FAVOR+'s features and sums: only favor_forward_batch needs them (favor_forward_fused, where
+     * it takes the shape, keeps them in its registers and stack) */
+    const size_t nfavor = favor_fused_ok((int)dh, (int)M) ? 0
+                        : 2 * T * H * M + B * H * M * dh + B * H * M + T * H;
+    size_t n = 5 * T * d + rows * F + L * d + nfavor + (exact ? L * L : 0) + nconv;
     float *a = malloc(n * sizeof(float));
     int *pos = malloc(T * sizeof(int));
     if (!a || !pos) { free(a); free(pos); return -1; }
@@ -129,11 +132,15 @@ static int ctx_reserve(pf_ctx *c, size_t T, size_t B, size_t L, int exact) {
     c->v = a; a += T * d;
     c->ff = a; a += rows * F;
     c->pe = a; a += L * d;
-    c->phi_q = a; a += T * H * M;
-    c->phi_k = a; a += T * H * M;
-    c->kv = a; a += B * H * M * dh;
-    c->z = a; a += B * H * M;
-    c->den = a; a += T * H;
+    if (nfavor) {
+        c->phi_q = a; a += T * H * M;
+        c->phi_k = a; a += T * H * M;
+        c->kv = a; a += B * H * M * dh;
+        c->z = a; a += B * H * M;
+        c->den = a; a += T * H;
+    } else {
+        c->phi_q = c->phi_k = c->kv = c->z = c->den = NULL;
+    }
     c->scores = exact ? a : NULL;
     a += exact ? L * L : 0;
     c->cv = nconv ? a : NULL;

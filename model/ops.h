@@ -69,7 +69,8 @@ typedef struct {
 } favor_state;
 
 /* Chooses the matrix products of FAVOR+ (favor_forward_batch: features, phi_k^T V, phi_q KV;
- * favor_backward_batch: their four gradients and the features'): 1 (the default) = through
+ * favor_backward_batch: their four gradients and the features'; the trainer's attention, and
+ * inference's where favor_forward_fused declines the shape): 1 (the default) = through
  * gm_sgemm, i.e. bf16 operands with float32 sums when the process is in bf16 (gm_set_precision),
  * like the weight products (in bench/RESULTS.md the bf16 forward pass's speed over float32 rose
  * from 2.13x to 2.58x at 512 positions and from 1.97x to 2.57x at 4,096; the trainer 1.05x);

@@ -20,8 +20,13 @@ stored as float32. Files (see tests/fixtures/README.md):
   model_conv3_local3.safetensors, forward_conv3_local3.safetensors,
   grad_model_conv3_local3.safetensors
                           both: model_conv3.safetensors' tensors plus the local blocks
+  model_dh32.safetensors, forward_dh32.safetensors
+                          a model with heads of width 32 and 32 features (n_layers 2, d 64, heads 2,
+                          d_ff 128, conv and local blocks of width 3): the shapes the C inference
+                          pass computes with its fused FAVOR+ kernel (favor_forward_fused)
 The files without "conv" in their name are exactly what they were before conv_kernel existed, and
-the files without "local" exactly what they were before local_kernel existed.
+the files without "local" exactly what they were before local_kernel existed; the dh32 files were
+added last (their own seed), leaving every earlier file as it was.
 """
 import hashlib
 import os
@@ -313,6 +318,30 @@ def make_variant(outdir, base, conv_kernel, local_kernel, seqs, targets):
     return tag, vmodel, vfwd, vlosses
 
 
+DH32_CFG = dict(n_layers=2, d_model=64, n_heads=2, d_ff=128, n_features=32,
+                kernel="favor-relu", norm_eps=1e-5)
+DH32_SEED = 20261130
+
+
+def make_dh32(outdir, seqs):
+    """Writes model_dh32 / forward_dh32 (the fused-FAVOR+ shapes, see the module docstring);
+    returns (model, forward fixture)."""
+    model = ref.Performer(**DH32_CFG, conv_kernel=CONV_KERNEL, local_kernel=LOCAL_KERNEL).to(F64)
+    model.init_weights(DH32_SEED, std=0.2, out_std=0.2, embed_std=0.5, ln_w_std=0.1, bias_std=0.1,
+                       conv_std=CONV_STD, local_conv_std=LOCAL_CONV_STD)
+    p = os.path.join(outdir, "model_dh32.safetensors")
+    prov = ("tests/reference/make_fixtures.py: Performer(n_layers=2, d_model=64, n_heads=2, "
+            "d_ff=128, n_features=32, conv_kernel=%d, local_kernel=%d).init_weights(seed=%d, "
+            "std=0.2, out_std=0.2, embed_std=0.5, ln_w_std=0.1, bias_std=0.1, conv_std=%g, "
+            "local_conv_std=%g); untrained test fixture" % (CONV_KERNEL, LOCAL_KERNEL, DH32_SEED,
+                                                           CONV_STD, LOCAL_CONV_STD))
+    ref.save_model(model, p, name="fixture-dh32", trained=False, provenance=prov)
+    m = ref.load_model(p, F64)
+    fwd = make_forward(os.path.join(outdir, "forward_dh32.safetensors"), m, seqs, sha256(p),
+                       os.path.basename(p))
+    return m, fwd
+
+
 def print_summary(tag, model, fwd, losses, seqs):
     """Prints the logp ranges, losses and float32 error estimate of one fixture model."""
     for K in KERNELS:
@@ -351,6 +380,12 @@ def main():
     print_summary("", model, fwd, losses, seqs)
     for tag, vmodel, vfwd, vlosses in variants:
         print_summary(tag, vmodel, vfwd, vlosses, seqs)
+    dmodel, dfwd = make_dh32(outdir, seqs)
+    for K in KERNELS:
+        lp = dfwd["logp." + K]
+        print("dh32 %-14s logp range [%.3f, %.3f]" % (K, float(lp.min()), float(lp.max())))
+    print("dh32 float32-vs-float64 max |dlogp|:",
+          {k: "%.1e" % v for k, v in float32_error_estimate(dmodel, seqs).items()})
     for f in sorted(os.listdir(outdir)):
         if f.endswith(".safetensors"):
             p = os.path.join(outdir, f)

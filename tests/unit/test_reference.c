@@ -128,6 +128,17 @@ int main(void) {
     CHECKF(pf_model_load(&m, "tests/fixtures/model.safetensors", err, sizeof err) == 0, "%s", err);
     if (!m) return TEST_DONE();
     forward_check(m, "tests/fixtures/forward.safetensors", "model.safetensors");
+    { /* heads of 32 and 32 features: the fused FAVOR+ kernel (where the CPU has AVX-512) */
+        pf_model *m32 = NULL;
+        CHECKF(pf_model_load(&m32, "tests/fixtures/model_dh32.safetensors", err, sizeof err) == 0, "%s", err);
+        if (m32) {
+            const int dh = m32->cfg.d_model / m32->cfg.n_heads;
+            printf("model_dh32: heads of %d, %d features: FAVOR+ %s\n", dh, m32->cfg.n_features,
+                   favor_fused_ok(dh, m32->cfg.n_features) ? "fused (favor_forward_fused)" : "generic (no AVX-512)");
+            forward_check(m32, "tests/fixtures/forward_dh32.safetensors", "model_dh32.safetensors");
+            pf_model_free(m32);
+        }
+    }
     test_ops();
     test_model_grads(m);
     { /* finite differences on a normally initialised model, every kernel */
