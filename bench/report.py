@@ -752,9 +752,9 @@ def report(a):
     if cmp_b_rows:
         w("The C side again with `--precision bf16`: every weight product (q, k, v, o, fc1, fc2, the local "
           "block's output projection, the head) rounds both its operands to bfloat16 (8-bit mantissa, round to "
-          "nearest even) and accumulates in float32 (`gm_sgemm_bf16`, AVX-512 BF16), and so do the FAVOR+ "
-          "attention's products (features, phi_k^T V, phi_q KV: `favor_products_follow_precision`, on in "
-          "every inference program); normalisation, softmax and the rest stay float32. **PyTorch runs float32 throughout**, so these ratios compare C "
+          "nearest even) and accumulates in float32 (`gm_sgemm_bf16`, AVX-512 BF16); the FAVOR+ attention "
+          "stays float32 (the fused kernel `favor_forward_fused`, as in float32 C), and so do normalisation, "
+          "softmax and the rest. **PyTorch runs float32 throughout**, so these ratios compare C "
           "with less precise arithmetic against the same float32 PyTorch runs as above (same tokens; in each "
           "round C float32, C bf16, then PyTorch). Every timed PyTorch pass is compared with the C bf16 "
           "log-probs too, with its own, looser tolerance%s; *top-1* is the fraction of positions where both "
@@ -857,8 +857,8 @@ def report(a):
         w("")
     if bpeak and cmp_b_rows:
         w("C forward with `--precision bf16` (the runs of the PyTorch comparison). The FLOPs are the same "
-          "count as for float32; the weight products (the linear layers and the head: %s) and the "
-          "attention products run in bf16, the element-wise work in float32, so %% of the bf16 peak "
+          "count as for float32; the weight products (the linear layers and the head: %s) run in bf16, "
+          "the attention and the element-wise work in float32, so %% of the bf16 peak "
           "understates how well the bf16 products themselves run:" % ", ".join(
               "%.0f%% of the FLOPs at L = %s" % (100 * (cb["flops_linear"] + cb["flops_head"]) / cb["flops"], fmt(L))
               for L, B, cb, _, _, _, _, _ in cmp_b_rows if B == min(x[1] for x in cmp_b_rows)))

@@ -284,6 +284,25 @@ static size_t seq_start(const int *lens, int b) {
     return t;
 }
 
+/* One row of positive softmax features in place: s[r] = ratio (exp(s[r] - half_c2 |x|^2 - mx) + eps),
+ * s the raw scores c x . proj_r, mx the row's largest score (is_query) or kmax (keys). */
+static inline void softmax_feature_row(float *s, const float *xr, int dh, int m, int is_query,
+                                       float kmax, float ratio, float half_c2) {
+    float g = 0;
+    #pragma omp simd reduction(+:g)
+    for (int j = 0; j < dh; j++) g += xr[j] * xr[j];
+    g *= half_c2;
+    float mx = kmax;
+    if (is_query) {
+        mx = -FLT_MAX;
+        #pragma omp simd reduction(max:mx)
+        for (int r = 0; r < m; r++) mx = s[r] > mx ? s[r] : mx;
+    }
+    const float off = g + mx;
+    #pragma omp simd
+    for (int r = 0; r < m; r++) s[r] = ratio * (exp_vec(s[r] - off) + FAVOR_SOFTMAX_EPS);
+}
+
 /* Writes phi [T, H, m] = feature map of x [T, H*dh] for a packed batch (all heads and sequences
  * at once: the projection is shared). is_query selects the per-row stabiliser of the softmax
  * kernel; keys use one maximum per (sequence, head), as a single sequence would. */
@@ -317,21 +336,7 @@ static void favor_features(float *phi, const float *x, const float *proj, const 
             }
         for (int p = 0; p < L; p++) {
             const size_t row = (s0 + p) * H + h;
-            float *s = phi + row * m;
-            const float *xr = x + row * dh;
-            float g = 0;
-            #pragma omp simd reduction(+:g)
-            for (int j = 0; j < dh; j++) g += xr[j] * xr[j];
-            g *= half_c2;
-            float mx = kmax;
-            if (is_query) {
-                mx = -FLT_MAX;
-                #pragma omp simd reduction(max:mx)
-                for (int r = 0; r < m; r++) mx = s[r] > mx ? s[r] : mx;
-            }
-            const float off = g + mx;
-            #pragma omp simd
-            for (int r = 0; r < m; r++) s[r] = ratio * (exp_vec(s[r] - off) + FAVOR_SOFTMAX_EPS);
+            softmax_feature_row(phi + row * m, x + row * dh, dh, m, is_query, kmax, ratio, half_c2);
         }
     }
 }
@@ -449,22 +454,20 @@ FZ_TARGET static void fz_scores(float *s, const float *x, long ldx, int nr, cons
 static void fz_softmax(float *s, const float *x, long ldx, int nr, int m, int is_query, float kmax) {
     const float ratio = 1.0f / sqrtf((float)m);
     const float c = powf((float)FZ_DH, -0.25f), half_c2 = 0.5f * c * c;
-    for (int i = 0; i < nr; i++) {
-        float *si = s + (size_t)i * m;
-        const float *xr = x + (long)i * ldx;
-        float g = 0;
-        #pragma omp simd reduction(+:g)
-        for (int j = 0; j < FZ_DH; j++) g += xr[j] * xr[j];
-        g *= half_c2;
-        float mx = kmax;
-        if (is_query) {
-            mx = -FLT_MAX;
-            #pragma omp simd reduction(max:mx)
-            for (int r = 0; r < m; r++) mx = si[r] > mx ? si[r] : mx;
-        }
-        const float off = g + mx;
-        #pragma omp simd
-        for (int r = 0; r < m; r++) si[r] = ratio * (exp_vec(si[r] - off) + FAVOR_SOFTMAX_EPS);
+    for (int i = 0; i < nr; i++)
+        softmax_feature_row(s + (size_t)i * m, x + (long)i * ldx, FZ_DH, m, is_query, kmax, ratio,
+                            half_c2);
+}
+
+/* Features phi[i][m] of the n rows x + i * d (4 rows at a time; rows up to n rounded up to 4 are
+ * written, from repeats of the last). */
+FZ_TARGET static void fz_features(float *phi, const float *x, int d, int n, const float *pt, int m,
+                                  int relu, int is_query, float kmax) {
+    for (int i = 0; i < n; i += 4) {
+        const int nr = n - i < 4 ? n - i : 4;
+        const float *xr = x + (long)i * d;
+        fz_scores(phi + (size_t)i * m, xr, d, nr, pt, m, relu);
+        if (!relu) fz_softmax(phi + (size_t)i * m, xr, d, nr, m, is_query, kmax);
     }
 }
 
@@ -489,12 +492,7 @@ FZ_TARGET static void fz_head(float *out, const float *q, const float *k, const 
     /* phase 1: KV = phi_k^T V, z = column sums of phi_k */
     for (int p0 = 0; p0 < L; p0 += FZ_BLOCK) {
         const int P = L - p0 < FZ_BLOCK ? L - p0 : FZ_BLOCK;
-        for (int i = 0; i < P; i += 4) {
-            const int nr = P - i < 4 ? P - i : 4;
-            const float *kr = k + (long)(p0 + i) * d;
-            fz_scores(phi + (size_t)i * m, kr, d, nr, pt, m, relu);
-            if (!relu) fz_softmax(phi + (size_t)i * m, kr, d, nr, m, 0, kmax);
-        }
+        fz_features(phi, k + (long)p0 * d, d, P, pt, m, relu, 0, kmax);
         for (int i = 0; i < P; i++) {
             const float *pr = phi + (size_t)i * m;
             #pragma omp simd
@@ -527,12 +525,7 @@ FZ_TARGET static void fz_head(float *out, const float *q, const float *k, const 
     /* phase 2: out = (phi_q KV) / (phi_q . z), FZ_QROWS query rows at a time */
     for (int p = 0; p < L; p += FZ_QROWS) {
         const int nq = L - p < FZ_QROWS ? L - p : FZ_QROWS;
-        for (int i = 0; i < nq; i += 4) {
-            const int nr = nq - i < 4 ? nq - i : 4;
-            const float *qr = q + (long)(p + i) * d;
-            fz_scores(phi + (size_t)i * m, qr, d, nr, pt, m, relu);
-            if (!relu) fz_softmax(phi + (size_t)i * m, qr, d, nr, m, 1, 0.0f);
-        }
+        fz_features(phi, q + (long)p * d, d, nq, pt, m, relu, 1, 0.0f);
         float den[FZ_QROWS];
         for (int i = 0; i < FZ_QROWS; i++) {
             const float *pr = phi + (size_t)(i < nq ? i : 0) * m;
