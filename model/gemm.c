@@ -245,6 +245,9 @@ static inline void row_masks(int rows, int r0, int i, int R, __mmask16 *mv, __mm
 BF16_TARGET static void pack_kstrided(uint32_t *dst, const float *src, long ld, int rows, int r0,
                                       int k0, int kc, int R) {
     const int kc2 = (kc + 1) / 2;
+    /* word 2j <- word j (row k), word 2j + 1 <- word 16 + j (row k + 1) */
+    const __m512i ilv = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8,
+                                         23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
     for (int k2 = 0; k2 < kc2; k2++) {
         const float *s0 = src + (long)(k0 + 2 * k2) * ld + r0;
         const float *s1 = s0 + ld;
@@ -255,9 +258,10 @@ BF16_TARGET static void pack_kstrided(uint32_t *dst, const float *src, long ld, 
             row_masks(rows, r0, i, R, &mv, &md);
             const __m512 a = _mm512_maskz_loadu_ps(mv, s0 + i);
             const __m512 b = have1 ? _mm512_maskz_loadu_ps(mv, s1 + i) : _mm512_setzero_ps();
-            const __m512i lo = _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(a));
-            const __m512i hi = _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(b));
-            _mm512_mask_storeu_epi32(d + i, md, _mm512_or_si512(lo, _mm512_slli_epi32(hi, 16)));
+            /* both rows converted at once (a in words 0..15, b in 16..31), then interleaved into
+             * the dwords (a_j, b_j) */
+            const __m512i ab = (__m512i)_mm512_cvtne2ps_pbh(b, a);
+            _mm512_mask_storeu_epi32(d + i, md, _mm512_permutexvar_epi16(ilv, ab));
         }
     }
 }
