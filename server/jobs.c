@@ -4,6 +4,7 @@
 #include "cache.h"
 #include "hot.h"
 #include "metrics.h"
+#include "predict.h"
 #include "util.h"
 
 #include <errno.h>
@@ -23,6 +24,7 @@ static jb_job *b_head, *b_tail;       /* waiting background jobs, FIFO */
 static jb_job **live;                 /* jobs not yet done (queued or running) */
 static long n_live, live_cap;
 static long q_len, b_len, n_running, reserved, outstanding;
+static unsigned long stored_gen;      /* batches of results stored so far (answer_cached) */
 static int draining, closed, stopping, started;
 static jb_config cfg;
 static const pf_model *model;
@@ -116,6 +118,7 @@ static int live_room(void) {
 /* Appends a new job to its lane and the live list (lock held). */
 static void enqueue_locked(jb_job *j) {
     j->t_submit = ut_mono();
+    j->stored_gen = stored_gen;       /* results stored after this may answer it (answer_cached) */
     j->refs = 2;                      /* caller + queue/worker */
     j->state = JS_QUEUED;
     live[n_live++] = j;
@@ -348,6 +351,7 @@ static void complete(jb_job **jobs, int nj, char **bodies, size_t *blens, const 
         mt_evicted(ev);
     }
     pthread_mutex_lock(&mu);
+    if (m > 0) stored_gen++;
     for (int k = 0; k < nj; k++) {
         jb_job *j = jobs[k];
         if (j->state != JS_DONE) {
@@ -404,6 +408,68 @@ static int batch_take_locked(int bg, int cap, int *lens) {
     return best;
 }
 
+/* Looks up a stored result for job j (its id in the hot map; in the database only when the hot map
+ * is off, every stored result being in the map otherwise unless larger than a quarter of it): 1
+ * with a malloc'd copy of the response marked "cached":true in *body / *len, else 0 (absent, or a
+ * database or memory error: the job is then computed as usual). */
+static int cached_result(const jb_job *j, char **body, size_t *len) {
+    hc_blob *hb = hc_get(j->req->id);
+    if (hb) {
+        size_t n = 0;
+        const char *d = hc_blob_data(hb, &n);
+        char *c = malloc(n ? n : 1);
+        if (c) memcpy(c, d, n);
+        hc_blob_release(hb);
+        if (!c) return 0;
+        *body = c;
+        *len = n;
+        return 1;
+    }
+    hc_stats_t hs;
+    hc_stats(&hs);
+    if (hs.max_bytes > 0) return 0;
+    char *b = NULL;
+    size_t n = 0;
+    if (db_get(j->req->id, &b, &n) != 1) return 0;
+    pr_mark_cached(b, n);
+    *body = b;
+    *len = n;
+    return 1;
+}
+
+/* Answers the jobs of batch[0..nj) (taken by this worker, lock not held) whose result was stored
+ * while they waited, i.e. an identical request was computed just before them, from that result
+ * instead of computing it again; moves the others to the front and returns their count. gen =
+ * stored_gen when they were taken: a job queued after the last store needs no lookup (the HTTP
+ * layer looked before queueing it), so a stream of unique requests costs no lookups at all when
+ * the queue is short, and a hot-map lookup per job otherwise. */
+static int answer_cached(jb_job **batch, int nj, unsigned long gen) {
+    int keep = 0;
+    for (int k = 0; k < nj; k++) {
+        jb_job *j = batch[k];
+        char *body = NULL;
+        size_t len = 0;
+        if (!j->store || j->stored_gen == gen || !cached_result(j, &body, &len)) {
+            batch[keep++] = j;
+            continue;
+        }
+        pthread_mutex_lock(&mu);
+        if (j->state != JS_DONE) {   /* not already answered by the watchdog (504) */
+            j->body = body;
+            j->body_len = len;
+            body = NULL;
+            j->cached = 1;
+            j->forward_s = 0;
+            j->batch_jobs = 0;
+            finish_locked(j, 200, NULL, NULL);
+        }
+        unref_locked(j);
+        pthread_mutex_unlock(&mu);
+        free(body);
+    }
+    return keep;
+}
+
 /* Worker: takes the head job plus following short jobs, runs them in one forward pass. */
 static void *worker_main(void *arg) {
     (void)arg;
@@ -420,8 +486,8 @@ static void *worker_main(void *arg) {
         if (!q_head && !b_head) break;
         int bg = q_head == NULL;      /* interactive jobs always go first */
         double now = ut_mono();
-        const int nj = batch_take_locked(bg, cap, lens);   /* the batch limits live there */
-        for (int k = 0; k < nj; k++) {
+        const int nt = batch_take_locked(bg, cap, lens);   /* the batch limits live there */
+        for (int k = 0; k < nt; k++) {
             jb_job *j = bg ? b_head : q_head;
             queue_remove(j);
             j->state = JS_RUNNING;
@@ -429,7 +495,13 @@ static void *worker_main(void *arg) {
             n_running++;
             batch[k] = j;
         }
+        const unsigned long gen = stored_gen;
         pthread_mutex_unlock(&mu);
+        const int nj = answer_cached(batch, nt, gen);
+        if (nj == 0) {
+            pthread_mutex_lock(&mu);
+            continue;
+        }
         char err[256] = "";
         double fwd = 0;
         memset(bodies, 0, (size_t)nj * sizeof *bodies);

@@ -31,8 +31,10 @@ struct jb_job {
     char err_type[48], err_msg[256];
     double queue_s, forward_s;  /* time waiting, time in forward passes */
     int batch_jobs;             /* jobs sharing the forward pass */
+    int cached;                 /* 1: answered from a result stored while it waited (no forward pass) */
     /* internal */
     int state, refs;
+    unsigned long stored_gen;   /* results stored before it was queued (see answer_cached) */
     jb_job *next;
 };
 

@@ -2,6 +2,7 @@
 --help and environment variables, bearer auth on/off, results surviving a restart, LRU eviction,
 429 when the queue is full, the per-request deadline (504), schema version checks, and SIGTERM /
 SIGINT draining in-flight work and exiting 0 within 10 s with a clean database."""
+import json
 import os
 import random
 import signal
@@ -197,6 +198,43 @@ else:
         time.sleep(0.2)
     check(r.status == 200 and r.header("X-Cache") == "HIT", "the late result was stored and is a HIT")
 
+d.stop()
+
+# ---- identical requests: one queued behind the other is answered from its result, not recomputed -------
+d = Daemon(BIG, os.path.join(T, "dup.sqlite")).start()
+
+
+def forwards():
+    for line in d.get("/metrics").body.decode().splitlines():
+        if line.startswith("performerd_model_forward_seconds_count "):
+            return int(float(line.split()[1]))
+    return -1
+
+
+f0 = forwards()
+dup = rand_seq(12000)
+dres = {}
+
+
+def fire_dup(i):
+    dres[i] = d.post({"sequence": dup, "top_k": 1})
+
+
+t1 = threading.Thread(target=fire_dup, args=(1,))
+t1.start()
+for _ in range(200):  # wait (bounded) until the worker computes the first one
+    if b"performerd_jobs_running 1" in d.get("/metrics").body:
+        break
+    time.sleep(0.01)
+t2 = threading.Thread(target=fire_dup, args=(2,))
+t2.start()
+t1.join()
+t2.join()
+caches = sorted(r.header("X-Cache") or "" for r in dres.values())
+check(all(r.status == 200 for r in dres.values()) and caches == ["HIT", "MISS"],
+      "two identical requests, the second queued while the first runs: MISS and HIT (%s)" % caches)
+check(forwards() - f0 == 1, "computed once (%d forward passes)" % (forwards() - f0))
+check(json.loads(dres[1].body)["results"] == json.loads(dres[2].body)["results"], "the same results")
 d.stop()
 
 # ---- SIGTERM: in-flight work finishes, new connections refused, exit 0 within 10 s -----------------------
