@@ -448,33 +448,36 @@ FZ_TARGET static void fz_scores(float *s, const float *x, long ldx, int nr, cons
     }
 }
 
-/* Turns the raw scores s[i][m] of rows x_i (i < nr) into softmax features, as favor_features
- * does: ratio (exp(s - c^2 |x|^2 / 2 - mx) + eps) with mx the row's maximum (queries) or kmax
- * (keys). */
-static void fz_softmax(float *s, const float *x, long ldx, int nr, int m, int is_query, float kmax) {
-    const float ratio = 1.0f / sqrtf((float)m);
-    const float c = powf((float)FZ_DH, -0.25f), half_c2 = 0.5f * c * c;
-    for (int i = 0; i < nr; i++)
-        softmax_feature_row(s + (size_t)i * m, x + (long)i * ldx, FZ_DH, m, is_query, kmax, ratio,
-                            half_c2);
-}
+/* What every (sequence, head) task of favor_forward_fused shares, set once per call. */
+typedef struct {
+    const float *pt;        /* c proj^T [FZ_DH][m]: the feature scale folded into the projection */
+    int m, d, relu;         /* features, row stride of q/k/v/out, the ReLU kernel (else softmax) */
+    float ratio, half_c2;   /* softmax features: 1 / sqrt(m), c^2 / 2 */
+} fz_args;
 
 /* Features phi[i][m] of the n rows x + i * d (4 rows at a time; rows up to n rounded up to 4 are
- * written, from repeats of the last). */
-FZ_TARGET static void fz_features(float *phi, const float *x, int d, int n, const float *pt, int m,
-                                  int relu, int is_query, float kmax) {
+ * written, from repeats of the last); softmax: as favor_features, with the row's maximum
+ * (is_query) or kmax (keys) as stabiliser. */
+FZ_TARGET static void fz_features(float *phi, const float *x, int n, int is_query, float kmax,
+                                  const fz_args *a) {
+    const int m = a->m;
     for (int i = 0; i < n; i += 4) {
         const int nr = n - i < 4 ? n - i : 4;
-        const float *xr = x + (long)i * d;
-        fz_scores(phi + (size_t)i * m, xr, d, nr, pt, m, relu);
-        if (!relu) fz_softmax(phi + (size_t)i * m, xr, d, nr, m, is_query, kmax);
+        const float *xr = x + (long)i * a->d;
+        fz_scores(phi + (size_t)i * m, xr, a->d, nr, a->pt, m, a->relu);
+        if (!a->relu)
+            for (int r = 0; r < nr; r++)
+                softmax_feature_row(phi + (size_t)(i + r) * m, xr + (long)r * a->d, FZ_DH, m,
+                                    is_query, kmax, a->ratio, a->half_c2);
     }
 }
 
 /* One (sequence, head) of favor_forward_fused: q, k, v, out point at the head's columns of the
- * sequence's first row (rows d apart). */
+ * sequence's first row (rows a->d apart). */
 FZ_TARGET static void fz_head(float *out, const float *q, const float *k, const float *v, int L,
-                              int d, const float *pt, int m, int relu) {
+                              const fz_args *a) {
+    const int d = a->d, m = a->m, relu = a->relu;
+    const float *pt = a->pt;
     float kv[FZ_MAXM * FZ_DH] __attribute__((aligned(64)));
     float z[FZ_MAXM] __attribute__((aligned(64)));
     float phi[FZ_BLOCK * FZ_MAXM] __attribute__((aligned(64)));
@@ -492,7 +495,7 @@ FZ_TARGET static void fz_head(float *out, const float *q, const float *k, const 
     /* phase 1: KV = phi_k^T V, z = column sums of phi_k */
     for (int p0 = 0; p0 < L; p0 += FZ_BLOCK) {
         const int P = L - p0 < FZ_BLOCK ? L - p0 : FZ_BLOCK;
-        fz_features(phi, k + (long)p0 * d, d, P, pt, m, relu, 0, kmax);
+        fz_features(phi, k + (long)p0 * d, P, 0, kmax, a);
         for (int i = 0; i < P; i++) {
             const float *pr = phi + (size_t)i * m;
             #pragma omp simd
@@ -525,7 +528,7 @@ FZ_TARGET static void fz_head(float *out, const float *q, const float *k, const 
     /* phase 2: out = (phi_q KV) / (phi_q . z), FZ_QROWS query rows at a time */
     for (int p = 0; p < L; p += FZ_QROWS) {
         const int nq = L - p < FZ_QROWS ? L - p : FZ_QROWS;
-        fz_features(phi, q + (long)p * d, d, nq, pt, m, relu, 1, 0.0f);
+        fz_features(phi, q + (long)p * d, nq, 1, 0.0f, a);
         float den[FZ_QROWS];
         for (int i = 0; i < FZ_QROWS; i++) {
             const float *pr = phi + (size_t)(i < nq ? i : 0) * m;
@@ -565,17 +568,17 @@ int favor_forward_fused(float *out, const float *q, const float *k, const float 
     const int d = H * dh;
     const size_t T = seq_total(lens, B);
     (void)T;
-    /* pt = c proj^T [dh][m]: the feature scale folded into the projection */
     float pt[FZ_DH * FZ_MAXM];
     const float c = powf((float)dh, -0.25f);
     for (int r = 0; r < m; r++)
         for (int j = 0; j < dh; j++) pt[(size_t)j * m + r] = c * proj[(size_t)r * dh + j];
+    const fz_args a = { pt, m, d, relu, 1.0f / sqrtf((float)m), 0.5f * c * c };
     #pragma omp parallel for schedule(dynamic) if (T * d > OMP_MIN)
     for (int bh = 0; bh < B * H; bh++) {
         const int b = bh / H, h = bh % H;
         if (lens[b] <= 0) continue;
         const size_t o = seq_start(lens, b) * d + (size_t)h * dh;
-        fz_head(out + o, q + o, k + o, v + o, lens[b], d, pt, m, relu);
+        fz_head(out + o, q + o, k + o, v + o, lens[b], &a);
     }
     return 0;
 }
