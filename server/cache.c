@@ -168,6 +168,23 @@ static int exec_sql(sqlite3 *db, const char *sql, char *err, size_t errlen) {
     return 0;
 }
 
+static _Atomic(db_checkpoint_fn) g_ckpt_wake;   /* db_set_checkpointer */
+static atomic_int g_ckpt_wanted;                   /* a commit asked for a checkpoint */
+
+/* sqlite3_wal_hook of every connection, in place of SQLite's auto-checkpoint: at DB_CHECKPOINT_PAGES
+ * pages, wakes the checkpointer (once until it runs), or without one checkpoints here. */
+static int wal_hook(void *arg, sqlite3 *db, const char *name, int pages) {
+    (void)arg;
+    if (pages < DB_CHECKPOINT_PAGES) return SQLITE_OK;
+    db_checkpoint_fn wake = atomic_load(&g_ckpt_wake);
+    if (wake) {
+        if (!atomic_exchange(&g_ckpt_wanted, 1)) wake();
+    } else {
+        sqlite3_wal_checkpoint_v2(db, name, SQLITE_CHECKPOINT_PASSIVE, NULL, NULL);
+    }
+    return SQLITE_OK;
+}
+
 /* Opens a raw connection with busy_timeout and the session settings (create: create the file when
  * missing; only start-up and recovery do, so a deleted file is never silently replaced by an empty
  * one); returns NULL + err. */
@@ -182,6 +199,7 @@ static sqlite3 *open_raw(const char *path, int create, char *err, size_t errlen)
     }
     sqlite3_busy_timeout(db, 10000);
     sqlite3_extended_result_codes(db, 1);
+    sqlite3_wal_hook(db, wal_hook, NULL);   /* replaces the auto-checkpoint (see wal_hook) */
     if (exec_sql(db, "PRAGMA synchronous = NORMAL; PRAGMA temp_store = MEMORY;", err, errlen)) {
         sqlite3_close(db);
         return NULL;
@@ -1142,6 +1160,19 @@ int db_sync(void) {
         atomic_store(&g_unsynced, 1);
         drop_if_broken();
     }
+    leave();
+    return rc;
+}
+
+/* See cache.h. */
+void db_set_checkpointer(db_checkpoint_fn wake) { atomic_store(&g_ckpt_wake, wake); }
+
+/* See cache.h (under the read lock). */
+int db_checkpoint(void) {
+    if (!atomic_exchange(&g_ckpt_wanted, 0)) return 0;
+    enter(1);
+    int rc = sync_locked();
+    if (rc < 0) drop_if_broken();
     leave();
     return rc;
 }

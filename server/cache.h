@@ -68,6 +68,22 @@ void db_set_result_fsync(int on);
  * otherwise). Returns 0 or -1. */
 int db_sync(void);
 
+/* Told, from the committing thread, that a commit left the WAL at DB_CHECKPOINT_PAGES pages or
+ * more; it must only wake the thread that calls db_checkpoint (it may not use the database). */
+typedef void (*db_checkpoint_fn)(void);
+
+#define DB_CHECKPOINT_PAGES 1000   /* WAL pages that call for a checkpoint (SQLite's auto-checkpoint) */
+
+/* Sets who checkpoints a grown WAL: with wake set, a background thread (wake tells it; it calls
+ * db_checkpoint), so that no request's commit pays for copying the WAL into the database and its
+ * fsync; with NULL (the default) the committing connection checkpoints at once, as SQLite's own
+ * auto-checkpoint does. */
+void db_set_checkpointer(db_checkpoint_fn wake);
+
+/* Checkpoints the WAL (PASSIVE) when a commit asked for it since the last call (cheap otherwise).
+ * Returns 0 or -1. */
+int db_checkpoint(void);
+
 /* A pending LRU refresh: a result served from memory hits times, last at last_used (Unix s). */
 typedef struct {
     char id[65];

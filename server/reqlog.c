@@ -13,7 +13,7 @@ static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t cv;
 static db_log_row *q, *w;             /* rows being queued; rows being written (swapped per flush) */
 static size_t q_len, q_cap, w_cap;
-static int running, stopping;
+static int running, stopping, ckpt;   /* ckpt: a commit asked for a WAL checkpoint (rl_checkpoint_wake) */
 static pthread_t th;
 static atomic_ullong dropped;
 
@@ -35,6 +35,13 @@ static void *writer_main(void *arg) {
     pthread_mutex_lock(&mu);
     for (;;) {
         while (!stopping && q_len == 0) {
+            if (ckpt) {                 /* a grown WAL: checkpoint it here, not in a request's commit */
+                ckpt = 0;
+                pthread_mutex_unlock(&mu);
+                db_checkpoint();
+                pthread_mutex_lock(&mu);
+                continue;
+            }
             struct timespec ts = ut_deadline_in(RL_SYNC_INTERVAL_S);
             pthread_cond_timedwait(&cv, &mu, &ts);
             if (q_len == 0 && ut_mono() - last_sync >= RL_SYNC_INTERVAL_S) {
@@ -61,6 +68,7 @@ static void *writer_main(void *arg) {
         pthread_mutex_unlock(&mu);
         next = now + RL_MIN_INTERVAL_S;
         write_rows(rows, n);
+        db_checkpoint();              /* when a commit asked for one (cheap otherwise) */
         if (stop || ut_mono() - last_sync >= RL_SYNC_INTERVAL_S) {
             db_sync();
             last_sync = ut_mono();
@@ -70,6 +78,14 @@ static void *writer_main(void *arg) {
     }
     pthread_mutex_unlock(&mu);
     return NULL;
+}
+
+/* Asks the writer for a WAL checkpoint (db_checkpoint_fn: any thread, never touches the database). */
+static void checkpoint_wake(void) {
+    pthread_mutex_lock(&mu);
+    ckpt = 1;
+    pthread_cond_signal(&cv);
+    pthread_mutex_unlock(&mu);
 }
 
 /* Starts the writer thread. */
@@ -88,6 +104,7 @@ int rl_start(char *err, size_t errlen) {
         snprintf(err, errlen, "cannot start the request log thread: %s", strerror(rc));
         return -1;
     }
+    db_set_checkpointer(checkpoint_wake);   /* grown WALs are checkpointed here from now on */
     return 0;
 }
 
@@ -119,6 +136,7 @@ void rl_push(const db_log_row *row) {
 
 /* Writes what is queued, stops and joins the writer, frees the buffers. */
 void rl_stop(void) {
+    db_set_checkpointer(NULL);        /* commits after this checkpoint themselves */
     pthread_mutex_lock(&mu);
     int was = running;
     stopping = 1;
@@ -134,5 +152,8 @@ void rl_stop(void) {
     q = w = NULL;
     q_cap = w_cap = 0;
     pthread_mutex_unlock(&mu);
-    if (was) db_sync();
+    if (was) {
+        db_checkpoint();
+        db_sync();
+    }
 }

@@ -1,7 +1,8 @@
 /* reqlog.h - the request log queue (prefix rl_): rows of the SQLite requests table are queued by
  * the HTTP threads and written by one background thread, many rows per transaction, together with
  * the hot map's pending LRU refreshes (hot.h) and, when results are committed without an fsync, a
- * periodic WAL checkpoint that makes them durable (cache.h db_sync). A flush starts as soon as rows
+ * periodic WAL checkpoint that makes them durable (cache.h db_sync), and the checkpoints of a grown
+ * WAL (db_set_checkpointer: from rl_start to rl_stop no request's commit runs one). A flush starts as soon as rows
  * wait, at most once per RL_MIN_INTERVAL_S unless RL_BATCH rows wait, so a lightly loaded daemon
  * writes each row within milliseconds and a loaded one writes a few large transactions a second.
  * The queue is bounded (RL_MAX_ROWS): when it is full a row is dropped and counted

@@ -1,7 +1,7 @@
 /* test_server_cache.c - the SQLite cache of performerd (server/cache.c): schema/migrations,
  * put/get, LRU eviction under the size bound, the request log, refusing a newer schema, and the job
  * store (a job inserted once, its states, pending items, results and counters, reading back, the
- * requeue at start-up, delete). */
+ * requeue at start-up, delete), and who checkpoints a grown WAL (db_set_checkpointer). */
 #include "cache.h"
 #include "testutil.h"
 
@@ -16,6 +16,34 @@ static int collect(long long idx, const char *name, int status, const char *out,
     size_t n = strlen(b);
     snprintf(b + n, 512 - n, "%lld:%s:%d:%.*s;", idx, name, status, (int)len, out);
     return 0;
+}
+
+static int wakes;
+
+/* db_checkpoint_fn of the test: counts the calls. */
+static void count_wake(void) { wakes++; }
+
+/* Frames in the WAL of path that a checkpoint on a separate connection finds (it backfills them). */
+static int wal_frames(const char *path) {
+    sqlite3 *db;
+    int log = -1, done = -1;
+    sqlite3_open(path, &db);
+    sqlite3_exec(db, "SELECT count(*) FROM sqlite_master", NULL, NULL, NULL);   /* opens the WAL */
+    sqlite3_wal_checkpoint_v2(db, NULL, SQLITE_CHECKPOINT_PASSIVE, &log, &done);
+    sqlite3_close(db);
+    return log;
+}
+
+/* Stores n results of 16 KB with ids from tag, one commit each. */
+static void put_big(const char *tag, int n) {
+    static char blob[16384];
+    memset(blob, 'w', sizeof blob);
+    for (int i = 0; i < n; i++) {
+        char id[64];
+        snprintf(id, sizeof id, "%s-%d", tag, i);
+        db_result r = {id, "{}", blob, sizeof blob};
+        CHECK(db_put_many("sha", &r, 1, NULL) == 0);
+    }
 }
 
 int main(void) {
@@ -157,6 +185,28 @@ int main(void) {
         CHECK(db_job_set_state("job1", "cancelled", ",queued,running,") == 0);   /* done is final */
         CHECK(db_job_delete("job1") == 1 && db_job_get("job1", &g) == 0);
         CHECK(q(path, "SELECT count(*) FROM job_items") == 0);
+    }
+    /* a grown WAL: with a checkpointer set, commits only wake it (the WAL keeps growing until it
+     * runs db_checkpoint); without one, commits checkpoint it themselves at DB_CHECKPOINT_PAGES */
+    {
+        wal_frames(path);                  /* start from a checkpointed WAL */
+        put_big("x", 1);                   /* the first commit after it starts the WAL over */
+        db_set_checkpointer(count_wake);
+        put_big("w", 400);                 /* 400 x 16 KB: about 1,600 pages */
+        CHECKF(wakes == 1, "%d wake-ups", wakes);   /* once until it runs */
+        int frames = wal_frames(path);
+        CHECKF(frames >= 1500, "WAL frames %d: a commit checkpointed", frames);
+        CHECK(db_checkpoint() == 0);       /* asked for: runs */
+        CHECK(db_checkpoint() == 0);       /* not asked for again: nothing to do */
+        put_big("y", 300);
+        CHECKF(wakes == 2, "%d wake-ups", wakes);
+        db_set_checkpointer(NULL);
+        CHECK(db_checkpoint() == 0);
+        wal_frames(path);
+        put_big("v", 400);
+        frames = wal_frames(path);
+        CHECKF(frames > 0 && frames < DB_CHECKPOINT_PAGES + 50, "WAL frames %d: commits did not checkpoint", frames);
+        CHECKF(wakes == 2, "%d wake-ups", wakes);
     }
     db_close_all();
 
