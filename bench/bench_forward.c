@@ -10,7 +10,7 @@
  *                 [--precision fp32|bf16] [--group-tokens N] [--seq-parallel-len N]
  *                 [--fp32-kernel own|openblas] [--ffn-rows N]
  *       Runs pf_forward on B random sequences of L framed positions (<cls> + L-2 standard
- *       residues + <eos>) with warm-up and repeats; reports median/min/max seconds, the matmul
+ *       residues + <eos>) with warm-up and repeats; reports median/mean/min/max seconds, the matmul
  *       FLOPs of one forward (weights/FORMAT.md shapes), GFLOP/s, and memory: VmRSS after loading
  *       the weights and VmHWM (peak RSS) at exit. Run one process per (kernel, L, B) so that peak
  *       RSS belongs to that configuration alone. A kernel that refuses the length (exact attention
@@ -436,11 +436,11 @@ int main(int argc, char **argv) {
     struct rusage ru;
     getrusage(RUSAGE_SELF, &ru);
     long hwm = proc_status_kb("VmHWM");
-    printf("\"status\":\"ok\",\"reps\":%d,\"warmup\":%d,\"median_s\":%.6f,\"min_s\":%.6f,\"max_s\":%.6f,"
+    printf("\"status\":\"ok\",\"reps\":%d,\"warmup\":%d,\"median_s\":%.6f,\"mean_s\":%.6f,\"min_s\":%.6f,\"max_s\":%.6f,"
            "\"first_s\":%.6f,\"us_per_position\":%.4f,\"flops\":%.6e,\"flops_linear\":%.6e,"
            "\"flops_attention\":%.6e,\"flops_head\":%.6e,\"gflops\":%.3f,"
            "\"rss_loaded_kb\":%ld,\"peak_rss_kb\":%ld,\"ru_maxrss_kb\":%ld}\n",
-           nt, warmup, med, times[0], times[nt - 1], first, med / (double)T * 1e6, fl.total,
+           nt, warmup, med, total / nt, times[0], times[nt - 1], first, med / (double)T * 1e6, fl.total,
            fl.linear, fl.attention, fl.head, fl.total / med * 1e-9, rss_loaded, hwm, ru.ru_maxrss);
     fflush(stdout);
     if (tok_out && write_file(tok_out, tok, T * sizeof *tok) != 0) {

@@ -36,11 +36,14 @@ T_BATCH_RATIO = 2.0
 def raw_rate(s):
     """(mean, before, after) raw model sequences/s of a server record: bench_forward at the
     server's mean batch right after the timed run and, when recorded, right before it (before is
-    None without it); None when no raw measurement succeeded."""
+    None without it); None when no raw measurement succeeded. A rate is sequences per mean pass time
+    (the server's requests/s is a mean over its run, hiccups included, so the raw rate is one too;
+    records without mean_s fall back to the median pass)."""
     rates = []
     for key in ("raw_before", "raw"):
         r = s.get(key) or {}
-        rates.append(r["batch"] / r["median_s"] if r.get("status") == "ok" and r.get("median_s") else None)
+        t = r.get("mean_s") or r.get("median_s")
+        rates.append(r["batch"] / t if r.get("status") == "ok" and t else None)
     before, after = rates
     if after is None:
         return None
@@ -952,7 +955,8 @@ def report(a):
           "same machine (wrk's own CPU use is included). *hit*: the same request every time (answered "
           "from the cache); *miss*: a different %d-residue sequence with one `<mask>` per request "
           "(`bench/wrk_post.lua`). *raw*: `bench_forward` at the same length and the server's mean batch "
-          "(forward passes counted by the daemon's `/metrics`), measured right before (at the mean batch of "
+          "(forward passes counted by the daemon's `/metrics`; sequences per *mean* pass time, as the server's "
+          "requests/s is a mean too), measured right before (at the mean batch of "
           "an untimed 2 s warm-up run) and right after the timed run: the mean of the two, with "
           "before → after in brackets, so that a drift of the shared machine shows; overhead = raw "
           "sequences/s ÷ server requests/s − 1. *busy* = the daemon's forward seconds ÷ wall time. *CPU/req* = CPU seconds "
