@@ -39,14 +39,18 @@ static const char *USAGE =
     "          [--init weights] [--log F.csv] [--steps N] [--warmup N] [--lr X]\n"
     "          [--crop N] [--batch-tokens N] [--redraw N] [--seed S] [--threads N]\n"
     "          [--ckpt-minutes X] [--max-minutes X] [--stop-after N] [--eval-every N]\n"
-    "          [--eval-seqs N] [--train-kernel K]\n"
+    "          [--eval-seqs N] [--train-kernel K] [--decay-steps N [--branch-ckpt F]]\n"
     "          [architecture options of init]    masked-LM training (README.md,\n"
     "                                            section Command-line tool);\n"
     "                                            --init F --conv K / --local K extends weights F\n"
     "                                            without them with identity convolutions / local\n"
     "                                            blocks, --layers N with identity layers on top\n"
     "                                            (same function); other architecture options\n"
-    "                                            must match F\n"
+    "                                            must match F; --decay-steps N: lr held after\n"
+    "                                            the warm-up, 1 - sqrt decay over the last N steps\n"
+    "                                            (default: cosine), --branch-ckpt F saves the\n"
+    "                                            state where the decay starts (resume it with\n"
+    "                                            more --steps to go on from before the decay)\n"
     "  eval    --weights F --fasta F [--mask-rate 0.15] [--seed S] [--kernel K]\n"
     "          [--max-seqs N] [--unigram F]      perplexity, top-1/top-5 accuracy and calibration\n"
     "          [--window N]                      of the top-1 probability (JSON), vs a unigram\n"
@@ -315,6 +319,8 @@ static int cmd_train(int argc, char **argv) {
         else if (strcmp(a, "--seed") == 0) { if (parse_long(a, v, 0, 0x7fffffffL, &x)) return 2; o.seed = (uint64_t)x; }
         else if (strcmp(a, "--steps") == 0) { if (parse_long(a, v, 1, 100000000L, &o.steps)) return 2; }
         else if (strcmp(a, "--warmup") == 0) { if (parse_long(a, v, 1, 100000000L, &o.warmup)) return 2; }
+        else if (strcmp(a, "--decay-steps") == 0) { if (parse_long(a, v, 0, 100000000L, &o.decay_steps)) return 2; }
+        else if (strcmp(a, "--branch-ckpt") == 0) o.branch_ckpt = v;
         else if (strcmp(a, "--redraw") == 0) { if (parse_long(a, v, 0, 100000000L, &o.redraw)) return 2; }
         else if (strcmp(a, "--eval-every") == 0) { if (parse_long(a, v, 0, 100000000L, &o.eval_every)) return 2; }
         else if (strcmp(a, "--stop-after") == 0) { if (parse_long(a, v, 1, 100000000L, &o.stop_after)) return 2; }
@@ -333,6 +339,16 @@ static int cmd_train(int argc, char **argv) {
     }
     if (!o.out && !o.ckpt) { fprintf(stderr, "performer train: give --out F (and/or --ckpt F)\n"); return 2; }
     if (o.warmup >= o.steps) o.warmup = o.steps / 10 + 1;
+    if (o.decay_steps > 0 && o.decay_steps > o.steps - o.warmup) {
+        fprintf(stderr, "performer train: --decay-steps %ld leaves no room for the %ld warm-up steps of %ld "
+                "(at most %ld)\n", o.decay_steps, o.warmup, o.steps, o.steps - o.warmup);
+        return 2;
+    }
+    if (o.branch_ckpt && o.decay_steps == 0) {
+        fprintf(stderr, "performer train: --branch-ckpt needs --decay-steps N (the checkpoint is written where the "
+                "decay starts)\n");
+        return 2;
+    }
     char err[512] = "";
     int interrupted = 0;
     if (tr_run(&o, &interrupted, err, sizeof err) != 0) { fprintf(stderr, "performer train: %s\n", err); return 1; }

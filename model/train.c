@@ -1,5 +1,5 @@
 /* train.c - masked-LM training: forward with saved activations, backward (llm.c style), AdamW
- * with warm-up + cosine decay and clipping, atomic checkpoints with exact resume, evaluation. */
+ * with warm-up + cosine decay (or warm-up-stable-decay) and clipping, atomic checkpoints with exact resume, evaluation. */
 #include "train.h"
 #include "dataset.h"
 #include "gemm.h"
@@ -324,12 +324,23 @@ static int tr_init_check(const tr_options *o, const pf_model *src, char *err, si
     return 0;
 }
 
-/* Returns the learning rate of step (0-based): linear warm-up, then cosine to min_lr_frac * lr. */
+/* The first step of the decay of a warm-up-stable-decay schedule (o->decay_steps > 0). */
+static long tr_decay_start(const tr_options *o) { return o->steps - o->decay_steps; }
+
+/* Returns the learning rate of step (0-based): linear warm-up, then cosine to min_lr_frac * lr or,
+ * with decay_steps, lr held until the last decay_steps steps and 1 - sqrt(t) down to min_lr_frac *
+ * lr over them (Hagele et al. 2024: a run can go on from before its decay, no warm restart). */
 static double tr_lr(const tr_options *o, long step) {
     if (step < o->warmup) return o->lr * (step + 1) / (double)o->warmup;
+    double lo = o->lr * o->min_lr_frac;
+    if (o->decay_steps > 0) {
+        long d0 = tr_decay_start(o);
+        if (step < d0) return o->lr;
+        double t = (double)(step - d0 + 1) / (double)o->decay_steps;
+        return lo + (o->lr - lo) * (1 - sqrt(t > 1 ? 1 : t));
+    }
     double t = (double)(step - o->warmup) / (double)(o->steps > o->warmup ? o->steps - o->warmup : 1);
     if (t > 1) t = 1;
-    double lo = o->lr * o->min_lr_frac;
     return lo + 0.5 * (o->lr - lo) * (1 + cos(M_PI * t));
 }
 
@@ -825,6 +836,16 @@ int tr_run(const tr_options *o, int *interrupted, char *err, size_t errlen) {
     double rate = 0, loss_ema = NAN;
     int tty = isatty(2);
     while (st.step < o->steps && !g_stop) {
+        if (o->branch_ckpt && o->decay_steps > 0 && st.step == tr_decay_start(o)) {
+            /* the state before the first decay step: resuming it with more --steps goes on with
+             * the stable phase exactly as a longer run would have */
+            double now = now_s();
+            st.elapsed += now - t0;
+            t0 = now;
+            if (tr_save_ckpt(o->branch_ckpt, m, &st, o, err, errlen) != 0) goto cleanup;
+            fprintf(stderr, "%sdecay starts at step %ld: stable-phase checkpoint %s\n",
+                    tty && !o->quiet ? "\n" : "", st.step, o->branch_ckpt);
+        }
         if (o->redraw > 0 && st.step % o->redraw == 0 && st.step > 0) tr_redraw(m, o->seed, st.step / o->redraw);
         tr_next_batch(&b, train, &st.cursor, o, &st.rng);
         int ns = 0;
@@ -888,9 +909,9 @@ int tr_run(const tr_options *o, int *interrupted, char *err, size_t errlen) {
         m->cfg.trained = 1;
         snprintf(m->cfg.provenance, sizeof m->cfg.provenance,
                  "{\"trainer\":\"bin/performer train\",\"data\":\"%s\",\"steps\":%ld,\"tokens\":%ld,"
-                 "\"seconds\":%.0f,\"seed\":%llu,\"lr\":%g,\"crop\":%d,\"batch_tokens\":%d,\"kernel\":\"%s\","
+                 "\"seconds\":%.0f,\"seed\":%llu,\"lr\":%g,\"decay_steps\":%ld,\"crop\":%d,\"batch_tokens\":%d,\"kernel\":\"%s\","
                  "\"val_perplexity\":%.4f,\"val_accuracy\":%.4f}", tpath, st.step, st.tokens, st.elapsed,
-                 (unsigned long long)o->seed, o->lr, o->crop, o->batch_tokens, pf_kernel_name(kernel),
+                 (unsigned long long)o->seed, o->lr, o->decay_steps, o->crop, o->batch_tokens, pf_kernel_name(kernel),
                  val_ppl, val_acc);
         m->cfg.kernel = kernel;
         if (pf_model_save(m, o->out, err, errlen) != 0) goto cleanup;

@@ -47,6 +47,10 @@ typedef struct {
     uint64_t seed;
     long steps;                 /* total optimiser steps (schedule length) */
     long warmup;                /* warm-up steps */
+    long decay_steps;           /* 0: cosine from the warm-up to the end; N: warm-up-stable-decay,
+                                 * lr held until steps - N, then 1 - sqrt down to min_lr_frac * lr */
+    const char *branch_ckpt;    /* with decay_steps: a checkpoint written where the decay starts
+                                 * (resume it with more --steps to go on with the stable phase) */
     double lr, min_lr_frac, weight_decay, beta1, beta2, clip;
     int crop;                   /* maximum framed length of a training crop */
     int batch_tokens;           /* token budget per batch */

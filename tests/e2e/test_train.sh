@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Trainer acceptance: a tiny model's loss falls on a tiny corpus within a few hundred steps;
 # --resume continues exactly (same losses as an uninterrupted run); SIGTERM writes a checkpoint;
-# fine-tuning from weights on a FASTA works; `performer eval` prints its JSON; export works.
+# fine-tuning from weights on a FASTA works; `performer eval` prints its JSON; export works;
+# the warm-up-stable-decay schedule and its branch checkpoint.
 set -euo pipefail
 BIN=${BIN:-bin}
 T=$(mktemp -d)
@@ -158,4 +159,39 @@ PY
 else
     echo "no AVX-512 BF16 here: bf16 training not checked"
 fi
+# 8. warm-up-stable-decay: lr held, then 1 - sqrt down to lr/10 over --decay-steps; --branch-ckpt
+#    saves the state where the decay starts, and resuming it with more --steps goes on with the
+#    stable phase exactly as a longer run does
+WSD="$ARCH --warmup 5 --lr 3e-3 --seed 4 --decay-steps 10"
+$BIN/performer train --fasta "$T/tiny.fasta" --out "$T/w40.safetensors" --log "$T/w40.csv" $WSD --steps 40 \
+    --branch-ckpt "$T/w_branch.ckpt" 2>"$T/w40.err"
+[ -f "$T/w_branch.ckpt" ] || fail "no --branch-ckpt written"
+grep -q "decay starts at step 30" "$T/w40.err" || fail "the branch was not announced at step 30"
+$BIN/performer train --fasta "$T/tiny.fasta" --out "$T/w60.safetensors" --log "$T/w60.csv" $WSD --steps 60
+cp "$T/w_branch.ckpt" "$T/w_cont.ckpt"
+$BIN/performer train --fasta "$T/tiny.fasta" --out "$T/wc.safetensors" --log "$T/wc.csv" --ckpt "$T/w_cont.ckpt" \
+    $WSD --steps 60 --resume 2>"$T/wc.err"
+grep -q "resumed from .* at step 30" "$T/wc.err" || fail "the branch checkpoint did not resume at step 30"
+python3 - "$T/w40.csv" "$T/w60.csv" "$T/wc.csv" <<'PY'
+import csv, sys
+w40, w60, wc = ([r for r in csv.DictReader(open(f))] for f in sys.argv[1:4])
+lr = [float(r["lr"]) for r in w40]
+assert len(lr) == 40, len(lr)
+assert all(abs(x - 3e-3) < 1e-9 for x in lr[5:30]), "lr not held from the warm-up to step 29: %s" % lr[5:30]
+assert all(a > b for a, b in zip(lr[29:], lr[30:])), "lr does not fall over the decay: %s" % lr[29:]
+assert abs(lr[39] - 3e-4) < 1e-9, "the decay does not end at lr/10: %g" % lr[39]
+assert abs(lr[34] - (3e-4 + 2.7e-3 * (1 - 0.5 ** 0.5))) < 1e-8, "step 34 is not 1 - sqrt(1/2) of the way: %g" % lr[34]
+assert [r["loss"] for r in w40[:30]] == [r["loss"] for r in w60[:30]], "the stable phases of 40 and 60 steps differ"
+key = lambda rows: [(r["step"], r["tokens"], r["loss"], r["lr"]) for r in rows]  # noqa: E731
+assert [r["step"] for r in wc] == [str(i) for i in range(31, 61)], [r["step"] for r in wc][:3]
+assert key(wc) == key(w60[30:]), "resuming the branch checkpoint differs from the 60-step run"
+print("wsd: lr held for steps 5-29, 1 - sqrt decay to lr/10 by step 39; the branch checkpoint resumed with "
+      "--steps 60 gives the 60-step run's 30 losses exactly")
+PY
+$BIN/performer train --fasta "$T/tiny.fasta" --out "$T/x.safetensors" $ARCH --steps 10 --warmup 5 --decay-steps 8 \
+    2>"$T/x.err" && fail "--decay-steps longer than steps - warm-up accepted"
+grep -q "leaves no room" "$T/x.err" || fail "no message for --decay-steps too long"
+$BIN/performer train --fasta "$T/tiny.fasta" --out "$T/x.safetensors" $ARCH --steps 10 --branch-ckpt "$T/x.ckpt" \
+    2>"$T/x.err" && fail "--branch-ckpt without --decay-steps accepted"
+grep -q "needs --decay-steps" "$T/x.err" || fail "no message for --branch-ckpt alone"
 echo "train tests ok"
