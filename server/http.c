@@ -852,11 +852,12 @@ static enum MHD_Result send_job_result(struct MHD_Connection *conn, req_st *st) 
         hc_alias((int)kind_of(st->route), st->body ? st->body : "", st->len, j->req->id);
         char bj[16];
         snprintf(bj, sizeof bj, "%d", j->batch_jobs);
-        /* a job answered from a result stored while it waited (an identical request ran first) */
+        /* a job answered from a result stored while it waited (an identical request ran first)
+         * is a HIT and was in no batch */
         st->cache = j->cached;
-        const char *extra[] = {"ETag", etag, "X-Cache", j->cached ? "HIT" : "MISS",
-                               j->cached ? NULL : "X-Batch-Requests", bj, NULL};
-        return send_body(conn, st, 200, "application/json", body, len, extra);
+        const char *hit[] = {"ETag", etag, "X-Cache", "HIT", NULL};
+        const char *miss[] = {"ETag", etag, "X-Cache", "MISS", "X-Batch-Requests", bj, NULL};
+        return send_body(conn, st, 200, "application/json", body, len, j->cached ? hit : miss);
     }
     const char *extra[] = {"Retry-After", "2", NULL};
     return send_error(conn, st, j->status, j->err_type, j->err_msg, NULL, j->status == 503 ? extra : NULL);
