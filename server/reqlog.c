@@ -13,7 +13,8 @@ static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t cv;
 static db_log_row *q, *w;             /* rows being queued; rows being written (swapped per flush) */
 static size_t q_len, q_cap, w_cap;
-static int running, stopping, ckpt;   /* ckpt: a commit asked for a WAL checkpoint (rl_checkpoint_wake) */
+static int running, stopping;
+static atomic_int ckpt;               /* a commit asked for a WAL checkpoint (checkpoint_wake) */
 static pthread_t th;
 static atomic_ullong dropped;
 
@@ -35,8 +36,7 @@ static void *writer_main(void *arg) {
     pthread_mutex_lock(&mu);
     for (;;) {
         while (!stopping && q_len == 0) {
-            if (ckpt) {                 /* a grown WAL: checkpoint it here, not in a request's commit */
-                ckpt = 0;
+            if (atomic_exchange(&ckpt, 0)) {   /* a grown WAL: checkpoint it here, not in a request's commit */
                 pthread_mutex_unlock(&mu);
                 db_checkpoint();
                 pthread_mutex_lock(&mu);
@@ -80,12 +80,15 @@ static void *writer_main(void *arg) {
     return NULL;
 }
 
-/* Asks the writer for a WAL checkpoint (db_checkpoint_fn: any thread, never touches the database). */
+/* Asks the writer for a WAL checkpoint (db_checkpoint_fn: any thread; never blocks, never touches
+ * the database). When the queue's lock is busy the writer finds the flag on its next round (a row
+ * pushed, or RL_SYNC_INTERVAL_S at most). */
 static void checkpoint_wake(void) {
-    pthread_mutex_lock(&mu);
-    ckpt = 1;
-    pthread_cond_signal(&cv);
-    pthread_mutex_unlock(&mu);
+    atomic_store(&ckpt, 1);
+    if (pthread_mutex_trylock(&mu) == 0) {
+        pthread_cond_signal(&cv);
+        pthread_mutex_unlock(&mu);
+    }
 }
 
 /* Starts the writer thread. */
