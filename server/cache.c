@@ -170,14 +170,16 @@ static int exec_sql(sqlite3 *db, const char *sql, char *err, size_t errlen) {
 
 static _Atomic(db_checkpoint_fn) g_ckpt_wake;   /* db_set_checkpointer */
 static atomic_int g_ckpt_wanted;                   /* a commit asked for a checkpoint */
+static atomic_ullong g_ckpt_runs;                  /* checkpoints db_checkpoint ran */
 
 /* sqlite3_wal_hook of every connection, in place of SQLite's auto-checkpoint: at DB_CHECKPOINT_PAGES
- * pages, wakes the checkpointer (once until it runs), or without one checkpoints here. */
+ * pages, wakes the checkpointer (once until it runs), or without one (or at DB_CHECKPOINT_INLINE_PAGES)
+ * checkpoints here. */
 static int wal_hook(void *arg, sqlite3 *db, const char *name, int pages) {
     (void)arg;
     if (pages < DB_CHECKPOINT_PAGES) return SQLITE_OK;
     db_checkpoint_fn wake = atomic_load(&g_ckpt_wake);
-    if (wake) {
+    if (wake && pages < DB_CHECKPOINT_INLINE_PAGES) {
         if (!atomic_exchange(&g_ckpt_wanted, 1)) wake();
     } else {
         sqlite3_wal_checkpoint_v2(db, name, SQLITE_CHECKPOINT_PASSIVE, NULL, NULL);
@@ -1170,12 +1172,16 @@ void db_set_checkpointer(db_checkpoint_fn wake) { atomic_store(&g_ckpt_wake, wak
 /* See cache.h (under the read lock). */
 int db_checkpoint(void) {
     if (!atomic_exchange(&g_ckpt_wanted, 0)) return 0;
+    atomic_fetch_add(&g_ckpt_runs, 1);
     enter(1);
     int rc = sync_locked();
     if (rc < 0) drop_if_broken();
     leave();
     return rc;
 }
+
+/* See cache.h. */
+unsigned long long db_checkpoints(void) { return atomic_load(&g_ckpt_runs); }
 
 /* Sets whether results are fsynced at their commit. */
 void db_set_result_fsync(int on) { g_result_fsync = on != 0; }

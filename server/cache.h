@@ -73,16 +73,23 @@ int db_sync(void);
 typedef void (*db_checkpoint_fn)(void);
 
 #define DB_CHECKPOINT_PAGES 1000   /* WAL pages that call for a checkpoint (SQLite's auto-checkpoint) */
+#define DB_CHECKPOINT_INLINE_PAGES 4000   /* WAL pages at which a commit checkpoints itself anyway: under
+                                           * a steady stream of commits the background checkpoint may
+                                           * never catch up, and this bounds the WAL (16 MB of pages) */
 
 /* Sets who checkpoints a grown WAL: with wake set, a background thread (wake tells it; it calls
  * db_checkpoint), so that no request's commit pays for copying the WAL into the database and its
- * fsync; with NULL (the default) the committing connection checkpoints at once, as SQLite's own
- * auto-checkpoint does. */
+ * fsync unless the WAL reached DB_CHECKPOINT_INLINE_PAGES; with NULL (the default) the committing
+ * connection checkpoints at once, as SQLite's own auto-checkpoint does. */
 void db_set_checkpointer(db_checkpoint_fn wake);
 
 /* Checkpoints the WAL (PASSIVE) when a commit asked for it since the last call (cheap otherwise).
  * Returns 0 or -1. */
 int db_checkpoint(void);
+
+/* The checkpoints db_checkpoint ran so far (a grown WAL copied into the database off the request
+ * path; /metrics). */
+unsigned long long db_checkpoints(void);
 
 /* A pending LRU refresh: a result served from memory hits times, last at last_used (Unix s). */
 typedef struct {

@@ -765,6 +765,7 @@ static enum MHD_Result handle_get(struct MHD_Connection *conn, req_st *st, const
         g.weights_changed = strcmp(weights_check(file_sha), "ok") != 0;
         gd_counts(&g.connections, &g.connections_cut);
         g.log_dropped = rl_dropped();
+        g.db_checkpoints = db_checkpoints();
         hc_stats_t hs;
         hc_stats(&hs);
         g.hot_hits = hs.hits;

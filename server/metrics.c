@@ -201,6 +201,10 @@ char *mt_render(const mt_gauges *g) {
                   " error).\n"
                   "# TYPE performerd_request_log_dropped_total counter\nperformerd_request_log_dropped_total %llu\n",
               g->log_dropped);
+    sb_printf(&b, "# HELP performerd_db_checkpoints_total WAL checkpoints run by the request-log thread (a grown WAL"
+                  " copied into the database off the request path).\n"
+                  "# TYPE performerd_db_checkpoints_total counter\nperformerd_db_checkpoints_total %llu\n",
+              g->db_checkpoints);
     sb_printf(&b, "# HELP performerd_hot_cache_hits_total Results served from the in-memory hot map.\n"
                   "# TYPE performerd_hot_cache_hits_total counter\nperformerd_hot_cache_hits_total %llu\n",
               g->hot_hits);

@@ -6,7 +6,8 @@ memory with the stored bytes ("cached": true, ETag, 304); hits served from memor
 database's LRU order, and what SQLite evicts under --cache-max-mb is gone from memory too; with
 --hot-cache-mb 0 hits come from SQLite as before; request log rows appear within moments while
 running, and a clean stop (SIGTERM) right after a burst of requests writes the row of every answered
-request; --result-fsync 1 works and every acknowledged result is in the database after SIGKILL."""
+request; a grown WAL is checkpointed by the request-log thread (performerd_db_checkpoints_total) and
+stays bounded; --result-fsync 1 works and every acknowledged result is in the database after SIGKILL."""
 import os
 import random
 import signal
@@ -129,6 +130,39 @@ check(d.get("/predict/" + ids[1]).status == 404, "least recently used result evi
 check(d.post(bodies[1]).header("X-Cache") == "MISS", "its body is computed again")
 check(d.get("/predict/" + ids[0]).status == 200, "the result hit in memory was kept")
 check(metric(d, "performerd_cache_evictions_total") >= 1, "eviction counted")
+d.stop()
+
+# ---- a grown WAL is checkpointed by the request-log thread, not by a request's commit -------------
+DB = os.path.join(T, "wal.sqlite")
+d = Daemon(W, DB).start()
+big = 0
+
+
+def store(k):
+    global big
+    rng = random.Random(100 + k)
+    for i in range(175):
+        r = d.post({"sequence": "".join(rng.choice(RES) for _ in range(200)), "mask_positions": list(range(1, 201, 4))})
+        with lock:
+            big += r.status == 200
+
+
+ths = [threading.Thread(target=store, args=(k,)) for k in range(4)]
+for t in ths:
+    t.start()
+for t in ths:
+    t.join()
+deadline = time.time() + 5
+while metric(d, "performerd_db_checkpoints_total") < 1 and time.time() < deadline:
+    time.sleep(0.1)
+wal = os.path.getsize(DB + "-wal")
+stored = rows(DB, "select count(*), sum(length(response)) from results")[0]
+check(big == 700 and stored[0] == 700, "700 results of 200 residues stored (%d answered, %d stored)" % (big, stored[0]))
+check(stored[1] > 6 << 20, "more than 1,000 WAL pages written (%d bytes of results)" % stored[1])
+check(metric(d, "performerd_db_checkpoints_total") >= 1,
+      "the request-log thread checkpointed (%d)" % metric(d, "performerd_db_checkpoints_total"))
+# bounded by DB_CHECKPOINT_INLINE_PAGES (4,000 pages, 16.5 MB) plus what commits add meanwhile
+check(wal < 24 << 20, "the WAL stays bounded: %d bytes after %d bytes of results" % (wal, stored[1]))
 d.stop()
 
 # ---- hot map off: hits from SQLite ----------------------------------------------------------------

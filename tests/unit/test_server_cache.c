@@ -187,23 +187,29 @@ int main(void) {
         CHECK(q(path, "SELECT count(*) FROM job_items") == 0);
     }
     /* a grown WAL: with a checkpointer set, commits only wake it (the WAL keeps growing until it
-     * runs db_checkpoint); without one, commits checkpoint it themselves at DB_CHECKPOINT_PAGES */
+     * runs db_checkpoint) up to DB_CHECKPOINT_INLINE_PAGES, where a commit checkpoints anyway;
+     * without one, commits checkpoint it themselves at DB_CHECKPOINT_PAGES. (A 16 KB result
+     * writes about 13 WAL frames: overflow pages, the row, two indexes, the size row.) */
     {
         wal_frames(path);                  /* start from a checkpointed WAL */
         put_big("x", 1);                   /* the first commit after it starts the WAL over */
         db_set_checkpointer(count_wake);
-        put_big("w", 400);                 /* 400 x 16 KB: about 1,600 pages */
+        put_big("w", 150);
         CHECKF(wakes == 1, "%d wake-ups", wakes);   /* once until it runs */
         int frames = wal_frames(path);
-        CHECKF(frames >= 1500, "WAL frames %d: a commit checkpointed", frames);
+        CHECKF(frames >= 1500 && frames < DB_CHECKPOINT_INLINE_PAGES, "WAL frames %d: a commit checkpointed", frames);
         CHECK(db_checkpoint() == 0);       /* asked for: runs */
         CHECK(db_checkpoint() == 0);       /* not asked for again: nothing to do */
-        put_big("y", 300);
+        put_big("y", 100);
+        CHECKF(wakes == 2, "%d wake-ups", wakes);
+        put_big("z", 350);                 /* ~4,500 frames: past DB_CHECKPOINT_INLINE_PAGES, no db_checkpoint */
+        frames = wal_frames(path);
+        CHECKF(DB_CHECKPOINT_INLINE_PAGES <= 4000 && frames > 0 && frames < 4000, "WAL frames %d: not bounded", frames);
         CHECKF(wakes == 2, "%d wake-ups", wakes);
         db_set_checkpointer(NULL);
         CHECK(db_checkpoint() == 0);
         wal_frames(path);
-        put_big("v", 400);
+        put_big("v", 200);
         frames = wal_frames(path);
         CHECKF(frames > 0 && frames < DB_CHECKPOINT_PAGES + 50, "WAL frames %d: commits did not checkpoint", frames);
         CHECKF(wakes == 2, "%d wake-ups", wakes);
