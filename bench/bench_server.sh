@@ -95,6 +95,19 @@ children_cpu() {
     CH_CPU=$(awk 'NR == 2 { split($1, u, /[ms]/); split($2, s, /[ms]/); print u[1] * 60 + u[2] + s[1] * 60 + s[2] }' "$T/times")
 }
 
+# wait_idle: waits (at most 10 s) until the daemon has no queued or running inference, so that a raw
+# model run right after a wrk run does not share the cores with the daemon finishing the requests
+# that were still in flight when wrk stopped (two OpenMP teams on two cores slow both by up to 10x)
+wait_idle() {
+    local i
+    for i in $(seq 200); do
+        metrics_snapshot idle
+        [ "$(metric idle performerd_queue_depth)" = 0 ] && [ "$(metric idle performerd_jobs_running)" = 0 ] && return 0
+        sleep 0.05
+    done
+    log "the daemon did not go idle within 10 s"
+}
+
 # mean_batch A B: sequences per forward pass between metrics snapshots A and B (at least 1)
 mean_batch() {
     awk "BEGIN{n = $(metric "$2" performerd_model_forward_seconds_count) - $(metric "$1" performerd_model_forward_seconds_count);
@@ -126,6 +139,7 @@ run_wrk() {
             "$WRK" -t"$t" -c"$c" -d"${WARMUP_DURATION:-2}s" --timeout 60s -s "$LUA" "$URL/predict" \
             >/dev/null 2>&1 || { log "warm-up wrk failed"; exit 1; }
         metrics_snapshot w1
+        wait_idle
         raw_before=$(raw_forward "$(mean_batch w0 w1)")
     fi
     metrics_snapshot a
@@ -150,6 +164,7 @@ run_wrk() {
     rej=$(awk "BEGIN{print $(metric b performerd_queue_rejected_total) - $(metric a performerd_queue_rejected_total)}")
     local raw="null"
     if [ "$case" = miss ] && [ "$fcnt" -gt 0 ]; then
+        wait_idle
         raw=$(raw_forward "$(mean_batch a b)")
     fi
     local w
