@@ -1,5 +1,6 @@
 /* train.c - masked-LM training: forward with saved activations, backward (llm.c style), AdamW
- * with warm-up + cosine decay (or warm-up-stable-decay) and clipping, atomic checkpoints with exact resume, evaluation. */
+ * with warm-up + cosine decay (or warm-up-stable-decay) and clipping, atomic checkpoints with exact
+ * resume, evaluation. */
 #include "train.h"
 #include "dataset.h"
 #include "gemm.h"

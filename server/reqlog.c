@@ -14,7 +14,6 @@ static pthread_cond_t cv;
 static db_log_row *q, *w;             /* rows being queued; rows being written (swapped per flush) */
 static size_t q_len, q_cap, w_cap;
 static int running, stopping;
-static atomic_int ckpt;               /* a commit asked for a WAL checkpoint (checkpoint_wake) */
 static pthread_t th;
 static atomic_ullong dropped;
 
@@ -36,12 +35,10 @@ static void *writer_main(void *arg) {
     pthread_mutex_lock(&mu);
     for (;;) {
         while (!stopping && q_len == 0) {
-            if (atomic_exchange(&ckpt, 0)) {   /* a grown WAL: checkpoint it here, not in a request's commit */
-                pthread_mutex_unlock(&mu);
-                db_checkpoint();
-                pthread_mutex_lock(&mu);
-                continue;
-            }
+            pthread_mutex_unlock(&mu);
+            db_checkpoint();            /* a grown WAL, when a commit asked (cheap otherwise) */
+            pthread_mutex_lock(&mu);
+            if (stopping || q_len > 0) break;
             struct timespec ts = ut_deadline_in(RL_SYNC_INTERVAL_S);
             pthread_cond_timedwait(&cv, &mu, &ts);
             if (q_len == 0 && ut_mono() - last_sync >= RL_SYNC_INTERVAL_S) {
@@ -80,11 +77,10 @@ static void *writer_main(void *arg) {
     return NULL;
 }
 
-/* Asks the writer for a WAL checkpoint (db_checkpoint_fn: any thread; never blocks, never touches
- * the database). When the queue's lock is busy the writer finds the flag on its next round (a row
- * pushed, or RL_SYNC_INTERVAL_S at most). */
+/* Wakes the writer for a WAL checkpoint (db_checkpoint_fn: any thread; never blocks, never touches
+ * the database; db_checkpoint knows whether one was asked for). When the queue's lock is busy the
+ * writer gets to it on its next round (a row pushed, or RL_SYNC_INTERVAL_S at most). */
 static void checkpoint_wake(void) {
-    atomic_store(&ckpt, 1);
     if (pthread_mutex_trylock(&mu) == 0) {
         pthread_cond_signal(&cv);
         pthread_mutex_unlock(&mu);
