@@ -440,6 +440,20 @@ int hc_take_touches(db_touch *out, int cap) {
     return n;
 }
 
+/* The map, then the database (see hot.h). */
+int hc_lookup(const char *id, int db_always, hc_blob **hb, char **body, size_t *len) {
+    *body = NULL;
+    *len = 0;
+    if ((*hb = hc_get(id))) return 2;
+    if (max_bytes > 0 && !db_always) return 0;
+    unsigned long long epoch = hc_epoch();
+    int rc = db_get(id, body, len);
+    if (rc != 1) return rc < 0 ? -1 : 0;
+    hc_put(id, *body, *len, epoch);
+    pr_mark_cached(*body, *len);
+    return 1;
+}
+
 /* Fills the counters. */
 void hc_stats(hc_stats_t *s) {
     pthread_mutex_lock(&mu);

@@ -48,6 +48,14 @@ hc_blob *hc_get(const char *id);
  * response and its id in id, or NULL. A hit counts as hc_get does. */
 hc_blob *hc_get_body(int kind, const char *body, size_t len, char id[65]);
 
+/* Looks result id up in the map, then in the database (db_get) when db_always is 1 or the map is
+ * off (bound 0), putting a stored result into the map (hc_put, epoch-checked). Returns 2 with *hb
+ * (a new reference: release it), 1 with *body and *len (the stored response, malloc'd and marked
+ * "cached":true: free it), 0 when neither has it, or -1 when the database failed. Each of *hb and
+ * *body is NULL unless returned. The one lookup of a stored result for the HTTP routes and the
+ * workers. */
+int hc_lookup(const char *id, int db_always, hc_blob **hb, char **body, size_t *len);
+
 /* Inserts result id with its stored response (len bytes with "cached":false, copied and marked
  * "cached":true), unless the id was removed after epoch since (it may be evicted from the database
  * meanwhile) or the entry would take more than a quarter of the bound. Returns 1 when inserted or

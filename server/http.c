@@ -530,37 +530,28 @@ static enum MHD_Result get_result(struct MHD_Connection *conn, req_st *st, const
     snprintf(etag, sizeof etag, "\"%s\"", lid);
     const char *inm = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "If-None-Match");
     int not_modified = inm && (strstr(inm, lid) || !strcmp(inm, "*"));
-    hc_blob *hb = hc_get(lid);
-    if (hb) {
-        st->cache = 1;
-        if (!not_modified) return send_blob(conn, st, hb, lid);
-        hc_blob_release(hb);
-        const char *extra[] = {"ETag", etag, "X-Cache", "HIT", NULL};
-        return send_body(conn, st, 304, NULL, NULL, 0, extra);
-    }
+    hc_blob *hb = NULL;
     char *body = NULL;
     size_t len = 0;
-    unsigned long long epoch = hc_epoch();
-    int rc = db_get(lid, &body, &len);
+    int rc = hc_lookup(lid, 1, &hb, &body, &len);
     if (rc < 0) {
         const char *extra[] = {"Retry-After", "1", NULL};
         return send_error(conn, st, 503, "storage_unavailable", "the result database is unavailable; retry later",
                           NULL, extra);
     }
-    if (rc == 1) hc_put(lid, body, len, epoch);
     if (rc == 0) {
         json_t *d = json_pack("{s:s}", "id", lid);
         return send_error(conn, st, 404, "not_found", "no stored result with this id (never computed, or evicted)",
                           d, NULL);
     }
     st->cache = 1;
+    const char *extra[] = {"ETag", etag, "X-Cache", "HIT", NULL};
     if (not_modified) {
+        hc_blob_release(hb);
         free(body);
-        const char *extra[] = {"ETag", etag, "X-Cache", "HIT", NULL};
         return send_body(conn, st, 304, NULL, NULL, 0, extra);
     }
-    pr_mark_cached(body, len);
-    const char *extra[] = {"ETag", etag, "X-Cache", "HIT", NULL};
+    if (hb) return send_blob(conn, st, hb, lid);
     return send_body(conn, st, 200, "application/json", body, len, extra);
 }
 
@@ -935,32 +926,26 @@ static enum MHD_Result analyze(struct MHD_Connection *conn, req_st *st) {
     if (tk_parse(kind_of(st->route), st->body, st->len, &tk_lim, ut_model_key(env->model->sha256), &req, &e))
         return send_error(conn, st, e.status, e.type, e.msg, e.details, NULL);
     memcpy(st->result_id, req->id, sizeof req->id);
-    hb = hc_get(req->id);
-    if (hb) {
-        hc_alias(kind, raw, st->len, req->id);
-        tk_free(req);
-        mt_cache(1);
-        st->cache = 1;
-        return send_blob(conn, st, hb, st->result_id);
-    }
-    char etag[70];
-    snprintf(etag, sizeof etag, "\"%s\"", req->id);
     char *body = NULL;
     size_t len = 0;
-    unsigned long long epoch = hc_epoch();
-    int rc = db_get(req->id, &body, &len);
-    if (rc == 1 && hc_put(req->id, body, len, epoch) == 1) hc_alias(kind, raw, st->len, req->id);
+    int rc = hc_lookup(req->id, 1, &hb, &body, &len);
     if (rc < 0) {
         tk_free(req);
         const char *extra[] = {"Retry-After", "1", NULL};
         return send_error(conn, st, 503, "storage_unavailable", "the result database is unavailable; retry later",
                           NULL, extra);
     }
-    mt_cache(rc == 1);
-    if (rc == 1) {
-        tk_free(req);
+    mt_cache(rc > 0);
+    if (rc > 0) {
+        hc_alias(kind, raw, st->len, req->id);   /* only when the result is in the map (now) */
         st->cache = 1;
-        pr_mark_cached(body, len);
+        if (hb) {
+            tk_free(req);
+            return send_blob(conn, st, hb, st->result_id);
+        }
+        char etag[70];
+        snprintf(etag, sizeof etag, "\"%s\"", req->id);
+        tk_free(req);
         const char *extra[] = {"ETag", etag, "X-Cache", "HIT", NULL};
         return send_body(conn, st, 200, "application/json", body, len, extra);
     }

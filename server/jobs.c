@@ -413,26 +413,16 @@ static int batch_take_locked(int bg, int cap, int *lens) {
  * with a malloc'd copy of the response marked "cached":true in *body / *len, else 0 (absent, or a
  * database or memory error: the job is then computed as usual). */
 static int cached_result(const jb_job *j, char **body, size_t *len) {
-    hc_blob *hb = hc_get(j->req->id);
-    if (hb) {
-        size_t n = 0;
-        const char *d = hc_blob_data(hb, &n);
-        char *c = malloc(n ? n : 1);
-        if (c) memcpy(c, d, n);
-        hc_blob_release(hb);
-        if (!c) return 0;
-        *body = c;
-        *len = n;
-        return 1;
-    }
-    hc_stats_t hs;
-    hc_stats(&hs);
-    if (hs.max_bytes > 0) return 0;
-    char *b = NULL;
+    hc_blob *hb = NULL;
+    int rc = hc_lookup(j->req->id, 0, &hb, body, len);
+    if (rc != 2) return rc == 1;
     size_t n = 0;
-    if (db_get(j->req->id, &b, &n) != 1) return 0;
-    pr_mark_cached(b, n);
-    *body = b;
+    const char *d = hc_blob_data(hb, &n);
+    char *c = malloc(n ? n : 1);
+    if (c) memcpy(c, d, n);
+    hc_blob_release(hb);
+    if (!c) return 0;
+    *body = c;
     *len = n;
     return 1;
 }

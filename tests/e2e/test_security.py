@@ -112,8 +112,9 @@ for f, text in SRC.items():
 
 # ---- ids: validated before they reach the database ---------------------------------------------------
 get_result = function_body(SRC["http.c"], "get_result")
-check(get_result.find("ut_is_hex64(id)") != -1 and get_result.find("ut_is_hex64(id)") < get_result.find("db_get("),
-      "GET /predict/{id} validates the id (64 hex) before db_get")
+check(get_result.find("ut_is_hex64(id)") != -1 and get_result.find("ut_is_hex64(id)") < get_result.find("hc_lookup(")
+      and "db_get(" not in get_result and "db_get(" in function_body(SRC["hot.c"], "hc_lookup"),
+      "GET /predict/{id} validates the id (64 hex) before hc_lookup (the map, then db_get)")
 job_id_of = function_body(SRC["http.c"], "job_id_of")
 check("ut_is_hex64(tmp)" in job_id_of and "n != 64" in job_id_of, "job ids are validated (64 hex) before use")
 is_hex = function_body(SRC["util.c"], "ut_is_hex64")

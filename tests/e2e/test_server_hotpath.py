@@ -171,8 +171,26 @@ d = Daemon(W, DB, ["--hot-cache-mb", "0"]).start()
 r1 = d.post(body)
 r2 = d.post(body)
 check(r2.header("X-Cache") == "HIT" and r2.json()["results"] == r1.json()["results"], "hit from SQLite")
+OID = r1.json()["id"]
+g = d.get("/predict/" + OID)
+check(g.status == 200 and g.json()["cached"] is True and g.json()["results"] == r1.json()["results"]
+      and g.header("ETag") == '"%s"' % OID and g.header("X-Cache") == "HIT", "GET by id from SQLite")
+check(d.get("/predict/" + OID, headers={"If-None-Match": '"%s"' % OID}).status == 304, "304 from SQLite")
+check(d.get("/predict/" + "0" * 64).status == 404, "unknown id: 404")
 check(metric(d, "performerd_hot_cache_hits_total") == 0 and metric(d, "performerd_hot_cache_entries") == 0,
       "hot map off")
+d.stop()
+# the map on again, empty after the restart: the first hit comes from SQLite and fills the map
+d = Daemon(W, DB).start()
+check(metric(d, "performerd_hot_cache_entries") == 0, "restart: map empty")
+g = d.get("/predict/" + OID)
+check(g.status == 200 and g.json()["cached"] is True and g.json()["results"] == r1.json()["results"],
+      "GET by id from SQLite (map on)")
+check(metric(d, "performerd_hot_cache_entries") == 1 and metric(d, "performerd_hot_cache_hits_total") == 0,
+      "that hit put the result into the map")
+r = d.post(body)
+check(r.status == 200 and r.header("X-Cache") == "HIT" and r.json()["id"] == OID, "POST: HIT")
+check(metric(d, "performerd_hot_cache_hits_total") == 1, "... from the map")
 d.stop()
 
 # ---- --result-fsync 1, and SIGKILL: acknowledged results are in the database ------------------------
