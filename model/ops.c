@@ -888,11 +888,16 @@ static int dw_slide_ok(int C, int K) {
     return gm_avx512f_supported() && C % 16 == 0 && K % 2 == 1 && K <= DW_SLIDE_MAXK;
 }
 
-void dwconv_forward(float *out, const float *inp, const float *w, const int *lens, int B, int C,
-                    int K) {
+/* The row loop of the convolution (back 0: out[p] = sum_j w[j] in[p + j - r]) and of its input
+ * gradient (back 1: out[p] += sum_j w[j] in[p - j + r]), taps inside p's own sequence only:
+ * rows split over the threads, DW_SLIDE rows at a time where every tap of them is inside, then
+ * DW_ROWS, the sequence's edges one row at a time. */
+static void dw_apply(float *out, const float *in, const float *w, const int *lens, int B, int C,
+                     int K, int back) {
     size_t N = 0;
     for (int b = 0; b < B; b++) N += (size_t)lens[b];
     const int r = (K - 1) / 2, slide = dw_slide_ok(C, K);
+    const ptrdiff_t xs = back ? -(ptrdiff_t)C : (ptrdiff_t)C;   /* from one tap's row to the next */
     #pragma omp parallel if (N * C > OMP_MIN)
     {
         size_t p0, p1, s0;
@@ -901,22 +906,32 @@ void dwconv_forward(float *out, const float *inp, const float *w, const int *len
         for (size_t p = p0; p < p1;) {
             while (p >= s0 + (size_t)lens[b]) s0 += (size_t)lens[b++];
             const int t = (int)(p - s0), L = lens[b];
+            /* the row of tap 0 (in range whenever every tap of row p is) */
+            const ptrdiff_t x0 = back ? (ptrdiff_t)p + r : (ptrdiff_t)p - r;
             if (slide && t >= r && t + DW_SLIDE - 1 + r < L && p + DW_SLIDE <= p1) {
-                dw_slide(out + p * C, inp + (p - r) * C, w, C, K, 0);
+                dw_slide(out + p * C, in + x0 * C, w, C, K, back);
                 p += DW_SLIDE;
                 continue;
             }
             if (t >= r && t + DW_ROWS - 1 + r < L && p + DW_ROWS <= p1) {
                 /* DW_ROWS rows whose K taps are all inside the sequence */
-                dw_taps(out + p * C, inp + (p - r) * C, w, C, C, K, 0, DW_ROWS);
+                dw_taps(out + p * C, in + x0 * C, w, C, xs, K, back, DW_ROWS);
                 p += DW_ROWS;
                 continue;
             }
-            const int j0 = r - t > 0 ? r - t : 0, j1 = L - t + r < K ? L - t + r : K;
-            dw_taps(out + p * C, inp + (p + j0 - r) * C, w + (size_t)j0 * C, C, C, j1 - j0, 0, 1);
+            /* taps [j0, j1) of row p are inside its sequence */
+            const int j0 = back ? (t + r - L + 1 > 0 ? t + r - L + 1 : 0) : (r - t > 0 ? r - t : 0);
+            const int j1 = back ? (t + r + 1 < K ? t + r + 1 : K) : (L - t + r < K ? L - t + r : K);
+            const ptrdiff_t xj0 = back ? x0 - j0 : x0 + j0;
+            dw_taps(out + p * C, in + xj0 * C, w + (size_t)j0 * C, C, xs, j1 - j0, back, 1);
             p++;
         }
     }
+}
+
+void dwconv_forward(float *out, const float *inp, const float *w, const int *lens, int B, int C,
+                    int K) {
+    dw_apply(out, inp, w, lens, B, C, K, 0);
 }
 
 #define DW_BLOCK 128    /* most channels per task of the weight gradient */
@@ -1021,30 +1036,7 @@ void dwconv_backward(float *dinp, float *dw, const float *dout, const float *inp
     for (int b = 0; b < B; b++) N += (size_t)lens[b];
     const int r = (K - 1) / 2, slide = dw_slide_ok(C, K);
     /* dinp[s] += sum_j w[j] * dout[s - j + r], over the positions of s's own sequence */
-    #pragma omp parallel if (N * C > OMP_MIN)
-    {
-        size_t p0, p1, s0;
-        int b;
-        dw_rows(lens, B, N, &p0, &p1, &b, &s0);
-        for (size_t p = p0; p < p1;) {
-            while (p >= s0 + (size_t)lens[b]) s0 += (size_t)lens[b++];
-            const int s = (int)(p - s0), L = lens[b];
-            if (slide && s >= r && s + DW_SLIDE - 1 + r < L && p + DW_SLIDE <= p1) {
-                dw_slide(dinp + p * C, dout + (p + r) * C, w, C, K, 1);
-                p += DW_SLIDE;
-                continue;
-            }
-            if (s >= r && s + DW_ROWS - 1 + r < L && p + DW_ROWS <= p1) {
-                dw_taps(dinp + p * C, dout + (p + r) * C, w, C, -(ptrdiff_t)C, K, 1, DW_ROWS);
-                p += DW_ROWS;
-                continue;
-            }
-            const int j0 = s + r - L + 1 > 0 ? s + r - L + 1 : 0, j1 = s + r + 1 < K ? s + r + 1 : K;
-            dw_taps(dinp + p * C, dout + (p - j0 + r) * C, w + (size_t)j0 * C, C, -(ptrdiff_t)C,
-                    j1 - j0, 1, 1);
-            p++;
-        }
-    }
+    dw_apply(dinp, dout, w, lens, B, C, K, 1);
     /* dw[j, c] += sum_t dout[t, c] inp[t + j - r, c]: parallel over blocks of channels (as wide as
      * the threads allow, a multiple of 16, at most DW_BLOCK), each channel summed over all
      * positions in order, so the result does not depend on the thread count or block width.
