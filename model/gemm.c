@@ -535,12 +535,14 @@ static void gemm_packed(const gm_impl *im, int ta, int tb, int M, int N, int K, 
                 for (int p = 0; p < npb; p++)
                     im->pack(bp + (size_t)p * NR * ku, !tb, B, ldb, N, p * NR, k0, kc, NR);
             }
-            if (!direct && b1 > b0)
-                for (int p = a0; p < a1; p++)
-                    im->pack(apt + apanel * p, ta, A, lda, M, p * MR, k0, kc, MR);
-            /* blocks of MC_PANELS A panels (in L2) x this thread's B panels */
+            /* blocks of MC_PANELS A panels (in L2) x this thread's B panels; each block packed
+             * just before its use, so that its packs are still in L2 (packing all of a thread's
+             * panels first wrote them out to memory and read them back) */
             for (int q0 = a0; q0 < a1; q0 += MC_PANELS) {
                 const int q1 = q0 + MC_PANELS < a1 ? q0 + MC_PANELS : a1;
+                if (!direct && b1 > b0)
+                    for (int p = q0; p < q1; p++)
+                        im->pack(apt + apanel * p, ta, A, lda, M, p * MR, k0, kc, MR);
                 for (int pb = b0; pb < b1; pb++) {
                     const int n0 = pb * NR, nc = N - n0 < NR ? N - n0 : NR;
                     for (int pa = q0; pa < q1; pa++) {
