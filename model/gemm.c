@@ -29,6 +29,7 @@
  * entries. */
 #include "gemm.h"
 
+#include <assert.h>
 #include <immintrin.h>
 #include <omp.h>
 #include <pthread.h>
@@ -252,6 +253,7 @@ BF16_TARGET static void pack_kstrided(uint32_t *dst, const float *src, long ld, 
     /* the masks of each block of 16 panel rows, the same for every k (computing them inside the
      * loop was a fifth of this function's time in the trainer's weight gradients) */
     __mmask16 mvs[(GM_PACK_MAXR + 15) / 16], mds[(GM_PACK_MAXR + 15) / 16];
+    assert(R <= GM_PACK_MAXR);
     for (int i = 0; i < R; i += 16) row_masks(rows, r0, i, R, &mvs[i / 16], &mds[i / 16]);
     const int nb = (R + 15) / 16, kfull = kc / 2;   /* blocks per row; pairs with both rows */
     for (int k2 = 0; k2 < kc2; k2++) {
