@@ -1047,16 +1047,18 @@ void dwconv_backward(float *dinp, float *dw, const float *dout, const float *inp
      * positions in order, so the result does not depend on the thread count or block width.
      * A sequence's interior rows (all taps inside it) go in tiles of DW_TILE rows, DW_TAPS taps x
      * DW_CH channels at a time in registers; its first and last r rows one by one. */
+    const int par = N * (size_t)C > OMP_MIN;   /* enough work for the threads */
+    (void)par;                                 /* (read by OpenMP only) */
     int nt = 1;
 #ifdef _OPENMP
-    if (N * C > OMP_MIN) nt = omp_get_max_threads();
+    if (par) nt = omp_get_max_threads();
 #endif
     int bw = (C + nt - 1) / nt;
     bw = (bw + 15) / 16 * 16;
     if (bw > DW_BLOCK) bw = DW_BLOCK;
     const int nblk = (C + bw - 1) / bw;
     const size_t Cs = (size_t)C;
-    #pragma omp parallel for if (N * C > OMP_MIN)
+    #pragma omp parallel for if (par)
     for (int blk = 0; blk < nblk; blk++) {
         const int c0 = blk * bw, nc = C - c0 < bw ? C - c0 : bw, nv = nc / DW_CH * DW_CH;
         float acc[PF_DW_MAX_K * DW_BLOCK];    /* [tap][channel of the block] */
