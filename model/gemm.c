@@ -254,8 +254,8 @@ BF16_TARGET static void pack_kstrided(uint32_t *dst, const float *src, long ld, 
      * loop was a fifth of this function's time in the trainer's weight gradients) */
     __mmask16 mvs[(GM_PACK_MAXR + 15) / 16], mds[(GM_PACK_MAXR + 15) / 16];
     assert(R <= GM_PACK_MAXR);
-    for (int i = 0; i < R; i += 16) row_masks(rows, r0, i, R, &mvs[i / 16], &mds[i / 16]);
     const int nb = (R + 15) / 16, kfull = kc / 2;   /* blocks per row; pairs with both rows */
+    for (int bi = 0; bi < nb; bi++) row_masks(rows, r0, 16 * bi, R, &mvs[bi], &mds[bi]);
     for (int k2 = 0; k2 < kc2; k2++) {
         const float *s0 = src + (long)(k0 + 2 * k2) * ld + r0;
         const float *s1 = s0 + ld;
