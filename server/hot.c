@@ -454,6 +454,22 @@ int hc_lookup(const char *id, int db_always, hc_blob **hb, char **body, size_t *
     return 1;
 }
 
+/* Returns hc_lookup's result as a malloc'd copy (see hot.h). */
+int hc_lookup_copy(const char *id, int db_always, char **body, size_t *len) {
+    hc_blob *hb = NULL;
+    int rc = hc_lookup(id, db_always, &hb, body, len);
+    if (rc != 2) return rc;
+    size_t n = 0;
+    const char *d = hc_blob_data(hb, &n);
+    char *c = malloc(n ? n : 1);
+    if (c) memcpy(c, d, n);
+    hc_blob_release(hb);
+    if (!c) return -1;
+    *body = c;
+    *len = n;
+    return 1;
+}
+
 /* Fills the counters. */
 void hc_stats(hc_stats_t *s) {
     pthread_mutex_lock(&mu);

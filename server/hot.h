@@ -53,8 +53,13 @@ hc_blob *hc_get_body(int kind, const char *body, size_t len, char id[65]);
  * (a new reference: release it), 1 with *body and *len (the stored response, malloc'd and marked
  * "cached":true: free it), 0 when neither has it, or -1 when the database failed. Each of *hb and
  * *body is NULL unless returned. The one lookup of a stored result for the HTTP routes and the
- * workers. */
+ * workers and the background jobs. */
 int hc_lookup(const char *id, int db_always, hc_blob **hb, char **body, size_t *len);
+
+/* hc_lookup for a caller that needs its own copy: returns 1 with *body / *len (malloc'd, marked
+ * "cached":true: free it), 0 when neither the map nor (with db_always, or the map off) the database
+ * has it, -1 when the database failed or memory ran out (the caller then computes the result). */
+int hc_lookup_copy(const char *id, int db_always, char **body, size_t *len);
 
 /* Inserts result id with its stored response (len bytes with "cached":false, copied and marked
  * "cached":true), unless the id was removed after epoch since (it may be evicted from the database

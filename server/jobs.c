@@ -408,25 +408,6 @@ static int batch_take_locked(int bg, int cap, int *lens) {
     return best;
 }
 
-/* Looks up a stored result for job j (its id in the hot map; in the database only when the hot map
- * is off, every stored result being in the map otherwise unless larger than a quarter of it): 1
- * with a malloc'd copy of the response marked "cached":true in *body / *len, else 0 (absent, or a
- * database or memory error: the job is then computed as usual). */
-static int cached_result(const jb_job *j, char **body, size_t *len) {
-    hc_blob *hb = NULL;
-    int rc = hc_lookup(j->req->id, 0, &hb, body, len);
-    if (rc != 2) return rc == 1;
-    size_t n = 0;
-    const char *d = hc_blob_data(hb, &n);
-    char *c = malloc(n ? n : 1);
-    if (c) memcpy(c, d, n);
-    hc_blob_release(hb);
-    if (!c) return 0;
-    *body = c;
-    *len = n;
-    return 1;
-}
-
 /* Answers the jobs of batch[0..nj) (taken by this worker, lock not held) whose result was stored
  * while they waited, i.e. an identical request was computed just before them, from that result
  * instead of computing it again; moves the others to the front and returns their count. gen =
@@ -439,7 +420,7 @@ static int answer_cached(jb_job **batch, int nj, unsigned long gen) {
         jb_job *j = batch[k];
         char *body = NULL;
         size_t len = 0;
-        if (!j->store || j->stored_gen == gen || !cached_result(j, &body, &len)) {
+        if (!j->store || j->stored_gen == gen || hc_lookup_copy(j->req->id, 0, &body, &len) != 1) {
             batch[keep++] = j;
             continue;
         }

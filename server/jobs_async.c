@@ -1,6 +1,7 @@
 /* jobs_async.c - POST /jobs storage, status JSON and the job runner thread (see jobs_async.h). */
 #include "jobs_async.h"
 #include "http.h"
+#include "hot.h"
 #include "jobs.h"
 #include "util.h"
 
@@ -173,8 +174,7 @@ static int run_chunk(const char *id, tk_kind kind, long long *after) {
         rids[i] = rid[i];
         char *body = NULL;
         size_t blen = 0;
-        if (db_get(r->id, &body, &blen) == 1) {   /* answered before (by a route or another job) */
-            pr_mark_cached(body, blen);
+        if (hc_lookup_copy(r->id, 1, &body, &blen) == 1) {   /* answered before (a route, a job) */
             status[i] = 200;
             outs[i] = body;
             lens[i] = blen;

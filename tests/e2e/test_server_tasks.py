@@ -238,6 +238,25 @@ check(len(ls) == 2 and [s["score"] for s in ls[1]["result"]["scores"]] == [s["sc
       "per-item mutations scored as /score does")
 check(any(x["id"] == J1 for x in d.get("/jobs").json()["jobs"]), "GET /jobs lists the job")
 
+
+def forward_count():
+    for ln in d.get("/metrics").body.decode().splitlines():
+        if ln.startswith("performerd_model_forward_seconds_count "):
+            return float(ln.split()[1])
+    return -1.0
+
+
+# a job's sequence that a route answered before comes from the stored result (hot map), not a new pass
+pre = post("/logits", {"sequence": "MKTAYIAKQRQLSFVKSHWSRQ"}).json()
+f0 = forward_count()
+r = d.post(">seen\nMKTAYIAKQRQLSFVKSHWSRQ\n", headers={"Content-Type": "text/x-fasta"}, path="/jobs?task=logits")
+jb = wait_job(r.json()["id"])
+_, ls = lines(r.json()["id"])
+check(len(ls) == 1 and ls[0]["status"] == 200 and ls[0]["result"]["id"] == pre["id"] and
+      ls[0]["result"]["cached"] is True and ls[0]["result"]["results"] == pre["results"],
+      "a job's sequence answered before by the route is the stored result, marked cached")
+check(forward_count() == f0, "and costs no forward pass (%s -> %s)" % (f0, forward_count()))
+
 e = error_shape(d.post(">a\nMKT\n>b\nMK1T\n", headers={"Content-Type": "text/x-fasta"}, path="/jobs?task=logits"), 422,
                 "invalid_residue")
 check(e.get("item_index") == 1 and e.get("name") == "b" and e.get("position") == 3, "bad record named: %s" % e)
