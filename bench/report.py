@@ -397,7 +397,8 @@ def report(a):
                           "OpenBLAS and the own float32 product)" % ", ".join(
                               "%s %.0f%%" % (s["layer"], 100 * max(s["gflops"], s.get("own_gflops") or 0) / peak)
                               for s in sh))
-        targets.append(("≥ %.0f%% of the float32 peak at L ≥ %s (batch 1)" % (100 * T_MFU, fmt(T_MFU_MIN_L)),
+        targets.append(("≥ %.0f%% of the float32 peak at L ≥ %s (batch 1, default kernel %s)" % (
+                            100 * T_MFU, fmt(T_MFU_MIN_L), default_kernel),
                         "%.0f%% (worst)" % (100 * worst[1]), met, extra))
     elif smoke:
         targets.append(("≥ %.0f%% of the float32 peak at L ≥ %s" % (100 * T_MFU, fmt(T_MFU_MIN_L)),
@@ -580,7 +581,7 @@ def report(a):
         w("```")
         w("")
     w("Weights: `%s` (sha256 `%s…`), %s layers, d_model %s, %s heads, d_ff %s, %s features, default kernel "
-      "`%s`, %s. Threads: %s for C and PyTorch alike." % (
+      "`%s`, trained: %s. Threads: %s for C and PyTorch alike." % (
           wcfg.get("file", "?"), read(os.path.join(meta, "weights_sha.txt"))[:16], wcfg.get("layers", "?"),
           wcfg.get("d_model", "?"), wcfg.get("heads", "?"), wcfg.get("d_ff", "?"), wcfg.get("features", "?"),
           default_kernel, wcfg.get("trained", "?"), read(os.path.join(meta, "env.txt")).split("THREADS=")[-1].split()[0]))
@@ -705,7 +706,7 @@ def report(a):
         prof = "\n".join(l.rstrip() for l in open(os.path.join(meta, "profile.txt")) if l.strip())
     if prof:
         w("Where one forward pass (`%s`, L = %s, batch 1) spends its time — `perf record` of warm-up + 3 "
-          "passes, by shared object and symbol (`sgemm_*`: OpenBLAS matrix products; `*._omp_fn.*`: the "
+          "passes, by shared object and symbol (`kernel_f32_direct` / `kernel_bf16`: the own matrix products of model/gemm.c; `sgemm_*`: OpenBLAS's; `*._omp_fn.*`: the "
           "element-wise loops of model/ops.c):" % (default_kernel, fmt(int(read(os.path.join(meta, "profile_L.txt"), "0")))))
         w("")
         w("```")
@@ -719,7 +720,7 @@ def report(a):
     w("The same weights file and the same tokens (written by `bench_forward --tokens-out`), kernel `%s`, "
       "%s threads each. `reference` is `tests/reference/performer_ref.py` as it is (one sequence and one "
       "head at a time); `batched` is the same mathematics vectorised over batch and heads "
-      "(`bench/bench_torch.py:forward_batched`), a stronger PyTorch baseline. Every timed PyTorch pass is "
+      "(`bench/bench_torch.py:forward_batched`), faster than the reference at some sizes and slower at others (both are shown). Every timed PyTorch pass is "
       "compared with the C log-probs (max |Δ log p|). *Ceiling* is the ratio C would reach at 100%% of "
       "the measured float32 peak. C and PyTorch ran alternately, %s round(s) each (C, PyTorch, C, PyTorch, …, "
       "each a fresh process); each side's fastest round is shown — the one least disturbed by other "
@@ -848,11 +849,12 @@ def report(a):
         w("")
         bsh = [s for s in shapes if s.get("bf16_gflops")]
         if bsh:
-            w("| layer | M × N × K | bf16 GFLOP/s | % of bf16 peak | bf16 / fp32 rate |")
-            w("|---|---|---:|---:|---:|")
+            w("| layer | M × N × K | bf16 GFLOP/s | % of bf16 peak | bf16 / own fp32 rate | bf16 / OpenBLAS fp32 rate |")
+            w("|---|---|---:|---:|---:|---:|")
             for s in bsh:
-                w("| %s | %d × %d × %d | %s | %.0f%% | %.2f× |" % (
+                w("| %s | %d × %d × %d | %s | %.0f%% | %s | %.2f× |" % (
                     s["layer"], s["M"], s["N"], s["K"], fmt(s["bf16_gflops"]), 100 * s["bf16_gflops"] / bpeak,
+                    "%.2f×" % (s["bf16_gflops"] / s["own_gflops"]) if s.get("own_gflops") else "–",
                     s["bf16_gflops"] / s["gflops"]))
             w("")
     else:

@@ -339,8 +339,19 @@ if [ "$PROXY" = 1 ]; then
     code=$(curl -sS -m 5 -o /dev/null -w '%{http_code}' -X OPTIONS -H 'Origin: https://other.example' \
         -H 'Access-Control-Request-Method: POST' "$URL3/predict")
     [ "$code" = 403 ] || die "CORS preflight from another origin through nginx answered $code, not 403"
+    # body limits: 2 MiB for the routes (nginx answers 413 in the API's shape), 16 MiB for /jobs
+    # (a 3.5 MB FASTA body reaches performerd, which names the bad residue)
+    python3 -c "import sys; sys.stdout.write('>a\n' + 'MK1T\n' * 700000)" > "$WORK/big.fa"
+    code=$(curl -sS -m 30 -o "$WORK/big1.json" -w '%{http_code}' -H 'Content-Type: application/json' \
+        --data-binary @"$WORK/big.fa" "$URL3/predict")
+    [ "$code" = 413 ] && jq -e '.error_type == "payload_too_large"' "$WORK/big1.json" >/dev/null \
+        || die "a 3.5 MB POST /predict through nginx answered $code: $(head -c 300 "$WORK/big1.json")"
+    code=$(curl -sS -m 60 -o "$WORK/big2.json" -w '%{http_code}' -H 'Content-Type: text/x-fasta' \
+        --data-binary @"$WORK/big.fa" "$URL3/jobs?task=logits")
+    [ "$code" = 422 ] && jq -e '.error_type == "invalid_residue"' "$WORK/big2.json" >/dev/null \
+        || die "a 3.5 MB POST /jobs through nginx answered $code (want performerd's 422): $(head -c 300 "$WORK/big2.json")"
     podman rm -f -v -t 2 "$C3" >/dev/null 2>&1
-    log "nginx (docker/nginx.conf) in front: GET by id, X-Request-Id, CORS preflight: ok"
+    log "nginx (docker/nginx.conf) in front: GET by id, X-Request-Id, CORS preflight, body limits (2 MiB, /jobs 16 MiB): ok"
 fi
 stop_clean "$C2"
 T_RUN=$((SECONDS - T_RUN))
