@@ -406,7 +406,7 @@ static int authorized(struct MHD_Connection *conn) {
 
 /* Returns 1 for application/json, application/<x>+json (parameters allowed) or no Content-Type. */
 static int json_content_type(const char *ct) {
-    if (!ct) return 1;
+    if (!ct) return 0;   /* no type: a browser's cross-site "simple" request, sent without a preflight */
     while (*ct == ' ') ct++;
     size_t n = strcspn(ct, ";");
     while (n && ct[n - 1] == ' ') n--;
@@ -415,10 +415,11 @@ static int json_content_type(const char *ct) {
     return 0;
 }
 
-/* Returns 1 for a FASTA content type (text/x-fasta, application/x-fasta, text/fasta, text/plain,
- * chemical/seq-aa-fasta; parameters allowed). */
+/* Returns 1 for a FASTA content type (text/x-fasta, application/x-fasta, text/fasta,
+ * chemical/seq-aa-fasta; parameters allowed). Not text/plain: a browser sends it cross-site without
+ * a CORS preflight, so any web page a lab member opens could queue jobs on their daemon. */
 static int fasta_content_type(const char *ct) {
-    static const char *const types[] = {"text/x-fasta", "application/x-fasta", "text/fasta", "text/plain",
+    static const char *const types[] = {"text/x-fasta", "application/x-fasta", "text/fasta",
                                         "chemical/seq-aa-fasta", NULL};
     if (!ct) return 0;
     while (*ct == ' ') ct++;
@@ -864,9 +865,26 @@ static enum MHD_Result too_large(struct MHD_Connection *conn, req_st *st) {
 }
 
 /* MHD_get_connection_values iterator: copies query arguments into a JSON object of strings. */
+/* The query string of a POST /jobs: its arguments as strings, and the first key given twice. */
+typedef struct {
+    json_t *args;
+    char dup[64];
+} job_query;
+
+/* MHD_KeyValueIterator: adds one query argument to a job_query (cls); a repeated key is noted in
+ * dup (the first one), never silently overwritten. */
 static enum MHD_Result query_arg(void *cls, enum MHD_ValueKind kind, const char *key, const char *value) {
     (void)kind;
-    if (key) json_object_set_new((json_t *)cls, key, json_string(value ? value : ""));
+    job_query *q = cls;
+    if (!key) return MHD_YES;
+    if (json_object_get(q->args, key)) {
+        if (!q->dup[0]) {
+            snprintf(q->dup, sizeof q->dup, "%s", key);
+            sanitize(q->dup);
+        }
+        return MHD_YES;
+    }
+    json_object_set_new(q->args, key, json_string(value ? value : ""));
     return MHD_YES;
 }
 
@@ -878,15 +896,33 @@ static enum MHD_Result submit_job(struct MHD_Connection *conn, req_st *st) {
     pr_error e;
     const char *ct = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Content-Type");
     int rc;
-    if (fasta_content_type(ct)) {
-        json_t *q = json_object();
-        MHD_get_connection_values(conn, MHD_GET_ARGUMENT_KIND, query_arg, q);
-        rc = bt_parse_fasta(st->body ? st->body : "", st->len, json_string_value(json_object_get(q, "task")), q, &lim,
-                            ut_model_key(env->model->sha256), &sub, &e);
-        json_decref(q);
-    } else {
-        rc = bt_parse_json(st->body, st->len, &lim, ut_model_key(env->model->sha256), &sub, &e);
+    job_query q = {json_object(), ""};
+    if (!q.args) return send_error(conn, st, 503, "out_of_memory", "out of memory; retry later", NULL, NULL);
+    MHD_get_connection_values(conn, MHD_GET_ARGUMENT_KIND, query_arg, &q);
+    const char *first = json_object_size(q.args) ? json_object_iter_key(json_object_iter(q.args)) : NULL;
+    char msg[200];
+    if (q.dup[0]) {                   /* ?task=logits&task=embed: which one was meant? */
+        snprintf(msg, sizeof msg, "query parameter \"%s\" given more than once", q.dup);
+        json_t *det = json_pack("{s:s}", "field", q.dup);
+        json_decref(q.args);
+        return send_error(conn, st, 400, "unknown_field", msg, det, NULL);
     }
+    if (!fasta_content_type(ct) && first) {   /* a JSON body carries its task and params itself */
+        char k[64];
+        snprintf(k, sizeof k, "%s", first);
+        sanitize(k);
+        snprintf(msg, sizeof msg, "query parameter \"%s\" with a JSON body: put \"task\" and \"params\" in the "
+                 "body (query parameters are read with a FASTA body only)", k);
+        json_t *det = json_pack("{s:s}", "field", k);
+        json_decref(q.args);
+        return send_error(conn, st, 400, "unknown_field", msg, det, NULL);
+    }
+    if (fasta_content_type(ct))
+        rc = bt_parse_fasta(st->body ? st->body : "", st->len, json_string_value(json_object_get(q.args, "task")),
+                            q.args, &lim, ut_model_key(env->model->sha256), &sub, &e);
+    else
+        rc = bt_parse_json(st->body, st->len, &lim, ut_model_key(env->model->sha256), &sub, &e);
+    json_decref(q.args);
     if (rc) return send_error(conn, st, e.status, e.type, e.msg, e.details, NULL);
     memcpy(st->result_id, sub->id, sizeof sub->id);
     int created = ja_submit(sub);
@@ -1047,12 +1083,15 @@ static int decide(struct MHD_Connection *conn, req_st *st, const char *url, enum
     }
     const char *ct = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Content-Type");
     if (!json_content_type(ct) && !(st->route == R_JOBS && fasta_content_type(ct))) {
-        char got[96];
-        snprintf(got, sizeof got, "%s", ct);
+        char got[96], msg[200];
+        snprintf(got, sizeof got, "%s", ct ? ct : "");
         sanitize(got);
-        char msg[200];
-        snprintf(msg, sizeof msg, "unsupported content type '%s' (send application/json%s)", got,
-                 st->route == R_JOBS ? ", or FASTA as text/x-fasta" : "");
+        if (ct)
+            snprintf(msg, sizeof msg, "unsupported content type '%s' (send application/json%s)", got,
+                     st->route == R_JOBS ? ", or FASTA as text/x-fasta" : "");
+        else
+            snprintf(msg, sizeof msg, "no Content-Type: send application/json%s",
+                     st->route == R_JOBS ? ", or FASTA as text/x-fasta" : "");
         *ret = send_error(conn, st, 415, "unsupported_media_type", msg, NULL, NULL);
         return 1;
     }

@@ -174,7 +174,7 @@ static int run_chunk(const char *id, tk_kind kind, long long *after) {
         rids[i] = rid[i];
         char *body = NULL;
         size_t blen = 0;
-        if (hc_lookup_copy(r->id, 1, &body, &blen) == 1) {   /* answered before (a route, a job) */
+        if (hc_lookup_copy(r->id, 1, &body, &blen) == 1) {   /* a route answered it before */
             status[i] = 200;
             outs[i] = body;
             lens[i] = blen;

@@ -8,7 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define MAX_SERIES 256
+#define MAX_SERIES 2048
 #define MAX_ROUTES 32
 static const double lat_bounds[] = {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60};
 #define N_LAT (sizeof lat_bounds / sizeof lat_bounds[0])
@@ -24,7 +24,7 @@ static size_t bucket_of(const double *bounds, size_t n, double v) {
     return k;
 }
 
-typedef struct { const char *route; char method[8]; int status; unsigned long long n; } series;
+typedef struct { const char *route; const char *method; int status; unsigned long long n; } series;
 typedef struct { const char *route; unsigned long long b[N_LAT + 1]; double sum; unsigned long long n; } hist;
 
 static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
@@ -36,15 +36,26 @@ static unsigned long long cache_hit, cache_miss, rejected, evicted, fwd_n, fwd_s
 static unsigned long long fwd_b[N_FWD + 1], seq_b[N_SEQ + 1];
 static double fwd_sum;
 
+/* The method label of a request method: one of the standard methods, else "other" (a client
+ * chooses the method: its text never becomes a label, so the exposition stays valid and bounded). */
+static const char *method_label(const char *method) {
+    static const char *const known[] = { "GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH",
+                                         "TRACE", "CONNECT" };
+    for (size_t k = 0; k < sizeof known / sizeof known[0]; k++)
+        if (!strcmp(method, known[k])) return known[k];
+    return "other";
+}
+
 /* Counts one finished HTTP request. */
 void mt_request(const char *route, const char *method, int status, double seconds) {
+    const char *m = method_label(method);
     pthread_mutex_lock(&mu);
     int i;
     for (i = 0; i < n_req; i++)
-        if (req[i].status == status && !strcmp(req[i].route, route) && !strcmp(req[i].method, method)) break;
+        if (req[i].status == status && req[i].method == m && !strcmp(req[i].route, route)) break;
     if (i == n_req && n_req < MAX_SERIES) {
         req[i].route = route;
-        snprintf(req[i].method, sizeof req[i].method, "%s", method);
+        req[i].method = m;
         req[i].status = status;
         req[i].n = 0;
         n_req++;

@@ -40,6 +40,10 @@ CASES = [
          headers={"Content-Type": "text/plain"}),
     case("HTTP", "form-encoded body", "POST", P, "sequence=MKT", 415, "unsupported_media_type",
          headers={"Content-Type": "application/x-www-form-urlencoded"}),
+    case("HTTP", "no Content-Type (a cross-site request without preflight)", "POST", P, '{"sequence": "MKT"}', 415,
+         "unsupported_media_type", headers={"Content-Type": None}),
+    case("HTTP", "FASTA job as text/plain (a cross-site request without preflight)", "POST", "/jobs?task=logits",
+         ">a\nMKT\n", 415, "unsupported_media_type", headers={"Content-Type": "text/plain"}),
     case("HTTP", "Content-Length over --max-body (1 GiB announced, nothing sent)", "POST", P, None, 413,
          "payload_too_large", headers={"Content-Length": str(1 << 30)}),
     case("HTTP", "chunked body over --max-body (3 MiB sent, no length)", "POST", P,
@@ -219,7 +223,7 @@ def request_text(c):
     if len(body) > 70:
         body = body[:66] + " ..."
     text = "%s %s" % (c["method"], c["path"])
-    extra = [k + ": " + v for k, v in c["headers"].items()
+    extra = [k + ": " + v if v is not None else "no " + k for k, v in c["headers"].items()
              if k not in ("Content-Length",) or c["body"] is None]
     if extra:
         text += " (" + "; ".join(extra) + ")"

@@ -25,6 +25,7 @@ def send(c):
     body = c["body"]
     if c["method"] == "POST" and "Content-Type" not in headers:
         headers["Content-Type"] = "application/json"
+    headers = {k: v for k, v in headers.items() if v is not None}   # None: the header is not sent
     if c["raw"] is not None:
         s = socket.create_connection(("127.0.0.1", d.port), timeout=10)
         s.sendall(c["raw"])

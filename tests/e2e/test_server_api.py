@@ -4,6 +4,7 @@ CORS, metrics, OpenAPI, the request log and the database staying clean on malfor
 import json
 import math
 import os
+import re
 import sqlite3
 import sys
 import threading
@@ -304,8 +305,22 @@ for i, s in enumerate(shorts):
           "concurrent client %d equals its sequential answer" % i)
 
 # ---- metrics and the request log ---------------------------------------------------------------------
+# methods a client makes up (quotes, backslashes, long names) are counted under method="other": the
+# exposition stays parseable and one series per (route, status) however many arrive
+for meth in (b'X"Y', b'Z\\', b"PROPFIND", b"PROPFIND", b"PROPFIND", b"BREW"):
+    raw_exchange(d.port, meth + b" /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
 r = d.get("/metrics")
 text = r.body.decode()
+series_re = re.compile(r'^[a-zA-Z_:][a-zA-Z0-9_:]*(\{([a-zA-Z_][a-zA-Z0-9_]*="([^"\\\n]|\\["\\n])*",?)*\})? '
+                       r'[-+]?([0-9.eE+-]+|Inf|NaN)$')
+samples = [ln for ln in text.splitlines() if ln and not ln.startswith("#")]
+bad = [ln for ln in samples if not series_re.match(ln)]
+check(not bad, "every metrics line is valid exposition text: %s" % bad[:3])
+keys = [ln.rsplit(" ", 1)[0] for ln in samples]
+check(len(keys) == len(set(keys)), "no series twice: %s" % sorted(k for k in set(keys) if keys.count(k) > 1)[:3])
+other = [ln for ln in samples if ln.startswith('performerd_requests_total{route="/health",method="other"')]
+check(len(other) == 1 and other[0].endswith(" 6") and "PROPFIND" not in text and "BREW" not in text,
+      "made-up methods count as method=\"other\": %s" % other)
 check(r.status == 200 and r.header("Content-Type").startswith("text/plain"), "metrics text")
 for name in ["performerd_requests_total{route=\"/predict\",method=\"POST\",status=\"200\"}",
              "performerd_requests_total{route=\"/predict\",method=\"POST\",status=\"422\"}",

@@ -264,6 +264,11 @@ error_shape(d.post("MKT\n>a\nMKT\n", headers={"Content-Type": "text/x-fasta"}, p
 error_shape(d.post(">a\nMKT\n", headers={"Content-Type": "text/x-fasta"}, path="/jobs"), 400, "invalid_request")
 error_shape(d.post(">a\nMKT\n", headers={"Content-Type": "text/x-fasta"}, path="/jobs?task=fold"), 422, "invalid_task")
 error_shape(d.post(">a\nMKT\n", headers={"Content-Type": "text/x-fasta"}, path="/jobs?task=logits&layer=1"), 400, "unknown_field")
+e = error_shape(d.post(">a\nMKT\n", headers={"Content-Type": "text/x-fasta"}, path="/jobs?task=logits&task=embed"),
+                400, "unknown_field")
+check(e.get("field") == "task" and "more than once" in e.get("error", ""), "a repeated query key is refused: %s" % e)
+e = error_shape(d.post({"task": "predict", "sequences": ["MKT"]}, path="/jobs?top_k=3&task=embed"), 400, "unknown_field")
+check(e.get("field") == "top_k" and "JSON body" in e.get("error", ""), "query parameters with a JSON body are refused: %s" % e)
 error_shape(d.post({"task": "embed", "sequences": ["MKT"] * 51}, path="/jobs"), 413, "too_many_sequences")
 error_shape(d.post("<xml/>", headers={"Content-Type": "application/xml"}, path="/jobs"), 415, "unsupported_media_type")
 big = (">x\n" + "A" * 70000 + "\n").encode()
