@@ -198,6 +198,11 @@ int cfg_load(cfg *c, int argc, char **argv, char *err, size_t errlen) {
                 return -1;
             }
             val = argv[++a];
+            if (!strncmp(val, "--", 2)) {   /* "--cors-origin --db x": the value was forgotten */
+                snprintf(err, errlen, "option --%s needs a value (%s), not the option '%.64s' (write --%s=%.64s "
+                         "if that is the value)", o->name, o->metavar, val, o->name, val);
+                return -1;
+            }
         }
         char src[80];
         snprintf(src, sizeof src, "--%s", o->name);

@@ -272,9 +272,11 @@ static void add_common(struct MHD_Connection *conn, struct MHD_Response *r, req_
     char buf[256];
     MHD_add_response_header(r, "X-Request-Id", st->request_id);
     const char *origin, *allow = allowed_origin(conn, &origin);
+    /* with CORS configured the answer depends on Origin (with or without the allow header): a shared
+     * cache must not hand the copy made for one origin (or none) to another */
+    if (*env->c->cors_origin) MHD_add_response_header(r, "Vary", "Origin");
     if (allow) {
         MHD_add_response_header(r, "Access-Control-Allow-Origin", allow);
-        if (strcmp(allow, "*")) MHD_add_response_header(r, "Vary", "Origin");
         MHD_add_response_header(r, "Access-Control-Expose-Headers",
                                 "X-Request-Id, X-Cache, ETag, Retry-After, Server-Timing, X-Response-Time, Location, "
                                 "X-Job-State, X-Job-Total, X-Batch-Requests");
@@ -671,6 +673,11 @@ static enum MHD_Result job_result(struct MHD_Connection *conn, req_st *st, const
     if (!load_job(conn, st, url, &j, &ret)) return ret;
     const char *partial = MHD_lookup_connection_value(conn, MHD_GET_ARGUMENT_KIND, "partial");
     int want_partial = partial && (!strcmp(partial, "true") || !strcmp(partial, "1"));
+    if (partial && !want_partial && strcmp(partial, "false") && strcmp(partial, "0")) {
+        db_job_clear(&j);
+        json_t *d = json_pack("{s:s}", "field", "partial");
+        return send_error(conn, st, 400, "invalid_type", "?partial= takes true, false, 1 or 0", d, NULL);
+    }
     char total[32], state[16];
     snprintf(total, sizeof total, "%lld", j.total);
     snprintf(state, sizeof state, "%s", j.state);
@@ -1031,6 +1038,61 @@ static enum MHD_Result options(struct MHD_Connection *conn, req_st *st) {
     return send_body(conn, st, 204, NULL, NULL, 0, extra);
 }
 
+/* What bad_framing counts among the request headers. */
+typedef struct {
+    int n_length, lengths_differ, n_host, n_te, te_other;
+    char length[32];
+} framing;
+
+/* MHD_KeyValueIterator: counts Content-Length (and whether the values differ), Host and
+ * Transfer-Encoding headers (and codings other than "chunked") into the framing at cls. */
+static enum MHD_Result framing_header(void *cls, enum MHD_ValueKind kind, const char *key, const char *value) {
+    (void)kind;
+    framing *f = cls;
+    if (!key) return MHD_YES;
+    if (!value) value = "";
+    if (!strcasecmp(key, "Content-Length")) {
+        if (f->n_length++ == 0) snprintf(f->length, sizeof f->length, "%s", value);
+        else if (strcmp(f->length, value)) f->lengths_differ = 1;
+    } else if (!strcasecmp(key, "Host")) {
+        f->n_host++;
+    } else if (!strcasecmp(key, "Transfer-Encoding")) {
+        f->n_te++;
+        while (*value == ' ' || *value == '\t') value++;
+        size_t n = strlen(value);
+        while (n && (value[n - 1] == ' ' || value[n - 1] == '\t')) n--;
+        if (n != 7 || strncasecmp(value, "chunked", 7)) f->te_other = 1;
+    }
+    return MHD_YES;
+}
+
+/* Refuses a request whose body framing this daemon (and a proxy in front of it) could read two ways
+ * (RFC 9112 6.1-6.3, 3.2): Content-Length headers that disagree, Content-Length with
+ * Transfer-Encoding, or more than one Host: 400; a transfer coding other than chunked: 501. The
+ * answer closes the connection (the rest of the stream cannot be trusted: request smuggling).
+ * Returns 1 with *ret set when refused. */
+static int bad_framing(struct MHD_Connection *conn, req_st *st, enum MHD_Result *ret) {
+    framing f = {0};
+    MHD_get_connection_values(conn, MHD_HEADER_KIND, framing_header, &f);
+    const char *extra[] = {"Connection", "close", NULL};
+    const char *msg = NULL;
+    if (f.lengths_differ) msg = "Content-Length headers that disagree";
+    else if (f.n_length && f.n_te) msg = "both Content-Length and Transfer-Encoding";
+    else if (f.n_host > 1) msg = "more than one Host header";
+    if (msg) {
+        char m[160];
+        snprintf(m, sizeof m, "malformed request framing: %s", msg);
+        *ret = send_error(conn, st, 400, "bad_request", m, NULL, extra);
+        return 1;
+    }
+    if (f.te_other || f.n_te > 1) {
+        *ret = send_error(conn, st, 501, "not_implemented",
+                          "unsupported Transfer-Encoding (only chunked is accepted)", NULL, extra);
+        return 1;
+    }
+    return 0;
+}
+
 /* Answers every request except a well-formed POST with a body to read, from the headers alone (on
  * the final call, so that MHD keeps the connection alive). Returns 1 when a response was queued
  * (*ret set), 0 when the request is a POST whose body is to be read. */
@@ -1138,6 +1200,11 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         set_client(conn, st);
         const union MHD_ConnectionInfo *ci = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
         st->guard = ci ? ci->socket_context : NULL;
+        enum MHD_Result fret;
+        if (bad_framing(conn, st, &fret)) {
+            gd_busy(st->guard);
+            return fret;
+        }
         /* A POST that will be refused is answered before its body is read (413 on Content-Length,
          * 415, 401, 503); MHD then closes the connection instead of reading. */
         if (reads_body(st)) {

@@ -57,6 +57,11 @@ static char *model_body(const pf_model *m, const cfg *c) {
                           "queue", (json_int_t)c->queue, "timeout_s", (json_int_t)c->timeout,
                           "exact_kernel_max_tokens", (json_int_t)exact_max);
     if (!o) return NULL;
+    json_t *lim = json_object_get(o, "limits");   /* the /score and /jobs limits too */
+    json_object_set_new(lim, "max_pll_length", json_integer(c->max_pll_length));
+    json_object_set_new(lim, "max_score_tokens", json_integer(c->max_score_tokens));
+    json_object_set_new(lim, "max_job_body_bytes", json_integer(c->max_job_body));
+    json_object_set_new(lim, "max_job_sequences", json_integer(c->max_job_sequences));
     if (!m->cfg.trained)
         json_object_set_new(o, "warning", json_string("this model is UNTRAINED (random initialisation): its predictions are"
                                                       " meaningless until trained weights are installed"));

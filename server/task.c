@@ -269,7 +269,8 @@ static int parse_score(tk_request *r, json_t *root, const tk_limits *lim, json_t
     size_t nm = json_array_size(muts);
     if (nm == 0) return set_err(e, 422, "invalid_mutation", "\"mutations\" is empty (give at least one, e.g. \"A24G\")");
     if (nm > TK_MAX_MUTANTS) {
-        set_err(e, 413, "too_many_mutations", "%zu mutations; the limit is %d per request (use POST /jobs for more)",
+        set_err(e, 413, "too_many_mutations", "%zu mutations; the limit is %d per request or job item (split them "
+                "over several, e.g. items of one POST /jobs with their own \"mutations\")",
                 nm, TK_MAX_MUTANTS);
         e->details = json_pack("{s:I, s:i}", "mutations", (json_int_t)nm, "limit", TK_MAX_MUTANTS);
         return -1;
@@ -343,7 +344,7 @@ static int parse_score(tk_request *r, json_t *root, const tk_limits *lim, json_t
         set_err(e, 413, "score_too_large", "%s needs %d model passes of %zu tokens (%lld tokens); the limit is %ld "
                 "per request (--max-score-tokens): score fewer mutants%s", method_names[r->method], r->n_inputs,
                 n + 2, tokens, lim->max_score_tokens,
-                r->method == TK_PSEUDO_LIKELIHOOD ? ", or use masked-marginals" : " or positions, or use POST /jobs");
+                r->method == TK_PSEUDO_LIKELIHOOD ? ", or use masked-marginals" : " or positions, or split them over several requests (items of one POST /jobs)");
         e->details = json_pack("{s:I, s:I}", "tokens", (json_int_t)tokens, "limit", (json_int_t)lim->max_score_tokens);
         return -1;
     }

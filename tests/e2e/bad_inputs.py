@@ -59,6 +59,18 @@ CASES = [
          show="/predict/aaaa... (70,000)"),
     case("HTTP", "not HTTP: a TLS hello on the plain port (libmicrohttpd's own HTML page)", "", "", status=400,
          raw=b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03 hello\r\n\r\n"),
+    case("HTTP", "Content-Length headers that disagree (request smuggling)", "", "", status=400,
+         error_type="bad_request",
+         raw=b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 0\r\n"
+             b"Content-Length: 19\r\n\r\n{\"sequence\": \"MKT\"}GET /nope HTTP/1.1\r\nHost: x\r\n\r\n"),
+    case("HTTP", "Content-Length and Transfer-Encoding together", "", "", status=400, error_type="bad_request",
+         raw=b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 3\r\n"
+             b"Transfer-Encoding: chunked\r\n\r\n13\r\n{\"sequence\": \"MKT\"}\r\n0\r\n\r\n"),
+    case("HTTP", "a transfer coding other than chunked", "", "", status=501, error_type="not_implemented",
+         raw=b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+             b"Transfer-Encoding: gzip, chunked\r\n\r\n13\r\n{\"sequence\": \"MKT\"}\r\n0\r\n\r\n"),
+    case("HTTP", "two Host headers", "", "", status=400, error_type="bad_request",
+         raw=b"GET /health HTTP/1.1\r\nHost: x\r\nHost: y\r\n\r\n"),
 
     # ---- JSON syntax and shape -------------------------------------------------------------------------
     case("JSON", "empty body", "POST", P, "", 400, "invalid_json"),

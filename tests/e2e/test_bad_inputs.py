@@ -26,12 +26,23 @@ def send(c):
     if c["method"] == "POST" and "Content-Type" not in headers:
         headers["Content-Type"] = "application/json"
     headers = {k: v for k, v in headers.items() if v is not None}   # None: the header is not sent
-    if c["raw"] is not None:
+    if c["raw"] is not None:      # bytes as they are; the answer closes the connection
         s = socket.create_connection(("127.0.0.1", d.port), timeout=10)
         s.sendall(c["raw"])
-        data = s.recv(65536)
+        data = b""
+        while True:
+            more = s.recv(65536)
+            if not more:
+                break
+            data += more
         s.close()
-        return int(data.split()[1]), {}, data.partition(b"\r\n\r\n")[2]
+        head, _, rest = data.partition(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        hdrs = {l.split(":", 1)[0].strip().lower(): l.split(":", 1)[1].strip() for l in lines[1:] if ":" in l}
+        check(c["error_type"] is None or hdrs.get("connection") == "close", "%s: the answer closes the connection"
+              % c["what"])
+        check(b"HTTP/1.1 404" not in rest, "%s: nothing after the request was read as another one" % c["what"])
+        return int(lines[0].split()[1]), hdrs, rest
     chunked = headers.get("Transfer-Encoding") == "chunked"
     if ("Content-Length" in headers and body is None) or chunked:
         # announced but never sent (the answer must come from the headers alone), or chunked

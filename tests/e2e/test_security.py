@@ -138,7 +138,9 @@ check(d.get("/model", headers={"Authorization": "bearer " + KEY}).status == 200,
 check(d.get("/health").status == 200 and d.get("/ready").status == 200, "/health and /ready need no key")
 for origin in ["https://evil.example.com", "null", "https://lab.example.org.evil.com", "https://lab.example.or"]:
     r = d.get("/health", headers={"Origin": origin})
-    check(r.header("Access-Control-Allow-Origin") is None, "origin %s gets no CORS header" % origin)
+    check(r.header("Access-Control-Allow-Origin") is None and r.header("Vary") == "Origin",
+          "origin %s gets no CORS header (and Vary: Origin)" % origin)
+check(d.get("/health").header("Vary") == "Origin", "no Origin: Vary: Origin too (a shared cache keeps the copies apart)")
 r = d.get("/health", headers={"Origin": "https://lab.example.org"})
 check(r.header("Access-Control-Allow-Origin") == "https://lab.example.org" and r.header("Vary") == "Origin"
       and r.header("Access-Control-Allow-Credentials") is None, "the configured origin only, Vary: Origin, no credentials")

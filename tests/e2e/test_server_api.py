@@ -53,6 +53,9 @@ check(len(m["sha256"]) == 64 and m["config"]["d_model"] == 32 and m["config"]["n
 check(len(m["vocabulary"]) == 30 and m["vocabulary"][1] == "<mask>" and m["vocabulary"][5] == "A", "vocabulary")
 check(m["limits"]["max_length"] == 40000 and m["limits"]["max_batch"] == 64 and m["limits"]["max_body_bytes"] == 2 * 1024 * 1024,
       "default limits: %s" % m["limits"])
+check(m["limits"]["max_pll_length"] > 0 and m["limits"]["max_score_tokens"] > 0 and
+      m["limits"]["max_job_body_bytes"] == 16 * 1024 * 1024 and m["limits"]["max_job_sequences"] == 10000,
+      "the /score and /jobs limits too: %s" % m["limits"])
 MODEL_SHA = m["sha256"]
 
 r = d.get("/openapi.json")

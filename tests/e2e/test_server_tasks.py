@@ -237,6 +237,8 @@ direct = post("/score", {"sequence": "MKTGYIAK", "mutations": ["G4A", "K2R"], "m
 check(len(ls) == 2 and [s["score"] for s in ls[1]["result"]["scores"]] == [s["score"] for s in direct["scores"]],
       "per-item mutations scored as /score does")
 check(any(x["id"] == J1 for x in d.get("/jobs").json()["jobs"]), "GET /jobs lists the job")
+error_shape(d.get("/jobs/%s/result?partial=yes" % J1), 400, "invalid_type")
+check(d.get("/jobs/%s/result?partial=false" % J1).status == 200, "?partial=false on a done job: 200")
 
 
 def forward_count():

@@ -42,6 +42,10 @@ int main(void) {
     CHECK(cfg_load(&c, 3, bad1, err, sizeof err) == -1 && strstr(err, "--port"));
     char *bad2[] = {"performerd", "--max-batch", NULL};
     CHECK(cfg_load(&c, 2, bad2, err, sizeof err) == -1 && strstr(err, "needs a value"));
+    char *bad2b[] = {"performerd", "--cors-origin", "--db", "x.sqlite", NULL};   /* the value was forgotten */
+    CHECK(cfg_load(&c, 4, bad2b, err, sizeof err) == -1 && strstr(err, "needs a value") && strstr(err, "--db"));
+    char *ok2b[] = {"performerd", "--cors-origin=--db", NULL};                  /* said explicitly: taken */
+    CHECK(cfg_load(&c, 2, ok2b, err, sizeof err) == 0 && !strcmp(c.cors_origin, "--db"));
     char *bad3[] = {"performerd", "--frobnicate", "1", NULL};
     CHECK(cfg_load(&c, 3, bad3, err, sizeof err) == -1 && strstr(err, "unknown option"));
     char *bad4[] = {"performerd", "--queue", "12abc", NULL};
