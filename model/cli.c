@@ -40,6 +40,7 @@ static const char *USAGE =
     "          [--crop N] [--batch-tokens N] [--redraw N] [--seed S] [--threads N]\n"
     "          [--ckpt-minutes X] [--max-minutes X] [--stop-after N] [--eval-every N]\n"
     "          [--eval-seqs N] [--train-kernel K] [--decay-steps N [--branch-ckpt F]]\n"
+    "          [--min-lr-frac X] [--weight-decay X] [--clip X] [--mask-rate X]\n"
     "          [architecture options of init]    masked-LM training (README.md,\n"
     "                                            section Command-line tool);\n"
     "                                            --init F --conv K / --local K extends weights F\n"
@@ -74,7 +75,7 @@ static const char *USAGE =
     "\n"
     "common: --threads N (default 2)\n"
     "        --precision fp32|bf16 (default fp32): bf16 runs the weight products in bfloat16 with\n"
-    "        float32 sums, 1.5-2x faster forward passes (needs AVX-512 BF16; weights/MODEL_CARD.md gives\n"
+    "        float32 sums, about 1.5-1.7x faster forward passes (needs AVX-512 BF16; weights/MODEL_CARD.md gives\n"
     "        its measured effect on quality)\n";
 
 /* Returns the value following option i, or NULL (and complains) when absent. */

@@ -35,7 +35,7 @@ static const opt_def opts[] = {
     {"http-threads", I(http_threads, 1, 256), "N", "HTTP thread-pool size (default 4)"},
     {"max-length", I(max_length, 1, 10000000), "N", "max residues per sequence (default 40000)"},
     {"max-batch", I(max_batch, 1, 100000), "N", "max sequences per request (default 64)"},
-    {"max-body", Z(max_body, 64, 1L << 30), "BYTES", "max request body, suffix k/m allowed (default 2m = 2 MiB)"},
+    {"max-body", Z(max_body, 64, 1L << 30), "BYTES", "max request body, suffix k/m/g allowed (default 2m = 2 MiB)"},
     {"queue", I(queue, 1, 1000000), "N", "max pending inference requests before 429 (default 64)"},
     {"api-key", S(api_key), "KEY", "require 'Authorization: Bearer KEY' on all routes but /health, /ready and the page /"},
     {"cors-origin", S(cors_origin), "ORIGIN", "allowed browser origin(s), comma-separated, or * (default none)"},
@@ -50,7 +50,7 @@ static const opt_def opts[] = {
     {"max-pll-length", I(max_pll_length, 1, 10000000), "N", "max residues scored by pseudo-likelihood (default 1024)"},
     {"max-score-tokens", I(max_score_tokens, 1, 1L << 40), "N", "max tokens one POST /score runs through the model (default 4194304)"},
     {"hot-cache-mb", I(hot_cache_mb, 0, 1L << 20), "MB", "in-memory map of hot results in front of the database (default 64; 0 = off)"},
-    {"precision", S(precision), "fp32|bf16", "arithmetic of the weight products: fp32 (default) or bf16, bfloat16 with float32 sums, 1.5-2x faster forward passes on CPUs with AVX-512 BF16 (results are cached per precision)"},
+    {"precision", S(precision), "fp32|bf16", "arithmetic of the weight products: fp32 (default) or bf16, bfloat16 with float32 sums, about 1.5-1.7x faster forward passes on CPUs with AVX-512 BF16 (results are cached per precision)"},
     {"result-fsync", I(result_fsync, 0, 1), "0|1", "1: fsync each stored result before its 200 (survives power loss); 0: written to the WAL before the 200 (survives a daemon crash), fsynced within 1 s (default 0)"},
 };
 #define N_OPTS (sizeof opts / sizeof opts[0])
