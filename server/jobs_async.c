@@ -112,6 +112,12 @@ json_t *ja_job_json(const db_job *j) {
             json_object_set_new(o, "eta_s", json_real((double)(j->total - finished_items) / rate));
         }
     }
+    if (o && strcmp(j->state, "running") && j->started_at > 0 && j->finished_at >= j->started_at) {
+        double el = j->finished_at - j->started_at;   /* a finished job keeps its run's figures */
+        json_object_set_new(o, "elapsed_s", json_real(el));
+        if (finished_items > 0 && el > 0)
+            json_object_set_new(o, "sequences_per_s", json_real((double)finished_items / el));
+    }
     if (o && strcmp(j->model_sha256, ut_model_key(model->sha256)))
         json_object_set_new(o, "note", json_string("submitted for another model or precision (model_sha256 ends in"
                                                    " +bf16 for bf16): it runs when a daemon serving that model"

@@ -215,6 +215,8 @@ check(r.json()["total"] == 3 and r.json()["task"] == "embed" and r.json()["param
 jb = wait_job(J1)
 check(jb["state"] == "done" and jb["done"] == 3 and jb["failed"] == 0 and jb["progress"] == 1.0 and jb["finished_at"],
       "job done: %s" % jb)
+check(isinstance(jb.get("elapsed_s"), float) and jb["elapsed_s"] >= 0 and "eta_s" not in jb and
+      (jb["elapsed_s"] == 0 or jb.get("sequences_per_s", 0) > 0), "a done job keeps its run's elapsed_s: %s" % jb)
 r, ls = lines(J1)
 check(r.status == 200 and r.header("Content-Type") == "application/x-ndjson" and r.header("X-Job-State") == "done",
       "result is JSON Lines")
