@@ -62,10 +62,44 @@ size_t pr_tokens(const pr_request *r) {
     return t;
 }
 
-/* Returns a printable rendering of byte c for error messages and the "character" field. */
-static void char_repr(unsigned char c, char out[8]) {
-    if (c >= 0x20 && c < 0x7f) snprintf(out, 8, "%c", c);
-    else snprintf(out, 8, "\\x%02X", c);
+/* Renders the character that starts at byte text[at] for error messages and the "character" field:
+ * printable ASCII as itself, other ASCII bytes as \xNN, a UTF-8 sequence as U+XXXX; *name is set to
+ * a description of the characters that text pasted from documents carries unseen (else ""). */
+static void char_repr(const char *text, size_t tlen, size_t at, char out[16], const char **name) {
+    *name = "";
+    if (!text || at >= tlen) {        /* not about one character */
+        out[0] = '\0';
+        return;
+    }
+    const unsigned char *u = (const unsigned char *)text + at;
+    size_t left = tlen - at;
+    if (u[0] >= 0x20 && u[0] < 0x7f) {
+        snprintf(out, 16, "%c", u[0]);
+        return;
+    }
+    unsigned cp = 0, need = u[0] >= 0xF0 && u[0] <= 0xF4 ? 3 : u[0] >= 0xE0 && u[0] <= 0xEF ? 2
+                               : u[0] >= 0xC2 && u[0] <= 0xDF ? 1 : 0;
+    if (need == 0 || left <= need) {
+        snprintf(out, 16, "\\x%02X", u[0]);
+        return;
+    }
+    cp = u[0] & (0x3F >> need);
+    for (unsigned k = 1; k <= need; k++) {
+        if ((u[k] & 0xC0) != 0x80) {
+            snprintf(out, 16, "\\x%02X", u[0]);
+            return;
+        }
+        cp = cp << 6 | (u[k] & 0x3F);
+    }
+    snprintf(out, 16, "U+%04X", cp);
+    static const struct { unsigned cp; const char *name; } names[] = {
+        {0x00A0, "no-break space"}, {0x00AD, "soft hyphen"}, {0x2009, "thin space"},
+        {0x200B, "zero-width space"}, {0x200C, "zero-width non-joiner"}, {0x200D, "zero-width joiner"},
+        {0x2010, "hyphen"}, {0x2011, "non-breaking hyphen"}, {0x2013, "en dash"}, {0x2014, "em dash"},
+        {0x202F, "narrow no-break space"}, {0x2060, "word joiner"}, {0x3000, "ideographic space"},
+        {0xFEFF, "zero-width no-break space (byte-order mark)"}};
+    for (size_t k = 0; k < sizeof names / sizeof names[0]; k++)
+        if (names[k].cp == cp) *name = names[k].name;
 }
 
 /* Qualifies sequence s for messages ("sequence" or "sequences[3]"). */
@@ -82,10 +116,19 @@ static int encode_seq(pr_request *r, int s, const char *text, size_t tlen, int s
     tok_error te;
     seq_label(single, s, lab, sizeof lab);
     if (tok_encode(text, tlen, NULL, 0, &n, &te)) {
-        char ch[8];
-        char_repr(te.ch, ch);
-        set_err(e, 422, "invalid_residue", "invalid residue '%s' at position %zu of %s (allowed: "
-                "ACDEFGHIKLMNPQRSTVWY, XBUZO, <mask>, whitespace)", ch, te.pos, lab);
+        char ch[16];
+        const char *name;
+        char_repr(text, tlen, te.pos ? te.pos - 1 : 0, ch, &name);
+        if (strstr(te.msg, "<mask>"))     /* inside a '<...>': "<mask >", "<ma\nsk>", "<cls>" */
+            set_err(e, 422, "invalid_residue", "invalid character '%s' at position %zu of %s: only <mask> is "
+                    "allowed between '<' and '>', written as one word", ch, te.pos, lab);
+        else if (*name)
+            set_err(e, 422, "invalid_residue", "invalid character %s (%s, often pasted from documents) at "
+                    "position %zu of %s (allowed: ACDEFGHIKLMNPQRSTVWY, XBUZO, <mask>, ASCII whitespace)", ch,
+                    name, te.pos, lab);
+        else
+            set_err(e, 422, "invalid_residue", "invalid residue '%s' at position %zu of %s (allowed: "
+                    "ACDEFGHIKLMNPQRSTVWY, XBUZO, <mask>, whitespace)", ch, te.pos, lab);
         e->details = json_pack("{s:s, s:I, s:i}", "character", ch, "position", (json_int_t)te.pos,
                                "sequence_index", s);
         return -1;

@@ -177,6 +177,14 @@ check(e.get("character") == "#" and e.get("position") == 5 and "'#'" in e["error
 e = error_shape(d.post({"sequences": ["MKT", "MKJ"]}), 422, "invalid_residue")
 check(e.get("sequence_index") == 1 and e.get("position") == 3 and e.get("character") == "J", "names the sequence: %s" % e)
 error_shape(d.post({"sequence": "MK\u0000T"}), 422, "invalid_residue")
+e = error_shape(d.post({"sequence": "MKT\u00a0LV"}), 422, "invalid_residue")   # pasted from a PDF / Word
+check(e.get("character") == "U+00A0" and "no-break space" in e["error"] and e.get("position") == 4,
+      "a non-ASCII character is named by its code point (and an invisible one by its name): %s" % e)
+e = error_shape(d.post({"sequence": "MKT\u00e9LV"}), 422, "invalid_residue")
+check(e.get("character") == "U+00E9", "any UTF-8 character as U+XXXX: %s" % e)
+e = error_shape(d.post({"sequence": "MKT<mask >LV"}), 422, "invalid_residue")
+check(e.get("character") == " " and "only <mask>" in e["error"] and "allowed: " not in e["error"],
+      "a space inside <mask > is explained, not listed as allowed whitespace: %s" % e)
 error_shape(d.post({"sequence": "MKT<mas"}), 422, "invalid_residue")
 error_shape(d.post({"sequence": ""}), 422, "empty_sequence")
 error_shape(d.post({"sequence": "  \n "}), 422, "empty_sequence")
