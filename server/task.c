@@ -93,8 +93,10 @@ int tk_parse_mutant(const char *text, const int32_t *wt, size_t n, long offset, 
         int w = res_class((unsigned char)*p);
         const char *q = p + (*p ? 1 : 0);
         long long pos = 0;
-        int digits = 0;
+        int digits = 0, neg = 0;
+        if (*q == '-' && isdigit((unsigned char)q[1])) neg = 1, q++;   /* A-3G: numbering below 1 (offset < 1) */
         while (isdigit((unsigned char)*q) && digits < 12) pos = pos * 10 + (*q++ - '0'), digits++;
+        if (neg) pos = -pos;
         int mt = res_class((unsigned char)*q);
         const char *r = q + (*q ? 1 : 0);
         while (*r == ' ' || *r == '\t') r++;

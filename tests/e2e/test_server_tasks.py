@@ -94,6 +94,11 @@ check(close(pj["scores"][0]["score"], p_a - p_wt, 1e-3) and close(pj["scores"][1
 r = post("/score", {"sequence": SEQ, "mutations": ["A27G"], "offset": 24})
 check(r.status == 200 and close(r.json()["scores"][0]["score"], want[0]) and r.json()["scores"][0]["sites"][0]["position"] == 27,
       "offset shifts the numbering")
+r = post("/score", {"sequence": SEQ, "mutations": ["K-1R", "T0N"], "offset": -2})   # numbering from -2
+r2 = post("/score", {"sequence": SEQ, "mutations": ["K2R", "T3N"]})
+check(r.status == 200 and [x["score"] for x in r.json()["scores"]] == [x["score"] for x in r2.json()["scores"]] and
+      r.json()["scores"][0]["sites"][0]["position"] == -1, "positions below 1 (a negative offset) are written A-3G: %s"
+      % r.body[:300])
 
 e = error_shape(post("/score", {"sequence": SEQ, "mutations": ["A4G", "G5A"]}), 422, "wild_type_mismatch")
 check(e.get("position") == 5 and e.get("expected") == "Y" and "position 5" in e["error"], "mismatch names the position: %s" % e)
