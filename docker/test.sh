@@ -350,6 +350,11 @@ if [ "$PROXY" = 1 ]; then
         --data-binary @"$WORK/big.fa" "$URL3/jobs?task=logits")
     [ "$code" = 422 ] && jq -e '.error_type == "invalid_residue"' "$WORK/big2.json" >/dev/null \
         || die "a 3.5 MB POST /jobs through nginx answered $code (want performerd's 422): $(head -c 300 "$WORK/big2.json")"
+    python3 -c "import sys; sys.stdout.write('>a\n' + 'MKT\n' * 4500000)" > "$WORK/huge.fa"
+    code=$(curl -sS -m 60 -o "$WORK/big3.json" -w '%{http_code}' -H 'Content-Type: text/x-fasta' \
+        --data-binary @"$WORK/huge.fa" "$URL3/jobs?task=logits")
+    [ "$code" = 413 ] && jq -e '.limit == "max_job_body"' "$WORK/big3.json" >/dev/null \
+        || die "an 18 MB POST /jobs through nginx answered $code (want 413 max_job_body): $(head -c 300 "$WORK/big3.json")"
     podman rm -f -v -t 2 "$C3" >/dev/null 2>&1
     log "nginx (docker/nginx.conf) in front: GET by id, X-Request-Id, CORS preflight, body limits (2 MiB, /jobs 16 MiB): ok"
 fi

@@ -406,7 +406,8 @@ static int authorized(struct MHD_Connection *conn) {
     return ut_secret_equal(h, env->c->api_key);
 }
 
-/* Returns 1 for application/json, application/<x>+json (parameters allowed) or no Content-Type. */
+/* Returns 1 for application/json or application/<x>+json (parameters allowed); 0 for anything
+ * else, no Content-Type included. */
 static int json_content_type(const char *ct) {
     if (!ct) return 0;   /* no type: a browser's cross-site "simple" request, sent without a preflight */
     while (*ct == ' ') ct++;
@@ -672,8 +673,9 @@ static enum MHD_Result job_result(struct MHD_Connection *conn, req_st *st, const
     enum MHD_Result ret;
     if (!load_job(conn, st, url, &j, &ret)) return ret;
     const char *partial = MHD_lookup_connection_value(conn, MHD_GET_ARGUMENT_KIND, "partial");
-    int want_partial = partial && (!strcmp(partial, "true") || !strcmp(partial, "1"));
-    if (partial && !want_partial && strcmp(partial, "false") && strcmp(partial, "0")) {
+    if (partial && !*partial) partial = NULL;   /* "?partial=": as if absent */
+    int want_partial = partial && (!strcasecmp(partial, "true") || !strcmp(partial, "1"));
+    if (partial && !want_partial && strcasecmp(partial, "false") && strcmp(partial, "0")) {
         db_job_clear(&j);
         json_t *d = json_pack("{s:s}", "field", "partial");
         return send_error(conn, st, 400, "invalid_type", "?partial= takes true, false, 1 or 0", d, NULL);
@@ -1058,10 +1060,10 @@ static enum MHD_Result framing_header(void *cls, enum MHD_ValueKind kind, const 
         f->n_host++;
     } else if (!strcasecmp(key, "Transfer-Encoding")) {
         f->n_te++;
+        /* exactly what libmicrohttpd reads as chunked (it drops leading blanks only): "chunked "
+         * would otherwise be read to the end of the connection */
         while (*value == ' ' || *value == '\t') value++;
-        size_t n = strlen(value);
-        while (n && (value[n - 1] == ' ' || value[n - 1] == '\t')) n--;
-        if (n != 7 || strncasecmp(value, "chunked", 7)) f->te_other = 1;
+        if (strcasecmp(value, "chunked")) f->te_other = 1;
     }
     return MHD_YES;
 }
@@ -1071,7 +1073,7 @@ static enum MHD_Result framing_header(void *cls, enum MHD_ValueKind kind, const 
  * Transfer-Encoding, or more than one Host: 400; a transfer coding other than chunked: 501. The
  * answer closes the connection (the rest of the stream cannot be trusted: request smuggling).
  * Returns 1 with *ret set when refused. */
-static int bad_framing(struct MHD_Connection *conn, req_st *st, enum MHD_Result *ret) {
+static int bad_framing(struct MHD_Connection *conn, req_st *st, const char *version, enum MHD_Result *ret) {
     framing f = {0};
     MHD_get_connection_values(conn, MHD_HEADER_KIND, framing_header, &f);
     const char *extra[] = {"Connection", "close", NULL};
@@ -1079,6 +1081,7 @@ static int bad_framing(struct MHD_Connection *conn, req_st *st, enum MHD_Result 
     if (f.lengths_differ) msg = "Content-Length headers that disagree";
     else if (f.n_length && f.n_te) msg = "both Content-Length and Transfer-Encoding";
     else if (f.n_host > 1) msg = "more than one Host header";
+    else if (f.n_te && version && !strcmp(version, MHD_HTTP_VERSION_1_0)) msg = "Transfer-Encoding in HTTP/1.0";
     if (msg) {
         char m[160];
         snprintf(m, sizeof m, "malformed request framing: %s", msg);
@@ -1087,7 +1090,7 @@ static int bad_framing(struct MHD_Connection *conn, req_st *st, enum MHD_Result 
     }
     if (f.te_other || f.n_te > 1) {
         *ret = send_error(conn, st, 501, "not_implemented",
-                          "unsupported Transfer-Encoding (only chunked is accepted)", NULL, extra);
+                          "unsupported Transfer-Encoding (only one, exactly \"chunked\", is accepted)", NULL, extra);
         return 1;
     }
     return 0;
@@ -1180,7 +1183,6 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
                                   const char *version, const char *upload_data, size_t *upload_data_size,
                                   void **con_cls) {
     (void)cls;
-    (void)version;
     req_st *st = *con_cls;
     if (!st) {
         st = calloc(1, sizeof *st);
@@ -1201,7 +1203,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         const union MHD_ConnectionInfo *ci = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
         st->guard = ci ? ci->socket_context : NULL;
         enum MHD_Result fret;
-        if (bad_framing(conn, st, &fret)) {
+        if (bad_framing(conn, st, version, &fret)) {
             gd_busy(st->guard);
             return fret;
         }

@@ -91,6 +91,11 @@ static void char_repr(const char *text, size_t tlen, size_t at, char out[16], co
         }
         cp = cp << 6 | (u[k] & 0x3F);
     }
+    static const unsigned min_cp[4] = {0, 0x80, 0x800, 0x10000};   /* shortest form of each length */
+    if (cp < min_cp[need] || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) {   /* not valid UTF-8 */
+        snprintf(out, 16, "\\x%02X", u[0]);
+        return;
+    }
     snprintf(out, 16, "U+%04X", cp);
     static const struct { unsigned cp; const char *name; } names[] = {
         {0x00A0, "no-break space"}, {0x00AD, "soft hyphen"}, {0x2009, "thin space"},

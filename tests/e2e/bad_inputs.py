@@ -69,6 +69,13 @@ CASES = [
     case("HTTP", "a transfer coding other than chunked", "", "", status=501, error_type="not_implemented",
          raw=b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
              b"Transfer-Encoding: gzip, chunked\r\n\r\n13\r\n{\"sequence\": \"MKT\"}\r\n0\r\n\r\n"),
+    case("HTTP", "Transfer-Encoding 'chunked ' (a trailing blank libmicrohttpd would not read as chunked)", "", "",
+         status=501, error_type="not_implemented",
+         raw=b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+             b"Transfer-Encoding: chunked \r\n\r\n13\r\n{\"sequence\": \"MKT\"}\r\n0\r\n\r\n"),
+    case("HTTP", "Transfer-Encoding in HTTP/1.0", "", "", status=400, error_type="bad_request",
+         raw=b"POST /predict HTTP/1.0\r\nHost: x\r\nContent-Type: application/json\r\n"
+             b"Transfer-Encoding: chunked\r\n\r\n13\r\n{\"sequence\": \"MKT\"}\r\n0\r\n\r\n"),
     case("HTTP", "two Host headers", "", "", status=400, error_type="bad_request",
          raw=b"GET /health HTTP/1.1\r\nHost: x\r\nHost: y\r\n\r\n"),
 

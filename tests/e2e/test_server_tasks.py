@@ -245,7 +245,8 @@ check(len(ls) == 2 and [s["score"] for s in ls[1]["result"]["scores"]] == [s["sc
       "per-item mutations scored as /score does")
 check(any(x["id"] == J1 for x in d.get("/jobs").json()["jobs"]), "GET /jobs lists the job")
 error_shape(d.get("/jobs/%s/result?partial=yes" % J1), 400, "invalid_type")
-check(d.get("/jobs/%s/result?partial=false" % J1).status == 200, "?partial=false on a done job: 200")
+check(all(d.get("/jobs/%s/result?partial=%s" % (J1, v)).status == 200 for v in ("false", "True", "0", "")),
+      "?partial= false / True / 0 / empty on a done job: 200")
 
 
 def forward_count():
