@@ -248,10 +248,13 @@ def inflight():
 
 th = threading.Thread(target=inflight)
 th.start()
-for _ in range(200):  # wait (bounded) until a worker is computing it, however loaded the machine is
+running = False
+for _ in range(1200):  # wait (bounded: 60 s) until a worker is computing it, however loaded the machine is
     if b"performerd_jobs_running 1" in d.get("/metrics").body:
+        running = True
         break
     time.sleep(0.05)
+check(running, "the long request is being computed before SIGTERM (else the drain check below means nothing)")
 t0 = time.time()
 d.proc.send_signal(signal.SIGTERM)
 time.sleep(0.1)

@@ -91,7 +91,13 @@ int main(void) {
     free(m.text), free(m.sites);
     CHECK(tk_parse_mutant("A27G", wt, n, 24, 0, &m, &e) == 0 && m.sites[0].index == 3 && !strcmp(m.text, "A27G"));
     free(m.text), free(m.sites);
-    const char *bad[] = {"A4", "4G", "A4X", "B4G", "A4GG", "A-4G", "", "A4G:", "A4G K2R"};
+    /* numbering from an offset below 1: the 4th residue (A) is 1 at offset -2, the 2nd (K) is -1 */
+    CHECK(tk_parse_mutant("K-1R", wt, n, -2, 0, &m, &e) == 0 && m.sites[0].index == 1 && !strcmp(m.text, "K-1R"));
+    free(m.text), free(m.sites);
+    e.details = NULL;
+    CHECK(tk_parse_mutant("A-4G", wt, n, 1, 0, &m, &e) == -1 && !strcmp(e.type, "invalid_mutation_position"));
+    json_decref(e.details);
+    const char *bad[] = {"A4", "4G", "A4X", "B4G", "A4GG", "A--4G", "A-G", "A4-G", "", "A4G:", "A4G K2R"};
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         e.details = NULL;
         int rc = tk_parse_mutant(bad[i], wt, n, 1, 7, &m, &e);
