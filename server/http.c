@@ -916,7 +916,8 @@ static enum MHD_Result submit_job(struct MHD_Connection *conn, req_st *st) {
         json_decref(q.args);
         return send_error(conn, st, 400, "unknown_field", msg, det, NULL);
     }
-    if (!fasta_content_type(ct) && first) {   /* a JSON body carries its task and params itself */
+    const int fasta = fasta_content_type(ct);
+    if (!fasta && first) {            /* a JSON body carries its task and params itself */
         char k[64];
         snprintf(k, sizeof k, "%s", first);
         sanitize(k);
@@ -926,7 +927,7 @@ static enum MHD_Result submit_job(struct MHD_Connection *conn, req_st *st) {
         json_decref(q.args);
         return send_error(conn, st, 400, "unknown_field", msg, det, NULL);
     }
-    if (fasta_content_type(ct))
+    if (fasta)
         rc = bt_parse_fasta(st->body ? st->body : "", st->len, json_string_value(json_object_get(q.args, "task")),
                             q.args, &lim, ut_model_key(env->model->sha256), &sub, &e);
     else
