@@ -363,38 +363,47 @@ int hc_put(const char *id, const char *response, size_t len, unsigned long long 
 }
 
 /* Adds a body alias of id. */
+/* Where an alias of body for id stands (lock held): 0 = id not in the map or its aliases full, 1 =
+ * it can be added (*e = id's entry), 2 = this body is already an alias (of id or of another id). */
+static int alias_state_locked(int kind, const char *body, size_t len, uint64_t h, const char *id, uint64_t hid,
+                              hc_entry **e) {
+    *e = find(id, hid);
+    if (!*e || (*e)->n_aliases >= HC_MAX_ALIASES) return 0;
+    for (hc_alias_t *x = bodies[h & (n_buckets - 1)]; x; x = x->chain)
+        if (x->hash == h && x->kind == kind && x->len == len && !memcmp(x->body, body, len)) return 2;
+    return 1;
+}
+
 int hc_alias(int kind, const char *body, size_t len, const char *id) {
     if (!max_bytes || sizeof(hc_alias_t) + len > max_bytes / 4) return 0;
     uint64_t h = hash_bytes(body, len, (uint64_t)kind + 1), hid = hash_bytes(id, 64, 0);
-    hc_alias_t *a = malloc(sizeof *a + len);
+    hc_entry *e;
+    /* look first, so that a result the map did not keep (hc_put refused it) or an alias already
+     * there costs no allocation and no copy of the body */
+    pthread_mutex_lock(&mu);
+    int rc = alias_state_locked(kind, body, len, h, id, hid, &e);
+    pthread_mutex_unlock(&mu);
+    if (rc != 1) return rc ? 1 : 0;
+    hc_alias_t *a = malloc(sizeof *a + len);   /* copied outside the lock */
     if (!a) return -1;
     a->hash = h;
     a->kind = kind;
     a->len = len;
     memcpy(a->body, body, len);
     pthread_mutex_lock(&mu);
-    int rc = 0;
-    hc_entry *e = find(id, hid);
-    if (e && e->n_aliases < HC_MAX_ALIASES) {
-        rc = 1;
-        for (hc_alias_t *x = bodies[h & (n_buckets - 1)]; x; x = x->chain)
-            if (x->hash == h && x->kind == kind && x->len == len && !memcmp(x->body, body, len)) {
-                rc = 2;             /* present (perhaps of another id: left alone) */
-                break;
-            }
-        if (rc == 1) {
-            a->entry = e;
-            a->chain = bodies[h & (n_buckets - 1)];
-            bodies[h & (n_buckets - 1)] = a;
-            a->sibling = e->aliases;
-            e->aliases = a;
-            e->n_aliases++;
-            n_aliases++;
-            bytes += sizeof *a + len;
-            a = NULL;
-            maybe_grow();
-            shrink();
-        }
+    rc = alias_state_locked(kind, body, len, h, id, hid, &e);   /* again: the map may have changed */
+    if (rc == 1) {
+        a->entry = e;
+        a->chain = bodies[h & (n_buckets - 1)];
+        bodies[h & (n_buckets - 1)] = a;
+        a->sibling = e->aliases;
+        e->aliases = a;
+        e->n_aliases++;
+        n_aliases++;
+        bytes += sizeof *a + len;
+        a = NULL;
+        maybe_grow();
+        shrink();
     }
     pthread_mutex_unlock(&mu);
     free(a);
