@@ -333,6 +333,22 @@ if [ "$PROXY" = 1 ]; then
         || die "GET /predict/$ID through nginx failed"
     [ "$(jq -c .results "$WORK/get3.json")" = "$(jq -c .results "$WORK/post.json")" ] || die "nginx returned a different result"
     grep -qi '^x-request-id: lab-app-42' "$WORK/get3.h" || die "nginx did not pass X-Request-Id through"
+    # gzip for clients that accept it (a /logits answer, over nginx's 1 KiB minimum); the weakened
+    # ETag still gives a 304 on GET by id
+    LREQ='{"sequence": "MKTAYIAKQRQISFVKSHFSRQ"}'
+    curl -fsS -m 60 -o "$WORK/logits.json" -H 'Content-Type: application/json' -d "$LREQ" "$URL3/logits" \
+        || die "POST /logits through nginx failed"
+    curl -fsS -m 60 -o "$WORK/logits.gz" -D "$WORK/logitsgz.h" -H 'Accept-Encoding: gzip' \
+        -H 'Content-Type: application/json' -d "$LREQ" "$URL3/logits" || die "POST /logits (gzip) through nginx failed"
+    grep -qi '^content-encoding: gzip' "$WORK/logitsgz.h" || die "nginx did not gzip a $(wc -c <"$WORK/logits.json")-byte JSON answer"
+    [ "$(gzip -dc "$WORK/logits.gz" | jq -c .results)" = "$(jq -c .results "$WORK/logits.json")" ] \
+        || die "the gzipped /logits answer differs from the plain one"
+    LID=$(jq -r .id "$WORK/logits.json")
+    etag=$(sed -n 's/^[Ee][Tt][Aa][Gg]: *//p' "$WORK/logitsgz.h" | tr -d '\r')
+    case $etag in W/*) ;; *) log "note: nginx kept the ETag strong ($etag)";; esac
+    code=$(curl -sS -m 10 -o /dev/null -w '%{http_code}' -H 'Accept-Encoding: gzip' -H "If-None-Match: $etag" \
+        "$URL3/logits/$LID")
+    [ "$code" = 304 ] || die "GET /logits/$LID with If-None-Match: $etag (the gzipped answer's ETag) through nginx answered $code, not 304"
     n=$(curl -sS -m 5 -o /dev/null -D - -X OPTIONS -H "Origin: $ORIGIN" -H 'Access-Control-Request-Method: POST' \
         "$URL3/predict" | grep -ci "^access-control-allow-origin: $ORIGIN") || true
     [ "$n" = 1 ] || die "CORS preflight through nginx: $n Access-Control-Allow-Origin headers for $ORIGIN (want 1)"
@@ -356,7 +372,7 @@ if [ "$PROXY" = 1 ]; then
     [ "$code" = 413 ] && jq -e '.limit == "max_job_body"' "$WORK/big3.json" >/dev/null \
         || die "an 18 MB POST /jobs through nginx answered $code (want 413 max_job_body): $(head -c 300 "$WORK/big3.json")"
     podman rm -f -v -t 2 "$C3" >/dev/null 2>&1
-    log "nginx (docker/nginx.conf) in front: GET by id, X-Request-Id, CORS preflight, body limits (2 MiB, /jobs 16 MiB): ok"
+    log "nginx (docker/nginx.conf) in front: GET by id, X-Request-Id, gzip and its weak ETag's 304, CORS preflight, body limits (2 MiB, /jobs 16 MiB): ok"
 fi
 stop_clean "$C2"
 T_RUN=$((SECONDS - T_RUN))

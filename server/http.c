@@ -533,7 +533,7 @@ static enum MHD_Result get_result(struct MHD_Connection *conn, req_st *st, const
     char etag[70];
     snprintf(etag, sizeof etag, "\"%s\"", lid);
     const char *inm = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "If-None-Match");
-    int not_modified = inm && (strstr(inm, lid) || !strcmp(inm, "*"));
+    int not_modified = ut_etag_match(inm, etag);
     hc_blob *hb = NULL;
     char *body = NULL;
     size_t len = 0;
@@ -722,7 +722,7 @@ static enum MHD_Result page(struct MHD_Connection *conn, req_st *st) {
     const char *extra[] = {"Content-Security-Policy", pg_csp(), "X-Content-Type-Options", "nosniff",
                            "Referrer-Policy", "no-referrer", "X-Frame-Options", "DENY", "Cache-Control", "no-cache",
                            "ETag", pg_etag(), NULL};
-    if (inm && !strcmp(inm, pg_etag())) return send_body(conn, st, 304, NULL, NULL, 0, extra);
+    if (ut_etag_match(inm, pg_etag())) return send_body(conn, st, 304, NULL, NULL, 0, extra);
     size_t len;
     const char *html = pg_html(&len);
     char *b = malloc(len);

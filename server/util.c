@@ -72,6 +72,31 @@ int ut_is_hex64(const char *s) {
     return i == 64;
 }
 
+/* See util.h. */
+int ut_etag_match(const char *header, const char *etag) {
+    if (!header || !etag) return 0;
+    if (etag[0] == 'W' && etag[1] == '/') etag += 2;
+    const size_t el = strlen(etag);
+    const char *p = header;
+    for (;;) {
+        while (*p == ' ' || *p == '\t' || *p == ',') p++;
+        if (!*p) return 0;
+        if (*p == '*') {
+            const char *q = p + 1;
+            while (*q == ' ' || *q == '\t') q++;
+            if (!*q || *q == ',') return 1;
+        }
+        if (p[0] == 'W' && p[1] == '/') p += 2;
+        if (*p == '"') {                       /* a quoted tag: compare it whole, then go past it */
+            const char *q = strchr(p + 1, '"');
+            if (!q) return 0;
+            if ((size_t)(q + 1 - p) == el && !memcmp(p, etag, el)) return 1;
+            p = q + 1;
+        }
+        while (*p && *p != ',') p++;           /* skip the rest of a malformed entry */
+    }
+}
+
 /* Returns 1 when a equals b; compares SHA-256 digests with CRYPTO_memcmp (no length/content leak). */
 int ut_secret_equal(const char *a, const char *b) {
     unsigned char da[32], db[32];

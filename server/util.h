@@ -30,6 +30,12 @@ const char *ut_model_key(const char *sha256);
 /* Returns 1 when s is exactly 64 hex digits (either case), else 0. */
 int ut_is_hex64(const char *s);
 
+/* Returns 1 when an If-None-Match header value matches etag (a quoted entity tag, "..."): "*", or
+ * any entry of its comma-separated list equal to etag by the weak comparison of RFC 9110 (a W/
+ * prefix on either side is ignored, so a proxy that weakened the tag, as nginx's gzip does, still
+ * gets its 304); else 0 (also for NULL or malformed entries). */
+int ut_etag_match(const char *header, const char *etag);
+
 /* Returns 1 when a and b (NUL-terminated) are equal, comparing in time independent of content. */
 int ut_secret_equal(const char *a, const char *b);
 
