@@ -179,6 +179,135 @@ async function main() {
     await page.screenshot({ path: shot1, fullPage: true });
     console.log("screenshot: " + shot1);
 
+    // ---- input a scientist pastes: FASTA records, hostile names, digits, errors, races, keyboard, reload --
+    const idle = () => waitFor(page, () => !document.getElementById("analyze").disabled &&
+      document.getElementById("pred-section").getAttribute("aria-busy") === "false", null, "the page to be idle");
+    const status = () => page.textContent("#status");
+    const XSS = "<img src=x onerror=alert(1)>";
+    const R1 = SEQ.slice(0, 25), R2 = SEQ.slice(5, 33);
+    const fasta = ">sp|P00001|ONE " + XSS + "\n        1 " + R1.slice(0, 10).toLowerCase() + " " + R1.slice(10) + "\n\n" +
+      ">two\r\n" + R2.slice(0, 14) + "\r\n" + R2.slice(14) + "*\r\n";
+    await page.fill("#sequence", fasta);
+    await page.click("#analyze");
+    await idle();
+    check(await page.getAttribute("#heatmap", "data-length") === String(R1.length),
+      "FASTA: the first record is analyzed without header, digits and whitespace: " + await status());
+    check((await status()).includes("ONE " + XSS) && (await status()).includes("record 1 of 2") && (await status()).includes("1 digit(s) ignored"),
+      "FASTA: the status names the record literally: " + await status());
+    check(await page.locator("img").count() === 0, "a header is never markup");
+    check(await page.isVisible("#record") && await page.locator("#record option").count() === 2, "a record selector for two records");
+    const p1 = await post(a.port, "/predict", { sequence: R1, top_k: 5 });
+    const c1 = await page.textContent('#predictions tbody tr[data-position="1"] .cand');
+    check(c1.startsWith(p1.results[0].predictions[0].top_k[0].token + " " + p1.results[0].predictions[0].top_k[0].prob.toFixed(3)),
+      "FASTA record 1 predictions match /predict of the cleaned sequence: " + c1);
+    await page.selectOption("#record", "1");
+    await waitFor(page, (n) => document.getElementById("heatmap").dataset.length === String(n), R2.length, "record 2");
+    await idle();
+    check((await status()).startsWith(R2.length + " residues - two (record 2 of 2)") && (await status()).includes("'*' ignored"),
+      "record 2 analyzed, final stop dropped: " + await status());
+    await page.fill("#mutations", R2[2] + "3A");
+    await page.press("#mutations", "Enter");
+    await page.press("#mutations", "Enter");   // a second Enter while scoring is ignored
+    await waitFor(page, () => document.getElementById("scores").dataset.rows === "1" &&
+      document.getElementById("score-section").getAttribute("aria-busy") === "false");
+    const sc3 = await post(a.port, "/score", { sequence: R2, mutations: [R2[2] + "3A"] });
+    check(await page.textContent("#scores tbody td.num") === sc3.scores[0].score.toFixed(4), "score on the selected record matches /score");
+
+    // a stale answer never overwrites a newer one: mask position 4 (its answer delayed), unmask it at once
+    let delayed = 0;
+    await page.route("**/predict", async (route) => {
+      if ((route.request().postData() || "").includes("mask_positions")) { delayed++; await new Promise((r) => setTimeout(r, 1500)); }
+      await route.continue();
+    });
+    await page.click('#residues .res[data-position="4"]');
+    await waitFor(page, () => document.getElementById("pred-section").getAttribute("aria-busy") === "true", null, "predict busy");
+    check((await status()).startsWith("predicting"), "a running prediction is shown: " + await status());
+    await page.click('#residues .res[data-position="4"]');
+    await new Promise((r) => setTimeout(r, 2000));
+    await idle();
+    check(delayed === 1 && await page.getAttribute("#predictions", "data-rows") === String(R2.length) &&
+      (await page.textContent("#pred-mode")).includes("nothing masked"), "the late masked answer is dropped: " + await page.textContent("#pred-mode"));
+    await page.unroute("**/predict");
+
+    // editing the text box does not retarget the shown residues: a mask click predicts the analyzed sequence
+    const sent = [];
+    const onReq = (r) => { if (r.url().endsWith("/predict")) sent.push(JSON.parse(r.postData()).sequence); };
+    page.on("request", onReq);
+    await page.fill("#sequence", "MKTAYIAKQRQ");
+    check((await page.textContent("#stale")).includes("Analyze"), "an edit since the analysis is flagged");
+    await page.click('#residues .res[data-position="20"]');
+    await waitFor(page, () => document.getElementById("predictions").dataset.rows === "1");
+    page.off("request", onReq);
+    check(sent.length === 1 && sent[0] === R2, "mask click predicts the analyzed sequence: " + sent);
+
+    // errors: invalid letter (residue position, results cleared), empty input, 429 and a proxy's 503
+    await page.fill("#sequence", ">bad\nMKT AY\nJAK");
+    await page.click("#analyze");
+    await waitFor(page, () => document.getElementById("status").className === "error");
+    check((await status()).includes("'J' at position 6 of bad") && await page.getAttribute("#heatmap", "data-rendered") === "0",
+      "invalid residue named by residue position, old results cleared: " + await status());
+    await page.fill("#sequence", "  \n");
+    await page.click("#analyze");
+    check((await status()).includes("no sequence"), "empty input: " + await status());
+    await page.fill("#sequence", SEQ);
+    await page.click("#analyze");
+    await idle();
+    await page.route("**/predict", (route) => route.fulfill({ status: 429, headers: { "Retry-After": "2", "Content-Type": "application/json" },
+      body: JSON.stringify({ error: "the inference queue is full; retry after a second", error_type: "queue_full" }) }));
+    await page.click('#residues .res[data-position="3"]');
+    await waitFor(page, () => document.getElementById("status").className === "error");
+    await idle();
+    check((await status()).includes("queue is full") && (await status()).includes("try again in 2 s"), "429 shown with Retry-After: " + await status());
+    await page.unroute("**/predict");
+    await page.route("**/logits", (route) => route.fulfill({ status: 503, headers: { "Content-Type": "text/html" }, body: "<h1>" + XSS + "</h1>" }));
+    await page.click("#analyze");
+    await waitFor(page, () => document.getElementById("status").className === "error");
+    check((await status()).startsWith("HTTP 503") && !(await page.isDisabled("#analyze")) && await page.locator("img").count() === 0,
+      "a non-JSON 503 is reported, nothing stuck: " + await status());
+    await page.unroute("**/logits");
+
+    // keyboard: one tab stop for all residues (arrows move), Enter masks; the heatmap takes arrows and Enter
+    await page.click("#analyze");
+    await idle();
+    check(await page.locator('#residues .res[tabindex="0"]').count() === 1, "residues are one tab stop");
+    await page.focus("#clear-masks");
+    await page.keyboard.press("Tab");
+    await page.keyboard.press("ArrowRight");
+    await page.keyboard.press("Enter");
+    await waitFor(page, () => document.getElementById("predictions").dataset.rows === "1");
+    check(await page.getAttribute('#residues .res[data-position="2"]', "aria-pressed") === "true" &&
+      await page.getAttribute("#predictions tbody tr", "data-position") === "2", "arrow + Enter masks position 2");
+    await page.fill("#mutations", "");
+    await page.focus("#heatmap");
+    await page.keyboard.press("ArrowRight");
+    await page.keyboard.press("ArrowRight");
+    await page.keyboard.press("ArrowUp");
+    await page.keyboard.press("Enter");
+    const kbm = SEQ[2] + "3" + "ACDEFGHIKLMNPQRSTVWY"["ACDEFGHIKLMNPQRSTVWY".indexOf(SEQ[0]) - 1];
+    check(await page.inputValue("#mutations") === kbm && (await page.textContent("#heat-tip")).includes("position 3"),
+      "heatmap keys add " + kbm + ": " + await page.inputValue("#mutations"));
+
+    // reload keeps the tab's input and masks and shows the analysis again
+    await page.reload();
+    await waitFor(page, () => document.getElementById("heatmap").dataset.rendered === "1", null, "re-analysis after reload");
+    await idle();
+    check(await page.inputValue("#sequence") === SEQ && await page.inputValue("#mutations") === kbm &&
+      await page.getAttribute("#predictions tbody tr", "data-position") === "2", "reload restores the sequence, masks and mutations");
+
+    // a long protein stays usable: capped rows in a scroll box, one short page; narrow screen does not overflow
+    const LONG = Array.from({ length: 6000 }, (_, i) => "ACDEFGHIKLMNPQRSTVWY"[(i * 7 + (i >> 3)) % 20]).join("");
+    await page.setViewportSize({ width: 375, height: 800 });
+    await page.fill("#sequence", ">" + "LONGNAME".repeat(20) + "\n" + LONG);
+    const t0 = Date.now();
+    await page.click("#analyze");
+    await waitFor(page, () => document.getElementById("heatmap").dataset.length === "6000", null, "6,000 residues");
+    await idle();
+    const lay = await page.evaluate(() => ({ h: document.documentElement.scrollHeight, sw: document.documentElement.scrollWidth,
+      cw: document.documentElement.clientWidth, mode: document.getElementById("pred-mode").textContent }));
+    check(lay.mode.includes("first 2000 of 6000") && lay.h < 4000 && lay.sw <= lay.cw,
+      "6,000 residues in " + (Date.now() - t0) + " ms: rows capped, page " + lay.h + " px tall, no sideways scroll at 375 px: " + JSON.stringify(lay));
+    await page.setViewportSize({ width: 1280, height: 1100 });
+
     // ---- another origin: API key + CORS ----------------------------------------------------------------
     const clearStatus = () => page.evaluate(() => { const s = document.getElementById("status"); s.textContent = ""; s.className = ""; });
     await clearStatus();
