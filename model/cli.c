@@ -40,7 +40,7 @@ static const char *USAGE =
     "          [--crop N] [--batch-tokens N] [--redraw N] [--seed S] [--threads N]\n"
     "          [--ckpt-minutes X] [--max-minutes X] [--stop-after N] [--eval-every N]\n"
     "          [--eval-seqs N] [--train-kernel K] [--decay-steps N [--branch-ckpt F]]\n"
-    "          [--min-lr-frac X] [--weight-decay X] [--clip X] [--mask-rate X]\n"
+    "          [--min-lr-frac X] [--weight-decay X] [--clip X] [--mask-rate X] [--quiet]\n"
     "          [architecture options of init]    masked-LM training (README.md,\n"
     "                                            section Command-line tool);\n"
     "                                            --init F --conv K / --local K extends weights F\n"
@@ -73,7 +73,7 @@ static const char *USAGE =
     "                                            GET /jobs/{id}/result, with a progress bar\n"
     "          (score/run-jobs also take --max-pll-length N, default 1024)\n"
     "\n"
-    "common: --threads N (default 2)\n"
+    "common: --help (this text, also after any command), --threads N (default 2)\n"
     "        --precision fp32|bf16 (default fp32): bf16 runs the weight products in bfloat16 with\n"
     "        float32 sums, about 1.5-1.7x faster forward passes (needs AVX-512 BF16; weights/MODEL_CARD.md gives\n"
     "        its measured effect on quality)\n";
@@ -102,9 +102,36 @@ static int parse_double(const char *opt, const char *s, double *out) {
     char *end;
     errno = 0;
     double v = strtod(s, &end);
-    if (errno || end == s || *end) { fprintf(stderr, "performer: %s expects a number, got '%s'\n", opt, s); return -1; }
+    if (errno || end == s || *end || !isfinite(v)) {
+        fprintf(stderr, "performer: %s expects a number, got '%s'\n", opt, s);
+        return -1;
+    }
     *out = v;
     return 0;
+}
+
+/* Parses a finite double in lo..hi (above lo when lo_open); returns 0 or -1 with a message. */
+static int parse_double_in(const char *opt, const char *s, double lo, double hi, int lo_open, double *out) {
+    double v;
+    if (parse_double(opt, s, &v) != 0) return -1;
+    if (v < lo || v > hi || (lo_open && v == lo)) {
+        fprintf(stderr, "performer: %s expects a number in %s%g, %g], got '%s'\n", opt, lo_open ? "(" : "[", lo, hi,
+                s);
+        return -1;
+    }
+    *out = v;
+    return 0;
+}
+
+/* Writes s as a JSON string literal (quoted, escaped) to stdout. */
+static void print_json_str(const char *s) {
+    putchar('"');
+    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
+        if (*p == '"' || *p == '\\') printf("\\%c", *p);
+        else if (*p < 0x20) printf("\\u%04x", *p);
+        else putchar(*p);
+    }
+    putchar('"');
 }
 
 /* Prints a model's configuration. */
@@ -329,16 +356,24 @@ static int cmd_train(int argc, char **argv) {
         else if (strcmp(a, "--crop") == 0) { if (parse_long(a, v, 8, 1000000L, &x)) return 2; o.crop = (int)x; }
         else if (strcmp(a, "--batch-tokens") == 0) { if (parse_long(a, v, 8, 100000000L, &x)) return 2; o.batch_tokens = (int)x; }
         else if (strcmp(a, "--threads") == 0) { if (parse_long(a, v, 1, 256, &x)) return 2; o.threads = (int)x; }
-        else if (strcmp(a, "--lr") == 0) { if (parse_double(a, v, &o.lr)) return 2; }
-        else if (strcmp(a, "--weight-decay") == 0) { if (parse_double(a, v, &o.weight_decay)) return 2; }
-        else if (strcmp(a, "--clip") == 0) { if (parse_double(a, v, &o.clip)) return 2; }
-        else if (strcmp(a, "--mask-rate") == 0) { if (parse_double(a, v, &o.mask_rate)) return 2; }
-        else if (strcmp(a, "--ckpt-minutes") == 0) { if (parse_double(a, v, &o.ckpt_minutes)) return 2; }
-        else if (strcmp(a, "--max-minutes") == 0) { if (parse_double(a, v, &o.max_minutes)) return 2; }
-        else if (strcmp(a, "--min-lr-frac") == 0) { if (parse_double(a, v, &f)) return 2; o.min_lr_frac = f; }
+        else if (strcmp(a, "--lr") == 0) { if (parse_double_in(a, v, 0, 10, 0, &o.lr)) return 2; }
+        else if (strcmp(a, "--weight-decay") == 0) { if (parse_double_in(a, v, 0, 10, 0, &o.weight_decay)) return 2; }
+        else if (strcmp(a, "--clip") == 0) { if (parse_double_in(a, v, 0, 1e30, 0, &o.clip)) return 2; }
+        else if (strcmp(a, "--mask-rate") == 0) { if (parse_double_in(a, v, 0, 1, 1, &o.mask_rate)) return 2; }
+        else if (strcmp(a, "--ckpt-minutes") == 0) { if (parse_double_in(a, v, 0, 1e9, 0, &o.ckpt_minutes)) return 2; }
+        else if (strcmp(a, "--max-minutes") == 0) { if (parse_double_in(a, v, 0, 1e9, 0, &o.max_minutes)) return 2; }
+        else if (strcmp(a, "--min-lr-frac") == 0) { if (parse_double_in(a, v, 0, 1, 0, &f)) return 2; o.min_lr_frac = f; }
         else { fprintf(stderr, "performer train: unknown option %s\n", a); return 2; }
     }
     if (!o.out && !o.ckpt) { fprintf(stderr, "performer train: give --out F (and/or --ckpt F)\n"); return 2; }
+    if (o.data && o.fasta) {
+        fprintf(stderr, "performer train: give --data F.bin or --fasta F, not both\n");
+        return 2;
+    }
+    if (o.resume && !o.ckpt) {
+        fprintf(stderr, "performer train: --resume needs --ckpt F (the checkpoint to continue from)\n");
+        return 2;
+    }
     if (o.warmup >= o.steps) o.warmup = o.steps / 10 + 1;
     if (o.decay_steps > 0 && o.decay_steps > o.steps - o.warmup) {
         fprintf(stderr, "performer train: --decay-steps %ld leaves no room for the %ld warm-up steps of %ld "
@@ -368,7 +403,7 @@ static int cmd_eval(int argc, char **argv) {
         if (strcmp(a, "--weights") == 0) w = v;
         else if (strcmp(a, "--fasta") == 0) fa = v;
         else if (strcmp(a, "--unigram") == 0) unif = v;
-        else if (strcmp(a, "--mask-rate") == 0) { if (parse_double(a, v, &rate) || rate <= 0 || rate > 1) return 2; }
+        else if (strcmp(a, "--mask-rate") == 0) { if (parse_double_in(a, v, 0, 1, 1, &rate)) return 2; }
         else if (strcmp(a, "--seed") == 0) { if (parse_long(a, v, 0, 0x7fffffffL, &seed)) return 2; }
         else if (strcmp(a, "--max-seqs") == 0) { if (parse_long(a, v, 0, 100000000L, &max_seqs)) return 2; }
         else if (strcmp(a, "--window") == 0) { if (parse_long(a, v, 0, 1000000000L, &window)) return 2; }
@@ -385,6 +420,10 @@ static int cmd_eval(int argc, char **argv) {
     double uni[TOK_NRES], *unip = NULL;
     if (pf_model_load(&m, w, err, sizeof err) != 0) goto fail;
     if (ds_open_path(&set, fa, err, sizeof err) != 0) goto fail;
+    if (ds_standard(set, max_seqs > 0 ? (size_t)max_seqs : ds_count(set)) == 0) {
+        snprintf(err, sizeof err, "%s: no standard residues to score (X, B, Z, U and O are never masked)", fa);
+        goto fail;
+    }
     if (unif) {
         if (ds_open_path(&uset, unif, err, sizeof err) != 0) goto fail;
         ds_unigram(uset, ds_count(uset), uni);
@@ -404,18 +443,24 @@ static int cmd_eval(int argc, char **argv) {
                                "\"mean_probability\": %s, \"accuracy\": %s}", k ? ", " : "",
                                (double)k / TR_CAL_BINS, (double)(k + 1) / TR_CAL_BINS, res.cal_count[k], pm, ac);
     }
-    printf("{\"weights\": \"%s\", \"sha256\": \"%s\", \"fasta\": \"%s\", \"kernel\": \"%s\", \"mask_rate\": %g, "
+    printf("{\"weights\": ");                      /* paths escaped: any file name gives valid JSON */
+    print_json_str(w);
+    printf(", \"sha256\": \"%s\", \"fasta\": ", m->sha256);
+    print_json_str(fa);
+    printf(", \"kernel\": \"%s\", \"mask_rate\": %g, "
            "\"seed\": %ld, \"window\": %ld, \"precision\": \"%s\", \"sequences\": %ld, \"residues\": %ld, \"perplexity\": %.4f, \"accuracy\": %.4f, "
            "\"top5_accuracy\": %.4f, "
-           "\"unigram\": {\"perplexity\": %.4f, \"accuracy\": %.4f, \"source\": \"%s\"}, "
-           "\"calibration\": {\"ece\": %.4f, \"bins\": [%s]}}\n",
-           w, m->sha256, fa, pf_kernel_name(kernel == PF_KERNEL_DEFAULT ? m->cfg.kernel : kernel), rate, seed, window,
+           "\"unigram\": {\"perplexity\": %.4f, \"accuracy\": %.4f, \"source\": ",
+           pf_kernel_name(kernel == PF_KERNEL_DEFAULT ? m->cfg.kernel : kernel), rate, seed, window,
            gm_precision_name(gm_precision()), res.sequences, res.residues, res.perplexity, res.accuracy, res.top5_accuracy, res.uni_perplexity,
-           res.uni_accuracy, unif ? unif : fa, res.ece, cal);
+           res.uni_accuracy);
+    print_json_str(unif ? unif : fa);
+    printf("}, \"calibration\": {\"ece\": %.4f, \"bins\": [%s]}}\n", res.ece, cal);
     rc = 0;
     goto cleanup;
 fail:
-    fprintf(stderr, "performer eval: %s\n", err);
+    fprintf(stderr, "performer eval: %s%s\n", err, strstr(err, "out of memory") && window == 0 ?
+            " (run long sequences in pieces: --window 1022)" : "");
 cleanup:
     ds_close(set); ds_close(uset);
     pf_model_free(m);
@@ -946,6 +991,11 @@ int main(int argc, char **argv) {
     }
     pf_omp_passive(argv);
     pf_set_threads(2);
+    for (int i = 2; i < argc; i++)                          /* performer <command> --help */
+        if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
+            fputs(USAGE, stdout);
+            return 0;
+        }
     if (take_precision(&argc, argv) != 0) return 2;
     if (strcmp(argv[1], "train") != 0) gm_weight_cache(1);   /* inference: the weights stay fixed */
     const char *c = argv[1];

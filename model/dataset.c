@@ -216,6 +216,33 @@ static int ds_space(unsigned char c) {
     return c == ' ' || c == '\t' || c == '\r' || c == '\n' || c == '\v' || c == '\f';
 }
 
+/* Writes into hint a suggested fix for the invalid residue byte c ("" when there is none). */
+static void ds_residue_hint(unsigned char c, char *hint, size_t n) {
+    if (c == '-' || c == '.')
+        snprintf(hint, n, "; alignment gaps are not residues: remove them first, e.g. sed '/^>/!s/[-.]//g'");
+    else if (c >= '0' && c <= '9')
+        snprintf(hint, n, "; numbered lines (GenBank/EMBL style) are not FASTA: keep only the residue letters");
+    else
+        snprintf(hint, n, "; allowed: ACDEFGHIKLMNPQRSTVWY, XBUZO (any case), whitespace and one final '*'");
+}
+
+/* Describes the first line of a file that does not start with a FASTA header: what it looks like
+ * (binary, compressed, UTF-16) and the fix, into msg. */
+static void ds_not_fasta(const char *line, size_t len, char *msg, size_t n) {
+    const unsigned char *u = (const unsigned char *)line;
+    size_t ctl = 0;
+    for (size_t i = 0; i < len; i++) ctl += (u[i] < 0x20 && !ds_space(u[i])) || u[i] == 0x7f;
+    if (len >= 2 && u[0] == 0x1f && u[1] == 0x8b)
+        snprintf(msg, n, "a gzip-compressed file, not FASTA text: decompress it first (gunzip)");
+    else if (len >= 2 && ((u[0] == 0xff && u[1] == 0xfe) || (u[0] == 0xfe && u[1] == 0xff)))
+        snprintf(msg, n, "UTF-16 text: save it as plain ASCII/UTF-8 text (e.g. iconv -f UTF-16 -t UTF-8)");
+    else if (ctl > 0)
+        snprintf(msg, n, "binary data, not a FASTA text file (a FASTA file starts with a '>name' header line)");
+    else
+        snprintf(msg, n, "sequence data before the first '>' header (a FASTA file starts with a '>name' "
+                 "header line)");
+}
+
 /* Parses a FASTA file into memory (see dataset.h). */
 int ds_load_fasta(ds_set **out, const char *path, char *err, size_t errlen) {
     int rc = -1;
@@ -246,12 +273,16 @@ int ds_load_fasta(ds_set **out, const char *path, char *err, size_t errlen) {
             break;
         }
         lineno++;
-        if (got > 0 && line[0] == '>') {
-            size_t a = 1, b;
+        size_t lead = 0;             /* a UTF-8 byte-order mark (Windows editors) and indentation */
+        if (lineno == 1 && got >= 3 && memcmp(line, "\xEF\xBB\xBF", 3) == 0) lead = 3;
+        while (lead < (size_t)got && (line[lead] == ' ' || line[lead] == '\t')) lead++;
+        if (lead < (size_t)got && line[lead] == ';') continue;   /* old-style comment line */
+        if (lead < (size_t)got && line[lead] == '>') {
+            size_t a = lead + 1, b;
             if (rec_line) {                  /* close the previous record */
                 if (rec_pos == 0) {
-                    ds_err(err, errlen, "%s: record %zu '%.80s' (line %zu) has no residues",
-                           path, name_off.len, DS_CUR_NAME, rec_line);
+                    ds_err(err, errlen, "%s: record %zu '%.80s' (line %zu) has no residues: add its sequence "
+                           "or remove the record", path, name_off.len, DS_CUR_NAME, rec_line);
                     goto cleanup;
                 }
                 if (ds_reserve(&off, 1, sizeof(uint64_t)) != 0) goto oom;
@@ -260,6 +291,12 @@ int ds_load_fasta(ds_set **out, const char *path, char *err, size_t errlen) {
             while (a < (size_t)got && (line[a] == ' ' || line[a] == '\t')) a++;
             b = a;
             while (b < (size_t)got && line[b] != '\0' && !ds_space((unsigned char)line[b])) b++;
+            for (size_t c = b; c + 1 < (size_t)got; c++)
+                if (line[c] == '\r' && !ds_space((unsigned char)line[c + 1])) {
+                    ds_err(err, errlen, "%s: line %zu: carriage returns (\\r) inside the line: the file has "
+                           "old Mac line endings; convert them with tr '\\r' '\\n' < IN > OUT", path, lineno);
+                    goto cleanup;
+                }
             if (ds_reserve(&name_off, 1, sizeof(size_t)) != 0 || ds_reserve(&names, b - a + 1, 1) != 0) goto oom;
             ((size_t *)name_off.p)[name_off.len++] = names.len;
             memcpy((char *)names.p + names.len, line + a, b - a);
@@ -276,7 +313,9 @@ int ds_load_fasta(ds_set **out, const char *path, char *err, size_t errlen) {
             int id;
             if (ds_space(c)) continue;
             if (!rec_line) {
-                ds_err(err, errlen, "%s: line %zu: sequence data before the first '>' header", path, lineno);
+                char what[160];
+                ds_not_fasta(line, (size_t)got, what, sizeof what);
+                ds_err(err, errlen, "%s: line %zu: %s", path, lineno, what);
                 goto cleanup;
             }
             if (stop_pos) {
@@ -287,8 +326,10 @@ int ds_load_fasta(ds_set **out, const char *path, char *err, size_t errlen) {
             if (c == '*') { stop_pos = rec_pos + 1; continue; }
             id = tok_residue_id(c);
             if (id < 0) {
-                ds_err(err, errlen, "%s: record %zu '%.80s' (line %zu): invalid residue %s at position %zu",
-                       path, name_off.len, DS_CUR_NAME, lineno, ds_show(c, shown), rec_pos + 1);
+                char hint[128];
+                ds_residue_hint(c, hint, sizeof hint);
+                ds_err(err, errlen, "%s: record %zu '%.80s' (line %zu): invalid residue %s at position %zu%s",
+                       path, name_off.len, DS_CUR_NAME, lineno, ds_show(c, shown), rec_pos + 1, hint);
                 goto cleanup;
             }
             ((uint8_t *)tok.p)[tok.len++] = (uint8_t)id;
@@ -297,7 +338,8 @@ int ds_load_fasta(ds_set **out, const char *path, char *err, size_t errlen) {
     }
     if (!rec_line) { ds_err(err, errlen, "%s: no FASTA records (no '>' header)", path); goto cleanup; }
     if (rec_pos == 0) {
-        ds_err(err, errlen, "%s: record %zu '%.80s' (line %zu) has no residues", path, name_off.len, DS_CUR_NAME, rec_line);
+        ds_err(err, errlen, "%s: record %zu '%.80s' (line %zu) has no residues: add its sequence or remove the "
+               "record", path, name_off.len, DS_CUR_NAME, rec_line);
         goto cleanup;
     }
 #undef DS_CUR_NAME
@@ -334,13 +376,14 @@ cleanup:
     return rc;
 }
 
-/* Returns the number of sequences. */
+/* Opens a PFDATA1 (.bin) or FASTA file by its name (see dataset.h). */
 int ds_open_path(ds_set **out, const char *path, char *err, size_t errlen) {
     size_t n = strlen(path);
     if (n > 4 && strcmp(path + n - 4, ".bin") == 0) return ds_open(out, path, err, errlen);
     return ds_load_fasta(out, path, err, errlen);
 }
 
+/* Returns the number of sequences. */
 size_t ds_count(const ds_set *s) { return s ? s->n : 0; }
 
 /* Returns the number of residues over all sequences. */
@@ -398,6 +441,18 @@ void ds_close(ds_set *s) {
     free(s->names);
     free(s->name_off);
     free(s);
+}
+
+/* Counts the standard residues (the ones masked and scored) in the first count sequences of s. */
+size_t ds_standard(const ds_set *s, size_t count) {
+    size_t k = 0;
+    if (count > ds_count(s)) count = ds_count(s);
+    for (size_t i = 0; i < count; i++) {
+        size_t n;
+        const uint8_t *q = ds_seq(s, i, &n);
+        for (size_t j = 0; j < n; j++) k += tok_is_standard(q[j]) != 0;
+    }
+    return k;
 }
 
 /* Add-one smoothed standard-residue frequencies over the first count sequences of s. */

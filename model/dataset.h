@@ -21,9 +21,11 @@ typedef struct ds_set ds_set;
 int ds_open(ds_set **out, const char *path, char *err, size_t errlen);
 
 /* Parses a FASTA file into memory: '>' starts a record (name = header text up to the first
- * whitespace), sequences may span lines, blank lines and whitespace are ignored, residues are
- * case-insensitive, one terminal '*' per record is stripped; any other character, an empty record,
- * data before the first header or a file without records is an error naming record and position. */
+ * whitespace), sequences may span lines, blank lines, ';' comment lines, whitespace (CRLF line
+ * endings too) and a leading UTF-8 byte-order mark are ignored, residues are case-insensitive, one
+ * terminal '*' per record is stripped; any other character, an empty record, data before the first
+ * header or a file without records is an error naming record, line and position, with the fix
+ * (gaps, numbered lines, binary/compressed/UTF-16 files, old Mac line endings). */
 int ds_load_fasta(ds_set **out, const char *path, char *err, size_t errlen);
 
 /* Opens path with ds_open when its name ends in ".bin", else with ds_load_fasta. */
@@ -38,6 +40,10 @@ size_t ds_tokens(const ds_set *s);
 /* Returns the residue ids of sequence i and sets *len (len may be NULL); NULL and *len = 0 when i is
  * out of range. The pointer stays valid until ds_close. */
 const uint8_t *ds_seq(const ds_set *s, size_t i, size_t *len);
+
+/* Returns the number of standard residues (the 20 that are masked and scored) in the first count
+ * sequences of s (all when count exceeds them). */
+size_t ds_standard(const ds_set *s, size_t count);
 
 /* Fills freq[20] with the add-one smoothed frequencies of the 20 standard residues (tokenizer
  * order) over the first count sequences of s (all when count exceeds them): the unigram baseline. */

@@ -2,6 +2,7 @@
  * with warm-up + cosine decay (or warm-up-stable-decay) and clipping, atomic checkpoints with exact
  * resume, evaluation. */
 #include "train.h"
+#include "atomic.h"
 #include "dataset.h"
 #include "gemm.h"
 #include "ops.h"
@@ -14,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -585,14 +587,36 @@ fail:
     return -1;
 }
 
+/* Writes s as a JSON string literal (quotes included, escaped) into dst of n bytes, cut to fit. */
+static void tr_json_str(char *dst, size_t n, const char *s) {
+    size_t k = 0;
+    if (n < 3) { if (n) dst[0] = '\0'; return; }
+    dst[k++] = '"';
+    for (const unsigned char *p = (const unsigned char *)(s ? s : ""); *p && k + 8 < n; p++) {
+        if (*p == '"' || *p == '\\') { dst[k++] = '\\'; dst[k++] = (char)*p; }
+        else if (*p < 0x20) k += (size_t)snprintf(dst + k, n - k, "\\u%04x", *p);
+        else dst[k++] = (char)*p;
+    }
+    dst[k++] = '"';
+    dst[k] = '\0';
+}
+
+/* Writes v as a JSON number with fmt into dst, or null when v is not finite (e.g. no validation). */
+static void tr_json_num(char *dst, size_t n, const char *fmt, double v) {
+    if (isfinite(v)) snprintf(dst, n, fmt, v);
+    else snprintf(dst, n, "null");
+}
+
 int tr_export(const char *ckpt, const char *out, char *err, size_t errlen) {
     pf_model *m = NULL;
     tr_opt st = {0};
     if (tr_load_ckpt(ckpt, &m, &st, err, errlen) != 0) return -1;
+    char qpath[1024];
+    tr_json_str(qpath, sizeof qpath, ckpt);
     m->cfg.trained = 1;
     snprintf(m->cfg.provenance, sizeof m->cfg.provenance,
-             "{\"trainer\":\"bin/performer train\",\"exported_from\":\"%s\",\"steps\":%ld,\"tokens\":%ld,"
-             "\"seconds\":%.0f}", ckpt, st.step, st.tokens, st.elapsed);
+             "{\"trainer\":\"bin/performer train\",\"exported_from\":%s,\"steps\":%ld,\"tokens\":%ld,"
+             "\"seconds\":%.0f}", qpath, st.step, st.tokens, st.elapsed);
     int rc = pf_model_save(m, out, err, errlen);
     pf_model_free(m);
     free(st.m); free(st.v);
@@ -695,6 +719,11 @@ int tr_evaluate(const pf_model *m, pf_kernel kernel, const ds_set *set, double m
             scored++;
         }
     }
+    if (!scored) {
+        snprintf(err, errlen, "no standard residues to score in %zu sequences (X, B, Z, U and O are never masked)",
+                 count);
+        goto cleanup;
+    }
     r->residues = scored;
     if (scored) {
         r->nll = nll / scored;
@@ -737,6 +766,75 @@ static void fmt_dur(char *buf, size_t n, double s) {
     else snprintf(buf, n, "%ldm%02lds", t / 60, t % 60);
 }
 
+/* Writes into out the absolute form of path (its directory resolved, the name kept) for comparing
+ * paths of files that may not exist yet; a path whose directory cannot be resolved is copied. */
+static void tr_abs_path(const char *path, char *out, size_t n) {
+    char dir[4096], real[4096];
+    const char *slash = strrchr(path, '/');
+    const char *name = slash ? slash + 1 : path;
+    if (slash) snprintf(dir, sizeof dir, "%.*s", (int)(slash - path ? slash - path : 1), path);
+    else snprintf(dir, sizeof dir, ".");
+    if (realpath(dir, real)) snprintf(out, n, "%s/%s", strcmp(real, "/") ? real : "", name);
+    else snprintf(out, n, "%s", path);
+}
+
+/* Returns 1 when paths a and b name the same file: the same inode when both exist, else the same
+ * absolute path. */
+static int tr_same_file(const char *a, const char *b) {
+    struct stat sa, sb;
+    char pa[8192], pb[8192];
+    if (!a || !b) return 0;
+    if (stat(a, &sa) == 0 && stat(b, &sb) == 0) return sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino;
+    tr_abs_path(a, pa, sizeof pa);
+    tr_abs_path(b, pb, sizeof pb);
+    return strcmp(pa, pb) == 0;
+}
+
+/* Checks before any training that the output files can be written: no output is an input or
+ * another output, none is a directory, and a temporary file can be created beside each file that
+ * is replaced atomically. Returns 0 or -1 + err naming the option and the fix. */
+static int tr_check_paths(const tr_options *o, char *err, size_t errlen) {
+    const struct { const char *opt, *path; } in[] = {
+        { o->fasta ? "--fasta" : "--data", o->fasta ? o->fasta : o->data }, { "--valid", o->valid },
+        { "--init", o->init } };
+    const struct { const char *opt, *path; int atomic; } out[] = {
+        { "--out", o->out, 1 }, { "--ckpt", o->ckpt, 1 }, { "--branch-ckpt", o->branch_ckpt, 1 },
+        { "--log", o->log, 0 } };
+    for (size_t i = 0; i < sizeof out / sizeof out[0]; i++) {
+        const char *p = out[i].path;
+        struct stat st;
+        if (!p) continue;
+        for (size_t j = 0; j < sizeof in / sizeof in[0]; j++) {
+            /* --out may replace its own --init weights (they are read first); nothing else may */
+            if (!in[j].path || (i == 0 && j == 2) || !tr_same_file(p, in[j].path)) continue;
+            snprintf(err, errlen, "%s %s is the same file as %s %s and would overwrite it: give another file name",
+                     out[i].opt, p, in[j].opt, in[j].path);
+            return -1;
+        }
+        for (size_t j = 0; j < i; j++)
+            if (out[j].path && tr_same_file(p, out[j].path)) {
+                snprintf(err, errlen, "%s and %s are the same file %s: give each its own file name", out[j].opt,
+                         out[i].opt, p);
+                return -1;
+            }
+        if (stat(p, &st) == 0 && S_ISDIR(st.st_mode)) {
+            snprintf(err, errlen, "%s %s is a directory: give a file name in it, e.g. %s/%s", out[i].opt, p, p,
+                     i == 3 ? "train_log.csv" : i == 0 ? "model.safetensors" : "train.ckpt");
+            return -1;
+        }
+        if (out[i].atomic) {
+            af_file af;
+            char e2[400];
+            if (af_open(&af, p, e2, sizeof e2) != 0) {
+                snprintf(err, errlen, "%s: %s (create the directory, or choose one you can write to)", out[i].opt, e2);
+                return -1;
+            }
+            af_abort(&af);
+        }
+    }
+    return 0;
+}
+
 int tr_run(const tr_options *o, int *interrupted, char *err, size_t errlen) {
     int rc = -1;
     pf_model *m = NULL;
@@ -753,10 +851,22 @@ int tr_run(const tr_options *o, int *interrupted, char *err, size_t errlen) {
 
     const char *tpath = o->fasta ? o->fasta : o->data;
     if (!tpath) { snprintf(err, errlen, "no training data: give --data FILE.bin or --fasta FILE"); return -1; }
+    if (tr_check_paths(o, err, errlen) != 0) return -1;
     if (ds_open_path(&train, tpath, err, errlen) != 0) goto cleanup;
     if (ds_count(train) == 0) { snprintf(err, errlen, "%s: no sequences", tpath); goto cleanup; }
+    if (ds_standard(train, ds_count(train)) == 0) {
+        snprintf(err, errlen, "%s: no standard residues to train on (X, B, Z, U and O are never masked)", tpath);
+        goto cleanup;
+    }
     if (o->valid && ds_open_path(&valid, o->valid, err, errlen) != 0) goto cleanup;
+    if (valid && o->eval_every > 0 && ds_standard(valid, (size_t)o->eval_seqs) == 0) {
+        snprintf(err, errlen, "%s: no standard residues to validate on in its first %d sequences (X, B, Z, U and O "
+                 "are never masked)", o->valid, o->eval_seqs);
+        goto cleanup;
+    }
 
+    if (o->resume && o->ckpt && access(o->ckpt, F_OK) != 0)
+        fprintf(stderr, "--resume: no checkpoint %s yet, starting from the beginning\n", o->ckpt);
     if (o->resume && o->ckpt && access(o->ckpt, R_OK) == 0) {
         if (tr_load_ckpt(o->ckpt, &m, &st, err, errlen) != 0) goto cleanup;
         fprintf(stderr, "resumed from %s at step %ld (%ld tokens)\n", o->ckpt, st.step, st.tokens);
@@ -904,16 +1014,24 @@ int tr_run(const tr_options *o, int *interrupted, char *err, size_t errlen) {
     if (o->ckpt && tr_save_ckpt(o->ckpt, m, &st, o, err, errlen) != 0) goto cleanup;
     if (g_stop) {
         *interrupted = 1;
-        fprintf(stderr, "stopped at step %ld; checkpoint %s (resume with --resume)\n", st.step, o->ckpt ? o->ckpt : "(none)");
+        if (o->ckpt)
+            fprintf(stderr, "stopped at step %ld; checkpoint %s (resume with --resume)\n", st.step, o->ckpt);
+        else if (st.step < o->steps)
+            fprintf(stderr, "stopped at step %ld of %ld: nothing saved (--out is written when all --steps are done; "
+                    "give --ckpt F to keep a stopped run and --resume it)\n", st.step, o->steps);
     }
     if (o->out && (!g_stop || st.step >= o->steps)) {
+        char qpath[1024], vp[32], va[32];
+        tr_json_str(qpath, sizeof qpath, tpath);      /* valid JSON for any path and without --valid */
+        tr_json_num(vp, sizeof vp, "%.4f", val_ppl);
+        tr_json_num(va, sizeof va, "%.4f", val_acc);
         m->cfg.trained = 1;
         snprintf(m->cfg.provenance, sizeof m->cfg.provenance,
-                 "{\"trainer\":\"bin/performer train\",\"data\":\"%s\",\"steps\":%ld,\"tokens\":%ld,"
+                 "{\"trainer\":\"bin/performer train\",\"data\":%s,\"steps\":%ld,\"tokens\":%ld,"
                  "\"seconds\":%.0f,\"seed\":%llu,\"lr\":%g,\"decay_steps\":%ld,\"crop\":%d,\"batch_tokens\":%d,\"kernel\":\"%s\","
-                 "\"val_perplexity\":%.4f,\"val_accuracy\":%.4f}", tpath, st.step, st.tokens, st.elapsed,
+                 "\"val_perplexity\":%s,\"val_accuracy\":%s}", qpath, st.step, st.tokens, st.elapsed,
                  (unsigned long long)o->seed, o->lr, o->decay_steps, o->crop, o->batch_tokens, pf_kernel_name(kernel),
-                 val_ppl, val_acc);
+                 vp, va);
         m->cfg.kernel = kernel;
         if (pf_model_save(m, o->out, err, errlen) != 0) goto cleanup;
         fprintf(stderr, "saved %s (sha256 %s)\n", o->out, m->sha256);

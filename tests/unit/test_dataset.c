@@ -369,6 +369,48 @@ static void test_fasta_negative(void) {
     fasta_fails("blank file", "\n \n", 3, "no FASTA records", NULL, NULL);
     static const char mask[] = ">m\nAC<mask>D\n";
     fasta_fails("mask token", mask, sizeof mask - 1, "'m'", "'<' at position 3", NULL);
+    /* the messages name the fix for the usual wrong files */
+    fasta_fails("gap hint", gap, sizeof gap - 1, "alignment gaps", "sed", NULL);
+    fasta_fails("digit hint", digit, sizeof digit - 1, "numbered lines", NULL, NULL);
+    fasta_fails("empty record hint", emptyrec, sizeof emptyrec - 1, "add its sequence or remove the record", NULL, NULL);
+    static const char mac[] = ">a\rMKL\r>b\rAC\r";
+    fasta_fails("old Mac line endings", mac, sizeof mac - 1, "line 1", "old Mac line endings", "tr '\\r' '\\n'");
+    static const char gz[] = "\x1f\x8b\x08\x00\x00\x00\n";
+    fasta_fails("gzip file", gz, sizeof gz - 1, "line 1", "gzip-compressed", "gunzip");
+    static const char u16[] = "\xff\xfe>\0a\0\n\0";
+    fasta_fails("UTF-16 file", u16, sizeof u16 - 1, "line 1", "UTF-16", "iconv");
+    static const char bin[] = "\x01\x02\x03\x04ELF\n";
+    fasta_fails("binary file", bin, sizeof bin - 1, "line 1", "binary data", NULL);
+}
+
+/* Files from other tools that parse to the same set as the plain file: a UTF-8 byte-order mark,
+ * CRLF line endings, ';' comment lines, indented headers, lowercase, blank lines, a final '*'. */
+static void test_fasta_variants(void) {
+    static const char plain[] = ">a\nMKLV\n>b\nACDX\n";
+    static const char *const variants[] = {
+        "\xEF\xBB\xBF>a\nMKLV\n>b\nACDX\n",
+        ">a x\r\nMK\r\nLV\r\n\r\n>b\r\nACDX\r\n",
+        ";comment\n>a\nMKLV\n; another\n>b\nACDX\n",
+        "  >a\nMKLV\n\t>b\nACDX\n",
+        "\n\n>a\nmklv*\n\n>b\nacdx\n",
+    };
+    char err[256] = "";
+    ds_set *ref = NULL;
+    write_file(tp("plain.fa"), plain, sizeof plain - 1);
+    CHECKF(ds_load_fasta(&ref, tp("plain.fa"), err, sizeof err) == 0, "%s", err);
+    if (!ref) return;
+    CHECK(ds_standard(ref, 99) == 7 && ds_standard(ref, 1) == 4 && ds_standard(ref, 0) == 0);
+    for (size_t i = 0; i < sizeof variants / sizeof variants[0]; i++) {
+        ds_set *s = NULL;
+        write_file(tp("variant.fa"), variants[i], strlen(variants[i]));
+        CHECKF(ds_load_fasta(&s, tp("variant.fa"), err, sizeof err) == 0, "variant %zu: %s", i, err);
+        if (!s) continue;
+        CHECKF(same_seqs(ref, s), "variant %zu parses to other sequences", i);
+        CHECKF(strcmp(ds_name(s, 0), "a") == 0 && strcmp(ds_name(s, 1), "b") == 0, "variant %zu: names '%s' '%s'", i,
+               ds_name(s, 0), ds_name(s, 1));
+        ds_close(s);
+    }
+    ds_close(ref);
 }
 
 /* ds_unigram: add-one smoothed counts of the standard residues only, over the first count. */
@@ -404,6 +446,7 @@ int main(void) {
     test_bin_edge_cases();
     test_bin_negative();
     test_fasta_negative();
+    test_fasta_variants();
     test_unigram();
     /* remove the temporary directory */
     DIR *d = opendir(tmpdir);

@@ -1,0 +1,167 @@
+#!/usr/bin/env bash
+# The CLI on a lab's own files: `performer eval` and `performer train --init F --fasta F` accept the
+# FASTA variants other tools write (lowercase, a final '*', CRLF, blank lines, a UTF-8 byte-order
+# mark, ';' comments, X/B/Z/U/O) with the same numbers as the plain file; refuse wrong files
+# (gaps, numbered lines, old Mac line endings, an empty record, an empty/binary/gzip/UTF-16 file, a
+# missing path, a directory, only non-standard residues) with exit 1 and a message naming the file,
+# the line and the fix; refuse bad options with exit 2; check the output paths before training
+# (missing directory, a directory, an output that is an input or another output) so no run is lost
+# at the end and no input is overwritten; write valid JSON (eval output, weights provenance) for
+# any file name; and `performer <command> --help` prints the usage. Tiny fixture model: seconds.
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+BIN=${BIN:-bin}
+P=$BIN/performer
+W=tests/fixtures/model.safetensors
+T=$(mktemp -d)
+trap 'rm -rf "$T"' EXIT
+fail() { echo "FAIL: $*"; exit 1; }
+n=0
+
+S=MKTAYIAKQRQISFVKSHFSRQLEERLGLIEVQAPILSRVGDGTQDNLSGAEKAVQVKVKALPDAQFEVVHSLAKWKRQTLGQHDFSAGEGLYTHMKAL
+S2=GSSGKTTLLRALLEKGLGAEVVVIDPSFVSEEAIKAGLDASKLAEIVKDAAEKSGGRLVVLDLTALLHRSPEEVLEELLKGLNRLVDSLGLIH
+printf '>a\n%s\n>b\n%s\n' "$S" "$S2" > "$T/plain.fasta"
+
+# expect_rc RC ERRFILE command...: runs the command, checks its exit status
+expect_rc() {
+    local want=$1 errf=$2; shift 2
+    "$@" > "$T/out" 2> "$errf"
+    local rc=$?
+    [ $rc -eq "$want" ] || fail "$* -> exit $rc, expected $want; stderr: $(cat "$errf")"
+    n=$((n+1))
+}
+# has FILE TEXT...: every TEXT occurs in FILE
+has() {
+    local f=$1; shift
+    for t in "$@"; do grep -qF -- "$t" "$f" || fail "'$t' missing from: $(cat "$f")"; done
+}
+
+# 1. accepted variants: the same sequences, so the same eval numbers as the plain file
+"$P" eval --weights "$W" --fasta "$T/plain.fasta" --seed 3 > "$T/plain.json" || fail "eval of the plain file"
+ppl() { python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print(r["sequences"], r["residues"], r["perplexity"], r["accuracy"])' "$1"; }
+want=$(ppl "$T/plain.json")
+lc() { tr 'A-Z' 'a-z' <<< "$1"; }
+printf '>a desc\n%s\n>b\n%s\n' "$(lc "$S")" "$(lc "$S2")" > "$T/v_lower.fasta"
+printf '>a\n%s*\n>b\n%s*\n' "$S" "$S2" > "$T/v_stop.fasta"
+printf '>a\r\n%s\r\n%s\r\n\r\n>b\r\n%s\r\n' "${S:0:50}" "${S:50}" "$S2" > "$T/v_crlf.fasta"
+printf '\n\n>a\n\n%s\n\n%s\n\n\n>b\n%s\n\n' "${S:0:40}" "${S:40}" "$S2" > "$T/v_blank.fasta"
+printf '\xef\xbb\xbf>a\n%s\n>b\n%s\n' "$S" "$S2" > "$T/v_bom.fasta"
+printf ';exported by an old tool\n>a\n%s\n; a comment\n  >b\n%s\n' "$S" "$S2" > "$T/v_comment.fasta"
+for v in lower stop crlf blank bom comment; do
+    expect_rc 0 "$T/err" "$P" eval --weights "$W" --fasta "$T/v_$v.fasta" --seed 3
+    cp "$T/out" "$T/v_$v.json"
+    [ "$(ppl "$T/v_$v.json")" = "$want" ] || fail "$v: $(ppl "$T/v_$v.json") differs from the plain file's $want"
+done
+printf '>u\nMKUOXBZ%s\n' "$S" > "$T/uoxbz.fasta"
+expect_rc 0 "$T/err" "$P" eval --weights "$W" --fasta "$T/uoxbz.fasta"
+printf '>only\n%s\n' "$S" > "$T/one.fasta"
+expect_rc 0 "$T/err" "$P" eval --weights "$W" --fasta "$T/one.fasta"
+echo "accepted: lowercase, '*', CRLF, blank lines, BOM, ';' comments, indented headers (same numbers); U/O/X/B/Z; one sequence"
+
+# 2. refused files: exit 1, the file, the line and the fix in the message
+printf '>a\n%s---%s\n' "${S:0:30}" "${S:30}" > "$T/gaps.fasta"
+printf '>a\n1 %s\n61 %s\n' "${S:0:60}" "${S:60}" > "$T/numbered.fasta"
+printf '>a\r%s\r>b\r%s\r' "$S" "$S2" > "$T/mac.fasta"
+printf '>a\n%s\n>empty\n>c\n%s\n' "$S" "$S2" > "$T/norec.fasta"
+: > "$T/empty.fasta"
+head -c 3000 /dev/urandom | sed '1s/^/\x01/' > "$T/binary.fasta"
+printf '>a\n%s\n' "$S" | gzip > "$T/gz.fasta"
+printf '>a\n%s\n' "$S" | iconv -f UTF-8 -t UTF-16 > "$T/utf16.fasta"
+printf '>x\nXXXXXXXXBZ\n' > "$T/onlyx.fasta"
+mkdir "$T/adir"
+check_bad() {  # file, texts...
+    local f=$1; shift
+    expect_rc 1 "$T/err" "$P" eval --weights "$W" --fasta "$f"
+    has "$T/err" "$f" "$@"
+    expect_rc 1 "$T/err" "$P" train --init "$W" --fasta "$f" --out "$T/never.safetensors" --steps 1 --quiet
+    has "$T/err" "$f" "$@"
+    [ -e "$T/never.safetensors" ] && fail "weights written for $f"
+    grep -q '^training ' "$T/err" && fail "training started on $f"
+}
+check_bad "$T/gaps.fasta" "line 2" "'-' at position 31" "alignment gaps" "sed"
+check_bad "$T/numbered.fasta" "line 2" "'1' at position 1" "numbered lines"
+check_bad "$T/mac.fasta" "line 1" "old Mac line endings" "tr '\\r' '\\n'"
+check_bad "$T/norec.fasta" "record 2 'empty' (line 3) has no residues" "add its sequence or remove the record"
+check_bad "$T/empty.fasta" "no FASTA records"
+check_bad "$T/binary.fasta" "line 1" "binary data"
+check_bad "$T/gz.fasta" "line 1" "gzip-compressed" "gunzip"
+check_bad "$T/utf16.fasta" "line 1" "UTF-16" "iconv"
+check_bad "$T/onlyx.fasta" "no standard residues"
+check_bad "$T/missing.fasta" "No such file or directory"
+check_bad "$T/adir" "Is a directory"
+echo "refused files: gaps, numbered lines, old Mac line endings, empty record, empty, binary, gzip, UTF-16, only X, missing, directory"
+
+# 3. bad options: exit 2 with a message; --help
+for args in "--mask-rate 0" "--mask-rate nan" "--mask-rate 1.5" "--mask-rate inf"; do
+    # shellcheck disable=SC2086
+    expect_rc 2 "$T/err" "$P" eval --weights "$W" --fasta "$T/plain.fasta" $args
+    has "$T/err" "--mask-rate expects a number"
+done
+TR="train --init $W --fasta $T/plain.fasta --out $T/x.safetensors --quiet --crop 96 --batch-tokens 512"
+for args in "--steps 0" "--lr nan" "--lr -1" "--mask-rate 0" "--clip inf" "--weight-decay -0.1" \
+            "--min-lr-frac 2" "--ckpt-minutes -1" "--resume" "--data $T/x.bin"; do
+    # shellcheck disable=SC2086
+    expect_rc 2 "$T/err" "$P" $TR $args
+    [ -s "$T/err" ] || fail "train $args: no message"
+done
+has "$T/err" "give --data F.bin or --fasta F, not both"
+for c in eval train info predict score embed run-jobs overlap export init; do
+    expect_rc 0 "$T/err" "$P" "$c" --help
+    has "$T/out" "usage: performer" "  eval    --weights F --fasta F"
+done
+echo "bad options refused with exit 2; every command takes --help"
+
+# 4. output paths are checked before training; an input is never overwritten
+cp "$T/plain.fasta" "$T/keep.fasta"
+bad_out() {  # expected text, train options...
+    local want=$1; shift
+    local t0=$SECONDS
+    expect_rc 1 "$T/err" "$P" train --init "$W" --fasta "$T/plain.fasta" --valid "$T/one.fasta" --steps 100000 --quiet "$@"
+    has "$T/err" "$want"
+    grep -q '^training ' "$T/err" && fail "training started before the path check: $*"
+    [ $((SECONDS - t0)) -lt 20 ] || fail "the path check took $((SECONDS - t0)) s: $*"
+    cmp -s "$T/plain.fasta" "$T/keep.fasta" || fail "--fasta file changed by: $*"
+}
+bad_out "create the directory" --out "$T/nodir/m.safetensors"
+bad_out "--ckpt: cannot create a temporary file" --out "$T/m.safetensors" --ckpt "$T/nodir/m.ckpt"
+bad_out "is a directory: give a file name in it" --out "$T/adir"
+bad_out "--out $T/plain.fasta is the same file as --fasta" --out "$T/plain.fasta"
+bad_out "is the same file as --fasta" --out "$T/m.safetensors" --log "$T/./plain.fasta"
+bad_out "is the same file as --valid" --out "$T/m.safetensors" --ckpt "$T/../$(basename "$T")/one.fasta"
+bad_out "--out and --ckpt are the same file" --out "$T/m.safetensors" --ckpt "$T/m.safetensors"
+bad_out "is the same file as --init" --out "$T/m.safetensors" --ckpt "$W"
+[ -e "$T/m.safetensors" ] && fail "weights written by a refused run"
+ls "$T" | grep -q '\.tmp\.' && fail "temporary files left behind: $(ls "$T")"
+echo "output paths: missing directory, a directory, an input or another output refused before training"
+
+# 5. fine-tuning on one sequence, without --valid, under an awkward file name: the weights load in
+#    info and eval, their provenance is valid JSON (null validation numbers), and --out may replace
+#    its own --init file
+cp "$T/one.fasta" "$T/we\"ird \\name.fasta"
+cp "$W" "$T/init.safetensors"
+expect_rc 0 "$T/err" "$P" train --init "$W" --fasta "$T/we\"ird \\name.fasta" --out "$T/ft.safetensors" \
+    --log "$T/ft.csv" --steps 3 --quiet --crop 96 --batch-tokens 512 --threads 1
+"$P" info --weights "$T/ft.safetensors" > "$T/info" || fail "info on the fine-tuned weights"
+has "$T/info" "trained:     yes"
+python3 - "$T/info" "$T/ft.csv" <<'PY' || fail "provenance or log"
+import csv, json, sys
+prov = [l for l in open(sys.argv[1]) if l.startswith("provenance:")][0].split(":", 1)[1].strip()
+p = json.loads(prov)
+assert p["data"].endswith('we"ird \\name.fasta'), p["data"]
+assert p["val_perplexity"] is None and p["val_accuracy"] is None, p
+assert p["steps"] == 3, p
+rows = list(csv.DictReader(open(sys.argv[2])))
+assert [r["step"] for r in rows] == ["1", "2", "3"], rows
+PY
+expect_rc 0 "$T/err" "$P" eval --weights "$T/ft.safetensors" --fasta "$T/we\"ird \\name.fasta"
+python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); assert r["fasta"].endswith("we\"ird \\name.fasta"), r["fasta"]' \
+    "$T/out" || fail "eval JSON with an awkward file name: $(head -c 300 "$T/out")"
+expect_rc 0 "$T/err" "$P" train --init "$T/init.safetensors" --fasta "$T/one.fasta" --out "$T/init.safetensors" \
+    --steps 2 --quiet --crop 96 --batch-tokens 512 --threads 1
+"$P" info --weights "$T/init.safetensors" | grep -q "trained:     yes" || fail "--out over its own --init"
+# --resume with a checkpoint that does not exist yet says so and starts from the beginning
+expect_rc 0 "$T/err" "$P" train --init "$W" --fasta "$T/one.fasta" --out "$T/r.safetensors" --ckpt "$T/r.ckpt" \
+    --resume --steps 2 --quiet --crop 96 --batch-tokens 512 --threads 1
+has "$T/err" "no checkpoint $T/r.ckpt yet, starting from the beginning"
+echo "fine-tuning: one sequence, awkward file name, no --valid: loadable weights, valid provenance JSON"
+echo "cli input tests ok ($n commands)"
