@@ -1,5 +1,6 @@
 /* cli.c - bin/performer: the offline command-line tool (info, init, predict, train, eval, export,
  * and score, embed, run-jobs, which share server/task.c and server/batch.c with performerd). */
+#include "atomic.h"
 #include "batch.h"
 #include "dataset.h"
 #include "gemm.h"
@@ -11,6 +12,7 @@
 #include "util.h"
 
 #include <errno.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 #include <stdio.h>
@@ -836,12 +838,77 @@ static int load_submission(task_opts *o, tk_kind kind, pf_model **m, tk_limits *
     return 0;
 }
 
-/* Opens --out (or stdout). */
-static FILE *open_out(const char *path) {
-    if (!path || !strcmp(path, "-")) return stdout;
-    FILE *f = fopen(path, "w");
-    if (!f) fprintf(stderr, "performer: cannot write %s: %s\n", path, strerror(errno));
-    return f;
+/* Returns 1 when paths a and b both exist and are the same file (same device and inode). */
+static int same_existing_file(const char *a, const char *b) {
+    struct stat sa, sb;
+    if (!a || !b || stat(a, &sa) != 0 || stat(b, &sb) != 0) return 0;
+    return sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino;
+}
+
+/* An output stream: stdout, a device or pipe written directly, or a regular file written through a
+ * temp file that replaces it only when out_close commits (a failed run leaves no partial file and
+ * keeps an old one). */
+typedef struct {
+    FILE *f;
+    af_file af;
+    int atomic;
+} out_file;
+
+/* Opens --out (or stdout with NULL or "-") into *o; 0, or -1 after a message. */
+static int out_open(out_file *o, const char *path) {
+    o->f = stdout;
+    o->atomic = 0;
+    o->af.fd = -1;
+    if (!path || !strcmp(path, "-")) return 0;
+    struct stat st;
+    /* a symbolic link (/dev/stdout), a device or a FIFO is written in place: renaming a temp file
+     * over it would replace the link or device itself */
+    if (lstat(path, &st) == 0 && !S_ISREG(st.st_mode)) {
+        if (S_ISDIR(st.st_mode)) {
+            fprintf(stderr, "performer: --out %s is a directory; give a file name\n", path);
+            return -1;
+        }
+        o->f = fopen(path, "w");
+        if (!o->f) fprintf(stderr, "performer: cannot write %s: %s\n", path, strerror(errno));
+        return o->f ? 0 : -1;
+    }
+    char err[512];
+    if (af_open(&o->af, path, err, sizeof err)) {
+        fprintf(stderr, "performer: cannot write %s: %s\n", path, err);
+        return -1;
+    }
+    int fd = dup(o->af.fd);
+    o->f = fd >= 0 ? fdopen(fd, "w") : NULL;
+    if (!o->f) {
+        fprintf(stderr, "performer: cannot write %s: %s\n", path, strerror(errno));
+        if (fd >= 0) close(fd);
+        af_abort(&o->af);
+        return -1;
+    }
+    o->atomic = 1;
+    return 0;
+}
+
+/* Flushes and closes o; with keep, a temp file replaces its target (else it is discarded). Returns
+ * 0, or -1 with err when writing failed (the target is then left as it was). */
+static int out_close(out_file *o, int keep, char *err, size_t errlen) {
+    int rc = 0;
+    if (o->f == stdout) {
+        if (fflush(stdout) == 0) return 0;
+        snprintf(err, errlen, "cannot write to stdout: %s", strerror(errno));
+        return -1;
+    }
+    if (fclose(o->f) != 0) {
+        snprintf(err, errlen, "cannot write: %s", strerror(errno));
+        rc = -1;
+    }
+    o->f = NULL;
+    if (!o->atomic) return rc;
+    if (rc || !keep) {
+        af_abort(&o->af);
+        return rc;
+    }
+    return af_commit(&o->af, err, errlen);
 }
 
 /* `performer score`: a table of mutant scores, or the JSON of POST /score. */
@@ -945,18 +1012,32 @@ static int cmd_lines(int argc, char **argv, const char *cmd) {
         return 2;
     }
     if (!o.fasta) o.quiet = 1;               /* one sequence: no progress bar */
+    const char *inputs[][2] = {{"--fasta", o.fasta}, {"--weights", o.weights}};
+    for (int i = 0; i < 2; i++)
+        if (same_existing_file(o.out, inputs[i][1])) {
+            fprintf(stderr, "performer %s: --out %s is the same file as %s %s and would overwrite it: give another "
+                    "file name\n", cmd, o.out, inputs[i][0], inputs[i][1]);
+            json_decref(o.params);
+            return 2;
+        }
     pf_model *m = NULL;
     tk_limits lim;
     bt_submission *sub = NULL;
     rc = load_submission(&o, kind, &m, &lim, &sub);
     json_decref(o.params);
     if (rc) { pf_model_free(m); return rc; }
-    FILE *out = open_out(o.out);
+    out_file out;
     char err[512] = "";
-    int r = out ? run_submission(m, sub, &lim, out, o.quiet, err, sizeof err) : -1;
-    if (out && out != stdout && fclose(out) && r >= 0) {
-        snprintf(err, sizeof err, "cannot write %s: %s", o.out, strerror(errno));
-        r = -1;
+    int r = -1;
+    if (out_open(&out, o.out) == 0) {
+        r = run_submission(m, sub, &lim, out.f, o.quiet, err, sizeof err);
+        /* the lines of failed sequences are part of a complete output (r = 1); a fatal error
+         * (r < 0) leaves --out as it was */
+        char cerr[512] = "";
+        if (out_close(&out, r >= 0, cerr, sizeof cerr) && r >= 0) {
+            snprintf(err, sizeof err, "%s: %s", o.out ? o.out : "stdout", cerr);
+            r = -1;
+        }
     }
     if (r < 0 && err[0]) fprintf(stderr, "performer %s: %s\n", cmd, err);
     if (r == 1) fprintf(stderr, "performer %s: some sequences failed (see their \"error\" lines)\n", cmd);

@@ -196,6 +196,10 @@ static char *record_text(const item_in *it, size_t *out_len) {
 /* Builds a submission from FASTA text and a params object (borrowed). */
 static int from_fasta(tk_kind kind, const char *text, size_t len, json_t *params, const bt_limits *lim,
                       const char *model_sha256, bt_submission **out, pr_error *e) {
+    if (len >= 3 && !memcmp(text, "\xEF\xBB\xBF", 3)) {   /* a UTF-8 byte-order mark (Notepad) */
+        text += 3;
+        len -= 3;
+    }
     long long n = split_fasta(text, len, NULL, e);
     if (n < 0) return -1;
     if (n == 0) return set_err(e, 422, "empty_batch", "the FASTA text has no records ('>name' lines)");

@@ -164,4 +164,23 @@ expect_rc 0 "$T/err" "$P" train --init "$W" --fasta "$T/one.fasta" --out "$T/r.s
     --resume --steps 2 --quiet --crop 96 --batch-tokens 512 --threads 1
 has "$T/err" "no checkpoint $T/r.ckpt yet, starting from the beginning"
 echo "fine-tuning: one sequence, awkward file name, no --valid: loadable weights, valid provenance JSON"
+
+# 6. embed / run-jobs --out: replaced only by a complete output (through a temp file), never an input
+cp "$T/plain.fasta" "$T/keep.fasta"
+echo "old contents" > "$T/emb.jsonl"
+expect_rc 0 "$T/err" "$P" run-jobs --weights "$W" --fasta "$T/plain.fasta" --task embed --out "$T/emb.jsonl" --quiet
+[ "$(wc -l < "$T/emb.jsonl")" = 2 ] && ! grep -q "old contents" "$T/emb.jsonl" || fail "run-jobs --out: $(head -c 300 "$T/emb.jsonl")"
+ls "$T" | grep -q '\.tmp\.' && fail "run-jobs left a temporary file: $(ls "$T")"
+expect_rc 0 "$T/err" "$P" embed --weights "$W" --fasta "$T/plain.fasta" --out /dev/stdout --quiet
+[ "$(wc -l < "$T/out")" = 2 ] || fail "embed --out /dev/stdout wrote $(wc -l < "$T/out") lines"
+for args in "--out $T/plain.fasta" "--out $T/./plain.fasta" "--out $W"; do
+    # shellcheck disable=SC2086
+    expect_rc 2 "$T/err" "$P" run-jobs --weights "$W" --fasta "$T/plain.fasta" --task embed $args
+    has "$T/err" "is the same file as" "would overwrite it"
+done
+cmp -s "$T/plain.fasta" "$T/keep.fasta" || fail "run-jobs overwrote its --fasta"
+"$P" info --weights "$W" > /dev/null || fail "run-jobs damaged --weights"
+expect_rc 1 "$T/err" "$P" embed --weights "$W" --fasta "$T/plain.fasta" --out "$T/adir"
+has "$T/err" "is a directory"
+echo "embed / run-jobs --out: atomic replacement, /dev/stdout, an input or the weights refused"
 echo "cli input tests ok ($n commands)"

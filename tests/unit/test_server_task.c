@@ -301,6 +301,14 @@ int main(void) {
         json_decref(r0);
         CHECK(strlen(s->id) == 64 && !strcmp(s->params, "{\"layer\":-1}"));
     }
+    bt_submission *sb = NULL;   /* the same text after a UTF-8 byte-order mark: the same job */
+    char bom[200];
+    snprintf(bom, sizeof bom, "\xEF\xBB\xBF%s", fa);
+    json_t *qb = json_pack("{s:s, s:s}", "task", "embed", "layer", "-1");
+    CHECK(bt_parse_fasta(bom, strlen(bom), "embed", qb, &bl, SHA, &sb, &e) == 0 && sb && s && !strcmp(sb->id, s->id) &&
+          !strcmp(sb->names[0], "sp|P1|ONE first protein"));
+    bt_free(sb);
+    json_decref(qb);
     bt_submission *s2 = NULL;   /* same sequences and names as JSON items: same job id */
     const char *js = "{\"task\": \"embed\", \"params\": {\"layer\": -1}, \"items\": [{\"name\": \"sp|P1|ONE first protein\","
                      " \"sequence\": \"MKTAYIAK\"}, {\"name\": \"two\", \"sequence\": \"gssg\"}]}";
