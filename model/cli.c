@@ -1035,7 +1035,7 @@ static int cmd_lines(int argc, char **argv, const char *cmd) {
          * (r < 0) leaves --out as it was */
         char cerr[512] = "";
         if (out_close(&out, r >= 0, cerr, sizeof cerr) && r >= 0) {
-            snprintf(err, sizeof err, "%s: %s", o.out ? o.out : "stdout", cerr);
+            snprintf(err, sizeof err, "%.200s: %.300s", o.out ? o.out : "stdout", cerr);
             r = -1;
         }
     }

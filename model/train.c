@@ -772,7 +772,7 @@ static void tr_abs_path(const char *path, char *out, size_t n) {
     char dir[4096], real[4096];
     const char *slash = strrchr(path, '/');
     const char *name = slash ? slash + 1 : path;
-    if (slash) snprintf(dir, sizeof dir, "%.*s", (int)(slash - path ? slash - path : 1), path);
+    if (slash) snprintf(dir, sizeof dir, "%.*s", (int)(slash != path ? slash - path : 1), path);
     else snprintf(dir, sizeof dir, ".");
     if (realpath(dir, real)) snprintf(out, n, "%s/%s", strcmp(real, "/") ? real : "", name);
     else snprintf(out, n, "%s", path);
