@@ -125,15 +125,12 @@ static int parse_double_in(const char *opt, const char *s, double lo, double hi,
     return 0;
 }
 
-/* Writes s as a JSON string literal (quoted, escaped) to stdout. */
+/* Writes s as a JSON string literal (quoted, escaped by ut_json_str) to stdout. */
 static void print_json_str(const char *s) {
-    putchar('"');
-    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
-        if (*p == '"' || *p == '\\') printf("\\%c", *p);
-        else if (*p < 0x20) printf("\\u%04x", *p);
-        else putchar(*p);
-    }
-    putchar('"');
+    ut_buf b = {0};
+    ut_json_str(&b, s);
+    fputs(b.oom ? "null" : b.s, stdout);
+    free(b.s);
 }
 
 /* Prints a model's configuration. */
@@ -838,13 +835,6 @@ static int load_submission(task_opts *o, tk_kind kind, pf_model **m, tk_limits *
     return 0;
 }
 
-/* Returns 1 when paths a and b both exist and are the same file (same device and inode). */
-static int same_existing_file(const char *a, const char *b) {
-    struct stat sa, sb;
-    if (!a || !b || stat(a, &sa) != 0 || stat(b, &sb) != 0) return 0;
-    return sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino;
-}
-
 /* An output stream: stdout, a device or pipe written directly, or a regular file written through a
  * temp file that replaces it only when out_close commits (a failed run leaves no partial file and
  * keeps an old one). */
@@ -1014,7 +1004,7 @@ static int cmd_lines(int argc, char **argv, const char *cmd) {
     if (!o.fasta) o.quiet = 1;               /* one sequence: no progress bar */
     const char *inputs[][2] = {{"--fasta", o.fasta}, {"--weights", o.weights}};
     for (int i = 0; i < 2; i++)
-        if (same_existing_file(o.out, inputs[i][1])) {
+        if (tr_same_file(o.out, inputs[i][1])) {
             fprintf(stderr, "performer %s: --out %s is the same file as %s %s and would overwrite it: give another "
                     "file name\n", cmd, o.out, inputs[i][0], inputs[i][1]);
             json_decref(o.params);

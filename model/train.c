@@ -725,20 +725,18 @@ int tr_evaluate(const pf_model *m, pf_kernel kernel, const ds_set *set, double m
         goto cleanup;
     }
     r->residues = scored;
-    if (scored) {
-        r->nll = nll / scored;
-        r->perplexity = exp(r->nll);
-        r->accuracy = (double)correct / scored;
-        r->top5_accuracy = (double)correct5 / scored;
-        for (int k = 0; k < TR_CAL_BINS; k++) {
-            if (!r->cal_count[k]) continue;
-            r->cal_conf[k] = cal_psum[k] / r->cal_count[k];
-            r->cal_acc[k] = (double)cal_hit[k] / r->cal_count[k];
-            r->ece += (double)r->cal_count[k] / scored * fabs(r->cal_acc[k] - r->cal_conf[k]);
-        }
-        r->uni_perplexity = exp(uni_nll / scored);
-        r->uni_accuracy = (double)uni_correct / scored;
+    r->nll = nll / scored;
+    r->perplexity = exp(r->nll);
+    r->accuracy = (double)correct / scored;
+    r->top5_accuracy = (double)correct5 / scored;
+    for (int k = 0; k < TR_CAL_BINS; k++) {
+        if (!r->cal_count[k]) continue;
+        r->cal_conf[k] = cal_psum[k] / r->cal_count[k];
+        r->cal_acc[k] = (double)cal_hit[k] / r->cal_count[k];
+        r->ece += (double)r->cal_count[k] / scored * fabs(r->cal_acc[k] - r->cal_conf[k]);
     }
+    r->uni_perplexity = exp(uni_nll / scored);
+    r->uni_accuracy = (double)uni_correct / scored;
     rc = 0;
 cleanup:
     pf_ctx_free(ctx);
@@ -778,9 +776,8 @@ static void tr_abs_path(const char *path, char *out, size_t n) {
     else snprintf(out, n, "%s", path);
 }
 
-/* Returns 1 when paths a and b name the same file: the same inode when both exist, else the same
- * absolute path. */
-static int tr_same_file(const char *a, const char *b) {
+/* See train.h. */
+int tr_same_file(const char *a, const char *b) {
     struct stat sa, sb;
     char pa[8192], pb[8192];
     if (!a || !b) return 0;

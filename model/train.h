@@ -76,6 +76,10 @@ int tr_run(const tr_options *o, int *interrupted, char *err, size_t errlen);
  * checkpoint's step and tokens). Returns 0 or -1 with err. */
 int tr_export(const char *ckpt, const char *out, char *err, size_t errlen);
 
+/* Returns 1 when paths a and b (either may be NULL) name the same file: the same inode when both
+ * exist, else the same absolute path (so an output that does not exist yet is compared by name). */
+int tr_same_file(const char *a, const char *b);
+
 #define TR_CAL_BINS 10                          /* calibration bins of the top-1 probability */
 
 /* Result of an evaluation pass. */
