@@ -332,8 +332,16 @@ for i, s in enumerate(shorts):
 # exposition stays parseable and one series per (route, status) however many arrive
 for meth in (b'X"Y', b'Z\\', b"PROPFIND", b"PROPFIND", b"PROPFIND", b"BREW"):
     raw_exchange(d.port, meth + b" /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-r = d.get("/metrics")
-text = r.body.decode()
+# a request is counted in its completion callback, which the daemon may run just after the client has
+# read the whole response: wait (up to 5 s) until the six are counted before reading the exposition
+deadline = time.time() + 5
+while True:
+    r = d.get("/metrics")
+    text = r.body.decode()
+    if ('performerd_requests_total{route="/health",method="other",status="405"} 6' in text
+            or time.time() > deadline):
+        break
+    time.sleep(0.05)
 series_re = re.compile(r'^[a-zA-Z_:][a-zA-Z0-9_:]*(\{([a-zA-Z_][a-zA-Z0-9_]*="([^"\\\n]|\\["\\n])*",?)*\})? '
                        r'[-+]?([0-9.eE+-]+|Inf|NaN)$')
 samples = [ln for ln in text.splitlines() if ln and not ln.startswith("#")]
