@@ -2,7 +2,8 @@
  * blocked GEMM (gemm_packed) with two sets of packing routines and micro-kernels (gm_impl):
  *
  *   for each block of KC rows of the reduction (K):
- *     pack op(B)[kc, N] into panels of NR = 32 columns: [panel][ku][32] dwords, where a dword is
+ *     pack op(B)[kc, N] (a round of several K blocks at a time when B is not cached, see
+ *       gemm_packed) into panels of NR = 32 columns: [panel][ku][32] dwords, where a dword is
  *       one float32 (ku = kc) or, in bf16, the pair of values at k and k+1 of one column
  *       (ku = kc/2, the operand layout of VDPBF16PS);
  *     bf16: pack op(A)[M, kc] into panels of MR = 14 rows: [panel][ku][14] dwords (float32 reads
@@ -47,6 +48,7 @@
 #define KC 256                  /* reduction block: a B panel is 16 KiB in bf16, 32 KiB in float32 (L1) */
 #define MC_PANELS 16            /* A panels per tile: 224 rows x KC: 112 KiB in bf16, 224 in float32 (L2) */
 #define GM_PAR_MIN (1 << 20)    /* multiply-adds below which the product runs on one thread */
+#define GM_BGROUP_BYTES (1 << 20)   /* B packs packed per round (whole K blocks, at least one) */
 
 #define WCACHE_MAX 256          /* weight matrices the cache holds (the shipped model has 29) */
 
@@ -514,7 +516,19 @@ static void gemm_packed(const gm_impl *im, int ta, int tb, int M, int N, int K, 
      * overwrote panels that another thread was still reading) */
     const size_t apanel = (size_t)MR * kumax;
     uint32_t *ap = direct ? NULL : aligned_alloc(64, ((sizeof(uint32_t) * apanel * npa * (split_b ? nt : 1)) + 63) & ~(size_t)63);
-    uint32_t *bp = pre ? NULL : aligned_alloc(64, ((sizeof(uint32_t) * (size_t)npb * NR * kumax) + 63) & ~(size_t)63);
+    /* without the cache, B is packed by all threads in rounds of G K blocks (up to GM_BGROUP_BYTES),
+     * alternating between two halves of bp: round r packs into half r % 2 while a slower thread may
+     * still multiply with half (r - 1) % 2, so each round needs only the barrier that ends its
+     * packing. (A barrier before and after every block's packing, each a futex sleep under
+     * OMP_WAIT_POLICY=PASSIVE, held the trainer's weight gradients - M, N <= 1,024, K = 16,384 - at
+     * 290-530 GFLOP/s; in rounds they ran at 600-670.) */
+    const int nbk = (K + KC - 1) / KC;                 /* K blocks */
+    const size_t bblk = (size_t)npb * NR * kumax;     /* dwords of one K block's B packs */
+    int G = (int)(GM_BGROUP_BYTES / (sizeof(uint32_t) * bblk));
+    if (G < 1) G = 1;
+    if (G > nbk) G = nbk;
+    const size_t bhalf = bblk * G;
+    uint32_t *bp = pre ? NULL : aligned_alloc(64, ((sizeof(uint32_t) * bhalf * (nbk > G ? 2 : 1)) + 63) & ~(size_t)63);
     if ((!direct && !ap) || (!pre && !bp)) {   /* out of memory for the packs: the float32 product needs none */
         free(ap);
         free(bp);
@@ -530,12 +544,17 @@ static void gemm_packed(const gm_impl *im, int ta, int tb, int M, int N, int K, 
         uint32_t *apt = ap && sb ? ap + apanel * npa * tid : ap;   /* this thread's A packs */
         for (int k0 = 0; k0 < K; k0 += KC) {
             const int kc = K - k0 < KC ? K - k0 : KC, ku = ku_of(im, kc);
-            const uint32_t *bk = pre ? pre + (size_t)npb * NR * kublk * (k0 / KC) : bp;
-            if (!pre) {
-                #pragma omp barrier
+            const int bi = k0 / KC;                    /* this K block */
+            uint32_t *half = bp ? bp + bhalf * ((bi / G) % 2) : NULL;
+            const uint32_t *bk = pre ? pre + (size_t)npb * NR * kublk * bi : half + bblk * (bi % G);
+            if (!pre && bi % G == 0) {                 /* a new round: pack blocks bi .. bi + nb - 1 */
+                const int nb = nbk - bi < G ? nbk - bi : G;
                 #pragma omp for schedule(static)
-                for (int p = 0; p < npb; p++)
-                    im->pack(bp + (size_t)p * NR * ku, !tb, B, ldb, N, p * NR, k0, kc, NR);
+                for (int x = 0; x < nb * npb; x++) {
+                    const int j = x / npb, p = x % npb, kj = k0 + j * KC, kcj = K - kj < KC ? K - kj : KC;
+                    im->pack(half + bblk * j + (size_t)p * NR * ku_of(im, kcj), !tb, B, ldb, N, p * NR,
+                             kj, kcj, NR);
+                }
             }
             /* blocks of MC_PANELS A panels (in L2) x this thread's B panels; each block packed
              * just before its use, so that its packs are still in L2 (packing all of a thread's

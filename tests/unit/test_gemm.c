@@ -226,6 +226,9 @@ static double check_products(void) {
         {1, 1, 1}, {1, 33, 2}, {14, 32, 256}, {15, 33, 257}, {13, 31, 7}, {29, 65, 513},
         {100, 20, 600}, {238, 70, 300}, {3, 100, 1}, {450, 40, 64}, {20, 256, 1030},
         {64, 256, 300}, {5, 700, 400},
+        /* B packed in several rounds (gemm_packed): rounds of one K block alternating between the two
+         * halves (N = 1,100), and rounds of several blocks with a shorter last one (N = 300) */
+        {20, 1100, 1300}, {30, 300, 2000},
     };
     static const float ab[][2] = { {1.0f, 0.0f}, {0.5f, 1.0f}, {-2.0f, -0.5f} };
     double worst = 0;
@@ -263,6 +266,7 @@ static void check_thread_bits_one(int M, int N, int K) {
 static void check_thread_bits(void) {
     check_thread_bits_one(700, 300, 600);
     check_thread_bits_one(64, 300, 600);
+    check_thread_bits_one(40, 1100, 1300);   /* B packed in rounds that alternate halves */
 }
 
 int main(void) {
