@@ -10,6 +10,7 @@
 #include "safetensors.h"
 
 #include <errno.h>
+#include <jansson.h>
 #include <math.h>
 #include <signal.h>
 #include <stdio.h>
@@ -587,18 +588,15 @@ fail:
     return -1;
 }
 
-/* Writes s as a JSON string literal (quotes included, escaped) into dst of n bytes, cut to fit. */
+/* Writes s as a JSON string literal (quotes included, escaped by jansson) into dst of n bytes, or
+ * null when s is not valid UTF-8 or its literal does not fit. */
 static void tr_json_str(char *dst, size_t n, const char *s) {
-    size_t k = 0;
-    if (n < 3) { if (n) dst[0] = '\0'; return; }
-    dst[k++] = '"';
-    for (const unsigned char *p = (const unsigned char *)(s ? s : ""); *p && k + 8 < n; p++) {
-        if (*p == '"' || *p == '\\') { dst[k++] = '\\'; dst[k++] = (char)*p; }
-        else if (*p < 0x20) k += (size_t)snprintf(dst + k, n - k, "\\u%04x", *p);
-        else dst[k++] = (char)*p;
-    }
-    dst[k++] = '"';
-    dst[k] = '\0';
+    json_t *j = json_string(s ? s : "");
+    char *txt = j ? json_dumps(j, JSON_ENCODE_ANY) : NULL;
+    if (txt && strlen(txt) < n) memcpy(dst, txt, strlen(txt) + 1);
+    else snprintf(dst, n, "null");
+    free(txt);
+    json_decref(j);
 }
 
 /* Writes v as a JSON number with fmt into dst, or null when v is not finite (e.g. no validation). */
