@@ -830,6 +830,53 @@ static int tr_check_paths(const tr_options *o, char *err, size_t errlen) {
     return 0;
 }
 
+/* Drops the rows of log path whose step is after step (a run stopped without a checkpoint logs
+ * steps that its resume computes again), replacing the file atomically when any is dropped.
+ * Returns the number of rows dropped, or -1 + err. */
+static long tr_log_trim(const char *path, long step, char *err, size_t errlen) {
+    FILE *f = fopen(path, "r");
+    if (!f) { snprintf(err, errlen, "%s: %s", path, strerror(errno)); return -1; }
+    char *line = NULL, *keep = NULL;
+    size_t cap = 0, klen = 0, kcap = 0;
+    ssize_t n;
+    long dropped = 0;
+    int ok = 1, fixed = 0;
+    while ((n = getline(&line, &cap, f)) > 0) {
+        char *end;
+        long row = strtol(line, &end, 10);
+        if (end != line && *end == ',' && row > step) { dropped++; continue; }   /* the header is kept */
+        if (klen + (size_t)n + 1 > kcap) {
+            size_t nc = kcap ? kcap * 2 : 65536;
+            while (nc < klen + (size_t)n + 1) nc *= 2;
+            char *p = realloc(keep, nc);
+            if (!p) { ok = 0; break; }
+            keep = p;
+            kcap = nc;
+        }
+        memcpy(keep + klen, line, (size_t)n);
+        klen += (size_t)n;
+        if (line[n - 1] != '\n') { keep[klen++] = '\n'; fixed = 1; }   /* a row cut short by a crash */
+    }
+    if (ferror(f)) ok = 0;
+    fclose(f);
+    free(line);
+    if (ok && (dropped > 0 || fixed)) {
+        af_file af;
+        ok = af_open(&af, path, err, errlen) == 0;
+        if (ok && af_write(&af, keep, klen) != 0) {
+            snprintf(err, errlen, "%s: %s", path, strerror(errno));
+            af_abort(&af);
+            ok = 0;
+        } else if (ok) {
+            ok = af_commit(&af, err, errlen) == 0;
+        }
+    } else if (!ok) {
+        snprintf(err, errlen, "%s: could not read the log to trim it", path);
+    }
+    free(keep);
+    return ok ? dropped : -1;
+}
+
 int tr_run(const tr_options *o, int *interrupted, char *err, size_t errlen) {
     int rc = -1;
     pf_model *m = NULL;
@@ -918,6 +965,13 @@ int tr_run(const tr_options *o, int *interrupted, char *err, size_t errlen) {
     tr_kinds(m, st.kind);
     if (o->log) {
         int exists = access(o->log, F_OK) == 0;
+        if (o->resume && exists) {
+            long dropped = tr_log_trim(o->log, st.step, err, errlen);
+            if (dropped < 0) goto cleanup;
+            if (dropped > 0)
+                fprintf(stderr, "%s: dropped %ld rows after step %ld (logged after the checkpoint; run again now)\n",
+                        o->log, dropped, st.step);
+        }
         logf = fopen(o->log, o->resume && exists ? "a" : "w");
         if (!logf) { snprintf(err, errlen, "%s: %s", o->log, strerror(errno)); goto cleanup; }
         if (!(o->resume && exists))
