@@ -965,7 +965,9 @@ int tr_run(const tr_options *o, int *interrupted, char *err, size_t errlen) {
     tr_kinds(m, st.kind);
     if (o->log) {
         int exists = access(o->log, F_OK) == 0;
-        if (o->resume && exists) {
+        struct stat ls;
+        /* only a regular file is trimmed (a symlink, FIFO or /dev/stdout is appended to as it is) */
+        if (o->resume && exists && lstat(o->log, &ls) == 0 && S_ISREG(ls.st_mode)) {
             long dropped = tr_log_trim(o->log, st.step, err, errlen);
             if (dropped < 0) goto cleanup;
             if (dropped > 0)
