@@ -593,7 +593,8 @@ fail:
 static void tr_json_str(char *dst, size_t n, const char *s) {
     json_t *j = json_string(s ? s : "");
     char *txt = j ? json_dumps(j, JSON_ENCODE_ANY) : NULL;
-    if (txt && strlen(txt) < n) memcpy(dst, txt, strlen(txt) + 1);
+    size_t len = txt ? strlen(txt) : n;
+    if (len < n) memcpy(dst, txt, len + 1);
     else snprintf(dst, n, "null");
     free(txt);
     json_decref(j);
@@ -831,49 +832,34 @@ static int tr_check_paths(const tr_options *o, char *err, size_t errlen) {
 }
 
 /* Drops the rows of log path whose step is after step (a run stopped without a checkpoint logs
- * steps that its resume computes again), replacing the file atomically when any is dropped.
- * Returns the number of rows dropped, or -1 + err. */
+ * steps that its resume computes again) by truncating the file where the first of them starts (rows
+ * are in step order), and ends a last kept row cut short by a crash with its newline. Returns the
+ * number of rows dropped, or -1 + err. */
 static long tr_log_trim(const char *path, long step, char *err, size_t errlen) {
-    FILE *f = fopen(path, "r");
+    FILE *f = fopen(path, "r+");
     if (!f) { snprintf(err, errlen, "%s: %s", path, strerror(errno)); return -1; }
-    char *line = NULL, *keep = NULL;
-    size_t cap = 0, klen = 0, kcap = 0;
+    char *line = NULL;
+    size_t cap = 0;
     ssize_t n;
-    long dropped = 0;
-    int ok = 1, fixed = 0;
+    long dropped = 0, cut = -1, pos = 0;   /* cut: offset of the first dropped row */
+    int unended = 0;                        /* the last kept row has no newline */
     while ((n = getline(&line, &cap, f)) > 0) {
         char *end;
         long row = strtol(line, &end, 10);
-        if (end != line && *end == ',' && row > step) { dropped++; continue; }   /* the header is kept */
-        if (klen + (size_t)n + 1 > kcap) {
-            size_t nc = kcap ? kcap * 2 : 65536;
-            while (nc < klen + (size_t)n + 1) nc *= 2;
-            char *p = realloc(keep, nc);
-            if (!p) { ok = 0; break; }
-            keep = p;
-            kcap = nc;
+        if (end != line && *end == ',' && row > step) {   /* the header is kept */
+            if (cut < 0) cut = pos;
+            dropped++;
+        } else {
+            unended = line[n - 1] != '\n';
         }
-        memcpy(keep + klen, line, (size_t)n);
-        klen += (size_t)n;
-        if (line[n - 1] != '\n') { keep[klen++] = '\n'; fixed = 1; }   /* a row cut short by a crash */
+        pos += n;
     }
-    if (ferror(f)) ok = 0;
-    fclose(f);
     free(line);
-    if (ok && (dropped > 0 || fixed)) {
-        af_file af;
-        ok = af_open(&af, path, err, errlen) == 0;
-        if (ok && af_write(&af, keep, klen) != 0) {
-            snprintf(err, errlen, "%s: %s", path, strerror(errno));
-            af_abort(&af);
-            ok = 0;
-        } else if (ok) {
-            ok = af_commit(&af, err, errlen) == 0;
-        }
-    } else if (!ok) {
-        snprintf(err, errlen, "%s: could not read the log to trim it", path);
-    }
-    free(keep);
+    int ok = !ferror(f);
+    if (ok && cut >= 0) ok = fflush(f) == 0 && ftruncate(fileno(f), cut) == 0;
+    if (ok && unended) ok = fseek(f, 0, SEEK_END) == 0 && fputc('\n', f) != EOF;
+    if (fclose(f) != 0) ok = 0;
+    if (!ok) snprintf(err, errlen, "%s: could not trim the log: %s", path, strerror(errno));
     return ok ? dropped : -1;
 }
 
@@ -1053,6 +1039,7 @@ int tr_run(const tr_options *o, int *interrupted, char *err, size_t errlen) {
         }
         if (o->ckpt && (now - last_ckpt > o->ckpt_minutes * 60)) {
             st.elapsed = elapsed; t0 = now;
+            if (logf) fflush(logf);   /* the log holds every step the checkpoint has */
             if (tr_save_ckpt(o->ckpt, m, &st, o, err, errlen) != 0) goto cleanup;
             last_ckpt = now;
         }
@@ -1062,6 +1049,7 @@ int tr_run(const tr_options *o, int *interrupted, char *err, size_t errlen) {
     }
     if (tty && !o->quiet) fputc('\n', stderr);
     st.elapsed += now_s() - t0;
+    if (logf) fflush(logf);
     if (o->ckpt && tr_save_ckpt(o->ckpt, m, &st, o, err, errlen) != 0) goto cleanup;
     if (g_stop) {
         *interrupted = 1;
