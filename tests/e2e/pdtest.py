@@ -50,6 +50,18 @@ def check(cond, what):
     return cond
 
 
+def poll(fetch, until=bool, timeout=5.0, interval=0.05):
+    """Calls fetch() until until(value) holds or timeout seconds have passed; returns the last value
+    (so the caller checks it and reports what it saw). For state the daemon reaches a moment after
+    the response, e.g. counters updated in MHD's completion callback or rows written by a logger."""
+    t0 = time.time()
+    while True:
+        v = fetch()
+        if until(v) or time.time() - t0 >= timeout:
+            return v
+        time.sleep(interval)
+
+
 def done():
     """Prints the summary and exits non-zero when a check failed."""
     print("%d checks, %d failed" % (_checks[0], len(_failures)))

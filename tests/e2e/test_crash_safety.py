@@ -7,11 +7,10 @@ import signal
 import sqlite3
 import sys
 import threading
-import time
 
 sys.dont_write_bytecode = True
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from pdtest import Daemon, check, done, make_model, tmpdir  # noqa: E402
+from pdtest import Daemon, check, done, make_model, poll, tmpdir  # noqa: E402
 
 T = tmpdir()
 W = make_model(os.path.join(T, "m.safetensors"), layers=2, d_model=64, heads=4, d_ff=128, features=16)
@@ -47,9 +46,7 @@ for rnd in range(3):   # three kill/restart rounds on the same database
     threads = [threading.Thread(target=client, args=(rnd * 100 + k,)) for k in range(12)]
     for t in threads:
         t.start()
-    deadline = time.time() + 20
-    while len(acked) < before + 40 and time.time() < deadline:
-        time.sleep(0.05)
+    poll(lambda: len(acked), lambda n: n >= before + 40, timeout=20)
     d.proc.send_signal(signal.SIGKILL)   # mid-load: requests are in flight
     d.proc.wait()
     stop.set()

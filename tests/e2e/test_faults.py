@@ -19,7 +19,7 @@ import time
 
 sys.dont_write_bytecode = True
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from pdtest import Daemon, check, done, error_shape, make_model, tmpdir  # noqa: E402
+from pdtest import Daemon, check, done, error_shape, make_model, poll, tmpdir  # noqa: E402
 
 T = tmpdir()
 RES = "ACDEFGHIKLMNPQRSTVWY"
@@ -96,8 +96,7 @@ def fault_behaviour(d, what, reason_words):
 def recovered(d, what, within=5.0):
     """Waits until /ready is 200 again, then checks that new results are stored."""
     t0 = time.time()
-    while time.time() - t0 < within and d.get("/ready").status != 200:
-        time.sleep(0.1)
+    poll(lambda: d.get("/ready").status, lambda s: s == 200, timeout=within, interval=0.1)
     secs = time.time() - t0
     check(d.get("/ready").status == 200, "%s: /ready 200 again (%.1fs)" % (what, secs))
     r = post_new(d)
@@ -133,9 +132,7 @@ if r.status == 200:
 secs = recovered(d, "deleted database")
 check(os.path.exists(DB), "the database file is back")
 check(any(l.get("msg", "").startswith("the database file was deleted") for l in d.log_lines()), "restore logged")
-t0 = time.time()
-while time.time() - t0 < 30 and d.get("/jobs/" + JOB).json().get("state") != "done":
-    time.sleep(0.2)
+poll(lambda: d.get("/jobs/" + JOB).json().get("state"), lambda s: s == "done", timeout=30, interval=0.2)
 r = d.get("/jobs/%s/result" % JOB)
 lines = [json.loads(l) for l in r.body.decode().splitlines() if l.strip()]
 check(r.status == 200 and len(lines) == 30 and all(l["status"] == 200 for l in lines),

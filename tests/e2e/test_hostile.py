@@ -17,7 +17,7 @@ import time
 
 sys.dont_write_bytecode = True
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from pdtest import PERFORMERD, Daemon, check, done, error_shape, make_model, raw_exchange, tmpdir  # noqa: E402
+from pdtest import PERFORMERD, Daemon, check, done, error_shape, make_model, raw_exchange, poll, tmpdir  # noqa: E402
 
 T = tmpdir()
 W = make_model(os.path.join(T, "m.safetensors"))
@@ -154,12 +154,8 @@ for c in idle:
         closed += 1
     c.close()
 check(closed == len(idle), "idle connections closed after the %ds timeout: %d of %d" % (TIMEOUT, closed, len(idle)))
-t0 = time.time()
-while time.time() - t0 < 3:   # (the gauge counts the asking connection, and one just closed may linger)
-    n_open = metric("performerd_connections")
-    if n_open <= 2:
-        break
-    time.sleep(0.05)
+# (the gauge counts the asking connection, and one just closed may linger)
+n_open = poll(lambda: metric("performerd_connections"), lambda n: n <= 2, timeout=3)
 check(n_open <= 2, "connection gauge back down: %s" % n_open)
 
 # ---- bodies far over the limit -------------------------------------------------------------------------
@@ -214,13 +210,9 @@ check(rc == 0, "SIGTERM exits 0 after the hostile clients (%s)" % rc)
 # ---- thousands of idle connections (default --connection-timeout 30): /health still answers --------------
 d3 = Daemon(W, os.path.join(T, "i.sqlite"), ["--threads", "1"]).start()
 idle = [socket.create_connection(("127.0.0.1", d3.port)) for _ in range(2000)]
-t0 = time.time()
-while time.time() - t0 < 10:   # until accepted from the listen backlog
-    n_open = [float(l.split()[-1]) for l in d3.get("/metrics").body.decode().splitlines()
-              if l.startswith("performerd_connections ")][0]
-    if n_open >= 2000:
-        break
-    time.sleep(0.05)
+n_open = poll(lambda: [float(l.split()[-1]) for l in d3.get("/metrics").body.decode().splitlines()
+                       if l.startswith("performerd_connections ")][0],
+              lambda n: n >= 2000, timeout=10)   # until accepted from the listen backlog
 check(n_open >= 2000, "2000 idle connections accepted: %s" % n_open)
 r, s = timed(lambda: d3.get("/health"))
 print("GET /health with 2000 idle connections open: %.3fs" % s)

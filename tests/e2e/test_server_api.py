@@ -12,7 +12,7 @@ import time
 
 sys.dont_write_bytecode = True  # no __pycache__ in the source tree
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from pdtest import Daemon, check, done, error_shape, make_model, raw_exchange, tmpdir  # noqa: E402
+from pdtest import Daemon, check, done, error_shape, make_model, raw_exchange, poll, tmpdir  # noqa: E402
 
 T = tmpdir()
 W = make_model(os.path.join(T, "m.safetensors"))
@@ -334,14 +334,9 @@ for meth in (b'X"Y', b'Z\\', b"PROPFIND", b"PROPFIND", b"PROPFIND", b"BREW"):
     raw_exchange(d.port, meth + b" /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
 # a request is counted in its completion callback, which the daemon may run just after the client has
 # read the whole response: wait (up to 5 s) until the six are counted before reading the exposition
-deadline = time.time() + 5
-while True:
-    r = d.get("/metrics")
-    text = r.body.decode()
-    if ('performerd_requests_total{route="/health",method="other",status="405"} 6' in text
-            or time.time() > deadline):
-        break
-    time.sleep(0.05)
+r = poll(lambda: d.get("/metrics"),
+         lambda r: 'performerd_requests_total{route="/health",method="other",status="405"} 6' in r.body.decode())
+text = r.body.decode()
 series_re = re.compile(r'^[a-zA-Z_:][a-zA-Z0-9_:]*(\{([a-zA-Z_][a-zA-Z0-9_]*="([^"\\\n]|\\["\\n])*",?)*\})? '
                        r'[-+]?([0-9.eE+-]+|Inf|NaN)$')
 samples = [ln for ln in text.splitlines() if ln and not ln.startswith("#")]

@@ -18,7 +18,7 @@ import time
 
 sys.dont_write_bytecode = True
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from pdtest import Daemon, check, done, make_model, tmpdir  # noqa: E402
+from pdtest import Daemon, check, done, make_model, poll, tmpdir  # noqa: E402
 
 T = tmpdir()
 W = make_model(os.path.join(T, "m.safetensors"), layers=2, d_model=32, heads=4, d_ff=64, features=16)
@@ -69,13 +69,8 @@ check(metric(d, "performerd_hot_cache_entries") >= 1 and metric(d, "performerd_h
 bad = d.post({"sequence": "MKT1"})
 check(bad.status == 422 and d.post({"sequence": "MKT1"}).status == 422, "an invalid body is never a hit")
 # the request log: rows appear within moments, the memory hits among them
-deadline = time.time() + 3
-n = 0
-while time.time() < deadline:
-    n = rows(DB, "select count(*) from requests where result_id = '%s' and cache_hit = 1" % ID)[0][0]
-    if n >= 4:
-        break
-    time.sleep(0.05)
+n = poll(lambda: rows(DB, "select count(*) from requests where result_id = '%s' and cache_hit = 1" % ID)[0][0],
+         lambda n: n >= 4, timeout=3)
 check(n >= 4, "request log rows of the memory hits written while running (%d)" % n)
 check(rows(DB, "select hits from results where id = '%s'" % ID)[0][0] >= 4, "hits counted in the database")
 check(metric(d, "performerd_request_log_dropped_total") == 0, "no log row dropped")
@@ -152,9 +147,7 @@ for t in ths:
     t.start()
 for t in ths:
     t.join()
-deadline = time.time() + 5
-while metric(d, "performerd_db_checkpoints_total") < 1 and time.time() < deadline:
-    time.sleep(0.1)
+poll(lambda: metric(d, "performerd_db_checkpoints_total"), lambda n: n >= 1, interval=0.1)
 wal = os.path.getsize(DB + "-wal")
 stored = rows(DB, "select count(*), sum(length(response)) from results")[0]
 check(big == 700 and stored[0] == 700, "700 results of 200 residues stored (%d answered, %d stored)" % (big, stored[0]))

@@ -8,17 +8,15 @@ giving the same numbers as the daemon."""
 import json
 import math
 import os
-import signal
 import sqlite3
 import struct
 import subprocess
 import sys
-import threading
 import time
 
 sys.dont_write_bytecode = True  # no __pycache__ in the source tree
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from pdtest import PERFORMER, Daemon, check, done, error_shape, make_model, raw_exchange, run_daemon_cmd, tmpdir  # noqa: E402
+from pdtest import PERFORMER, Daemon, check, done, error_shape, make_model, raw_exchange, run_daemon_cmd, poll, tmpdir  # noqa: E402
 
 T = tmpdir()
 W = make_model(os.path.join(T, "m.safetensors"), seed=5)
@@ -198,13 +196,7 @@ FASTA = ">sp|P1|ONE first\nMKTAYIAKQR\nQISFVK*\n\n>two\nGSSGKTT\n>three\nmktayia
 
 
 def wait_job(jid, states=("done",), timeout=60):
-    t0 = time.time()
-    while time.time() - t0 < timeout:
-        jb = d.get("/jobs/" + jid).json()
-        if jb["state"] in states:
-            return jb
-        time.sleep(0.1)
-    return d.get("/jobs/" + jid).json()
+    return poll(lambda: d.get("/jobs/" + jid).json(), lambda jb: jb["state"] in states, timeout, 0.1)
 
 
 def lines(jid, partial=False):
@@ -304,12 +296,7 @@ slow = {"task": "score", "params": {"method": "pseudo-likelihood", "mutations": 
 r = d.post(slow, path="/jobs")
 JS = r.json()["id"]
 check(r.status == 202, "slow job accepted: %s" % r.body[:200])
-t0 = time.time()
-while time.time() - t0 < 30:
-    jb = d.get("/jobs/" + JS).json()
-    if jb["done"] >= 2:
-        break
-    time.sleep(0.05)
+jb = poll(lambda: d.get("/jobs/" + JS).json(), lambda jb: jb["done"] >= 2, timeout=30)
 check(jb["state"] == "running" and 0 < jb["done"] < 40, "progress while running: %s/%s" % (jb["done"], jb["total"]))
 t1 = time.time()
 rp = d.post({"sequence": "MKT<mask>LLVAGH"})
@@ -337,9 +324,7 @@ check(close(ls[17]["result"]["scores"][0]["score"], direct["scores"][0]["score"]
 slow2 = dict(slow, items=slow["items"][:30], params={"method": "pseudo-likelihood", "mutations": [], "offset": 1})
 r = d.post(slow2, path="/jobs")
 J2 = r.json()["id"]
-t0 = time.time()
-while time.time() - t0 < 30 and d.get("/jobs/" + J2).json()["state"] != "running":
-    time.sleep(0.05)
+poll(lambda: d.get("/jobs/" + J2).json()["state"], lambda s: s == "running", timeout=30)
 r = d.request("DELETE", "/jobs/" + J2)
 check(r.status == 200 and r.json()["state"] == "cancelled", "DELETE cancels a running job: %s" % r.body[:200])
 time.sleep(2.0)
