@@ -142,14 +142,28 @@ void ut_put(ut_buf *b, const char *s, size_t n) {
 /* Appends a C string. */
 void ut_str(ut_buf *b, const char *s) { ut_put(b, s, strlen(s)); }
 
-/* Appends printf-formatted text. */
+/* Appends printf-formatted text, however long (formatted in place; the buffer grown and the text
+ * formatted again when it does not fit). */
 void ut_printf(ut_buf *b, const char *fmt, ...) {
-    char tmp[256];
+    if (buf_reserve(b, 255)) return;
     va_list ap;
     va_start(ap, fmt);
-    int n = vsnprintf(tmp, sizeof tmp, fmt, ap);
+    int n = vsnprintf(b->s + b->len, b->cap - b->len, fmt, ap);
     va_end(ap);
-    if (n > 0) ut_put(b, tmp, (size_t)n < sizeof tmp ? (size_t)n : sizeof tmp - 1);
+    if (n <= 0) {
+        b->s[b->len] = '\0';   /* an encoding error may have written part of the text */
+        return;
+    }
+    if ((size_t)n >= b->cap - b->len) {
+        if (buf_reserve(b, (size_t)n)) {
+            b->s[b->len] = '\0';
+            return;
+        }
+        va_start(ap, fmt);
+        vsnprintf(b->s + b->len, b->cap - b->len, fmt, ap);
+        va_end(ap);
+    }
+    b->len += (size_t)n;
 }
 
 /* Appends a finite JSON number with 6 significant digits. */

@@ -248,6 +248,39 @@ def forward_count():
     return -1.0
 
 
+# a FASTA name of 300 characters (merged NCBI deflines reach that): the same names with other
+# sequences, or the same records with other parameters, are other jobs (the job's key once lost the
+# result ids after 255 bytes, so these got the first job's id and results)
+LONG = "sp|P00001|LONG " + "x" * 285
+ra = d.post(">%s\nMKTAYIAKQR\n" % LONG, headers={"Content-Type": "text/x-fasta"}, path="/jobs?task=logits")
+rb = d.post(">%s\nMKTGYIAKQR\n" % LONG, headers={"Content-Type": "text/x-fasta"}, path="/jobs?task=logits")
+rc = d.post(">%s\nMKTAYIAKQR\n" % LONG, headers={"Content-Type": "text/x-fasta"}, path="/jobs?task=embed")
+ids = [x.json().get("id") for x in (ra, rb, rc)]
+check([x.status for x in (ra, rb, rc)] == [202, 202, 202] and len(set(ids)) == 3,
+      "long names: other sequences or another task are other jobs: %s %s" % ([x.status for x in (ra, rb, rc)], ids))
+for jid, seq in ((ids[0], "MKTAYIAKQR"), (ids[1], "MKTGYIAKQR")):
+    wait_job(jid)
+    _, ls = lines(jid)
+    direct = post("/logits", {"sequence": seq}).json()
+    check(len(ls) == 1 and ls[0]["name"] == LONG[:256] and ls[0]["result"]["id"] == direct["id"],
+          "long-name job %s answers its own sequence (the name cut to 256 characters)" % seq)
+
+# a mutant of 60 sites (a homolog or a design scored against the wild type) is one valid JSON object
+LONGSEQ = "".join(AA[(7 * i) % 20] for i in range(240))
+many = ":".join("%s%d%s" % (LONGSEQ[p - 1], p, "A" if LONGSEQ[p - 1] != "A" else "G") for p in range(100, 220, 2))
+r = post("/score", {"sequence": LONGSEQ, "mutations": [many, "%s101A" % LONGSEQ[100] if LONGSEQ[100] != "A" else "A101G"],
+                    "method": "wt-marginals"})
+ok = r.status == 200
+try:
+    j = json.loads(r.body)
+except ValueError:
+    ok, j = False, {}
+check(ok and j["scores"][0]["mutant"] == many and len(j["scores"][0]["sites"]) == 60 and
+      abs(j["scores"][0]["score"] - sum(x["delta"] for x in j["scores"][0]["sites"])) < 1e-3,
+      "a 60-site mutant: valid JSON, its text, sites and score: %s" % r.body[:200])
+r2 = d.get("/score/" + j.get("id", "x"))
+check(r2.status == 200 and json.loads(r2.body)["scores"][0]["mutant"] == many, "and the stored copy too")
+
 # a job's sequence that a route answered before comes from the stored result (hot map), not a new pass
 pre = post("/logits", {"sequence": "MKTAYIAKQRQLSFVKSHWSRQ"}).json()
 f0 = forward_count()

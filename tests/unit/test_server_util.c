@@ -1,5 +1,6 @@
 /* test_server_util.c - small helpers of server/util.c: If-None-Match matching (RFC 9110's weak
- * comparison, lists, "*", a tag weakened by a proxy) and hex ids. */
+ * comparison, lists, "*", a tag weakened by a proxy), hex ids, and ut_printf of long text. */
+#include <string.h>
 #include "testutil.h"
 #include "util.h"
 
@@ -25,5 +26,24 @@ int main(void) {
     CHECK(ut_is_hex64("0123456789abcdef0123456789ABCDEF0123456789abcdef0123456789abcdef") == 1);
     CHECK(ut_is_hex64("0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcde") == 0);
     CHECK(ut_is_hex64("g123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef") == 0);
+    /* ut_printf appends text of any length (it once cut everything after 255 bytes: a long FASTA
+     * name dropped the result id from a job's key, a long mutant the rest of its JSON object) */
+    {
+        char name[1001];
+        memset(name, 'N', 1000);
+        name[1000] = '\0';
+        ut_buf b = {0};
+        ut_str(&b, "x");
+        ut_printf(&b, "%s\t%s\n", name, "0123abcd");
+        CHECK(b.len == 1 + 1000 + 1 + 8 + 1 && strlen(b.s) == b.len);
+        CHECK(b.s[0] == 'x' && strcmp(b.s + 1001, "\t0123abcd\n") == 0);
+        for (int i = 0; i < 3000; i++) ut_printf(&b, "%d,", i % 10);   /* many short appends */
+        CHECK(b.len == 1011 + 6000 && strncmp(b.s + b.len - 4, "8,9,", 4) == 0 && !b.oom);
+        ut_buf e = {0};
+        ut_printf(&e, "%s", "");
+        CHECK(e.len == 0 && e.s && e.s[0] == '\0');
+        free(b.s);
+        free(e.s);
+    }
     return TEST_DONE();
 }
