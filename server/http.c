@@ -631,17 +631,26 @@ typedef struct {
     ut_buf buf;                 /* lines read, not yet sent */
     size_t sent;                /* bytes of buf already sent */
     int eof, failed;
+    int full;                   /* the last refill stopped at RESULT_REFILL_BYTES */
 } result_reader;
 
-/* db_job_items callback: appends one line. */
+/* A refill of a job's result stream stops once this many bytes are buffered: the memory of a
+ * download is bounded by it plus one sequence's line, whatever the size of the items (64 per-residue
+ * embeddings of long sequences are gigabytes). */
+#define RESULT_REFILL_BYTES ((size_t)1 << 20)
+
+/* db_job_items callback: appends one line; stops the refill once RESULT_REFILL_BYTES are buffered. */
 static int append_line(long long idx, const char *name, int status, const char *out, size_t len, void *arg) {
     result_reader *r = arg;
     bt_result_line(&r->buf, idx, name, status, out, len);
     r->next = idx + 1;
-    return r->buf.oom;
+    if (r->buf.oom) return 1;
+    r->full = r->buf.len >= RESULT_REFILL_BYTES;
+    return r->full;
 }
 
-/* MHD content reader: refills from SQLite 64 sequences at a time. */
+/* MHD content reader: refills from SQLite up to 64 sequences (and about RESULT_REFILL_BYTES) at a
+ * time. */
 static ssize_t read_results(void *cls, uint64_t pos, char *buf, size_t max) {
     (void)pos;
     result_reader *r = cls;
@@ -649,9 +658,10 @@ static ssize_t read_results(void *cls, uint64_t pos, char *buf, size_t max) {
         r->buf.len = 0;
         r->sent = 0;
         if (r->eof) return MHD_CONTENT_READER_END_OF_STREAM;
+        r->full = 0;
         int n = db_job_items(r->id, r->next, 64, append_line, r);
         if (n < 0 || r->buf.oom) return MHD_CONTENT_READER_END_WITH_ERROR;
-        if (n < 64) r->eof = 1;
+        if (n < 64 && !r->full) r->eof = 1;   /* fewer rows than asked for: none left */
         if (r->buf.len == 0) return MHD_CONTENT_READER_END_OF_STREAM;
     }
     size_t k = r->buf.len - r->sent < max ? r->buf.len - r->sent : max;

@@ -265,6 +265,20 @@ for jid, seq in ((ids[0], "MKTAYIAKQR"), (ids[1], "MKTGYIAKQR")):
     check(len(ls) == 1 and ls[0]["name"] == LONG[:256] and ls[0]["result"]["id"] == direct["id"],
           "long-name job %s answers its own sequence (the name cut to 256 characters)" % seq)
 
+# a result larger than a refill of the stream (per-residue embeddings, ~350 kB a line): every line once,
+# in order, whole (the stream refills about 1 MiB at a time instead of 64 lines whatever their size)
+BIGS = ["".join(AA[(i * 7 + k * 3 + i * k) % 20] for i in range(1000)) for k in range(45)]
+r = d.post({"task": "embed", "params": {"representations": ["per_residue"]}, "sequences": BIGS}, path="/jobs")
+check(r.status == 202, "per-residue job of 45 x 1,000 residues: %s" % r.body[:200])
+jb = wait_job(r.json()["id"], timeout=120)
+rr, ls = lines(r.json()["id"])
+check(jb["state"] == "done" and rr.status == 200 and len(rr.body) > 8 * 2 ** 20 and [x["index"] for x in ls] == list(range(45)) and
+      all(len(x["result"]["results"][0]["per_residue"]) == 1000 for x in ls),
+      "streamed whole: %d lines, %d bytes" % (len(ls), len(rr.body)))
+direct = post("/embed", {"sequence": BIGS[44], "representations": ["per_residue"]}).json()
+check(ls[44]["result"]["id"] == direct["id"] and ls[44]["result"]["results"] == direct["results"],
+      "the last line equals /embed's answer")
+
 # a mutant of 60 sites (a homolog or a design scored against the wild type) is one valid JSON object
 LONGSEQ = "".join(AA[(7 * i) % 20] for i in range(240))
 many = ":".join("%s%d%s" % (LONGSEQ[p - 1], p, "A" if LONGSEQ[p - 1] != "A" else "G") for p in range(100, 220, 2))
