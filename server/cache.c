@@ -950,15 +950,24 @@ static int job_list_locked(int limit, db_job **out, int *n) {
     if (!v) return -1;
     sqlite3_stmt *st = c->st[ST_JOB_LIST];
     sqlite3_bind_int(st, 1, limit);
-    int rc;
+    int rc = SQLITE_DONE, oom = 0;
     while (*n < limit && (rc = sqlite3_step(st)) == SQLITE_ROW) {
-        if (job_row(st, &v[*n])) break;
+        if (job_row(st, &v[*n])) { oom = 1; break; }
         (*n)++;
     }
+    /* a failed step or out of memory: an error (503), not a list cut short */
+    int ret = rc != SQLITE_ROW && rc != SQLITE_DONE ? fail(c) : oom ? -1 : 0;
     sqlite3_reset(st);
     sqlite3_clear_bindings(st);
+    if (ret < 0) {
+        if (oom && rc == SQLITE_ROW) { snprintf(t_err, sizeof t_err, "out of memory"); t_code = SQLITE_NOMEM; }
+        for (int i = 0; i < *n; i++) db_job_clear(&v[i]);
+        free(v);
+        v = NULL;
+        *n = 0;
+    }
     *out = v;
-    return 0;
+    return ret;
 }
 
 /* Finds the oldest queued job of a model. */
@@ -1011,17 +1020,24 @@ static int job_pending_locked(const char *id, long long after, int limit, long l
     sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
     sqlite3_bind_int64(st, 2, after);
     sqlite3_bind_int(st, 3, limit);
-    int n = 0, rc;
+    int n = 0, rc = SQLITE_DONE, oom = 0;
     while (n < limit && (rc = sqlite3_step(st)) == SQLITE_ROW) {
         idx[n] = sqlite3_column_int64(st, 0);
         const unsigned char *t = sqlite3_column_text(st, 1);
         requests[n] = strdup(t ? (const char *)t : "");
-        if (!requests[n]) break;
+        if (!requests[n]) { oom = 1; break; }
         n++;
+    }
+    /* a failed step is an error, not the end of the pending items (the runner would take the job for
+     * finished and leave it running); out of memory before the first item likewise */
+    int ret = rc != SQLITE_ROW && rc != SQLITE_DONE ? fail(c) : (oom && n == 0) ? -1 : n;
+    if (ret < 0) {
+        if (oom) { snprintf(t_err, sizeof t_err, "out of memory"); t_code = SQLITE_NOMEM; }
+        while (n > 0) free(requests[--n]);
     }
     sqlite3_reset(st);
     sqlite3_clear_bindings(st);
-    return n;
+    return ret;
 }
 
 /* Stores item results and advances the job's counters in one transaction. */

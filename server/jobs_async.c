@@ -150,7 +150,8 @@ static void item_done(jb_job *job, void *arg) {
 }
 
 /* Runs the next chunk of job id. Returns 1 when more may follow, 0 when the job has no pending
- * sequences left (or stopping), -1 on a database error. *after tracks the last index handled. */
+ * sequences left, 2 when the chunk stopped early (stopping, an item cancelled, out of memory: some
+ * stay pending), -1 on a database error. *after tracks the last index handled. */
 static int run_chunk(const char *id, tk_kind kind, long long *after) {
     long long idx[CHUNK];
     char *reqs[CHUNK];
@@ -246,14 +247,30 @@ static int run_chunk(const char *id, tk_kind kind, long long *after) {
         free(reqs[i]);
     }
     if (rc) return -1;
+    if (stop) return 2;   /* *after unchanged: the next chunk reads this one's unstored items again */
     *after = idx[n - 1];
-    return stop ? 0 : 1;
+    return 1;
 }
 
-/* Works through job id until it is finished, cancelled, deleted, or the runner stops. */
+/* Waits a second (less when the runner is stopping): the pause before retrying after database trouble. */
+static void pause_retry(void) {
+    pthread_mutex_lock(&mu);
+    struct timespec ts = ut_deadline_in(1.0);
+    if (!stopping) pthread_cond_timedwait(&cv, &mu, &ts);
+    pthread_mutex_unlock(&mu);
+}
+
+/* Works through job id until it is finished, cancelled, deleted, or the runner stops. Database
+ * trouble pauses and retries (a job is never left running while the runner moves on: it would stay
+ * so until the next start). */
 static void run_job(const char *id) {
     db_job j;
-    if (db_job_get(id, &j) != 1) return;
+    int got;
+    while ((got = db_job_get(id, &j)) < 0) {
+        if (stop_requested()) return;            /* stays running; queued again at the next start */
+        pause_retry();
+    }
+    if (got == 0) return;                        /* deleted */
     tk_kind kind;
     if (tk_kind_parse(j.task, &kind)) {
         db_job_clear(&j);
@@ -268,28 +285,37 @@ static void run_job(const char *id) {
     double t0 = ut_mono();
     for (;;) {
         if (stop_requested()) return;            /* stays running; queued again at the next start */
-        if (db_job_get(id, &j) != 1) return;     /* deleted */
-        int running = !strcmp(j.state, "running");
-        db_job_clear(&j);
-        if (!running) {
-            http_log("info", "job cancelled", "job_id", id, (char *)NULL);
-            return;
+        int got = db_job_get(id, &j);
+        if (got == 0) return;                    /* deleted */
+        int rc;
+        if (got < 0) {
+            rc = -1;                             /* database trouble */
+        } else {
+            int running = !strcmp(j.state, "running");
+            db_job_clear(&j);
+            if (!running) {
+                http_log("info", "job cancelled", "job_id", id, (char *)NULL);
+                return;
+            }
+            rc = run_chunk(id, kind, &after);
         }
-        int rc = run_chunk(id, kind, &after);
-        if (rc < 0) {                            /* database trouble: pause, then retry */
-            pthread_mutex_lock(&mu);
-            struct timespec ts = ut_deadline_in(1.0);
-            if (!stopping) pthread_cond_timedwait(&cv, &mu, &ts);
-            pthread_mutex_unlock(&mu);
+        if (rc < 0 || rc == 2) {                 /* database trouble or a chunk cut short: pause, retry */
+            pause_retry();
             continue;
         }
-        if (rc == 0) break;
-    }
-    if (stop_requested()) return;
-    if (db_job_finish(id) == 1) {
-        char secs[32];
-        snprintf(secs, sizeof secs, "%.3f", ut_mono() - t0);
-        http_log("info", "job done", "job_id", id, "seconds", secs, (char *)NULL);
+        if (rc == 1) continue;
+        /* no pending items after the last chunk: done, unless cancelled meanwhile (the loop's check
+         * says so) or an earlier item is still pending (read them all again) */
+        if (stop_requested()) return;
+        int f = db_job_finish(id);
+        if (f == 1) {
+            char secs[32];
+            snprintf(secs, sizeof secs, "%.3f", ut_mono() - t0);
+            http_log("info", "job done", "job_id", id, "seconds", secs, (char *)NULL);
+            return;
+        }
+        after = -1;
+        pause_retry();
     }
 }
 

@@ -389,6 +389,26 @@ check(jb["state"] == "done" and [x["index"] for x in ls] == list(range(30)), "th
 r = d.request("DELETE", "/jobs/" + J2)
 check(r.status == 204 and d.get("/jobs/" + J2).status == 404, "DELETE of a finished job deletes it")
 
+# ---- database trouble during a job (its items' table away for 2.5 s: reads and writes fail): the runner
+# pauses and retries, and the job finishes (a failed read of the pending items once passed for "none
+# left", and the job stayed "running" until the next start) ----------------------------------------------
+slow3 = dict(slow, items=slow["items"][10:40], params={"method": "pseudo-likelihood", "mutations": [], "offset": 1})
+r = d.post(slow3, path="/jobs")
+J3 = r.json()["id"]
+check(r.status == 202, "job for the database fault accepted: %s" % r.body[:200])
+poll(lambda: d.get("/jobs/" + J3).json()["done"], lambda n: n >= 1, timeout=30)
+c = sqlite3.connect(DB2, timeout=10)
+c.execute("alter table job_items rename to job_items_away")
+c.commit()
+time.sleep(2.5)
+c.execute("alter table job_items_away rename to job_items")
+c.commit()
+c.close()
+jb = wait_job(J3, timeout=90)
+_, ls = lines(J3)
+check(jb["state"] == "done" and jb["done"] == 30 and [x["index"] for x in ls] == list(range(30)),
+      "a job across a database fault finishes every sequence: %s" % jb)
+
 # ---- CLI run-jobs: the same JSON Lines offline ------------------------------------------------------------
 fa = os.path.join(T, "jobs.fasta")
 with open(fa, "w") as f:
