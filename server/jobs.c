@@ -7,6 +7,7 @@
 #include "predict.h"
 #include "util.h"
 
+#include <assert.h>
 #include <errno.h>
 #include <omp.h>
 #include <pthread.h>
@@ -317,12 +318,17 @@ out:
     return rc;
 }
 
-/* Stores results and reports the jobs of one batch (bodies are consumed): the results of the batch
- * are committed in one transaction (one commit for the batch), then put in the hot map. */
-static void complete(jb_job **jobs, int nj, char **bodies, size_t *blens, const char *fail_msg, double fwd_s) {
-    int status[nj], which[nj], m = 0;
-    char msg[nj][200];
-    db_result res[nj];
+/* The most jobs complete_part handles at once (its arrays are on the stack). */
+#define COMPLETE_PART 256
+
+/* complete() for nj <= COMPLETE_PART jobs of a batch of batch_nj: their results committed in one
+ * transaction, then put in the hot map. */
+static void complete_part(jb_job **jobs, int nj, char **bodies, size_t *blens, const char *fail_msg,
+                          double fwd_s, int batch_nj) {
+    assert(nj <= COMPLETE_PART);
+    int status[COMPLETE_PART], which[COMPLETE_PART], m = 0;
+    char msg[COMPLETE_PART][200];
+    db_result res[COMPLETE_PART];
     for (int k = 0; k < nj; k++) {
         status[k] = 200;
         msg[k][0] = '\0';
@@ -356,7 +362,7 @@ static void complete(jb_job **jobs, int nj, char **bodies, size_t *blens, const 
         jb_job *j = jobs[k];
         if (j->state != JS_DONE) {
             j->forward_s = fwd_s;
-            j->batch_jobs = nj;
+            j->batch_jobs = batch_nj;
             if (status[k] == 200) {
                 j->body = bodies[k];
                 j->body_len = blens[k];
@@ -370,6 +376,15 @@ static void complete(jb_job **jobs, int nj, char **bodies, size_t *blens, const 
         unref_locked(j);
     }
     pthread_mutex_unlock(&mu);
+}
+
+/* Stores results and reports the jobs of one batch (bodies are consumed): the results are committed
+ * in one transaction per COMPLETE_PART jobs (one commit for a batch of up to that many), then put
+ * in the hot map. */
+static void complete(jb_job **jobs, int nj, char **bodies, size_t *blens, const char *fail_msg, double fwd_s) {
+    for (int k = 0; k < nj; k += COMPLETE_PART)
+        complete_part(jobs + k, nj - k < COMPLETE_PART ? nj - k : COMPLETE_PART, bodies + k, blens + k,
+                      fail_msg, fwd_s, nj);
 }
 
 /* How many jobs from the head of the (interactive, or with bg the background) queue the next batch

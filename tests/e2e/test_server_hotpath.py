@@ -202,4 +202,43 @@ for mode in ("1", "0"):
           "--result-fsync %s: every acknowledged result stored after SIGKILL" % mode)
     check(rows(DB, "pragma integrity_check")[0][0] == "ok", "--result-fsync %s: intact after SIGKILL" % mode)
 
+# ---- a batch of more than 256 jobs (--batch-tokens and --max-batch raised): every request answered and
+# stored (the completion of a batch once kept per-job arrays on the worker's stack, sized by the batch)
+DB3 = os.path.join(T, "big-batch.sqlite")
+d = Daemon(W, DB3, ["--batch-tokens", "1000000", "--max-batch", "5000", "--queue", "5000", "--max-length", "300000",
+                    "--http-threads", "64", "--threads", "1"]).start()
+slow_s = [0.0]
+
+
+def slow_pass():
+    t0 = time.time()
+    d.post({"sequence": rand_seq(250000)})
+    slow_s[0] = time.time() - t0
+
+
+slow = threading.Thread(target=slow_pass)
+slow.start()      # a long pass the short requests queue behind (alone: its tokens fill the batch)
+time.sleep(0.3)
+short = [rand_seq(12) for _ in range(400)]
+codes = [None] * len(short)
+
+
+def one(i):
+    codes[i] = d.post({"sequence": short[i]}).status
+
+
+ths = [threading.Thread(target=one, args=(i,)) for i in range(len(short))]
+for t in ths:
+    t.start()
+for t in ths:
+    t.join()
+slow.join()
+big = metric(d, "performerd_batch_sequences_count") - metric(d, 'performerd_batch_sequences_bucket{le="256"}')
+stored = rows(DB3, "select count(*) from results")[0][0]
+check(codes.count(200) == 400 and stored >= 400, "400 short requests behind a long pass: all 200 and stored (%s, %d stored)"
+      % ({c: codes.count(c) for c in set(codes)}, stored))
+check(big >= 1, "and some ran in batches of more than 256 (%d such batches; the long pass took %.1fs)" % (big, slow_s[0]))
+print("note: %d batches of more than 256 sequences; the long pass took %.1fs" % (big, slow_s[0]))
+d.stop()
+
 done()
