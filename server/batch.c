@@ -82,7 +82,7 @@ static int build(tk_kind kind, json_t *params, const item_in *items, long long n
         return -1;
     }
     bt_submission *s = calloc(1, sizeof *s);
-    if (!s) return set_err(e, 500, "out_of_memory", "out of memory");
+    if (!s) return set_err(e, 503, "out_of_memory", "out of memory; retry later");
     s->kind = kind;
     s->names = calloc((size_t)n, sizeof *s->names);
     s->requests = calloc((size_t)n, sizeof *s->requests);
@@ -130,7 +130,7 @@ static int build(tk_kind kind, json_t *params, const item_in *items, long long n
 oom:
     bt_free(s);
     free(key.s);
-    return set_err(e, 500, "out_of_memory", "out of memory");
+    return set_err(e, 503, "out_of_memory", "out of memory; retry later");
 }
 
 /* Splits a FASTA text into items (pointers into text). Returns the count (items NULL: count only)
@@ -208,14 +208,14 @@ static int from_fasta(tk_kind kind, const char *text, size_t len, json_t *params
     char **texts = calloc((size_t)n, sizeof *texts);
     int rc = -1;
     if (!items || !texts) {
-        set_err(e, 500, "out_of_memory", "out of memory");
+        set_err(e, 503, "out_of_memory", "out of memory; retry later");
         goto done;
     }
     split_fasta(text, len, items, e);
     for (long long i = 0; i < n; i++) {
         texts[i] = record_text(&items[i], &items[i].seq_len);
         if (!texts[i]) {
-            set_err(e, 500, "out_of_memory", "out of memory");
+            set_err(e, 503, "out_of_memory", "out of memory; retry later");
             goto done;
         }
         items[i].seq = texts[i];
@@ -286,7 +286,7 @@ int bt_parse_json(const char *body, size_t len, const bt_limits *lim, const char
     }
     items = calloc((size_t)n, sizeof *items);
     if (!items) {
-        set_err(e, 500, "out_of_memory", "out of memory");
+        set_err(e, 503, "out_of_memory", "out of memory; retry later");
         goto done;
     }
     size_t i;

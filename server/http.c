@@ -83,6 +83,7 @@ typedef struct {
     size_t len, cap, discarded;
     int overflow;
     int reading;                /* a POST whose body is accumulated */
+    int dry;                    /* decide() only asks whether it would refuse: send_error sends nothing */
     int waiting;                /* suspended on a job */
     jb_job *job;
     double queue_s, forward_s;
@@ -347,9 +348,14 @@ static enum MHD_Result send_text(struct MHD_Connection *conn, req_st *st, int st
 /* Queues the one JSON error shape; steals details. extra: header name/value pairs, NULL-ended. */
 static enum MHD_Result send_error(struct MHD_Connection *conn, req_st *st, int status, const char *type,
                                   const char *msg, json_t *details, const char *const *extra) {
+    if (st->dry) {               /* see refuse_later */
+        json_decref(details);
+        return MHD_YES;
+    }
     size_t n = 0;
     char *b = pr_error_body(type, msg, st->request_id, details, &n);
-    return send_body(conn, st, status, "application/json", b, n, extra);
+    static const char *const retry[] = {"Retry-After", "1", NULL};   /* every 503 says when to retry */
+    return send_body(conn, st, status, "application/json", b, n, status == 503 && !extra ? retry : extra);
 }
 
 /* Sends a JSON object (stolen). */
@@ -392,6 +398,9 @@ static int reads_body(const req_st *st) {
 
 /* Returns the body limit of the request's route. */
 static long body_cap(const req_st *st) { return st->route == R_JOBS ? env->c->max_job_body : env->c->max_body; }
+
+/* The most body bytes swallowed unread for a request being refused (see on_request). */
+static unsigned long long discard_cap(const req_st *st) { return (unsigned long long)body_cap(st) * 4 + (1u << 20); }
 
 /* Returns the option that sets body_cap. */
 static const char *body_cap_option(const req_st *st) { return st->route == R_JOBS ? "--max-job-body" : "--max-body"; }
@@ -967,8 +976,25 @@ static enum MHD_Result submit_job(struct MHD_Connection *conn, req_st *st) {
 
 /* Handles the complete body of POST /predict, /score, /embed or /logits: validate, cache lookup, or
  * queue and suspend. */
+/* MHD_get_connection_values callback: copies the first key into cls (char[64]) and stops. */
+static enum MHD_Result first_arg(void *cls, enum MHD_ValueKind kind, const char *key, const char *value) {
+    (void)kind;
+    (void)value;
+    snprintf(cls, 64, "%s", key ? key : "");
+    return MHD_NO;
+}
+
 static enum MHD_Result analyze(struct MHD_Connection *conn, req_st *st) {
     if (st->overflow) return too_large(conn, st);
+    char k[64] = "";
+    if (MHD_get_connection_values(conn, MHD_GET_ARGUMENT_KIND, first_arg, k) > 0) {
+        /* ?top_k=1 would otherwise be ignored without a word (the answer computed with top_k 5) */
+        sanitize(k);
+        char msg[200];
+        snprintf(msg, sizeof msg, "query parameter \"%s\" on %s: the parameters go in the JSON body", k,
+                 routes[st->route].label);
+        return send_error(conn, st, 400, "unknown_field", msg, json_pack("{s:s}", "field", k), NULL);
+    }
     int kind = (int)kind_of(st->route);
     const char *raw = st->body ? st->body : "";
     hc_blob *hb = hc_get_body(kind, raw, st->len, st->result_id);   /* this exact body was answered before */
@@ -1046,7 +1072,7 @@ static enum MHD_Result options(struct MHD_Connection *conn, req_st *st) {
         return send_error(conn, st, 403, "cors_origin_denied", msg, NULL, NULL);
     }
     const char *extra[] = {"Allow", allow_methods, "Access-Control-Allow-Methods", allow_methods,
-                           "Access-Control-Allow-Headers", "Authorization, Content-Type, X-Request-Id",
+                           "Access-Control-Allow-Headers", "Authorization, Content-Type, If-None-Match, X-Request-Id",
                            "Access-Control-Max-Age", "600", NULL};
     return send_body(conn, st, 204, NULL, NULL, 0, extra);
 }
@@ -1189,6 +1215,25 @@ static int decide(struct MHD_Connection *conn, req_st *st, const char *url, enum
     return 0;
 }
 
+/* Returns 1 when decide() refuses this body-reading request and the refusal should wait for the
+ * body (no Expect: 100-continue, and a Content-Length, if any, within discard_cap). */
+static int refuse_later(struct MHD_Connection *conn, req_st *st, const char *url) {
+    const char *ex = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Expect");
+    if (ex && !strcasecmp(ex, "100-continue")) return 0;
+    const char *cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Content-Length");
+    if (cl) {
+        char *end;
+        errno = 0;
+        unsigned long long v = strtoull(cl, &end, 10);
+        if (errno || end == cl || v > discard_cap(st)) return 0;
+    }
+    enum MHD_Result unused;
+    st->dry = 1;
+    int refused = decide(conn, st, url, &unused);
+    st->dry = 0;
+    return refused;
+}
+
 /* The MHD access handler. */
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url, const char *method,
                                   const char *version, const char *upload_data, size_t *upload_data_size,
@@ -1218,10 +1263,17 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
             gd_busy(st->guard);
             return fret;
         }
-        /* A POST that will be refused is answered before its body is read (413 on Content-Length,
-         * 415, 401, 503); MHD then closes the connection instead of reading. */
+        /* A POST that will be refused (413 on Content-Length, 415, 401, 503) is answered before its
+         * body is read when the client asked first (Expect: 100-continue) or announced more than
+         * discard_cap; MHD then closes the connection instead of reading. Otherwise its body is read
+         * and thrown away and the refusal sent at the end: a client that writes its whole body before
+         * reading (Python's urllib and http.client) would meet a reset connection, not the answer. */
         if (reads_body(st)) {
             enum MHD_Result ret;
+            if (refuse_later(conn, st, url)) {
+                gd_body_start(st->guard);   /* the body must still arrive at a minimum average rate */
+                return MHD_YES;             /* reading stays 0: the body is discarded, decide() at the end */
+            }
             if (decide(conn, st, url, &ret)) {
                 gd_busy(st->guard);
                 return ret;
@@ -1245,7 +1297,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         if (!st->reading || st->overflow || st->len + n > cap) {
             st->overflow = st->reading;   /* keep reading to answer 413, but bound what we swallow */
             st->discarded += n;
-            return st->discarded > cap * 4 + (1u << 20) ? MHD_NO : MHD_YES;
+            return st->discarded > discard_cap(st) ? MHD_NO : MHD_YES;
         }
         if (st->len + n > st->cap) {
             size_t nc = st->cap ? st->cap : 4096;

@@ -27,8 +27,11 @@ static void set_path(json_t *root, const char *const *keys, json_t *value) {
 char *api_openapi(const cfg *c) {
     json_t *root = json_loads(spec, 0, NULL);
     if (!root) return NULL;
-    const char *batch[] = {"components", "schemas", "PredictRequest", "properties", "sequences", "maxItems", NULL};
-    set_path(root, batch, json_integer(c->max_batch));
+    static const char *const reqs[] = {"PredictRequest", "EmbedRequest", "LogitsRequest"};
+    for (size_t i = 0; i < sizeof reqs / sizeof reqs[0]; i++) {
+        const char *batch[] = {"components", "schemas", reqs[i], "properties", "sequences", "maxItems", NULL};
+        set_path(root, batch, json_integer(c->max_batch));
+    }
     char desc[768];
     snprintf(desc, sizeof desc, "Limits of this server: body %ld bytes, %ld residues per sequence, %ld sequences per"
              " request, queue %ld, deadline %ld s; pseudo-likelihood up to %ld residues, %ld tokens per /score; jobs:"

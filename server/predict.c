@@ -154,7 +154,7 @@ static int encode_seq(pr_request *r, int s, const char *text, size_t tlen, int s
     r->input[s] = malloc(n * sizeof(int32_t));
     r->ids[s] = malloc(n * sizeof(int32_t));
     r->masked[s] = calloc(n, 1);
-    if (!r->input[s] || !r->ids[s] || !r->masked[s]) return set_err(e, 500, "out_of_memory", "out of memory");
+    if (!r->input[s] || !r->ids[s] || !r->masked[s]) return set_err(e, 503, "out_of_memory", "out of memory; retry later");
     tok_encode(text, tlen, r->input[s], n, &n, &te);
     memcpy(r->ids[s], r->input[s], n * sizeof(int32_t));
     for (size_t i = 0; i < n; i++)
@@ -269,12 +269,16 @@ int pr_json_depth(const char *body, size_t len, int limit, size_t *values) {
     return max;
 }
 
-/* Parses body as one JSON object. */
+/* Parses body as one JSON object (a leading UTF-8 byte-order mark is skipped). */
 int pr_load_object(const char *body, size_t len, json_t **root, pr_error *e) {
     json_error_t je;
     *root = NULL;
     e->details = NULL;
     e->status = 0;
+    if (len >= 3 && !memcmp(body, "\xEF\xBB\xBF", 3)) {   /* a UTF-8 byte-order mark (RFC 8259 8.1: ignored) */
+        body += 3;
+        len -= 3;
+    }
     if (len == 0) return set_err(e, 400, "invalid_json", "empty request body (expected a JSON object)");
     size_t values = 0, max_values = PR_MAX_JSON_VALUES(len);
     if (pr_json_depth(body, len, PR_MAX_JSON_DEPTH, &values) > PR_MAX_JSON_DEPTH) {
@@ -358,7 +362,7 @@ pr_request *pr_parse_sequences(json_t *root, const pr_limits *lim, pr_error *e) 
     int n = one ? 1 : (int)json_array_size(many);
     pr_request *r = req_new(n);
     if (!r) {
-        set_err(e, 500, "out_of_memory", "out of memory");
+        set_err(e, 503, "out_of_memory", "out of memory; retry later");
         return NULL;
     }
     r->top_k = PR_TOPK_DEFAULT;
@@ -431,7 +435,7 @@ int pr_parse(const char *body, size_t len, const pr_limits *lim, const char *mod
         goto fail;
     }
     if (canonicalise(r, model_sha256)) {
-        set_err(e, 500, "out_of_memory", "out of memory");
+        set_err(e, 503, "out_of_memory", "out of memory; retry later");
         goto fail;
     }
     json_decref(root);

@@ -86,7 +86,7 @@ int tk_parse_mutant(const char *text, const int32_t *wt, size_t n, long offset, 
     int cap = 1;
     for (size_t i = 0; i < tl; i++) cap += text[i] == ':';
     m->sites = calloc((size_t)cap, sizeof *m->sites);
-    if (!m->sites) return set_err(e, 500, "out_of_memory", "out of memory");
+    if (!m->sites) return set_err(e, 503, "out_of_memory", "out of memory; retry later");
     const char *p = text;
     for (;;) {
         while (*p == ' ' || *p == '\t') p++;
@@ -155,7 +155,7 @@ int tk_parse_mutant(const char *text, const int32_t *wt, size_t n, long offset, 
         free(b.s);
         free(m->sites);
         m->sites = NULL;
-        return set_err(e, 500, "out_of_memory", "out of memory");
+        return set_err(e, 503, "out_of_memory", "out of memory; retry later");
     }
     m->text = b.s;
     return 0;
@@ -192,7 +192,7 @@ static int finish_id(tk_request *r, json_t *o, const char *model_sha256, pr_erro
         json_decref(o);
     }
     if (!r->canonical || pr_make_id(model_sha256, r->canonical, r->id))
-        return set_err(e, 500, "out_of_memory", "out of memory");
+        return set_err(e, 503, "out_of_memory", "out of memory; retry later");
     return 0;
 }
 
@@ -200,7 +200,7 @@ static int finish_id(tk_request *r, json_t *o, const char *model_sha256, pr_erro
 static int alloc_outputs(tk_request *r, pr_error *e) {
     r->out = calloc((size_t)(r->n_inputs > 0 ? r->n_inputs : 1), sizeof *r->out);
     r->have = calloc((size_t)(r->n_inputs > 0 ? r->n_inputs : 1), 1);
-    if (!r->out || !r->have) return set_err(e, 500, "out_of_memory", "out of memory");
+    if (!r->out || !r->have) return set_err(e, 503, "out_of_memory", "out of memory; retry later");
     r->input_tokens = 0;
     for (int k = 0; k < r->n_inputs; k++) r->input_tokens += (long long)tk_input_len(r, k) + 2;
     return 0;
@@ -278,7 +278,7 @@ static int parse_score(tk_request *r, json_t *root, const tk_limits *lim, json_t
         return -1;
     }
     r->mutants = calloc(nm, sizeof *r->mutants);
-    if (!r->mutants) return set_err(e, 500, "out_of_memory", "out of memory");
+    if (!r->mutants) return set_err(e, 503, "out_of_memory", "out of memory; retry later");
     for (i = 0; i < nm; i++) {
         if (tk_parse_mutant(json_string_value(json_array_get(muts, i)), wt, n, r->offset, (int)i, &r->mutants[i], e))
             return -1;
@@ -307,7 +307,7 @@ static int parse_score(tk_request *r, json_t *root, const tk_limits *lim, json_t
         r->n_inputs = 1;
     } else if (r->method == TK_MASKED_MARGINALS) {
         unsigned char *mark = calloc(n, 1);
-        if (!mark) return set_err(e, 500, "out_of_memory", "out of memory");
+        if (!mark) return set_err(e, 503, "out_of_memory", "out of memory; retry later");
         int np = 0;
         for (int m = 0; m < r->n_mutants; m++)
             for (int s = 0; s < r->mutants[m].n_sites; s++)
@@ -318,7 +318,7 @@ static int parse_score(tk_request *r, json_t *root, const tk_limits *lim, json_t
         r->positions = malloc((size_t)np * sizeof *r->positions);
         if (!r->positions) {
             free(mark);
-            return set_err(e, 500, "out_of_memory", "out of memory");
+            return set_err(e, 503, "out_of_memory", "out of memory; retry later");
         }
         for (size_t k = 0; k < n; k++)
             if (mark[k]) r->positions[r->n_positions++] = (int)k;
@@ -334,7 +334,7 @@ static int parse_score(tk_request *r, json_t *root, const tk_limits *lim, json_t
             return -1;
         }
         r->positions = malloc(n * sizeof *r->positions);
-        if (!r->positions) return set_err(e, 500, "out_of_memory", "out of memory");
+        if (!r->positions) return set_err(e, 503, "out_of_memory", "out of memory; retry later");
         for (size_t k = 0; k < n; k++)
             if (tok_is_standard(wt[k])) r->positions[r->n_positions++] = (int)k;
         long long inputs = (long long)(r->n_mutants + 1) * r->n_positions;
@@ -356,7 +356,7 @@ static int parse_score(tk_request *r, json_t *root, const tk_limits *lim, json_t
     *canon = json_pack("{s:O, s:o, s:s, s:I}", "sequence", json_array_get(seqs, 0), "mutations", ml, "method",
                        method_names[r->method], "offset", (json_int_t)r->offset);
     json_decref(seqs);
-    return *canon ? 0 : set_err(e, 500, "out_of_memory", "out of memory");
+    return *canon ? 0 : set_err(e, 503, "out_of_memory", "out of memory; retry later");
 }
 
 /* POST /embed. */
@@ -417,7 +417,7 @@ static int parse_embed(tk_request *r, json_t *root, const tk_limits *lim, json_t
     if (r->want_mean) json_array_append_new(rl, json_string("mean"));
     if (r->want_per_residue) json_array_append_new(rl, json_string("per_residue"));
     *canon = json_pack("{s:o, s:i, s:o}", "sequences", seq_array(r->seq), "layer", r->layer, "representations", rl);
-    return *canon ? 0 : set_err(e, 500, "out_of_memory", "out of memory");
+    return *canon ? 0 : set_err(e, 503, "out_of_memory", "out of memory; retry later");
 }
 
 /* POST /logits. */
@@ -436,7 +436,7 @@ static int parse_logits(tk_request *r, json_t *root, const tk_limits *lim, json_
     }
     r->n_inputs = r->seq->n;
     *canon = json_pack("{s:o}", "sequences", seq_array(r->seq));
-    return *canon ? 0 : set_err(e, 500, "out_of_memory", "out of memory");
+    return *canon ? 0 : set_err(e, 503, "out_of_memory", "out of memory; retry later");
 }
 
 /* Validates a parsed JSON object. */
@@ -446,7 +446,7 @@ int tk_from_json(tk_kind kind, json_t *root, const tk_limits *lim, const char *m
     e->details = NULL;
     e->status = 0;
     tk_request *r = req_new(kind);
-    if (!r) return set_err(e, 500, "out_of_memory", "out of memory");
+    if (!r) return set_err(e, 503, "out_of_memory", "out of memory; retry later");
     json_t *canon = NULL;
     int rc;
     if (kind == TK_PREDICT) {
@@ -454,7 +454,7 @@ int tk_from_json(tk_kind kind, json_t *root, const tk_limits *lim, const char *m
         char *body = json_dumps(root, JSON_COMPACT);
         pr_limits pl = {lim->max_length, lim->max_batch};
         rc = body ? pr_parse(body, strlen(body), &pl, model_sha256, &r->seq, e)
-                  : set_err(e, 500, "out_of_memory", "out of memory");
+                  : set_err(e, 503, "out_of_memory", "out of memory; retry later");
         free(body);
         if (!rc) {
             r->n_inputs = r->seq->n;
@@ -488,7 +488,7 @@ int tk_parse(tk_kind kind, const char *body, size_t len, const tk_limits *lim, c
     if (kind == TK_PREDICT) {
         /* keep POST /predict byte-for-byte what it was (parse errors included) */
         tk_request *r = req_new(kind);
-        if (!r) return set_err(e, 500, "out_of_memory", "out of memory");
+        if (!r) return set_err(e, 503, "out_of_memory", "out of memory; retry later");
         pr_limits pl = {lim->max_length, lim->max_batch};
         if (pr_parse(body, len, &pl, model_sha256, &r->seq, e)) {
             tk_free(r);
@@ -499,7 +499,7 @@ int tk_parse(tk_kind kind, const char *body, size_t len, const tk_limits *lim, c
         r->canonical = strdup(r->seq->canonical);
         if (!r->canonical || alloc_outputs(r, e)) {
             tk_free(r);
-            return set_err(e, 500, "out_of_memory", "out of memory");
+            return set_err(e, 503, "out_of_memory", "out of memory; retry later");
         }
         *out = r;
         return 0;

@@ -118,6 +118,8 @@ CASES = [
          "invalid_request"),
     case("fields", "neither sequence nor sequences", "POST", P, {"top_k": 3}, 400, "invalid_request"),
     case("fields", "unknown field (typo)", "POST", P, {"sequence": SEQ, "mask_position": [1]}, 400, "unknown_field"),
+    case("fields", "a parameter in the query string instead of the body", "POST", P + "?top_k=1", {"sequence": SEQ},
+         400, "unknown_field"),
 
     # ---- sequences -----------------------------------------------------------------------------------------
     case("sequence", "empty string", "POST", P, {"sequence": ""}, 422, "empty_sequence"),

@@ -1,6 +1,7 @@
 """End-to-end test of every performerd route and error status against a real daemon with a tiny
 random model: predictions, cache HIT/MISS and GET by id, batch vs single, errors and limits,
 CORS, metrics, OpenAPI, the request log and the database staying clean on malformed input."""
+import http.client
 import json
 import math
 import os
@@ -9,6 +10,8 @@ import sqlite3
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 
 sys.dont_write_bytecode = True  # no __pycache__ in the source tree
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -67,7 +70,8 @@ for p, methods in want.items():
     check(p in spec["paths"] and methods <= set(spec["paths"][p]), "openapi documents %s %s" % (methods, p))
 pred_codes = set(spec["paths"]["/predict"]["post"]["responses"])
 check({"200", "400", "401", "405", "413", "415", "422", "429", "503"} <= pred_codes, "openapi /predict statuses %s" % pred_codes)
-check(spec["components"]["schemas"]["PredictRequest"]["properties"]["sequences"]["maxItems"] == 64, "openapi limit")
+check(all(spec["components"]["schemas"][k]["properties"]["sequences"]["maxItems"] == 64
+          for k in ("PredictRequest", "EmbedRequest", "LogitsRequest")), "openapi batch limits")
 # every documented GET path answers (no 404/405) and every documented operation exists
 for p in spec["paths"]:
     if "{" in p or "get" not in spec["paths"][p]:
@@ -214,13 +218,50 @@ check(e.get("limit") == 2000000, "413 says the response limit")
 e = error_shape(d.post({"sequences": ["MKT"] * 65}), 413, "batch_too_large")
 check(e.get("limit") == 64, "413 says the batch limit")
 big = b'{"sequence": "' + b"A" * (3 * 1024 * 1024) + b'"}'
-# Content-Length over the cap: answered 413 from the headers alone, the body is never sent
+# Content-Length over the cap with Expect: 100-continue: answered 413 from the headers alone, no 100, the
+# body is never sent
 resp = raw_exchange(d.port, b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                    b"Content-Length: %d\r\n\r\n" % len(big))
-check(resp.startswith(b"HTTP/1.1 413"), "Content-Length over the cap -> 413 without reading: %r" % resp[:60])
+                    b"Expect: 100-continue\r\nContent-Length: %d\r\n\r\n" % len(big))
+check(resp.startswith(b"HTTP/1.1 413"), "Content-Length over the cap, Expect: 100-continue -> 413 without reading: %r"
+      % resp[:60])
 body = json.loads(resp.partition(b"\r\n\r\n")[2])
 check(body.get("error_type") == "payload_too_large" and body.get("limit") == 2 * 1024 * 1024 and "2097152" in body["error"],
       "413 body says the limit: %s" % body)
+
+
+def urllib_post(data, ctype="application/json", headers=None):
+    """POSTs as Python's urllib does: the whole body written before the response is read."""
+    h = {"Content-Type": ctype}
+    h.update(headers or {})
+    req = urllib.request.Request("http://127.0.0.1:%d/predict" % d.port, data=data, headers=h, method="POST")
+    try:
+        with urllib.request.urlopen(req, timeout=60) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+    except (urllib.error.URLError, OSError) as e:   # a reset or broken pipe: the answer never arrived
+        return repr(e), b""
+
+
+# clients that write the whole body before reading (urllib, http.client) get the refusal, not a reset
+# connection: without Expect, a refused body within 4 x --max-body + 1 MiB is read and thrown away first
+for k in range(3):
+    st, b = urllib_post(big)
+    check(st == 413 and json.loads(b or b"{}").get("error_type") == "payload_too_large",
+          "urllib, 3 MiB over the cap (try %d): 413, not a reset: %s" % (k, st))
+    st, b = urllib_post(b"A" * (3 << 20), ctype="text/plain")
+    check(st == 415 and json.loads(b or b"{}").get("error_type") == "unsupported_media_type",
+          "urllib, 3 MiB of text/plain (try %d): 415, not a reset: %s" % (k, st))
+c = http.client.HTTPConnection("127.0.0.1", d.port, timeout=30)
+c.request("POST", "/predict", body=b"x" * 100000, headers={"Content-Type": "text/plain"})
+r1 = c.getresponse()
+r1.read()
+c.request("POST", "/predict", body=b'{"sequence": "MKT<mask>LLV"}', headers={"Content-Type": "application/json"})
+r2 = c.getresponse()
+r2.read()
+c.close()
+check(r1.status == 415 and r2.status == 200, "a refused body read to its end keeps the connection: %d then %d"
+      % (r1.status, r2.status))
 
 
 def chunked(body, chunk=65536):
@@ -255,6 +296,17 @@ for junk in [b"\xff\xfe\x00garbage", b"[" * 5000, b'{"sequence": "MKT", "top_k":
     r = d.post(junk, headers={"Content-Type": "application/json"})
     check(400 <= r.status < 500, "junk %r -> %d" % (junk[:20], r.status))
 check(d.get("/health").status == 200, "alive after junk")
+# a body saved with a UTF-8 byte-order mark (PowerShell 5.1's -Encoding UTF8, Notepad) is JSON all the same
+r = d.post(b"\xef\xbb\xbf" + json.dumps({"sequence": "MKT<mask>LLV"}).encode(), headers={"Content-Type": "application/json"})
+check(r.status == 200 and r.json()["results"][0]["predictions"][0]["position"] == 4, "JSON after a byte-order mark: %s"
+      % r.body[:200])
+# query parameters on the model routes are refused, not ignored (the answer would use top_k 5)
+for route, body in (("/predict?top_k=1", {"sequence": "MKT<mask>LLV"}),
+                    ("/score?method=pseudo-likelihood", {"sequence": "MKTLLV", "mutations": ["K2R"]}),
+                    ("/embed?layer=1", {"sequence": "MKTLLV"}), ("/logits?x", {"sequence": "MKTLLV"})):
+    e = error_shape(d.post(body, path=route), 400, "unknown_field")
+    check(e.get("field") == route.split("?")[1].split("=")[0] and "JSON body" in e.get("error", ""),
+          "POST %s: 400 names the parameter: %s" % (route, e))
 
 # ---- CORS ---------------------------------------------------------------------------------------------
 r = d.request("OPTIONS", "/predict", headers={"Origin": ORIGIN, "Access-Control-Request-Method": "POST",
@@ -262,6 +314,10 @@ r = d.request("OPTIONS", "/predict", headers={"Origin": ORIGIN, "Access-Control-
 check(r.status == 204 and r.header("Access-Control-Allow-Origin") == ORIGIN, "preflight allowed: %s" % r.headers)
 check("POST" in (r.header("Access-Control-Allow-Methods") or "") and "Content-Type" in (r.header("Access-Control-Allow-Headers") or ""),
       "preflight lists methods and headers")
+r = d.request("OPTIONS", "/predict/" + "a" * 64, headers={"Origin": ORIGIN, "Access-Control-Request-Method": "GET",
+                                                         "Access-Control-Request-Headers": "if-none-match"})
+check(r.status == 204 and "If-None-Match" in (r.header("Access-Control-Allow-Headers") or ""),
+      "preflight allows If-None-Match (a web app revalidating a stored result): %s" % r.header("Access-Control-Allow-Headers"))
 r = d.request("OPTIONS", "/predict", headers={"Origin": "https://other.example.org", "Access-Control-Request-Method": "POST"})
 check(r.status == 204 and r.header("Access-Control-Allow-Origin") == "https://other.example.org", "second origin allowed")
 r = d.request("OPTIONS", "/predict", headers={"Origin": "https://evil.example.com", "Access-Control-Request-Method": "POST"})

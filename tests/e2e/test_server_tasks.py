@@ -322,7 +322,7 @@ error_shape(d.post({"task": "embed", "sequences": ["MKT"] * 51}, path="/jobs"), 
 error_shape(d.post("<xml/>", headers={"Content-Type": "application/xml"}, path="/jobs"), 415, "unsupported_media_type")
 big = (">x\n" + "A" * 70000 + "\n").encode()
 resp = raw_exchange(d.port, b"POST /jobs?task=logits HTTP/1.1\r\nHost: x\r\nContent-Type: text/x-fasta\r\n"
-                    b"Content-Length: %d\r\n\r\n" % len(big))
+                    b"Content-Length: %d\r\n\r\n" % len(big), [big])
 check(resp.startswith(b"HTTP/1.1 413") and b"--max-job-body" in resp, "job body over --max-job-body: 413")
 error_shape(d.get("/jobs/xyz"), 400, "invalid_id")
 error_shape(d.get("/jobs/" + "0" * 64), 404, "not_found")
