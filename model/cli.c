@@ -59,12 +59,14 @@ static const char *USAGE =
     "          [--window N]                      of the top-1 probability (JSON), vs a unigram\n"
     "                                            baseline; --window N runs pieces of at most N\n"
     "                                            residues (same masks) instead of whole sequences\n"
-    "  export  --ckpt F --out F                  write a checkpoint's model as a weights file\n"
+    "  export  --ckpt F --out F                  write a checkpoint's model as a weights file (its\n"
+    "                                            kernel: the one the run trained with)\n"
     "  overlap --train F --fasta F [--k 10]      per sequence of F: how many of its k-mers (k\n"
     "                                            residues, 1..12) occur anywhere in --train (TSV:\n"
     "                                            name, length, windows, shared, fraction)\n"
     "  score   --weights F (--mutations A24G,K30R:D31N | --mutations-file F) [--method M]\n"
-    "          [--offset N] [--json] SEQUENCE    variant effect scores (log p(mt) - log p(wt) per site,\n"
+    "          [--offset N] [--json] [--out F] SEQUENCE\n"
+    "                                            variant effect scores (log p(mt) - log p(wt) per site,\n"
     "                                            summed; M = masked-marginals (default), wt-marginals,\n"
     "                                            pseudo-likelihood); a table, or POST /score's JSON\n"
     "  embed   --weights F [--layer N] [--representations mean,per_residue,cls]\n"
@@ -78,7 +80,8 @@ static const char *USAGE =
     "common: --help (this text, also after any command), --threads N (default 2)\n"
     "        --precision fp32|bf16 (default fp32): bf16 runs the weight products in bfloat16 with\n"
     "        float32 sums, about 1.5-1.7x faster forward passes (needs AVX-512 BF16; weights/MODEL_CARD.md gives\n"
-    "        its measured effect on quality)\n";
+    "        its measured effect on quality)\n"
+    "        (an option that a command does not use is refused)\n";
 
 /* Returns the value following option i, or NULL (and complains) when absent. */
 static const char *arg_val(int argc, char **argv, int *i) {
@@ -123,6 +126,12 @@ static int parse_double_in(const char *opt, const char *s, double lo, double hi,
     }
     *out = v;
     return 0;
+}
+
+/* Writes v with four decimals into dst (n bytes), or null when v is not finite (JSON has no NaN). */
+static void json_num(char *dst, size_t n, double v) {
+    if (isfinite(v)) snprintf(dst, n, "%.4f", v);
+    else snprintf(dst, n, "null");
 }
 
 /* Writes s as a JSON string literal (quoted, escaped by ut_json_str) to stdout. */
@@ -173,6 +182,7 @@ static int arch_opt(pf_config *cfg, unsigned *given, int argc, char **argv, int 
             return -1;
         }
         *(a[2] == 'c' ? &cfg->conv_kernel : &cfg->local_kernel) = (int)x;
+        *given |= a[2] == 'c' ? TR_ARCH_CONV : TR_ARCH_LOCAL;
         return 1;
     }
     for (size_t k = 0; k < sizeof ints / sizeof ints[0]; k++)
@@ -190,7 +200,14 @@ static int arch_opt(pf_config *cfg, unsigned *given, int argc, char **argv, int 
     }
     if (strcmp(a, "--name") == 0) {
         if (!(v = arg_val(argc, argv, i))) return -1;
-        snprintf(cfg->name, sizeof cfg->name, "%s", v);
+        json_t *j = json_string(v);             /* NULL: not valid UTF-8 (the metadata must be) */
+        json_decref(j);
+        if (!j) {
+            fprintf(stderr, "performer: --name is not valid UTF-8 text; give the name in UTF-8 (convert it with "
+                    "iconv -t UTF-8)\n");
+            return -1;
+        }
+        pf_copy_utf8(cfg->name, sizeof cfg->name, v);   /* a long name is cut between characters */
         *given |= TR_ARCH_NAME;
         return 1;
     }
@@ -260,10 +277,6 @@ static int cmd_predict(int argc, char **argv) {
         } else if (strcmp(argv[i], "--kernel") == 0) {
             if (!(v = arg_val(argc, argv, &i))) return 2;
             if (pf_kernel_parse(v, &kernel) != 0) { fprintf(stderr, "performer: unknown kernel '%s'\n", v); return 2; }
-        } else if (strcmp(argv[i], "--threads") == 0) {
-            long t;
-            if (!(v = arg_val(argc, argv, &i)) || parse_long("--threads", v, 1, 256, &t)) return 2;
-            pf_set_threads((int)t);
         } else if (argv[i][0] == '-' && argv[i][1] == '-') {
             fprintf(stderr, "performer predict: unknown option %s\n", argv[i]); return 2;
         } else seq = argv[i];
@@ -343,7 +356,11 @@ static int cmd_train(int argc, char **argv) {
         else if (strcmp(a, "--train-kernel") == 0) {
             if (pf_kernel_parse(v, &o.kernel) != 0) { fprintf(stderr, "performer: unknown kernel '%s'\n", v); return 2; }
         }
-        else if (strcmp(a, "--seed") == 0) { if (parse_long(a, v, 0, 0x7fffffffL, &x)) return 2; o.seed = (uint64_t)x; }
+        else if (strcmp(a, "--seed") == 0) {
+            if (parse_long(a, v, 0, 0x7fffffffL, &x)) return 2;
+            o.seed = (uint64_t)x;
+            o.seed_given = 1;
+        }
         else if (strcmp(a, "--steps") == 0) { if (parse_long(a, v, 1, 100000000L, &o.steps)) return 2; }
         else if (strcmp(a, "--warmup") == 0) { if (parse_long(a, v, 1, 100000000L, &o.warmup)) return 2; }
         else if (strcmp(a, "--decay-steps") == 0) { if (parse_long(a, v, 0, 100000000L, &o.decay_steps)) return 2; }
@@ -354,7 +371,6 @@ static int cmd_train(int argc, char **argv) {
         else if (strcmp(a, "--eval-seqs") == 0) { if (parse_long(a, v, 1, 10000000L, &x)) return 2; o.eval_seqs = (int)x; }
         else if (strcmp(a, "--crop") == 0) { if (parse_long(a, v, 8, 1000000L, &x)) return 2; o.crop = (int)x; }
         else if (strcmp(a, "--batch-tokens") == 0) { if (parse_long(a, v, 8, 100000000L, &x)) return 2; o.batch_tokens = (int)x; }
-        else if (strcmp(a, "--threads") == 0) { if (parse_long(a, v, 1, 256, &x)) return 2; o.threads = (int)x; }
         else if (strcmp(a, "--lr") == 0) { if (parse_double_in(a, v, 0, 10, 0, &o.lr)) return 2; }
         else if (strcmp(a, "--weight-decay") == 0) { if (parse_double_in(a, v, 0, 10, 0, &o.weight_decay)) return 2; }
         else if (strcmp(a, "--clip") == 0) { if (parse_double_in(a, v, 0, 1e30, 0, &o.clip)) return 2; }
@@ -406,7 +422,6 @@ static int cmd_eval(int argc, char **argv) {
         else if (strcmp(a, "--seed") == 0) { if (parse_long(a, v, 0, 0x7fffffffL, &seed)) return 2; }
         else if (strcmp(a, "--max-seqs") == 0) { if (parse_long(a, v, 0, 100000000L, &max_seqs)) return 2; }
         else if (strcmp(a, "--window") == 0) { if (parse_long(a, v, 0, 1000000000L, &window)) return 2; }
-        else if (strcmp(a, "--threads") == 0) { long t; if (parse_long(a, v, 1, 256, &t)) return 2; pf_set_threads((int)t); }
         else if (strcmp(a, "--kernel") == 0) {
             if (pf_kernel_parse(v, &kernel) != 0) { fprintf(stderr, "performer: unknown kernel '%s'\n", v); return 2; }
         } else { fprintf(stderr, "performer eval: unknown option %s\n", a); return 2; }
@@ -433,10 +448,10 @@ static int cmd_eval(int argc, char **argv) {
     char cal[TR_CAL_BINS * 112] = "";
     size_t cl = 0;
     for (int k = 0; k < TR_CAL_BINS; k++) {     /* an empty bin has null mean and accuracy */
-        char pm[16] = "null", ac[16] = "null";
+        char pm[32] = "null", ac[32] = "null";
         if (res.cal_count[k]) {
-            snprintf(pm, sizeof pm, "%.4f", res.cal_conf[k]);
-            snprintf(ac, sizeof ac, "%.4f", res.cal_acc[k]);
+            json_num(pm, sizeof pm, res.cal_conf[k]);
+            json_num(ac, sizeof ac, res.cal_acc[k]);
         }
         cl += (size_t)snprintf(cal + cl, sizeof cal - cl, "%s{\"from\": %.1f, \"to\": %.1f, \"residues\": %ld, "
                                "\"mean_probability\": %s, \"accuracy\": %s}", k ? ", " : "",
@@ -446,15 +461,25 @@ static int cmd_eval(int argc, char **argv) {
     print_json_str(w);
     printf(", \"sha256\": \"%s\", \"fasta\": ", m->sha256);
     print_json_str(fa);
+    /* non-finite numbers (weights whose outputs overflow) are null: the output is always valid JSON */
+    char ppl[32], acc[32], top5[32], uppl[32], uacc[32], ece[32];
+    json_num(ppl, sizeof ppl, res.perplexity);
+    json_num(acc, sizeof acc, res.accuracy);
+    json_num(top5, sizeof top5, res.top5_accuracy);
+    json_num(uppl, sizeof uppl, res.uni_perplexity);
+    json_num(uacc, sizeof uacc, res.uni_accuracy);
+    json_num(ece, sizeof ece, res.ece);
     printf(", \"kernel\": \"%s\", \"mask_rate\": %g, "
-           "\"seed\": %ld, \"window\": %ld, \"precision\": \"%s\", \"sequences\": %ld, \"residues\": %ld, \"perplexity\": %.4f, \"accuracy\": %.4f, "
-           "\"top5_accuracy\": %.4f, "
-           "\"unigram\": {\"perplexity\": %.4f, \"accuracy\": %.4f, \"source\": ",
+           "\"seed\": %ld, \"window\": %ld, \"precision\": \"%s\", \"sequences\": %ld, \"residues\": %ld, \"perplexity\": %s, \"accuracy\": %s, "
+           "\"top5_accuracy\": %s, "
+           "\"unigram\": {\"perplexity\": %s, \"accuracy\": %s, \"source\": ",
            pf_kernel_name(kernel == PF_KERNEL_DEFAULT ? m->cfg.kernel : kernel), rate, seed, window,
-           gm_precision_name(gm_precision()), res.sequences, res.residues, res.perplexity, res.accuracy, res.top5_accuracy, res.uni_perplexity,
-           res.uni_accuracy);
+           gm_precision_name(gm_precision()), res.sequences, res.residues, ppl, acc, top5, uppl, uacc);
     print_json_str(unif ? unif : fa);
-    printf("}, \"calibration\": {\"ece\": %.4f, \"bins\": [%s]}}\n", res.ece, cal);
+    printf("}, \"calibration\": {\"ece\": %s, \"bins\": [%s]}}\n", ece, cal);
+    if (!isfinite(res.perplexity) || !isfinite(res.ece))
+        fprintf(stderr, "performer eval: some numbers are not finite (perplexity %g, ECE %g; the model's outputs "
+                "overflow): they are null in the JSON\n", res.perplexity, res.ece);
     rc = 0;
     goto cleanup;
 fail:
@@ -521,6 +546,11 @@ static int cmd_export(int argc, char **argv) {
         else { fprintf(stderr, "performer export: unknown option %s\n", a); return 2; }
     }
     if (!ck || !out) { fprintf(stderr, "performer export: --ckpt F and --out F are required\n"); return 2; }
+    if (tr_same_file(ck, out)) {
+        fprintf(stderr, "performer export: --out %s is the same file as --ckpt %s and would overwrite the "
+                "checkpoint: give another file name\n", out, ck);
+        return 2;
+    }
     char err[512];
     if (tr_export(ck, out, err, sizeof err) != 0) { fprintf(stderr, "performer export: %s\n", err); return 1; }
     pf_model *m = NULL;
@@ -756,49 +786,102 @@ typedef struct {
     const char *weights, *fasta, *task, *out, *seq, *mutations_file;
     long max_pll;
     int json, quiet;
+    unsigned params_given;      /* bit k: task_params[k] was given */
     json_t *params;             /* query-style task parameters (strings) */
 } task_opts;
 
-/* Parses the options of score/embed/run-jobs into o; returns 0 or 2 (usage error). */
+/* The task parameter options, the parameter each sets (NULL: --per-residue, no value) and the task
+ * that takes it. */
+static const struct { const char *opt, *param; tk_kind kind; } task_params[] = {
+    {"--top-k", "top_k", TK_PREDICT}, {"--mask-positions", "mask_positions", TK_PREDICT},
+    {"--mutations", "mutations", TK_SCORE}, {"--method", "method", TK_SCORE}, {"--offset", "offset", TK_SCORE},
+    {"--layer", "layer", TK_EMBED}, {"--representations", "representations", TK_EMBED},
+    {"--per-residue", NULL, TK_EMBED}};
+
+/* Says on stderr that command cmd does not use option opt (why: the hint) and returns 2. */
+static int not_used(const char *cmd, const char *opt, const char *hint) {
+    fprintf(stderr, "performer %s: %s is not used by %s (%s): remove it\n", cmd, opt, cmd, hint);
+    return 2;
+}
+
+/* Parses the options of score/embed/run-jobs into o, refusing those cmd does not use; returns 0 or
+ * 2 (usage error). The task parameters are checked against the task by check_task_params. */
 static int parse_task_opts(int argc, char **argv, const char *cmd, task_opts *o) {
     memset(o, 0, sizeof *o);
     o->max_pll = 1024;
     o->params = json_object();
-    static const struct { const char *opt, *param; } map[] = {
-        {"--top-k", "top_k"}, {"--mask-positions", "mask_positions"}, {"--mutations", "mutations"},
-        {"--method", "method"}, {"--offset", "offset"}, {"--layer", "layer"},
-        {"--representations", "representations"}};
+    int score = !strcmp(cmd, "score"), embed = !strcmp(cmd, "embed"), jobs = !score && !embed;
     for (int i = 2; i < argc; i++) {
         const char *a = argv[i], *v;
-        if (!strcmp(a, "--json")) { o->json = 1; continue; }
+        if (!strcmp(a, "--json")) {
+            if (!score) return not_used(cmd, a, "it always writes JSON Lines");
+            o->json = 1;
+            continue;
+        }
         if (!strcmp(a, "--quiet")) { o->quiet = 1; continue; }
+        const int np = (int)(sizeof task_params / sizeof task_params[0]);
+        int k = 0;                              /* k < np: a is the task parameter option k */
+        while (k < np && strcmp(a, task_params[k].opt)) k++;
+        if (k < np) o->params_given |= 1u << k;
         if (!strcmp(a, "--per-residue")) {
             json_object_set_new(o->params, "representations", json_string("mean,per_residue"));
             continue;
         }
         if (strncmp(a, "--", 2)) {
+            if (jobs) return not_used(cmd, "a SEQUENCE", "it runs the sequences of --fasta F; one sequence is "
+                                      "performer predict, score or embed");
             if (o->seq) { fprintf(stderr, "performer %s: more than one SEQUENCE given\n", cmd); return 2; }
             o->seq = a;
             continue;
         }
         if (!(v = arg_val(argc, argv, &i))) return 2;
-        int mapped = 0;
-        for (size_t k = 0; k < sizeof map / sizeof map[0]; k++)
-            if (!strcmp(a, map[k].opt)) {
-                json_object_set_new(o->params, map[k].param, json_string(v));
-                mapped = 1;
-            }
-        if (mapped) continue;
+        if (k < np) {
+            json_object_set_new(o->params, task_params[k].param, json_string(v));
+            continue;
+        }
         if (!strcmp(a, "--weights")) o->weights = v;
-        else if (!strcmp(a, "--fasta")) o->fasta = v;
-        else if (!strcmp(a, "--task")) o->task = v;
-        else if (!strcmp(a, "--out")) o->out = v;
-        else if (!strcmp(a, "--mutations-file")) o->mutations_file = v;
-        else if (!strcmp(a, "--max-pll-length")) { if (parse_long(a, v, 1, 10000000, &o->max_pll)) return 2; }
-        else if (!strcmp(a, "--threads")) { long t; if (parse_long(a, v, 1, 256, &t)) return 2; pf_set_threads((int)t); }
+        else if (!strcmp(a, "--fasta")) {
+            if (score) return not_used(cmd, a, "it scores one SEQUENCE; for the sequences of a FASTA file use "
+                                       "performer run-jobs --task score");
+            o->fasta = v;
+        } else if (!strcmp(a, "--task")) {
+            if (!jobs) return not_used(cmd, a, "only run-jobs takes a task");
+            o->task = v;
+        } else if (!strcmp(a, "--out")) o->out = v;
+        else if (!strcmp(a, "--mutations-file")) {
+            if (!score) return not_used(cmd, a, "only score reads it; run-jobs --task score takes --mutations");
+            o->mutations_file = v;
+        } else if (!strcmp(a, "--max-pll-length")) {
+            if (embed) return not_used(cmd, a, "it limits the pseudo-likelihood scoring of score");
+            if (parse_long(a, v, 1, 10000000, &o->max_pll)) return 2;
+        }
         else { fprintf(stderr, "performer %s: unknown option %s\n", cmd, a); return 2; }
     }
     if (!o->weights) { fprintf(stderr, "performer %s: --weights F is required\n", cmd); return 2; }
+    return 0;
+}
+
+/* Refuses (message, 2) the task parameter options of o that the task kind does not take; 0 if none. */
+static int check_task_params(const task_opts *o, const char *cmd, tk_kind kind) {
+    for (size_t k = 0; k < sizeof task_params / sizeof task_params[0]; k++)
+        if ((o->params_given >> k & 1) && task_params[k].kind != kind) {
+            fprintf(stderr, "performer %s: %s is an option of the %s task, not of %s: remove it\n", cmd,
+                    task_params[k].opt, tk_kind_name(task_params[k].kind), tk_kind_name(kind));
+            return 2;
+        }
+    return 0;
+}
+
+/* Refuses (message, 2) an --out that is one of the n input files inputs[i] = {option, path} (NULL
+ * or "-" = none); 0 if it is none of them. */
+static int out_is_input(const char *cmd, const char *out, const char *const inputs[][2], int n) {
+    if (!out || !strcmp(out, "-")) return 0;
+    for (int i = 0; i < n; i++)
+        if (inputs[i][1] && strcmp(inputs[i][1], "-") && tr_same_file(out, inputs[i][1])) {
+            fprintf(stderr, "performer %s: --out %s is the same file as %s %s and would overwrite it: give another "
+                    "file name\n", cmd, out, inputs[i][0], inputs[i][1]);
+            return 2;
+        }
     return 0;
 }
 
@@ -901,19 +984,26 @@ static int out_close(out_file *o, int keep, char *err, size_t errlen) {
     return af_commit(&o->af, err, errlen);
 }
 
-/* `performer score`: a table of mutant scores, or the JSON of POST /score. */
+/* `performer score`: a table of mutant scores, or the JSON of POST /score, on stdout or --out. */
 static int cmd_score(int argc, char **argv) {
     task_opts o;
     int rc = parse_task_opts(argc, argv, "score", &o);
     if (rc) { json_decref(o.params); return rc; }
+    const char *const inputs[][2] = {{"--weights", o.weights}, {"--mutations-file", o.mutations_file}};
+    if ((rc = check_task_params(&o, "score", TK_SCORE)) || (rc = out_is_input("score", o.out, inputs, 2))) {
+        json_decref(o.params);
+        return rc;
+    }
     if (!o.seq) { fprintf(stderr, "performer score: give the wild-type SEQUENCE\n"); json_decref(o.params); return 2; }
     if (o.mutations_file) {
         char err[512];
         size_t len;
         char *t = read_file(o.mutations_file, &len, err, sizeof err);
         if (!t) { fprintf(stderr, "performer: %s\n", err); json_decref(o.params); return 1; }
-        for (char *p = t; *p; p++)           /* one mutant per line; '#' starts a comment */
-            if (*p == '#') while (*p && *p != '\n') *p++ = ' ';
+        for (char *p = t; *p;) {            /* one mutant per line; '#' starts a comment */
+            if (*p == '#') while (*p && *p != '\n') *p++ = ' ';    /* stops at the end of the text */
+            else p++;
+        }
         for (char *p = t; *p; p++)
             if (*p == '\n' || *p == '\r' || *p == '\t') *p = ',';
         json_object_set_new(o.params, "mutations", json_string(t));
@@ -933,12 +1023,17 @@ static int cmd_score(int argc, char **argv) {
     tk_request *r = NULL;
     pr_error e;
     char err[512];
+    char *body = NULL;
+    out_file out;
+    int opened = 0;
     rc = 1;
     if (tk_parse(TK_SCORE, sub->requests[0], strlen(sub->requests[0]), &lim, ut_model_key(m->sha256), &r, &e)) {
         fprintf(stderr, "performer: %s\n", e.msg);
         json_decref(e.details);
         goto done;
     }
+    if (out_open(&out, o.out) != 0) goto done;     /* before the passes: an unwritable --out fails at once */
+    opened = 1;
     pf_ctx *ctx = pf_ctx_new(m);
     progress pg = {0};
     pg.t0 = pg.last = mono_s();
@@ -954,25 +1049,32 @@ static int cmd_score(int argc, char **argv) {
     progress_end(&pg);
     json_t *mref = tk_model_ref(m->cfg.name, m->sha256, m->cfg.trained);
     size_t len = 0;
-    char *body = tk_response(r, mref, &len);
+    body = tk_response(r, mref, &len);
     json_decref(mref);
     if (!body) { fprintf(stderr, "performer: out of memory\n"); goto done; }
     if (o.json) {
-        printf("%s\n", body);
+        fprintf(out.f, "%s\n", body);
     } else {
         json_t *j = json_loads(body, 0, NULL);
-        printf("# %s, offset %ld, %zu residues%s\nmutant\tscore\n", tk_method_name(r->method), r->offset,
-               r->seq->len[0], m->cfg.trained ? "" : " (UNTRAINED model: scores are meaningless)");
+        fprintf(out.f, "# %s, offset %ld, %zu residues%s\nmutant\tscore\n", tk_method_name(r->method), r->offset,
+                r->seq->len[0], m->cfg.trained ? "" : " (UNTRAINED model: scores are meaningless)");
         size_t i;
         json_t *v;
         json_array_foreach(json_object_get(j, "scores"), i, v)
-            printf("%s\t%.4f\n", json_string_value(json_object_get(v, "mutant")),
-                   json_number_value(json_object_get(v, "score")));
+            fprintf(out.f, "%s\t%.4f\n", json_string_value(json_object_get(v, "mutant")),
+                    json_number_value(json_object_get(v, "score")));
         json_decref(j);
     }
-    free(body);
     rc = 0;
 done:
+    if (opened) {                               /* --out is replaced only by a complete output */
+        char cerr[512] = "";
+        if (out_close(&out, rc == 0, cerr, sizeof cerr) && rc == 0) {
+            fprintf(stderr, "performer score: %.200s: %.300s\n", o.out ? o.out : "stdout", cerr);
+            rc = 1;
+        }
+    }
+    free(body);
     tk_free(r);
     bt_free(sub);
     pf_model_free(m);
@@ -997,19 +1099,16 @@ static int cmd_lines(int argc, char **argv, const char *cmd) {
             return 2;
         }
     } else if (!o.fasta == !o.seq) {
-        fprintf(stderr, "performer embed: give one SEQUENCE or --fasta F\n");
+        fprintf(stderr, "performer embed: give one SEQUENCE or --fasta F, not %s\n", o.fasta ? "both" : "neither");
         json_decref(o.params);
         return 2;
     }
     if (!o.fasta) o.quiet = 1;               /* one sequence: no progress bar */
-    const char *inputs[][2] = {{"--fasta", o.fasta}, {"--weights", o.weights}};
-    for (int i = 0; i < 2; i++)
-        if (tr_same_file(o.out, inputs[i][1])) {
-            fprintf(stderr, "performer %s: --out %s is the same file as %s %s and would overwrite it: give another "
-                    "file name\n", cmd, o.out, inputs[i][0], inputs[i][1]);
-            json_decref(o.params);
-            return 2;
-        }
+    const char *const inputs[][2] = {{"--fasta", o.fasta}, {"--weights", o.weights}};
+    if ((rc = check_task_params(&o, cmd, kind)) || (rc = out_is_input(cmd, o.out, inputs, 2))) {
+        json_decref(o.params);
+        return rc;
+    }
     pf_model *m = NULL;
     tk_limits lim;
     bt_submission *sub = NULL;
@@ -1036,6 +1135,22 @@ static int cmd_lines(int argc, char **argv, const char *cmd) {
     bt_free(sub);
     pf_model_free(m);
     return r == 0 ? 0 : 1;
+}
+
+/* Applies and removes the common option --threads N from argv (every command takes it; train
+ * runs on the threads so set); 0, or -1 after a message for a bad value. */
+static int take_threads(int *argc, char **argv) {
+    for (int i = 2; i < *argc; i++) {
+        if (strcmp(argv[i], "--threads") != 0) continue;
+        long t;
+        if (i + 1 >= *argc) { fprintf(stderr, "performer: --threads needs a value\n"); return -1; }
+        if (parse_long("--threads", argv[i + 1], 1, 256, &t)) return -1;
+        pf_set_threads((int)t);
+        memmove(argv + i, argv + i + 2, sizeof(char *) * (size_t)(*argc - i - 1));  /* keeps NULL */
+        *argc -= 2;
+        i--;
+    }
+    return 0;
 }
 
 /* Applies and removes the common option --precision P from argv (every command takes it);
@@ -1067,7 +1182,7 @@ int main(int argc, char **argv) {
             fputs(USAGE, stdout);
             return 0;
         }
-    if (take_precision(&argc, argv) != 0) return 2;
+    if (take_precision(&argc, argv) != 0 || take_threads(&argc, argv) != 0) return 2;
     if (strcmp(argv[1], "train") != 0) gm_weight_cache(1);   /* inference: the weights stay fixed */
     const char *c = argv[1];
     if (strcmp(c, "info") == 0) return cmd_info(argc, argv);

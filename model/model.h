@@ -135,6 +135,10 @@ int pf_parse_width(const char *s, const char *key, const char *what, int *out, c
 int pf_model_extend(pf_model **out, const pf_model *m, int conv_kernel, int local_kernel,
                     int n_layers, uint64_t seed, char *err, size_t errlen);
 
+/* Copies src into dst (capacity cap > 0), cut if needed at a character boundary so that a valid
+ * UTF-8 src stays valid UTF-8 (a name cut to the size of pf_config.name). */
+void pf_copy_utf8(char *dst, size_t cap, const char *src);
+
 /* Writes m as safetensors atomically (temp file, fsync, rename, fsync dir); sets m->sha256. */
 int pf_model_save(pf_model *m, const char *path, char *err, size_t errlen);
 

@@ -9,8 +9,10 @@
 #include "rng.h"
 #include "safetensors.h"
 
+#include <ctype.h>
 #include <errno.h>
 #include <jansson.h>
+#include <limits.h>
 #include <math.h>
 #include <signal.h>
 #include <stdio.h>
@@ -300,7 +302,7 @@ void tr_options_default(tr_options *o) {
     o->seed = 1; o->steps = 10000; o->warmup = 500;
     o->lr = 1e-3; o->min_lr_frac = 0.1; o->weight_decay = 0.01; o->beta1 = 0.9; o->beta2 = 0.98;
     o->clip = 1.0; o->crop = 512; o->batch_tokens = 8192; o->mask_rate = 0.15; o->redraw = 0;
-    o->ckpt_minutes = 10; o->eval_every = 500; o->eval_seqs = 500; o->threads = 2;
+    o->ckpt_minutes = 10; o->eval_every = 500; o->eval_seqs = 500; o->threads = 0;
 }
 
 /* With --init F: checks that the architecture options given (o->arch_given) agree with F (src):
@@ -452,7 +454,8 @@ static void tr_next_batch(tr_batch *b, const ds_set *set, size_t *cursor, const 
 
 /* ---- checkpoints ------------------------------------------------------------------------------ */
 
-/* Writes model, Adam moments and loop state to path atomically. Returns 0 or -1 + err. */
+/* Writes model, Adam moments, loop state and the run's seed and training kernel (o->kernel, resolved:
+ * not PF_KERNEL_DEFAULT) to path atomically. Returns 0 or -1 + err. */
 static int tr_save_ckpt(const char *path, pf_model *m, const tr_opt *st, const tr_options *o,
                         char *err, size_t errlen) {
     static pf_tensor_info info[TR_MAX_TENSORS];
@@ -487,14 +490,18 @@ static int tr_save_ckpt(const char *path, pf_model *m, const tr_opt *st, const t
     char conv[16], local[16];
     snprintf(conv, sizeof conv, "%d", m->cfg.conv_kernel);
     snprintf(local, sizeof local, "%d", m->cfg.local_kernel);
-    const char *keys[20] = { "n_layers", "d_model", "n_heads", "d_ff", "n_features", "kernel",
+    /* "kernel" is the weights' default kernel, "train_kernel" the one this run trains with (a
+     * checkpoint without it, from before the key existed, trained with "kernel" unless the run
+     * gave --train-kernel) */
+    const char *keys[24] = { "n_layers", "d_model", "n_heads", "d_ff", "n_features", "kernel",
                              "norm_eps", "step", "cursor", "tokens", "elapsed", "rng0", "rng1",
-                             "rng2", "rng3", "seed", "format", "name" };
-    const char *vals[20] = { v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7], v[8], v[9], v[10],
+                             "rng2", "rng3", "seed", "format", "name", "train_kernel" };
+    const char *vals[24] = { v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7], v[8], v[9], v[10],
                              v[11], v[12], v[13], v[14], v[15], "performer-protein-checkpoint",
-                             m->cfg.name };
+                             m->cfg.name,
+                             pf_kernel_name(o->kernel == PF_KERNEL_DEFAULT ? m->cfg.kernel : o->kernel) };
     /* conv_kernel / local_kernel only for models with them (other checkpoints are as before) */
-    int nk = 18;
+    int nk = 19;
     if (m->cfg.conv_kernel > 0) { keys[nk] = "conv_kernel"; vals[nk++] = conv; }
     if (m->cfg.local_kernel > 0) { keys[nk] = "local_kernel"; vals[nk++] = local; }
     rc = st_write(path, t, n * 3, keys, vals, nk, err, errlen);
@@ -504,40 +511,133 @@ cleanup:
     return rc;
 }
 
-/* Parses metadata key of f as a long into *out; returns 0 or -1. */
-static int meta_long(const st_file *f, const char *key, long *out) {
+/* Says in err that checkpoint metadata key of path is missing (s NULL) or is s, not what. */
+static void meta_bad(const char *path, const char *key, const char *s, const char *what, char *err,
+                     size_t errlen) {
+    if (!s)
+        snprintf(err, errlen, "%s: checkpoint metadata '%s' is missing (not a checkpoint of performer train, or "
+                 "a damaged one: use another copy of it)", path, key);
+    else
+        snprintf(err, errlen, "%s: checkpoint metadata '%s' = \"%.40s\" is not %s (a damaged checkpoint: use "
+                 "another copy of it)", path, key, s, what);
+}
+
+/* Parses checkpoint metadata key of f (path, for messages) strictly as a decimal integer in lo..hi
+ * (lo >= 0) into *out; returns 0, or -1 + err naming the key and the checkpoint. */
+static int meta_long(const st_file *f, const char *path, const char *key, long lo, long hi, long *out,
+                     char *err, size_t errlen) {
     const char *s = st_meta(f, key);
-    char *end;
-    if (!s) return -1;
+    char *end = NULL, what[80];
+    long v = 0;
     errno = 0;
-    long v = strtol(s, &end, 10);
-    if (errno || *end || end == s) return -1;
+    if (s && s[0] >= '0' && s[0] <= '9') v = strtol(s, &end, 10);
+    if (!s || !end || errno || *end || v < lo || v > hi) {
+        snprintf(what, sizeof what, "an integer in %ld..%ld", lo, hi);
+        meta_bad(path, key, s, what, err, errlen);
+        return -1;
+    }
     *out = v;
     return 0;
 }
 
-/* Loads a checkpoint: creates *mp and fills st (moments, loop state). Returns 0 or -1 + err. */
-static int tr_load_ckpt(const char *path, pf_model **mp, tr_opt *st, char *err, size_t errlen) {
+/* Parses checkpoint metadata key of f strictly as an unsigned 64-bit integer in base 10 or 16 into
+ * *out; returns 0, or -1 + err naming the key and the checkpoint. */
+static int meta_u64(const st_file *f, const char *path, const char *key, int base, uint64_t *out, char *err,
+                    size_t errlen) {
+    const char *s = st_meta(f, key);
+    char *end = NULL;
+    unsigned long long v = 0;
+    errno = 0;
+    if (s && (base == 16 ? isxdigit((unsigned char)s[0]) : isdigit((unsigned char)s[0])))
+        v = strtoull(s, &end, base);
+    if (!s || !end || errno || *end) {
+        meta_bad(path, key, s, base == 16 ? "a 64-bit hexadecimal number" : "a 64-bit decimal integer", err,
+                 errlen);
+        return -1;
+    }
+    *out = (uint64_t)v;
+    return 0;
+}
+
+/* Parses checkpoint metadata key of f strictly as a finite number in lo..hi (above lo when
+ * lo_open) into *out; returns 0, or -1 + err naming the key and the checkpoint. */
+static int meta_double(const st_file *f, const char *path, const char *key, double lo, int lo_open, double hi,
+                       double *out, char *err, size_t errlen) {
+    const char *s = st_meta(f, key);
+    char *end = NULL, what[80];
+    double v = 0;
+    errno = 0;
+    if (s && (isdigit((unsigned char)s[0]) || s[0] == '.')) v = strtod(s, &end);
+    if (!s || !end || *end || !isfinite(v) || v < lo || (lo_open && v == lo) || v > hi) {
+        snprintf(what, sizeof what, "a number in %s%g, %g]", lo_open ? "(" : "[", lo, hi);
+        meta_bad(path, key, s, what, err, errlen);
+        return -1;
+    }
+    *out = v;
+    return 0;
+}
+
+/* What a checkpoint records about its run beyond the model and the loop state. */
+typedef struct {
+    int has_seed;               /* 0: no "seed" key */
+    uint64_t seed;
+    int has_train_kernel;       /* 0: no "train_kernel" key (checkpoints from before it) */
+    pf_kernel train_kernel;
+} tr_ckpt_run;
+
+/* Loads a checkpoint: creates *mp and fills st (moments, loop state) and *run (NULL = not wanted).
+ * Every metadata value is parsed strictly and range-checked. Returns 0 or -1 + err. */
+static int tr_load_ckpt(const char *path, pf_model **mp, tr_opt *st, tr_ckpt_run *run, char *err,
+                        size_t errlen) {
     st_file f = {0};
     pf_model *m = NULL;
+    tr_ckpt_run rdummy;
     static pf_tensor_info info[TR_MAX_TENSORS];
+    if (!run) run = &rdummy;
+    memset(run, 0, sizeof *run);
     if (st_open(&f, path, err, errlen) != 0) return -1;
     pf_config c = {0};
     long v[8];
-    const char *keys[] = { "n_layers", "d_model", "n_heads", "d_ff", "n_features", "step", "cursor", "tokens" };
+    const struct { const char *key; long lo, hi; } ints[8] = {
+        { "n_layers", 1, 256 }, { "d_model", 1, 8192 }, { "n_heads", 1, 256 }, { "d_ff", 1, 65536 },
+        { "n_features", 1, 16384 }, { "step", 0, LONG_MAX }, { "cursor", 0, LONG_MAX },
+        { "tokens", 0, LONG_MAX } };
     for (int i = 0; i < 8; i++)
-        if (meta_long(&f, keys[i], &v[i]) != 0) {
-            snprintf(err, errlen, "%s: checkpoint metadata '%s' missing or invalid", path, keys[i]);
-            goto fail;
-        }
+        if (meta_long(&f, path, ints[i].key, ints[i].lo, ints[i].hi, &v[i], err, errlen) != 0) goto fail;
     c.n_layers = (int)v[0]; c.d_model = (int)v[1]; c.n_heads = (int)v[2]; c.d_ff = (int)v[3];
     c.n_features = (int)v[4];
-    const char *k = st_meta(&f, "kernel"), *eps = st_meta(&f, "norm_eps"), *nm = st_meta(&f, "name");
-    if (!k || pf_kernel_parse(k, &c.kernel) != 0 || !eps) {
-        snprintf(err, errlen, "%s: checkpoint kernel/norm_eps missing", path);
+    const char *k = st_meta(&f, "kernel"), *tk = st_meta(&f, "train_kernel"), *nm = st_meta(&f, "name");
+    if (!k || pf_kernel_parse(k, &c.kernel) != 0) {
+        meta_bad(path, "kernel", k, "favor-softmax, favor-relu or exact", err, errlen);
         goto fail;
     }
-    c.norm_eps = strtof(eps, NULL);
+    if (tk && pf_kernel_parse(tk, &run->train_kernel) != 0) {
+        meta_bad(path, "train_kernel", tk, "favor-softmax, favor-relu or exact", err, errlen);
+        goto fail;
+    }
+    run->has_train_kernel = tk != NULL;
+    double eps, elapsed = 0;
+    if (meta_double(&f, path, "norm_eps", 0, 1, 1, &eps, err, errlen) != 0) goto fail;
+    c.norm_eps = (float)eps;
+    if (!(c.norm_eps > 0)) {
+        meta_bad(path, "norm_eps", st_meta(&f, "norm_eps"), "a positive float32", err, errlen);
+        goto fail;
+    }
+    /* elapsed is only informative: a checkpoint without it counts 0 seconds before it */
+    if (st_meta(&f, "elapsed") && meta_double(&f, path, "elapsed", 0, 0, 1e15, &elapsed, err, errlen) != 0)
+        goto fail;
+    if (st_meta(&f, "seed") && meta_u64(&f, path, "seed", 10, &run->seed, err, errlen) != 0) goto fail;
+    run->has_seed = st_meta(&f, "seed") != NULL;
+    for (int i = 0; i < 4; i++) {
+        char key[16];
+        snprintf(key, sizeof key, "rng%d", i & 3);
+        if (meta_u64(&f, path, key, 16, &st->rng.s[i], err, errlen) != 0) goto fail;
+    }
+    if (!(st->rng.s[0] | st->rng.s[1] | st->rng.s[2] | st->rng.s[3])) {
+        meta_bad(path, "rng0", st_meta(&f, "rng0"), "part of a valid generator state (rng0..rng3 are all 0)",
+                 err, errlen);
+        goto fail;
+    }
     char werr[256];
     if (pf_parse_width(st_meta(&f, "conv_kernel"), "conv_kernel", PF_WIDTH_CONV, &c.conv_kernel, werr,
                        sizeof werr) != 0 ||
@@ -546,7 +646,7 @@ static int tr_load_ckpt(const char *path, pf_model **mp, tr_opt *st, char *err, 
         snprintf(err, errlen, "%s: checkpoint %s", path, werr);
         goto fail;
     }
-    snprintf(c.name, sizeof c.name, "%s", nm ? nm : "performer-protein");
+    pf_copy_utf8(c.name, sizeof c.name, nm ? nm : "performer-protein");
     if (pf_model_init(&m, &c, 0, err, errlen) != 0) goto fail;
     st->m = calloc(m->n_params, sizeof(float));
     st->v = calloc(m->n_params, sizeof(float));
@@ -568,15 +668,7 @@ static int tr_load_ckpt(const char *path, pf_model **mp, tr_opt *st, char *err, 
         }
     }
     st->step = v[5]; st->cursor = (size_t)v[6]; st->tokens = v[7];
-    const char *el = st_meta(&f, "elapsed");
-    st->elapsed = el ? atof(el) : 0;
-    for (int i = 0; i < 4; i++) {
-        char key[16];
-        snprintf(key, sizeof key, "rng%d", i & 3);
-        const char *s = st_meta(&f, key);
-        if (!s) { snprintf(err, errlen, "%s: checkpoint metadata '%s' missing", path, key); goto fail; }
-        st->rng.s[i] = strtoull(s, NULL, 16);
-    }
+    st->elapsed = elapsed;
     st_close(&f);
     *mp = m;
     return 0;
@@ -609,13 +701,17 @@ static void tr_json_num(char *dst, size_t n, const char *fmt, double v) {
 int tr_export(const char *ckpt, const char *out, char *err, size_t errlen) {
     pf_model *m = NULL;
     tr_opt st = {0};
-    if (tr_load_ckpt(ckpt, &m, &st, err, errlen) != 0) return -1;
+    tr_ckpt_run run;
+    if (tr_load_ckpt(ckpt, &m, &st, &run, err, errlen) != 0) return -1;
     char qpath[1024];
     tr_json_str(qpath, sizeof qpath, ckpt);
     m->cfg.trained = 1;
+    /* the weights default to the kernel they were trained with, as the run's --out would */
+    if (run.has_train_kernel) m->cfg.kernel = run.train_kernel;
     snprintf(m->cfg.provenance, sizeof m->cfg.provenance,
              "{\"trainer\":\"bin/performer train\",\"exported_from\":%s,\"steps\":%ld,\"tokens\":%ld,"
-             "\"seconds\":%.0f}", qpath, st.step, st.tokens, st.elapsed);
+             "\"seconds\":%.0f,\"kernel\":\"%s\"}", qpath, st.step, st.tokens, st.elapsed,
+             pf_kernel_name(m->cfg.kernel));
     int rc = pf_model_save(m, out, err, errlen);
     pf_model_free(m);
     free(st.m); free(st.v);
@@ -709,8 +805,8 @@ int tr_evaluate(const pf_model *m, pf_kernel kernel, const ds_set *set, double m
             correct += best == tgt[p];
             correct5 += above < 5;
             double pbest = exp((double)lp[best]);
-            int k = (int)(pbest * TR_CAL_BINS);
-            k = k < 0 ? 0 : k >= TR_CAL_BINS ? TR_CAL_BINS - 1 : k;
+            /* a NaN (a model whose outputs overflow) goes to the last bin, not through an undefined cast */
+            int k = pbest >= 0 && pbest < 1 ? (int)(pbest * TR_CAL_BINS) : TR_CAL_BINS - 1;
             r->cal_count[k]++;
             cal_psum[k] += pbest;
             cal_hit[k] += best == tgt[p];
@@ -863,7 +959,63 @@ static long tr_log_trim(const char *path, long step, char *err, size_t errlen) {
     return ok ? dropped : -1;
 }
 
-int tr_run(const tr_options *o, int *interrupted, char *err, size_t errlen) {
+/* On --resume from checkpoint path (model m, run record run): refuses the run-defining options
+ * given (o->arch_given, o->kernel, o->seed_given) that differ from what the checkpoint stores, as
+ * a resumed run goes on with the checkpoint's, and sets o->kernel and o->seed to the checkpoint's
+ * (a checkpoint without train_kernel, from before that key: --train-kernel or the weights' kernel,
+ * as then). --name renames the model. Returns 0 or -1 + err. */
+static int tr_resume_check(tr_options *o, const char *path, pf_model *m, const tr_ckpt_run *run, char *err,
+                           size_t errlen) {
+    const pf_config *c = &m->cfg;
+    const struct { unsigned bit; const char *opt; int want, have; } fixed[] = {
+        { TR_ARCH_LAYERS, "--layers", o->cfg.n_layers, c->n_layers },
+        { TR_ARCH_D_MODEL, "--d-model", o->cfg.d_model, c->d_model },
+        { TR_ARCH_HEADS, "--heads", o->cfg.n_heads, c->n_heads },
+        { TR_ARCH_D_FF, "--d-ff", o->cfg.d_ff, c->d_ff },
+        { TR_ARCH_FEATURES, "--features", o->cfg.n_features, c->n_features },
+        { TR_ARCH_CONV, "--conv", o->cfg.conv_kernel, c->conv_kernel },
+        { TR_ARCH_LOCAL, "--local", o->cfg.local_kernel, c->local_kernel } };
+    for (size_t k = 0; k < sizeof fixed / sizeof fixed[0]; k++)
+        if ((o->arch_given & fixed[k].bit) && fixed[k].want != fixed[k].have) {
+            snprintf(err, errlen, "--resume: %s %d, but the checkpoint %s has %d, and a resumed run goes on with "
+                     "the checkpoint's model: drop %s (or start a new run without --resume)", fixed[k].opt,
+                     fixed[k].want, path, fixed[k].have, fixed[k].opt);
+            return -1;
+        }
+    if ((o->arch_given & TR_ARCH_KERNEL) && o->cfg.kernel != c->kernel) {
+        snprintf(err, errlen, "--resume: --kernel %s, but the weights of the checkpoint %s have kernel %s: drop "
+                 "--kernel (the kernel a run trains with is --train-kernel, fixed when the run starts)",
+                 pf_kernel_name(o->cfg.kernel), path, pf_kernel_name(c->kernel));
+        return -1;
+    }
+    if (run->has_train_kernel) {
+        if (o->kernel != PF_KERNEL_DEFAULT && o->kernel != run->train_kernel) {
+            snprintf(err, errlen, "--resume: --train-kernel %s, but the checkpoint %s was trained with %s, and a "
+                     "resumed run goes on with it: drop --train-kernel (to go on with another kernel, export "
+                     "the checkpoint and start a run with --init on it)", pf_kernel_name(o->kernel), path,
+                     pf_kernel_name(run->train_kernel));
+            return -1;
+        }
+        o->kernel = run->train_kernel;
+    } else if (o->kernel == PF_KERNEL_DEFAULT) {
+        o->kernel = c->kernel;
+    }
+    if (run->has_seed) {
+        if (o->seed_given && o->seed != run->seed) {
+            snprintf(err, errlen, "--resume: --seed %llu, but the checkpoint %s has seed %llu (it draws the "
+                     "attention projections): drop --seed or give --seed %llu", (unsigned long long)o->seed,
+                     path, (unsigned long long)run->seed, (unsigned long long)run->seed);
+            return -1;
+        }
+        o->seed = run->seed;
+    }
+    if (o->arch_given & TR_ARCH_NAME) pf_copy_utf8(m->cfg.name, sizeof m->cfg.name, o->cfg.name);
+    return 0;
+}
+
+int tr_run(const tr_options *opt, int *interrupted, char *err, size_t errlen) {
+    tr_options ro = *opt;       /* a resumed run takes its seed and training kernel from the checkpoint */
+    const tr_options *o = &ro;
     int rc = -1;
     pf_model *m = NULL;
     ds_set *train = NULL, *valid = NULL;
@@ -875,7 +1027,7 @@ int tr_run(const tr_options *o, int *interrupted, char *err, size_t errlen) {
     struct sigaction sa = {0}, old_int, old_term;
     *interrupted = 0;
     g_stop = 0;
-    pf_set_threads(o->threads);
+    if (o->threads > 0) pf_set_threads(o->threads);
 
     const char *tpath = o->fasta ? o->fasta : o->data;
     if (!tpath) { snprintf(err, errlen, "no training data: give --data FILE.bin or --fasta FILE"); return -1; }
@@ -893,10 +1045,30 @@ int tr_run(const tr_options *o, int *interrupted, char *err, size_t errlen) {
         goto cleanup;
     }
 
-    if (o->resume && o->ckpt && access(o->ckpt, F_OK) != 0)
-        fprintf(stderr, "--resume: no checkpoint %s yet, starting from the beginning\n", o->ckpt);
-    if (o->resume && o->ckpt && access(o->ckpt, R_OK) == 0) {
-        if (tr_load_ckpt(o->ckpt, &m, &st, err, errlen) != 0) goto cleanup;
+    /* only a checkpoint that does not exist starts the run afresh: one that exists but cannot be
+     * read stops it before the log is trimmed or the checkpoint replaced */
+    int have_ckpt = 0;
+    struct stat cs;
+    if (o->resume && o->ckpt) {
+        if (lstat(o->ckpt, &cs) == 0) {
+            have_ckpt = 1;
+        } else if (errno == ENOENT) {
+            fprintf(stderr, "--resume: no checkpoint %s yet, starting from the beginning\n", o->ckpt);
+        } else {
+            snprintf(err, errlen, "--resume: cannot look for the checkpoint %s: %s (fix the path or its "
+                     "directory's permissions; nothing was trained or changed)", o->ckpt, strerror(errno));
+            goto cleanup;
+        }
+    }
+    if (have_ckpt) {
+        tr_ckpt_run run;
+        char e2[400];
+        if (tr_load_ckpt(o->ckpt, &m, &st, &run, e2, sizeof e2) != 0) {
+            snprintf(err, errlen, "--resume: %s (the checkpoint exists but cannot be used: restore or fix it, or "
+                     "remove it to start from the beginning; nothing was trained or changed)", e2);
+            goto cleanup;
+        }
+        if (tr_resume_check(&ro, o->ckpt, m, &run, err, errlen) != 0) goto cleanup;
         fprintf(stderr, "resumed from %s at step %ld (%ld tokens)\n", o->ckpt, st.step, st.tokens);
     } else {
         if (o->init) {
@@ -911,7 +1083,7 @@ int tr_run(const tr_options *o, int *interrupted, char *err, size_t errlen) {
                                      (o->arch_given & TR_ARCH_LAYERS) ? o->cfg.n_layers : 0, o->seed,
                                      e2, sizeof e2);
             if (r2 == 0 && (o->arch_given & TR_ARCH_NAME))
-                snprintf(m->cfg.name, sizeof m->cfg.name, "%s", o->cfg.name);
+                pf_copy_utf8(m->cfg.name, sizeof m->cfg.name, o->cfg.name);
             if (r2 != 0) snprintf(err, errlen, "--init %s: %s", o->init, e2);
             if (r2 == 0 && m->cfg.conv_kernel != src->cfg.conv_kernel)
                 fprintf(stderr, "extended %s with identity depthwise convolutions on q, k, v "
@@ -970,6 +1142,7 @@ int tr_run(const tr_options *o, int *interrupted, char *err, size_t errlen) {
     sigaction(SIGTERM, &sa, &old_term);
 
     pf_kernel kernel = o->kernel == PF_KERNEL_DEFAULT ? m->cfg.kernel : o->kernel;
+    ro.kernel = kernel;         /* what the checkpoints store as the training kernel */
     fprintf(stderr, "training %s: %d layers, d %d, %d heads, d_ff %d, %d features, %zu params, kernel %s, "
             "products %s, %zu sequences\n", m->cfg.name, m->cfg.n_layers, m->cfg.d_model, m->cfg.n_heads,
             m->cfg.d_ff, m->cfg.n_features, m->n_params, pf_kernel_name(kernel),

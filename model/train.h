@@ -26,7 +26,8 @@ double tr_forward_backward(tr_state *s, pf_kernel kernel, const int32_t *tokens,
 
 /* Architecture options given on the command line (tr_options.arch_given). */
 enum { TR_ARCH_LAYERS = 1, TR_ARCH_D_MODEL = 2, TR_ARCH_HEADS = 4, TR_ARCH_D_FF = 8,
-       TR_ARCH_FEATURES = 16, TR_ARCH_KERNEL = 32, TR_ARCH_NAME = 64 };
+       TR_ARCH_FEATURES = 16, TR_ARCH_KERNEL = 32, TR_ARCH_NAME = 64, TR_ARCH_CONV = 128,
+       TR_ARCH_LOCAL = 256 };
 
 /* Options of `performer train`. */
 typedef struct {
@@ -43,8 +44,10 @@ typedef struct {
                                  * cfg.n_layers (when given) adds layers on top, all as the
                                  * identity (same function); other given options must match */
     unsigned arch_given;        /* TR_ARCH_* bits: the architecture options given explicitly */
-    pf_kernel kernel;           /* kernel to train (DEFAULT = cfg's) */
-    uint64_t seed;
+    pf_kernel kernel;           /* kernel to train (DEFAULT = cfg's); stored in checkpoints, and a
+                                 * resumed run goes on with the checkpoint's */
+    uint64_t seed;              /* a resumed run goes on with the checkpoint's */
+    int seed_given;             /* --seed was given (a resumed run refuses another than its own) */
     long steps;                 /* total optimiser steps (schedule length) */
     long warmup;                /* warm-up steps */
     long decay_steps;           /* 0: cosine from the warm-up to the end; N: warm-up-stable-decay,
@@ -62,18 +65,20 @@ typedef struct {
     int eval_seqs;              /* validation sequences used */
     long stop_after;            /* stop (after a checkpoint) after this many steps in this process; 0 = no */
     int quiet;                  /* no progress bar */
-    int threads;
+    int threads;                /* threads to run on; 0 = as pf_set_threads last set them */
 } tr_options;
 
 /* Fills o with the defaults. */
 void tr_options_default(tr_options *o);
 
-/* Runs training per o (resuming when o->resume). Returns 0, or -1 with err. Saves a checkpoint on
- * SIGINT/SIGTERM and returns 0 after it (with *interrupted = 1). */
+/* Runs training per o (resuming when o->resume: with the checkpoint's model, seed and training
+ * kernel; conflicting options given are refused; a checkpoint that exists but cannot be read is an
+ * error). Returns 0, or -1 with err. Saves a checkpoint on SIGINT/SIGTERM and returns 0 after it
+ * (with *interrupted = 1). */
 int tr_run(const tr_options *o, int *interrupted, char *err, size_t errlen);
 
-/* Writes the model of checkpoint ckpt as a weights file out (trained = true, provenance = the
- * checkpoint's step and tokens). Returns 0 or -1 with err. */
+/* Writes the model of checkpoint ckpt as a weights file out (trained = true, kernel = the kernel it
+ * was trained with, provenance = the checkpoint's step and tokens). Returns 0 or -1 with err. */
 int tr_export(const char *ckpt, const char *out, char *err, size_t errlen);
 
 /* Returns 1 when paths a and b (either may be NULL) name the same file: the same inode when both

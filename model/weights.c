@@ -29,8 +29,8 @@ static void pf_err(char *err, size_t errlen, const char *fmt, ...) {
     va_end(ap);
 }
 
-/* Copies src into dst (capacity cap) without cutting a UTF-8 sequence in half. */
-static void pf_copy_utf8(char *dst, size_t cap, const char *src) {
+/* See model.h. */
+void pf_copy_utf8(char *dst, size_t cap, const char *src) {
     size_t n = strlen(src);
     if (n >= cap) {
         n = cap - 1;

@@ -7,7 +7,10 @@
 # the line and the fix; refuse bad options with exit 2; check the output paths before training
 # (missing directory, a directory, an output that is an input or another output) so no run is lost
 # at the end and no input is overwritten; write valid JSON (eval output, weights provenance) for
-# any file name; and `performer <command> --help` prints the usage. Tiny fixture model: seconds.
+# any file name; and `performer <command> --help` prints the usage. Also: score --mutations-file with
+# a final comment line, --name (UTF-8, cut between characters), score --out, options a command does
+# not use refused, export onto its own checkpoint refused, eval JSON with non-finite numbers, --threads
+# taken by every command. Tiny fixture model: seconds.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 BIN=${BIN:-bin}
@@ -183,4 +186,116 @@ cmp -s "$T/plain.fasta" "$T/keep.fasta" || fail "run-jobs overwrote its --fasta"
 expect_rc 1 "$T/err" "$P" embed --weights "$W" --fasta "$T/plain.fasta" --out "$T/adir"
 has "$T/err" "is a directory"
 echo "embed / run-jobs --out: atomic replacement, /dev/stdout, an input or the weights refused"
+
+# 7. score --mutations-file whose last line is a comment without a newline: the comment is blanked up
+#    to the end of the text, not past it (ASan: the bytes after the text are filled with '#', which the
+#    old loop ran on through, out of the buffer)
+printf 'K2A # first\nT3G\n# end' > "$T/muts.txt"
+ASAN_OPTIONS="${ASAN_OPTIONS:+$ASAN_OPTIONS:}malloc_fill_byte=35:max_malloc_fill_size=1048576" \
+    expect_rc 0 "$T/err" "$P" score --weights "$W" --mutations-file "$T/muts.txt" "$S"
+has "$T/out" "K2A	" "T3G	"
+[ "$(grep -c '^[A-Z][0-9]' "$T/out")" = 2 ] || fail "--mutations-file with a final comment: $(cat "$T/out")"
+echo "score --mutations-file: a last comment line without a newline"
+
+# 8. --name: not UTF-8 is refused at once (exit 2); a long name is cut between characters, so the
+#    checkpoints and weights (JSON metadata) are written
+for c in "init --out $T/n.safetensors" "train --init $W --fasta $T/one.fasta --out $T/n.safetensors --steps 1 --quiet"; do
+    # shellcheck disable=SC2086
+    expect_rc 2 "$T/err" "$P" $c --name "$(printf 'bad\xffname')"
+    has "$T/err" "--name is not valid UTF-8"
+done
+a126=$(printf 'a%.0s' $(seq 126))
+expect_rc 0 "$T/err" "$P" init --out "$T/n.safetensors" --name "${a126}é"   # a cut at 127 bytes splits the é
+has "$T/out" "name:        $a126"
+expect_rc 0 "$T/err" "$P" train --init "$W" --fasta "$T/one.fasta" --out "$T/n2.safetensors" --ckpt "$T/n2.ckpt" \
+    --name "${a126}éxyz" --steps 2 --quiet --crop 96 --batch-tokens 512
+expect_rc 0 "$T/err" "$P" export --ckpt "$T/n2.ckpt" --out "$T/n3.safetensors"
+grep -qx "name: *$a126" "$T/out" || fail "exported name: $(grep '^name' "$T/out")"
+echo "--name: non-UTF-8 refused, a long name cut between characters"
+
+# 9. score --out is written (atomically) like the other commands' --out; options a command does not
+#    use are refused with exit 2, not ignored (score --fasta scored the FASTA file's first record)
+echo "old contents" > "$T/score.tsv"
+expect_rc 0 "$T/err" "$P" score --weights "$W" --mutations K2A --out "$T/score.tsv" "$S"
+[ -s "$T/out" ] && fail "score --out also wrote to stdout: $(cat "$T/out")"
+has "$T/score.tsv" "mutant	score" "K2A	"
+grep -q "old contents" "$T/score.tsv" && fail "score --out did not replace the file"
+expect_rc 0 "$T/err" "$P" score --weights "$W" --mutations K2A --json --out "$T/score.json" "$S"
+python3 -c 'import json,sys; assert json.load(open(sys.argv[1]))["scores"][0]["mutant"] == "K2A"' "$T/score.json" \
+    || fail "score --json --out: $(head -c 300 "$T/score.json")"
+cp "$T/muts.txt" "$T/muts.keep"
+for args in "--out $W" "--mutations-file $T/muts.txt --out $T/muts.txt"; do
+    # shellcheck disable=SC2086
+    expect_rc 2 "$T/err" "$P" score --weights "$W" --mutations K2A $args "$S"
+    has "$T/err" "is the same file as" "would overwrite it"
+done
+cmp -s "$T/muts.txt" "$T/muts.keep" || fail "score --out overwrote its --mutations-file"
+expect_rc 1 "$T/err" "$P" score --weights "$W" --mutations A2G --out "$T/score.tsv" "$S"   # K at 2, not A
+has "$T/score.tsv" "K2A	"
+ls "$T" | grep -q '\.tmp\.' && fail "score left a temporary file: $(ls "$T")"
+refused() {  # expected text, command...
+    local want=$1; shift
+    expect_rc 2 "$T/err" "$P" "$@"
+    has "$T/err" "$want"
+    [ -s "$T/out" ] && fail "$*: wrote output: $(head -c 200 "$T/out")"
+}
+refused "--fasta is not used by score" score --weights "$W" --mutations K2A --fasta "$T/plain.fasta" "$S"
+refused "--task is not used by score" score --weights "$W" --mutations K2A --task embed "$S"
+refused "--task is not used by embed" embed --weights "$W" --task predict "$S"
+refused "--json is not used by embed" embed --weights "$W" --json "$S"
+refused "--mutations-file is not used by embed" embed --weights "$W" --mutations-file "$T/muts.txt" "$S"
+refused "--mutations-file is not used by run-jobs" run-jobs --weights "$W" --fasta "$T/plain.fasta" --task score \
+    --mutations K2A --mutations-file "$T/muts.txt"
+refused "--max-pll-length is not used by embed" embed --weights "$W" --max-pll-length 10 "$S"
+refused "a SEQUENCE is not used by run-jobs" run-jobs --weights "$W" --fasta "$T/plain.fasta" --task embed "$S"
+refused "not both" embed --weights "$W" --fasta "$T/plain.fasta" "$S"
+refused "--top-k is an option of the predict task, not of embed" embed --weights "$W" --top-k 3 "$S"
+refused "--layer is an option of the embed task, not of score" score --weights "$W" --mutations K2A --layer 1 "$S"
+refused "--method is an option of the score task, not of embed" run-jobs --weights "$W" --fasta "$T/plain.fasta" \
+    --task embed --method wt-marginals
+echo "score --out written atomically; unused options of score / embed / run-jobs refused"
+
+# 10. export never writes over its own checkpoint
+cp "$T/r.ckpt" "$T/r.keep"
+for out in "$T/r.ckpt" "$T/./r.ckpt"; do
+    expect_rc 2 "$T/err" "$P" export --ckpt "$T/r.ckpt" --out "$out"
+    has "$T/err" "is the same file as --ckpt" "would overwrite the checkpoint"
+done
+cmp -s "$T/r.ckpt" "$T/r.keep" || fail "export overwrote its checkpoint"
+expect_rc 0 "$T/err" "$P" export --ckpt "$T/r.ckpt" --out "$T/r_export.safetensors"
+echo "export: --out naming the --ckpt file refused"
+
+# 11. eval prints valid JSON for a model whose outputs overflow: non-finite numbers are null (a head
+#     bias of 1e4 makes p(residue) ~ e^-10000 for all but one, so the perplexity is infinite)
+python3 - "$W" "$T/overflow.safetensors" <<'PY' || fail "cannot write the overflow fixture"
+import json, struct, sys
+b = bytearray(open(sys.argv[1], "rb").read())
+n = struct.unpack("<Q", b[:8])[0]
+start = json.loads(b[8:8 + n])["head.bias"]["data_offsets"][0]
+struct.pack_into("<f", b, 8 + n + start, 1e4)
+open(sys.argv[2], "wb").write(b)
+PY
+expect_rc 0 "$T/err" "$P" eval --weights "$T/overflow.safetensors" --fasta "$T/plain.fasta"
+python3 - "$T/out" <<'PY' || fail "eval JSON with non-finite numbers: $(head -c 600 "$T/out")"
+import json, sys
+def bad(c): raise ValueError("non-finite constant " + c)
+r = json.loads(open(sys.argv[1]).read(), parse_constant=bad)
+assert r["perplexity"] is None and r["residues"] > 0, r
+assert isinstance(r["accuracy"], float) and isinstance(r["unigram"]["perplexity"], float), r
+PY
+has "$T/err" "not finite"
+echo "eval: non-finite numbers are null, the output is valid JSON"
+
+# 12. --threads (a common option) is taken by every command
+expect_rc 0 "$T/err" "$P" info --weights "$W" --threads 1
+expect_rc 0 "$T/err" "$P" init --out "$T/t.safetensors" --threads 1
+expect_rc 0 "$T/err" "$P" export --ckpt "$T/r.ckpt" --out "$T/t2.safetensors" --threads 1
+expect_rc 0 "$T/err" "$P" overlap --train "$T/plain.fasta" --fasta "$T/one.fasta" --threads 1
+expect_rc 0 "$T/err" "$P" predict --weights "$W" --threads 1 "MK<mask>AY"
+expect_rc 0 "$T/err" "$P" eval --weights "$W" --fasta "$T/one.fasta" --threads 1
+expect_rc 0 "$T/err" "$P" score --weights "$W" --mutations K2A --threads 1 "$S"
+expect_rc 0 "$T/err" "$P" embed --weights "$W" --threads 1 "$S"
+expect_rc 2 "$T/err" "$P" info --weights "$W" --threads 0
+has "$T/err" "--threads expects an integer in 1..256"
+echo "--threads: taken by every command"
 echo "cli input tests ok ($n commands)"

@@ -2,7 +2,9 @@
 # Trainer acceptance: a tiny model's loss falls on a tiny corpus within a few hundred steps;
 # --resume continues exactly (same losses as an uninterrupted run); SIGTERM writes a checkpoint;
 # fine-tuning from weights on a FASTA works; `performer eval` prints its JSON; export works;
-# the warm-up-stable-decay schedule and its branch checkpoint.
+# the warm-up-stable-decay schedule and its branch checkpoint; checkpoints keep the training kernel
+# (export, --resume; conflicting options refused), an unreadable checkpoint stops --resume, and
+# checkpoint metadata is parsed strictly.
 set -euo pipefail
 BIN=${BIN:-bin}
 T=$(mktemp -d)
@@ -198,4 +200,87 @@ grep -q "leaves no room" "$T/x.err" || fail "no message for --decay-steps too lo
 $BIN/performer train --fasta "$T/tiny.fasta" --out "$T/x.safetensors" $ARCH --steps 10 --branch-ckpt "$T/x.ckpt" \
     2>"$T/x.err" && fail "--branch-ckpt without --decay-steps accepted"
 grep -q "needs --decay-steps" "$T/x.err" || fail "no message for --branch-ckpt alone"
+# 9. the training kernel is stored in checkpoints: a stopped run's export names it, and --resume goes
+#    on with it without --train-kernel (exactly as the uninterrupted run); another --train-kernel,
+#    architecture option or --seed than the checkpoint's is refused with the checkpoint untouched; a
+#    checkpoint from before the key resumes as then (--train-kernel, else the weights' kernel)
+edit_meta() {  # checkpoint key value ("-" removes the key): rewrites a safetensors header
+    python3 - "$@" <<'PY'
+import json, struct, sys
+path, key, val = sys.argv[1:4]
+b = open(path, "rb").read()
+n = struct.unpack("<Q", b[:8])[0]
+h = json.loads(b[8:8 + n])
+if val == "-":
+    del h["__metadata__"][key]
+else:
+    h["__metadata__"][key] = val
+t = json.dumps(h).encode()
+t += b" " * (-len(t) % 8)
+open(path, "wb").write(struct.pack("<Q", len(t)) + t + b[8 + n:])
+PY
+}
+K="--fasta $T/tiny.fasta $ARCH --steps 12 --warmup 2 --lr 3e-3 --seed 7"
+$BIN/performer train $K --train-kernel exact --out "$T/ke.safetensors" --log "$T/ke.csv"
+$BIN/performer train $K --train-kernel exact --out "$T/k.safetensors" --log "$T/k.csv" --ckpt "$T/k.ckpt" --stop-after 4
+$BIN/performer export --ckpt "$T/k.ckpt" --out "$T/k_export.safetensors" > "$T/k.info"
+grep -q "^kernel: *exact" "$T/k.info" || fail "export of a run trained with exact: $(grep kernel "$T/k.info")"
+cp "$T/k.ckpt" "$T/k_old.ckpt"
+cp "$T/k.csv" "$T/k_old.csv"
+for args in "--train-kernel favor-softmax" "--layers 3" "--d-model 64" "--conv 3" "--local 5" "--kernel exact" "--seed 8"; do
+    # shellcheck disable=SC2086
+    if $BIN/performer train $K $args --out "$T/k.safetensors" --log "$T/k.csv" --ckpt "$T/k.ckpt" --resume \
+        2>"$T/k.err"; then fail "--resume with $args accepted"; fi
+    grep -q -- "--resume: ${args% *} ${args#* }, but the .*checkpoint $T/k.ckpt" "$T/k.err" || fail "--resume $args: $(cat "$T/k.err")"
+    cmp -s "$T/k.ckpt" "$T/k_old.ckpt" && cmp -s "$T/k.csv" "$T/k_old.csv" || fail "--resume $args changed the checkpoint or log"
+done
+$BIN/performer train $K --out "$T/k.safetensors" --log "$T/k.csv" --ckpt "$T/k.ckpt" --resume 2>"$T/k.err"
+grep -q "kernel exact" "$T/k.err" || fail "resumed without --train-kernel, not with exact: $(cat "$T/k.err")"
+[ "$(cut -d, -f1,2,5 "$T/k.csv")" = "$(cut -d, -f1,2,5 "$T/ke.csv")" ] || fail "resumed exact run differs from the uninterrupted one"
+$BIN/performer info --weights "$T/k.safetensors" | grep -q "^kernel: *exact" || fail "final weights' kernel"
+cp "$T/k_old.ckpt" "$T/k.ckpt"; cp "$T/k_old.csv" "$T/k.csv"
+edit_meta "$T/k.ckpt" train_kernel -                        # as the checkpoints of before
+$BIN/performer export --ckpt "$T/k.ckpt" --out "$T/k_export.safetensors" | grep -q "^kernel: *favor-relu" \
+    || fail "export of a checkpoint without train_kernel: not the weights' kernel"
+$BIN/performer train $K --train-kernel exact --out "$T/k.safetensors" --log "$T/k.csv" --ckpt "$T/k.ckpt" --resume
+[ "$(cut -d, -f1,2,5 "$T/k.csv")" = "$(cut -d, -f1,2,5 "$T/ke.csv")" ] || fail "old checkpoint resumed with --train-kernel differs"
+echo "training kernel: stored in checkpoints, exported, resumed; conflicting options refused; old checkpoints resume"
+
+# 10. --resume with a checkpoint that exists but cannot be read stops with an error before anything is
+#     trained or changed (it started from step 0, dropped every row of the log and replaced the file)
+ln -s "$T/nowhere/k.ckpt" "$T/dangling.ckpt"
+cp "$T/k_old.csv" "$T/d.csv"
+if $BIN/performer train $K --out "$T/d.safetensors" --log "$T/d.csv" --ckpt "$T/dangling.ckpt" --resume 2>"$T/d.err"; then
+    fail "--resume with an unreadable checkpoint trained"
+fi
+grep -q "the checkpoint exists but cannot be used" "$T/d.err" || fail "no message: $(cat "$T/d.err")"
+grep -q "^training " "$T/d.err" && fail "training started"
+[ -L "$T/dangling.ckpt" ] && cmp -s "$T/d.csv" "$T/k_old.csv" || fail "the checkpoint link or the log changed"
+if [ "$(id -u)" != 0 ]; then                                # root reads a mode-000 file
+    cp "$T/k_old.ckpt" "$T/noread.ckpt"; chmod 000 "$T/noread.ckpt"
+    if $BIN/performer train $K --out "$T/d.safetensors" --log "$T/d.csv" --ckpt "$T/noread.ckpt" --resume 2>"$T/d.err"; then
+        fail "--resume with an unreadable checkpoint trained"
+    fi
+    grep -q "Permission denied" "$T/d.err" || fail "no message: $(cat "$T/d.err")"
+    cmp -s "$T/d.csv" "$T/k_old.csv" || fail "the log changed"
+fi
+echo "--resume: an unreadable checkpoint stops the run"
+
+# 11. checkpoint metadata is parsed strictly: a negative, overflowing, malformed or non-finite value
+#     is refused naming the key and the checkpoint (n_layers 2^32 + 2 was read as 2, "nan" elapsed
+#     time became invalid JSON in the exported provenance)
+for kv in "step=-1" "cursor=-5" "tokens=12x" "n_layers=4294967298" "d_model=0" "norm_eps=1e-5x" "norm_eps=inf" \
+          "elapsed=nan" "elapsed=-3" "rng2=zz" "seed=-1" "train_kernel=softmax"; do
+    cp "$T/k_old.ckpt" "$T/bad.ckpt"
+    edit_meta "$T/bad.ckpt" "${kv%%=*}" "${kv#*=}"
+    if $BIN/performer export --ckpt "$T/bad.ckpt" --out "$T/bad.safetensors" > /dev/null 2>"$T/bad.err"; then
+        fail "checkpoint with $kv exported: $($BIN/performer info --weights "$T/bad.safetensors" | grep provenance)"
+    fi
+    grep -q "$T/bad.ckpt: checkpoint metadata '${kv%%=*}' = \"${kv#*=}\" is not" "$T/bad.err" || fail "$kv: $(cat "$T/bad.err")"
+done
+cp "$T/k_old.ckpt" "$T/bad.ckpt"
+edit_meta "$T/bad.ckpt" step -
+if $BIN/performer train $K --out "$T/bad.safetensors" --ckpt "$T/bad.ckpt" --resume 2>"$T/bad.err"; then fail "no step resumed"; fi
+grep -q "checkpoint metadata 'step' is missing" "$T/bad.err" || fail "missing step: $(cat "$T/bad.err")"
+echo "checkpoint metadata: bad values refused, naming the key"
 echo "train tests ok"
