@@ -1118,6 +1118,8 @@ static int bad_framing(struct MHD_Connection *conn, req_st *st, const char *vers
     if (f.lengths_differ) msg = "Content-Length headers that disagree";
     else if (f.n_length && f.n_te) msg = "both Content-Length and Transfer-Encoding";
     else if (f.n_host > 1) msg = "more than one Host header";
+    else if (!f.n_host && version && !strcmp(version, MHD_HTTP_VERSION_1_1))
+        msg = "an HTTP/1.1 request without a Host header (RFC 9112 3.2)";
     else if (f.n_te && version && !strcmp(version, MHD_HTTP_VERSION_1_0)) msg = "Transfer-Encoding in HTTP/1.0";
     if (msg) {
         char m[160];
@@ -1181,6 +1183,15 @@ static int decide(struct MHD_Connection *conn, req_st *st, const char *url, enum
         const char *extra[] = {"Retry-After", "5", NULL};
         *ret = send_error(conn, st, 503, "draining", "the server is shutting down; retry on another instance", NULL,
                           extra);
+        return 1;
+    }
+    const char *ce = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Content-Encoding");
+    if (ce && strcasecmp(ce, "identity")) {   /* a gzip body would otherwise be "invalid JSON" */
+        char got[64], msg[160];
+        snprintf(got, sizeof got, "%s", ce);
+        sanitize(got);
+        snprintf(msg, sizeof msg, "unsupported Content-Encoding '%s': send the body uncompressed", got);
+        *ret = send_error(conn, st, 415, "unsupported_media_type", msg, NULL, NULL);
         return 1;
     }
     const char *ct = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Content-Type");

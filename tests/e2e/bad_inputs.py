@@ -44,6 +44,9 @@ CASES = [
          "unsupported_media_type", headers={"Content-Type": None}),
     case("HTTP", "FASTA job as text/plain (a cross-site request without preflight)", "POST", "/jobs?task=logits",
          ">a\nMKT\n", 415, "unsupported_media_type", headers={"Content-Type": "text/plain"}),
+    case("HTTP", "gzip-compressed body (Content-Encoding: gzip)", "POST", P,
+         b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\x03\xab\x56\x2a\x4e\x2d\x2c\x4d\xcd\x4b\x4e\x55\xb2\x52\x50\xf2\xf5\x0e\x51\xaa\x05\x00",
+         415, "unsupported_media_type", headers={"Content-Encoding": "gzip"}, show="(gzip of a JSON body)"),
     case("HTTP", "Content-Length over --max-body (1 GiB announced, nothing sent)", "POST", P, None, 413,
          "payload_too_large", headers={"Content-Length": str(1 << 30)}),
     case("HTTP", "chunked body over --max-body (3 MiB sent, no length)", "POST", P,
@@ -63,6 +66,8 @@ CASES = [
          error_type="bad_request",
          raw=b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 0\r\n"
              b"Content-Length: 19\r\n\r\n{\"sequence\": \"MKT\"}GET /nope HTTP/1.1\r\nHost: x\r\n\r\n"),
+    case("HTTP", "an HTTP/1.1 request without Host", "", "", status=400, error_type="bad_request",
+         raw=b"GET /health HTTP/1.1\r\n\r\n"),
     case("HTTP", "Content-Length and Transfer-Encoding together", "", "", status=400, error_type="bad_request",
          raw=b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 3\r\n"
              b"Transfer-Encoding: chunked\r\n\r\n13\r\n{\"sequence\": \"MKT\"}\r\n0\r\n\r\n"),
