@@ -19,7 +19,7 @@
 enum { ST_GET, ST_TOUCH, ST_INS, ST_REFRESH, ST_BYTES, ST_OLDEST, ST_DEL, ST_TOUCH_N, ST_LOG, ST_PING, ST_BEGIN, ST_COMMIT,
        ST_ROLLBACK, ST_STATS, ST_JOB_INS, ST_ITEM_INS, ST_JOB_GET, ST_JOB_LIST, ST_JOB_NEXT, ST_JOB_STATE,
        ST_JOB_REQUEUE, ST_ITEM_PENDING, ST_ITEM_STORE, ST_JOB_COUNT, ST_ITEM_READ, ST_ITEM_DEL, ST_JOB_DEL,
-       ST_JOB_FINISH, ST_N };
+       ST_JOB_FINISH, ST_LOG_PRUNE, ST_N };
 
 static const char *const stmt_sql[ST_N] = {
     [ST_GET] = "SELECT response FROM results WHERE id = ?1",
@@ -33,6 +33,8 @@ static const char *const stmt_sql[ST_N] = {
     [ST_TOUCH_N] = "UPDATE results SET last_used_at = max(last_used_at, ?2), hits = hits + ?3 WHERE id = ?1",
     [ST_LOG] = "INSERT INTO requests (time, request_id, result_id, method, route, status, duration_ms, cache_hit,"
                " client) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+    [ST_LOG_PRUNE] = "DELETE FROM requests WHERE rowid IN (SELECT rowid FROM requests WHERE time < ?1 ORDER BY time"
+                     " LIMIT ?2)",
     [ST_PING] = "INSERT OR REPLACE INTO meta (key, value) VALUES ('ready_probe', ?1)",
     [ST_BEGIN] = "BEGIN IMMEDIATE",
     [ST_COMMIT] = "COMMIT",
@@ -1165,6 +1167,26 @@ int db_log_batch(const db_log_row *rows, int n) {
     enter(1);
     int rc;
     RETRY_FRESH(rc, log_batch_locked(rows, n));
+    leave();
+    return rc;
+}
+
+/* Deletes up to limit request rows older than before (one statement, autocommit). */
+static int log_prune_locked(double before, int limit) {
+    db_conn *c = conn();
+    if (!c) return -1;
+    sqlite3_stmt *st = c->st[ST_LOG_PRUNE];
+    sqlite3_bind_double(st, 1, before);
+    sqlite3_bind_int(st, 2, limit);
+    if (run_done(c, st)) return -1;
+    return sqlite3_changes(c->db);
+}
+
+/* See cache.h (under the read lock). */
+int db_log_prune(double before, int limit) {
+    enter(1);
+    int rc;
+    RETRY_FRESH(rc, log_prune_locked(before, limit));
     leave();
     return rc;
 }

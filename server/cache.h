@@ -126,6 +126,10 @@ typedef struct {
  * Returns 0 or -1 (nothing written). */
 int db_log_batch(const db_log_row *rows, int n);
 
+/* Deletes up to limit rows of the requests table logged before time before (Unix seconds), oldest
+ * first. Returns the number deleted or -1. */
+int db_log_prune(double before, int limit);
+
 /* Appends one row to the requests table. Returns 0 or -1. */
 int db_log_request(double time, const char *request_id, const char *result_id, const char *method,
                    const char *route, int status, double duration_ms, int cache_hit, const char *client);

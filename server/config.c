@@ -51,6 +51,7 @@ static const opt_def opts[] = {
     {"max-score-tokens", I(max_score_tokens, 1, 1L << 40), "N", "max tokens one POST /score runs through the model (default 4194304)"},
     {"hot-cache-mb", I(hot_cache_mb, 0, 1L << 20), "MB", "in-memory map of hot results in front of the database (default 64; 0 = off)"},
     {"precision", S(precision), "fp32|bf16", "arithmetic of the weight products: fp32 (default) or bf16, bfloat16 with float32 sums, about 1.5-1.7x faster forward passes on CPUs with AVX-512 BF16 (results are cached per precision)"},
+    {"request-log-days", I(request_log_days, 0, 36500), "DAYS", "rows of the requests table are kept this many days (default 30; 0 = forever)"},
     {"result-fsync", I(result_fsync, 0, 1), "0|1", "1: fsync each stored result before its 200 (survives power loss); 0: written to the WAL before the 200 (survives a daemon crash), fsynced within 1 s (default 0)"},
 };
 #define N_OPTS (sizeof opts / sizeof opts[0])
@@ -81,6 +82,7 @@ void cfg_defaults(cfg *c) {
     c->max_score_tokens = 4L * 1024 * 1024;
     c->hot_cache_mb = 64;
     c->result_fsync = 0;
+    c->request_log_days = 30;
     snprintf(c->precision, sizeof c->precision, "fp32");
 }
 

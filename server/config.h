@@ -33,6 +33,7 @@ typedef struct {
     long hot_cache_mb;          /* bound of the in-memory hot-result map (MiB); 0 = off */
     char precision[16];         /* "fp32" or "bf16" (or "float32", "bfloat16"): the weight products' arithmetic (model/gemm.h) */
     long result_fsync;          /* 1 = fsync each stored result before its 200; 0 = WAL write, background sync */
+    long request_log_days;      /* retention of the requests table (days); 0 = forever */
 } cfg;
 
 /* Fills c with the built-in defaults. */

@@ -785,6 +785,7 @@ static enum MHD_Result handle_get(struct MHD_Connection *conn, req_st *st, const
         g.weights_changed = strcmp(weights_check(file_sha), "ok") != 0;
         gd_counts(&g.connections, &g.connections_cut);
         g.log_dropped = rl_dropped();
+        g.log_pruned = rl_pruned();
         g.db_checkpoints = db_checkpoints();
         hc_stats_t hs;
         hc_stats(&hs);
@@ -1349,6 +1350,12 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     int status = st->status ? st->status : 499;   /* 499: client went away before an answer */
     const char *label = routes[st->route].label;
     mt_request(label, st->method, status, dur);
+    /* a probe or scrape answered 2xx (a container healthcheck every 10 s, Prometheus) is counted in
+     * /metrics but neither logged nor written to the requests table, which would otherwise grow by
+     * a row per probe forever */
+    const int probe = (st->route == R_HEALTH || st->route == R_READY || st->route == R_METRICS) &&
+                      status >= 200 && status < 300 && toe == MHD_REQUEST_TERMINATED_COMPLETED_OK;
+    if (probe) goto done;
     db_log_row row;
     row.time = ut_wall();
     memcpy(row.request_id, st->request_id, sizeof row.request_id);
@@ -1385,6 +1392,7 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     b.len += 2;
     ssize_t wr = write(2, line, b.len);
     (void)wr;
+done:
     jb_release(st->job);
     free(st->body);
     free(st);

@@ -168,6 +168,7 @@ int main(int argc, char **argv) {
         goto startup_failed;
     }
     db_set_hooks(hc_take_touches, hc_evicted);
+    rl_set_retention((double)c.request_log_days);
     if (rl_start(err, sizeof err)) goto startup_failed;
     up[UP_LOG] = 1;
     if ((fd = http_listen(c.bind, c.port, &port, err, sizeof err)) < 0) goto startup_failed;

@@ -212,6 +212,9 @@ char *mt_render(const mt_gauges *g) {
                   " error).\n"
                   "# TYPE performerd_request_log_dropped_total counter\nperformerd_request_log_dropped_total %llu\n",
               g->log_dropped);
+    sb_printf(&b, "# HELP performerd_request_log_pruned_total Request log rows deleted as older than"
+                  " --request-log-days.\n# TYPE performerd_request_log_pruned_total counter\n"
+                  "performerd_request_log_pruned_total %llu\n", g->log_pruned);
     sb_printf(&b, "# HELP performerd_db_checkpoints_total WAL checkpoints run by the request-log thread (a grown WAL"
                   " copied into the database off the request path).\n"
                   "# TYPE performerd_db_checkpoints_total counter\nperformerd_db_checkpoints_total %llu\n",

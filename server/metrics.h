@@ -32,6 +32,7 @@ typedef struct {
     long connections;           /* open client connections */
     unsigned long long connections_cut;   /* connections shut down by a deadline (guard.h) */
     unsigned long long log_dropped;       /* request log rows not written (reqlog.h) */
+    unsigned long long log_pruned;        /* request log rows deleted by --request-log-days */
     unsigned long long db_checkpoints;    /* WAL checkpoints run by the request-log thread (cache.h) */
     unsigned long long hot_hits, hot_evictions;   /* hot map (hot.h) */
     long hot_entries;

@@ -16,6 +16,30 @@ static size_t q_len, q_cap, w_cap;
 static int running, stopping;
 static pthread_t th;
 static atomic_ullong dropped;
+static _Atomic double retention_s;    /* rows older than this are deleted; 0 = kept forever */
+static double next_prune;             /* ut_mono() of the next pruning round (writer thread only) */
+static atomic_ullong pruned;
+
+/* Sets the request log's retention (rl_set_retention); 0 keeps every row. */
+void rl_set_retention(double days) { retention_s = days > 0 ? days * 86400.0 : 0; }
+
+/* Returns the rows deleted by the retention so far. */
+unsigned long long rl_pruned(void) { return atomic_load(&pruned); }
+
+/* Writer thread, lock not held: every RL_PRUNE_INTERVAL_S (and at its start) deletes the rows older
+ * than the retention, RL_PRUNE_BATCH at a time (each its own short transaction, so that request
+ * rows and results are not held up), at most RL_PRUNE_MAX_BATCHES per round. */
+static void prune_old(void) {
+    const double keep = retention_s;
+    if (keep <= 0 || ut_mono() < next_prune) return;
+    next_prune = ut_mono() + RL_PRUNE_INTERVAL_S;
+    const double before = ut_wall() - keep;
+    for (int i = 0; i < RL_PRUNE_MAX_BATCHES; i++) {
+        int n = db_log_prune(before, RL_PRUNE_BATCH);
+        if (n > 0) atomic_fetch_add(&pruned, (unsigned long long)n);
+        if (n < RL_PRUNE_BATCH) break;   /* done, or the database refused (tried again next round) */
+    }
+}
 
 /* Returns the rows dropped so far. */
 unsigned long long rl_dropped(void) { return atomic_load(&dropped); }
@@ -37,6 +61,7 @@ static void *writer_main(void *arg) {
         while (!stopping && q_len == 0) {
             pthread_mutex_unlock(&mu);
             db_checkpoint();            /* a grown WAL, when a commit asked (cheap otherwise) */
+            prune_old();
             pthread_mutex_lock(&mu);
             if (stopping || q_len > 0) break;
             struct timespec ts = ut_deadline_in(RL_SYNC_INTERVAL_S);
@@ -66,6 +91,7 @@ static void *writer_main(void *arg) {
         next = now + RL_MIN_INTERVAL_S;
         write_rows(rows, n);
         db_checkpoint();              /* when a commit asked for one (cheap otherwise) */
+        if (!stop) prune_old();
         if (stop || ut_mono() - last_sync >= RL_SYNC_INTERVAL_S) {
             db_sync();
             last_sync = ut_mono();
@@ -96,6 +122,7 @@ int rl_start(char *err, size_t errlen) {
     pthread_condattr_destroy(&ca);
     pthread_mutex_lock(&mu);
     stopping = 0;
+    next_prune = 0;                   /* the first round right away */
     int rc = pthread_create(&th, NULL, writer_main, NULL);
     running = rc == 0;
     pthread_mutex_unlock(&mu);

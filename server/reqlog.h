@@ -17,6 +17,17 @@
 #define RL_BATCH 4096            /* rows written per transaction at most; this many waiting flush at once */
 #define RL_MIN_INTERVAL_S 0.02   /* least time between the starts of two flushes */
 #define RL_SYNC_INTERVAL_S 1.0   /* results committed without an fsync are checkpointed this often */
+#define RL_PRUNE_INTERVAL_S 600.0 /* rows past the retention are deleted this often (and at the start) */
+#define RL_PRUNE_BATCH 10000     /* rows deleted per statement */
+#define RL_PRUNE_MAX_BATCHES 100 /* statements per pruning round at most */
+
+/* Sets the retention of the requests table (--request-log-days): rows older than days are deleted
+ * by the writer at its start and every RL_PRUNE_INTERVAL_S; days <= 0 keeps every row. Call before
+ * rl_start. */
+void rl_set_retention(double days);
+
+/* Returns the rows deleted by the retention so far. */
+unsigned long long rl_pruned(void);
 
 /* Starts the writer thread. Returns 0 or -1 with err. */
 int rl_start(char *err, size_t errlen);

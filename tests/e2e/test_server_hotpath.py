@@ -241,4 +241,33 @@ check(big >= 1, "and some ran in batches of more than 256 (%d such batches; the 
 print("note: %d batches of more than 256 sequences; the long pass took %.1fs" % (big, slow_s[0]))
 d.stop()
 
+# ---- the requests table: probes are not logged; rows past --request-log-days are deleted ------------------
+DBR = os.path.join(T, "retention.sqlite")
+d = Daemon(W, DBR).start()
+check(d.post({"sequence": "MKT<mask>LLV"}).status == 200, "a prediction")
+for _ in range(5):
+    for path in ("/health", "/ready", "/metrics"):
+        d.get(path)
+check(d.get("/nope").status == 404, "an unknown route")
+d.stop()
+logged = [r[0] for r in rows(DBR, "select route from requests")]
+check("/predict" in logged and not any(r in ("/health", "/ready", "/metrics") for r in logged) and len(logged) == 2,
+      "2xx probes and scrapes are not written to the requests table (only /predict and the 404): %s" % logged)
+now = time.time()
+c = sqlite3.connect(DBR)
+c.executemany("insert into requests (time, request_id, result_id, method, route, status, duration_ms, cache_hit, client)"
+              " values (?, ?, null, 'POST', '/predict', 200, 1.0, 0, '127.0.0.1')",
+              [(now - 40 * 86400 + i, "old-%d" % i) for i in range(25000)] +
+              [(now - 86400 * k, "recent-%d" % k) for k in (1, 2, 29)])
+c.commit()
+c.close()
+d = Daemon(W, DBR, ["--request-log-days", "30"]).start()
+old = poll(lambda: rows(DBR, "select count(*) from requests where request_id like 'old-%'")[0][0], lambda n: n == 0,
+           timeout=10, interval=0.1)
+recent = rows(DBR, "select count(*) from requests where request_id like 'recent-%'")[0][0]
+check(old == 0 and recent == 3, "--request-log-days 30 deletes the 25,000 rows of 40 days ago at start, keeps the "
+      "3 younger ones (%d old, %d recent left)" % (old, recent))
+check(metric(d, "performerd_request_log_pruned_total") == 25000, "pruned rows counted in /metrics")
+d.stop()
+
 done()

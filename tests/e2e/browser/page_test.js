@@ -311,7 +311,7 @@ async function main() {
     // ---- another origin: API key + CORS ----------------------------------------------------------------
     const clearStatus = () => page.evaluate(() => { const s = document.getElementById("status"); s.textContent = ""; s.className = ""; });
     await clearStatus();
-    await page.fill("#server", originB);
+    await page.fill("#server", originB.replace("http://", ""));   // no scheme: the page's own (http:) is used
     await page.fill("#api-key", "");
     await page.click("#connect");
     await waitFor(page, () => document.getElementById("status").className === "error");
@@ -333,6 +333,31 @@ async function main() {
     const shot2 = path.join(OUT, "page-cors.png");
     await page.screenshot({ path: shot2, fullPage: true });
     console.log("screenshot: " + shot2);
+
+    // ---- behind a reverse proxy under a path prefix (docker/nginx.conf's /api/performer/) ------------------
+    // the page's calls are relative to it, so they go through the prefix too ("/model" would miss it)
+    const seen = [];
+    const proxy = http.createServer((req, res) => {
+      seen.push(req.method + " " + req.url);
+      if (!req.url.startsWith("/api/performer/")) { res.writeHead(404); res.end("not the service"); return; }
+      const up = http.request({ host: "127.0.0.1", port: a.port, method: req.method, headers: req.headers,
+        path: req.url.slice("/api/performer".length) }, (ur) => { res.writeHead(ur.statusCode, ur.headers); ur.pipe(res); });
+      up.on("error", () => { res.writeHead(502); res.end(); });
+      req.pipe(up);
+    });
+    await new Promise((r) => proxy.listen(0, "127.0.0.1", r));
+    try {
+      await page.goto("http://127.0.0.1:" + proxy.address().port + "/api/performer/");
+      await waitFor(page, () => document.getElementById("model-info").dataset.connected === "1", null, "connected via the prefix");
+      await page.fill("#sequence", SEQ.slice(0, 12));
+      await page.click("#analyze");
+      await waitFor(page, () => document.getElementById("heatmap").dataset.length === "12", null, "heatmap via the prefix");
+      await waitFor(page, () => Number(document.getElementById("predictions").dataset.rows || 0) === 12);
+      check(seen.length > 0 && seen.every((u) => u.includes("/api/performer/")),
+        "under a prefix every call goes through it: " + seen.join(", "));
+    } finally {
+      proxy.close();
+    }
     // the deliberate 401 and 422 answers are logged by Chromium as failed loads; anything else is a problem
     const relevant = problems.filter((p) => !p.includes("Failed to load resource"));
     check(relevant.length === 0, "no page errors or CSP violations: " + relevant.join(" | "));
