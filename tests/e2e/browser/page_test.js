@@ -316,9 +316,15 @@ async function main() {
     await page.click("#connect");
     await waitFor(page, () => document.getElementById("status").className === "error");
     check((await page.textContent("#status")).includes("API key"), "missing key is reported");
+    await clearStatus();
+    await page.fill("#api-key", "schlüssel");
+    await page.click("#connect");
+    await waitFor(page, () => document.getElementById("status").className === "error");
+    check((await page.textContent("#status")).includes("printable ASCII"), "a key no header can carry is named as such: " +
+      await page.textContent("#status"));
     await page.fill("#api-key", KEY);
     await page.fill("#sequence", SEQ.slice(0, 20));
-    await page.click("#connect");
+    await page.press("#api-key", "Enter");   // Enter in the key field connects
     await waitFor(page, (n) => document.getElementById("heatmap").dataset.length === String(n), 20);
     await waitFor(page, () => Number(document.getElementById("predictions").dataset.rows || 0) === 20);
     check((await page.textContent("#status")).startsWith("20 residues"), "analysis through CORS with the key: " +
