@@ -50,7 +50,7 @@ static const char *const stmt_sql[ST_N] = {
                      " started_at = CASE WHEN ?2 = 'running' AND started_at IS NULL THEN ?3 ELSE started_at END,"
                      " finished_at = CASE WHEN ?2 IN ('done', 'cancelled') THEN ?3 ELSE NULL END"
                      " WHERE id = ?1 AND (?4 IS NULL OR instr(?4, ',' || state || ',') > 0)",
-    [ST_JOB_REQUEUE] = "UPDATE jobs SET state = 'queued', updated_at = ?1 WHERE state = 'running'",
+    [ST_JOB_REQUEUE] = "UPDATE jobs SET state = 'queued', updated_at = ?1 WHERE state = 'running' AND model_sha256 = ?2",
     [ST_ITEM_PENDING] = "SELECT idx, request FROM job_items WHERE job_id = ?1 AND idx > ?2 AND status IS NULL"
                         " ORDER BY idx LIMIT ?3",
     [ST_ITEM_STORE] = "UPDATE job_items SET status = ?3, result_id = ?4, output = ?5"
@@ -1005,11 +1005,12 @@ static int job_set_state_locked(const char *id, const char *state, const char *f
 }
 
 /* Puts running jobs back in the queue. */
-static int job_requeue_running_locked(void) {
+static int job_requeue_running_locked(const char *model_sha256) {
     db_conn *c = conn();
     if (!c) return -1;
     sqlite3_stmt *st = c->st[ST_JOB_REQUEUE];
     sqlite3_bind_double(st, 1, ut_wall());
+    sqlite3_bind_text(st, 2, model_sha256, -1, SQLITE_STATIC);
     if (run_done(c, st)) return -1;
     return sqlite3_changes(c->db);
 }
@@ -1304,10 +1305,10 @@ int db_job_set_state(const char *id, const char *state, const char *from) {
 }
 
 /* See cache.h (under the read lock). */
-int db_job_requeue_running(void) {
+int db_job_requeue_running(const char *model_sha256) {
     enter(1);
     int rc;
-    RETRY_FRESH(rc, job_requeue_running_locked());
+    RETRY_FRESH(rc, job_requeue_running_locked(model_sha256));
     leave();
     return rc;
 }

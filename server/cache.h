@@ -177,8 +177,9 @@ int db_job_next(const char *model_sha256, char id[65]);
  * or -1. */
 int db_job_set_state(const char *id, const char *state, const char *from);
 
-/* Puts every running job back to queued (start-up after a crash or stop). Returns the count or -1. */
-int db_job_requeue_running(void);
+/* Puts every running job of model model_sha256 (a model key, ut_model_key) back to queued (start-up
+ * after a crash; daemons of other models sharing the file keep theirs). Returns the count or -1. */
+int db_job_requeue_running(const char *model_sha256);
 
 /* Reads up to limit unfinished items of job id with index > after, in index order: idx[i] and
  * requests[i] (malloc'd). Returns the number read or -1. */

@@ -16,6 +16,7 @@ struct gd_conn {
     _Atomic long long deadline_ms;   /* monotonic ms; 0 = none */
     long long body_start_ms;         /* owner thread only */
     size_t body_bytes;               /* owner thread only */
+    int in_body;                     /* between gd_body_start and gd_busy / gd_wait_request (owner thread) */
     int cut;                         /* shut down already (under mu) */
     gd_conn *prev, *next;            /* under mu */
 };
@@ -117,7 +118,9 @@ void gd_close(gd_conn *g) {
 
 /* Waiting for the next request. */
 void gd_wait_request(gd_conn *g) {
-    if (g) atomic_store(&g->deadline_ms, now_ms() + timeout_ms);
+    if (!g) return;
+    g->in_body = 0;
+    atomic_store(&g->deadline_ms, now_ms() + timeout_ms);
 }
 
 /* A body upload begins. */
@@ -125,12 +128,13 @@ void gd_body_start(gd_conn *g) {
     if (!g) return;
     g->body_start_ms = now_ms();
     g->body_bytes = 0;
+    g->in_body = 1;
     atomic_store(&g->deadline_ms, g->body_start_ms + timeout_ms);
 }
 
 /* Body bytes arrived. */
 void gd_body_data(gd_conn *g, size_t n) {
-    if (!g) return;
+    if (!g || !g->in_body) return;   /* (outside a body phase the deadline would be computed from a stale start) */
     g->body_bytes += n;
     long long earned = (long long)(g->body_bytes / (GD_MIN_BODY_RATE / 1000));
     atomic_store(&g->deadline_ms, g->body_start_ms + timeout_ms + earned);
@@ -138,7 +142,9 @@ void gd_body_data(gd_conn *g, size_t n) {
 
 /* Being answered. */
 void gd_busy(gd_conn *g) {
-    if (g) atomic_store(&g->deadline_ms, 0);
+    if (!g) return;
+    g->in_body = 0;
+    atomic_store(&g->deadline_ms, 0);
 }
 
 /* Counts. */

@@ -780,7 +780,8 @@ static enum MHD_Result handle_get(struct MHD_Connection *conn, req_st *st, const
         char file_sha[65];
         jb_counts(&g.queue_depth, &g.running);
         g.background_depth = jb_background_depth();
-        g.ready = !(quiesced || jb_draining());
+        int db_ok;
+        g.ready = is_ready(&db_ok);   /* as /ready decides: database writable (one small write), not draining */
         g.trained = env->model->cfg.trained;
         g.weights_changed = strcmp(weights_check(file_sha), "ok") != 0;
         gd_counts(&g.connections, &g.connections_cut);
@@ -1293,7 +1294,9 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
             st->reading = 1;
             gd_body_start(st->guard);   /* the body must now arrive at a minimum average rate */
         } else {
-            gd_busy(st->guard);
+            /* answered on the final call, after any body (a POST to an unknown route, a GET with a
+             * body) has been read and thrown away, at the same minimum rate */
+            gd_body_start(st->guard);
         }
         return MHD_YES;             /* everything else is answered on the final call (keep-alive) */
     }

@@ -332,6 +332,9 @@ static void *runner_main(void *arg) {
             memcpy(current, id, sizeof current);
             pthread_mutex_unlock(&mu);
             run_job(id);
+            /* stopped mid-job: queued again now, so that another daemon of this model sharing the
+             * database can take it (a crash leaves it running until a daemon of the model starts) */
+            if (stop_requested()) db_job_set_state(id, "queued", ",running,");
             pthread_mutex_lock(&mu);
             current[0] = '\0';
             pthread_mutex_unlock(&mu);
@@ -360,7 +363,7 @@ int ja_start(const pf_model *m, const tk_limits *lim, char *err, size_t errlen) 
     pthread_condattr_destroy(&ca);
     model = m;
     limits = *lim;
-    int n = db_job_requeue_running();
+    int n = db_job_requeue_running(ut_model_key(model->sha256));
     if (n < 0) {
         snprintf(err, errlen, "cannot requeue running jobs: %s", db_last_error());
         return -1;

@@ -11,7 +11,7 @@
 
 #define PR_TOPK_DEFAULT 5
 #define PR_TOPK_MAX 25          /* accepted maximum; at most 20 entries exist (the residue classes) */
-#define PR_RESPONSE_VERSION 1   /* part of the id: bump when the response format changes */
+#define PR_RESPONSE_VERSION 2   /* part of the id: bump when the response format changes (2: "precision" in "model") */
 #define PR_MAX_ENTRIES 2000000  /* top-k entries per response (positions x top_k), ~100 MB of JSON */
 #define PR_MAX_JSON_DEPTH 64    /* arrays/objects nested deeper than this are refused before parsing */
 #define PR_MAX_JSON_VALUES(len) (200000 + (len) / 16)   /* JSON values a body of len bytes may hold */

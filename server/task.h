@@ -19,7 +19,7 @@ typedef enum { TK_PREDICT, TK_SCORE, TK_EMBED, TK_LOGITS } tk_kind;
 typedef enum { TK_MASKED_MARGINALS, TK_WT_MARGINALS, TK_PSEUDO_LIKELIHOOD } tk_method;
 
 #define TK_NO_HIDDEN (-2)        /* hidden_layer of tasks that need no hidden states */
-#define TK_VERSION 1             /* part of the ids of score/embed/logits: bump when their format changes */
+#define TK_VERSION 2             /* part of the ids of score/embed/logits: bump when their format changes (2: results stored before long mutant texts were written whole) */
 #define TK_MAX_MUTANTS 100000    /* mutants per /score request */
 #define TK_MAX_NUMBERS 10000000  /* numbers in one /embed or /logits response (~100 MB of JSON) */
 

@@ -89,6 +89,8 @@ def fault_behaviour(d, what, reason_words):
     e = error_shape(r, 503, "not_ready")
     err = (e.get("checks") or {}).get("database_error", "")
     check(any(w in err for w in reason_words), "%s: /ready names the database error: %r" % (what, err))
+    ready = [ln for ln in d.get("/metrics").body.decode().splitlines() if ln.startswith("performerd_ready ")]
+    check(ready == ["performerd_ready 0"], "%s: the performerd_ready gauge is 0 as /ready is 503: %s" % (what, ready))
     r = d.post({"task": "predict", "sequences": [seq(), seq()]}, path="/jobs")
     error_shape(r, 503, "storage_unavailable")
 

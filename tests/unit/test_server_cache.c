@@ -163,7 +163,8 @@ int main(void) {
         CHECK(db_job_finish("job1") == 0);                                /* one item left */
         CHECK(db_job_pending("job1", -1, 4, idx, rq) == 1 && idx[0] == 2);
         free(rq[0]);
-        CHECK(db_job_requeue_running() == 1 && db_job_next("sha", id) == 1);   /* start-up after a stop */
+        CHECK(db_job_requeue_running("other-model") == 0);   /* a daemon of another model leaves it running */
+        CHECK(db_job_requeue_running("sha") == 1 && db_job_next("sha", id) == 1);   /* start-up after a stop */
         CHECK(db_job_set_state("job1", "running", ",queued,") == 1);
         const int st2[1] = {200};
         const char *rid2[1] = {"r2"}, *out2[1] = {"{\"x\":2}"};
