@@ -960,8 +960,9 @@ static long tr_log_trim(const char *path, long step, char *err, size_t errlen) {
 }
 
 /* On --resume from checkpoint path (model m, run record run): refuses the run-defining options
- * given (o->arch_given, o->kernel, o->seed_given) that differ from what the checkpoint stores, as
- * a resumed run goes on with the checkpoint's, and sets o->kernel and o->seed to the checkpoint's
+ * given (o->arch_given, o->kernel) that differ from what the checkpoint stores, as a resumed run
+ * goes on with the checkpoint's, and sets o->kernel to the checkpoint's training kernel and o->seed
+ * to its seed unless --seed was given (noted on stderr)
  * (a checkpoint without train_kernel, from before that key: --train-kernel or the weights' kernel,
  * as then). --name renames the model. Returns 0 or -1 + err. */
 static int tr_resume_check(tr_options *o, const char *path, pf_model *m, const tr_ckpt_run *run, char *err,
@@ -1001,13 +1002,15 @@ static int tr_resume_check(tr_options *o, const char *path, pf_model *m, const t
         o->kernel = c->kernel;
     }
     if (run->has_seed) {
-        if (o->seed_given && o->seed != run->seed) {
-            snprintf(err, errlen, "--resume: --seed %llu, but the checkpoint %s has seed %llu (it draws the "
-                     "attention projections): drop --seed or give --seed %llu", (unsigned long long)o->seed,
-                     path, (unsigned long long)run->seed, (unsigned long long)run->seed);
-            return -1;
-        }
-        o->seed = run->seed;
+        /* the seed of a resumed run only draws FAVOR+ projection redraws (the data order and masks
+         * continue the checkpoint's): a warm start of a new stage from a copied checkpoint gives a
+         * new one, as the model card's stage commands do */
+        if (o->seed_given && o->seed != run->seed)
+            fprintf(stderr, "--resume: --seed %llu replaces the checkpoint's seed %llu (it draws only the "
+                    "FAVOR+ projection redraws; the data order continues the checkpoint's)\n",
+                    (unsigned long long)o->seed, (unsigned long long)run->seed);
+        else
+            o->seed = run->seed;
     }
     if (o->arch_given & TR_ARCH_NAME) pf_copy_utf8(m->cfg.name, sizeof m->cfg.name, o->cfg.name);
     return 0;

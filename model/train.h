@@ -46,8 +46,8 @@ typedef struct {
     unsigned arch_given;        /* TR_ARCH_* bits: the architecture options given explicitly */
     pf_kernel kernel;           /* kernel to train (DEFAULT = cfg's); stored in checkpoints, and a
                                  * resumed run goes on with the checkpoint's */
-    uint64_t seed;              /* a resumed run goes on with the checkpoint's */
-    int seed_given;             /* --seed was given (a resumed run refuses another than its own) */
+    uint64_t seed;              /* a resumed run goes on with the checkpoint's unless --seed is given */
+    int seed_given;             /* --seed was given (on --resume it replaces the checkpoint's, noted) */
     long steps;                 /* total optimiser steps (schedule length) */
     long warmup;                /* warm-up steps */
     long decay_steps;           /* 0: cosine from the warm-up to the end; N: warm-up-stable-decay,
@@ -71,8 +71,8 @@ typedef struct {
 /* Fills o with the defaults. */
 void tr_options_default(tr_options *o);
 
-/* Runs training per o (resuming when o->resume: with the checkpoint's model, seed and training
- * kernel; conflicting options given are refused; a checkpoint that exists but cannot be read is an
+/* Runs training per o (resuming when o->resume: with the checkpoint's model, training kernel and,
+ * unless --seed is given, seed; conflicting architecture or kernel options are refused; a checkpoint that exists but cannot be read is an
  * error). Returns 0, or -1 with err. Saves a checkpoint on SIGINT/SIGTERM and returns 0 after it
  * (with *interrupted = 1). */
 int tr_run(const tr_options *o, int *interrupted, char *err, size_t errlen);

@@ -202,7 +202,8 @@ $BIN/performer train --fasta "$T/tiny.fasta" --out "$T/x.safetensors" $ARCH --st
 grep -q "needs --decay-steps" "$T/x.err" || fail "no message for --branch-ckpt alone"
 # 9. the training kernel is stored in checkpoints: a stopped run's export names it, and --resume goes
 #    on with it without --train-kernel (exactly as the uninterrupted run); another --train-kernel,
-#    architecture option or --seed than the checkpoint's is refused with the checkpoint untouched; a
+#    architecture option than the checkpoint's is refused with the checkpoint untouched (another --seed is
+#    taken with a note: it draws only projection redraws); a
 #    checkpoint from before the key resumes as then (--train-kernel, else the weights' kernel)
 edit_meta() {  # checkpoint key value ("-" removes the key): rewrites a safetensors header
     python3 - "$@" <<'PY'
@@ -227,7 +228,7 @@ $BIN/performer export --ckpt "$T/k.ckpt" --out "$T/k_export.safetensors" > "$T/k
 grep -q "^kernel: *exact" "$T/k.info" || fail "export of a run trained with exact: $(grep kernel "$T/k.info")"
 cp "$T/k.ckpt" "$T/k_old.ckpt"
 cp "$T/k.csv" "$T/k_old.csv"
-for args in "--train-kernel favor-softmax" "--layers 3" "--d-model 64" "--conv 3" "--local 5" "--kernel exact" "--seed 8"; do
+for args in "--train-kernel favor-softmax" "--layers 3" "--d-model 64" "--conv 3" "--local 5" "--kernel exact"; do
     # shellcheck disable=SC2086
     if $BIN/performer train $K $args --out "$T/k.safetensors" --log "$T/k.csv" --ckpt "$T/k.ckpt" --resume \
         2>"$T/k.err"; then fail "--resume with $args accepted"; fi
@@ -244,6 +245,11 @@ $BIN/performer export --ckpt "$T/k.ckpt" --out "$T/k_export.safetensors" | grep 
     || fail "export of a checkpoint without train_kernel: not the weights' kernel"
 $BIN/performer train $K --train-kernel exact --out "$T/k.safetensors" --log "$T/k.csv" --ckpt "$T/k.ckpt" --resume
 [ "$(cut -d, -f1,2,5 "$T/k.csv")" = "$(cut -d, -f1,2,5 "$T/ke.csv")" ] || fail "old checkpoint resumed with --train-kernel differs"
+# another --seed on --resume is taken, with a note (a new stage warm-started from a copied checkpoint)
+cp "$T/k_old.ckpt" "$T/k.ckpt"; cp "$T/k_old.csv" "$T/k.csv"
+$BIN/performer train $K --seed 8 --out "$T/k.safetensors" --log "$T/k.csv" --ckpt "$T/k.ckpt" --resume 2>"$T/k.err" \
+    || fail "--resume with another --seed refused: $(cat "$T/k.err")"
+grep -q -- "--seed 8 replaces the checkpoint's seed 7" "$T/k.err" || fail "no note for another --seed: $(cat "$T/k.err")"
 echo "training kernel: stored in checkpoints, exported, resumed; conflicting options refused; old checkpoints resume"
 
 # 10. --resume with a checkpoint that exists but cannot be read stops with an error before anything is
