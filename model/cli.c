@@ -128,12 +128,6 @@ static int parse_double_in(const char *opt, const char *s, double lo, double hi,
     return 0;
 }
 
-/* Writes v with four decimals into dst (n bytes), or null when v is not finite (JSON has no NaN). */
-static void json_num(char *dst, size_t n, double v) {
-    if (isfinite(v)) snprintf(dst, n, "%.4f", v);
-    else snprintf(dst, n, "null");
-}
-
 /* Writes s as a JSON string literal (quoted, escaped by ut_json_str) to stdout. */
 static void print_json_str(const char *s) {
     ut_buf b = {0};
@@ -450,8 +444,8 @@ static int cmd_eval(int argc, char **argv) {
     for (int k = 0; k < TR_CAL_BINS; k++) {     /* an empty bin has null mean and accuracy */
         char pm[32] = "null", ac[32] = "null";
         if (res.cal_count[k]) {
-            json_num(pm, sizeof pm, res.cal_conf[k]);
-            json_num(ac, sizeof ac, res.cal_acc[k]);
+            tr_json_num(pm, sizeof pm, "%.4f", res.cal_conf[k]);
+            tr_json_num(ac, sizeof ac, "%.4f", res.cal_acc[k]);
         }
         cl += (size_t)snprintf(cal + cl, sizeof cal - cl, "%s{\"from\": %.1f, \"to\": %.1f, \"residues\": %ld, "
                                "\"mean_probability\": %s, \"accuracy\": %s}", k ? ", " : "",
@@ -463,12 +457,12 @@ static int cmd_eval(int argc, char **argv) {
     print_json_str(fa);
     /* non-finite numbers (weights whose outputs overflow) are null: the output is always valid JSON */
     char ppl[32], acc[32], top5[32], uppl[32], uacc[32], ece[32];
-    json_num(ppl, sizeof ppl, res.perplexity);
-    json_num(acc, sizeof acc, res.accuracy);
-    json_num(top5, sizeof top5, res.top5_accuracy);
-    json_num(uppl, sizeof uppl, res.uni_perplexity);
-    json_num(uacc, sizeof uacc, res.uni_accuracy);
-    json_num(ece, sizeof ece, res.ece);
+    tr_json_num(ppl, sizeof ppl, "%.4f", res.perplexity);
+    tr_json_num(acc, sizeof acc, "%.4f", res.accuracy);
+    tr_json_num(top5, sizeof top5, "%.4f", res.top5_accuracy);
+    tr_json_num(uppl, sizeof uppl, "%.4f", res.uni_perplexity);
+    tr_json_num(uacc, sizeof uacc, "%.4f", res.uni_accuracy);
+    tr_json_num(ece, sizeof ece, "%.4f", res.ece);
     printf(", \"kernel\": \"%s\", \"mask_rate\": %g, "
            "\"seed\": %ld, \"window\": %ld, \"precision\": \"%s\", \"sequences\": %ld, \"residues\": %ld, \"perplexity\": %s, \"accuracy\": %s, "
            "\"top5_accuracy\": %s, "

@@ -693,7 +693,7 @@ static void tr_json_str(char *dst, size_t n, const char *s) {
 }
 
 /* Writes v as a JSON number with fmt into dst, or null when v is not finite (e.g. no validation). */
-static void tr_json_num(char *dst, size_t n, const char *fmt, double v) {
+void tr_json_num(char *dst, size_t n, const char *fmt, double v) {
     if (isfinite(v)) snprintf(dst, n, fmt, v);
     else snprintf(dst, n, "null");
 }

@@ -77,6 +77,10 @@ void tr_options_default(tr_options *o);
  * (with *interrupted = 1). */
 int tr_run(const tr_options *o, int *interrupted, char *err, size_t errlen);
 
+/* Writes v as a JSON number with fmt into dst (n bytes), or null when v is not finite (JSON has no
+ * NaN or infinity). */
+void tr_json_num(char *dst, size_t n, const char *fmt, double v);
+
 /* Writes the model of checkpoint ckpt as a weights file out (trained = true, kernel = the kernel it
  * was trained with, provenance = the checkpoint's step and tokens). Returns 0 or -1 with err. */
 int tr_export(const char *ckpt, const char *out, char *err, size_t errlen);

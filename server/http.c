@@ -402,6 +402,16 @@ static long body_cap(const req_st *st) { return st->route == R_JOBS ? env->c->ma
 /* The most body bytes swallowed unread for a request being refused (see on_request). */
 static unsigned long long discard_cap(const req_st *st) { return (unsigned long long)body_cap(st) * 4 + (1u << 20); }
 
+/* Reads the request's Content-Length into *v: 1 when given, 0 when absent, -1 when not a number. */
+static int content_length(struct MHD_Connection *conn, unsigned long long *v) {
+    const char *cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Content-Length");
+    if (!cl) return 0;
+    char *end;
+    errno = 0;
+    *v = strtoull(cl, &end, 10);
+    return errno || end == cl ? -1 : 1;
+}
+
 /* Returns the option that sets body_cap. */
 static const char *body_cap_option(const req_st *st) { return st->route == R_JOBS ? "--max-job-body" : "--max-body"; }
 
@@ -1210,12 +1220,11 @@ static int decide(struct MHD_Connection *conn, req_st *st, const char *url, enum
         *ret = send_error(conn, st, 415, "unsupported_media_type", msg, NULL, NULL);
         return 1;
     }
-    const char *cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Content-Length");
-    if (cl) {
-        char *end;
-        errno = 0;
-        unsigned long long v = strtoull(cl, &end, 10);
-        if (errno || (unsigned long long)body_cap(st) < v) {
+    unsigned long long v = 0;
+    const int has = content_length(conn, &v);
+    if (has) {
+        if (has < 0 || (unsigned long long)body_cap(st) < v) {
+            const char *cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Content-Length");
             char msg[160];
             snprintf(msg, sizeof msg, "request body of %s bytes exceeds the limit of %ld bytes (%s)", cl, body_cap(st),
                      body_cap_option(st));
@@ -1233,13 +1242,9 @@ static int decide(struct MHD_Connection *conn, req_st *st, const char *url, enum
 static int refuse_later(struct MHD_Connection *conn, req_st *st, const char *url) {
     const char *ex = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Expect");
     if (ex && !strcasecmp(ex, "100-continue")) return 0;
-    const char *cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Content-Length");
-    if (cl) {
-        char *end;
-        errno = 0;
-        unsigned long long v = strtoull(cl, &end, 10);
-        if (errno || end == cl || v > discard_cap(st)) return 0;
-    }
+    unsigned long long v = 0;
+    int has = content_length(conn, &v);
+    if (has < 0 || (has && v > discard_cap(st))) return 0;
     enum MHD_Result unused;
     st->dry = 1;
     int refused = decide(conn, st, url, &unused);

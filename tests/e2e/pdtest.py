@@ -206,9 +206,10 @@ def error_shape(r, status, error_type=None):
     return j
 
 
-def raw_exchange(port, head, body_chunks=(), timeout=30):
-    """Sends raw request bytes (head, then each chunk; send errors ignored: the server may answer and
-    close early) and returns the raw response bytes (status line + headers + some body)."""
+def raw_exchange(port, head, body_chunks=(), timeout=30, pause=0.0):
+    """Sends raw request bytes (head, then each chunk, pause seconds after each; send errors ignored:
+    the server may answer and close early) and returns the raw response bytes (status line + headers
+    + some body)."""
     import socket
     s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
     data = b""
@@ -216,6 +217,8 @@ def raw_exchange(port, head, body_chunks=(), timeout=30):
         s.sendall(head)
         for c in body_chunks:
             s.sendall(c)
+            if pause:
+                time.sleep(pause)
     except OSError:
         pass
     try:
