@@ -227,6 +227,36 @@ static void make_parent(const char *path) {
     mkdir(dir, 0775);
 }
 
+/* Returns the first integer of a one-row query on db (-1 when it fails). */
+static long long query_int(sqlite3 *db, const char *sql) {
+    sqlite3_stmt *st = NULL;
+    long long v = -1;
+    if (sqlite3_prepare_v2(db, sql, -1, &st, NULL) == SQLITE_OK && sqlite3_step(st) == SQLITE_ROW)
+        v = sqlite3_column_int64(st, 0);
+    sqlite3_finalize(st);
+    return v;
+}
+
+/* Whether the open database (schema version version) belongs to another program: an application id
+ * other than performerd's, or none and no schema version but tables of its own. Returns 0, or 1
+ * (or -1 when it cannot tell) with a one-line err naming the file and the fix. */
+static int foreign_file(sqlite3 *db, const char *path, long long version, char *err, size_t errlen) {
+    const long long app = query_int(db, "PRAGMA application_id");
+    const long long tables = query_int(db, "SELECT count(*) FROM sqlite_master WHERE type = 'table'");
+    if (app < 0 || tables < 0) {
+        snprintf(err, errlen, "cannot read database '%s': %s", path, sqlite3_errmsg(db));
+        return -1;
+    }
+    if (app == DB_APPLICATION_ID || (app == 0 && (version > 0 || tables == 0))) return 0;
+    if (app != 0)
+        snprintf(err, errlen, "database '%s' belongs to another application (application_id %lld, performerd's is"
+                 " %d): use another --db", path, app, DB_APPLICATION_ID);
+    else
+        snprintf(err, errlen, "database '%s' holds %lld table(s) of another program and no performerd schema: use"
+                 " another --db (performerd does not write into other databases)", path, tables);
+    return 1;
+}
+
 /* Opens (creating it and its directory when missing) a database file, sets WAL mode, applies the
  * migrations and probes a write. Returns the connection, or NULL with a one-line err. */
 static sqlite3 *open_file(const char *path, char *err, size_t errlen) {
@@ -251,18 +281,20 @@ static sqlite3 *open_file(const char *path, char *err, size_t errlen) {
     }
     sqlite3_free(mode);
     if (exec_sql(db, "BEGIN IMMEDIATE", e, sizeof e)) goto fail;
-    int version = -1;
-    if (sqlite3_prepare_v2(db, "PRAGMA user_version", -1, &st, NULL) == SQLITE_OK && sqlite3_step(st) == SQLITE_ROW)
-        version = sqlite3_column_int(st, 0);
-    sqlite3_finalize(st);
+    const long long version = query_int(db, "PRAGMA user_version");
+    if (foreign_file(db, path, version, err, errlen)) {
+        exec_sql(db, "ROLLBACK", e, sizeof e);
+        sqlite3_close(db);
+        return NULL;
+    }
     if (version < 0 || version > DB_SCHEMA_VERSION) {
         exec_sql(db, "ROLLBACK", e, sizeof e);
-        snprintf(err, errlen, "database '%s' has schema version %d, newer than this daemon's %d (use a newer"
+        snprintf(err, errlen, "database '%s' has schema version %lld, newer than this daemon's %d (use a newer"
                  " performerd or another --db)", path, version, DB_SCHEMA_VERSION);
         sqlite3_close(db);
         return NULL;
     }
-    for (int v = version; v < DB_SCHEMA_VERSION; v++) {
+    for (int v = (int)version; v < DB_SCHEMA_VERSION; v++) {
         char sql[64];
         if (exec_sql(db, migrations[v], e, sizeof e)) {
             char e2[64];
@@ -274,6 +306,8 @@ static sqlite3 *open_file(const char *path, char *err, size_t errlen) {
         snprintf(sql, sizeof sql, "PRAGMA user_version = %d", v + 1);
         if (exec_sql(db, sql, e, sizeof e)) goto fail;
     }
+    /* DB_APPLICATION_ID (a literal: exec_sql takes literals only; the unit test reads it back) */
+    if (exec_sql(db, "PRAGMA application_id = 1349666404", e, sizeof e)) goto fail;
     if (exec_sql(db, "INSERT OR REPLACE INTO meta (key, value) VALUES ('opened_at', strftime('%s','now'))", e,
                  sizeof e))
         goto fail;

@@ -18,6 +18,11 @@
 /* Latest schema version this daemon writes. */
 #define DB_SCHEMA_VERSION 3
 
+/* PRAGMA application_id of performerd's databases ("PrFd"): set when a database is created or
+ * first migrated; a file with another application id, or with tables but neither id nor schema
+ * version (another program's database), is refused rather than written into. */
+#define DB_APPLICATION_ID 1349666404
+
 /* Opens (creating the parent directory and file when missing) and migrates the database at path,
  * checks that it is writable, and remembers path and the result bound (max_bytes, 0 = none) for
  * every later connection; the connection stays open until db_close_all (the source of a restore).

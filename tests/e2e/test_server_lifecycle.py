@@ -132,6 +132,16 @@ c.execute("pragma user_version = 99")
 c.commit()
 c.close()
 startup_fails(["--weights", W, "--db", DB], "newer schema refused", "schema")
+# another program's SQLite file is refused, not written into
+DB = os.path.join(T, "foreign.sqlite")
+c = sqlite3.connect(DB)
+c.execute("create table notes (t text)")
+c.commit()
+c.close()
+startup_fails(["--weights", W, "--db", DB], "another program's database refused", "another program")
+c = sqlite3.connect(DB)
+check([r[0] for r in c.execute("select name from sqlite_master")] == ["notes"], "foreign database left untouched")
+c.close()
 
 # ---- LRU eviction --------------------------------------------------------------------------------
 DB = os.path.join(T, "lru.sqlite")

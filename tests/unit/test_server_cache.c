@@ -1,5 +1,5 @@
 /* test_server_cache.c - the SQLite cache of performerd (server/cache.c): schema/migrations,
- * put/get, LRU eviction under the size bound, the request log, refusing a newer schema, and the job
+ * application id (another program's database refused), put/get, LRU eviction under the size bound, the request log, refusing a newer schema, and the job
  * store (a job inserted once, its states, pending items, results and counters, reading back, the
  * requeue at start-up, delete), and who checkpoints a grown WAL (db_set_checkpointer). */
 #include "cache.h"
@@ -71,6 +71,7 @@ int main(void) {
         sqlite3_close(db);
         CHECKF(db_init(v1, 0, err, sizeof err) == 0, "%s", err);
         CHECK(q(v1, "PRAGMA user_version") == DB_SCHEMA_VERSION);
+        CHECK(q(v1, "PRAGMA application_id") == DB_APPLICATION_ID);   /* set on the first migration */
         CHECK(q(v1, "SELECT count(*) FROM sqlite_master WHERE name = 'requests_result'") == 1);
         CHECK(q(v1, "SELECT count(*) FROM sqlite_master WHERE name IN ('jobs', 'job_items', 'jobs_queue')") == 3);
         /* newer than this daemon: refused */
@@ -80,8 +81,34 @@ int main(void) {
         CHECK(db_init(v1, 0, err, sizeof err) == -1 && strstr(err, "newer"));
     }
 
+    /* another program's database: refused and left as it was */
+    {
+        char other[300];
+        snprintf(other, sizeof other, "%s/other.sqlite", dir);
+        sqlite3 *db;
+        sqlite3_open(other, &db);
+        sqlite3_exec(db, "CREATE TABLE notes (t TEXT); INSERT INTO notes VALUES ('keep');", NULL, NULL, NULL);
+        sqlite3_close(db);
+        CHECK(db_init(other, 0, err, sizeof err) == -1 && strstr(err, "another program") && strstr(err, "--db"));
+        CHECK(q(other, "SELECT count(*) FROM sqlite_master") == 1 && q(other, "PRAGMA user_version") == 0);
+        CHECK(q(other, "PRAGMA application_id") == 0);
+        sqlite3_open(other, &db);   /* another application's id, even with performerd's schema version */
+        sqlite3_exec(db, "PRAGMA application_id = 7; PRAGMA user_version = 2;", NULL, NULL, NULL);
+        sqlite3_close(db);
+        CHECK(db_init(other, 0, err, sizeof err) == -1 && strstr(err, "application_id 7"));
+        CHECK(q(other, "SELECT count(*) FROM sqlite_master") == 1 && q(other, "PRAGMA user_version") == 2);
+        /* an empty SQLite file (no tables) is taken */
+        snprintf(other, sizeof other, "%s/empty.sqlite", dir);
+        sqlite3_open(other, &db);
+        sqlite3_exec(db, "VACUUM", NULL, NULL, NULL);
+        sqlite3_close(db);
+        CHECKF(db_init(other, 0, err, sizeof err) == 0, "%s", err);
+        CHECK(q(other, "PRAGMA application_id") == DB_APPLICATION_ID);
+    }
+
     CHECKF(db_init(path, 2000, err, sizeof err) == 0, "%s", err);
     CHECK(q(path, "PRAGMA user_version") == DB_SCHEMA_VERSION);
+    CHECK(q(path, "PRAGMA application_id") == DB_APPLICATION_ID);
     char *body = NULL;
     size_t len = 0;
     CHECK(db_get("a", &body, &len) == 0);
