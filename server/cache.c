@@ -18,7 +18,7 @@
 
 enum { ST_GET, ST_TOUCH, ST_INS, ST_REFRESH, ST_BYTES, ST_OLDEST, ST_DEL, ST_TOUCH_N, ST_LOG, ST_PING, ST_BEGIN, ST_COMMIT,
        ST_ROLLBACK, ST_STATS, ST_JOB_INS, ST_ITEM_INS, ST_JOB_GET, ST_JOB_LIST, ST_JOB_NEXT, ST_JOB_STATE,
-       ST_JOB_REQUEUE, ST_ITEM_PENDING, ST_ITEM_STORE, ST_JOB_COUNT, ST_ITEM_READ, ST_ITEM_DEL, ST_JOB_DEL,
+       ST_JOB_REQUEUE, ST_JOB_CLAIM, ST_JOB_RENEW, ST_JOB_RELEASE, ST_ITEM_PENDING, ST_ITEM_STORE, ST_JOB_COUNT, ST_ITEM_READ, ST_ITEM_DEL, ST_JOB_DEL,
        ST_JOB_FINISH, ST_LOG_PRUNE, ST_N };
 
 static const char *const stmt_sql[ST_N] = {
@@ -48,9 +48,17 @@ static const char *const stmt_sql[ST_N] = {
     [ST_JOB_NEXT] = "SELECT id FROM jobs WHERE state = 'queued' AND model_sha256 = ?1 ORDER BY created_at, id LIMIT 1",
     [ST_JOB_STATE] = "UPDATE jobs SET state = ?2, updated_at = ?3,"
                      " started_at = CASE WHEN ?2 = 'running' AND started_at IS NULL THEN ?3 ELSE started_at END,"
-                     " finished_at = CASE WHEN ?2 IN ('done', 'cancelled') THEN ?3 ELSE NULL END"
+                     " finished_at = CASE WHEN ?2 IN ('done', 'cancelled') THEN ?3 ELSE NULL END,"
+                     " owner = CASE WHEN ?2 = 'running' THEN owner END,"
+                     " lease_until = CASE WHEN ?2 = 'running' THEN lease_until END"
                      " WHERE id = ?1 AND (?4 IS NULL OR instr(?4, ',' || state || ',') > 0)",
-    [ST_JOB_REQUEUE] = "UPDATE jobs SET state = 'queued', updated_at = ?1 WHERE state = 'running' AND model_sha256 = ?2",
+    [ST_JOB_REQUEUE] = "UPDATE jobs SET state = 'queued', updated_at = ?1, owner = NULL, lease_until = NULL"
+                       " WHERE state = 'running' AND model_sha256 = ?2 AND (lease_until IS NULL OR lease_until < ?1)",
+    [ST_JOB_CLAIM] = "UPDATE jobs SET state = 'running', owner = ?2, lease_until = ?3, updated_at = ?4,"
+                     " started_at = coalesce(started_at, ?4), finished_at = NULL WHERE id = ?1 AND state = 'queued'",
+    [ST_JOB_RENEW] = "UPDATE jobs SET lease_until = ?3 WHERE id = ?1 AND owner = ?2 AND state = 'running'",
+    [ST_JOB_RELEASE] = "UPDATE jobs SET state = 'queued', owner = NULL, lease_until = NULL, updated_at = ?3"
+                       " WHERE id = ?1 AND owner = ?2 AND state = 'running'",
     [ST_ITEM_PENDING] = "SELECT idx, request FROM job_items WHERE job_id = ?1 AND idx > ?2 AND status IS NULL"
                         " ORDER BY idx LIMIT ?3",
     [ST_ITEM_STORE] = "UPDATE job_items SET status = ?3, result_id = ?4, output = ?5"
@@ -60,7 +68,8 @@ static const char *const stmt_sql[ST_N] = {
                      " AND status IS NOT NULL ORDER BY idx LIMIT ?3",
     [ST_ITEM_DEL] = "DELETE FROM job_items WHERE job_id = ?1",
     [ST_JOB_DEL] = "DELETE FROM jobs WHERE id = ?1",
-    [ST_JOB_FINISH] = "UPDATE jobs SET state = 'done', updated_at = ?2, finished_at = ?2 WHERE id = ?1 AND"
+    [ST_JOB_FINISH] = "UPDATE jobs SET state = 'done', updated_at = ?2, finished_at = ?2, owner = NULL,"
+                      " lease_until = NULL WHERE id = ?1 AND"
                       " state = 'running' AND done + failed >= total",
 };
 
@@ -122,6 +131,11 @@ static const char *const migrations[DB_SCHEMA_VERSION] = {
     "  result_id TEXT,"
     "  output BLOB,"
     "  PRIMARY KEY (job_id, idx));",
+    /* 4: a running job's owner (one daemon process) and the time its lease ends: the owner renews it
+     * while it works, and any daemon of the model queues the job again once the lease has run out
+     * (a crashed daemon's job), not while its owner is alive. */
+    "ALTER TABLE jobs ADD COLUMN owner TEXT;"
+    "ALTER TABLE jobs ADD COLUMN lease_until REAL;",
 };
 
 typedef struct db_conn {
@@ -1038,13 +1052,32 @@ static int job_set_state_locked(const char *id, const char *state, const char *f
     return sqlite3_changes(c->db);
 }
 
-/* Puts running jobs back in the queue. */
-static int job_requeue_running_locked(const char *model_sha256) {
+/* Puts running jobs whose lease has run out back in the queue. */
+static int job_requeue_expired_locked(const char *model_sha256) {
     db_conn *c = conn();
     if (!c) return -1;
     sqlite3_stmt *st = c->st[ST_JOB_REQUEUE];
     sqlite3_bind_double(st, 1, ut_wall());
     sqlite3_bind_text(st, 2, model_sha256, -1, SQLITE_STATIC);
+    if (run_done(c, st)) return -1;
+    return sqlite3_changes(c->db);
+}
+
+/* Runs one of the owner statements (ST_JOB_CLAIM, ST_JOB_RENEW: lease_until = now + lease_s;
+ * ST_JOB_RELEASE) on job id for owner; returns the rows changed (0/1) or -1. */
+static int job_owner_locked(int which, const char *id, const char *owner, double lease_s) {
+    db_conn *c = conn();
+    if (!c) return -1;
+    sqlite3_stmt *st = c->st[which];
+    const double now = ut_wall();
+    sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, owner, -1, SQLITE_STATIC);
+    if (which == ST_JOB_RELEASE) {
+        sqlite3_bind_double(st, 3, now);
+    } else {
+        sqlite3_bind_double(st, 3, now + lease_s);
+        if (which == ST_JOB_CLAIM) sqlite3_bind_double(st, 4, now);
+    }
     if (run_done(c, st)) return -1;
     return sqlite3_changes(c->db);
 }
@@ -1339,13 +1372,35 @@ int db_job_set_state(const char *id, const char *state, const char *from) {
 }
 
 /* See cache.h (under the read lock). */
-int db_job_requeue_running(const char *model_sha256) {
+int db_job_requeue_expired(const char *model_sha256) {
     enter(1);
     int rc;
-    RETRY_FRESH(rc, job_requeue_running_locked(model_sha256));
+    RETRY_FRESH(rc, job_requeue_expired_locked(model_sha256));
     leave();
     return rc;
 }
+
+/* db_job_claim, db_job_renew and db_job_release (under the read lock). */
+static int job_owner(int which, const char *id, const char *owner, double lease_s) {
+    enter(1);
+    int rc;
+    RETRY_FRESH(rc, job_owner_locked(which, id, owner, lease_s));
+    leave();
+    return rc;
+}
+
+/* See cache.h. */
+int db_job_claim(const char *id, const char *owner, double lease_s) {
+    return job_owner(ST_JOB_CLAIM, id, owner, lease_s);
+}
+
+/* See cache.h. */
+int db_job_renew(const char *id, const char *owner, double lease_s) {
+    return job_owner(ST_JOB_RENEW, id, owner, lease_s);
+}
+
+/* See cache.h. */
+int db_job_release(const char *id, const char *owner) { return job_owner(ST_JOB_RELEASE, id, owner, 0); }
 
 /* See cache.h (under the read lock). */
 int db_job_pending(const char *id, long long after, int limit, long long *idx, char **requests) {

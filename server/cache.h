@@ -16,7 +16,7 @@
 #include <stddef.h>
 
 /* Latest schema version this daemon writes. */
-#define DB_SCHEMA_VERSION 3
+#define DB_SCHEMA_VERSION 4
 
 /* PRAGMA application_id of performerd's databases ("PrFd"): set when a database is created or
  * first migrated; a file with another application id, or with tables but neither id nor schema
@@ -177,14 +177,26 @@ int db_job_list(int limit, db_job **out, int *n);
 /* Writes the id of the oldest queued job of model_sha256 to id: 1, 0 when none, -1 on error. */
 int db_job_next(const char *model_sha256, char id[65]);
 
-/* Sets job id's state (running sets started_at once; done/cancelled set finished_at), only when its
- * state is in from (",queued,running," style list) or from is NULL. Returns the rows changed (0/1)
- * or -1. */
+/* Sets job id's state (running sets started_at once; done/cancelled set finished_at; any state but
+ * running ends the owner's lease), only when its state is in from (",queued,running," style list) or
+ * from is NULL. Returns the rows changed (0/1) or -1. */
 int db_job_set_state(const char *id, const char *state, const char *from);
 
-/* Puts every running job of model model_sha256 (a model key, ut_model_key) back to queued (start-up
- * after a crash; daemons of other models sharing the file keep theirs). Returns the count or -1. */
-int db_job_requeue_running(const char *model_sha256);
+/* Takes queued job id for owner (a daemon process's random id): running, leased for lease_s seconds.
+ * Returns 1, 0 when it is not queued (another daemon took it, cancelled, deleted), or -1. */
+int db_job_claim(const char *id, const char *owner, double lease_s);
+
+/* Extends owner's lease of running job id to lease_s seconds from now. Returns 1, 0 when the job is
+ * no longer owner's running job (cancelled, deleted, or queued again after the lease ran out), or -1. */
+int db_job_renew(const char *id, const char *owner, double lease_s);
+
+/* Puts owner's running job id back in the queue (a stop mid-job). Returns 1, 0 when not owner's, or -1. */
+int db_job_release(const char *id, const char *owner);
+
+/* Puts the running jobs of model model_sha256 (a model key, ut_model_key) whose lease has run out
+ * (their daemon crashed or hung; jobs of a database from before leases have none) back to queued;
+ * jobs of other models, and leases still running, are left alone. Returns the count or -1. */
+int db_job_requeue_expired(const char *model_sha256);
 
 /* Reads up to limit unfinished items of job id with index > after, in index order: idx[i] and
  * requests[i] (malloc'd). Returns the number read or -1. */

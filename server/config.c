@@ -47,6 +47,7 @@ static const opt_def opts[] = {
     {"batch-tokens", I(batch_tokens, 0, 100000000), "N", "max tokens batched into one forward pass (default 4096; 0 = off)"},
     {"max-job-body", Z(max_job_body, 64, 1L << 32), "BYTES", "max POST /jobs body (FASTA or JSON), suffix k/m/g (default 16m)"},
     {"max-job-sequences", I(max_job_sequences, 1, 10000000), "N", "max sequences per POST /jobs job (default 10000)"},
+    {"job-lease", I(job_lease, 2, 86400), "SECONDS", "a running job stays this daemon's this long unrenewed (renewed every third of it); a crashed daemon's job is queued again for any daemon of its model once it runs out (default 30)"},
     {"max-pll-length", I(max_pll_length, 1, 10000000), "N", "max residues scored by pseudo-likelihood (default 1024)"},
     {"max-score-tokens", I(max_score_tokens, 1, 1L << 40), "N", "max tokens one POST /score runs through the model (default 4194304)"},
     {"hot-cache-mb", I(hot_cache_mb, 0, 1L << 20), "MB", "in-memory map of hot results in front of the database (default 64; 0 = off)"},
@@ -78,6 +79,7 @@ void cfg_defaults(cfg *c) {
     c->batch_tokens = 4096;
     c->max_job_body = 16L * 1024 * 1024;
     c->max_job_sequences = 10000;
+    c->job_lease = 30;
     c->max_pll_length = 1024;
     c->max_score_tokens = 4L * 1024 * 1024;
     c->hot_cache_mb = 64;

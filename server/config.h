@@ -28,6 +28,7 @@ typedef struct {
     long batch_tokens;          /* max framed tokens of one batched forward pass (0 = no batching) */
     long max_job_body;          /* POST /jobs body bytes */
     long max_job_sequences;     /* sequences per POST /jobs job */
+    long job_lease;             /* seconds a running job's lease lasts unrenewed */
     long max_pll_length;        /* residues of a sequence scored by pseudo-likelihood */
     long max_score_tokens;      /* framed tokens one POST /score request may run through the model */
     long hot_cache_mb;          /* bound of the in-memory hot-result map (MiB); 0 = off */

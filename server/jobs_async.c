@@ -21,6 +21,9 @@ static pthread_t runner;
 static const pf_model *model;
 static tk_limits limits;
 static char current[65];         /* the job the runner works on ("" when none), under mu */
+static char owner[33];           /* this daemon process's random id: the owner of the job it runs */
+static double lease_s;           /* --job-lease: how long a claimed job stays this process's unrenewed */
+static double next_renew;        /* ut_mono() time of the next due lease renewal */
 
 /* Wakes the runner. */
 void ja_wake(void) {
@@ -140,6 +143,17 @@ static char *error_output(const char *type, const char *msg, json_t *details, si
     return s;
 }
 
+/* Renews the lease of the runner's job id now (force) or when a third of it has passed. Returns 1
+ * while the job is still this process's running job, 0 when it is not (cancelled, deleted, or queued
+ * again by another daemon after the lease ran out), -1 on a database error. */
+static int keep_lease(const char *id, int force) {
+    const double now = ut_mono();
+    if (!force && now < next_renew) return 1;
+    int rc = db_job_renew(id, owner, lease_s);
+    if (rc == 1) next_renew = now + lease_s / 3;
+    return rc;
+}
+
 /* Item completion: counts down the chunk's outstanding sequences. */
 static void item_done(jb_job *job, void *arg) {
     (void)job;
@@ -200,8 +214,17 @@ static int run_chunk(const char *id, tk_kind kind, long long *after) {
             stop = 1;
         }
     }
+    /* wait for the chunk, renewing the job's lease meanwhile (a chunk of long sequences behind
+     * interactive requests can take longer than the lease) */
     pthread_mutex_lock(&mu);
-    while (pending > 0) pthread_cond_wait(&cv, &mu);
+    while (pending > 0) {
+        struct timespec ts = ut_deadline_in(next_renew - ut_mono() > 0.01 ? next_renew - ut_mono() : 0.01);
+        if (pthread_cond_timedwait(&cv, &mu, &ts) == ETIMEDOUT && pending > 0) {
+            pthread_mutex_unlock(&mu);
+            if (keep_lease(id, 0) != 1) next_renew = ut_mono() + 1.0;   /* lost or trouble: the chunk ends, run_job decides */
+            pthread_mutex_lock(&mu);
+        }
+    }
     pthread_mutex_unlock(&mu);
     for (int i = 0; i < n; i++) {
         jb_job *j = jobs[i];
@@ -260,9 +283,9 @@ static void pause_retry(void) {
     pthread_mutex_unlock(&mu);
 }
 
-/* Works through job id until it is finished, cancelled, deleted, or the runner stops. Database
- * trouble pauses and retries (a job is never left running while the runner moves on: it would stay
- * so until the next start). */
+/* Works through job id (claimed by this process) until it is finished, cancelled, deleted, taken
+ * over, or the runner stops. Database trouble pauses and retries (a job is never left running while
+ * the runner moves on: it would stay so until its lease ran out). */
 static void run_job(const char *id) {
     db_job j;
     int got;
@@ -284,21 +307,17 @@ static void run_job(const char *id) {
     long long after = -1;
     double t0 = ut_mono();
     for (;;) {
-        if (stop_requested()) return;            /* stays running; queued again at the next start */
-        int got = db_job_get(id, &j);
-        if (got == 0) return;                    /* deleted */
-        int rc;
-        if (got < 0) {
-            rc = -1;                             /* database trouble */
-        } else {
-            int running = !strcmp(j.state, "running");
-            db_job_clear(&j);
-            if (!running) {
-                http_log("info", "job cancelled", "job_id", id, (char *)NULL);
-                return;
-            }
-            rc = run_chunk(id, kind, &after);
+        if (stop_requested()) return;            /* the runner puts it back in the queue */
+        int rc = keep_lease(id, 1);              /* still ours and running? (a cancel by any daemon) */
+        if (rc == 0) {
+            int got = db_job_get(id, &j);
+            if (got == 1)
+                http_log("info", strcmp(j.state, "cancelled") ? "job taken over by another daemon (its lease ran out)"
+                                                              : "job cancelled", "job_id", id, (char *)NULL);
+            if (got == 1) db_job_clear(&j);
+            return;
         }
+        if (rc == 1) rc = run_chunk(id, kind, &after);
         if (rc < 0 || rc == 2) {                 /* database trouble or a chunk cut short: pause, retry */
             pause_retry();
             continue;
@@ -319,6 +338,17 @@ static void run_job(const char *id) {
     }
 }
 
+/* Queues again the jobs of this model whose daemon stopped renewing their lease (logged). */
+static void requeue_expired(void) {
+    int n = db_job_requeue_expired(ut_model_key(model->sha256));
+    if (n > 0) {
+        char c[16];
+        snprintf(c, sizeof c, "%d", n);
+        http_log("warn", "jobs whose daemon stopped renewing their lease (a crash) are queued again", "jobs", c,
+                 (char *)NULL);
+    }
+}
+
 /* The runner: one job at a time, oldest first. */
 static void *runner_main(void *arg) {
     (void)arg;
@@ -326,15 +356,17 @@ static void *runner_main(void *arg) {
     for (;;) {
         if (stop_requested()) break;
         char id[65];
+        requeue_expired();
         int rc = db_job_next(ut_model_key(model->sha256), id);
-        if (rc == 1 && db_job_set_state(id, "running", ",queued,") == 1) {
+        if (rc == 1 && db_job_claim(id, owner, lease_s) == 1) {
+            next_renew = ut_mono() + lease_s / 3;
             pthread_mutex_lock(&mu);
             memcpy(current, id, sizeof current);
             pthread_mutex_unlock(&mu);
             run_job(id);
             /* stopped mid-job: queued again now, so that another daemon of this model sharing the
-             * database can take it (a crash leaves it running until a daemon of the model starts) */
-            if (stop_requested()) db_job_set_state(id, "queued", ",running,");
+             * database can take it (a crash leaves it running until its lease runs out) */
+            if (stop_requested()) db_job_release(id, owner);
             pthread_mutex_lock(&mu);
             current[0] = '\0';
             pthread_mutex_unlock(&mu);
@@ -355,7 +387,7 @@ static void *runner_main(void *arg) {
 }
 
 /* Requeues running jobs and starts the runner. */
-int ja_start(const pf_model *m, const tk_limits *lim, char *err, size_t errlen) {
+int ja_start(const pf_model *m, const tk_limits *lim, double lease, char *err, size_t errlen) {
     pthread_condattr_t ca;
     pthread_condattr_init(&ca);
     pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
@@ -363,7 +395,9 @@ int ja_start(const pf_model *m, const tk_limits *lim, char *err, size_t errlen) 
     pthread_condattr_destroy(&ca);
     model = m;
     limits = *lim;
-    int n = db_job_requeue_running(ut_model_key(model->sha256));
+    lease_s = lease;
+    ut_random_hex(owner, 16);
+    int n = db_job_requeue_expired(ut_model_key(model->sha256));
     if (n < 0) {
         snprintf(err, errlen, "cannot requeue running jobs: %s", db_last_error());
         return -1;
@@ -371,7 +405,8 @@ int ja_start(const pf_model *m, const tk_limits *lim, char *err, size_t errlen) 
     if (n > 0) {
         char c[16];
         snprintf(c, sizeof c, "%d", n);
-        http_log("info", "jobs interrupted by the last stop are queued again", "jobs", c, (char *)NULL);
+        http_log("info", "jobs left running by a stopped daemon (lease run out) are queued again", "jobs", c,
+                 (char *)NULL);
     }
     int rc = pthread_create(&runner, NULL, runner_main, NULL);
     if (rc) {

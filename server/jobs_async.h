@@ -13,9 +13,10 @@
 #include "cache.h"
 #include "model.h"
 
-/* Requeues running jobs and starts the runner for model m (kept), with per-sequence limits lim
- * (copied). Returns 0 or -1 with err. */
-int ja_start(const pf_model *m, const tk_limits *lim, char *err, size_t errlen);
+/* Requeues the model's running jobs whose lease ran out and starts the runner for model m (kept),
+ * with per-sequence limits lim (copied); the runner holds a job it runs with a lease of lease
+ * seconds, renewed every third of it (--job-lease). Returns 0 or -1 with err. */
+int ja_start(const pf_model *m, const tk_limits *lim, double lease, char *err, size_t errlen);
 
 /* Stores submission s (borrowed) as a queued job and wakes the runner, unless a job with its id
  * exists. Returns 1 when created, 0 when it existed (queued again when it was cancelled), -1 on a

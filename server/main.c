@@ -195,7 +195,7 @@ int main(int argc, char **argv) {
         why = "the embedded web page (server/page.html) lacks its <script> or <style>";
         goto startup_failed;
     }
-    if (ja_start(m, &env.tk, err, sizeof err)) goto startup_failed;
+    if (ja_start(m, &env.tk, (double)c.job_lease, err, sizeof err)) goto startup_failed;
     up[UP_RUNNER] = 1;
     if (http_start(&env, fd, err, sizeof err)) goto startup_failed;
     char portbuf[16], thr[16], wk[16];

@@ -424,6 +424,51 @@ check([x["name"] for x in cl] == ["sp|P1|ONE first", "two", "three"] and cl[0]["
       "performer run-jobs = GET /jobs/{id}/result")
 d.stop()
 
+# ---- leases: a second daemon of the same model on the same database leaves a live daemon's running job
+# alone (its owner renews the lease); once that daemon is killed, the job is taken over when its lease runs
+# out, without a restart (before leases, a crashed daemon's job stayed running until a daemon of its model
+# started, and that start queued again any running job, a live daemon's too) -----------------------------
+DB3 = os.path.join(T, "lease.sqlite")
+LEASE = ["--threads", "1", "--job-lease", "2"]
+d = Daemon(BIG, DB3, LEASE).start()
+seqs4 = ["".join(rng.choice(AA) for _ in range(150)) for _ in range(35)]   # slower: about 10 s in all
+slow4 = dict(slow, items=[{"name": "t%d" % i, "sequence": s, "mutations": ["%s1A" % s[0] if s[0] != "A" else "A1G"]}
+                          for i, s in enumerate(seqs4)])
+r = d.post(slow4, path="/jobs")
+J4 = r.json()["id"]
+check(r.status == 202, "job for the lease test accepted: %s" % r.body[:200])
+poll(lambda: d.get("/jobs/" + J4).json()["done"], lambda n: n >= 2, timeout=30)
+
+
+def owner_of(jid):
+    c = sqlite3.connect(DB3, timeout=10)
+    row = c.execute("select state, owner, lease_until from jobs where id = ?", (jid,)).fetchone()
+    c.close()
+    return row
+
+
+st0 = owner_of(J4)
+d2 = Daemon(BIG, DB3, LEASE).start()
+time.sleep(3.5)   # longer than the lease: its owner keeps renewing it
+st1 = owner_of(J4)
+check(st0[0] == "running" and st0[1] and st1[0] == "running" and st1[1] == st0[1] and st1[2] > st0[2],
+      "a second daemon of the model leaves the running job to its owner, who renews the lease: %s -> %s" % (st0, st1))
+check(not any("queued again" in ln.get("msg", "") for ln in d2.log_lines()), "the second daemon queued nothing again")
+done_at_kill = d.get("/jobs/" + J4).json()["done"]
+d.kill()   # a crash: the job stays running, owned by a dead process, until its lease runs out
+dead = d
+d = d2
+t_kill = time.time()
+jb = poll(lambda: d.get("/jobs/" + J4).json(), lambda jb: jb["state"] == "done", timeout=90, interval=0.1)
+_, ls = lines(J4)
+check(jb["done"] == 35 and jb["failed"] == 0 and [x["index"] for x in ls] == list(range(35)) and
+      all(x["status"] == 200 for x in ls), "the killed daemon's job is finished by the other one (%d done at the kill, "
+      "%.1fs): %s" % (done_at_kill, time.time() - t_kill, {k: jb[k] for k in ("state", "done", "failed")}))
+check(any("lease" in ln.get("msg", "") and ln.get("jobs") == "1" for ln in d.log_lines()),
+      "the takeover is logged: %s" % [ln.get("msg") for ln in d.log_lines()][-6:])
+check(owner_of(J4)[1:] == (None, None), "a finished job has no owner or lease")
+d.stop()
+
 # ---- auth on the new routes, the page without a key, --help ------------------------------------------------
 d = Daemon(W, os.path.join(T, "auth.sqlite"), env={"PERFORMERD_API_KEY": "k3y"}).start()
 r = d.get("/")
@@ -437,6 +482,6 @@ r = d.post({"sequence": SEQ, "mutations": ["A4G"]}, headers={"Authorization": "B
 check(r.status == 200, "score with the key")
 d.stop()
 p = run_daemon_cmd(["--help"])
-check(all(o in p.stdout for o in ("--max-job-body", "--max-job-sequences", "--max-pll-length", "--max-score-tokens",
+check(all(o in p.stdout for o in ("--max-job-body", "--max-job-sequences", "--job-lease", "--max-pll-length", "--max-score-tokens",
                                   "PERFORMERD_MAX_JOB_BODY", "POST /jobs", "/score")), "--help documents the new options")
 done()

@@ -1,7 +1,7 @@
 /* test_server_cache.c - the SQLite cache of performerd (server/cache.c): schema/migrations,
  * application id (another program's database refused), put/get, LRU eviction under the size bound, the request log, refusing a newer schema, and the job
  * store (a job inserted once, its states, pending items, results and counters, reading back, the
- * requeue at start-up, delete), and who checkpoints a grown WAL (db_set_checkpointer). */
+ * claim by one owner, lease renewal, requeue once a lease has run out, release, delete), and who checkpoints a grown WAL (db_set_checkpointer). */
 #include "cache.h"
 #include "testutil.h"
 
@@ -173,9 +173,13 @@ int main(void) {
         char id[65];
         CHECK(db_job_next("sha", id) == 1 && !strcmp(id, "job1"));
         CHECK(db_job_next("other-model", id) == 0);
-        CHECK(db_job_set_state("job1", "running", ",queued,") == 1);
+        CHECK(db_job_claim("job1", "ownerA", 60) == 1);
+        CHECK(db_job_claim("job1", "ownerB", 60) == 0);                  /* only a queued job is claimed */
         CHECK(db_job_set_state("job1", "running", ",queued,") == 0);      /* only from the listed states */
         CHECK(db_job_next("sha", id) == 0);
+        CHECK(db_job_renew("job1", "ownerA", 60) == 1 && db_job_renew("job1", "ownerB", 60) == 0);
+        CHECK(db_job_requeue_expired("sha") == 0);                        /* the lease runs: left alone */
+        CHECK(q(path, "SELECT count(*) FROM jobs WHERE owner = 'ownerA' AND lease_until > strftime('%s','now') + 50") == 1);
         long long idx[4];
         char *rq[4];
         CHECK(db_job_pending("job1", -1, 2, idx, rq) == 2 && idx[0] == 0 && idx[1] == 1 && !strcmp(rq[1], reqs[1]));
@@ -190,14 +194,20 @@ int main(void) {
         CHECK(db_job_finish("job1") == 0);                                /* one item left */
         CHECK(db_job_pending("job1", -1, 4, idx, rq) == 1 && idx[0] == 2);
         free(rq[0]);
-        CHECK(db_job_requeue_running("other-model") == 0);   /* a daemon of another model leaves it running */
-        CHECK(db_job_requeue_running("sha") == 1 && db_job_next("sha", id) == 1);   /* start-up after a stop */
-        CHECK(db_job_set_state("job1", "running", ",queued,") == 1);
+        CHECK(db_job_renew("job1", "ownerA", -1) == 1);                   /* the lease has run out (a crash) */
+        CHECK(db_job_requeue_expired("other-model") == 0);   /* a daemon of another model leaves it running */
+        CHECK(db_job_requeue_expired("sha") == 1 && db_job_next("sha", id) == 1);   /* any daemon of the model */
+        CHECK(q(path, "SELECT count(*) FROM jobs WHERE owner IS NULL AND lease_until IS NULL") == 1);
+        CHECK(db_job_renew("job1", "ownerA", 60) == 0);                   /* the old owner has lost it */
+        CHECK(db_job_claim("job1", "ownerB", 60) == 1);
+        CHECK(db_job_release("job1", "ownerA") == 0);                     /* only the owner releases */
+        CHECK(db_job_release("job1", "ownerB") == 1 && db_job_claim("job1", "ownerB", 60) == 1);   /* a stop, a start */
         const int st2[1] = {200};
         const char *rid2[1] = {"r2"}, *out2[1] = {"{\"x\":2}"};
         const size_t len2[1] = {7};
         CHECK(db_job_store("job1", 1, idx, st2, rid2, out2, len2) == 0);
         CHECK(db_job_finish("job1") == 1);
+        CHECK(q(path, "SELECT count(*) FROM jobs WHERE owner IS NULL AND lease_until IS NULL") == 1);   /* lease ended */
         char seen[512] = "";
         CHECK(db_job_items("job1", 0, 10, collect, seen) == 3);
         CHECKF(!strcmp(seen, "0:a:200:{\"x\":1};1:b:422:{\"error\":\"bad\"};2:c:200:{\"x\":2};"), "%s", seen);
