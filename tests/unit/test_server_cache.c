@@ -1,7 +1,8 @@
-/* test_server_cache.c - the SQLite cache of performerd (server/cache.c): schema/migrations,
- * application id (another program's database refused), put/get, LRU eviction under the size bound, the request log, refusing a newer schema, and the job
- * store (a job inserted once, its states, pending items, results and counters, reading back, the
- * claim by one owner, lease renewal, requeue once a lease has run out, release, delete), and who checkpoints a grown WAL (db_set_checkpointer). */
+/* test_server_cache.c - the SQLite cache of performerd (server/cache.c): schema/migrations, the
+ * application id (another program's database refused), put/get, LRU eviction under the size bound,
+ * the request log, refusing a newer schema, and the job store (a job inserted once, its states,
+ * pending items, results and counters, reading back, the claim by one owner, lease renewal, requeue
+ * once a lease has run out, release, delete), and who checkpoints a grown WAL (db_set_checkpointer). */
 #include "cache.h"
 #include "testutil.h"
 
