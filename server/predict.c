@@ -176,9 +176,9 @@ static int apply_positions(pr_request *r, int s, json_t *arr, int single, pr_err
         return set_err(e, 400, "invalid_type", "\"mask_positions\" must be an array of integers (or one array per"
                        " sequence)");
     json_array_foreach(arr, i, v) {
-        if (!json_is_integer(v))
+        long long p;
+        if (!ut_json_int(v, &p))
             return set_err(e, 400, "invalid_type", "\"mask_positions\" must contain integers (1-based positions)");
-        json_int_t p = json_integer_value(v);
         if (p < 1 || (size_t)p > r->len[s]) {
             set_err(e, 422, "invalid_mask_position", "mask position %lld is outside %s (1..%zu)", (long long)p, lab,
                     r->len[s]);
@@ -391,16 +391,17 @@ int pr_parse(const char *body, size_t len, const pr_limits *lim, const char *mod
     if (seq_shape(root, lim, e)) goto fail;
     int top_k = PR_TOPK_DEFAULT;
     if (tk) {
-        if (!json_is_integer(tk)) {
+        long long k;
+        if (!ut_json_int(tk, &k)) {
             set_err(e, 400, "invalid_type", "\"top_k\" must be an integer");
             goto fail;
         }
-        if (json_integer_value(tk) < 1 || json_integer_value(tk) > PR_TOPK_MAX) {
+        if (k < 1 || k > PR_TOPK_MAX) {
             set_err(e, 422, "invalid_top_k", "\"top_k\" must be from 1 to %d", PR_TOPK_MAX);
             e->details = json_pack("{s:i, s:i}", "min", 1, "max", PR_TOPK_MAX);
             goto fail;
         }
-        top_k = (int)json_integer_value(tk);
+        top_k = (int)k;
     }
     if (mp && !json_is_array(mp)) {
         set_err(e, 400, "invalid_type", "\"mask_positions\" must be an array of integers (or one array per sequence)");

@@ -211,8 +211,8 @@ static int int_field(json_t *root, const char *name, long long lo, long long hi,
                      pr_error *e) {
     json_t *x = json_object_get(root, name);
     if (!x) return 0;
-    if (!json_is_integer(x)) return set_err(e, 400, "invalid_type", "\"%s\" must be an integer", name);
-    json_int_t i = json_integer_value(x);
+    long long i;
+    if (!ut_json_int(x, &i)) return set_err(e, 400, "invalid_type", "\"%s\" must be an integer", name);
     if (i < lo || i > hi) {
         set_err(e, 422, type422, "\"%s\" must be from %lld to %lld", name, lo, hi);
         e->details = json_pack("{s:I, s:I}", "min", (json_int_t)lo, "max", (json_int_t)hi);

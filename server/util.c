@@ -203,3 +203,16 @@ const char *ut_model_key(const char *sha256) {
     snprintf(key, sizeof key, "%s%s", sha256, gm_precision() == GM_BF16 ? "+bf16" : "");
     return key;
 }
+
+/* See util.h. */
+int ut_json_int(const json_t *v, long long *out) {
+    if (json_is_integer(v)) {
+        *out = (long long)json_integer_value(v);
+        return 1;
+    }
+    if (!json_is_real(v)) return 0;
+    const double d = json_real_value(v);
+    if (!(fabs(d) <= 9007199254740992.0) || d != floor(d)) return 0;   /* NaN fails the first test */
+    *out = (long long)d;
+    return 1;
+}

@@ -6,6 +6,8 @@
 #include <stddef.h>
 #include <time.h>
 
+#include <jansson.h>
+
 /* Returns a monotonic clock in seconds. */
 double ut_mono(void);
 
@@ -60,5 +62,10 @@ void ut_num(ut_buf *b, double x);
 
 /* Appends s (valid UTF-8) as a JSON string literal, escaping quotes, backslashes and controls. */
 void ut_json_str(ut_buf *b, const char *s);
+
+/* JSON has one number type: stores in *out the integer value of v, an integer or a real with no
+ * fractional part (5.0, 1e2, as JSON Schema's "integer" accepts) within +-2^53. Returns 1, or 0 when v
+ * is no such number (a fraction, a string, true, ...). */
+int ut_json_int(const json_t *v, long long *out);
 
 #endif

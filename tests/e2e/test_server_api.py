@@ -468,5 +468,10 @@ c2 = d.get("/model").json()["config"]
 check(c2["conv_kernel"] == 3 and c2["local_kernel"] == 5, "GET /model reports conv_kernel 3, local_kernel 5: %s" % c2)
 r = d.post({"sequence": "MKT<mask>LLVAG"})
 check(r.status == 200 and len(r.json()["results"]) == 1, "predict with conv + local blocks: %s" % r.status)
+# JSON has one number type: 3.0 is the integer 3 (as JSON Schema's "integer" reads it)
+r3 = d.post('{"sequence": "MKT<mask>LLV", "top_k": 3}', headers={"Content-Type": "application/json"})
+r30 = d.post('{"sequence": "MKT<mask>LLV", "top_k": 3.0, "mask_positions": [4.0]}', headers={"Content-Type": "application/json"})
+check(r3.status == 200 and r30.status == 200 and r30.json()["id"] == r3.json()["id"] and
+      r30.json()["results"] == r3.json()["results"], "integral numbers (3.0, 4.0) are the integers 3 and 4: same id and result")
 d.stop()
 done()

@@ -5,6 +5,18 @@
 #include "util.h"
 
 int main(void) {
+    /* ut_json_int: integers and integral reals within +-2^53 */
+    {
+        json_t *v = json_loads("[5, 5.0, 1e2, -3.0, 2.5, \"5\", true, null, 1e300, -9007199254740992.0]", 0, NULL);
+        long long x = 0;
+        CHECK(v && ut_json_int(json_array_get(v, 0), &x) && x == 5);
+        CHECK(ut_json_int(json_array_get(v, 1), &x) && x == 5);
+        CHECK(ut_json_int(json_array_get(v, 2), &x) && x == 100);
+        CHECK(ut_json_int(json_array_get(v, 3), &x) && x == -3);
+        for (int i = 4; i < 9; i++) CHECK(!ut_json_int(json_array_get(v, (size_t)i), &x));
+        CHECK(ut_json_int(json_array_get(v, 9), &x) && x == -9007199254740992LL);
+        json_decref(v);
+    }
     const char *t = "\"abc123\"";
     CHECK(ut_etag_match("\"abc123\"", t) == 1);
     CHECK(ut_etag_match("W/\"abc123\"", t) == 1);            /* nginx's gzip weakens the ETag */
