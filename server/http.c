@@ -83,7 +83,6 @@ typedef struct {
     size_t len, cap, discarded;
     int overflow;
     int reading;                /* a POST whose body is accumulated */
-    int dry;                    /* decide() only asks whether it would refuse: send_error sends nothing */
     int waiting;                /* suspended on a job */
     jb_job *job;
     double queue_s, forward_s;
@@ -348,10 +347,6 @@ static enum MHD_Result send_text(struct MHD_Connection *conn, req_st *st, int st
 /* Queues the one JSON error shape; steals details. extra: header name/value pairs, NULL-ended. */
 static enum MHD_Result send_error(struct MHD_Connection *conn, req_st *st, int status, const char *type,
                                   const char *msg, json_t *details, const char *const *extra) {
-    if (st->dry) {               /* see refuse_later */
-        json_decref(details);
-        return MHD_YES;
-    }
     size_t n = 0;
     char *b = pr_error_body(type, msg, st->request_id, details, &n);
     static const char *const retry[] = {"Retry-After", "1", NULL};   /* every 503 says when to retry */
@@ -1147,43 +1142,102 @@ static int bad_framing(struct MHD_Connection *conn, req_st *st, const char *vers
     return 0;
 }
 
-/* Answers every request except a well-formed POST with a body to read, from the headers alone (on
- * the final call, so that MHD keeps the connection alive). Returns 1 when a response was queued
- * (*ret set), 0 when the request is a POST whose body is to be read. */
-static int decide(struct MHD_Connection *conn, req_st *st, const char *url, enum MHD_Result *ret) {
+/* A refusal decided from the request line and headers alone: what send_error is given. */
+typedef struct {
+    int status;
+    const char *type;
+    char msg[256];
+    json_t *details;           /* owned until sent or dropped */
+    const char *extra[3];      /* one header name/value pair, NULL-ended */
+} refusal;
+
+/* Fills r and returns 1 when the request (not OPTIONS) is refused from its headers: 401 without the
+ * key, 404 unknown route, 405 method; for a request with a body to read also 503 draining, 415
+ * Content-Encoding or Content-Type, 413 announced Content-Length. Returns 0 otherwise. */
+static int refused(struct MHD_Connection *conn, req_st *st, refusal *r) {
+    memset(r, 0, sizeof *r);
     int is_get = !strcmp(st->method, "GET") || !strcmp(st->method, "HEAD");
-    if (!strcmp(st->method, "OPTIONS")) {
-        *ret = st->route == R_NONE ? send_error(conn, st, 404, "not_found", "unknown route", NULL, NULL)
-                                   : options(conn, st);
-        return 1;
-    }
     if (st->route != R_HEALTH && st->route != R_READY && st->route != R_PAGE && !authorized(conn)) {
-        const char *extra[] = {"WWW-Authenticate", "Bearer realm=\"performerd\"", NULL};
-        *ret = send_error(conn, st, 401, "unauthorized", "missing or invalid bearer token (Authorization: Bearer KEY)",
-                          NULL, extra);
+        *r = (refusal){401, "unauthorized", "missing or invalid bearer token (Authorization: Bearer KEY)", NULL,
+                       {"WWW-Authenticate", "Bearer realm=\"performerd\"", NULL}};
         return 1;
     }
     if (st->route == R_NONE) {
-        json_t *d = json_pack("{s:[s,s,s,s,s,s,s,s,s,s,s,s,s,s,s,s,s]}", "routes", "POST /predict", "POST /score",
-                              "POST /embed", "POST /logits", "GET /predict/{id}", "POST /jobs", "GET /jobs",
-                              "GET /jobs/{id}", "DELETE /jobs/{id}", "GET /jobs/{id}/result", "GET /", "GET /health",
-                              "GET /ready", "GET /metrics", "GET /model", "GET /openapi.json",
-                              "GET /score/{id}, /embed/{id}, /logits/{id}");
-        *ret = send_error(conn, st, 404, "not_found", "unknown route", d, NULL);
+        *r = (refusal){404, "not_found", "unknown route", NULL, {NULL}};
+        r->details = json_pack("{s:[s,s,s,s,s,s,s,s,s,s,s,s,s,s,s,s,s]}", "routes", "POST /predict", "POST /score",
+                               "POST /embed", "POST /logits", "GET /predict/{id}", "POST /jobs", "GET /jobs",
+                               "GET /jobs/{id}", "DELETE /jobs/{id}", "GET /jobs/{id}/result", "GET /", "GET /health",
+                               "GET /ready", "GET /metrics", "GET /model", "GET /openapi.json",
+                               "GET /score/{id}, /embed/{id}, /logits/{id}");
         return 1;
     }
     int m = routes[st->route].methods;
     int ok_method = (is_get && (m & M_GET)) || (!strcmp(st->method, "POST") && (m & M_POST)) ||
                     (!strcmp(st->method, "DELETE") && (m & M_DELETE));
     if (!ok_method) {
-        const char *extra[] = {"Allow", routes[st->route].allow, NULL};
-        char msg[128];
-        snprintf(msg, sizeof msg, "method %s not allowed on %s (allowed: %s)", st->method, routes[st->route].label,
-                 routes[st->route].allow);
-        *ret = send_error(conn, st, 405, "method_not_allowed", msg, NULL, extra);
+        *r = (refusal){405, "method_not_allowed", "", NULL, {"Allow", routes[st->route].allow, NULL}};
+        snprintf(r->msg, sizeof r->msg, "method %s not allowed on %s (allowed: %s)", st->method,
+                 routes[st->route].label, routes[st->route].allow);
         return 1;
     }
-    if (is_get) {
+    if (is_get || !strcmp(st->method, "DELETE")) return 0;
+    if (quiesced || jb_draining()) {
+        *r = (refusal){503, "draining", "the server is shutting down; retry on another instance", NULL,
+                       {"Retry-After", "5", NULL}};
+        return 1;
+    }
+    const char *ce = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Content-Encoding");
+    if (ce && strcasecmp(ce, "identity")) {   /* a gzip body would otherwise be "invalid JSON" */
+        char got[64];
+        snprintf(got, sizeof got, "%s", ce);
+        sanitize(got);
+        *r = (refusal){415, "unsupported_media_type", "", NULL, {NULL}};
+        snprintf(r->msg, sizeof r->msg, "unsupported Content-Encoding '%s': send the body uncompressed", got);
+        return 1;
+    }
+    const char *ct = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Content-Type");
+    if (!json_content_type(ct) && !(st->route == R_JOBS && fasta_content_type(ct))) {
+        char got[96];
+        snprintf(got, sizeof got, "%s", ct ? ct : "");
+        sanitize(got);
+        *r = (refusal){415, "unsupported_media_type", "", NULL, {NULL}};
+        if (ct)
+            snprintf(r->msg, sizeof r->msg, "unsupported content type '%s' (send application/json%s)", got,
+                     st->route == R_JOBS ? ", or FASTA as text/x-fasta" : "");
+        else
+            snprintf(r->msg, sizeof r->msg, "no Content-Type: send application/json%s",
+                     st->route == R_JOBS ? ", or FASTA as text/x-fasta" : "");
+        return 1;
+    }
+    unsigned long long v = 0;
+    const int has = content_length(conn, &v);
+    if (has && (has < 0 || (unsigned long long)body_cap(st) < v)) {
+        const char *cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Content-Length");
+        *r = (refusal){413, "payload_too_large", "", NULL, {NULL}};
+        snprintf(r->msg, sizeof r->msg, "request body of %s bytes exceeds the limit of %ld bytes (%s)", cl,
+                 body_cap(st), body_cap_option(st));
+        sanitize(r->msg);
+        r->details = json_pack("{s:I}", "limit", (json_int_t)body_cap(st));
+        return 1;
+    }
+    return 0;
+}
+
+/* Answers every request except a well-formed POST with a body to read, from the headers alone (on
+ * the final call, so that MHD keeps the connection alive). Returns 1 when a response was queued
+ * (*ret set), 0 when the request is a POST whose body is to be read. */
+static int decide(struct MHD_Connection *conn, req_st *st, const char *url, enum MHD_Result *ret) {
+    if (!strcmp(st->method, "OPTIONS")) {
+        *ret = st->route == R_NONE ? send_error(conn, st, 404, "not_found", "unknown route", NULL, NULL)
+                                   : options(conn, st);
+        return 1;
+    }
+    refusal r;
+    if (refused(conn, st, &r)) {
+        *ret = send_error(conn, st, r.status, r.type, r.msg, r.details, r.extra[0] ? r.extra : NULL);
+        return 1;
+    }
+    if (!strcmp(st->method, "GET") || !strcmp(st->method, "HEAD")) {
         *ret = handle_get(conn, st, url);
         return 1;
     }
@@ -1191,65 +1245,22 @@ static int decide(struct MHD_Connection *conn, req_st *st, const char *url, enum
         *ret = delete_job(conn, st, url);
         return 1;
     }
-    if (quiesced || jb_draining()) {
-        const char *extra[] = {"Retry-After", "5", NULL};
-        *ret = send_error(conn, st, 503, "draining", "the server is shutting down; retry on another instance", NULL,
-                          extra);
-        return 1;
-    }
-    const char *ce = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Content-Encoding");
-    if (ce && strcasecmp(ce, "identity")) {   /* a gzip body would otherwise be "invalid JSON" */
-        char got[64], msg[160];
-        snprintf(got, sizeof got, "%s", ce);
-        sanitize(got);
-        snprintf(msg, sizeof msg, "unsupported Content-Encoding '%s': send the body uncompressed", got);
-        *ret = send_error(conn, st, 415, "unsupported_media_type", msg, NULL, NULL);
-        return 1;
-    }
-    const char *ct = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Content-Type");
-    if (!json_content_type(ct) && !(st->route == R_JOBS && fasta_content_type(ct))) {
-        char got[96], msg[200];
-        snprintf(got, sizeof got, "%s", ct ? ct : "");
-        sanitize(got);
-        if (ct)
-            snprintf(msg, sizeof msg, "unsupported content type '%s' (send application/json%s)", got,
-                     st->route == R_JOBS ? ", or FASTA as text/x-fasta" : "");
-        else
-            snprintf(msg, sizeof msg, "no Content-Type: send application/json%s",
-                     st->route == R_JOBS ? ", or FASTA as text/x-fasta" : "");
-        *ret = send_error(conn, st, 415, "unsupported_media_type", msg, NULL, NULL);
-        return 1;
-    }
-    unsigned long long v = 0;
-    const int has = content_length(conn, &v);
-    if (has) {
-        if (has < 0 || (unsigned long long)body_cap(st) < v) {
-            const char *cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Content-Length");
-            char msg[160];
-            snprintf(msg, sizeof msg, "request body of %s bytes exceeds the limit of %ld bytes (%s)", cl, body_cap(st),
-                     body_cap_option(st));
-            sanitize(msg);
-            *ret = send_error(conn, st, 413, "payload_too_large", msg,
-                              json_pack("{s:I}", "limit", (json_int_t)body_cap(st)), NULL);
-            return 1;
-        }
-    }
     return 0;
 }
 
-/* Returns 1 when decide() refuses this body-reading request and the refusal should wait for the
- * body (no Expect: 100-continue, and a Content-Length, if any, within discard_cap). */
-static int refuse_later(struct MHD_Connection *conn, req_st *st, const char *url) {
+/* Returns 1 when this body-reading request is refused from its headers and the refusal should wait
+ * for the body (no Expect: 100-continue, and a Content-Length, if any, within discard_cap); decide()
+ * sends it at the end of the body. */
+static int refuse_later(struct MHD_Connection *conn, req_st *st) {
     const char *ex = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Expect");
     if (ex && !strcasecmp(ex, "100-continue")) return 0;
     unsigned long long v = 0;
     int has = content_length(conn, &v);
     if (has < 0 || (has && v > discard_cap(st))) return 0;
-    enum MHD_Result unused;
-    st->dry = 1;
-    int refused = decide(conn, st, url, &unused);
-    st->dry = 0;
-    return refused;
+    refusal r;
+    if (!refused(conn, st, &r)) return 0;
+    json_decref(r.details);
+    return 1;
 }
 
 /* The MHD access handler. */
@@ -1288,7 +1299,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
          * reading (Python's urllib and http.client) would meet a reset connection, not the answer. */
         if (reads_body(st)) {
             enum MHD_Result ret;
-            if (refuse_later(conn, st, url)) {
+            if (refuse_later(conn, st)) {
                 gd_body_start(st->guard);   /* the body must still arrive at a minimum average rate */
                 return MHD_YES;             /* reading stays 0: the body is discarded, decide() at the end */
             }
