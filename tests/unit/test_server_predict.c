@@ -65,7 +65,7 @@ int main(void) {
     expect_err("[]", 400, "invalid_type");
     expect_err("{\"sequence\": 1}", 400, "invalid_type");
     expect_err("{\"sequences\": [1]}", 400, "invalid_type");
-    expect_err("{\"sequence\": \"A\", \"top_k\": 1.0}", 400, "invalid_type");
+    expect_err("{\"sequence\": \"A\", \"top_k\": 1.5}", 400, "invalid_type");   /* 1.0 is the integer 1 */
     expect_err("{\"sequence\": \"A\", \"mask_positions\": 1}", 400, "invalid_type");
     expect_err("{\"sequence\": \"A\", \"extra\": 1}", 400, "unknown_field");
     expect_err("{}", 400, "invalid_request");
