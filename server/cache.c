@@ -18,7 +18,7 @@
 
 enum { ST_GET, ST_TOUCH, ST_INS, ST_REFRESH, ST_BYTES, ST_OLDEST, ST_DEL, ST_TOUCH_N, ST_LOG, ST_PING, ST_BEGIN, ST_COMMIT,
        ST_ROLLBACK, ST_STATS, ST_JOB_INS, ST_ITEM_INS, ST_JOB_GET, ST_JOB_LIST, ST_JOB_NEXT, ST_JOB_STATE,
-       ST_JOB_REQUEUE, ST_JOB_CLAIM, ST_JOB_RENEW, ST_JOB_RELEASE, ST_ITEM_PENDING, ST_ITEM_STORE, ST_JOB_COUNT, ST_ITEM_READ, ST_ITEM_DEL, ST_JOB_DEL,
+       ST_JOB_REQUEUE, ST_JOB_STATES, ST_JOB_CLAIM, ST_JOB_RENEW, ST_JOB_RELEASE, ST_ITEM_PENDING, ST_ITEM_STORE, ST_JOB_COUNT, ST_ITEM_READ, ST_ITEM_DEL, ST_JOB_DEL,
        ST_JOB_FINISH, ST_LOG_PRUNE, ST_N };
 
 static const char *const stmt_sql[ST_N] = {
@@ -54,6 +54,7 @@ static const char *const stmt_sql[ST_N] = {
                      " WHERE id = ?1 AND (?4 IS NULL OR instr(?4, ',' || state || ',') > 0)",
     [ST_JOB_REQUEUE] = "UPDATE jobs SET state = 'queued', updated_at = ?1, owner = NULL, lease_until = NULL"
                        " WHERE state = 'running' AND model_sha256 = ?2 AND (lease_until IS NULL OR lease_until < ?1)",
+    [ST_JOB_STATES] = "SELECT state, count(*) FROM jobs GROUP BY state",
     [ST_JOB_CLAIM] = "UPDATE jobs SET state = 'running', owner = ?2, lease_until = ?3, updated_at = ?4,"
                      " started_at = coalesce(started_at, ?4), finished_at = NULL WHERE id = ?1 AND state = 'queued'",
     [ST_JOB_RENEW] = "UPDATE jobs SET lease_until = ?3 WHERE id = ?1 AND owner = ?2 AND state = 'running'",
@@ -1020,6 +1021,24 @@ static int job_list_locked(int limit, db_job **out, int *n) {
     return ret;
 }
 
+/* Counts the jobs by state. */
+static int job_states_locked(long long counts[4]) {
+    static const char *const names[4] = {"queued", "running", "done", "cancelled"};
+    db_conn *c = conn();
+    if (!c) return -1;
+    sqlite3_stmt *st = c->st[ST_JOB_STATES];
+    for (int i = 0; i < 4; i++) counts[i] = 0;
+    int rc;
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        const char *s = (const char *)sqlite3_column_text(st, 0);
+        for (int i = 0; i < 4; i++)
+            if (s && !strcmp(s, names[i])) counts[i] = sqlite3_column_int64(st, 1);
+    }
+    int ret = rc == SQLITE_DONE ? 0 : fail(c);
+    sqlite3_reset(st);
+    return ret;
+}
+
 /* Finds the oldest queued job of a model. */
 static int job_next_locked(const char *model_sha256, char id[65]) {
     db_conn *c = conn();
@@ -1357,6 +1376,15 @@ int db_job_list(int limit, db_job **out, int *n) {
 int db_job_next(const char *model_sha256, char id[65]) {
     enter(0);
     int rc = job_next_locked(model_sha256, id);
+    if (rc < 0) drop_if_broken();
+    leave();
+    return rc;
+}
+
+/* See cache.h (under the read lock). */
+int db_job_states(long long counts[4]) {
+    enter(0);
+    int rc = job_states_locked(counts);
     if (rc < 0) drop_if_broken();
     leave();
     return rc;

@@ -174,6 +174,10 @@ int db_job_get(const char *id, db_job *j);
  * free). Returns 0 or -1. */
 int db_job_list(int limit, db_job **out, int *n);
 
+/* Counts the jobs of every model in the file by state: counts[0..3] = queued, running, done,
+ * cancelled. Returns 0 or -1. */
+int db_job_states(long long counts[4]);
+
 /* Writes the id of the oldest queued job of model_sha256 to id: 1, 0 when none, -1 on error. */
 int db_job_next(const char *model_sha256, char id[65]);
 

@@ -799,6 +799,8 @@ static enum MHD_Result handle_get(struct MHD_Connection *conn, req_st *st, const
         g.hot_evictions = hs.evictions;
         g.hot_entries = hs.entries;
         g.hot_bytes = hs.bytes;
+        g.jobs_known = db_job_states(g.jobs_by_state) == 0;
+        g.jobs_requeued = ja_requeued();
         char *text = mt_render(&g);
         if (!text) return send_error(conn, st, 500, "internal", "out of memory", NULL, NULL);
         return send_body(conn, st, 200, "text/plain; version=0.0.4; charset=utf-8", text, strlen(text), NULL);

@@ -24,6 +24,7 @@ static char current[65];         /* the job the runner works on ("" when none), 
 static char owner[33];           /* this daemon process's random id: the owner of the job it runs */
 static double lease_s;           /* --job-lease: how long a claimed job stays this process's unrenewed */
 static double next_renew;        /* ut_mono() time of the next due lease renewal */
+static _Atomic unsigned long long requeued;   /* jobs this process queued again (leases run out) */
 
 /* Wakes the runner. */
 void ja_wake(void) {
@@ -343,6 +344,7 @@ static void requeue_expired(void) {
     int n = db_job_requeue_expired(ut_model_key(model->sha256));
     if (n > 0) {
         char c[16];
+        requeued += (unsigned long long)n;
         snprintf(c, sizeof c, "%d", n);
         http_log("warn", "jobs whose daemon stopped renewing their lease (a crash) are queued again", "jobs", c,
                  (char *)NULL);
@@ -404,6 +406,7 @@ int ja_start(const pf_model *m, const tk_limits *lim, double lease, char *err, s
     }
     if (n > 0) {
         char c[16];
+        requeued += (unsigned long long)n;
         snprintf(c, sizeof c, "%d", n);
         http_log("info", "jobs left running by a stopped daemon (lease run out) are queued again", "jobs", c,
                  (char *)NULL);
@@ -416,6 +419,9 @@ int ja_start(const pf_model *m, const tk_limits *lim, double lease, char *err, s
     started = 1;
     return 0;
 }
+
+/* Returns the count of jobs this process queued again. */
+unsigned long long ja_requeued(void) { return requeued; }
 
 /* Waits for the runner to end. */
 int ja_join(double timeout_s) {

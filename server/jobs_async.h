@@ -18,6 +18,9 @@
  * seconds, renewed every third of it (--job-lease). Returns 0 or -1 with err. */
 int ja_start(const pf_model *m, const tk_limits *lim, double lease, char *err, size_t errlen);
 
+/* Returns how many running jobs this process queued again because their lease had run out. */
+unsigned long long ja_requeued(void);
+
 /* Stores submission s (borrowed) as a queued job and wakes the runner, unless a job with its id
  * exists. Returns 1 when created, 0 when it existed (queued again when it was cancelled), -1 on a
  * database error. */

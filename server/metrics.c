@@ -229,6 +229,17 @@ char *mt_render(const mt_gauges *g) {
                   "# TYPE performerd_hot_cache_entries gauge\nperformerd_hot_cache_entries %ld\n", g->hot_entries);
     sb_printf(&b, "# HELP performerd_hot_cache_bytes Bytes held by the hot map (bound: --hot-cache-mb).\n"
                   "# TYPE performerd_hot_cache_bytes gauge\nperformerd_hot_cache_bytes %zu\n", g->hot_bytes);
+    if (g->jobs_known) {
+        static const char *const states[4] = {"queued", "running", "done", "cancelled"};
+        sb_printf(&b, "# HELP performerd_async_jobs POST /jobs jobs in the database by state (of every model"
+                      " sharing the file).\n# TYPE performerd_async_jobs gauge\n");
+        for (int i = 0; i < 4; i++)
+            sb_printf(&b, "performerd_async_jobs{state=\"%s\"} %lld\n", states[i], g->jobs_by_state[i]);
+    }
+    sb_printf(&b, "# HELP performerd_async_jobs_requeued_total Running jobs this daemon queued again because their"
+                  " lease had run out (their daemon crashed or hung; --job-lease).\n"
+                  "# TYPE performerd_async_jobs_requeued_total counter\nperformerd_async_jobs_requeued_total %llu\n",
+              g->jobs_requeued);
     if (b.oom) {
         free(b.s);
         return NULL;

@@ -37,6 +37,9 @@ typedef struct {
     unsigned long long hot_hits, hot_evictions;   /* hot map (hot.h) */
     long hot_entries;
     size_t hot_bytes;
+    int jobs_known;                       /* 1 when jobs_by_state was read from the database */
+    long long jobs_by_state[4];           /* POST /jobs jobs: queued, running, done, cancelled */
+    unsigned long long jobs_requeued;     /* jobs queued again after their lease ran out (jobs_async.h) */
 } mt_gauges;
 
 /* Returns the exposition text (text/plain; version=0.0.4) in a malloc'd string, with the gauges

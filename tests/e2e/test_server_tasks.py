@@ -467,6 +467,11 @@ check(jb["done"] == 35 and jb["failed"] == 0 and [x["index"] for x in ls] == lis
 check(any("lease" in ln.get("msg", "") and ln.get("jobs") == "1" for ln in d.log_lines()),
       "the takeover is logged: %s" % [ln.get("msg") for ln in d.log_lines()][-6:])
 check(owner_of(J4)[1:] == (None, None), "a finished job has no owner or lease")
+mt = {ln.split()[0]: float(ln.split()[1]) for ln in d.get("/metrics").body.decode().splitlines()
+      if ln.startswith("performerd_async_jobs")}
+check(mt.get("performerd_async_jobs_requeued_total") == 1 and mt.get('performerd_async_jobs{state="done"}') == 1 and
+      mt.get('performerd_async_jobs{state="running"}') == 0 and mt.get('performerd_async_jobs{state="queued"}') == 0,
+      "/metrics: the job by state, and one job queued again after its lease ran out: %s" % mt)
 d.stop()
 
 # ---- auth on the new routes, the page without a key, --help ------------------------------------------------
