@@ -344,6 +344,7 @@ static json_t *query_value(const char *name, const char *v, pr_error *e) {
         return json_integer(x);
     }
     if (!strcmp(name, "method")) return json_string(v);
+    if (!strcmp(name, "mutations") && !strcmp(v, "all")) return json_string(v);   /* every single substitution */
     /* lists: mutations, representations, mask_positions (comma, semicolon or space separated) */
     json_t *a = json_array();
     const char *p = v;

@@ -229,8 +229,12 @@ static int parse_score(tk_request *r, json_t *root, const tk_limits *lim, json_t
     if (!json_object_get(root, "sequence"))
         return set_err(e, 400, "invalid_request", "missing \"sequence\" (the wild-type sequence, a string)");
     json_t *muts = json_object_get(root, "mutations"), *meth = json_object_get(root, "method"), *v;
-    if (!muts) return set_err(e, 400, "invalid_request", "missing \"mutations\" (an array like [\"A24G\", \"K30R:D31N\"])");
-    if (!json_is_array(muts)) return set_err(e, 400, "invalid_type", "\"mutations\" must be an array of strings");
+    if (!muts) return set_err(e, 400, "invalid_request", "missing \"mutations\" (an array like [\"A24G\", \"K30R:D31N\"],"
+                              " or \"all\")");
+    const int all = json_is_string(muts) && !strcmp(json_string_value(muts), "all");
+    if (!all && !json_is_array(muts))
+        return set_err(e, 400, "invalid_type", "\"mutations\" must be an array of strings, or \"all\" (every single"
+                       " substitution)");
     size_t i;
     json_array_foreach(muts, i, v) {
         if (!json_is_string(v)) return set_err(e, 400, "invalid_type", "\"mutations\"[%zu] must be a string", i);
@@ -268,8 +272,19 @@ static int parse_score(tk_request *r, json_t *root, const tk_limits *lim, json_t
                                    "sequence_index", 0);
             return -1;
         }
-    size_t nm = json_array_size(muts);
-    if (nm == 0) return set_err(e, 422, "invalid_mutation", "\"mutations\" is empty (give at least one, e.g. \"A24G\")");
+    size_t ns = 0;   /* "all": the standard residues, each substituted by the 19 others */
+    for (size_t k = 0; all && k < n; k++) ns += tok_is_standard(wt[k]) != 0;
+    size_t nm = all ? 19 * ns : json_array_size(muts);
+    if (nm == 0)
+        return set_err(e, 422, "invalid_mutation", all ? "\"mutations\": \"all\" needs a standard residue to substitute"
+                       : "\"mutations\" is empty (give at least one, e.g. \"A24G\")");
+    if (all && nm > TK_MAX_MUTANTS) {
+        set_err(e, 413, "too_many_mutations", "\"mutations\": \"all\" is %zu single substitutions (19 per standard"
+                " residue); the limit is %d per request or job item (%d residues): list the positions' substitutions"
+                " instead, or split the sequence", nm, TK_MAX_MUTANTS, TK_MAX_MUTANTS / 19);
+        e->details = json_pack("{s:I, s:i}", "mutations", (json_int_t)nm, "limit", TK_MAX_MUTANTS);
+        return -1;
+    }
     if (nm > TK_MAX_MUTANTS) {
         set_err(e, 413, "too_many_mutations", "%zu mutations; the limit is %d per request or job item (split them "
                 "over several, e.g. items of one POST /jobs with their own \"mutations\")",
@@ -279,13 +294,34 @@ static int parse_score(tk_request *r, json_t *root, const tk_limits *lim, json_t
     }
     r->mutants = calloc(nm, sizeof *r->mutants);
     if (!r->mutants) return set_err(e, 503, "out_of_memory", "out of memory; retry later");
-    for (i = 0; i < nm; i++) {
+    for (size_t k = 0; all && k < n; k++) {   /* position by position, mutant residues in RESIDUES order */
+        if (!tok_is_standard(wt[k])) continue;
+        const int w = wt[k] - TOK_RES0;
+        for (int a = 0; a < TOK_NRES; a++) {
+            if (a == w) continue;
+            tk_mutant *m = &r->mutants[r->n_mutants];
+            m->sites = malloc(sizeof *m->sites);
+            ut_buf b = {0};
+            ut_printf(&b, "%c%lld%c", RESIDUES[w], (long long)k + r->offset, RESIDUES[a]);
+            if (!m->sites || b.oom || !b.s) {
+                free(m->sites);
+                m->sites = NULL;
+                free(b.s);
+                return set_err(e, 503, "out_of_memory", "out of memory; retry later");
+            }
+            m->sites[0] = (tk_site){(int)k, w, a};
+            m->n_sites = 1;
+            m->text = b.s;
+            r->n_mutants++;
+        }
+    }
+    for (i = 0; !all && i < nm; i++) {
         if (tk_parse_mutant(json_string_value(json_array_get(muts, i)), wt, n, r->offset, (int)i, &r->mutants[i], e))
             return -1;
         r->n_mutants++;
     }
     /* duplicates (the same set of substitutions, in any order or case) */
-    {
+    if (!all) {
         json_t *seen = json_object();
         for (int m = 0; m < r->n_mutants; m++) {
             json_t *prev = json_object_get(seen, r->mutants[m].text);
@@ -350,8 +386,8 @@ static int parse_score(tk_request *r, json_t *root, const tk_limits *lim, json_t
         e->details = json_pack("{s:I, s:I}", "tokens", (json_int_t)tokens, "limit", (json_int_t)lim->max_score_tokens);
         return -1;
     }
-    json_t *ml = json_array();
-    for (int m = 0; m < r->n_mutants; m++) json_array_append_new(ml, json_string(r->mutants[m].text));
+    json_t *ml = all ? json_string("all") : json_array();   /* "all" stays "all" in the id */
+    for (int m = 0; !all && m < r->n_mutants; m++) json_array_append_new(ml, json_string(r->mutants[m].text));
     json_t *seqs = seq_array(r->seq);
     *canon = json_pack("{s:O, s:o, s:s, s:I}", "sequence", json_array_get(seqs, 0), "mutations", ml, "method",
                        method_names[r->method], "offset", (json_int_t)r->offset);

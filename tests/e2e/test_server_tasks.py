@@ -118,6 +118,29 @@ check(e.get("limit") == 40 and "--max-pll-length" in e["error"], "PLL length cap
 e = error_shape(post("/score", {"sequence": "A" * 100, "mutations": ["A%dG" % i for i in range(1, 61)]}), 413,
                 "score_too_large")
 check(e.get("limit") == 5000 and e.get("tokens") == 60 * 102, "masked copies over --max-score-tokens: %s" % e)
+# "mutations": "all": every single substitution (19 per standard residue), scored as the explicit list
+ra = post("/score", {"sequence": SEQ, "mutations": "all"})
+ALL_ID, ALL_SCORES = ra.json().get("id"), ra.json().get("scores", [])
+allm = ["%s%d%s" % (w, i + 1, a) for i, w in enumerate(SEQ) for a in "ACDEFGHIKLMNPQRSTVWY" if a != w]
+check(ra.status == 200 and [x["mutant"] for x in ALL_SCORES] == allm,
+      "mutations all: 19 substitutions per residue, position by position (%d)" % len(ALL_SCORES))
+rl = post("/score", {"sequence": SEQ, "mutations": allm})
+check(rl.status == 200 and all(close(a["score"], b["score"], 1e-5) and a["sites"] == b["sites"]
+                               for a, b in zip(ALL_SCORES, rl.json()["scores"])), "mutations all = the explicit list")
+check(d.get("/score/" + ALL_ID).json()["scores"] == ALL_SCORES, "GET /score/{id} of a mutations-all request")
+rw = post("/score", {"sequence": SEQ, "mutations": "all", "method": "wt-marginals", "offset": 10})
+check(rw.status == 200 and len(rw.json()["scores"]) == 19 * len(SEQ) and rw.json()["scores"][0]["mutant"] == "M10A",
+      "mutations all with wt-marginals and an offset")
+rx = post("/score", {"sequence": "MKXA", "mutations": "all"})
+check(rx.status == 200 and len(rx.json()["scores"]) == 57 and not any("X" in x["mutant"] for x in rx.json()["scores"]),
+      "mutations all skips non-standard residues")
+error_shape(post("/score", {"sequence": "XXB", "mutations": "all"}), 422, "invalid_mutation")
+error_shape(post("/score", {"sequence": SEQ, "mutations": "al"}), 400, "invalid_type")
+error_shape(post("/score", {"sequence": SEQ, "mutations": "all", "method": "pseudo-likelihood"}), 413, "score_too_large")
+e = error_shape(post("/score", {"sequence": "A" * 5264, "mutations": "all", "method": "wt-marginals"}), 413,
+                "too_many_mutations")
+check(e.get("mutations") == 19 * 5264 and e.get("limit") == 100000 and "5263 residues" in e["error"],
+      "mutations all over the mutant limit names the length: %s" % e["error"])
 error_shape(d.post("x", headers={"Content-Type": "text/plain"}, path="/score"), 415, "unsupported_media_type")
 check(d.get("/score").status == 405, "GET /score is 405")
 
@@ -182,6 +205,8 @@ out = subprocess.run([PERFORMER, "score", "--weights", W, "--mutations", "A4G,K2
 cj = json.loads(out.stdout)
 check(out.returncode == 0 and all(close(a["score"], b["score"], 1e-5) for a, b in zip(cj["scores"], SCORE_BODY["scores"]))
       and cj["id"] == SCORE_ID, "performer score = POST /score (same id)")
+out = subprocess.run([PERFORMER, "score", "--weights", W, "--mutations", "all", "--json", SEQ], capture_output=True, text=True)
+check(out.returncode == 0 and json.loads(out.stdout)["id"] == ALL_ID, "performer score --mutations all = POST /score (same id)")
 out = subprocess.run([PERFORMER, "score", "--weights", W, "--mutations", "G4A", SEQ], capture_output=True, text=True)
 check(out.returncode == 1 and "position 4" in out.stderr, "performer score names a wild-type mismatch: %r" % out.stderr)
 out = subprocess.run([PERFORMER, "embed", "--weights", W, "--representations", "mean,cls", SEQ], capture_output=True, text=True)
@@ -204,6 +229,11 @@ def lines(jid, partial=False):
     return r, [json.loads(x) for x in r.body.decode().splitlines() if x.strip()]
 
 
+r = d.post(">s\n%s\n" % SEQ, headers={"Content-Type": "text/x-fasta"}, path="/jobs?task=score&mutations=all")
+jb = wait_job(r.json().get("id", "x"))
+_, ls = lines(jb["id"])
+check(r.status == 202 and jb["params"] == {"mutations": "all"} and ls[0]["result"]["id"] == ALL_ID and
+      ls[0]["result"]["scores"] == ALL_SCORES, "a FASTA job with ?mutations=all = POST /score: %s" % jb)
 r = d.post(FASTA, headers={"Content-Type": "text/x-fasta"}, path="/jobs?task=embed&representations=mean,cls")
 check(r.status == 202 and r.header("Location") == "/jobs/" + r.json()["id"], "FASTA job 202 + Location: %s" % r.body[:300])
 J1 = r.json()["id"]
