@@ -339,16 +339,17 @@ static void run_job(const char *id) {
     }
 }
 
-/* Queues again the jobs of this model whose daemon stopped renewing their lease (logged). */
-static void requeue_expired(void) {
+/* Queues again the jobs of this model whose daemon stopped renewing their lease, logged at level
+ * with msg when there were any. Returns their count or -1 (database error). */
+static int requeue_expired(const char *level, const char *msg) {
     int n = db_job_requeue_expired(ut_model_key(model->sha256));
     if (n > 0) {
         char c[16];
         requeued += (unsigned long long)n;
         snprintf(c, sizeof c, "%d", n);
-        http_log("warn", "jobs whose daemon stopped renewing their lease (a crash) are queued again", "jobs", c,
-                 (char *)NULL);
+        http_log(level, msg, "jobs", c, (char *)NULL);
     }
+    return n;
 }
 
 /* The runner: one job at a time, oldest first. */
@@ -358,7 +359,7 @@ static void *runner_main(void *arg) {
     for (;;) {
         if (stop_requested()) break;
         char id[65];
-        requeue_expired();
+        requeue_expired("warn", "jobs whose daemon stopped renewing their lease (a crash) are queued again");
         int rc = db_job_next(ut_model_key(model->sha256), id);
         if (rc == 1 && db_job_claim(id, owner, lease_s) == 1) {
             next_renew = ut_mono() + lease_s / 3;
@@ -399,17 +400,9 @@ int ja_start(const pf_model *m, const tk_limits *lim, double lease, char *err, s
     limits = *lim;
     lease_s = lease;
     ut_random_hex(owner, 16);
-    int n = db_job_requeue_expired(ut_model_key(model->sha256));
-    if (n < 0) {
+    if (requeue_expired("info", "jobs left running by a stopped daemon (lease run out) are queued again") < 0) {
         snprintf(err, errlen, "cannot requeue running jobs: %s", db_last_error());
         return -1;
-    }
-    if (n > 0) {
-        char c[16];
-        requeued += (unsigned long long)n;
-        snprintf(c, sizeof c, "%d", n);
-        http_log("info", "jobs left running by a stopped daemon (lease run out) are queued again", "jobs", c,
-                 (char *)NULL);
     }
     int rc = pthread_create(&runner, NULL, runner_main, NULL);
     if (rc) {
