@@ -135,8 +135,8 @@ static const char *const migrations[DB_SCHEMA_VERSION] = {
     /* 4: a running job's owner (one daemon process) and the time its lease ends: the owner renews it
      * while it works, and any daemon of the model queues the job again once the lease has run out
      * (a crashed daemon's job), not while its owner is alive. */
-    "ALTER TABLE jobs ADD COLUMN owner TEXT;"
-    "ALTER TABLE jobs ADD COLUMN lease_until REAL;",
+    ("ALTER TABLE jobs ADD COLUMN owner TEXT;"
+     "ALTER TABLE jobs ADD COLUMN lease_until REAL;"),
 };
 
 typedef struct db_conn {
