@@ -1023,7 +1023,7 @@ static int job_list_locked(int limit, db_job **out, int *n) {
 
 /* Counts the jobs by state. */
 static int job_states_locked(long long counts[4]) {
-    static const char *const names[4] = {"queued", "running", "done", "cancelled"};
+    static const char *const names[4] = DB_JOB_STATE_NAMES;
     db_conn *c = conn();
     if (!c) return -1;
     sqlite3_stmt *st = c->st[ST_JOB_STATES];

@@ -174,8 +174,11 @@ int db_job_get(const char *id, db_job *j);
  * free). Returns 0 or -1. */
 int db_job_list(int limit, db_job **out, int *n);
 
-/* Counts the jobs of every model in the file by state: counts[0..3] = queued, running, done,
- * cancelled. Returns 0 or -1. */
+/* The job states, in the order db_job_states counts them. */
+#define DB_JOB_STATE_NAMES {"queued", "running", "done", "cancelled"}
+
+/* Counts the jobs of every model in the file by state: counts[0..3] in DB_JOB_STATE_NAMES order.
+ * Returns 0 or -1. */
 int db_job_states(long long counts[4]);
 
 /* Writes the id of the oldest queued job of model_sha256 to id: 1, 0 when none, -1 on error. */

@@ -219,7 +219,8 @@ static int run_chunk(const char *id, tk_kind kind, long long *after) {
      * interactive requests can take longer than the lease) */
     pthread_mutex_lock(&mu);
     while (pending > 0) {
-        struct timespec ts = ut_deadline_in(next_renew - ut_mono() > 0.01 ? next_renew - ut_mono() : 0.01);
+        const double due = next_renew - ut_mono();
+        struct timespec ts = ut_deadline_in(due > 0.01 ? due : 0.01);
         if (pthread_cond_timedwait(&cv, &mu, &ts) == ETIMEDOUT && pending > 0) {
             pthread_mutex_unlock(&mu);
             if (keep_lease(id, 0) != 1) next_renew = ut_mono() + 1.0;   /* lost or trouble: the chunk ends, run_job decides */
@@ -311,11 +312,11 @@ static void run_job(const char *id) {
         if (stop_requested()) return;            /* the runner puts it back in the queue */
         int rc = keep_lease(id, 1);              /* still ours and running? (a cancel by any daemon) */
         if (rc == 0) {
-            int got = db_job_get(id, &j);
-            if (got == 1)
+            if (db_job_get(id, &j) == 1) {    /* else deleted (or unreadable): nothing to say */
                 http_log("info", strcmp(j.state, "cancelled") ? "job taken over by another daemon (its lease ran out)"
                                                               : "job cancelled", "job_id", id, (char *)NULL);
-            if (got == 1) db_job_clear(&j);
+                db_job_clear(&j);
+            }
             return;
         }
         if (rc == 1) rc = run_chunk(id, kind, &after);

@@ -1,5 +1,6 @@
 /* metrics.c - Prometheus counters, gauges and histograms (see metrics.h). */
 #include "metrics.h"
+#include "cache.h"
 #include "gemm.h"
 
 #include <pthread.h>
@@ -230,7 +231,7 @@ char *mt_render(const mt_gauges *g) {
     sb_printf(&b, "# HELP performerd_hot_cache_bytes Bytes held by the hot map (bound: --hot-cache-mb).\n"
                   "# TYPE performerd_hot_cache_bytes gauge\nperformerd_hot_cache_bytes %zu\n", g->hot_bytes);
     if (g->jobs_known) {
-        static const char *const states[4] = {"queued", "running", "done", "cancelled"};
+        static const char *const states[4] = DB_JOB_STATE_NAMES;
         sb_printf(&b, "# HELP performerd_async_jobs POST /jobs jobs in the database by state (of every model"
                       " sharing the file).\n# TYPE performerd_async_jobs gauge\n");
         for (int i = 0; i < 4; i++)

@@ -38,7 +38,7 @@ typedef struct {
     long hot_entries;
     size_t hot_bytes;
     int jobs_known;                       /* 1 when jobs_by_state was read from the database */
-    long long jobs_by_state[4];           /* POST /jobs jobs: queued, running, done, cancelled */
+    long long jobs_by_state[4];           /* POST /jobs jobs by state, in DB_JOB_STATE_NAMES order (cache.h) */
     unsigned long long jobs_requeued;     /* jobs queued again after their lease ran out (jobs_async.h) */
 } mt_gauges;
 

@@ -76,6 +76,23 @@ static void clip(const char *s, char *out, size_t cap) {
     out[k] = '\0';
 }
 
+/* Writes m->text, the normalised form of m's sorted sites (A24G:K30R, positions counted from offset).
+ * Returns 0, or -1 with e (out of memory; m->sites freed). */
+static int mutant_text(tk_mutant *m, long offset, pr_error *e) {
+    ut_buf b = {0};
+    for (int s = 0; s < m->n_sites; s++)
+        ut_printf(&b, "%s%c%lld%c", s ? ":" : "", RESIDUES[m->sites[s].wt], (long long)m->sites[s].index + offset,
+                  RESIDUES[m->sites[s].mt]);
+    if (b.oom || !b.s) {
+        free(b.s);
+        free(m->sites);
+        m->sites = NULL;
+        return set_err(e, 503, "out_of_memory", "out of memory; retry later");
+    }
+    m->text = b.s;
+    return 0;
+}
+
 /* Parses one mutant. */
 int tk_parse_mutant(const char *text, const int32_t *wt, size_t n, long offset, int index, tk_mutant *m,
                     pr_error *e) {
@@ -147,18 +164,7 @@ int tk_parse_mutant(const char *text, const int32_t *wt, size_t n, long offset, 
         p = r + 1;
     }
     qsort(m->sites, (size_t)m->n_sites, sizeof *m->sites, site_cmp);
-    ut_buf b = {0};
-    for (int s = 0; s < m->n_sites; s++)
-        ut_printf(&b, "%s%c%lld%c", s ? ":" : "", RESIDUES[m->sites[s].wt], (long long)m->sites[s].index + offset,
-                  RESIDUES[m->sites[s].mt]);
-    if (b.oom || !b.s) {
-        free(b.s);
-        free(m->sites);
-        m->sites = NULL;
-        return set_err(e, 503, "out_of_memory", "out of memory; retry later");
-    }
-    m->text = b.s;
-    return 0;
+    return mutant_text(m, offset, e);
 }
 
 /* ---- parsing -------------------------------------------------------------------------------------- */
@@ -301,17 +307,10 @@ static int parse_score(tk_request *r, json_t *root, const tk_limits *lim, json_t
             if (a == w) continue;
             tk_mutant *m = &r->mutants[r->n_mutants];
             m->sites = malloc(sizeof *m->sites);
-            ut_buf b = {0};
-            ut_printf(&b, "%c%lld%c", RESIDUES[w], (long long)k + r->offset, RESIDUES[a]);
-            if (!m->sites || b.oom || !b.s) {
-                free(m->sites);
-                m->sites = NULL;
-                free(b.s);
-                return set_err(e, 503, "out_of_memory", "out of memory; retry later");
-            }
+            if (!m->sites) return set_err(e, 503, "out_of_memory", "out of memory; retry later");
             m->sites[0] = (tk_site){(int)k, w, a};
             m->n_sites = 1;
-            m->text = b.s;
+            if (mutant_text(m, r->offset, e)) return -1;
             r->n_mutants++;
         }
     }
