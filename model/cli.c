@@ -65,14 +65,15 @@ static const char *USAGE =
     "                                            residues, 1..12) occur anywhere in --train (TSV:\n"
     "                                            name, length, windows, shared, fraction)\n"
     "  score   --weights F (--mutations A24G,K30R:D31N | --mutations all | --mutations-file F)\n"
-    "          [--method M] [--offset N] [--json] [--out F] SEQUENCE\n"
+    "          [--method M] [--offset N] [--format list|matrix] [--json] [--out F] SEQUENCE\n"
     "                                            variant effect scores (log p(mt) - log p(wt) per site,\n"
     "                                            summed; M = masked-marginals (default), wt-marginals,\n"
-    "                                            pseudo-likelihood); a table, or POST /score's JSON\n"
+    "                                            pseudo-likelihood); a table (matrix: a row per residue,\n"
+    "                                            a column per substitute), or POST /score's JSON\n"
     "  embed   --weights F [--layer N] [--representations mean,per_residue,cls]\n"
     "          (SEQUENCE | --fasta F) [--out F]  embeddings as JSON Lines (one record per sequence)\n"
     "  run-jobs --weights F --fasta F --task predict|score|embed|logits [--out F.jsonl]\n"
-    "          [--top-k K] [--mask-positions 1,4] [--mutations L] [--method M] [--offset N]\n"
+    "          [--top-k K] [--mask-positions 1,4] [--mutations L] [--method M] [--offset N] [--format F]\n"
     "          [--layer N] [--representations L] a whole FASTA file offline: the JSON Lines of\n"
     "                                            GET /jobs/{id}/result, with a progress bar\n"
     "          (score/run-jobs also take --max-pll-length N, default 1024)\n"
@@ -789,6 +790,7 @@ typedef struct {
 static const struct { const char *opt, *param; tk_kind kind; } task_params[] = {
     {"--top-k", "top_k", TK_PREDICT}, {"--mask-positions", "mask_positions", TK_PREDICT},
     {"--mutations", "mutations", TK_SCORE}, {"--method", "method", TK_SCORE}, {"--offset", "offset", TK_SCORE},
+    {"--format", "format", TK_SCORE},
     {"--layer", "layer", TK_EMBED}, {"--representations", "representations", TK_EMBED},
     {"--per-residue", NULL, TK_EMBED}};
 
@@ -1050,13 +1052,31 @@ static int cmd_score(int argc, char **argv) {
         fprintf(out.f, "%s\n", body);
     } else {
         json_t *j = json_loads(body, 0, NULL);
-        fprintf(out.f, "# %s, offset %ld, %zu residues%s\nmutant\tscore\n", tk_method_name(r->method), r->offset,
+        fprintf(out.f, "# %s, offset %ld, %zu residues%s\n", tk_method_name(r->method), r->offset,
                 r->seq->len[0], m->cfg.trained ? "" : " (UNTRAINED model: scores are meaningless)");
-        size_t i;
-        json_t *v;
-        json_array_foreach(json_object_get(j, "scores"), i, v)
-            fprintf(out.f, "%s\t%.4f\n", json_string_value(json_object_get(v, "mutant")),
-                    json_number_value(json_object_get(v, "score")));
+        size_t i, a;
+        json_t *v, *x;
+        if (r->matrix) {                        /* position, wild type, then one column per residue */
+            const char *alpha = json_string_value(json_object_get(j, "alphabet")),
+                       *wt = json_string_value(json_object_get(j, "wt"));
+            fprintf(out.f, "position\twt");
+            for (const char *c = alpha; c && *c; c++) fprintf(out.f, "\t%c", *c);
+            fputc('\n', out.f);
+            json_array_foreach(json_object_get(j, "matrix"), i, v) {
+                fprintf(out.f, "%lld\t%c", (long long)i + r->offset, wt ? wt[i] : '?');
+                for (a = 0; a < TOK_NRES; a++) {
+                    x = json_array_get(v, a);   /* NULL for a null row (a non-standard residue) */
+                    if (json_is_number(x)) fprintf(out.f, "\t%.4f", json_number_value(x));
+                    else fputs("\tNA", out.f);
+                }
+                fputc('\n', out.f);
+            }
+        } else {
+            fprintf(out.f, "mutant\tscore\n");
+            json_array_foreach(json_object_get(j, "scores"), i, v)
+                fprintf(out.f, "%s\t%.4f\n", json_string_value(json_object_get(v, "mutant")),
+                        json_number_value(json_object_get(v, "score")));
+        }
         json_decref(j);
     }
     rc = 0;

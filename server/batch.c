@@ -39,7 +39,7 @@ static char *clean_name(const char *s, size_t n) {
 /* Task parameters allowed per task (the route's fields other than the sequence). */
 static const char *const *param_names(tk_kind k) {
     static const char *const predict[] = {"top_k", "mask_positions", NULL};
-    static const char *const score[] = {"mutations", "method", "offset", NULL};
+    static const char *const score[] = {"mutations", "method", "offset", "format", NULL};
     static const char *const embed[] = {"layer", "representations", NULL};
     static const char *const logits[] = {NULL};
     return k == TK_PREDICT ? predict : k == TK_SCORE ? score : k == TK_EMBED ? embed : logits;
@@ -343,7 +343,7 @@ static json_t *query_value(const char *name, const char *v, pr_error *e) {
         }
         return json_integer(x);
     }
-    if (!strcmp(name, "method")) return json_string(v);
+    if (!strcmp(name, "method") || !strcmp(name, "format")) return json_string(v);
     if (!strcmp(name, "mutations") && !strcmp(v, "all")) return json_string(v);   /* every single substitution */
     /* lists: mutations, representations, mask_positions (comma, semicolon or space separated) */
     json_t *a = json_array();

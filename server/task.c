@@ -230,11 +230,12 @@ static int int_field(json_t *root, const char *name, long long lo, long long hi,
 
 /* POST /score. */
 static int parse_score(tk_request *r, json_t *root, const tk_limits *lim, json_t **canon, pr_error *e) {
-    static const char *const fields[] = {"sequence", "mutations", "method", "offset", NULL};
+    static const char *const fields[] = {"sequence", "mutations", "method", "offset", "format", NULL};
     if (pr_check_fields(root, fields, e)) return -1;
     if (!json_object_get(root, "sequence"))
         return set_err(e, 400, "invalid_request", "missing \"sequence\" (the wild-type sequence, a string)");
     json_t *muts = json_object_get(root, "mutations"), *meth = json_object_get(root, "method"), *v;
+    json_t *fmt = json_object_get(root, "format");
     if (!muts) return set_err(e, 400, "invalid_request", "missing \"mutations\" (an array like [\"A24G\", \"K30R:D31N\"],"
                               " or \"all\")");
     const int all = json_is_string(muts) && !strcmp(json_string_value(muts), "all");
@@ -260,6 +261,20 @@ static int parse_score(tk_request *r, json_t *root, const tk_limits *lim, json_t
             set_err(e, 422, "invalid_method", "unknown method '%s' (use masked-marginals, wt-marginals or "
                     "pseudo-likelihood)", shown);
             e->details = json_pack("{s:[s,s,s]}", "allowed", method_names[0], method_names[1], method_names[2]);
+            return -1;
+        }
+    }
+    if (fmt) {
+        if (!json_is_string(fmt)) return set_err(e, 400, "invalid_type", "\"format\" must be a string");
+        const char *f = json_string_value(fmt);
+        if (!strcmp(f, "matrix")) {
+            r->matrix = 1;
+        } else if (strcmp(f, "list")) {
+            char shown[64];
+            clip(f, shown, sizeof shown);
+            set_err(e, 422, "invalid_format", "unknown format '%s' (use list, the default: one entry per mutant with "
+                    "its sites; or matrix: a length x 20 table of single-substitution scores)", shown);
+            e->details = json_pack("{s:[s,s]}", "allowed", "list", "matrix");
             return -1;
         }
     }
@@ -319,6 +334,13 @@ static int parse_score(tk_request *r, json_t *root, const tk_limits *lim, json_t
             return -1;
         r->n_mutants++;
     }
+    for (int m = 0; r->matrix && m < r->n_mutants; m++)
+        if (r->mutants[m].n_sites != 1) {
+            set_err(e, 422, "invalid_format", "\"format\": \"matrix\" holds single substitutions; mutations[%d] '%s' "
+                    "has %d sites (use the list format)", m, r->mutants[m].text, r->mutants[m].n_sites);
+            e->details = json_pack("{s:s, s:i}", "mutation", r->mutants[m].text, "mutation_index", m);
+            return -1;
+        }
     /* duplicates (the same set of substitutions, in any order or case) */
     if (!all) {
         json_t *seen = json_object();
@@ -391,6 +413,8 @@ static int parse_score(tk_request *r, json_t *root, const tk_limits *lim, json_t
     *canon = json_pack("{s:O, s:o, s:s, s:I}", "sequence", json_array_get(seqs, 0), "mutations", ml, "method",
                        method_names[r->method], "offset", (json_int_t)r->offset);
     json_decref(seqs);
+    if (*canon && r->matrix)   /* only then: the list format's ids stay those of requests without "format" */
+        json_object_set_new(*canon, "format", json_string("matrix"));
     return *canon ? 0 : set_err(e, 503, "out_of_memory", "out of memory; retry later");
 }
 
@@ -666,6 +690,65 @@ static double pll(const tk_request *r, int v) {
     return sum;
 }
 
+/* Sets *dw and *dm to the log-probs of the wild-type and the mutant residue at site s of mutant m. */
+static void site_log_probs(const tk_request *r, int m, int s, double *dw, double *dm) {
+    const tk_site *st = &r->mutants[m].sites[s];
+    const float *lw, *lm;          /* log-probs that give log p(wt) and log p(mt) at the site */
+    if (r->method == TK_WT_MARGINALS) {
+        lw = lm = r->out[0] + (size_t)(st->index + 1) * TOK_NRES;
+    } else if (r->method == TK_MASKED_MARGINALS) {
+        lw = lm = r->out[find_pos(r, st->index)];
+    } else {
+        int j = find_pos(r, st->index);
+        lw = r->out[j];
+        lm = r->out[(m + 1) * r->n_positions + j];
+    }
+    *dw = lw[st->wt];
+    *dm = lm[st->mt];
+}
+
+/* Returns the score of mutant m: the sum of its sites' deltas, or PLL(mutant) - wt_pll. */
+static double mutant_score(const tk_request *r, int m, double wt_pll) {
+    if (r->method == TK_PSEUDO_LIKELIHOOD) return pll(r, m + 1) - wt_pll;
+    double total = 0, dw, dm;
+    for (int s = 0; s < r->mutants[m].n_sites; s++) {
+        site_log_probs(r, m, s, &dw, &dm);
+        total += dm - dw;
+    }
+    return total;
+}
+
+/* Appends "wt" and "matrix": one row per residue, the 20 residues' scores in RESIDUES order (0 at
+ * the wild type, null where not scored); null rows at non-standard residues. */
+static void score_matrix(ut_buf *b, const tk_request *r, double wt_pll) {
+    const size_t n = r->seq->len[0];
+    const int32_t *wt = r->seq->input[0];
+    double *t = malloc(n * TOK_NRES * sizeof *t);
+    if (!t) { b->oom = 1; return; }
+    for (size_t i = 0; i < n * TOK_NRES; i++) t[i] = NAN;
+    for (int m = 0; m < r->n_mutants; m++) {
+        const tk_site *st = &r->mutants[m].sites[0];
+        t[(size_t)st->index * TOK_NRES + (size_t)st->mt] = mutant_score(r, m, wt_pll);
+    }
+    ut_printf(b, ",\"alphabet\":\"%.*s\",\"wt\":\"", TOK_NRES, RESIDUES);
+    for (size_t k = 0; k < n; k++) ut_str(b, tok_name(wt[k]));   /* one letter each (no <mask> in a wild type) */
+    ut_str(b, "\",\"matrix\":[");
+    for (size_t k = 0; k < n; k++) {
+        if (k) ut_put(b, ",", 1);
+        if (!tok_is_standard(wt[k])) { ut_str(b, "null"); continue; }
+        ut_put(b, "[", 1);
+        for (int a = 0; a < TOK_NRES; a++) {
+            double x = a == wt[k] - TOK_RES0 ? 0.0 : t[k * TOK_NRES + (size_t)a];
+            if (a) ut_put(b, ",", 1);
+            if (isnan(x)) ut_str(b, "null");
+            else ut_num(b, x);
+        }
+        ut_put(b, "]", 1);
+    }
+    ut_put(b, "]", 1);
+    free(t);
+}
+
 /* Appends the score response body after the common head. */
 static void score_body(ut_buf *b, const tk_request *r) {
     ut_printf(b, ",\"method\":\"%s\",\"offset\":%ld,\"length\":%zu", method_names[r->method], r->offset,
@@ -677,49 +760,35 @@ static void score_body(ut_buf *b, const tk_request *r) {
         ut_num(b, wt_pll);
         ut_str(b, "}");
     }
+    if (r->matrix) {
+        ut_str(b, ",\"format\":\"matrix\"");
+        score_matrix(b, r, wt_pll);
+        return;
+    }
     ut_str(b, ",\"scores\":[");
     for (int m = 0; m < r->n_mutants; m++) {
         const tk_mutant *mu = &r->mutants[m];
-        double total = 0;
-        ut_buf sites = {0};
+        ut_printf(b, "%s{\"mutant\":\"%s\",\"score\":", m ? "," : "", mu->text);
+        ut_num(b, mutant_score(r, m, wt_pll));
+        if (r->method == TK_PSEUDO_LIKELIHOOD) {
+            ut_str(b, ",\"pll\":");
+            ut_num(b, pll(r, m + 1));
+        }
+        ut_str(b, ",\"sites\":[");
         for (int s = 0; s < mu->n_sites; s++) {
             const tk_site *st = &mu->sites[s];
-            const float *lw, *lm;          /* log-probs that give log p(wt) and log p(mt) at the site */
-            if (r->method == TK_WT_MARGINALS) {
-                lw = lm = r->out[0] + (size_t)(st->index + 1) * TOK_NRES;
-            } else if (r->method == TK_MASKED_MARGINALS) {
-                lw = lm = r->out[find_pos(r, st->index)];
-            } else {
-                int j = find_pos(r, st->index);
-                lw = r->out[j];
-                lm = r->out[(m + 1) * r->n_positions + j];
-            }
-            double dw = lw[st->wt], dm = lm[st->mt];
-            total += dm - dw;
-            ut_printf(&sites, "%s{\"position\":%lld,\"wt\":\"%c\",\"mt\":\"%c\",\"wt_log_prob\":", s ? "," : "",
+            double dw, dm;
+            site_log_probs(r, m, s, &dw, &dm);
+            ut_printf(b, "%s{\"position\":%lld,\"wt\":\"%c\",\"mt\":\"%c\",\"wt_log_prob\":", s ? "," : "",
                       (long long)st->index + r->offset, RESIDUES[st->wt], RESIDUES[st->mt]);
-            ut_num(&sites, dw);
-            ut_str(&sites, ",\"mt_log_prob\":");
-            ut_num(&sites, dm);
-            ut_str(&sites, ",\"delta\":");
-            ut_num(&sites, dm - dw);
-            ut_str(&sites, "}");
+            ut_num(b, dw);
+            ut_str(b, ",\"mt_log_prob\":");
+            ut_num(b, dm);
+            ut_str(b, ",\"delta\":");
+            ut_num(b, dm - dw);
+            ut_str(b, "}");
         }
-        ut_printf(b, "%s{\"mutant\":\"%s\",\"score\":", m ? "," : "", mu->text);
-        if (r->method == TK_PSEUDO_LIKELIHOOD) {
-            double p = pll(r, m + 1);
-            ut_num(b, p - wt_pll);
-            ut_str(b, ",\"pll\":");
-            ut_num(b, p);
-        } else {
-            ut_num(b, total);
-        }
-        ut_str(b, ",\"sites\":");
-        ut_str(b, "[");
-        if (sites.s) ut_put(b, sites.s, sites.len);
         ut_str(b, "]}");
-        if (sites.oom) b->oom = 1;
-        free(sites.s);
     }
     ut_str(b, "]");
 }

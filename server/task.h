@@ -61,6 +61,7 @@ typedef struct {
     long offset;                /* position p of a mutation is residue index p - offset (0-based) */
     int n_mutants;
     tk_mutant *mutants;
+    int matrix;                 /* "format": "matrix": the scores as a length x 20 table (single substitutions) */
     int n_positions;            /* masked-marginals: distinct mutated indices (input k masks positions[k]);
                                  * pseudo-likelihood: the indices of standard residues, masked one at a time */
     int *positions;

@@ -141,6 +141,36 @@ e = error_shape(post("/score", {"sequence": "A" * 5264, "mutations": "all", "met
                 "too_many_mutations")
 check(e.get("mutations") == 19 * 5264 and e.get("limit") == 100000 and "5263 residues" in e["error"],
       "mutations all over the mutant limit names the length: %s" % e["error"])
+# "format": "matrix": the same scores as a length x 20 table (0 at the wild type, null where not scored)
+rm = post("/score", {"sequence": SEQ, "mutations": "all", "format": "matrix"})
+mj = rm.json()
+MAT_ID = mj.get("id")
+check(rm.status == 200 and mj.get("format") == "matrix" and mj.get("alphabet") == AA and mj.get("wt") == SEQ and
+      "scores" not in mj and len(mj.get("matrix", [])) == len(SEQ) and all(len(row) == 20 for row in mj["matrix"]),
+      "format matrix: a row per residue, a column per residue of the alphabet: %s" % rm.body[:200])
+flat = {x["mutant"]: x["score"] for x in ALL_SCORES}
+check(all(close(mj["matrix"][i][a], 0.0 if AA[a] == w else flat["%s%d%s" % (w, i + 1, AA[a])], 1e-6)
+          for i, w in enumerate(SEQ) for a in range(20)), "format matrix = the list's scores, 0 at the wild type")
+check(MAT_ID not in (ALL_ID, None), "format matrix has its own id")
+check(post("/score", {"sequence": SEQ, "mutations": "all", "format": "list"}).json().get("id") == ALL_ID,
+      "format list (the default) keeps the id of a request without format")
+check(d.get("/score/" + MAT_ID).json().get("matrix") == mj["matrix"], "GET /score/{id} of a matrix request")
+rs = post("/score", {"sequence": "MKXA", "mutations": ["K2R", "a4c"], "format": "matrix", "method": "wt-marginals"})
+sj = rs.json()
+lj = post("/score", {"sequence": "MKXA", "mutations": ["K2R", "A4C"], "method": "wt-marginals"}).json()["scores"]
+check(rs.status == 200 and sj["wt"] == "MKXA" and sj["matrix"][2] is None and
+      sj["matrix"][0] == [0 if a == "M" else None for a in AA] and sj["matrix"][1][AA.index("K")] == 0 and
+      close(sj["matrix"][1][AA.index("R")], lj[0]["score"], 1e-6) and close(sj["matrix"][3][AA.index("C")], lj[1]["score"], 1e-6)
+      and sum(x is not None for x in sj["matrix"][1]) == 2, "format matrix of a list: null where not scored and at X: %s" % sj["matrix"])
+rp = post("/score", {"sequence": SEQ, "mutations": ["A4G", "K2R"], "format": "matrix", "method": "pseudo-likelihood"})
+lp = post("/score", {"sequence": SEQ, "mutations": ["A4G", "K2R"], "method": "pseudo-likelihood"}).json()
+check(rp.status == 200 and close(rp.json()["wild_type"]["pll"], lp["wild_type"]["pll"], 1e-6) and
+      close(rp.json()["matrix"][3][AA.index("G")], lp["scores"][0]["score"], 1e-6), "format matrix with pseudo-likelihood")
+e = error_shape(post("/score", {"sequence": SEQ, "mutations": ["A4G", "K2R:T3N"], "format": "matrix"}), 422, "invalid_format")
+check(e.get("mutation_index") == 1 and "single substitutions" in e["error"], "format matrix refuses a multi-site mutant: %s" % e)
+e = error_shape(post("/score", {"sequence": SEQ, "mutations": ["A4G"], "format": "table"}), 422, "invalid_format")
+check(e.get("allowed") == ["list", "matrix"], "unknown format lists the allowed ones")
+error_shape(post("/score", {"sequence": SEQ, "mutations": ["A4G"], "format": 1}), 400, "invalid_type")
 error_shape(d.post("x", headers={"Content-Type": "text/plain"}, path="/score"), 415, "unsupported_media_type")
 check(d.get("/score").status == 405, "GET /score is 405")
 
@@ -207,6 +237,20 @@ check(out.returncode == 0 and all(close(a["score"], b["score"], 1e-5) for a, b i
       and cj["id"] == SCORE_ID, "performer score = POST /score (same id)")
 out = subprocess.run([PERFORMER, "score", "--weights", W, "--mutations", "all", "--json", SEQ], capture_output=True, text=True)
 check(out.returncode == 0 and json.loads(out.stdout)["id"] == ALL_ID, "performer score --mutations all = POST /score (same id)")
+out = subprocess.run([PERFORMER, "score", "--weights", W, "--mutations", "all", "--format", "matrix", "--json", SEQ],
+                     capture_output=True, text=True)
+check(out.returncode == 0 and json.loads(out.stdout)["id"] == MAT_ID, "performer score --format matrix --json = POST /score")
+out = subprocess.run([PERFORMER, "score", "--weights", W, "--mutations", "all", "--format", "matrix", SEQ],
+                     capture_output=True, text=True)
+rows = [x.split("\t") for x in out.stdout.splitlines() if not x.startswith("#")]
+check(out.returncode == 0 and rows[0] == ["position", "wt"] + list(AA) and len(rows) == len(SEQ) + 1 and
+      rows[4][:2] == ["4", "A"] and all(close(float(rows[i + 1][a + 2]), mj["matrix"][i][a], 6e-5)
+                                         for i in range(len(SEQ)) for a in range(20)),
+      "performer score --format matrix: a table with a row per residue: %r" % out.stdout[:300])
+out = subprocess.run([PERFORMER, "score", "--weights", W, "--mutations", "K2R", "--format", "matrix", "MKXA"],
+                     capture_output=True, text=True)
+check(out.returncode == 0 and out.stdout.splitlines()[4].split("\t") == ["3", "X"] + ["NA"] * 20,
+      "performer score --format matrix writes NA where there is no score: %r" % out.stdout)
 out = subprocess.run([PERFORMER, "score", "--weights", W, "--mutations", "G4A", SEQ], capture_output=True, text=True)
 check(out.returncode == 1 and "position 4" in out.stderr, "performer score names a wild-type mismatch: %r" % out.stderr)
 out = subprocess.run([PERFORMER, "embed", "--weights", W, "--representations", "mean,cls", SEQ], capture_output=True, text=True)
@@ -234,6 +278,11 @@ jb = wait_job(r.json().get("id", "x"))
 _, ls = lines(jb["id"])
 check(r.status == 202 and jb["params"] == {"mutations": "all"} and ls[0]["result"]["id"] == ALL_ID and
       ls[0]["result"]["scores"] == ALL_SCORES, "a FASTA job with ?mutations=all = POST /score: %s" % jb)
+r = d.post(">s\n%s\n" % SEQ, headers={"Content-Type": "text/x-fasta"}, path="/jobs?task=score&mutations=all&format=matrix")
+jb = wait_job(r.json().get("id", "x"))
+_, ls = lines(jb["id"])
+check(r.status == 202 and jb["params"] == {"mutations": "all", "format": "matrix"} and ls[0]["result"]["id"] == MAT_ID and
+      ls[0]["result"]["matrix"] == mj["matrix"], "a FASTA job with ?format=matrix = POST /score: %s" % jb)
 r = d.post(FASTA, headers={"Content-Type": "text/x-fasta"}, path="/jobs?task=embed&representations=mean,cls")
 check(r.status == 202 and r.header("Location") == "/jobs/" + r.json()["id"], "FASTA job 202 + Location: %s" % r.body[:300])
 J1 = r.json()["id"]
