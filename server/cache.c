@@ -14,7 +14,7 @@
 #include <unistd.h>
 
 #define DB_JOB_COLS "id, task, params, model_sha256, state, total, done, failed, created_at, started_at," \
-                    " finished_at, updated_at"
+                    " finished_at, updated_at, owner, lease_until"
 
 enum { ST_GET, ST_TOUCH, ST_INS, ST_REFRESH, ST_BYTES, ST_OLDEST, ST_DEL, ST_TOUCH_N, ST_LOG, ST_PING, ST_BEGIN, ST_COMMIT,
        ST_ROLLBACK, ST_STATS, ST_JOB_INS, ST_ITEM_INS, ST_JOB_GET, ST_JOB_LIST, ST_JOB_NEXT, ST_JOB_STATE,
@@ -927,6 +927,8 @@ static int job_row(sqlite3_stmt *st, db_job *j) {
     j->started_at = sqlite3_column_type(st, 9) == SQLITE_NULL ? 0 : sqlite3_column_double(st, 9);
     j->finished_at = sqlite3_column_type(st, 10) == SQLITE_NULL ? 0 : sqlite3_column_double(st, 10);
     j->updated_at = sqlite3_column_double(st, 11);
+    col_text(st, 12, j->owner, sizeof j->owner);
+    j->lease_until = sqlite3_column_type(st, 13) == SQLITE_NULL ? 0 : sqlite3_column_double(st, 13);
     return j->params ? 0 : -1;
 }
 

@@ -157,6 +157,8 @@ typedef struct {
     char state[16];             /* queued, running, done, cancelled */
     long long total, done, failed;
     double created_at, started_at, finished_at, updated_at;   /* Unix seconds; 0 = not yet */
+    char owner[40];             /* running: the job runner id of the daemon running it ("" otherwise) */
+    double lease_until;         /* running: when that daemon's lease on it ends (Unix seconds; 0 = none) */
 } db_job;
 
 /* Frees the strings of a job read by db_job_get/db_job_list. NULL is fine. */

@@ -116,6 +116,9 @@ json_t *ja_job_json(const db_job *j) {
             json_object_set_new(o, "eta_s", json_real((double)(j->total - finished_items) / rate));
         }
     }
+    if (o && !strcmp(j->state, "running") && j->owner[0])   /* which daemon runs it, and until when it must renew */
+        json_object_set_new(o, "runner", json_pack("{s:s, s:b, s:o}", "id", j->owner, "this_daemon",
+                                                   !strcmp(j->owner, owner), "lease_until", iso(j->lease_until)));
     if (o && strcmp(j->state, "running") && j->started_at > 0 && j->finished_at >= j->started_at) {
         double el = j->finished_at - j->started_at;   /* a finished job keeps its run's figures */
         json_object_set_new(o, "elapsed_s", json_real(el));
@@ -401,6 +404,7 @@ int ja_start(const pf_model *m, const tk_limits *lim, double lease, char *err, s
     limits = *lim;
     lease_s = lease;
     ut_random_hex(owner, 16);
+    http_log("info", "job runner started", "runner", owner, (char *)NULL);
     if (requeue_expired("info", "jobs left running by a stopped daemon (lease run out) are queued again") < 0) {
         snprintf(err, errlen, "cannot requeue running jobs: %s", db_last_error());
         return -1;

@@ -548,6 +548,12 @@ st1 = owner_of(J4)
 check(st0[0] == "running" and st0[1] and st1[0] == "running" and st1[1] == st0[1] and st1[2] > st0[2],
       "a second daemon of the model leaves the running job to its owner, who renews the lease: %s -> %s" % (st0, st1))
 check(not any("queued again" in ln.get("msg", "") for ln in d2.log_lines()), "the second daemon queued nothing again")
+ru1, ru2 = d.get("/jobs/" + J4).json().get("runner", {}), d2.get("/jobs/" + J4).json().get("runner", {})
+check(ru1.get("id") == st1[1] and ru1.get("this_daemon") is True and ru2.get("id") == st1[1] and
+      ru2.get("this_daemon") is False and ru1.get("lease_until", "").endswith("Z"),
+      "GET /jobs/{id} of a running job names its runner, to its own daemon and to another: %s / %s" % (ru1, ru2))
+check(any(ln.get("msg") == "job runner started" and ln.get("runner") == st1[1] for ln in d.log_lines()),
+      "the daemon logs its job runner id at start-up")
 done_at_kill = d.get("/jobs/" + J4).json()["done"]
 d.kill()   # a crash: the job stays running, owned by a dead process, until its lease runs out
 dead = d
@@ -562,6 +568,7 @@ check(jb["done"] == N4 and jb["failed"] == 0 and [x["index"] for x in ls] == lis
 check(any("lease" in ln.get("msg", "") and ln.get("jobs") == "1" for ln in d.log_lines()),
       "the takeover is logged: %s" % [ln.get("msg") for ln in d.log_lines()][-6:])
 check(owner_of(J4)[1:] == (None, None), "a finished job has no owner or lease")
+check("runner" not in jb, "a finished job shows no runner")
 mt = {ln.split()[0]: float(ln.split()[1]) for ln in d.get("/metrics").body.decode().splitlines()
       if ln.startswith("performerd_async_jobs")}
 check(mt.get("performerd_async_jobs_requeued_total") == 1 and mt.get('performerd_async_jobs{state="done"}') == 2 and
