@@ -18,7 +18,7 @@
 
 enum { ST_GET, ST_TOUCH, ST_INS, ST_REFRESH, ST_BYTES, ST_OLDEST, ST_DEL, ST_TOUCH_N, ST_LOG, ST_PING, ST_BEGIN, ST_COMMIT,
        ST_ROLLBACK, ST_STATS, ST_JOB_INS, ST_ITEM_INS, ST_JOB_GET, ST_JOB_LIST, ST_JOB_NEXT, ST_JOB_STATE,
-       ST_JOB_REQUEUE, ST_JOB_STATES, ST_JOB_CLAIM, ST_JOB_RENEW, ST_JOB_RELEASE, ST_ITEM_PENDING, ST_ITEM_STORE, ST_JOB_COUNT, ST_ITEM_READ, ST_ITEM_DEL, ST_JOB_DEL,
+       ST_JOB_REQUEUE, ST_JOB_EXPIRED, ST_JOB_STATES, ST_JOB_CLAIM, ST_JOB_RENEW, ST_JOB_RELEASE, ST_ITEM_PENDING, ST_ITEM_STORE, ST_JOB_COUNT, ST_ITEM_READ, ST_ITEM_DEL, ST_JOB_DEL,
        ST_JOB_FINISH, ST_LOG_PRUNE, ST_N };
 
 static const char *const stmt_sql[ST_N] = {
@@ -54,6 +54,8 @@ static const char *const stmt_sql[ST_N] = {
                      " WHERE id = ?1 AND (?4 IS NULL OR instr(?4, ',' || state || ',') > 0)",
     [ST_JOB_REQUEUE] = "UPDATE jobs SET state = 'queued', updated_at = ?1, owner = NULL, lease_until = NULL"
                        " WHERE state = 'running' AND model_sha256 = ?2 AND (lease_until IS NULL OR lease_until < ?1)",
+    [ST_JOB_EXPIRED] = "SELECT 1 FROM jobs WHERE state = 'running' AND model_sha256 = ?2"
+                       " AND (lease_until IS NULL OR lease_until < ?1) LIMIT 1",
     [ST_JOB_STATES] = "SELECT state, count(*) FROM jobs GROUP BY state",
     [ST_JOB_CLAIM] = "UPDATE jobs SET state = 'running', owner = ?2, lease_until = ?3, updated_at = ?4,"
                      " started_at = coalesce(started_at, ?4), finished_at = NULL WHERE id = ?1 AND state = 'queued'",
@@ -1073,12 +1075,22 @@ static int job_set_state_locked(const char *id, const char *state, const char *f
     return sqlite3_changes(c->db);
 }
 
-/* Puts running jobs whose lease has run out back in the queue. */
+/* Puts running jobs whose lease has run out back in the queue. A read finds them first: an idle
+ * daemon checks every 2 s, and most checks find none, so they take no write lock. */
 static int job_requeue_expired_locked(const char *model_sha256) {
     db_conn *c = conn();
     if (!c) return -1;
-    sqlite3_stmt *st = c->st[ST_JOB_REQUEUE];
-    sqlite3_bind_double(st, 1, ut_wall());
+    const double now = ut_wall();
+    sqlite3_stmt *st = c->st[ST_JOB_EXPIRED];
+    sqlite3_bind_double(st, 1, now);
+    sqlite3_bind_text(st, 2, model_sha256, -1, SQLITE_STATIC);
+    int rc = sqlite3_step(st), found = rc == SQLITE_ROW;
+    if (!found && rc != SQLITE_DONE) fail(c);
+    sqlite3_reset(st);
+    sqlite3_clear_bindings(st);
+    if (!found) return rc == SQLITE_DONE ? 0 : -1;
+    st = c->st[ST_JOB_REQUEUE];
+    sqlite3_bind_double(st, 1, now);
     sqlite3_bind_text(st, 2, model_sha256, -1, SQLITE_STATIC);
     if (run_done(c, st)) return -1;
     return sqlite3_changes(c->db);

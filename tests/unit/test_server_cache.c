@@ -180,6 +180,15 @@ int main(void) {
         CHECK(db_job_next("sha", id) == 0);
         CHECK(db_job_renew("job1", "ownerA", 60) == 1 && db_job_renew("job1", "ownerB", 60) == 0);
         CHECK(db_job_requeue_expired("sha") == 0);                        /* the lease runs: left alone */
+        {   /* a check that finds no run-out lease takes no write lock: it answers while another
+             * connection holds one (a write would wait out the busy timeout and fail) */
+            sqlite3 *w = NULL;
+            CHECK(sqlite3_open(path, &w) == SQLITE_OK &&
+                  sqlite3_exec(w, "BEGIN IMMEDIATE", NULL, NULL, NULL) == SQLITE_OK);
+            CHECK(db_job_requeue_expired("sha") == 0);
+            sqlite3_exec(w, "ROLLBACK", NULL, NULL, NULL);
+            sqlite3_close(w);
+        }
         CHECK(q(path, "SELECT count(*) FROM jobs WHERE owner = 'ownerA' AND lease_until > strftime('%s','now') + 50") == 1);
         long long idx[4];
         char *rq[4];
