@@ -769,10 +769,13 @@ static void score_body(ut_buf *b, const tk_request *r) {
     for (int m = 0; m < r->n_mutants; m++) {
         const tk_mutant *mu = &r->mutants[m];
         ut_printf(b, "%s{\"mutant\":\"%s\",\"score\":", m ? "," : "", mu->text);
-        ut_num(b, mutant_score(r, m, wt_pll));
-        if (r->method == TK_PSEUDO_LIKELIHOOD) {
+        if (r->method == TK_PSEUDO_LIKELIHOOD) {   /* its PLL once: the score and the pll field */
+            const double p = pll(r, m + 1);
+            ut_num(b, p - wt_pll);
             ut_str(b, ",\"pll\":");
-            ut_num(b, pll(r, m + 1));
+            ut_num(b, p);
+        } else {
+            ut_num(b, mutant_score(r, m, wt_pll));
         }
         ut_str(b, ",\"sites\":[");
         for (int s = 0; s < mu->n_sites; s++) {
