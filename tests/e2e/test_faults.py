@@ -7,6 +7,7 @@ daemon recovers by itself (a deleted file is restored from the open database). T
 result acknowledged with a 200 is still there afterwards (also after a restart), and PRAGMA
 integrity_check is ok. Weights: the daemon keeps serving the model it loaded (a private copy), /ready
 reports the file as changed or missing with its SHA-256, and a restart loads the new file."""
+import errno
 import hashlib
 import json
 import os
@@ -147,15 +148,36 @@ check(integrity(DB) == "ok", "integrity ok after the deletions")
 rc, _ = d.stop()
 check(rc == 0, "clean stop after the deletions")
 
+def mnt_usage():
+    """The small file system's use and its files' sizes, for a failure message."""
+    st = os.statvfs(MNT)
+    files = {n: os.path.getsize(os.path.join(MNT, n)) for n in os.listdir(MNT)}
+    return "%d of %d blocks free; files %s" % (st.f_bfree, st.f_blocks, files)
+
+
 def fill_disk(path):
-    """Writes zeros to path until its file system is full."""
-    with open(path, "wb") as f:
-        try:
-            while True:
-                f.write(b"\0" * 65536)
-                f.flush()
-        except OSError:
-            pass
+    """Writes zeros to path until its file system is full. Unbuffered: a buffered file's close flushes
+    again and raised ENOSPC out of the with-statement once (under AddressSanitizer). A create that
+    fails for want of space leaves the disk full as it is: that is the state under test."""
+    try:
+        f = open(path, "wb", buffering=0)
+    except OSError as e:
+        check(e.errno == errno.ENOSPC, "the filler can be created or the disk is already full: %s (%s)" % (e, mnt_usage()))
+        return
+    try:
+        while True:
+            f.write(b"\0" * 65536)
+    except OSError as e:
+        check(e.errno == errno.ENOSPC, "the filler stops at a full disk: %s" % e)
+    finally:
+        f.close()
+
+
+def unfill_disk(path):
+    """Removes the filler (if fill_disk could create it) and checks that space is back."""
+    if os.path.exists(path):
+        os.unlink(path)
+    check(os.statvfs(MNT).f_bfree > 0, "space is free again once the filler is gone (%s)" % mnt_usage())
 
 
 # ---- 3. disk full (the database on a 3 MiB tmpfs) --------------------------------------------------------
@@ -170,14 +192,14 @@ fill_disk(filler)
 try:
     fault_behaviour(d, "disk full", ["full"])
 finally:
-    os.unlink(filler)
+    unfill_disk(filler)
 recovered(d, "disk space back")
 check(integrity(DB2) == "ok", "integrity ok after the disk was full")
 # a longer squeeze: the disk fills while requests keep coming; then space returns
 fill_disk(filler)
 statuses = [post_new(d).status for _ in range(10)]
 check(set(statuses) <= {200, 503}, "under a full disk only 200/503: %s" % statuses)
-os.unlink(filler)
+unfill_disk(filler)
 recovered(d, "disk space back (2)")
 rc, _ = d.stop()
 check(rc == 0, "clean stop after the disk was full")
