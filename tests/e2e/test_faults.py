@@ -157,7 +157,7 @@ def mnt_usage():
 
 def fill_disk(path):
     """Writes zeros to path until its file system is full. Unbuffered: a buffered file's close flushes
-    again and raised ENOSPC out of the with-statement once (under AddressSanitizer). A create that
+    again and raised ENOSPC out of the with-statement (seen in CI under AddressSanitizer, and here). A create that
     fails for want of space leaves the disk full as it is: that is the state under test."""
     try:
         f = open(path, "wb", buffering=0)
