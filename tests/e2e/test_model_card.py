@@ -110,6 +110,39 @@ trained = sum(int(r["tokens"]) - int(p["tokens"]) if p is not None and r["stage"
               for p, r in zip([None] + rows[:-1], rows))
 check(trained > tokens * 0.9, "train_log.csv: %d tokens in steps, fewer than the lineage's %d" % (trained, tokens))
 
+# the card's training table against train_log.csv: one row per stage, its steps, tokens and wall time
+# (a stage's rows follow its parent's row at the step where it branched off)
+table = {}
+for l in card.split("\n## Training\n", 1)[1].split("\n## ", 1)[0].splitlines():
+    cells = [c.strip() for c in l.strip().strip("|").split("|")]
+    if len(cells) == 7 and re.fullmatch(r"\d+[ab]?", cells[0]):
+        table[cells[0]] = cells
+stages = []
+for r in rows:
+    if not stages or stages[-1] != r["stage"]:
+        stages.append(r["stage"])
+check(list(table) == stages, "MODEL_CARD.md training table stages %s, train_log.csv stages %s" % (list(table), stages))
+by_step, info = {}, {}
+for i, r in enumerate(rows):
+    s = r["stage"]
+    if i == 0 or rows[i - 1]["stage"] != s:  # a stage's first row: find its parent's row one step before
+        parent = by_step.get(int(r["step"]) - 1)
+        info[s] = {"n": 0, "base_tokens": int(parent["tokens"]) if parent else 0,
+                   "base_elapsed": float(parent["elapsed_s"]) if parent else 0.0}
+    info[s]["n"] += 1
+    info[s]["last"] = r
+    by_step[int(r["step"])] = r
+for s, cells in table.items():
+    d = info.get(s)
+    if d is None:
+        continue  # already reported: the stages differ
+    tok = (int(d["last"]["tokens"]) - d["base_tokens"]) / 1e6
+    minutes = (float(d["last"]["elapsed_s"]) - d["base_elapsed"]) / 60
+    check(cells[2].startswith("{:,} x ".format(d["n"])), "training table, stage %s: %r, train_log.csv has %d steps" % (s, cells[2], d["n"]))
+    check(cells[3].startswith("%.1fM" % tok), "training table, stage %s: tokens %r, train_log.csv %.1fM" % (s, cells[3], tok))
+    m = re.match(r"(\d+) min", cells[6])
+    check(m is not None and abs(int(m.group(1)) - minutes) <= 1.5, "training table, stage %s: wall time %r, train_log.csv %.0f min" % (s, cells[6][:20], minutes))
+
 # the breakdown tables: the card's similarity rows and this model's length columns
 lines = [json.loads(l) for l in read("weights/eval/breakdown.jsonl").splitlines() if l.strip()]
 for d in lines:
