@@ -117,21 +117,18 @@ for l in card.split("\n## Training\n", 1)[1].split("\n## ", 1)[0].splitlines():
     cells = [c.strip() for c in l.strip().strip("|").split("|")]
     if len(cells) == 7 and re.fullmatch(r"\d+[ab]?", cells[0]):
         table[cells[0]] = cells
-stages = []
+stages, by_step, info = [], {}, {}
 for r in rows:
-    if not stages or stages[-1] != r["stage"]:
-        stages.append(r["stage"])
-check(list(table) == stages, "MODEL_CARD.md training table stages %s, train_log.csv stages %s" % (list(table), stages))
-by_step, info = {}, {}
-for i, r in enumerate(rows):
     s = r["stage"]
-    if i == 0 or rows[i - 1]["stage"] != s:  # a stage's first row: find its parent's row one step before
+    if not stages or stages[-1] != s:  # a stage's first row: find its parent's row one step before
+        stages.append(s)
         parent = by_step.get(int(r["step"]) - 1)
         info[s] = {"n": 0, "base_tokens": int(parent["tokens"]) if parent else 0,
                    "base_elapsed": float(parent["elapsed_s"]) if parent else 0.0}
     info[s]["n"] += 1
     info[s]["last"] = r
     by_step[int(r["step"])] = r
+check(list(table) == stages, "MODEL_CARD.md training table stages %s, train_log.csv stages %s" % (list(table), stages))
 for s, cells in table.items():
     d = info.get(s)
     if d is None:
