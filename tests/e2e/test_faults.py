@@ -56,6 +56,13 @@ W2 = make_model(os.path.join(T, "m2.safetensors"), seed=2)
 acked = {}      # id -> results of a 200 (database phases)
 
 
+def stopped_cleanly(d, what):
+    """Stops d with SIGTERM and checks exit status 0; on failure prints the status and the log's end."""
+    rc, secs = d.stop()
+    tail = "\n".join(d.log_text().splitlines()[-15:])
+    return check(rc == 0, "clean stop %s: exit status %s after %.1fs; the log ends:\n%s" % (what, rc, secs, tail))
+
+
 def seq(n=30):
     s = "".join(rng.choice(RES) for _ in range(n))
     return s[:5] + "<mask>" + s[6:]
@@ -145,8 +152,7 @@ recovered(d, "deleted database directory")
 missing = [i for i in acked if d.get("/predict/" + i).status != 200]
 check(not missing, "every acknowledged result survived both deletions (%d of %d missing)" % (len(missing), len(acked)))
 check(integrity(DB) == "ok", "integrity ok after the deletions")
-rc, _ = d.stop()
-check(rc == 0, "clean stop after the deletions")
+stopped_cleanly(d, "after the deletions")
 
 def mnt_usage():
     """The small file system's use and its files' sizes, for a failure message."""
@@ -201,8 +207,7 @@ statuses = [post_new(d).status for _ in range(10)]
 check(set(statuses) <= {200, 503}, "under a full disk only 200/503: %s" % statuses)
 unfill_disk(filler)
 recovered(d, "disk space back (2)")
-rc, _ = d.stop()
-check(rc == 0, "clean stop after the disk was full")
+stopped_cleanly(d, "after the disk was full")
 d = Daemon(W, DB2, ["--threads", "1"], workdir=T).start()   # a restart finds everything acknowledged
 missing = [i for i in acked if d.get("/predict/" + i).status != 200]
 check(not missing, "every acknowledged result is there after a restart (%d of %d missing)" % (len(missing), len(acked)))
@@ -264,8 +269,7 @@ check(weights_state().get("weights") == "missing" and d.get("/ready").status == 
 check(d.post(dict(p, top_k=18)).status == 200, "still predicting with the weights file gone")
 shutil.copy(W2, WL)
 check(any("weights file changed" in l.get("msg", "") for l in d.log_lines()), "the change is logged")
-rc, _ = d.stop()
-check(rc == 0, "clean stop")
+stopped_cleanly(d, "at the end")
 d = Daemon(WL, os.path.join(T, "w.sqlite"), ["--threads", "1"], workdir=T).start()
 check(d.get("/model").json()["sha256"] == sha2 and weights_state().get("weights") == "ok", "a restart loads the new weights")
 d.stop()

@@ -1,7 +1,8 @@
 """End-to-end test of performerd's configuration and lifecycle: start-up errors (one line, non-zero),
 --help and environment variables, bearer auth on/off, results surviving a restart, LRU eviction,
 429 when the queue is full, the per-request deadline (504), schema version checks, and SIGTERM /
-SIGINT draining in-flight work and exiting 0 within 10 s with a clean database."""
+SIGINT draining in-flight work and exiting 0 within 10 s with a clean database; a fatal signal
+(SIGSEGV, SIGABRT) logs a "crashed" line and the stack trace, then ends the process with that signal."""
 import json
 import os
 import random
@@ -289,4 +290,23 @@ check("draining" in msgs and "stopped" in msgs, "drain logged")
 c = sqlite3.connect(DB)
 check(c.execute("pragma integrity_check").fetchone()[0] == "ok", "database ok after drain")
 c.close()
+
+# ---- a crash is reported in the log (one JSON line, then the stack trace) and still ends the process ----
+for sig, name in ((signal.SIGSEGV, "SIGSEGV"), (signal.SIGABRT, "SIGABRT")):
+    d = Daemon(W, os.path.join(T, "crash.sqlite")).start()
+    d.proc.send_signal(sig)
+    try:
+        rc = d.proc.wait(10)
+    except Exception:
+        rc = None
+    d.logf.close()
+    lines = d.log_text().splitlines()
+    crashed = [i for i, l in enumerate(d.log_lines()) if l.get("msg") == "crashed"]
+    check(rc == -sig, "%s ends the process with that signal: exit status %s" % (name, rc))
+    check(len(crashed) == 1 and d.log_lines()[crashed[0]] == {"level": "fatal", "msg": "crashed", "signal": name,
+                                                              "detail": "stack trace follows, one frame a line"},
+          "%s: one 'crashed' log line naming the signal: %s" % (name, lines[-3:]))
+    frames = lines[crashed[0] + 1:] if crashed else []
+    check(len(frames) >= 2 and any("performerd" in f for f in frames),
+          "%s: the stack trace follows it (%d frames): %s" % (name, len(frames), frames[:3]))
 done()
