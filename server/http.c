@@ -197,6 +197,17 @@ static void mhd_logger(void *cls, const char *fmt, va_list ap) {
     http_log("warn", "libmicrohttpd", "detail", buf, (char *)NULL);
 }
 
+/* libmicrohttpd's fatal internal error (MHD_PANIC): logs it as one JSON line naming the place and
+ * the reason, then aborts (the crash report in main.c follows with the stack trace). */
+static void mhd_panic(void *cls, const char *file, unsigned int line, const char *reason) {
+    (void)cls;
+    char where[300], ln[16];
+    snprintf(where, sizeof where, "%s", file ? file : "?");
+    snprintf(ln, sizeof ln, "%u", line);
+    http_log("fatal", "libmicrohttpd panic", "file", where, "line", ln, "detail", reason ? reason : "", (char *)NULL);
+    abort();
+}
+
 /* ---- listening socket --------------------------------------------------------------------------- */
 
 /* Creates, binds and listens. */
@@ -1457,6 +1468,7 @@ int http_start(const http_env *e, int listen_fd, char *err, size_t errlen) {
     tk_lim = e->tk;
     listen_fd_ = listen_fd;
     if (gd_start((double)e->c->conn_timeout, err, errlen)) return -1;
+    MHD_set_panic_func(&mhd_panic, NULL);
     unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_USE_TURBO | MHD_ALLOW_SUSPEND_RESUME |
                      MHD_USE_ERROR_LOG;
     daemon_ = MHD_start_daemon(flags, 0, NULL, NULL, &on_request, NULL,
