@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# weights/finalize.sh N - publishes stage N's training run (weights/runs/stageN/, started with the
+# command in weights/MODEL_CARD.md) when it beats the shipped release on the whole validation split.
+#
+# 1. waits for the trainer to exit and checks that the run is complete (2,500 steps, its stable
+#    checkpoint saved);
+# 2. evaluates it on all validation sequences with the headline's options and stops (exit 2, nothing
+#    changed) unless its perplexity is below weights/eval/valid.json's: releases are chosen on
+#    validation, never on test;
+# 3. evaluates it on the test split in float32 and bf16; the old valid.json becomes
+#    valid_previous.json; the run's weights become weights/model.safetensors and its stable state
+#    (step 1,500) weights/stable.safetensors, the start of the next stage;
+# 4. appends the run's log to weights/train_log.csv (steps, tokens and seconds continued from the
+#    parent's row where the run branched off; stage column N), redraws weights/curves.png, commits;
+# 5. runs weights/breakdown.sh and commits its tables; runs tests/e2e/test_server_precision.py and
+#    prints its per-position line, which weights/release_docs.py takes next:
+#      python3 weights/release_docs.py --precision-line "<that line>" && python3 tests/e2e/test_model_card.py
+#
+# Needs `make`, `make data`, python3 with numpy (the precision test) and gnuplot (weights/plot). About
+# 8 minutes on 2 cores. usage: weights/finalize.sh N
+set -euo pipefail
+cd "$(dirname "$0")/.."
+N=${1:?usage: weights/finalize.sh N}
+R=weights/runs/stage$N
+W=$R/stage$N.safetensors
+OPTS=(--seed 1 --unigram weights/data/train.bin)
+while pgrep -f "performer trai[n]" >/dev/null; do sleep 20; done
+for f in "$W" "$R/stage${N}_stable.ckpt" "$R/stage$N.csv"; do
+    [ -f "$f" ] || { echo "finalize: $f is missing (did the run finish?)" >&2; exit 1; }
+done
+last=$(tail -1 "$R/stage$N.csv" | cut -d, -f1)
+[ "$last" = 2500 ] || { echo "finalize: $R/stage$N.csv ends at step $last, not 2,500 (resume the run)" >&2; exit 1; }
+
+bin/performer eval --weights "$W" --fasta weights/data/valid.fasta "${OPTS[@]}" > "$R/valid.json"
+python3 - "$R/valid.json" weights/eval/valid.json <<'EOF' || { echo "finalize: stage $N is not better on validation; the release stays" >&2; exit 2; }
+import json, sys
+new, old = (json.load(open(p)) for p in sys.argv[1:3])
+print("whole validation split: %.3f / %.2f%% against the release's %.3f / %.2f%%"
+      % (new["perplexity"], 100 * new["accuracy"], old["perplexity"], 100 * old["accuracy"]))
+sys.exit(0 if new["perplexity"] < old["perplexity"] else 1)
+EOF
+bin/performer eval --weights "$W" --fasta weights/data/test.fasta "${OPTS[@]}" > "$R/test.json"
+bin/performer eval --weights "$W" --fasta weights/data/test.fasta "${OPTS[@]}" --precision bf16 > "$R/test_bf16.json"
+cp weights/eval/valid.json weights/eval/valid_previous.json
+cp "$R/valid.json" "$R/test.json" "$R/test_bf16.json" weights/eval/
+cp "$W" weights/model.safetensors
+bin/performer export --ckpt "$R/stage${N}_stable.ckpt" --out weights/stable.safetensors
+
+# the run's rows continue its parent's: stage N-1's row at its step 1,500 (where its decay began)
+python3 - "$R/stage$N.csv" weights/train_log.csv "$N" <<'EOF'
+import csv, sys
+run, log, n = sys.argv[1], sys.argv[2], sys.argv[3]
+rows = list(csv.DictReader(open(log, newline="")))
+if any(r["stage"] == n for r in rows):
+    sys.exit("finalize: train_log.csv already has rows of stage %s" % n)
+parent = [r for r in rows if r["stage"] == str(int(n) - 1)]
+base = [r for r in rows if int(r["step"]) == int(parent[0]["step"]) - 1 + 1500]
+if len(base) != 1 or base[0]["stage"] != str(int(n) - 1):
+    sys.exit("finalize: no row of stage %d at its step 1,500 in train_log.csv" % (int(n) - 1))
+b = base[0]
+with open(log, "a", newline="") as out:
+    for r in csv.DictReader(open(run, newline="")):
+        cells = [str(int(r["step"]) + int(b["step"])), str(int(r["tokens"]) + int(b["tokens"])),
+                 "%.1f" % (float(r["elapsed_s"]) + float(b["elapsed_s"]))]
+        cells += [r[k] for k in ("lr", "loss", "grad_norm", "tokens_per_s", "val_ppl", "val_acc", "val_uni_ppl")] + [n]
+        out.write(",".join(cells) + "\n")
+print("train_log.csv: stage %s appended from global step %s" % (n, b["step"]))
+EOF
+weights/plot weights/curves.png performer-protein-small=weights/train_log.csv
+git add weights/model.safetensors weights/stable.safetensors weights/eval/valid.json weights/eval/valid_previous.json \
+    weights/eval/test.json weights/eval/test_bf16.json weights/train_log.csv weights/curves.png
+git commit -q -m "weights: stage $N (from stage $((N - 1))'s stable state) shipped: chosen on the whole validation split; test eval files, joined train log and curves (model card follows)"
+
+bash weights/breakdown.sh
+git add weights/eval/breakdown.jsonl weights/eval/breakdown.md weights/eval/overlap.tsv
+git commit -q -m "weights: stage $N's breakdown by similarity and length"
+python3 tests/e2e/test_server_precision.py > "$R/precision.out" || { cat "$R/precision.out"; exit 1; }
+rm -rf tests/e2e/__pycache__
+grep "residues: max" "$R/precision.out"

@@ -1,0 +1,387 @@
+#!/usr/bin/env python3
+"""Updates weights/MODEL_CARD.md, weights/TRAINING.md and README.md for a new release whose stage
+followed the previous stage's recipe (since stage 19: the previous stage's weights at its step
+1,500, `weights/stable.safetensors`, a new AdamW state, 2,500 steps of 16,384 tokens, a 100-step
+warm-up to 8e-5, held to step 1,500, a 1 - sqrt decay over the last 1,000).
+
+Run it once the release's files are committed: weights/model.safetensors, weights/eval/test.json,
+test_bf16.json, valid.json, valid_previous.json, the stage's rows in weights/train_log.csv and
+weights/eval/breakdown.jsonl (the finalize steps in weights/TRAINING.md). Every figure comes from
+those files or from the documents' current text for the previous release; every edit must match
+exactly once, and a result whose wording would change (one pass overtaking pieces of 1,022, a gain
+outside the stated range) stops the script with a message instead of writing a wrong sentence.
+Then run tests/e2e/test_model_card.py.
+
+usage: weights/release_docs.py --precision-line LINE [--wall-note TEXT] [--session N] [--root DIR]
+  LINE: test_server_precision.py's line "367 residues: max |log p(fp32) - log p(bf16)| X; same top-1
+  residue at N of 367 positions"."""
+import argparse
+import csv
+import hashlib
+import json
+import math
+import os
+import re
+import statistics
+import sys
+
+WORDS = {n: w for n, w in enumerate(
+    "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen seventeen"
+    " eighteen nineteen twenty".split())}
+for _t, _tw in ((20, "twenty"), (30, "thirty"), (40, "forty")):
+    for _u in range(1, 10):
+        WORDS[_t + _u] = "%s-%s" % (_tw, WORDS[_u])
+    WORDS[_t] = _tw
+NUMBERS = {w: n for n, w in WORDS.items()}
+
+
+class DocError(Exception):
+    """A document does not read as this script expects (the message names the place)."""
+
+
+def sub1(text, pattern, repl, where, count=1, regex=True):
+    """Replaces pattern (a regex, or a literal with regex=False) exactly `count` times; else DocError."""
+    if not regex:
+        n = text.count(pattern)
+        if n != count:
+            raise DocError("%s: %r found %d times, expected %d" % (where, pattern[:120], n, count))
+        return text.replace(pattern, repl)
+    new, n = re.subn(pattern, repl, text)
+    if n != count:
+        raise DocError("%s: /%s/ matched %d times, expected %d" % (where, pattern[:120], n, count))
+    return new
+
+
+def one(pattern, text, where, flags=0):
+    """Returns the match of a regex that must occur exactly once."""
+    ms = list(re.finditer(pattern, text, flags))
+    if len(ms) != 1:
+        raise DocError("%s: /%s/ matched %d times, expected 1" % (where, pattern[:120], len(ms)))
+    return ms[0]
+
+
+def pct(x, digits=2):
+    """0.16158 -> '16.16%'."""
+    return "%.*f%%" % (digits, 100 * x)
+
+
+def mtok(n):
+    """1083922982 -> '1,083.9M'."""
+    return "{:,.1f}M".format(n / 1e6)
+
+
+def stage_paragraph(n, session, seed, prev, stable, decay, prev_stable, prev_end, current):
+    """The history's narrative of a stage of this recipe (current: its stable state is the one in git)."""
+    tail = " are the new `weights/stable.safetensors`" + (" (the current one)" if current == "history" else "") \
+        if current else " were the next `weights/stable.safetensors`"
+    return ("Stage %d (session %d) went on from `weights/stable.safetensors`, stage %d's weights at its step 1,500 where"
+            " its decay began, with a new AdamW state and data order (seed %d): a 100-step warm-up to 8e-5, held to step"
+            " 1,500, then decayed over the last 1,000 steps; its weights at step 1,500%s. Validation (400 sequences)"
+            " through the stable phase: %s (steps 300 to 1,500, every 300; stage %d's stable phase ended at %.3f); then"
+            " with the decay %s at the end (stage %d: %.3f)."
+            % (n, session, prev, seed, tail, ", ".join("%.3f" % v for v in stable), prev, prev_stable,
+               ", ".join("%.3f" % v for v in decay), prev, prev_end))
+
+
+def gain_sentence(n, prev, prev_ppl, ppl, dacc, prev_stable, stable_end, end):
+    """TRAINING.md's sentence on what a stage of this recipe gained."""
+    return ("Stage %d (40.2M tokens: stage %d's stable state continued the same way, 1,400 steps at 8e-5 after a"
+            " 100-step warm-up, then a decay of 1,000) gained %.3f on the test split (%.3f → %.3f) and %.2f points of"
+            " accuracy: validation went from %.3f (stage %d's stable phase) to %.3f at the end of this stable phase,"
+            " and the decay gave %.2f more (%.3f → %.3f)."
+            % (n, prev, prev_ppl - ppl, prev_ppl, ppl, dacc, prev_stable, prev, stable_end, stable_end - end,
+               stable_end, end))
+
+
+def command_block(n, history):
+    """The stage's command (the card's current block, or TRAINING.md's history entry)."""
+    p = n - 1
+    return ("# stage %d: from stage %d's weights at its step 1,500 (weights/stable.safetensors, exported from\n"
+            "# stage%d_stable.ckpt), new optimiser state, seed %d, decaying over the last 1,000 steps; the weights at\n"
+            "# step 1,500 exported as the new weights/stable.safetensors\n"
+            "env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE OMP_WAIT_POLICY=PASSIVE bin/performer train --precision bf16 \\\n"
+            "  --init weights/stable.safetensors --data weights/data/train.bin --valid weights/data/valid.bin \\\n"
+            "  --out stage%d.safetensors --ckpt stage%d.ckpt --log stage%d.csv --resume --name performer-protein-small \\\n"
+            "  --steps 2500 --warmup 100 --lr 8e-5 --decay-steps 1000 --branch-ckpt stage%d_stable.ckpt \\\n"
+            "  --crop 4096 --batch-tokens 16384 \\\n"
+            "  --eval-every 300 --eval-seqs 400 --ckpt-minutes 5 --seed %d --threads 2 --max-minutes 160\n"
+            "bin/performer export --ckpt stage%d_stable.ckpt --out weights/stable.safetensors\n"
+            "cp stage%d.safetensors weights/model.safetensors   # the %s\n"
+            % (n, p, p, n, n, n, n, n, n, n, n, "stage-%d release" % n if history else "release"))
+
+
+def length_phrase(whole, other):
+    """'0.11 better' / '0.03 behind' (perplexity of one pass against pieces)."""
+    d = other - whole
+    return "%.2f %s" % (abs(d), "better" if d > 0 else "behind")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--precision-line", required=True)
+    ap.add_argument("--wall-note", default="one run, not paused")
+    ap.add_argument("--session", type=int, default=None, help="default: the stage number + 1")
+    ap.add_argument("--root", default=os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")))
+    a = ap.parse_args()
+    R = a.root
+    rd = lambda p: open(os.path.join(R, p), encoding="utf-8").read()  # noqa: E731
+    card, hist, readme = rd("weights/MODEL_CARD.md"), rd("weights/TRAINING.md"), rd("README.md")
+    test, bf16 = json.loads(rd("weights/eval/test.json")), json.loads(rd("weights/eval/test_bf16.json"))
+    valid, valid_prev = json.loads(rd("weights/eval/valid.json")), json.loads(rd("weights/eval/valid_previous.json"))
+    lines = [json.loads(x) for x in rd("weights/eval/breakdown.jsonl").splitlines() if x.strip()]
+    rows = list(csv.DictReader(open(os.path.join(R, "weights/train_log.csv"), newline="")))
+    blob = open(os.path.join(R, "weights/model.safetensors"), "rb").read()
+    sha = hashlib.sha256(blob).hexdigest()
+    for name, d in (("test.json", test), ("test_bf16.json", bf16), ("valid.json", valid)):
+        if d["sha256"] != sha:
+            raise DocError("eval/%s is not of weights/model.safetensors" % name)
+    for d in lines:
+        if d["eval"]["sha256"] != sha:
+            raise DocError("eval/breakdown.jsonl is not of weights/model.safetensors (run weights/breakdown.sh)")
+
+    # ---- the training log: this stage, its parent, their validation points ------------------------
+    stages, info, by_step = [], {}, {}
+    for r in rows:
+        s = r["stage"]
+        if not stages or stages[-1] != s:
+            stages.append(s)
+            parent = by_step.get(int(r["step"]) - 1)
+            info[s] = {"rows": [], "parent": parent}
+        info[s]["rows"].append(r)
+        by_step[int(r["step"])] = r
+    N = int(stages[-1])
+    P = N - 1
+    if stages[-2] != str(P):
+        raise DocError("train_log.csv: the last stages are %s, expected %d then %d" % (stages[-2:], P, N))
+    me, pa = info[str(N)], info[str(P)]
+    session = a.session or N + 1
+    base = me["parent"]
+    if base is None or base["stage"] != str(P):
+        raise DocError("train_log.csv: stage %d's first row does not follow a row of stage %d" % (N, P))
+    vals = [(int(r["step"]) - int(base["step"]), float(r["val_ppl"])) for r in me["rows"] if r["val_ppl"]]
+    if [s for s, _ in vals] != [300, 600, 900, 1200, 1500, 1800, 2100, 2400, 2500] or len(me["rows"]) != 2500:
+        raise DocError("stage %d is not this recipe's 2,500 steps with validation every 300: %s" % (N, [s for s, _ in vals]))
+    stable, decay = [v for s, v in vals if s <= 1500], [v for s, v in vals if s > 1500]
+    prev_stable, prev_end = float(base["val_ppl"]), float(pa["rows"][-1]["val_ppl"])
+    last = me["rows"][-1]
+    lineage, prev_lineage = int(last["tokens"]), int(pa["rows"][-1]["tokens"])
+    stage_tokens = int(last["tokens"]) - int(base["tokens"])
+    minutes = round((float(last["elapsed_s"]) - float(base["elapsed_s"])) / 60)
+    tps = statistics.median([float(r["tokens_per_s"]) for r in me["rows"][50:]])
+    branch_tokens = int(pa["rows"][-1]["tokens"]) - int(base["tokens"])   # the parent's decay, now a branch
+    hours = float(last["elapsed_s"]) / 3600
+
+    # ---- test results ------------------------------------------------------------------------------
+    ppl, acc, top5, ece = test["perplexity"], test["accuracy"], test["top5_accuracy"], test["calibration"]["ece"]
+    m = one(r"\| stage %d \(6 layers, ([\d,.]+M) tokens\) \| ([\d.]+) \| ([\d.]+)%% \|" % P, hist, "TRAINING.md release table")
+    if m.group(1) != mtok(prev_lineage):
+        raise DocError("TRAINING.md says stage %d had %s tokens, train_log.csv %s" % (P, m.group(1), mtok(prev_lineage)))
+    prev_ppl, prev_acc = float(m.group(2)), float(m.group(3)) / 100
+    gain, dacc = prev_ppl - ppl, 100 * (acc - prev_acc)
+    if gain <= 0:
+        raise DocError("the release is not better on test (%.3f vs %.3f): write its text by hand" % (ppl, prev_ppl))
+    if abs(bf16["perplexity"] - ppl) > 0.0002:
+        raise DocError("bf16 differs from float32 by more than 0.0002: the card's 'Within 0.0002' needs rewriting")
+    pm = re.search(r"(\d+) residues: max \|log p\(fp32\) - log p\(bf16\)\| ([\d.]+); same top-1 residue at (\d+) of (\d+)",
+                   a.precision_line)
+    if not pm:
+        raise DocError("--precision-line does not read as test_server_precision.py's line")
+    p_res, p_diff, p_same = int(pm.group(1)), pm.group(2), int(pm.group(3))
+
+    # ---- breakdown ---------------------------------------------------------------------------------
+    sim = [d for d in lines if d["table"] == "similarity"]
+    length = {}
+    for d in lines:
+        if d["table"] == "length":
+            length.setdefault((d["from"], d["to"]), {})[d["window"]] = d
+    bins = sorted(length)
+    if len(sim) != 6 or len(bins) != 5:
+        raise DocError("breakdown.jsonl: %d similarity rows and %d length bins, expected 6 and 5" % (len(sim), len(bins)))
+    L = lambda b, w: length[bins[b]][w]["eval"]["perplexity"]  # noqa: E731
+    if not (L(3, 0) < L(3, 1022) and L(2, 0) < L(2, 512) and L(3, 0) < L(3, 512) and L(4, 0) < L(4, 512)
+            and L(4, 0) > L(4, 1022)):
+        raise DocError("the length results changed sides (one pass vs pieces): write the length sentences by hand")
+    long_vs_512, long_vs_1022 = length_phrase(L(4, 0), L(4, 512)), length_phrase(L(4, 0), L(4, 1022))
+
+    # ================================ MODEL_CARD.md =================================================
+    c = card
+    c = sub1(c, r"SHA-256 `[0-9a-f]{64}`, [\d.]+ MB", "SHA-256 `%s`, %.1f MB" % (sha, len(blob) / 1e6), "card SHA")
+    c = sub1(c, r"perplexity \*\*[\d.]+\*\*,\ntop-1 accuracy \*\*[\d.]+%\*\* \(top-5 [\d.]+%\)",
+             "perplexity **%.2f**,\ntop-1 accuracy **%s** (top-5 %s)" % (ppl, pct(acc), pct(top5, 1)), "card headline")
+    c = sub1(c, r"\(the previous release: [\d.]+ / [\d.]+% after [\d,.]+M tokens;",
+             "(the previous release: %.2f / %s after %s tokens;" % (prev_ppl, pct(prev_acc), mtok(prev_lineage)),
+             "card headline (previous release)")
+    c = sub1(c, r"it measures [\d.]+ / [\d.]+% \(section", "it measures %.2f / %s (section" % (bf16["perplexity"], pct(bf16["accuracy"])),
+             "card headline (bf16)")
+    c = sub1(c, r"expected calibration error [\d.]+", "expected calibration error %.4f" % ece, "card ECE", count=2)
+    c = sub1(c, r"1,022 \([\d.]+ vs [\d.]+ at 1,024–2,048 residues\); past 2,048 residues one pass is [\d.]+ behind pieces of 1,022",
+             "1,022 (%.2f vs %.2f at 1,024–2,048 residues); past 2,048 residues one pass is %s pieces of 1,022"
+             % (L(3, 0), L(3, 1022), long_vs_1022), "card headline (length)")
+    m = one(r"([A-Z][a-z-]+) stages over ([a-z-]+) sessions", c, "card training")
+    n_stages, n_sessions = NUMBERS[m.group(1).lower()] + 1, NUMBERS[m.group(2)] + 1
+    c = sub1(c, re.escape(m.group(0)), "%s stages over %s sessions" % (WORDS[n_stages].capitalize(), WORDS[n_sessions]), "card training")
+    c = sub1(c, r"\(stage %d from stage %d's weights where its decay began, `weights/stable.safetensors`; stages %d (?:and|to) 19 the"
+                r" same from stage %d's (?:and|to) stage 18's;" % (P, P - 1, P - 1, P - 2),
+             "(stage %d from stage %d's weights where its decay began, `weights/stable.safetensors`; stages %d to 19 the same"
+             " from stage %d's to stage 18's;" % (N, P, P, P - 1), "card training (lineage)")
+    row_p = one(r"\n\| %d \| [^\n]*\|\n" % P, c, "card training table (stage %d row)" % P)
+    new_row = ("| %d | stage %d at its step 1,500 (before its decay; `weights/stable.safetensors`), a new optimiser state | 2,500 x 16,384 |"
+               " %.1fM | 8e-5 after a 100-step warm-up, held to step 1,500, 1 - sqrt decay to 8e-6 over the last 1,000 | %d |"
+               " %d min (%s) |\n" % (N, P, stage_tokens / 1e6, N, minutes, a.wall_note))
+    c = c[:row_p.end()] + new_row + c[row_p.end():]
+    c = sub1(c, r"descends from \*\*[\d,.]+M tokens\*\*", "descends from **%s tokens**" % mtok(lineage), "card lineage")
+    c = sub1(c, r", and stage %d's, its last 1,000 steps and ([\d.]+M) tokens, are branches" % (P - 1),
+             r", stage %d's, its last 1,000 steps and \1 tokens, and stage %d's, its last 1,000 steps and %.1fM tokens, are branches"
+             % (P - 1, P, branch_tokens / 1e6), "card branches")
+    m = one(r"([\d,.]+)M tokens were trained in all", c, "card (trained in all)")
+    c = sub1(c, re.escape(m.group(0)), "{:,.1f}M tokens were trained in all".format(float(m.group(1).replace(",", "")) + stage_tokens / 1e6),
+             "card (trained in all)")
+    pv = [(int(r["step"]) - int(pa["parent"]["step"]), float(r["val_ppl"])) for r in pa["rows"] if r["val_ppl"]]
+    pp = info[str(P - 1)]
+    old_args = (P, P + 1, P, P - 1, [v for s, v in pv if s <= 1500], [v for s, v in pv if s > 1500],
+                float(pa["parent"]["val_ppl"]), float(pp["rows"][-1]["val_ppl"]))
+    new_args = (N, session, N, P, stable, decay, prev_stable, prev_end)
+    c = sub1(c, stage_paragraph(*old_args, current="card"), stage_paragraph(*new_args, current="card"),
+             "card stage paragraph", regex=False)
+    c = sub1(c, "# stages 1 to %d: weights/TRAINING.md\n" % (P - 1) + command_block(P, False),
+             "# stages 1 to %d: weights/TRAINING.md\n" % P + command_block(N, False), "card command block", regex=False)
+    c = sub1(c, r"gave [\d.]+ / [\d.]+%% for stage %d against [\d.]+ / [\d.]+%% for stage %d \(" % (P, P - 1),
+             "gave %.3f / %s for stage %d against %.3f / %s for stage %d (" % (valid["perplexity"], pct(valid["accuracy"]), N,
+                                                                            valid_prev["perplexity"], pct(valid_prev["accuracy"]), P),
+             "card validation choice")
+    c = sub1(c, "4,096 in stages 6 to %d)" % P, "4,096 in stages 6 to %d)" % N, "card crops", regex=False)
+    c = sub1(c, "kept in stages 7 to %d)" % P, "kept in stages 7 to %d)" % N, "card crops (length)", regex=False)
+    c = sub1(c, r"in stage %d a median of [\d,]+ tokens/s" % P, "in stage %d a median of {:,.0f} tokens/s".format(tps) % N, "card compute")
+    c = sub1(c, "decays of stages 11 to 16 and 18 to %d," % (P - 1), "decays of stages 11 to 16 and 18 to %d," % P, "card curves", regex=False)
+    c = sub1(c, r"stage %d, [\d,.]+M tokens\) \| \*\*[\d.]+\*\* \| \*\*[\d.]+%%\*\* \|" % P,
+             "stage %d, %s tokens) | **%.3f** | **%s** |" % (N, mtok(lineage), ppl, pct(acc)), "card eval table (this model)")
+    c = sub1(c, r"\(`eval/test_bf16.json`\) \| [\d.]+ \| [\d.]+% \|",
+             "(`eval/test_bf16.json`) | %.3f | %s |" % (bf16["perplexity"], pct(bf16["accuracy"])), "card eval table (bf16)")
+    c = sub1(c, r"\| the previous release \(6 layers, stage %d, [\d,.]+M tokens\) \| [\d.]+ \| [\d.]+%% \|" % (P - 1),
+             "| the previous release (6 layers, stage %d, %s tokens) | %.3f | %s |" % (P, mtok(prev_lineage), prev_ppl, pct(prev_acc)),
+             "card eval table (previous release)")
+    cal = test["calibration"]["bins"]
+    under = (cal[0]["residues"] + cal[1]["residues"]) / test["residues"]
+    c = sub1(c, r"Top-5 accuracy [\d.]+%\.", "Top-5 accuracy %s." % pct(top5), "card top-5")
+    c = sub1(c, r"\n\d+% of the positions get a top-1 probability under 0.2", "\n%.0f%% of the positions get a top-1 probability under 0.2" % (100 * under),
+             "card calibration share")
+    c = sub1(c, r"\([\d.]+ vs [\d.]+ in the 0.1–0.2 bin, [\d.]+ vs [\d.]+ in the top one\)",
+             "(%.4f vs %.4f in the 0.1–0.2 bin, %.3f vs %.4f in the top one)" % (cal[1]["accuracy"], cal[1]["mean_probability"],
+                                                                                 cal[-1]["accuracy"], cal[-1]["mean_probability"]),
+             "card calibration bins")
+    c = sub1(c, r"and [\d.]+ at the end of stage %d \([\d,.]+M\);" % P,
+             "and %.2f at the end of stage %d (%s);" % (float(last["val_ppl"]), N, mtok(lineage)), "card validation")
+    m = one(r"Stage %d\n\(40.2M tokens: .*?more \([\d.]+ → [\d.]+\)\." % P, c, "card stage sentence", re.S)
+    c = c[:m.start()] + (
+        "Stage %d\n(40.2M tokens: stage %d's stable state continued, 1,400 steps at 8e-5 after a 100-step warm-up, then a\n"
+        "decay of 1,000) gained %.3f on the test split (%.3f → %.3f) and %.2f points of accuracy: validation went\n"
+        "from %.3f (stage %d's stable phase) to %.3f at the end of this stable phase, and the decay gave %.2f\n"
+        "more (%.3f → %.3f)." % (N, P, gain, prev_ppl, ppl, dacc, prev_stable, P, stable[-1], stable[-1] - decay[-1],
+                                 stable[-1], decay[-1])) + c[m.end():]
+    m = one(r"session \(([\d., ]+)\) have been 0.05–0.11 a session since stage 7 and still leave most of the gap to 14 \([\d.]+; at the"
+            r" last five stages' [\d.]+–[\d.]+ a session, \d+ to \d+ more sessions\)", c, "card gains")
+    if not 0.045 <= gain < 0.115:
+        raise DocError("the gain %.3f is outside 0.05–0.11: rewrite the gains sentence by hand" % gain)
+    rel = [(int(x.group(1)), float(x.group(2))) for x in re.finditer(r"\| stage (\d+) \(6 layers, [\d,.]+M tokens\) \| ([\d.]+) \|", hist)]
+    rel = dict(rel)
+    rel[N] = ppl
+    last5 = [rel[s - 1] - rel[s] for s in range(N - 4, N + 1)]
+    lo, hi = round(min(last5), 2), round(max(last5), 2)
+    gap = round(ppl - 14, 2)
+    c = c[:m.start()] + (
+        "session (%s, %.2f) have been 0.05–0.11 a session since stage 7 and still leave most of the gap to 14 (%.2f; at the last"
+        " five stages' %.2f–%.2f a session, %d to %d more sessions)" % (m.group(1), gain, gap, lo, hi, round(gap / hi), round(gap / lo))) + c[m.end():]
+    for d in sim:
+        e = d["eval"]
+        label = "[%g, %g%s" % (d["from"], d["to"], "]" if d["to"] == 1 else ")")
+        c = sub1(c, r"\n\| %s \| [^\n]*" % re.escape(label), "\n| {} | {:,} | {:,} | {:.3f} | {} | {:.3f} |".format(
+            label, d["sequences"], e["residues"], e["perplexity"], pct(e["accuracy"]), e["unigram"]["perplexity"]), "card similarity " + label)
+    c = sub1(c, "| stage %d (6 layers, crops of 4,096), whole | stage %d, pieces of 512 | stage %d, pieces of 1,022 | **this model (stage %d, 6 layers,"
+                " crops of 4,096), whole** |" % (P - 1, P - 1, P - 1, P),
+             "| stage %d (6 layers, crops of 4,096), whole | stage %d, pieces of 512 | stage %d, pieces of 1,022 | **this model (stage %d, 6 layers,"
+             " crops of 4,096), whole** |" % (P, P, P, N), "card length header", regex=False)
+    lines_c = c.split("\n")
+    for b in range(5):
+        w = length[bins[b]]
+        hits = [i for i, l in enumerate(lines_c) if l.startswith("| ") and len(l.split(" | ")) == 15
+                and l.split(" | ")[1:3] == ["{:,}".format(w[0]["sequences"]), "{:,}".format(w[0]["eval"]["residues"])]]
+        if len(hits) != 1:
+            raise DocError("card length table: %d rows for the bin %s" % (len(hits), bins[b]))
+        cells = [x.strip() for x in lines_c[hits[0]].strip().strip("|").split("|")]
+        f = lambda win: "%.3f" % w[win]["eval"]["perplexity"] if win in w else ""  # noqa: E731
+        cells[9:15] = [cells[12].strip("*"), cells[13], cells[14], "**%.3f**" % w[0]["eval"]["perplexity"], f(512), f(1022)]
+        lines_c[hits[0]] = "| " + " | ".join(cells) + " |"
+    c = "\n".join(lines_c)
+    c = sub1(c, r"\(by\n[\d.]+ at 512–1,024 and [\d.]+ at 1,024–2,048\) and better than pieces of 1,022 at 1,024–2,048\n\([\d.]+ vs [\d.]+\);",
+             "(by\n%.2f at 512–1,024 and %.2f at 1,024–2,048) and better than pieces of 1,022 at 1,024–2,048\n(%.3f vs %.3f);"
+             % (L(2, 512) - L(2, 0), L(3, 512) - L(3, 0), L(3, 0), L(3, 1022)), "card length paragraph")
+    c = sub1(c, r"one\npass is [\d.]+ better than pieces of 512 \([\d.]+ vs [\d.]+\) and [\d.]+ behind pieces of 1,022 \([\d.]+\)",
+             "one\npass is %s than pieces of 512 (%.3f vs %.3f) and %s pieces of 1,022 (%.3f)" % (long_vs_512, L(4, 0), L(4, 512), long_vs_1022, L(4, 1022)),
+             "card length paragraph (past 2,048)")
+    c = sub1(c, r"costs at most [\d.]+ in perplexity", "costs at most %.2f in perplexity" % (L(4, 0) - L(4, 1022)), "card length (cost)")
+    for label, d in (("float32", test), ("bf16", bf16)):
+        c = sub1(c, r"\n\| %s \| [\d.]+ \| [\d.]+%% \| [\d.]+%% \| [\d.]+ \|" % label,
+                 "\n| %s | %.4f | %s | %s | %.4f |" % (label, d["perplexity"], pct(d["accuracy"]), pct(d["top5_accuracy"]), d["calibration"]["ece"]),
+                 "card precision table (%s)" % label)
+    c = sub1(c, r"within [\d.]+ of float32's and\nthe top residue was the same at \d+ of the \d+ positions",
+             "within %s of float32's and\nthe top residue was the same at %d of the %d positions" % (p_diff, p_same, p_res), "card per-position precision")
+
+    # ================================ TRAINING.md ===================================================
+    h = hist
+    h = sub1(h, stage_paragraph(*old_args, current="history"), stage_paragraph(*old_args, current=None), "history stage %d paragraph" % P, regex=False)
+    h = sub1(h, "## Stages, newest first\n\n", "## Stages, newest first\n\n" + stage_paragraph(*new_args, current="history") + "\n\n",
+             "history stages", regex=False)
+    h = sub1(h, "\n| stage %d (6 layers," % P, "\n| stage %d (6 layers, %s tokens) | %.3f | %s |\n| stage %d (6 layers," % (N, mtok(lineage), ppl, pct(acc), P),
+             "history release table", regex=False)
+    h = sub1(h, r"at the end of stage %d \(%s\)\. In stage 2b" % (P, re.escape(mtok(prev_lineage))),
+             "at the end of stage %d (%s), %.2f at the end of stage %d (%s). In stage 2b" % (P, mtok(prev_lineage), float(last["val_ppl"]), N, mtok(lineage)),
+             "history validation list")
+    prev_dacc = 100 * (prev_acc - float(one(r"\| stage %d \(6 layers, [\d,.]+M tokens\) \| [\d.]+ \| ([\d.]+)%% \|" % (P - 1), hist,
+                                                "TRAINING.md release table").group(1)) / 100)
+    old_gain = gain_sentence(P, P - 1, rel[P - 1], rel[P], prev_dacc, float(pa["parent"]["val_ppl"]), prev_stable, prev_end)
+    h = sub1(h, old_gain, old_gain + " " + gain_sentence(N, P, prev_ppl, ppl, dacc, prev_stable, stable[-1], decay[-1]),
+             "history gains", regex=False)
+    h = sub1(h, "(the headline's options) gave %.3f / %s for stage %d against " % (valid_prev["perplexity"], pct(valid_prev["accuracy"]), P),
+             "(the headline's options) gave %.3f / %s for stage %d against %.3f / %s for stage %d, %.3f / %s for stage %d against "
+             % (valid["perplexity"], pct(valid["accuracy"]), N, valid_prev["perplexity"], pct(valid_prev["accuracy"]), P,
+                valid_prev["perplexity"], pct(valid_prev["accuracy"]), P), "history validation chain", regex=False)
+    h = sub1(h, r"(in stage %d [\d,]+ \(steps 51–2,500, per-step median\))\." % P,
+             r"\1, in stage %d {:,.0f} (steps 51–2,500, per-step median).".format(tps) % N, "history throughput")
+    h = sub1(h, r"(stage %d: [\d.]+ (?:better|behind) / [\d.]+ (?:better|behind))\.\n" % P,
+             r"\1, stage %d: %s / %s.\n" % (N, long_vs_512, long_vs_1022), "history past 2,048")
+    h = sub1(h, "with each stage's weights: stage %d's weights:" % P,
+             "with each stage's weights: stage %d's weights: %.4f / %.4f; stage %d's weights:" % (N, ppl, bf16["perplexity"], P),
+             "history bf16 list", regex=False)
+    h = sub1(h, "where the top residue agreed: stage %d's weights:" % P,
+             "where the top residue agreed: stage %d's weights: %s, the same top residue at %d of %d; stage %d's weights:" % (N, p_diff, p_same, p_res, P),
+             "history per-position list", regex=False)
+    h = sub1(h, "```\nStage %d's command, the current one, is in `weights/MODEL_CARD.md`." % P,
+             command_block(P, True) + "```\nStage %d's command, the current one, is in `weights/MODEL_CARD.md`." % N, "history commands", regex=False)
+
+    # ================================ README.md =====================================================
+    r = readme
+    m = one(r"in ([a-z-]+) stages \([\d,.]+M tokens on its lineage, about [\d.]+ hours\)", r, "README lineage")
+    r = sub1(r, re.escape(m.group(0)), "in %s stages (%s tokens on its lineage, about %.1f hours)" % (WORDS[n_stages], mtok(lineage), hours), "README lineage")
+    r = sub1(r, r"\*\*perplexity [\d.]+ and top-1 accuracy [\d.]+%\*\* \(top-5 [\d.]+%\)",
+             "**perplexity %.2f and top-1 accuracy %s** (top-5 %s)" % (ppl, pct(acc, 1), pct(top5, 1)), "README headline")
+    r = sub1(r, r"with `--precision bf16` the same\n[\d.]+ / [\d.]+%", "with `--precision bf16` the same\n%.2f / %s" % (bf16["perplexity"], pct(bf16["accuracy"], 1)),
+             "README bf16")
+    r = sub1(r, r"expected calibration error [\d.]+", "expected calibration error %.4f" % ece, "README ECE")
+    r = sub1(r, r"\([\d.]+ vs [\d.]+ in perplexity at 1,024–2,048 residues; past 2,048 residues one pass\nis [\d.]+ better than pieces of 512 and"
+                r" pieces of 1,022 are better by [\d.]+\)",
+             "(%.2f vs %.2f in perplexity at 1,024–2,048 residues; past 2,048 residues one pass\nis %s than pieces of 512 and pieces of 1,022"
+             " are better by %.2f)" % (L(3, 0), L(3, 1022), long_vs_512, L(4, 0) - L(4, 1022)), "README length")
+
+    for path, text in (("weights/MODEL_CARD.md", c), ("weights/TRAINING.md", h), ("README.md", r)):
+        with open(os.path.join(R, path), "w", encoding="utf-8") as f:
+            f.write(text)
+    print("stage %d: test %.3f / %s (from %.3f), lineage %s, %d min, median %.0f tokens/s; documents updated"
+          % (N, ppl, pct(acc), prev_ppl, mtok(lineage), minutes, tps))
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except DocError as e:
+        print("release_docs: %s" % e, file=sys.stderr)
+        sys.exit(1)
