@@ -175,6 +175,9 @@ class Daemon:
             self.proc.kill()
             rc = None
         self.logf.close()
+        if rc != 0 and sig in (signal.SIGTERM, signal.SIGINT):   # a stop that should be clean was not: show why
+            print("performerd exited with status %s after %s; the end of its log:\n%s"
+                  % (rc, signal.Signals(sig).name, "\n".join(self.log_text().splitlines()[-20:])), flush=True)
         return rc, time.time() - t0
 
     def kill(self):
