@@ -319,6 +319,10 @@ def main():
              "one\npass is %s than pieces of 512 (%.3f vs %.3f) and %s pieces of 1,022 (%.3f)" % (long_vs_512, L(4, 0), L(4, 512), long_vs_1022, L(4, 1022)),
              "card length paragraph (past 2,048)")
     c = sub1(c, r"costs at most [\d.]+ in perplexity", "costs at most %.2f in perplexity" % (L(4, 0) - L(4, 1022)), "card length (cost)")
+    c = sub1(c, r"pieces of 1,022 \(by [\d.]+, the length table above\)",
+             "pieces of 1,022 (by %.2f, the length table above)" % (L(4, 0) - L(4, 1022)), "card limitations (length)")
+    c = sub1(c, "4,096 in stages 6 to %d:" % P, "4,096 in stages 6 to %d:" % N, "card limitations (crops)", regex=False)
+    c = sub1(c, r"At test perplexity [\d.]+ the model", "At test perplexity %.2f the model" % ppl, "card limitations (perplexity)")
     for label, d in (("float32", test), ("bf16", bf16)):
         c = sub1(c, r"\n\| %s \| [\d.]+ \| [\d.]+%% \| [\d.]+%% \| [\d.]+ \|" % label,
                  "\n| %s | %.4f | %s | %s | %.4f |" % (label, d["perplexity"], pct(d["accuracy"]), pct(d["top5_accuracy"]), d["calibration"]["ece"]),

@@ -161,5 +161,13 @@ for (lo, hi), w in sorted(length.items()):
     check(len(row) == 1 and row[0].rstrip().endswith(cells),
           "MODEL_CARD.md length table: no row ends with %r (bin %s-%s)" % (cells, lo, hi))
 
+# the limitations section quotes the headline, the latest stage and the length cost past 2,048
+has(card, "At test perplexity %.2f the model" % ppl, "MODEL_CARD.md limitations (perplexity)")
+has(card, "4,096 in stages 6 to %s:" % stage, "MODEL_CARD.md limitations (crops, latest stage)")
+long_bin = max(length)
+if 1022 in length[long_bin]:
+    has(card, "pieces of 1,022 (by %.2f, the length table above)" % (length[long_bin][0] - length[long_bin][1022]),
+        "MODEL_CARD.md limitations (length cost past 2,048)")
+
 print("%d checks, %d failed" % (checks, len(failures)))
 sys.exit(1 if failures else 0)
