@@ -165,19 +165,24 @@ class Daemon:
 
     def stop(self, sig=signal.SIGTERM, timeout=12):
         """Sends sig and waits; returns (exit status, seconds)."""
-        if self.proc is None or self.proc.poll() is not None:
-            return (self.proc.returncode if self.proc else None, 0.0)
+        if self.proc is None:
+            return (None, 0.0)
         t0 = time.time()
-        self.proc.send_signal(sig)
-        try:
-            rc = self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            rc = None
+        if self.proc.poll() is not None:   # it had already exited: a stop cannot be clean
+            rc, when = self.proc.returncode, "before the %s was sent" % signal.Signals(sig).name
+        else:
+            self.proc.send_signal(sig)
+            when = "after %s" % signal.Signals(sig).name
+            try:
+                rc = self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+                rc, when = None, "not within %ss of %s (killed)" % (timeout, signal.Signals(sig).name)
         self.logf.close()
         if rc != 0 and sig in (signal.SIGTERM, signal.SIGINT):   # a stop that should be clean was not: show why
-            print("performerd exited with status %s after %s; the end of its log:\n%s"
-                  % (rc, signal.Signals(sig).name, "\n".join(self.log_text().splitlines()[-20:])), flush=True)
+            print("performerd exited with status %s %s; the end of its log:\n%s"
+                  % (rc, when, "\n".join(self.log_text().splitlines()[-20:])), flush=True)
         return rc, time.time() - t0
 
     def kill(self):
