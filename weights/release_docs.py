@@ -202,6 +202,7 @@ def main():
             and L(4, 0) > L(4, 1022)):
         raise DocError("the length results changed sides (one pass vs pieces): write the length sentences by hand")
     long_vs_512, long_vs_1022 = length_phrase(L(4, 0), L(4, 512)), length_phrase(L(4, 0), L(4, 1022))
+    long_cost = L(4, 0) - L(4, 1022)   # what one pass costs past 2,048 against pieces of 1,022
 
     # ================================ MODEL_CARD.md =================================================
     c = card
@@ -249,7 +250,7 @@ def main():
              "gave %.3f / %s for stage %d against %.3f / %s for stage %d (" % (valid["perplexity"], pct(valid["accuracy"]), N,
                                                                             valid_prev["perplexity"], pct(valid_prev["accuracy"]), P),
              "card validation choice")
-    c = sub1(c, "4,096 in stages 6 to %d)" % P, "4,096 in stages 6 to %d)" % N, "card crops", regex=False)
+    c = sub1(c, r"4,096 in stages 6 to %d([):])" % P, r"4,096 in stages 6 to %d\1" % N, "card crops (training, limitations)", count=2)
     c = sub1(c, "kept in stages 7 to %d)" % P, "kept in stages 7 to %d)" % N, "card crops (length)", regex=False)
     c = sub1(c, r"in stage %d a median of [\d,]+ tokens/s" % P, "in stage %d a median of {:,.0f} tokens/s".format(tps) % N, "card compute")
     c = sub1(c, "decays of stages 11 to 16 and 18 to %d," % (P - 1), "decays of stages 11 to 16 and 18 to %d," % P, "card curves", regex=False)
@@ -318,10 +319,9 @@ def main():
     c = sub1(c, r"one\npass is [\d.]+ better than pieces of 512 \([\d.]+ vs [\d.]+\) and [\d.]+ behind pieces of 1,022 \([\d.]+\)",
              "one\npass is %s than pieces of 512 (%.3f vs %.3f) and %s pieces of 1,022 (%.3f)" % (long_vs_512, L(4, 0), L(4, 512), long_vs_1022, L(4, 1022)),
              "card length paragraph (past 2,048)")
-    c = sub1(c, r"costs at most [\d.]+ in perplexity", "costs at most %.2f in perplexity" % (L(4, 0) - L(4, 1022)), "card length (cost)")
+    c = sub1(c, r"costs at most [\d.]+ in perplexity", "costs at most %.2f in perplexity" % long_cost, "card length (cost)")
     c = sub1(c, r"pieces of 1,022 \(by [\d.]+, the length table above\)",
-             "pieces of 1,022 (by %.2f, the length table above)" % (L(4, 0) - L(4, 1022)), "card limitations (length)")
-    c = sub1(c, "4,096 in stages 6 to %d:" % P, "4,096 in stages 6 to %d:" % N, "card limitations (crops)", regex=False)
+             "pieces of 1,022 (by %.2f, the length table above)" % long_cost, "card limitations (length)")
     c = sub1(c, r"At test perplexity [\d.]+ the model", "At test perplexity %.2f the model" % ppl, "card limitations (perplexity)")
     for label, d in (("float32", test), ("bf16", bf16)):
         c = sub1(c, r"\n\| %s \| [\d.]+ \| [\d.]+%% \| [\d.]+%% \| [\d.]+ \|" % label,
@@ -374,7 +374,7 @@ def main():
     r = sub1(r, r"\([\d.]+ vs [\d.]+ in perplexity at 1,024–2,048 residues; past 2,048 residues one pass\nis [\d.]+ better than pieces of 512 and"
                 r" pieces of 1,022 are better by [\d.]+\)",
              "(%.2f vs %.2f in perplexity at 1,024–2,048 residues; past 2,048 residues one pass\nis %s than pieces of 512 and pieces of 1,022"
-             " are better by %.2f)" % (L(3, 0), L(3, 1022), long_vs_512, L(4, 0) - L(4, 1022)), "README length")
+             " are better by %.2f)" % (L(3, 0), L(3, 1022), long_vs_512, long_cost), "README length")
 
     for path, text in (("weights/MODEL_CARD.md", c), ("weights/TRAINING.md", h), ("README.md", r)):
         with open(os.path.join(R, path), "w", encoding="utf-8") as f:

@@ -167,18 +167,18 @@ class Daemon:
         """Sends sig and waits; returns (exit status, seconds)."""
         if self.proc is None:
             return (None, 0.0)
-        t0 = time.time()
+        t0, name = time.time(), signal.Signals(sig).name
         if self.proc.poll() is not None:   # it had already exited: a stop cannot be clean
-            rc, when = self.proc.returncode, "before the %s was sent" % signal.Signals(sig).name
+            rc, when = self.proc.returncode, "before the %s was sent" % name
         else:
             self.proc.send_signal(sig)
-            when = "after %s" % signal.Signals(sig).name
+            when = "after %s" % name
             try:
                 rc = self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-                rc, when = None, "not within %ss of %s (killed)" % (timeout, signal.Signals(sig).name)
+                rc, when = None, "not within %ss of %s (killed)" % (timeout, name)
         self.logf.close()
         if rc != 0 and sig in (signal.SIGTERM, signal.SIGINT):   # a stop that should be clean was not: show why
             print("performerd exited with status %s %s; the end of its log:\n%s"
