@@ -219,12 +219,14 @@ def main():
              "1,022 (%.2f vs %.2f at 1,024–2,048 residues); past 2,048 residues one pass is %s pieces of 1,022"
              % (L(3, 0), L(3, 1022), long_vs_1022), "card headline (length)")
     m = one(r"([A-Z][a-z-]+) stages over ([a-z-]+) sessions", c, "card training")
-    n_stages, n_sessions = NUMBERS[m.group(1).lower()] + 1, NUMBERS[m.group(2)] + 1
+    # sessions so far = this session's number when given (a session can end without a stage), else one more
+    n_stages, n_sessions = NUMBERS[m.group(1).lower()] + 1, a.session or NUMBERS[m.group(2)] + 1
     c = sub1(c, re.escape(m.group(0)), "%s stages over %s sessions" % (WORDS[n_stages].capitalize(), WORDS[n_sessions]), "card training")
-    c = sub1(c, r"\(stage %d from stage %d's weights where its decay began, `weights/stable.safetensors`; stages %d (?:and|to) 19 the"
-                r" same from stage %d's (?:and|to) stage 18's;" % (P, P - 1, P - 1, P - 2),
-             "(stage %d from stage %d's weights where its decay began, `weights/stable.safetensors`; stages %d to 19 the same"
-             " from stage %d's to stage 18's;" % (N, P, P, P - 1), "card training (lineage)")
+    # the earlier stages of the chain, in ascending order (cards before session 25 wrote it descending)
+    c = sub1(c, r"\(stage %d from stage %d's weights where its decay began, `weights/stable.safetensors`; stages (?:%d (?:and|to) 19|19 to %d)"
+                r" the same from stage (?:%d's (?:and|to) stage 18's|18's to stage %d's);" % (P, P - 1, P - 1, P - 1, P - 2, P - 2),
+             "(stage %d from stage %d's weights where its decay began, `weights/stable.safetensors`; stages 19 to %d the same"
+             " from stage 18's to stage %d's;" % (N, P, P, P - 1), "card training (lineage)")
     row_p = one(r"\n\| %d \| [^\n]*\|\n" % P, c, "card training table (stage %d row)" % P)
     new_row = ("| %d | stage %d at its step 1,500 (before its decay; `weights/stable.safetensors`), a new optimiser state | 2,500 x 16,384 |"
                " %.1fM | 8e-5 after a 100-step warm-up, held to step 1,500, 1 - sqrt decay to 8e-6 over the last 1,000 | %d |"
