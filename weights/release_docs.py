@@ -241,7 +241,9 @@ def main():
              "card (trained in all)")
     pv = [(int(r["step"]) - int(pa["parent"]["step"]), float(r["val_ppl"])) for r in pa["rows"] if r["val_ppl"]]
     pp = info[str(P - 1)]
-    old_args = (P, P + 1, P, P - 1, [v for s, v in pv if s <= 1500], [v for s, v in pv if s > 1500],
+    # the previous stage's session as the card wrote it (a session can end without a stage)
+    prev_session = int(one(r"Stage %d \(session (\d+)\) went on" % P, c, "card stage %d paragraph (session)" % P).group(1))
+    old_args = (P, prev_session, P, P - 1, [v for s, v in pv if s <= 1500], [v for s, v in pv if s > 1500],
                 float(pa["parent"]["val_ppl"]), float(pp["rows"][-1]["val_ppl"]))
     new_args = (N, session, N, P, stable, decay, prev_stable, prev_end)
     c = sub1(c, stage_paragraph(*old_args, current="card"), stage_paragraph(*new_args, current="card"),
