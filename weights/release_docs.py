@@ -120,7 +120,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--precision-line", required=True)
     ap.add_argument("--wall-note", default="one run, not paused")
-    ap.add_argument("--session", type=int, default=None, help="default: the stage number + 1")
+    ap.add_argument("--session", type=int, default=None, help="default: one more than the card's count of sessions")
     ap.add_argument("--root", default=os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")))
     a = ap.parse_args()
     R = a.root
@@ -154,7 +154,9 @@ def main():
     if stages[-2] != str(P):
         raise DocError("train_log.csv: the last stages are %s, expected %d then %d" % (stages[-2:], P, N))
     me, pa = info[str(N)], info[str(P)]
-    session = a.session or N + 1
+    # this session's number: --session, else one more than the card's count of sessions so far
+    m_count = one(r"([A-Z][a-z-]+) stages over ([a-z-]+) sessions", card, "card training")
+    session = a.session or NUMBERS[m_count.group(2)] + 1
     base = me["parent"]
     if base is None or base["stage"] != str(P):
         raise DocError("train_log.csv: stage %d's first row does not follow a row of stage %d" % (N, P))
@@ -218,10 +220,8 @@ def main():
     c = sub1(c, r"1,022 \([\d.]+ vs [\d.]+ at 1,024–2,048 residues\); past 2,048 residues one pass is [\d.]+ behind pieces of 1,022",
              "1,022 (%.2f vs %.2f at 1,024–2,048 residues); past 2,048 residues one pass is %s pieces of 1,022"
              % (L(3, 0), L(3, 1022), long_vs_1022), "card headline (length)")
-    m = one(r"([A-Z][a-z-]+) stages over ([a-z-]+) sessions", c, "card training")
-    # sessions so far = this session's number when given (a session can end without a stage), else one more
-    n_stages, n_sessions = NUMBERS[m.group(1).lower()] + 1, a.session or NUMBERS[m.group(2)] + 1
-    c = sub1(c, re.escape(m.group(0)), "%s stages over %s sessions" % (WORDS[n_stages].capitalize(), WORDS[n_sessions]), "card training")
+    n_stages = NUMBERS[m_count.group(1).lower()] + 1
+    c = sub1(c, re.escape(m_count.group(0)), "%s stages over %s sessions" % (WORDS[n_stages].capitalize(), WORDS[session]), "card training")
     # the earlier stages of the chain, in ascending order (cards before session 25 wrote it descending)
     c = sub1(c, r"\(stage %d from stage %d's weights where its decay began, `weights/stable.safetensors`; stages (?:%d (?:and|to) 19|19 to %d)"
                 r" the same from stage (?:%d's (?:and|to) stage 18's|18's to stage %d's);" % (P, P - 1, P - 1, P - 1, P - 2, P - 2),
