@@ -222,9 +222,9 @@ def main():
              % (L(3, 0), L(3, 1022), long_vs_1022), "card headline (length)")
     n_stages = NUMBERS[m_count.group(1).lower()] + 1
     c = sub1(c, re.escape(m_count.group(0)), "%s stages over %s sessions" % (WORDS[n_stages].capitalize(), WORDS[session]), "card training")
-    # the earlier stages of the chain, in ascending order (cards before session 25 wrote it descending)
-    c = sub1(c, r"\(stage %d from stage %d's weights where its decay began, `weights/stable.safetensors`; stages (?:%d (?:and|to) 19|19 to %d)"
-                r" the same from stage (?:%d's (?:and|to) stage 18's|18's to stage %d's);" % (P, P - 1, P - 1, P - 1, P - 2, P - 2),
+    # the earlier stages of the chain, in ascending order
+    c = sub1(c, r"\(stage %d from stage %d's weights where its decay began, `weights/stable.safetensors`; stages 19 to %d"
+                r" the same from stage 18's to stage %d's;" % (P, P - 1, P - 1, P - 2),
              "(stage %d from stage %d's weights where its decay began, `weights/stable.safetensors`; stages 19 to %d the same"
              " from stage 18's to stage %d's;" % (N, P, P, P - 1), "card training (lineage)")
     row_p = one(r"\n\| %d \| [^\n]*\|\n" % P, c, "card training table (stage %d row)" % P)
