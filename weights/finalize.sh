@@ -9,7 +9,8 @@
 #    validation, never on test;
 # 3. evaluates it on the test split in float32 and bf16; the old valid.json becomes
 #    valid_previous.json; the run's weights become weights/model.safetensors and its stable state
-#    (step 1,500) weights/stable.safetensors, the start of the next stage;
+#    (where its decay began: step 2,000 since stage 24, 1,500 before) weights/stable.safetensors,
+#    the start of the next stage;
 # 4. appends the run's log to weights/train_log.csv (steps, tokens and seconds continued from the
 #    parent's row where the run branched off; stage column N), redraws weights/curves.png, commits;
 # 5. runs weights/breakdown.sh and commits its tables; runs tests/e2e/test_server_precision.py and
@@ -46,7 +47,8 @@ cp "$R/valid.json" "$R/test.json" "$R/test_bf16.json" weights/eval/
 cp "$W" weights/model.safetensors
 bin/performer export --ckpt "$R/stage${N}_stable.ckpt" --out weights/stable.safetensors
 
-# the run's rows continue its parent's: stage N-1's row at its step 1,500 (where its decay began)
+# the run's rows continue its parent's: stage N-1's row where its decay began (its last row at its peak
+# learning rate: step 1,500 up to stage 23, 2,000 from stage 24)
 python3 - "$R/stage$N.csv" weights/train_log.csv "$N" <<'EOF'
 import csv, sys
 run, log, n = sys.argv[1], sys.argv[2], sys.argv[3]
@@ -54,9 +56,10 @@ rows = list(csv.DictReader(open(log, newline="")))
 if any(r["stage"] == n for r in rows):
     sys.exit("finalize: train_log.csv already has rows of stage %s" % n)
 parent = [r for r in rows if r["stage"] == str(int(n) - 1)]
-base = [r for r in rows if int(r["step"]) == int(parent[0]["step"]) - 1 + 1500]
-if len(base) != 1 or base[0]["stage"] != str(int(n) - 1):
-    sys.exit("finalize: no row of stage %d at its step 1,500 in train_log.csv" % (int(n) - 1))
+peak = max(float(r["lr"]) for r in parent) if parent else 0.0
+base = [r for r in parent if float(r["lr"]) == peak][-1:]
+if not base or base[0] is parent[-1]:
+    sys.exit("finalize: no row of stage %d where its decay began in train_log.csv" % (int(n) - 1))
 b = base[0]
 with open(log, "a", newline="") as out:
     for r in csv.DictReader(open(run, newline="")):

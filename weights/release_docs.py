@@ -1,8 +1,11 @@
 #!/usr/bin/env python3
 """Updates weights/MODEL_CARD.md, weights/TRAINING.md and README.md for a new release whose stage
-followed the previous stage's recipe (since stage 19: the previous stage's weights at its step
-1,500, `weights/stable.safetensors`, a new AdamW state, 2,500 steps of 16,384 tokens, a 100-step
-warm-up to 8e-5, held to step 1,500, a 1 - sqrt decay over the last 1,000).
+followed the recipe of the stages since 19: the previous stage's weights where its decay began
+(`weights/stable.safetensors`), a new AdamW state, 2,500 steps of 16,384 tokens, a 100-step warm-up
+to 8e-5, held to the branch step, a 1 - sqrt decay to 8e-6 over the rest (stages 19 to 23: held to
+step 1,500, a decay of 1,000, validation every 300; from stage 24: held to step 2,000, a decay of
+500, validation every 250). Each stage's branch step, decay and validation interval are read from
+its rows in weights/train_log.csv.
 
 Run it once the release's files are committed: weights/model.safetensors, weights/eval/test.json,
 test_bf16.json, valid.json, valid_previous.json, the stage's rows in weights/train_log.csv and
@@ -70,44 +73,81 @@ def mtok(n):
     return "{:,.1f}M".format(n / 1e6)
 
 
-def stage_paragraph(n, session, seed, prev, stable, decay, prev_stable, prev_end, current):
-    """The history's narrative of a stage of this recipe (current: its stable state is the one in git)."""
+def num(n):
+    """1500 -> '1,500'."""
+    return "{:,}".format(n)
+
+
+def recipe(st):
+    """A stage's schedule from its train_log rows: steps, branch (its last step at the peak learning rate,
+    where its decay began and its stable state was saved), decay (steps after it), every (validation
+    interval) and tokens, all relative to the row it continued from."""
+    rows, b0 = st["rows"], int(st["parent"]["step"])
+    peak = max(float(r["lr"]) for r in rows)
+    branch = [int(r["step"]) - b0 for r in rows if float(r["lr"]) == peak][-1]
+    every = [int(r["step"]) - b0 for r in rows if r["val_ppl"]][0]
+    return {"steps": len(rows), "branch": branch, "decay": len(rows) - branch, "every": every,
+            "tokens": int(rows[-1]["tokens"]) - int(st["parent"]["tokens"])}
+
+
+def change_sentence(n, rc, prev_rc):
+    """' Its stable phase ...' when stage n's schedule differs from its parent's, else ''."""
+    if (rc["branch"], rc["decay"]) == (prev_rc["branch"], prev_rc["decay"]):
+        return ""
+    if (n, prev_rc["branch"], rc["branch"]) != (24, 1500, 2000):
+        raise DocError("stage %d changed its schedule (branch step %d, decay %d; stage %d: %d, %d): the reason given is"
+                       " stage 24's, write this stage's sentence by hand" % (n, rc["branch"], rc["decay"], n - 1,
+                                                                              prev_rc["branch"], prev_rc["decay"]))
+    return (" Its stable phase was %s steps longer and its decay %s steps shorter than stage %d's (%s and %s), so that the"
+            " stage adds %s steps instead of %s to the lineage the next stage continues"
+            % (num(rc["branch"] - prev_rc["branch"]), num(prev_rc["decay"] - rc["decay"]), n - 1, num(prev_rc["branch"]),
+               num(prev_rc["decay"]), num(rc["branch"]), num(prev_rc["branch"])) + "; the decays of stages 22 and 23 had"
+            " given most of their gain in their first 300 steps.")
+
+
+def stage_paragraph(n, session, seed, prev, stable, decay, prev_stable, prev_end, current, rc, prev_rc):
+    """The history's narrative of a stage of this recipe (current: its stable state is the one in git;
+    rc, prev_rc: its and its parent's recipe())."""
     tail = " are the new `weights/stable.safetensors`" + (" (the current one)" if current == "history" else "") \
         if current else " were the next `weights/stable.safetensors`"
-    return ("Stage %d (session %d) went on from `weights/stable.safetensors`, stage %d's weights at its step 1,500 where"
+    return ("Stage %d (session %d) went on from `weights/stable.safetensors`, stage %d's weights at its step %s where"
             " its decay began, with a new AdamW state and data order (seed %d): a 100-step warm-up to 8e-5, held to step"
-            " 1,500, then decayed over the last 1,000 steps; its weights at step 1,500%s. Validation (400 sequences)"
-            " through the stable phase: %s (steps 300 to 1,500, every 300; stage %d's stable phase ended at %.3f); then"
-            " with the decay %s at the end (stage %d: %.3f)."
-            % (n, session, prev, seed, tail, ", ".join("%.3f" % v for v in stable), prev, prev_stable,
-               ", ".join("%.3f" % v for v in decay), prev, prev_end))
+            " %s, then decayed over the last %s steps; its weights at step %s%s. Validation (400 sequences)"
+            " through the stable phase: %s (steps %s to %s, every %s; stage %d's stable phase ended at %.3f); then"
+            " with the decay %s at the end (stage %d: %.3f).%s"
+            % (n, session, prev, num(prev_rc["branch"]), seed, num(rc["branch"]), num(rc["decay"]), num(rc["branch"]), tail,
+               ", ".join("%.3f" % v for v in stable), num(rc["every"]), num(rc["branch"]), num(rc["every"]), prev, prev_stable,
+               ", ".join("%.3f" % v for v in decay), prev, prev_end, change_sentence(n, rc, prev_rc)))
 
 
-def gain_sentence(n, prev, prev_ppl, ppl, dacc, prev_stable, stable_end, end):
-    """TRAINING.md's sentence on what a stage of this recipe gained."""
-    return ("Stage %d (40.2M tokens: stage %d's stable state continued the same way, 1,400 steps at 8e-5 after a"
-            " 100-step warm-up, then a decay of 1,000) gained %.3f on the test split (%.3f → %.3f) and %.2f points of"
+def gain_sentence(n, prev, prev_ppl, ppl, dacc, prev_stable, stable_end, end, rc, prev_rc):
+    """TRAINING.md's sentence on what a stage of this recipe gained (rc, prev_rc: as stage_paragraph)."""
+    how = "the same way" if (rc["branch"], rc["decay"]) == (prev_rc["branch"], prev_rc["decay"]) else "with a longer stable phase"
+    return ("Stage %d (%.1fM tokens: stage %d's stable state continued %s, %s steps at 8e-5 after a"
+            " 100-step warm-up, then a decay of %s) gained %.3f on the test split (%.3f → %.3f) and %.2f points of"
             " accuracy: validation went from %.3f (stage %d's stable phase) to %.3f at the end of this stable phase,"
             " and the decay gave %.2f more (%.3f → %.3f)."
-            % (n, prev, prev_ppl - ppl, prev_ppl, ppl, dacc, prev_stable, prev, stable_end, stable_end - end,
-               stable_end, end))
+            % (n, rc["tokens"] / 1e6, prev, how, num(rc["branch"] - 100), num(rc["decay"]), prev_ppl - ppl, prev_ppl, ppl,
+               dacc, prev_stable, prev, stable_end, stable_end - end, stable_end, end))
 
 
-def command_block(n, history):
-    """The stage's command (the card's current block, or TRAINING.md's history entry)."""
+def command_block(n, history, rc, prev_rc):
+    """The stage's command (the card's current block, or TRAINING.md's history entry; rc, prev_rc: as
+    stage_paragraph)."""
     p = n - 1
-    return ("# stage %d: from stage %d's weights at its step 1,500 (weights/stable.safetensors, exported from\n"
-            "# stage%d_stable.ckpt), new optimiser state, seed %d, decaying over the last 1,000 steps; the weights at\n"
-            "# step 1,500 exported as the new weights/stable.safetensors\n"
+    return ("# stage %d: from stage %d's weights at its step %s (weights/stable.safetensors, exported from\n"
+            "# stage%d_stable.ckpt), new optimiser state, seed %d, decaying over the last %s steps; the weights at\n"
+            "# step %s exported as the new weights/stable.safetensors\n"
             "env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE OMP_WAIT_POLICY=PASSIVE bin/performer train --precision bf16 \\\n"
             "  --init weights/stable.safetensors --data weights/data/train.bin --valid weights/data/valid.bin \\\n"
             "  --out stage%d.safetensors --ckpt stage%d.ckpt --log stage%d.csv --resume --name performer-protein-small \\\n"
-            "  --steps 2500 --warmup 100 --lr 8e-5 --decay-steps 1000 --branch-ckpt stage%d_stable.ckpt \\\n"
+            "  --steps 2500 --warmup 100 --lr 8e-5 --decay-steps %d --branch-ckpt stage%d_stable.ckpt \\\n"
             "  --crop 4096 --batch-tokens 16384 \\\n"
-            "  --eval-every 300 --eval-seqs 400 --ckpt-minutes 5 --seed %d --threads 2 --max-minutes 160\n"
+            "  --eval-every %d --eval-seqs 400 --ckpt-minutes 5 --seed %d --threads 2 --max-minutes 160\n"
             "bin/performer export --ckpt stage%d_stable.ckpt --out weights/stable.safetensors\n"
             "cp stage%d.safetensors weights/model.safetensors   # the %s\n"
-            % (n, p, p, n, n, n, n, n, n, n, n, "stage-%d release" % n if history else "release"))
+            % (n, p, num(prev_rc["branch"]), p, n, num(rc["decay"]), num(rc["branch"]), n, n, n, rc["decay"], n,
+               rc["every"], n, n, n, "stage-%d release" % n if history else "release"))
 
 
 def length_phrase(whole, other):
@@ -160,10 +200,13 @@ def main():
     base = me["parent"]
     if base is None or base["stage"] != str(P):
         raise DocError("train_log.csv: stage %d's first row does not follow a row of stage %d" % (N, P))
+    rc, rc_p, rc_pp = recipe(me), recipe(pa), recipe(info[str(P - 1)])
     vals = [(int(r["step"]) - int(base["step"]), float(r["val_ppl"])) for r in me["rows"] if r["val_ppl"]]
-    if [s for s, _ in vals] != [300, 600, 900, 1200, 1500, 1800, 2100, 2400, 2500] or len(me["rows"]) != 2500:
-        raise DocError("stage %d is not this recipe's 2,500 steps with validation every 300: %s" % (N, [s for s, _ in vals]))
-    stable, decay = [v for s, v in vals if s <= 1500], [v for s, v in vals if s > 1500]
+    want = list(range(rc["every"], 2501, rc["every"])) + ([2500] if 2500 % rc["every"] else [])
+    if [s for s, _ in vals] != want or rc["steps"] != 2500 or rc["branch"] % rc["every"] or rc["decay"] < 100:
+        raise DocError("stage %d is not this recipe's 2,500 steps with validation every %d through its branch step %d: %s"
+                       % (N, rc["every"], rc["branch"], [s for s, _ in vals]))
+    stable, decay = [v for s, v in vals if s <= rc["branch"]], [v for s, v in vals if s > rc["branch"]]
     prev_stable, prev_end = float(base["val_ppl"]), float(pa["rows"][-1]["val_ppl"])
     last = me["rows"][-1]
     lineage, prev_lineage = int(last["tokens"]), int(pa["rows"][-1]["tokens"])
@@ -228,14 +271,15 @@ def main():
              "(stage %d from stage %d's weights where its decay began, `weights/stable.safetensors`; stages 19 to %d the same"
              " from stage 18's to stage %d's;" % (N, P, P, P - 1), "card training (lineage)")
     row_p = one(r"\n\| %d \| [^\n]*\|\n" % P, c, "card training table (stage %d row)" % P)
-    new_row = ("| %d | stage %d at its step 1,500 (before its decay; `weights/stable.safetensors`), a new optimiser state | 2,500 x 16,384 |"
-               " %.1fM | 8e-5 after a 100-step warm-up, held to step 1,500, 1 - sqrt decay to 8e-6 over the last 1,000 | %d |"
-               " %d min (%s) |\n" % (N, P, stage_tokens / 1e6, N, minutes, a.wall_note))
+    new_row = ("| %d | stage %d at its step %s (before its decay; `weights/stable.safetensors`), a new optimiser state | 2,500 x 16,384 |"
+               " %.1fM | 8e-5 after a 100-step warm-up, held to step %s, 1 - sqrt decay to 8e-6 over the last %s | %d |"
+               " %d min (%s) |\n" % (N, P, num(rc_p["branch"]), stage_tokens / 1e6, num(rc["branch"]), num(rc["decay"]), N, minutes,
+                                     a.wall_note))
     c = c[:row_p.end()] + new_row + c[row_p.end():]
     c = sub1(c, r"descends from \*\*[\d,.]+M tokens\*\*", "descends from **%s tokens**" % mtok(lineage), "card lineage")
-    c = sub1(c, r", and stage %d's, its last 1,000 steps and ([\d.]+M) tokens, are branches" % (P - 1),
-             r", stage %d's, its last 1,000 steps and \1 tokens, and stage %d's, its last 1,000 steps and %.1fM tokens, are branches"
-             % (P - 1, P, branch_tokens / 1e6), "card branches")
+    c = sub1(c, r", and stage %d's, its last ([\d,]+) steps and ([\d.]+M) tokens, are branches" % (P - 1),
+             r", stage %d's, its last \1 steps and \2 tokens, and stage %d's, its last %s steps and %.1fM tokens, are branches"
+             % (P - 1, P, num(rc_p["decay"]), branch_tokens / 1e6), "card branches")
     m = one(r"([\d,.]+)M tokens were trained in all", c, "card (trained in all)")
     c = sub1(c, re.escape(m.group(0)), "{:,.1f}M tokens were trained in all".format(float(m.group(1).replace(",", "")) + stage_tokens / 1e6),
              "card (trained in all)")
@@ -243,13 +287,14 @@ def main():
     pp = info[str(P - 1)]
     # the previous stage's session as the card wrote it (a session can end without a stage)
     prev_session = int(one(r"Stage %d \(session (\d+)\) went on" % P, c, "card stage %d paragraph (session)" % P).group(1))
-    old_args = (P, prev_session, P, P - 1, [v for s, v in pv if s <= 1500], [v for s, v in pv if s > 1500],
+    old_args = (P, prev_session, P, P - 1, [v for s, v in pv if s <= rc_p["branch"]], [v for s, v in pv if s > rc_p["branch"]],
                 float(pa["parent"]["val_ppl"]), float(pp["rows"][-1]["val_ppl"]))
     new_args = (N, session, N, P, stable, decay, prev_stable, prev_end)
-    c = sub1(c, stage_paragraph(*old_args, current="card"), stage_paragraph(*new_args, current="card"),
+    c = sub1(c, stage_paragraph(*old_args, current="card", rc=rc_p, prev_rc=rc_pp),
+             stage_paragraph(*new_args, current="card", rc=rc, prev_rc=rc_p),
              "card stage paragraph", regex=False)
-    c = sub1(c, "# stages 1 to %d: weights/TRAINING.md\n" % (P - 1) + command_block(P, False),
-             "# stages 1 to %d: weights/TRAINING.md\n" % P + command_block(N, False), "card command block", regex=False)
+    c = sub1(c, "# stages 1 to %d: weights/TRAINING.md\n" % (P - 1) + command_block(P, False, rc_p, rc_pp),
+             "# stages 1 to %d: weights/TRAINING.md\n" % P + command_block(N, False, rc, rc_p), "card command block", regex=False)
     c = sub1(c, r"gave [\d.]+ / [\d.]+%% for stage %d against [\d.]+ / [\d.]+%% for stage %d \(" % (P, P - 1),
              "gave %.3f / %s for stage %d against %.3f / %s for stage %d (" % (valid["perplexity"], pct(valid["accuracy"]), N,
                                                                             valid_prev["perplexity"], pct(valid_prev["accuracy"]), P),
@@ -276,13 +321,13 @@ def main():
              "card calibration bins")
     c = sub1(c, r"and [\d.]+ at the end of stage %d \([\d,.]+M\);" % P,
              "and %.2f at the end of stage %d (%s);" % (float(last["val_ppl"]), N, mtok(lineage)), "card validation")
-    m = one(r"Stage %d\n\(40.2M tokens: .*?more \([\d.]+ → [\d.]+\)\." % P, c, "card stage sentence", re.S)
+    m = one(r"Stage %d\n\([\d.]+M tokens: .*?more \([\d.]+ → [\d.]+\)\." % P, c, "card stage sentence", re.S)
     c = c[:m.start()] + (
-        "Stage %d\n(40.2M tokens: stage %d's stable state continued, 1,400 steps at 8e-5 after a 100-step warm-up, then a\n"
-        "decay of 1,000) gained %.3f on the test split (%.3f → %.3f) and %.2f points of accuracy: validation went\n"
+        "Stage %d\n(%.1fM tokens: stage %d's stable state continued, %s steps at 8e-5 after a 100-step warm-up, then a\n"
+        "decay of %s) gained %.3f on the test split (%.3f → %.3f) and %.2f points of accuracy: validation went\n"
         "from %.3f (stage %d's stable phase) to %.3f at the end of this stable phase, and the decay gave %.2f\n"
-        "more (%.3f → %.3f)." % (N, P, gain, prev_ppl, ppl, dacc, prev_stable, P, stable[-1], stable[-1] - decay[-1],
-                                 stable[-1], decay[-1])) + c[m.end():]
+        "more (%.3f → %.3f)." % (N, rc["tokens"] / 1e6, P, num(rc["branch"] - 100), num(rc["decay"]), gain, prev_ppl, ppl, dacc,
+                                 prev_stable, P, stable[-1], stable[-1] - decay[-1], stable[-1], decay[-1])) + c[m.end():]
     m = one(r"session \(([\d., ]+)\) have been 0.05–0.11 a session since stage 7 and still leave most of the gap to 14 \([\d.]+; at the"
             r" last five stages' [\d.]+–[\d.]+ a session, \d+ to \d+ more sessions\)", c, "card gains")
     if not 0.045 <= gain < 0.115:
@@ -336,9 +381,10 @@ def main():
 
     # ================================ TRAINING.md ===================================================
     h = hist
-    h = sub1(h, stage_paragraph(*old_args, current="history"), stage_paragraph(*old_args, current=None), "history stage %d paragraph" % P, regex=False)
-    h = sub1(h, "## Stages, newest first\n\n", "## Stages, newest first\n\n" + stage_paragraph(*new_args, current="history") + "\n\n",
-             "history stages", regex=False)
+    h = sub1(h, stage_paragraph(*old_args, current="history", rc=rc_p, prev_rc=rc_pp),
+             stage_paragraph(*old_args, current=None, rc=rc_p, prev_rc=rc_pp), "history stage %d paragraph" % P, regex=False)
+    h = sub1(h, "## Stages, newest first\n\n", "## Stages, newest first\n\n" + stage_paragraph(*new_args, current="history", rc=rc, prev_rc=rc_p)
+             + "\n\n", "history stages", regex=False)
     h = sub1(h, "\n| stage %d (6 layers," % P, "\n| stage %d (6 layers, %s tokens) | %.3f | %s |\n| stage %d (6 layers," % (N, mtok(lineage), ppl, pct(acc), P),
              "history release table", regex=False)
     h = sub1(h, r"at the end of stage %d \(%s\)\. In stage 2b" % (P, re.escape(mtok(prev_lineage))),
@@ -346,8 +392,8 @@ def main():
              "history validation list")
     prev_dacc = 100 * (prev_acc - float(one(r"\| stage %d \(6 layers, [\d,.]+M tokens\) \| [\d.]+ \| ([\d.]+)%% \|" % (P - 1), hist,
                                                 "TRAINING.md release table").group(1)) / 100)
-    old_gain = gain_sentence(P, P - 1, rel[P - 1], rel[P], prev_dacc, float(pa["parent"]["val_ppl"]), prev_stable, prev_end)
-    h = sub1(h, old_gain, old_gain + " " + gain_sentence(N, P, prev_ppl, ppl, dacc, prev_stable, stable[-1], decay[-1]),
+    old_gain = gain_sentence(P, P - 1, rel[P - 1], rel[P], prev_dacc, float(pa["parent"]["val_ppl"]), prev_stable, prev_end, rc_p, rc_pp)
+    h = sub1(h, old_gain, old_gain + " " + gain_sentence(N, P, prev_ppl, ppl, dacc, prev_stable, stable[-1], decay[-1], rc, rc_p),
              "history gains", regex=False)
     h = sub1(h, "(the headline's options) gave %.3f / %s for stage %d against " % (valid_prev["perplexity"], pct(valid_prev["accuracy"]), P),
              "(the headline's options) gave %.3f / %s for stage %d against %.3f / %s for stage %d, %.3f / %s for stage %d against "
@@ -364,7 +410,7 @@ def main():
              "where the top residue agreed: stage %d's weights: %s, the same top residue at %d of %d; stage %d's weights:" % (N, p_diff, p_same, p_res, P),
              "history per-position list", regex=False)
     h = sub1(h, "```\nStage %d's command, the current one, is in `weights/MODEL_CARD.md`." % P,
-             command_block(P, True) + "```\nStage %d's command, the current one, is in `weights/MODEL_CARD.md`." % N, "history commands", regex=False)
+             command_block(P, True, rc_p, rc_pp) + "```\nStage %d's command, the current one, is in `weights/MODEL_CARD.md`." % N, "history commands", regex=False)
 
     # ================================ README.md =====================================================
     r = readme
