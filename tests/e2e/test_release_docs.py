@@ -1,0 +1,117 @@
+#!/usr/bin/env python3
+"""weights/release_docs.py writes the next release's model card, training history and README.
+
+In a scratch copy of the committed documents and evaluation files, this test appends a synthetic
+next stage to weights/train_log.csv (the last stage's schedule: its branch step, decay and
+validation interval, read as release_docs reads them), gives the copy's weights new bytes and its
+evaluation files that SHA-256 and slightly better figures, runs release_docs.py, and checks that it
+succeeds, that tests/e2e/test_model_card.py passes on the result and that the new stage's row,
+command, history paragraph and headline are there. The figures are made up and never leave the
+scratch copy; this tests the script, not the model. Exit 1 naming what failed."""
+import csv
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+
+ROOT = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
+FILES = ["README.md", "weights/MODEL_CARD.md", "weights/TRAINING.md", "weights/train_log.csv",
+         "weights/model.safetensors", "weights/release_docs.py", "tests/e2e/test_model_card.py",
+         "weights/eval/test.json", "weights/eval/test_bf16.json", "weights/eval/valid.json",
+         "weights/eval/valid_previous.json", "weights/eval/breakdown.jsonl"]
+failures = []
+
+
+def check(ok, what):
+    """Records a failed check and prints it."""
+    if not ok:
+        failures.append(what)
+        print("FAIL", what)
+
+
+def synth_stage(log):
+    """Appends a stage N+1 that follows stage N's schedule; returns (N+1, its schedule)."""
+    rows = list(csv.DictReader(open(log, newline="")))
+    n = int(rows[-1]["stage"])
+    last = [r for r in rows if r["stage"] == str(n)]
+    parent_step = int(last[0]["step"]) - 1
+    peak = max(float(r["lr"]) for r in last)
+    base = [r for r in last if float(r["lr"]) == peak][-1]
+    branch = int(base["step"]) - parent_step
+    every = [int(r["step"]) - parent_step for r in last if r["val_ppl"]][0]
+    steps = len(last)
+    b_step, b_tok, b_s, v0 = int(base["step"]), int(base["tokens"]), float(base["elapsed_s"]), float(base["val_ppl"])
+    with open(log, "a", newline="") as out:
+        for i in range(1, steps + 1):
+            if i <= 100:
+                lr = peak * i / 100
+            elif i <= branch:
+                lr = peak
+            else:
+                lr = peak / 10 + (peak - peak / 10) * (1 - ((i - branch) / (steps - branch)) ** 0.5)
+            val = ["", "", ""]
+            if i % every == 0 or i == steps:
+                v = v0 - 0.00003 * min(i, branch) - (0.09 * (i - branch) / (steps - branch) if i > branch else 0)
+                val = ["%.4f" % v, "0.1600", "17.9600"]
+            out.write(",".join([str(b_step + i), str(b_tok + 16070 * i), "%.1f" % (b_s + 3.0 * i), "%g" % lr, "2.5",
+                                "0.4", "5400"] + val + [str(n + 1)]) + "\n")
+    return n + 1, {"branch": branch, "decay": steps - branch, "every": every}
+
+
+def main():
+    tmp = tempfile.mkdtemp(prefix="release_docs.")
+    try:
+        for f in FILES:
+            os.makedirs(os.path.join(tmp, os.path.dirname(f)), exist_ok=True)
+            shutil.copyfile(os.path.join(ROOT, f), os.path.join(tmp, f))
+        w = os.path.join(tmp, "weights")
+        n, rc = synth_stage(os.path.join(w, "train_log.csv"))
+        with open(os.path.join(w, "model.safetensors"), "ab") as f:   # new bytes, a new SHA-256
+            f.write(b"\0")
+        sha = hashlib.sha256(open(os.path.join(w, "model.safetensors"), "rb").read()).hexdigest()
+        ev = os.path.join(w, "eval")
+        shutil.copyfile(os.path.join(ev, "valid.json"), os.path.join(ev, "valid_previous.json"))
+        for name, dp in (("test.json", -0.06), ("test_bf16.json", -0.06), ("valid.json", -0.05)):
+            d = json.load(open(os.path.join(ev, name)))
+            d["sha256"], d["perplexity"], d["accuracy"] = sha, d["perplexity"] + dp, d["accuracy"] + 0.001
+            json.dump(d, open(os.path.join(ev, name), "w"))
+        new_ppl = json.load(open(os.path.join(ev, "test.json")))["perplexity"]
+        lines = [json.loads(x) for x in open(os.path.join(ev, "breakdown.jsonl")) if x.strip()]
+        for d in lines:
+            d["eval"]["sha256"] = sha
+        with open(os.path.join(ev, "breakdown.jsonl"), "w") as f:
+            f.write("".join(json.dumps(d) + "\n" for d in lines))
+
+        line = "367 residues: max |log p(fp32) - log p(bf16)| 0.0150; same top-1 residue at 367 of 367 positions"
+        p = subprocess.run([sys.executable, os.path.join(w, "release_docs.py"), "--precision-line", line, "--root", tmp],
+                           capture_output=True, text=True)
+        print(p.stdout.strip() or "(no output)", p.stderr.strip())
+        check(p.returncode == 0, "release_docs.py exited %d: %s" % (p.returncode, p.stderr.strip()))
+        if p.returncode == 0:
+            t = subprocess.run([sys.executable, os.path.join(tmp, "tests/e2e/test_model_card.py")], capture_output=True, text=True)
+            check(t.returncode == 0, "test_model_card.py on the written documents: %s" % (t.stdout + t.stderr).strip()[-600:])
+            card = open(os.path.join(w, "MODEL_CARD.md"), encoding="utf-8").read()
+            hist = open(os.path.join(w, "TRAINING.md"), encoding="utf-8").read()
+            readme = open(os.path.join(tmp, "README.md"), encoding="utf-8").read()
+            br, dc = "{:,}".format(rc["branch"]), "{:,}".format(rc["decay"])
+            check("\n| %d | stage %d at its step " % (n, n - 1) in card, "card: no training-table row for stage %d" % n)
+            check("held to step %s, 1 - sqrt decay to 8e-6 over the last %s | %d |" % (br, dc, n) in card,
+                  "card: stage %d's row does not give its schedule (%s, %s)" % (n, br, dc))
+            check("--decay-steps %d --branch-ckpt stage%d_stable.ckpt" % (rc["decay"], n) in card
+                  and "--eval-every %d --eval-seqs 400 --ckpt-minutes 5 --seed %d " % (rc["every"], n) in card,
+                  "card: the command block is not stage %d's" % n)
+            check("perplexity **%.2f**" % new_ppl in card, "card: headline is not %.2f" % new_ppl)
+            check("Stage %d (session " % n in hist and "# stage %d: from stage %d's weights" % (n - 1, n - 2) in hist,
+                  "TRAINING.md: no paragraph for stage %d or no history command for stage %d" % (n, n - 1))
+            check("**perplexity %.2f and top-1" % new_ppl in readme, "README: headline is not %.2f" % new_ppl)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    print("%s: %d failed" % (os.path.basename(__file__), len(failures)))
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
