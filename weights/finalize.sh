@@ -51,16 +51,16 @@ bin/performer export --ckpt "$R/stage${N}_stable.ckpt" --out weights/stable.safe
 # learning rate: step 1,500 up to stage 23, 2,000 from stage 24)
 python3 - "$R/stage$N.csv" weights/train_log.csv "$N" <<'EOF'
 import csv, sys
+sys.path.insert(0, "weights")
+from release_docs import branch_row
 run, log, n = sys.argv[1], sys.argv[2], sys.argv[3]
 rows = list(csv.DictReader(open(log, newline="")))
 if any(r["stage"] == n for r in rows):
     sys.exit("finalize: train_log.csv already has rows of stage %s" % n)
 parent = [r for r in rows if r["stage"] == str(int(n) - 1)]
-peak = max(float(r["lr"]) for r in parent) if parent else 0.0
-base = [r for r in parent if float(r["lr"]) == peak][-1:]
-if not base or base[0] is parent[-1]:
+b = branch_row(parent) if parent else None
+if b is None or b is parent[-1]:
     sys.exit("finalize: no row of stage %d where its decay began in train_log.csv" % (int(n) - 1))
-b = base[0]
 with open(log, "a", newline="") as out:
     for r in csv.DictReader(open(run, newline="")):
         cells = [str(int(r["step"]) + int(b["step"])), str(int(r["tokens"]) + int(b["tokens"])),

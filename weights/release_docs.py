@@ -78,21 +78,31 @@ def num(n):
     return "{:,}".format(n)
 
 
-def recipe(st):
-    """A stage's schedule from its train_log rows: steps, branch (its last step at the peak learning rate,
-    where its decay began and its stable state was saved), decay (steps after it), every (validation
-    interval) and tokens, all relative to the row it continued from."""
-    rows, b0 = st["rows"], int(st["parent"]["step"])
+def branch_row(rows):
+    """The row of a stage (its train_log rows) where its decay began and its stable state was saved:
+    its last row at its peak learning rate (also weights/finalize.sh's and the tests' rule)."""
     peak = max(float(r["lr"]) for r in rows)
-    branch = [int(r["step"]) - b0 for r in rows if float(r["lr"]) == peak][-1]
+    return [r for r in rows if float(r["lr"]) == peak][-1]
+
+
+def recipe(st):
+    """A stage's schedule from its train_log rows: steps, branch (the step of branch_row), decay (steps
+    after it), every (validation interval) and tokens, all relative to the row it continued from."""
+    rows, b0 = st["rows"], int(st["parent"]["step"])
+    branch = int(branch_row(rows)["step"]) - b0
     every = [int(r["step"]) - b0 for r in rows if r["val_ppl"]][0]
     return {"steps": len(rows), "branch": branch, "decay": len(rows) - branch, "every": every,
             "tokens": int(rows[-1]["tokens"]) - int(st["parent"]["tokens"])}
 
 
+def same_schedule(rc, prev_rc):
+    """1 when two recipe()s hold and decay for the same numbers of steps."""
+    return (rc["branch"], rc["decay"]) == (prev_rc["branch"], prev_rc["decay"])
+
+
 def change_sentence(n, rc, prev_rc):
     """' Its stable phase ...' when stage n's schedule differs from its parent's, else ''."""
-    if (rc["branch"], rc["decay"]) == (prev_rc["branch"], prev_rc["decay"]):
+    if same_schedule(rc, prev_rc):
         return ""
     if (n, prev_rc["branch"], rc["branch"]) != (24, 1500, 2000):
         raise DocError("stage %d changed its schedule (branch step %d, decay %d; stage %d: %d, %d): the reason given is"
@@ -122,7 +132,7 @@ def stage_paragraph(n, session, seed, prev, stable, decay, prev_stable, prev_end
 
 def gain_sentence(n, prev, prev_ppl, ppl, dacc, prev_stable, stable_end, end, rc, prev_rc):
     """TRAINING.md's sentence on what a stage of this recipe gained (rc, prev_rc: as stage_paragraph)."""
-    how = "the same way" if (rc["branch"], rc["decay"]) == (prev_rc["branch"], prev_rc["decay"]) else "with a longer stable phase"
+    how = "the same way" if same_schedule(rc, prev_rc) else "with a longer stable phase"
     return ("Stage %d (%.1fM tokens: stage %d's stable state continued %s, %s steps at 8e-5 after a"
             " 100-step warm-up, then a decay of %s) gained %.3f on the test split (%.3f → %.3f) and %.2f points of"
             " accuracy: validation went from %.3f (stage %d's stable phase) to %.3f at the end of this stable phase,"
@@ -210,7 +220,6 @@ def main():
     prev_stable, prev_end = float(base["val_ppl"]), float(pa["rows"][-1]["val_ppl"])
     last = me["rows"][-1]
     lineage, prev_lineage = int(last["tokens"]), int(pa["rows"][-1]["tokens"])
-    stage_tokens = int(last["tokens"]) - int(base["tokens"])
     minutes = round((float(last["elapsed_s"]) - float(base["elapsed_s"])) / 60)
     tps = statistics.median([float(r["tokens_per_s"]) for r in me["rows"][50:]])
     branch_tokens = int(pa["rows"][-1]["tokens"]) - int(base["tokens"])   # the parent's decay, now a branch
@@ -273,7 +282,7 @@ def main():
     row_p = one(r"\n\| %d \| [^\n]*\|\n" % P, c, "card training table (stage %d row)" % P)
     new_row = ("| %d | stage %d at its step %s (before its decay; `weights/stable.safetensors`), a new optimiser state | 2,500 x 16,384 |"
                " %.1fM | 8e-5 after a 100-step warm-up, held to step %s, 1 - sqrt decay to 8e-6 over the last %s | %d |"
-               " %d min (%s) |\n" % (N, P, num(rc_p["branch"]), stage_tokens / 1e6, num(rc["branch"]), num(rc["decay"]), N, minutes,
+               " %d min (%s) |\n" % (N, P, num(rc_p["branch"]), rc["tokens"] / 1e6, num(rc["branch"]), num(rc["decay"]), N, minutes,
                                      a.wall_note))
     c = c[:row_p.end()] + new_row + c[row_p.end():]
     c = sub1(c, r"descends from \*\*[\d,.]+M tokens\*\*", "descends from **%s tokens**" % mtok(lineage), "card lineage")
@@ -281,7 +290,7 @@ def main():
              r", stage %d's, its last \1 steps and \2 tokens, and stage %d's, its last %s steps and %.1fM tokens, are branches"
              % (P - 1, P, num(rc_p["decay"]), branch_tokens / 1e6), "card branches")
     m = one(r"([\d,.]+)M tokens were trained in all", c, "card (trained in all)")
-    c = sub1(c, re.escape(m.group(0)), "{:,.1f}M tokens were trained in all".format(float(m.group(1).replace(",", "")) + stage_tokens / 1e6),
+    c = sub1(c, re.escape(m.group(0)), "{:,.1f}M tokens were trained in all".format(float(m.group(1).replace(",", "")) + rc["tokens"] / 1e6),
              "card (trained in all)")
     pv = [(int(r["step"]) - int(pa["parent"]["step"]), float(r["val_ppl"])) for r in pa["rows"] if r["val_ppl"]]
     pp = info[str(P - 1)]

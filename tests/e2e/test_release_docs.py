@@ -22,6 +22,9 @@ FILES = ["README.md", "weights/MODEL_CARD.md", "weights/TRAINING.md", "weights/t
          "weights/model.safetensors", "weights/release_docs.py", "tests/e2e/test_model_card.py",
          "weights/eval/test.json", "weights/eval/test_bf16.json", "weights/eval/valid.json",
          "weights/eval/valid_previous.json", "weights/eval/breakdown.jsonl"]
+sys.path.insert(0, os.path.join(ROOT, "weights"))
+from release_docs import branch_row  # noqa: E402  (the script's own rule for where a stage's decay began)
+
 failures = []
 
 
@@ -39,7 +42,7 @@ def synth_stage(log):
     last = [r for r in rows if r["stage"] == str(n)]
     parent_step = int(last[0]["step"]) - 1
     peak = max(float(r["lr"]) for r in last)
-    base = [r for r in last if float(r["lr"]) == peak][-1]
+    base = branch_row(last)
     branch = int(base["step"]) - parent_step
     every = [int(r["step"]) - parent_step for r in last if r["val_ppl"]][0]
     steps = len(last)
