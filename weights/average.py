@@ -2,7 +2,7 @@
 """Uniform average of float32 safetensors weight files with identical layouts (the same tensors,
 shapes and offsets, e.g. checkpoints of one run exported with `bin/performer export`); the output
 keeps the first file's header and metadata. Measurement only: no release has shipped an average
-(weights/TRAINING.md, stage 24).
+(weights/TRAINING.md, stages 24 and 25).
 
 usage: weights/average.py OUT IN1 IN2 ..."""
 import json
