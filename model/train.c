@@ -1209,9 +1209,11 @@ int tr_run(const tr_options *opt, int *interrupted, char *err, size_t errlen) {
             char bar[32];
             for (int i = 0; i < w; i++) bar[i] = i < fill ? '#' : '.';
             bar[w] = 0;
-            fprintf(stderr, "%s[%s] step %ld/%ld | %.0f tok/s | loss %.4f | val ppl %.3f acc %.3f | ETA %s%s",
-                    tty ? "\r" : "", bar, st.step, o->steps, rate, loss_ema, val_ppl, val_acc, eta,
-                    tty ? "   " : "\n");
+            char val[48];   /* "-" until this process has evaluated (a resumed run starts without a figure) */
+            if (isnan(val_ppl)) snprintf(val, sizeof val, "val ppl - acc -");
+            else snprintf(val, sizeof val, "val ppl %.3f acc %.3f", val_ppl, val_acc);
+            fprintf(stderr, "%s[%s] step %ld/%ld | %.0f tok/s | loss %.4f | %s | ETA %s%s",
+                    tty ? "\r" : "", bar, st.step, o->steps, rate, loss_ema, val, eta, tty ? "   " : "\n");
         }
         if (o->ckpt && (now - last_ckpt > o->ckpt_minutes * 60)) {
             st.elapsed = elapsed; t0 = now;

@@ -4,7 +4,7 @@
 # fine-tuning from weights on a FASTA works; `performer eval` prints its JSON; export works;
 # the warm-up-stable-decay schedule and its branch checkpoint; checkpoints keep the training kernel
 # (export, --resume; conflicting options refused), an unreadable checkpoint stops --resume, and
-# checkpoint metadata is parsed strictly.
+# checkpoint metadata is parsed strictly; the progress line shows no figure before the first evaluation.
 set -euo pipefail
 BIN=${BIN:-bin}
 T=$(mktemp -d)
@@ -289,4 +289,15 @@ edit_meta "$T/bad.ckpt" step -
 if $BIN/performer train $K --out "$T/bad.safetensors" --ckpt "$T/bad.ckpt" --resume 2>"$T/bad.err"; then fail "no step resumed"; fi
 grep -q "checkpoint metadata 'step' is missing" "$T/bad.err" || fail "missing step: $(cat "$T/bad.err")"
 echo "checkpoint metadata: bad values refused, naming the key"
+
+# 9. the progress line (stderr, not a tty: every 50 steps and at each evaluation) shows "-" for the
+#    validation figures until the run has evaluated, then the figures
+P="${ARCH/--quiet /}"
+P="${P/--eval-every 0/--eval-every 60}"
+$BIN/performer train --fasta "$T/tiny.fasta" --valid "$T/tiny.fasta" --eval-seqs 20 --out "$T/p.safetensors" $P \
+    --steps 60 --warmup 5 --lr 3e-3 --seed 2 2>"$T/p.err"
+grep -q "step 50/60 | .* | val ppl - acc - | ETA" "$T/p.err" || fail "step 50 before any evaluation: $(cat "$T/p.err")"
+grep -q "step 60/60 | .* | val ppl [0-9][0-9]*\.[0-9]\{3\} acc 0\.[0-9]\{3\} | ETA" "$T/p.err" || fail "step 60: $(cat "$T/p.err")"
+grep -q nan "$T/p.err" && fail "nan in the progress lines: $(cat "$T/p.err")"
+echo "progress line: '-' until the first evaluation, then its figures"
 echo "train tests ok"
