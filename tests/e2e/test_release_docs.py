@@ -23,7 +23,7 @@ FILES = ["README.md", "weights/MODEL_CARD.md", "weights/TRAINING.md", "weights/t
          "weights/eval/test.json", "weights/eval/test_bf16.json", "weights/eval/valid.json",
          "weights/eval/valid_previous.json", "weights/eval/breakdown.jsonl"]
 sys.path.insert(0, os.path.join(ROOT, "weights"))
-from release_docs import branch_row  # noqa: E402  (the script's own rule for where a stage's decay began)
+from release_docs import branch_row, versus, pieces_1022, DocError  # noqa: E402  (the script's own rules)
 
 failures = []
 
@@ -33,6 +33,22 @@ def check(ok, what):
     if not ok:
         failures.append(what)
         print("FAIL", what)
+
+
+def check_length_phrases():
+    """The phrases for one pass against pieces follow the sign of the difference, with a 0.005 tie band,
+    and a clear gain of one pass over pieces of 1,022 past 2,048 residues stops the script."""
+    check(versus(15.768, 15.918) == "0.15 better than", "versus: better")
+    check(versus(15.780, 15.762) == "0.02 behind", "versus: behind")
+    check(versus(15.768, 15.767) == "level with", "versus: level")
+    check(pieces_1022(0.02)[0] == "costs at most 0.02 in perplexity", "pieces_1022: a cost")
+    check(pieces_1022(0.001)[0] == "costs nothing in perplexity" and "within 0.005" in pieces_1022(-0.004)[1],
+          "pieces_1022: level")
+    try:
+        pieces_1022(-0.02)
+        check(False, "pieces_1022: one pass 0.02 better than pieces of 1,022 accepted")
+    except DocError as e:
+        check("rewrite it" in str(e), "pieces_1022: message %r" % str(e))
 
 
 def synth_stage(log):
@@ -65,6 +81,7 @@ def synth_stage(log):
 
 
 def main():
+    check_length_phrases()
     tmp = tempfile.mkdtemp(prefix="release_docs.")
     try:
         for f in FILES:
