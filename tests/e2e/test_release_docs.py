@@ -7,7 +7,8 @@ validation interval, read as release_docs reads them), gives the copy's weights 
 evaluation files that SHA-256 and slightly better figures, runs release_docs.py, and checks that it
 succeeds, that tests/e2e/test_model_card.py passes on the result and that the new stage's row,
 command, history paragraph and headline are there. The figures are made up and never leave the
-scratch copy; this tests the script, not the model. Exit 1 naming what failed."""
+scratch copy; this tests the script, not the model. Also checks the script's wording of one pass
+against pieces (better / behind / level within 0.005). Exit 1 naming what failed."""
 import csv
 import hashlib
 import json
