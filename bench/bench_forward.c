@@ -172,6 +172,8 @@ static int mode_info(int threads) {
     json_str(wp ? wp : "");
     printf(",\"gomp_spincount\":");
     json_str(spin ? spin : "");
+    printf(",\"bf16_kernel\":");
+    json_str(!gm_bf16_supported() ? "none" : gm_bf16_is_amx() ? "amx" : "avx512_bf16");
     printf("}\n");
     return 0;
 }

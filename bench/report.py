@@ -621,6 +621,8 @@ def report(a):
     w("C OpenBLAS:        core %s; %s; OPENBLAS_CORETYPE=%s; %s threads" % (
         info.get("openblas_core", "?"), info.get("openblas_config", "?"), info.get("openblas_coretype_env", "") or "(unset)",
         info.get("openblas_threads", "?")))
+    w("C bf16 kernel:     %s" % {"amx": "AMX tiles (TDPBF16PS)", "avx512_bf16": "AVX-512 BF16 (VDPBF16PS)",
+                                  "none": "none (CPU has no AVX-512 BF16)"}.get(info.get("bf16_kernel"), "?"))
     w("PyTorch:           %s (%s threads), BLAS %s, core %s" % (
         tinfo.get("torch", "?"), tinfo.get("threads", "?"),
         ", ".join(os.path.basename(x) for x in tinfo.get("blas_libs", [])) or "?", tinfo.get("openblas_core", "?")))
@@ -756,7 +758,7 @@ def report(a):
     if cmp_b_rows:
         w("The C side again with `--precision bf16`: every weight product (q, k, v, o, fc1, fc2, the local "
           "block's output projection, the head) rounds both its operands to bfloat16 (8-bit mantissa, round to "
-          "nearest even) and accumulates in float32 (`gm_sgemm_bf16`, AVX-512 BF16); the FAVOR+ attention "
+          "nearest even) and accumulates in float32 (`gm_sgemm_bf16`: AVX-512 BF16, or AMX tiles where the CPU has them, see Machine); the FAVOR+ attention "
           "stays float32 (the fused kernel `favor_forward_fused`, as in float32 C), and so do normalisation, "
           "softmax and the rest. **PyTorch runs float32 throughout**, so these ratios compare C "
           "with less precise arithmetic against the same float32 PyTorch runs as above (same tokens; in each "

@@ -13,6 +13,11 @@
  *       with the A value broadcast, or VDPBF16PS) and stores alpha * acc + beta * C (the first K
  *       block) or C + alpha * acc (the next ones).
  *
+ * Where the CPU has AMX (and Linux grants the tile state), the bf16 product runs a third gm_impl on
+ * the same loop: 32 x 32 micro-kernels of TDPBF16PS on tiles (A packed [32][ku] with a row's pairs
+ * contiguous, B as in AVX-512 BF16, ku padded to 16 dwords), 2.1x the trainer's tokens/s of the
+ * VDPBF16PS kernel (weights/MODEL_CARD.md); gm_bf16_amx(0) or PERFORMER_AMX=0 keeps VDPBF16PS.
+ *
  * Odd K, partial panels and partial tiles are zero-padded in the packs and masked in the stores,
  * so any M, N, K >= 0, leading dimension and transpose is valid. The bf16 packing converts float32
  * to bf16 with VCVTNEPS2BF16 (round to nearest even). Threads: each OpenMP thread owns a share of
@@ -31,6 +36,7 @@
 #include "gemm.h"
 
 #include <assert.h>
+#include <cpuid.h>
 #include <immintrin.h>
 #include <omp.h>
 #include <pthread.h>
@@ -39,6 +45,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 #include <cblas.h>
 
@@ -61,10 +69,16 @@ static int gm_mode = GM_FP32;
  * multiplied (kernel). */
 typedef struct {
     int pairs;   /* 1: a dword holds two bf16 values of consecutive k (ku = (kc + 1) / 2); 0: one float */
+    int mr;      /* rows of A per micro-kernel (an A panel) */
+    int kalign;  /* ku is rounded up to a multiple of this (the packs zero the extra dwords) */
     /* Packs rows [r0, r0 + R) x k [k0, k0 + kc) of src (kmajor: element (r, k) at src[k * ld + r],
      * else at src[r * ld + k]) into one panel dst[ku][R]; rows >= rows and k >= kc are zero. */
     void (*pack)(uint32_t *dst, int kmajor, const float *src, long ld, int rows, int r0, int k0,
                  int kc, int R);
+    /* A's packing where it differs from pack (AMX: dst[R][ku], each row's dwords contiguous); NULL:
+     * pack */
+    void (*pack_a)(uint32_t *dst, int kmajor, const float *src, long ld, int rows, int r0, int k0,
+                   int kc, int R);
     /* acc = sum over ku dwords of a[ku][MR] x b[ku][NR] (A packed; NULL where kernel_direct reads A
      * in place); stores rows < mr, columns < nc of C as alpha * acc + beta * C (first: the first K
      * block; beta 0 reads no C) or C + alpha * acc. */
@@ -135,7 +149,8 @@ const char *gm_precision_name(int precision) { return precision == GM_BF16 ? "bf
 
 static CBLAS_TRANSPOSE cb(int t) { return t ? CblasTrans : CblasNoTrans; }
 
-static const gm_impl impl_bf16, impl_f32;
+static const gm_impl impl_bf16, impl_f32, impl_amx;
+static const gm_impl *bf16_impl(void);
 static void gemm_packed(const gm_impl *im, int ta, int tb, int M, int N, int K, float alpha,
                         const float *A, int lda, const float *B, int ldb, float beta, float *C,
                         int ldc, const uint32_t *pre);
@@ -164,7 +179,7 @@ int gm_fp32_is_own(void) {
 void gm_sgemm(int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda,
               const float *B, int ldb, float beta, float *C, int ldc) {
     if (gm_mode == GM_BF16)
-        gemm_packed(&impl_bf16, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, NULL);
+        gemm_packed(bf16_impl(), ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, NULL);
     else if (gm_fp32_is_own())
         gemm_packed(&impl_f32, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, NULL);
     else
@@ -273,24 +288,37 @@ BF16_TARGET static void pack_kstrided(uint32_t *dst, const float *src, long ld, 
     }
 }
 
+/* Writes one row of a micro-kernel's 32 sums (r0: columns 0-15, r1: 16-31) to ci: alpha * sum +
+ * beta * C where read (vb = beta, or 1 for a later K block), else alpha * sum; masks m0, m1 keep
+ * the columns < nc (col_masks). */
+F32_TARGET static inline __attribute__((always_inline)) void store_row(float *ci, __m512 r0, __m512 r1,
+        __mmask16 m0, __mmask16 m1, __m512 va, __m512 vb, int read) {
+    r0 = _mm512_mul_ps(va, r0);
+    r1 = _mm512_mul_ps(va, r1);
+    if (read) {
+        r0 = _mm512_fmadd_ps(vb, _mm512_maskz_loadu_ps(m0, ci), r0);
+        r1 = _mm512_fmadd_ps(vb, _mm512_maskz_loadu_ps(m1, ci + 16), r1);
+    }
+    _mm512_mask_storeu_ps(ci, m0, r0);
+    _mm512_mask_storeu_ps(ci + 16, m1, r1);
+}
+
+/* The masks of the columns < nc of a 32-column tile, in its two halves. */
+static inline void col_masks(int nc, __mmask16 *m0, __mmask16 *m1) {
+    *m0 = (__mmask16)(nc >= 16 ? 0xffff : (1u << nc) - 1);
+    *m1 = (__mmask16)(nc <= 16 ? 0 : nc >= 32 ? 0xffff : (1u << (nc - 16)) - 1);
+}
+
 /* Stores the 14 x 32 accumulators acc of a micro-kernel into rows < mr, columns < nc of C (see
  * gm_impl.kernel). */
 F32_TARGET static inline __attribute__((always_inline)) void store_tile(__m512 acc[MR][2], float *c,
         long ldc, int mr, int nc, float alpha, float beta, int first) {
-    const __mmask16 m0 = (__mmask16)(nc >= 16 ? 0xffff : (1u << nc) - 1);
-    const __mmask16 m1 = (__mmask16)(nc <= 16 ? 0 : nc >= 32 ? 0xffff : (1u << (nc - 16)) - 1);
+    __mmask16 m0, m1;
+    col_masks(nc, &m0, &m1);
     const __m512 va = _mm512_set1_ps(alpha), vb = _mm512_set1_ps(first ? beta : 1.0f);
     const int read = !first || beta != 0.0f;
-    for (int i = 0; i < MR && i < mr; i++) {
-        float *ci = c + (long)i * ldc;
-        __m512 r0 = _mm512_mul_ps(va, acc[i][0]), r1 = _mm512_mul_ps(va, acc[i][1]);
-        if (read) {
-            r0 = _mm512_fmadd_ps(vb, _mm512_maskz_loadu_ps(m0, ci), r0);
-            r1 = _mm512_fmadd_ps(vb, _mm512_maskz_loadu_ps(m1, ci + 16), r1);
-        }
-        _mm512_mask_storeu_ps(ci, m0, r0);
-        _mm512_mask_storeu_ps(ci + 16, m1, r1);
-    }
+    for (int i = 0; i < MR && i < mr; i++)
+        store_row(c + (long)i * ldc, acc[i][0], acc[i][1], m0, m1, va, vb, read);
 }
 
 /* The bf16 14 x 32 micro-kernel (gm_impl.kernel): VDPBF16PS over kc2 pairs. */
@@ -389,11 +417,202 @@ F32_TARGET static void kernel_f32_direct(int kc, const float *a, long si, long s
     else f32_direct(kc, a, si, sk, b, c, ldc, mr, nc, alpha, beta, first, 0);
 }
 
-static const gm_impl impl_bf16 = { 1, pack_bf16, kernel_bf16, NULL };
-static const gm_impl impl_f32 = { 0, pack_f32, NULL, kernel_f32_direct };   /* A never packed */
 
-/* Dwords per panel row for a K block of kc (pairs in bf16). */
-static inline int ku_of(const gm_impl *im, int kc) { return im->pairs ? (kc + 1) / 2 : kc; }
+/* ---- AMX (Intel Advanced Matrix Extensions): the bf16 product on tiles ----
+ * A 32 x 32 micro-kernel on eight tile registers: C tiles 0-3 (16 x 16 float32 each), A tiles 4-5
+ * (16 rows x 16 dwords, a row's pairs contiguous: the A panel is [32][ku]), B tiles 6-7 (16 pairs
+ * x 16 columns: the B panel's [ku][32] dwords read with a stride of 128 bytes, the VNNI layout
+ * TDPBF16PS takes, which is the AVX-512 BF16 packing's). ku is padded to 16 dwords (32 k) with
+ * zeros, one tile load's depth. TDPBF16PS, like VDPBF16PS, multiplies the bf16 pairs and
+ * accumulates in float32 (denormal inputs and outputs flushed to zero). */
+#define AMX_MR 32
+#define AMX_KU 16
+#define AMX_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16,amx-tile,amx-bf16")))
+
+static __thread int amx_configured;   /* this thread's tile configuration is loaded */
+
+/* Packs rows [r0, r0 + R) x k [k0, k0 + kc) of src (kmajor: element (r, k) at src[k * ld + r],
+ * else at src[r * ld + k]) into dst[R][ku] of bf16 pairs, ku = kc2 rounded up to 16; rows >= rows
+ * and k >= kc are zero (the A operand of TDPBF16PS: a row's k contiguous). */
+BF16_TARGET static void pack_a_amx(uint32_t *dst, int kmajor, const float *src, long ld, int rows,
+                                   int r0, int k0, int kc, int R) {
+    const int kc2 = (kc + 1) / 2, ku = (kc2 + AMX_KU - 1) / AMX_KU * AMX_KU;
+    const __m512i ilv = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8,
+                                         23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+    for (int i0 = 0; i0 < R; i0 += 16) {
+        __mmask16 mv, md;
+        row_masks(rows, r0, i0, R, &mv, &md);
+        const int nd = R - i0 < 16 ? R - i0 : 16;
+        for (int j0 = 0; j0 < ku; j0 += 16) {          /* 16 pairs = 32 k */
+            const int k = 2 * j0, n = kc - k <= 0 ? 0 : kc - k < 32 ? kc - k : 32;   /* valid k here */
+            __m512i r[16];
+            if (kmajor) {
+                /* r[j]: the pair (k + 2j, k + 2j + 1) of 16 rows; transposed to r[row][j] */
+                for (int j = 0; j < 16; j++) {
+                    const float *s0 = src + (long)(k0 + k + 2 * j) * ld + r0 + i0;
+                    const __m512 a = 2 * j < n ? _mm512_maskz_loadu_ps(mv, s0) : _mm512_setzero_ps();
+                    const __m512 b = 2 * j + 1 < n ? _mm512_maskz_loadu_ps(mv, s0 + ld) : _mm512_setzero_ps();
+                    r[j] = _mm512_permutexvar_epi16(ilv, (__m512i)_mm512_cvtne2ps_pbh(b, a));
+                }
+                transpose16(r);
+            } else {
+                /* row i's 32 k converted in place: words 0..31 are k..k+31, i.e. dword j is the pair
+                 * (k + 2j, k + 2j + 1) */
+                const __mmask16 mlo = (__mmask16)(n >= 16 ? 0xffff : (1u << n) - 1);
+                const __mmask16 mhi = (__mmask16)(n <= 16 ? 0 : n >= 32 ? 0xffff : (1u << (n - 16)) - 1);
+                for (int i = 0; i < 16; i++) {
+                    const float *s = src + (long)(r0 + i0 + i) * ld + k0 + k;
+                    r[i] = (mv >> i) & 1 ? (__m512i)_mm512_cvtne2ps_pbh(_mm512_maskz_loadu_ps(mhi, s + 16),
+                                                                        _mm512_maskz_loadu_ps(mlo, s))
+                                         : _mm512_setzero_si512();
+                }
+            }
+            for (int i = 0; i < nd; i++) _mm512_storeu_si512(dst + (size_t)(i0 + i) * ku + j0, r[i]);
+        }
+    }
+}
+
+/* The B packing of the AMX product: pack_bf16's [ku][R] pairs, the rows past kc2 up to ku (a
+ * multiple of 16) zero. */
+BF16_TARGET static void pack_b_amx(uint32_t *dst, int kmajor, const float *src, long ld, int rows,
+                                   int r0, int k0, int kc, int R) {
+    const int kc2 = (kc + 1) / 2, ku = (kc2 + AMX_KU - 1) / AMX_KU * AMX_KU;
+    pack_bf16(dst, kmajor, src, ld, rows, r0, k0, kc, R);
+    memset(dst + (size_t)kc2 * R, 0, sizeof(uint32_t) * (size_t)(ku - kc2) * R);
+}
+
+/* Loads this thread's tile configuration (eight tiles of 16 rows x 64 bytes) once. */
+AMX_TARGET static void amx_config(void) {
+    if (amx_configured) return;
+    struct __attribute__((aligned(64))) {
+        uint8_t palette, start_row, reserved[14];
+        uint16_t colsb[16];
+        uint8_t rows[16];
+    } cfg;
+    memset(&cfg, 0, sizeof cfg);
+    cfg.palette = 1;
+    for (int t = 0; t < 8; t++) {
+        cfg.colsb[t] = 64;
+        cfg.rows[t] = 16;
+    }
+    _tile_loadconfig(&cfg);
+    amx_configured = 1;
+}
+
+/* The AMX 32 x 32 micro-kernel (gm_impl.kernel): a[32][ku] x b[ku][32] over ku dwords (a multiple
+ * of 16), stored like store_tile. */
+AMX_TARGET static void kernel_amx(int ku, const uint32_t *a, const uint32_t *b, float *c, long ldc,
+                                  int mr, int nc, float alpha, float beta, int first) {
+    amx_config();
+    const long sa = (long)ku * 4;
+    /* a whole tile with alpha 1 adding to C (a later K block, or beta 1) or replacing it (beta 0):
+     * the accumulators start from C and are stored straight back, no round trip through memory */
+    const int direct = mr == AMX_MR && nc == NR && alpha == 1.0f && (!first || beta == 0.0f || beta == 1.0f);
+    if (direct && (!first || beta == 1.0f)) {
+        _tile_loadd(0, c, ldc * 4);
+        _tile_loadd(1, c + 16, ldc * 4);
+        _tile_loadd(2, c + 16 * ldc, ldc * 4);
+        _tile_loadd(3, c + 16 * ldc + 16, ldc * 4);
+    } else {
+        _tile_zero(0);
+        _tile_zero(1);
+        _tile_zero(2);
+        _tile_zero(3);
+    }
+    if (mr > 16) {
+        for (int k2 = 0; k2 < ku; k2 += AMX_KU) {
+            _tile_loadd(4, a + k2, sa);
+            _tile_loadd(5, a + (size_t)16 * ku + k2, sa);
+            _tile_loadd(6, b + (size_t)k2 * NR, NR * 4);
+            _tile_loadd(7, b + (size_t)k2 * NR + 16, NR * 4);
+            _tile_dpbf16ps(0, 4, 6);
+            _tile_dpbf16ps(1, 4, 7);
+            _tile_dpbf16ps(2, 5, 6);
+            _tile_dpbf16ps(3, 5, 7);
+        }
+    } else {   /* the rows 16..31 of the panel are padding */
+        for (int k2 = 0; k2 < ku; k2 += AMX_KU) {
+            _tile_loadd(4, a + k2, sa);
+            _tile_loadd(6, b + (size_t)k2 * NR, NR * 4);
+            _tile_loadd(7, b + (size_t)k2 * NR + 16, NR * 4);
+            _tile_dpbf16ps(0, 4, 6);
+            _tile_dpbf16ps(1, 4, 7);
+        }
+    }
+    if (direct) {
+        _tile_stored(0, c, ldc * 4);
+        _tile_stored(1, c + 16, ldc * 4);
+        _tile_stored(2, c + 16 * ldc, ldc * 4);
+        _tile_stored(3, c + 16 * ldc + 16, ldc * 4);
+        return;
+    }
+    float t[AMX_MR][NR] __attribute__((aligned(64)));
+    _tile_stored(0, &t[0][0], NR * 4);
+    _tile_stored(1, &t[0][16], NR * 4);
+    if (mr > 16) {
+        _tile_stored(2, &t[16][0], NR * 4);
+        _tile_stored(3, &t[16][16], NR * 4);
+    }
+    __mmask16 m0, m1;
+    col_masks(nc, &m0, &m1);
+    const __m512 va = _mm512_set1_ps(alpha), vb = _mm512_set1_ps(first ? beta : 1.0f);
+    const int read = !first || beta != 0.0f;
+    for (int i = 0; i < mr && i < AMX_MR; i++)
+        store_row(c + (long)i * ldc, _mm512_load_ps(&t[i][0]), _mm512_load_ps(&t[i][16]), m0, m1, va, vb, read);
+}
+
+static int gm_amx = -1;   /* -1: not decided yet (AMX where gm_amx_supported) */
+
+static int amx_granted;   /* set once by amx_permit_once */
+
+/* Asks Linux (5.16+) for the AMX tile state, ARCH_REQ_XCOMP_PERM for XFEATURE_XTILEDATA, once. */
+static void amx_permit_once(void) {
+    amx_granted = syscall(SYS_arch_prctl, 0x1023 /* ARCH_REQ_XCOMP_PERM */, 18 /* XTILEDATA */) == 0;
+}
+
+/* 1 when this CPU has AMX-BF16 (and AVX-512 BF16, for the packing) and the OS lets this process
+ * use the tiles, else 0. */
+int gm_amx_supported(void) {
+    static pthread_once_t once = PTHREAD_ONCE_INIT;
+    /* CPUID leaf 7 sub-leaf 0, EDX: bit 22 AMX-BF16, bit 24 AMX-TILE (read directly: clang 14's
+     * __builtin_cpu_supports does not know the AMX feature names). */
+    unsigned a, b, c, d;
+    if (!gm_bf16_supported() || !__get_cpuid_count(7, 0, &a, &b, &c, &d) || !(d & (1u << 22)) ||
+        !(d & (1u << 24)))
+        return 0;
+    pthread_once(&once, amx_permit_once);
+    return amx_granted;
+}
+
+/* Chooses the bf16 product's kernel: AMX tiles (amx = 1, the default where gm_amx_supported) or
+ * AVX-512 BF16 (0); 0, or -1 (unchanged) for amx = 1 where AMX does not run. */
+int gm_bf16_amx(int amx) {
+    if (amx && !gm_amx_supported()) return -1;
+    gm_amx = amx != 0;
+    return 0;
+}
+
+/* 1 when bf16 products run on AMX tiles, 0 when on AVX-512 BF16. */
+int gm_bf16_is_amx(void) {
+    if (gm_amx < 0) {
+        const char *e = getenv("PERFORMER_AMX");
+        gm_amx = e && !strcmp(e, "0") ? 0 : gm_amx_supported();
+    }
+    return gm_amx;
+}
+
+static const gm_impl impl_bf16 = { 1, MR, 1, pack_bf16, NULL, kernel_bf16, NULL };
+static const gm_impl impl_f32 = { 0, MR, 1, pack_f32, NULL, NULL, kernel_f32_direct };   /* A never packed */
+static const gm_impl impl_amx = { 1, AMX_MR, AMX_KU, pack_b_amx, pack_a_amx, kernel_amx, NULL };
+
+/* The bf16 product in use: AMX where it runs and is not turned off, else AVX-512 BF16. */
+static const gm_impl *bf16_impl(void) { return gm_bf16_is_amx() ? &impl_amx : &impl_bf16; }
+
+/* Dwords per panel row for a K block of kc (pairs in bf16), rounded up to the impl's kalign. */
+static inline int ku_of(const gm_impl *im, int kc) {
+    const int ku = im->pairs ? (kc + 1) / 2 : kc;
+    return (ku + im->kalign - 1) / im->kalign * im->kalign;
+}
 
 /* Packs all of op(B)[K, N] block by block into dst ([block][panel][ku][NR], the blocks
  * npb * NR * ku_of(KC) apart). Single-threaded (once per weight matrix). */
@@ -411,7 +630,7 @@ static void pack_b_all(const gm_impl *im, uint32_t *dst, int tb, int N, int K, c
 /* gm_sgemm in bf16 with float32 accumulation, whatever the process's precision. */
 void gm_sgemm_bf16(int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda,
                    const float *B, int ldb, float beta, float *C, int ldc) {
-    gemm_packed(&impl_bf16, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, NULL);
+    gemm_packed(bf16_impl(), ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, NULL);
 }
 
 /* Returns B's cached packs for impl im, packing them on first use; NULL when the cache is full or
@@ -441,7 +660,7 @@ static const uint32_t *wcache_get(const gm_impl *im, int tb, int N, int K, const
 /* gm_sgemm with B a weight matrix, its packs cached (see gemm.h). */
 void gm_sgemm_w(int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda,
                 const float *B, int ldb, float beta, float *C, int ldc) {
-    const gm_impl *im = gm_mode == GM_BF16 ? &impl_bf16 : gm_fp32_is_own() ? &impl_f32 : NULL;
+    const gm_impl *im = gm_mode == GM_BF16 ? bf16_impl() : gm_fp32_is_own() ? &impl_f32 : NULL;
     if (!im) {
         cblas_sgemm(CblasRowMajor, cb(ta), cb(tb), M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
         return;
@@ -496,7 +715,8 @@ static void gemm_packed(const gm_impl *im, int ta, int tb, int M, int N, int K, 
                 C[(long)i * ldc + j] = beta == 0.0f ? 0.0f : beta * C[(long)i * ldc + j];
         return;
     }
-    const int npa = (M + MR - 1) / MR, npb = (N + NR - 1) / NR;
+    const int mrp = im->mr;   /* rows per A panel */
+    const int npa = (M + mrp - 1) / mrp, npb = (N + NR - 1) / NR;
     const int kcmax = K < KC ? K : KC, kumax = ku_of(im, kcmax), kublk = ku_of(im, KC);
     /* threads: each takes an equal share of the A panels (all B panels), or of the B panels
      * (every A panel: a private copy of the A packs) for a small A that splits unevenly. A
@@ -512,9 +732,9 @@ static void gemm_packed(const gm_impl *im, int ta, int tb, int M, int N, int K, 
     const int split_b = nt > 1 && npa < 4 * nt && load_b < load_a;
     const int direct = im->kernel_direct != NULL;   /* float32: A read in place, not packed */
     /* dwords of one A panel: its place in the packs is the same in every K block (with cached B the
-     * threads run through the K blocks unsynchronised: a shorter last block packed at p * MR * ku
+     * threads run through the K blocks unsynchronised: a shorter last block packed at p * mr * ku
      * overwrote panels that another thread was still reading) */
-    const size_t apanel = (size_t)MR * kumax;
+    const size_t apanel = (size_t)mrp * kumax;
     uint32_t *ap = direct ? NULL : aligned_alloc(64, ((sizeof(uint32_t) * apanel * npa * (split_b ? nt : 1)) + 63) & ~(size_t)63);
     /* without the cache, B is packed by all threads in rounds of G K blocks (up to GM_BGROUP_BYTES),
      * alternating between two halves of bp: round r packs into half r % 2 while a slower thread may
@@ -563,11 +783,11 @@ static void gemm_packed(const gm_impl *im, int ta, int tb, int M, int N, int K, 
                 const int q1 = q0 + MC_PANELS < a1 ? q0 + MC_PANELS : a1;
                 if (!direct && b1 > b0)
                     for (int p = q0; p < q1; p++)
-                        im->pack(apt + apanel * p, ta, A, lda, M, p * MR, k0, kc, MR);
+                        (im->pack_a ? im->pack_a : im->pack)(apt + apanel * p, ta, A, lda, M, p * mrp, k0, kc, mrp);
                 for (int pb = b0; pb < b1; pb++) {
                     const int n0 = pb * NR, nc = N - n0 < NR ? N - n0 : NR;
                     for (int pa = q0; pa < q1; pa++) {
-                        const int m0 = pa * MR, mr = M - m0 < MR ? M - m0 : MR;
+                        const int m0 = pa * mrp, mr = M - m0 < mrp ? M - m0 : mrp;
                         if (direct)
                             im->kernel_direct(ku, ta ? A + (long)k0 * lda + m0 : A + (long)m0 * lda + k0,
                                               ta ? 1 : lda, ta ? lda : 1, bk + (size_t)pb * NR * ku,

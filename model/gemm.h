@@ -1,6 +1,6 @@
 /* gemm.h - the matrix products of the model: float32 (the default; an own AVX-512 kernel where the
  * CPU has AVX-512F, else OpenBLAS sgemm) or a bfloat16 product with float32 accumulation (AVX-512
- * BF16, VDPBF16PS), selected once per process.
+ * BF16, VDPBF16PS, or AMX tiles, TDPBF16PS, where the CPU has them), selected once per process.
  *
  * The bf16 mode rounds both operands to bfloat16 (8-bit mantissa, round to nearest even) and
  * accumulates their products in float32 (the operand rounding of PyTorch's CPU autocast, whose
@@ -22,6 +22,19 @@ int gm_avx512f_supported(void);
 
 /* 1 when this CPU executes AVX-512 BF16 (and AVX-512 BW/VL), else 0. */
 int gm_bf16_supported(void);
+
+/* 1 when this CPU has AMX-BF16 tiles (Intel Sapphire Rapids and later) and Linux grants this
+ * process their state (asked once, ARCH_REQ_XCOMP_PERM), else 0. */
+int gm_amx_supported(void);
+
+/* The bf16 product's kernel: AMX tiles (amx = 1; the default where gm_amx_supported() unless the
+ * environment has PERFORMER_AMX=0) or AVX-512 BF16 (0). Both round the operands to bf16 and
+ * accumulate in float32; they sum in different orders (results differ in the last bits). Returns
+ * 0, or -1 (unchanged) for amx = 1 where AMX does not run. Call it at start-up. */
+int gm_bf16_amx(int amx);
+
+/* 1 when bf16 products run on AMX tiles, 0 when on AVX-512 BF16 (VDPBF16PS). */
+int gm_bf16_is_amx(void);
 
 /* Sets the precision of every later gm_sgemm in this process (GM_FP32 or GM_BF16). Returns 0, or
  * -1 (precision unchanged) for an unknown value or GM_BF16 on a CPU without AVX-512 BF16. Call it

@@ -4,7 +4,8 @@
  * beta (beta 0 must not read C: NaNs there are ignored), untouched padding columns, the same bits
  * on 1 and 2 threads, and the precision switch (fp32 mode is cblas_sgemm exactly with
  * gm_fp32_own(0), the own float32 kernel otherwise), every operand packed tight against a guard
- * page, and the weight cache (same bits, dropped by address range and by pf_model_free). Exits 77
+ * page, and the weight cache (same bits, dropped by address range and by pf_model_free); where the
+ * CPU has AMX, both bf16 kernels (AMX tiles and AVX-512 BF16) and their agreement. Exits 77
  * (skip) after the checks it can run on a CPU without AVX-512 BF16 (or AVX-512F).
  */
 #include "gemm.h"
@@ -217,25 +218,28 @@ static void check_favor_products(void) {
     free(q); free(k); free(v); free(P); free(sb); free(dout); free(scratch); free(fo);
 }
 
-/* Every transpose of the edge shapes below with three (alpha, beta), for the product under test;
+/* Every transpose of the edge shapes below with four (alpha, beta; alpha 1 with beta 0 or 1 is
+ * AMX's path that keeps C in the tiles), for the product under test;
  * returns the worst relative error. Shapes: single elements, partial and full panels (MR 14,
- * NR 32), odd K, K over one block (256), several A blocks (224 rows), and two on two threads
+ * NR 32; AMX: 32 rows, K in tiles of 32), odd K, K over one block (256), several A blocks (224 rows), and two on two threads
  * with few A panels, which the threads split by B panels (each packing all of A). */
 static double check_products(void) {
     static const int shapes[][3] = {
         {1, 1, 1}, {1, 33, 2}, {14, 32, 256}, {15, 33, 257}, {13, 31, 7}, {29, 65, 513},
         {100, 20, 600}, {238, 70, 300}, {3, 100, 1}, {450, 40, 64}, {20, 256, 1030},
         {64, 256, 300}, {5, 700, 400},
+        /* AMX panels: 16 and 32 rows, one row past them, K at and just past a tile's 32 */
+        {16, 32, 32}, {17, 32, 31}, {32, 64, 64}, {33, 31, 95},
         /* B packed in several rounds (gemm_packed): rounds of one K block alternating between the two
          * halves (N = 1,100), and rounds of several blocks with a shorter last one (N = 300) */
         {20, 1100, 1300}, {30, 300, 2000},
     };
-    static const float ab[][2] = { {1.0f, 0.0f}, {0.5f, 1.0f}, {-2.0f, -0.5f} };
+    static const float ab[][2] = { {1.0f, 0.0f}, {0.5f, 1.0f}, {-2.0f, -0.5f}, {1.0f, 1.0f} };
     double worst = 0;
     uint64_t seed = 1;
     for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++)
         for (int t = 0; t < 4; t++)
-            for (int c = 0; c < 3; c++) {
+            for (int c = 0; c < 4; c++) {
                 double w = check_one(t >> 1, t & 1, shapes[si][0], shapes[si][1], shapes[si][2],
                                      ab[c][0], ab[c][1], seed++);
                 if (w > worst) worst = w;
@@ -267,6 +271,47 @@ static void check_thread_bits(void) {
     check_thread_bits_one(700, 300, 600);
     check_thread_bits_one(64, 300, 600);
     check_thread_bits_one(40, 1100, 1300);   /* B packed in rounds that alternate halves */
+}
+
+/* Where the CPU has AMX: it is the default bf16 kernel; the AVX-512 BF16 kernel, selected with
+ * gm_bf16_amx(0), passes the same checks; the two agree to float32 summation order. */
+static void check_amx(void) {
+    const char *env = getenv("PERFORMER_AMX");
+    CHECK(gm_bf16_is_amx() == !(env && !strcmp(env, "0")));   /* the default where AMX runs */
+    CHECK(gm_bf16_amx(0) == 0 && !gm_bf16_is_amx());
+    const double worst = check_products();
+    printf("AVX-512 BF16 product (AMX off) vs double product of the rounded operands: worst relative error %.3g\n",
+           worst);
+    check_thread_bits();
+    check_guarded();
+    CHECK(gm_bf16_amx(1) == 0 && gm_bf16_is_amx());
+    /* the two kernels on the same operands: every value within 1e-5 of the sum of |products| */
+    static const int shapes[][3] = { {700, 300, 600}, {33, 65, 513}, {256, 768, 4100} };
+    double far = 0;
+    uint64_t s = 23;
+    for (int si = 0; si < 3; si++)
+        for (int t = 0; t < 4; t++) {
+            const int M = shapes[si][0], N = shapes[si][1], K = shapes[si][2], ta = t >> 1, tb = t & 1;
+            float *A = malloc(sizeof(float) * M * K), *B = malloc(sizeof(float) * N * K);
+            float *Aa = malloc(sizeof(float) * M * K), *Ba = malloc(sizeof(float) * N * K);
+            float *C1 = malloc(sizeof(float) * M * N), *C2 = malloc(sizeof(float) * M * N);
+            float *Cm = malloc(sizeof(float) * M * N);
+            for (int i = 0; i < M * K; i++) { A[i] = urand(&s); Aa[i] = fabsf(A[i]); }
+            for (int i = 0; i < N * K; i++) { B[i] = urand(&s); Ba[i] = fabsf(B[i]); }
+            const int lda = ta ? M : K, ldb = tb ? K : N;
+            gm_sgemm_bf16(ta, tb, M, N, K, 1.0f, A, lda, B, ldb, 0.0f, C1, N);
+            gm_sgemm_bf16(ta, tb, M, N, K, 1.0f, Aa, lda, Ba, ldb, 0.0f, Cm, N);   /* sum of |products| */
+            CHECK(gm_bf16_amx(0) == 0);
+            gm_sgemm_bf16(ta, tb, M, N, K, 1.0f, A, lda, B, ldb, 0.0f, C2, N);
+            CHECK(gm_bf16_amx(1) == 0);
+            for (int i = 0; i < M * N; i++) {
+                const double e = fabs((double)C1[i] - C2[i]) / (Cm[i] + 1e-30);
+                if (!(e <= far)) far = e;
+            }
+            free(A); free(B); free(Aa); free(Ba); free(C1); free(C2); free(Cm);
+        }
+    printf("AMX vs AVX-512 BF16 products: worst difference %.3g of the sum of |products|\n", far);
+    CHECKF(far <= 1e-5, "AMX and AVX-512 BF16 products differ by %g of the sum of |products|", far);
 }
 
 int main(void) {
@@ -323,6 +368,13 @@ int main(void) {
 
     check_guarded();
     check_favor_products();
+    printf("bf16 kernel: %s\n", gm_bf16_is_amx() ? "AMX tiles" : "AVX-512 BF16");
+    if (gm_amx_supported()) {
+        check_amx();
+    } else {
+        CHECK(!gm_bf16_is_amx() && gm_bf16_amx(1) == -1 && !gm_bf16_is_amx());
+        printf("no AMX on this CPU: the AVX-512 BF16 kernel alone checked\n");
+    }
 
     /* K = 0 scales C by beta; alpha 0 likewise */
     {
