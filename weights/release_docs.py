@@ -141,23 +141,50 @@ def gain_sentence(n, prev, prev_ppl, ppl, dacc, prev_stable, stable_end, end, rc
                dacc, prev_stable, prev, stable_end, stable_end - end, stable_end, end))
 
 
-def command_block(n, history, rc, prev_rc):
-    """The stage's command (the card's current block, or TRAINING.md's history entry; rc, prev_rc: as
-    stage_paragraph)."""
+TRAIN = ("env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE OMP_WAIT_POLICY=PASSIVE bin/performer train --precision bf16 \\\n"
+         "  --init weights/stable.safetensors --data weights/data/train.bin --valid weights/data/valid.bin \\\n"
+         "  --out stage{n}.safetensors --ckpt stage{n}.ckpt --log stage{n}.csv --resume --name performer-protein-small \\\n"
+         "  --steps 2500 --warmup 100 --lr 8e-5 --decay-steps {decay} --branch-ckpt stage{nb}_stable.ckpt \\\n"
+         "  --crop 4096 --batch-tokens 16384 \\\n"
+         "  --eval-every {every} --eval-seqs 400 --ckpt-minutes 5 --seed {n} --threads 2 --max-minutes 160\n"
+         "bin/performer export --ckpt stage{nb}_stable.ckpt --out weights/stable.safetensors\n"
+         "cp stage{n}.safetensors weights/model.safetensors   # {what}\n")   # a stage of this recipe; {n}: its number
+
+
+def command_block(n, rc, prev_rc):
+    """The card's command for the current stage n (rc, prev_rc: as stage_paragraph)."""
     p = n - 1
     return ("# stage %d: from stage %d's weights at its step %s (weights/stable.safetensors, exported from\n"
             "# stage%d_stable.ckpt), new optimiser state, seed %d, decaying over the last %s steps; the weights at\n"
             "# step %s exported as the new weights/stable.safetensors\n"
-            "env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE OMP_WAIT_POLICY=PASSIVE bin/performer train --precision bf16 \\\n"
-            "  --init weights/stable.safetensors --data weights/data/train.bin --valid weights/data/valid.bin \\\n"
-            "  --out stage%d.safetensors --ckpt stage%d.ckpt --log stage%d.csv --resume --name performer-protein-small \\\n"
-            "  --steps 2500 --warmup 100 --lr 8e-5 --decay-steps %d --branch-ckpt stage%d_stable.ckpt \\\n"
-            "  --crop 4096 --batch-tokens 16384 \\\n"
-            "  --eval-every %d --eval-seqs 400 --ckpt-minutes 5 --seed %d --threads 2 --max-minutes 160\n"
-            "bin/performer export --ckpt stage%d_stable.ckpt --out weights/stable.safetensors\n"
-            "cp stage%d.safetensors weights/model.safetensors   # the %s\n"
-            % (n, p, num(prev_rc["branch"]), p, n, num(rc["decay"]), num(rc["branch"]), n, n, n, rc["decay"], n,
-               rc["every"], n, n, n, "stage-%d release" % n if history else "release"))
+            % (n, p, num(prev_rc["branch"]), p, n, num(rc["decay"]), num(rc["branch"]))
+            + TRAIN.format(n=n, nb=n, decay=rc["decay"], every=rc["every"], what="the release"))
+
+
+def loop_block(first, last, rc):
+    """TRAINING.md's one command for stages first..last, which all followed the schedule rc (a recipe())."""
+    body = TRAIN.format(n="$N", nb="${N}", decay=rc["decay"], every=rc["every"], what="stage N's release")
+    return ("# stages %d to %d, one after another: each from weights/stable.safetensors (the previous stage's\n"
+            "# weights where its decay began), new optimiser state, seed N, held at 8e-5 to step %s and decaying\n"
+            "# over the last %s steps; its weights at step %s exported as the next weights/stable.safetensors\n"
+            "for N in $(seq %d %d); do\n" % (first, last, num(rc["branch"]), num(rc["decay"]), num(rc["branch"]), first, last)
+            + "".join("  " + line + "\n" for line in body.splitlines()) + "done\n")
+
+
+LOOP = r"# stages (\d+) to %d, one after another: "   # finds loop_block()'s header for a last stage
+
+
+def history_commands(h, p, rc_p, rc_pp):
+    """TRAINING.md (h) with stage p (no longer the card's current one; rc_p, rc_pp: its and its parent's
+    recipe()) added to its commands: the last loop_block() extended when p followed the same schedule as
+    it shows, else a new loop_block() for p alone appended."""
+    end = "```\nStage %d's command, the current one, is in `weights/MODEL_CARD.md`." % p
+    new_end = "```\nStage %d's command, the current one, is in `weights/MODEL_CARD.md`." % (p + 1)
+    m = re.search(LOOP % (p - 1), h)
+    if m and loop_block(0, 0, rc_p) == loop_block(0, 0, rc_pp) and loop_block(int(m.group(1)), p - 1, rc_pp) + end in h:
+        first = int(m.group(1))
+        return sub1(h, loop_block(first, p - 1, rc_pp) + end, loop_block(first, p, rc_p) + new_end, "history commands", regex=False)
+    return sub1(h, end, loop_block(p, p, rc_p) + new_end, "history commands", regex=False)
 
 
 def length_phrase(whole, other):
@@ -332,8 +359,8 @@ def main():
     c = sub1(c, stage_paragraph(*old_args, current="card", rc=rc_p, prev_rc=rc_pp),
              stage_paragraph(*new_args, current="card", rc=rc, prev_rc=rc_p),
              "card stage paragraph", regex=False)
-    c = sub1(c, "# stages 1 to %d: weights/TRAINING.md\n" % (P - 1) + command_block(P, False, rc_p, rc_pp),
-             "# stages 1 to %d: weights/TRAINING.md\n" % P + command_block(N, False, rc, rc_p), "card command block", regex=False)
+    c = sub1(c, "# stages 1 to %d: weights/TRAINING.md\n" % (P - 1) + command_block(P, rc_p, rc_pp),
+             "# stages 1 to %d: weights/TRAINING.md\n" % P + command_block(N, rc, rc_p), "card command block", regex=False)
     c = sub1(c, r"gave [\d.]+ / [\d.]+%% for stage %d against [\d.]+ / [\d.]+%% for stage %d \(" % (P, P - 1),
              "gave %.3f / %s for stage %d against %.3f / %s for stage %d (" % (valid["perplexity"], pct(valid["accuracy"]), N,
                                                                             valid_prev["perplexity"], pct(valid_prev["accuracy"]), P),
@@ -449,8 +476,7 @@ def main():
     h = sub1(h, "where the top residue agreed: stage %d's weights:" % P,
              "where the top residue agreed: stage %d's weights: %s, the same top residue at %d of %d; stage %d's weights:" % (N, p_diff, p_same, p_res, P),
              "history per-position list", regex=False)
-    h = sub1(h, "```\nStage %d's command, the current one, is in `weights/MODEL_CARD.md`." % P,
-             command_block(P, True, rc_p, rc_pp) + "```\nStage %d's command, the current one, is in `weights/MODEL_CARD.md`." % N, "history commands", regex=False)
+    h = history_commands(h, P, rc_p, rc_pp)
 
     # ================================ README.md =====================================================
     r = readme

@@ -8,11 +8,13 @@ evaluation files that SHA-256 and slightly better figures, runs release_docs.py,
 succeeds, that tests/e2e/test_model_card.py passes on the result and that the new stage's row,
 command, history paragraph and headline are there. The figures are made up and never leave the
 scratch copy; this tests the script, not the model. Also checks the script's wording of one pass
-against pieces (better / behind / level within 0.005). Exit 1 naming what failed."""
+against pieces (better / behind / level within 0.005) and how it adds a stage to TRAINING.md's
+commands (a loop over the stages of one schedule). Exit 1 naming what failed."""
 import csv
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -24,7 +26,7 @@ FILES = ["README.md", "weights/MODEL_CARD.md", "weights/TRAINING.md", "weights/t
          "weights/eval/test.json", "weights/eval/test_bf16.json", "weights/eval/valid.json",
          "weights/eval/valid_previous.json", "weights/eval/breakdown.jsonl"]
 sys.path.insert(0, os.path.join(ROOT, "weights"))
-from release_docs import branch_row, versus, pieces_1022, DocError  # noqa: E402  (the script's own rules)
+from release_docs import branch_row, versus, pieces_1022, history_commands, loop_block, DocError  # noqa: E402  (the script's own rules)
 
 failures = []
 
@@ -50,6 +52,23 @@ def check_length_phrases():
         check(False, "pieces_1022: one pass 0.02 better than pieces of 1,022 accepted")
     except DocError as e:
         check("rewrite it" in str(e), "pieces_1022: message %r" % str(e))
+
+
+def check_history_commands():
+    """TRAINING.md's commands: a stage on the schedule of the last loop extends that loop; a stage on a
+    new schedule gets a loop of its own; the pointer to the card's command moves on either way."""
+    a = {"branch": 2000, "decay": 500, "every": 250}
+    b = {"branch": 2200, "decay": 300, "every": 250}
+    tail = "```\nStage %d's command, the current one, is in `weights/MODEL_CARD.md`."
+    h = "```\nmake data\n" + loop_block(24, 28, a) + tail % 29
+    same = history_commands(h, 29, a, a)
+    check(same == "```\nmake data\n" + loop_block(24, 29, a) + tail % 30, "history_commands: same schedule did not extend the loop")
+    check("for N in $(seq 24 29); do\n" in same and "--decay-steps 500 " in same and "--seed $N " in same,
+          "history_commands: the extended loop does not read as a loop over stages 24 to 29")
+    other = history_commands(h, 29, b, a)
+    check(other == "```\nmake data\n" + loop_block(24, 28, a) + loop_block(29, 29, b) + tail % 30,
+          "history_commands: a new schedule did not get its own loop")
+    check("--decay-steps 300 " in other and "held at 8e-5 to step 2,200" in other, "history_commands: the new loop is not stage 29's schedule")
 
 
 def synth_stage(log):
@@ -83,6 +102,7 @@ def synth_stage(log):
 
 def main():
     check_length_phrases()
+    check_history_commands()
     tmp = tempfile.mkdtemp(prefix="release_docs.")
     try:
         for f in FILES:
@@ -125,7 +145,8 @@ def main():
                   and "--eval-every %d --eval-seqs 400 --ckpt-minutes 5 --seed %d " % (rc["every"], n) in card,
                   "card: the command block is not stage %d's" % n)
             check("perplexity **%.2f**" % new_ppl in card, "card: headline is not %.2f" % new_ppl)
-            check("Stage %d (session " % n in hist and "# stage %d: from stage %d's weights" % (n - 1, n - 2) in hist,
+            check("Stage %d (session " % n in hist and re.search(r"# stages \d+ to %d, one after another: .*\n.*\n.*\n"
+                                                                 r"for N in \$\(seq \d+ %d\); do\n" % (n - 1, n - 1), hist),
                   "TRAINING.md: no paragraph for stage %d or no history command for stage %d" % (n, n - 1))
             check("**perplexity %.2f and top-1" % new_ppl in readme, "README: headline is not %.2f" % new_ppl)
     finally:
