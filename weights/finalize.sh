@@ -12,16 +12,33 @@
 #    (where its decay began: step 2,000 since stage 24, 1,500 before) weights/stable.safetensors,
 #    the start of the next stage;
 # 4. appends the run's log to weights/train_log.csv (steps, tokens and seconds continued from the
-#    parent's row where the run branched off; stage column N), redraws weights/curves.png, commits;
-# 5. runs weights/breakdown.sh and commits its tables; runs tests/e2e/test_server_precision.py and
-#    prints its per-position line, which weights/release_docs.py takes next:
-#      python3 weights/release_docs.py --precision-line "<that line>" && python3 tests/e2e/test_model_card.py
+#    parent's row where the run branched off; stage column N), redraws weights/curves.png;
+# 5. runs weights/breakdown.sh and tests/e2e/test_server_precision.py, whose per-position line
+#    weights/release_docs.py takes (with --session and --wall-note passed on) to rewrite the model
+#    card, TRAINING.md and README; checks them with tests/e2e/test_model_card.py;
+# 6. only then commits, in three commits (weights and eval files; the breakdown; the documents), so
+#    that main never holds weights its documents do not describe. Where release_docs.py stops (a
+#    sentence whose wording the new figures would change) or a check fails, nothing is committed: the
+#    files stay in the working tree; write the sentence, rerun test_model_card.py, and commit them.
 #
 # Needs `make`, `make data`, python3 with numpy (the precision test) and gnuplot (weights/plot). About
-# 8 minutes on 2 cores. usage: weights/finalize.sh N
+# 15 minutes on 2 cores. usage: weights/finalize.sh N [--session S] [--wall-note TEXT]
+#   S: the session that trained the stage (release_docs.py's default: one more than the card's count)
+#   TEXT: how it ran, for the card's training table (release_docs.py's default: "one run, not paused")
 set -euo pipefail
 cd "$(dirname "$0")/.."
-N=${1:?usage: weights/finalize.sh N}
+N=${1:?usage: weights/finalize.sh N [--session S] [--wall-note TEXT]}
+shift
+DOCS=()
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --session|--wall-note) [ $# -ge 2 ] || { echo "finalize: $1 needs a value" >&2; exit 1; }
+                               DOCS+=("$1" "$2"); shift 2 ;;
+        *) echo "finalize: unknown option $1 (usage: weights/finalize.sh N [--session S] [--wall-note TEXT])" >&2; exit 1 ;;
+    esac
+done
+[ -z "$(git status --porcelain -- weights README.md)" ] || {
+    echo "finalize: weights/ or README.md has uncommitted changes; commit or restore them first" >&2; exit 1; }
 R=weights/runs/stage$N
 W=$R/stage$N.safetensors
 OPTS=(--seed 1 --unigram weights/data/train.bin)
@@ -70,13 +87,24 @@ with open(log, "a", newline="") as out:
 print("train_log.csv: stage %s appended from global step %s" % (n, b["step"]))
 EOF
 weights/plot weights/curves.png performer-protein-small=weights/train_log.csv
-git add weights/model.safetensors weights/stable.safetensors weights/eval/valid.json weights/eval/valid_previous.json \
-    weights/eval/test.json weights/eval/test_bf16.json weights/train_log.csv weights/curves.png
-git commit -q -m "weights: stage $N (from stage $((N - 1))'s stable state) shipped: chosen on the whole validation split; test eval files, joined train log and curves (model card follows)"
 
 bash weights/breakdown.sh
+python3 tests/e2e/test_server_precision.py > "$R/precision.out" || { cat "$R/precision.out"; exit 1; }
+LINE=$(grep "residues: max" "$R/precision.out")
+echo "$LINE"
+UNDONE="finalize: nothing is committed; stage $N's files are in the working tree (git status)"
+python3 weights/release_docs.py --precision-line "$LINE" "${DOCS[@]}" || { echo "$UNDONE" >&2; exit 1; }
+python3 tests/e2e/test_model_card.py > "$R/model_card.out" || { tail -20 "$R/model_card.out"; echo "$UNDONE" >&2; exit 1; }
+tail -1 "$R/model_card.out"
+rm -rf tests/e2e/__pycache__ weights/__pycache__ tests/reference/__pycache__
+
+git add weights/model.safetensors weights/stable.safetensors weights/eval/valid.json weights/eval/valid_previous.json \
+    weights/eval/test.json weights/eval/test_bf16.json weights/train_log.csv weights/curves.png
+git commit -q -m "weights: stage $N (from stage $((N - 1))'s stable state) shipped: chosen on the whole validation split; test eval files, joined train log and curves"
 git add weights/eval/breakdown.jsonl weights/eval/breakdown.md weights/eval/overlap.tsv
 git commit -q -m "weights: stage $N's breakdown by similarity and length"
-python3 tests/e2e/test_server_precision.py > "$R/precision.out" || { cat "$R/precision.out"; exit 1; }
-rm -rf tests/e2e/__pycache__
-grep "residues: max" "$R/precision.out"
+git add README.md weights/MODEL_CARD.md weights/TRAINING.md
+FIGS=$(python3 -c 'import json, sys; t, v, p = (json.load(open(f)) for f in sys.argv[1:4]); print("test %.3f / %.2f%%; whole validation %.3f vs %.3f" % (t["perplexity"], 100 * t["accuracy"], v["perplexity"], p["perplexity"]))' \
+    weights/eval/test.json weights/eval/valid.json weights/eval/valid_previous.json)
+git commit -q -m "model card, TRAINING.md, README: stage $N ($FIGS), written by weights/release_docs.py"
+git log --oneline -3
