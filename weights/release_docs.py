@@ -222,6 +222,61 @@ def pieces_1022(cost):
             " table above)", "are level (within 0.005)")
 
 
+PPL_TARGET, ACC_TARGET = 14.0, 20.0   # the issue's target: test perplexity <= 14, accuracy >= 20%
+
+
+def sessions(gap, rates):
+    """'1 more session' / '9 to 25 more sessions': sessions to close gap at the fastest and slowest of
+    rates (gains per session; a rate <= 0 counts as the smallest positive one, or 0.01)."""
+    pos = [r for r in rates if r > 0] or [0.01]
+    lo, hi = max(pos), min(pos)
+    a, b = max(1, math.ceil(gap / lo - 1e-9)), max(1, math.ceil(gap / hi - 1e-9))
+    return "%d more session%s" % (a, "" if a == 1 else "s") if a == b else "%d to %d more sessions" % (a, b)
+
+
+def targets_sentence(ppl, acc, met_in, last5, last5_acc):
+    """The card's sentence on how far the test figures are from the target (ppl, acc: the release's
+    test perplexity and accuracy, a fraction; met_in: the stage whose release first met the perplexity
+    target, or None; last5, last5_acc: the last five stages' gains in perplexity and accuracy points).
+    DocError once both targets are met: the card's claims about the target then need rewriting by hand."""
+    acc_gap = ACC_TARGET - 100 * acc
+    if acc_gap <= 0:
+        raise DocError("test accuracy %.2f%% meets the target of 20%%: rewrite the card's target sentences by hand" % (100 * acc))
+    acc_part = ("accuracy is %.2f points below 20%% (at the last five stages' %.2f–%.2f points a session, %s)"
+                % (acc_gap, min(last5_acc), max(last5_acc), sessions(acc_gap, last5_acc)))
+    if ppl <= PPL_TARGET:
+        if met_in is None:
+            raise DocError("perplexity %.3f meets the target but no stage is named as the first to meet it" % ppl)
+        return "Test perplexity has met the target of 14 since stage %d (%.3f now); %s" % (met_in, ppl, acc_part)
+    if met_in is not None:
+        raise DocError("perplexity %.3f is above 14 again after stage %d met it: rewrite the gains sentence by hand" % (ppl, met_in))
+    return ("Test perplexity is %.3f above the target of 14 (at the last five stages' %.2f–%.2f a session, %s) and %s"
+            % (ppl - PPL_TARGET, min(last5), max(last5), sessions(ppl - PPL_TARGET, last5), acc_part))
+
+
+# the card's gains sentence after its list of gains per session, as targets_sentence() writes it (group 2:
+# the stage that first met the perplexity target) or as releases up to stage 33 wrote it
+GAINS = (r"session \(([\d., ]+)\) have been 0.05–0.11 a session since stage 7(?: and still leave most of the gap to 14"
+         r" \([\d.]+; at the last five stages' [\d.]+–[\d.]+ a session, \d+ to \d+ more sessions\)|\. Test perplexity"
+         r" (?:has met the target of 14 since stage (\d+) \([\d.]+ now\);|is [\d.]+ above the target of 14 \(at the last five"
+         r" stages' [\d.]+–[\d.]+ a session, \d+(?: to \d+)? more sessions?\) and) accuracy is [\d.]+ points below 20% \(at the"
+         r" last five stages' -?[\d.]+–[\d.]+ points a session, \d+(?: to \d+)? more sessions?\))")
+
+# the card headline's words on the target, either way (headline_target() writes them)
+HEADLINE_TARGET = (r"The model is better than the unigram baseline (?:but \*\*far from the target\*\* \(perplexity\n≤ 14, accuracy"
+                   r" ≥ 20%\) and from|and \*\*meets the perplexity target\*\* \(≤ 14\) but not the accuracy target \(≥ 20%\);\n"
+                   r"it is far from) the paper's")
+
+
+def headline_target(ppl, acc):
+    """The headline's words on the target for a release with test perplexity ppl and accuracy acc
+    (a fraction); the accuracy target is not met (targets_sentence() checked it)."""
+    if ppl <= PPL_TARGET:
+        return ("The model is better than the unigram baseline and **meets the perplexity target** (≤ 14) but not the accuracy"
+                " target (≥ 20%);\nit is far from the paper's")
+    return "The model is better than the unigram baseline but **far from the target** (perplexity\n≤ 14, accuracy ≥ 20%) and from the paper's"
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--precision-line", required=True)
@@ -394,19 +449,19 @@ def main():
         "from %.3f (stage %d's stable phase) to %.3f at the end of this stable phase, and the decay gave %.2f\n"
         "more (%.3f → %.3f)." % (N, rc["tokens"] / 1e6, P, num(rc["branch"] - 100), num(rc["decay"]), gain, prev_ppl, ppl, dacc,
                                  prev_stable, P, stable[-1], stable[-1] - decay[-1], stable[-1], decay[-1])) + c[m.end():]
-    m = one(r"session \(([\d., ]+)\) have been 0.05–0.11 a session since stage 7 and still leave most of the gap to 14 \([\d.]+; at the"
-            r" last five stages' [\d.]+–[\d.]+ a session, \d+ to \d+ more sessions\)", c, "card gains")
+    m = one(GAINS, c, "card gains")
     if not 0.045 <= gain < 0.115:
         raise DocError("the gain %.3f is outside 0.05–0.11: rewrite the gains sentence by hand" % gain)
-    rel = [(int(x.group(1)), float(x.group(2))) for x in re.finditer(r"\| stage (\d+) \(6 layers, [\d,.]+M tokens\) \| ([\d.]+) \|", hist)]
-    rel = dict(rel)
-    rel[N] = ppl
+    rel, rel_acc = {}, {}
+    for x in re.finditer(r"\| stage (\d+) \(6 layers, [\d,.]+M tokens\) \| ([\d.]+) \| ([\d.]+)% \|", hist):
+        rel[int(x.group(1))], rel_acc[int(x.group(1))] = float(x.group(2)), float(x.group(3))
+    rel[N], rel_acc[N] = ppl, 100 * acc
     last5 = [rel[s - 1] - rel[s] for s in range(N - 4, N + 1)]
-    lo, hi = round(min(last5), 2), round(max(last5), 2)
-    gap = round(ppl - 14, 2)
-    c = c[:m.start()] + (
-        "session (%s, %.2f) have been 0.05–0.11 a session since stage 7 and still leave most of the gap to 14 (%.2f; at the last"
-        " five stages' %.2f–%.2f a session, %d to %d more sessions)" % (m.group(1), gain, gap, lo, hi, round(gap / hi), round(gap / lo))) + c[m.end():]
+    last5_acc = [rel_acc[s] - rel_acc[s - 1] for s in range(N - 4, N + 1)]
+    met_in = int(m.group(2)) if m.group(2) else (N if ppl <= PPL_TARGET else None)
+    c = c[:m.start()] + "session (%s, %.2f) have been 0.05–0.11 a session since stage 7. %s" % (
+        m.group(1), gain, targets_sentence(ppl, acc, met_in, last5, last5_acc)) + c[m.end():]
+    c = sub1(c, HEADLINE_TARGET, headline_target(ppl, acc), "card headline (target)")
     for d in sim:
         e = d["eval"]
         label = "[%g, %g%s" % (d["from"], d["to"], "]" if d["to"] == 1 else ")")
