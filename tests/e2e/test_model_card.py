@@ -170,5 +170,17 @@ if 1022 in length[long_bin]:
     has(card, "pieces of 1,022 (by %.2f, the length table above)" % cost if cost >= 0.005
         else "pieces of 1,022 (within 0.005, the length table above)", "MODEL_CARD.md limitations (length cost past 2,048)")
 
+# the headline and the gains sentence say where the figures stand against the target (test perplexity
+# <= 14, accuracy >= 20%), as weights/release_docs.py's targets_sentence() and headline_target() word it
+if ppl <= 14.0:
+    has(card, "better than the unigram baseline and **meets the perplexity target** (≤ 14)", "MODEL_CARD.md headline (perplexity target met)")
+    has(card, "Test perplexity has met the target of 14 since stage ", "MODEL_CARD.md gains (perplexity target met)")
+    has(card, "(%.3f now)" % ppl, "MODEL_CARD.md gains (test perplexity)")
+else:
+    has(card, "better than the unigram baseline but **far from the target**", "MODEL_CARD.md headline (target missed)")
+    has(card, "Test perplexity is %.3f above the target of 14" % (ppl - 14.0), "MODEL_CARD.md gains (distance to 14)")
+check(acc < 0.20, "test accuracy %s meets the 20%% target: the card's target sentences need rewriting" % pct(acc))
+has(card, "accuracy is %.2f points below 20%%" % (20.0 - 100 * acc), "MODEL_CARD.md gains (distance to 20%)")
+
 print("%d checks, %d failed" % (checks, len(failures)))
 sys.exit(1 if failures else 0)
