@@ -344,7 +344,9 @@ def main():
     gain, dacc = prev_ppl - ppl, 100 * (acc - prev_acc)
     if gain <= 0:
         raise DocError("the release is not better on test (%.3f vs %.3f): write its text by hand" % (ppl, prev_ppl))
-    if abs(bf16["perplexity"] - ppl) > 0.0002:
+    # the files hold 4 decimals: compare the difference as written (13.9486 - 13.9484 is 0.0002, not
+    # the 0.00020000000000042 of binary floating point)
+    if round(abs(bf16["perplexity"] - ppl), 4) > 0.0002:
         raise DocError("bf16 differs from float32 by more than 0.0002: the card's 'Within 0.0002' needs rewriting")
     pm = re.search(r"(\d+) residues: max \|log p\(fp32\) - log p\(bf16\)\| ([\d.]+); same top-1 residue at (\d+) of (\d+)",
                    a.precision_line)
