@@ -50,6 +50,24 @@ def raw_rate(s):
     return ((before + after) / 2 if before else after), before, after
 
 
+# a raw model run whose mean pass took this much longer than its median had hiccups (passes that
+# stalled for milliseconds on a loaded host); its sequences per mean pass time understates the model
+T_RAW_IRREGULAR = 1.25
+
+
+def raw_irregular(s):
+    """Text naming the raw measurements of a server record (before / after the timed run) whose mean
+    pass time exceeded T_RAW_IRREGULAR x the median, or "" when none did. An overhead against such a
+    yardstick is too low: a row within the target with one is not counted as met."""
+    out = []
+    for key, when in (("raw_before", "before"), ("raw", "after")):
+        r = s.get(key) or {}
+        if r.get("status") == "ok" and r.get("mean_s") and r.get("median_s") and \
+                r["mean_s"] > T_RAW_IRREGULAR * r["median_s"]:
+            out.append("%s: mean pass %s vs median %s" % (when, secs(r["mean_s"]), secs(r["median_s"])))
+    return ("raw passes irregular at c = %d (%s)" % (s["conns"], "; ".join(out))) if out else ""
+
+
 def overhead_parts(s):
     """Where a server record's overhead over the raw model goes, as text: the share of wall time
     outside forward passes (1 / busy: storing results, answering, waiting for requests) and how much
@@ -113,9 +131,12 @@ def secs(x):
 
 
 def status(ok):
-    """ok: True, False, or None (not measured)."""
+    """ok: True, False, None (not measured) or "unclear" (within the target against a yardstick the
+    run shows to be unreliable)."""
     if ok is None:
         return "not measured"
+    if ok == "unclear":
+        return "**unclear**"
     return "**met**" if ok else "**missed**"
 
 
@@ -512,10 +533,16 @@ def report(a):
     if ovh:
         worst = max(ovh, key=lambda x: x[1])
         met = worst[1] <= T_OVERHEAD
+        note = "" if met else "worst at c = %d (%.0f%% over)" % (worst[0], 100 * worst[1]) + overhead_parts(worst[3])
+        irregular = [t for t in (raw_irregular(x[3]) for x in ovh) if t]
+        if irregular:
+            if met:
+                met = "unclear"   # within the target only against a yardstick slowed by hiccups
+            note = "; ".join([note] * bool(note) + irregular + ["the raw rate is sequences per mean pass, so "
+                                                                "hiccups make the overhead look smaller"])
         targets.append(("Server overhead ≤ %.0f%% over raw model throughput (uncached, %d residues)" % (
             100 * T_OVERHEAD, miss_on[0]["residues"]),
-            ", ".join("c%d %+.0f%%" % (c, 100 * o) for c, o, _, _ in ovh), met,
-            "" if met else "worst at c = %d (%.0f%% over)" % (worst[0], 100 * worst[1]) + overhead_parts(worst[3])))
+            ", ".join("c%d %+.0f%%" % (c, 100 * o) for c, o, _, _ in ovh), met, note))
     on16 = [s for s in srv if s["case"] == "miss" and s["batching"] == "on" and s["conns"] == 16]
     off16 = [s for s in srv if s["case"] == "miss" and s["batching"] == "off" and s["conns"] == 16]
     if on16 and off16:
@@ -531,9 +558,13 @@ def report(a):
         100 * T_OVERHEAD, ", %d residues" % on16_b[0]["residues"] if on16_b else "")
     if ovh_b:
         met = ovh_b[0][1] <= T_OVERHEAD
-        targets.append((ot, "c%d %+.0f%%" % (ovh_b[0][0], 100 * ovh_b[0][1]), met,
-                        "raw = `bench_forward --precision bf16` at the server's mean batch" +
-                        ("" if met else "; %.0f%% over" % (100 * ovh_b[0][1]) + overhead_parts(on16_b[0]))))
+        irregular = raw_irregular(on16_b[0])
+        note = ("raw = `bench_forward --precision bf16` at the server's mean batch" +
+                ("" if met else "; %.0f%% over" % (100 * ovh_b[0][1]) + overhead_parts(on16_b[0])))
+        if irregular:
+            met = "unclear" if met else met
+            note += "; " + irregular + "; the raw rate is sequences per mean pass, so hiccups make the overhead look smaller"
+        targets.append((ot, "c%d %+.0f%%" % (ovh_b[0][0], 100 * ovh_b[0][1]), met, note))
     elif on16_b:
         targets.append((ot, "not measured (no raw bf16 model run)", None, ""))
     elif not srv_b:
