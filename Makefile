@@ -95,7 +95,7 @@ $(BIN)/bench/bench_forward: bench/bench_forward.c $(MODEL_OBJ)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $< $(MODEL_OBJ) -o $@ $(LDFLAGS) $(LDLIBS_MODEL)
 
-# Writes bench/RESULTS.md and bench/forward.png (about 15 minutes on 2 cores; run on an idle
+# Writes bench/RESULTS.md and bench/forward.png (14-30 minutes on 2 cores; run on an idle
 # machine). WEIGHTS=file benchmarks other weights; SMOKE=1 is a seconds-long check of the pipeline.
 bench: $(PROGS) $(BIN)/bench/bench_forward
 	BIN=$(BIN) WEIGHTS=$(WEIGHTS) SMOKE=$(SMOKE) bash bench/run.sh
