@@ -86,6 +86,8 @@ typedef struct {
     int waiting;                /* suspended on a job */
     jb_job *job;
     double queue_s, forward_s;
+    double store_s;             /* the job's result commit (jb_job.store_s) */
+    double resume_s;            /* from the job being done to its answer being built here */
     int batch_jobs;
     gd_conn *guard;             /* the connection's deadline (guard.h), or NULL */
 } req_st;
@@ -296,8 +298,8 @@ static void add_common(struct MHD_Connection *conn, struct MHD_Response *r, req_
     snprintf(buf, sizeof buf, "%.3fms", total);
     MHD_add_response_header(r, "X-Response-Time", buf);
     if (st->job)
-        snprintf(buf, sizeof buf, "queue;dur=%.3f, forward;dur=%.3f, total;dur=%.3f", st->queue_s * 1000.0,
-                 st->forward_s * 1000.0, total);
+        snprintf(buf, sizeof buf, "queue;dur=%.3f, forward;dur=%.3f, store;dur=%.3f, total;dur=%.3f",
+                 st->queue_s * 1000.0, st->forward_s * 1000.0, st->store_s * 1000.0, total);
     else
         snprintf(buf, sizeof buf, "total;dur=%.3f", total);
     MHD_add_response_header(r, "Server-Timing", buf);
@@ -883,6 +885,8 @@ static enum MHD_Result send_job_result(struct MHD_Connection *conn, req_st *st) 
     jb_job *j = st->job;
     st->queue_s = j->queue_s;
     st->forward_s = j->forward_s;
+    st->store_s = j->store_s;
+    st->resume_s = ut_mono() - j->t_done;
     st->batch_jobs = j->batch_jobs;
     if (j->status == 200) {
         char etag[70];
@@ -1417,6 +1421,8 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     if (st->job) {
         lb_num(&b, ",\"queue_ms\":", st->queue_s * 1000.0, 1);
         lb_num(&b, ",\"forward_ms\":", st->forward_s * 1000.0, 1);
+        lb_num(&b, ",\"store_ms\":", st->store_s * 1000.0, 1);
+        lb_num(&b, ",\"resume_ms\":", st->resume_s * 1000.0, 1);
         lb_num(&b, ",\"batch_requests\":", st->batch_jobs, 0);
     }
     if (toe != MHD_REQUEST_TERMINATED_COMPLETED_OK) lb_put(&b, ",\"terminated\":true", strlen(",\"terminated\":true"));

@@ -75,6 +75,7 @@ static void finish_locked(jb_job *j, int status, const char *type, const char *m
     if (msg) snprintf(j->err_msg, sizeof j->err_msg, "%s", msg);
     if (j->state == JS_RUNNING) n_running--;
     j->state = JS_DONE;
+    j->t_done = ut_mono();
     live_remove(j);
     outstanding--;
     pthread_cond_broadcast(&cv_idle);
@@ -343,7 +344,9 @@ static void complete_part(jb_job **jobs, int nj, char **bodies, size_t *blens, c
             which[m++] = k;
         }
     }
+    double store_s = 0;
     if (m > 0) {
+        const double t0 = ut_mono();
         long ev = 0;
         unsigned long long epoch = hc_epoch();
         if (db_put_many(ut_model_key(model->sha256), res, m, &ev)) {
@@ -355,6 +358,7 @@ static void complete_part(jb_job **jobs, int nj, char **bodies, size_t *blens, c
             for (int i = 0; i < m; i++) hc_put(res[i].id, res[i].body, res[i].len, epoch);
         }
         mt_evicted(ev);
+        store_s = ut_mono() - t0;
     }
     pthread_mutex_lock(&mu);
     if (m > 0) stored_gen++;
@@ -362,6 +366,7 @@ static void complete_part(jb_job **jobs, int nj, char **bodies, size_t *blens, c
         jb_job *j = jobs[k];
         if (j->state != JS_DONE) {
             j->forward_s = fwd_s;
+            j->store_s = j->store ? store_s : 0;
             j->batch_jobs = batch_nj;
             if (status[k] == 200) {
                 j->body = bodies[k];

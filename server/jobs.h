@@ -30,6 +30,8 @@ struct jb_job {
     size_t body_len;
     char err_type[48], err_msg[256];
     double queue_s, forward_s;  /* time waiting, time in forward passes */
+    double store_s;             /* time committing its batch's results to the cache (0 when not stored) */
+    double t_done;              /* ut_mono() when done was called */
     int batch_jobs;             /* jobs sharing the forward pass */
     int cached;                 /* 1: answered from a result stored while it waited (no forward pass) */
     /* internal */

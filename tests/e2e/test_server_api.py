@@ -97,6 +97,15 @@ check(all(t["token"] in RES for t in p["top_k"]), "top_k tokens are residues")
 check(all(close(t["prob"], math.exp(t["log_prob"]), 1e-5) for t in p["top_k"]), "prob = exp(log_prob)")
 check(res["filled_sequence"] == "MKT" + p["top_k"][0]["token"] + "LLV", "filled_sequence uses the top-1 residue")
 check(results_count() == before + 1, "result stored before the answer")
+# Server-Timing of a computed answer: queue, forward, store (the result's commit), total, in order
+st = r.header("Server-Timing") or ""
+parts = dict(re.fullmatch(r"(\w+);dur=([\d.]+)", x.strip()).groups() for x in st.split(",")
+             if re.fullmatch(r"(\w+);dur=([\d.]+)", x.strip()))
+check([x.split(";")[0].strip() for x in st.split(",")] == ["queue", "forward", "store", "total"], "Server-Timing of a "
+      "miss names queue, forward, store, total: %s" % st)
+check(parts and float(parts["store"]) > 0 and float(parts["forward"]) > 0 and
+      float(parts["queue"]) + float(parts["forward"]) + float(parts["store"]) <= float(parts["total"]),
+      "its parts are positive and add up to at most the total: %s" % st)
 ID1, BODY1 = j["id"], j
 
 r = d.post({"sequence": "MKT<mask>LLV", "top_k": 20})
@@ -456,6 +465,13 @@ logs = [l for l in d.log_lines() if l.get("msg") == "request"]
 check(len(logs) >= 100 and all("status" in l and "duration_ms" in l and "request_id" in l for l in logs),
       "one structured log line per request (%d)" % len(logs))
 check(any(l.get("request_id") == "req-1" and l.get("cache") == "MISS" for l in logs), "log line of req-1")
+l1 = [l for l in logs if l.get("request_id") == "req-1"]
+check(l1 and all(isinstance(l1[0].get(k), (int, float)) and l1[0][k] >= 0 for k in
+                 ("queue_ms", "forward_ms", "store_ms", "resume_ms")) and l1[0]["store_ms"] > 0 and
+      l1[0]["queue_ms"] + l1[0]["forward_ms"] + l1[0]["store_ms"] + l1[0]["resume_ms"] <= l1[0]["duration_ms"],
+      "req-1's log line times queue, forward, store and resume within its duration: %s" % (l1[:1],))
+hit_log = [l for l in logs if l.get("cache") == "HIT" and l.get("route") == "/predict"]
+check(hit_log and all("store_ms" not in l for l in hit_log), "a cache hit's log line has no job timings")
 
 rc, secs = d.stop()
 check(rc == 0 and secs < 10, "SIGTERM exits 0 (%s) in %.2fs" % (rc, secs))
