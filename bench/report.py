@@ -68,6 +68,17 @@ def raw_irregular(s):
     return ("raw passes irregular at c = %d (%s)" % (s["conns"], "; ".join(out))) if out else ""
 
 
+def overhead_status(met, note, records):
+    """(status, note) of a server-overhead row whose overhead is within the target (met) or not, given
+    its server records: a row within the target against a raw run with hiccups reads "unclear", and the
+    note names every such run (raw_irregular)."""
+    irregular = [t for t in (raw_irregular(s) for s in records) if t]
+    if not irregular:
+        return met, note
+    return ("unclear" if met else met), "; ".join(
+        [note] * bool(note) + irregular + ["the raw rate is sequences per mean pass, so hiccups make the overhead look smaller"])
+
+
 def overhead_parts(s):
     """Where a server record's overhead over the raw model goes, as text: the share of wall time
     outside forward passes (1 / busy: storing results, answering, waiting for requests) and how much
@@ -533,13 +544,8 @@ def report(a):
     if ovh:
         worst = max(ovh, key=lambda x: x[1])
         met = worst[1] <= T_OVERHEAD
-        note = "" if met else "worst at c = %d (%.0f%% over)" % (worst[0], 100 * worst[1]) + overhead_parts(worst[3])
-        irregular = [t for t in (raw_irregular(x[3]) for x in ovh) if t]
-        if irregular:
-            if met:
-                met = "unclear"   # within the target only against a yardstick slowed by hiccups
-            note = "; ".join([note] * bool(note) + irregular + ["the raw rate is sequences per mean pass, so "
-                                                                "hiccups make the overhead look smaller"])
+        met, note = overhead_status(met, "" if met else "worst at c = %d (%.0f%% over)" % (worst[0], 100 * worst[1]) +
+                                    overhead_parts(worst[3]), [x[3] for x in ovh])
         targets.append(("Server overhead ≤ %.0f%% over raw model throughput (uncached, %d residues)" % (
             100 * T_OVERHEAD, miss_on[0]["residues"]),
             ", ".join("c%d %+.0f%%" % (c, 100 * o) for c, o, _, _ in ovh), met, note))
@@ -558,12 +564,9 @@ def report(a):
         100 * T_OVERHEAD, ", %d residues" % on16_b[0]["residues"] if on16_b else "")
     if ovh_b:
         met = ovh_b[0][1] <= T_OVERHEAD
-        irregular = raw_irregular(on16_b[0])
-        note = ("raw = `bench_forward --precision bf16` at the server's mean batch" +
-                ("" if met else "; %.0f%% over" % (100 * ovh_b[0][1]) + overhead_parts(on16_b[0])))
-        if irregular:
-            met = "unclear" if met else met
-            note += "; " + irregular + "; the raw rate is sequences per mean pass, so hiccups make the overhead look smaller"
+        met, note = overhead_status(met, "raw = `bench_forward --precision bf16` at the server's mean batch" +
+                                    ("" if met else "; %.0f%% over" % (100 * ovh_b[0][1]) + overhead_parts(on16_b[0])),
+                                    on16_b[:1])
         targets.append((ot, "c%d %+.0f%%" % (ovh_b[0][0], 100 * ovh_b[0][1]), met, note))
     elif on16_b:
         targets.append((ot, "not measured (no raw bf16 model run)", None, ""))
