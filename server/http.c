@@ -88,9 +88,7 @@ typedef struct {
     double queue_s, forward_s;
     double store_s;             /* the job's result commit (jb_job.store_s) */
     double resume_s;            /* from the job being done to its answer being built here */
-    double before_s;            /* from the headers to the job's submission (body, parse, cache lookup) */
-    double build_s;             /* on the worker outside forward passes and the store (outputs, response) */
-    double t_answer;            /* ut_mono() when the job's answer was queued (0: none) */
+    double t_answer;            /* ut_mono() when the job's answer was built here (0: none) */
     int batch_jobs;
     gd_conn *guard;             /* the connection's deadline (guard.h), or NULL */
 } req_st;
@@ -891,11 +889,6 @@ static enum MHD_Result send_job_result(struct MHD_Connection *conn, req_st *st) 
     st->store_s = j->store_s;
     st->t_answer = ut_mono();
     st->resume_s = st->t_answer - j->t_done;
-    st->before_s = j->t_submit - st->t0;
-    /* the worker's time on this job's batch, less its forward passes and commit; a job answered from
-     * a result stored while it waited (cached) ran no pass and is all build */
-    const double build = j->t_done - (j->t_submit + j->queue_s) - j->forward_s - j->store_s;
-    st->build_s = build > 0 ? build : 0;
     st->batch_jobs = j->batch_jobs;
     if (j->status == 200) {
         char etag[70];
@@ -1428,13 +1421,19 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     if (st->cache >= 0) lb_key(&b, ",\"cache\":", st->cache ? "HIT" : "MISS");
     if (st->result_id[0]) lb_key(&b, ",\"result_id\":", st->result_id);
     if (st->job) {
+        /* the parts of duration_ms in order; the job (held until here) has the times the worker set:
+         * build is its time on the batch outside forward passes and the commit (all of it for a job
+         * answered from a result stored while it waited) */
+        const jb_job *j = st->job;
+        const int answered = st->t_answer > 0;
+        const double build = j->t_done - (j->t_submit + j->queue_s) - j->forward_s - j->store_s;
+        if (answered) lb_num(&b, ",\"before_queue_ms\":", (j->t_submit - st->t0) * 1000.0, 1);
         lb_num(&b, ",\"queue_ms\":", st->queue_s * 1000.0, 1);
         lb_num(&b, ",\"forward_ms\":", st->forward_s * 1000.0, 1);
+        if (answered) lb_num(&b, ",\"build_ms\":", (build > 0 ? build : 0) * 1000.0, 1);
         lb_num(&b, ",\"store_ms\":", st->store_s * 1000.0, 1);
         lb_num(&b, ",\"resume_ms\":", st->resume_s * 1000.0, 1);
-        lb_num(&b, ",\"before_queue_ms\":", st->before_s * 1000.0, 1);
-        lb_num(&b, ",\"build_ms\":", st->build_s * 1000.0, 1);
-        if (st->t_answer > 0) lb_num(&b, ",\"answer_ms\":", (st->t0 + dur - st->t_answer) * 1000.0, 1);
+        if (answered) lb_num(&b, ",\"answer_ms\":", (st->t0 + dur - st->t_answer) * 1000.0, 1);
         lb_num(&b, ",\"batch_requests\":", st->batch_jobs, 0);
     }
     if (toe != MHD_REQUEST_TERMINATED_COMPLETED_OK) lb_put(&b, ",\"terminated\":true", strlen(",\"terminated\":true"));
