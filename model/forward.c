@@ -16,6 +16,7 @@ static size_t g_exact_mem_limit = (size_t)1 << 30;
 static _Atomic size_t g_group_tokens = PF_GROUP_TOKENS_DEFAULT;
 static _Atomic size_t g_ffn_rows = PF_FFN_ROWS_DEFAULT;
 static _Atomic int g_seq_parallel_len = PF_SEQ_PARALLEL_LEN_DEFAULT;
+static _Atomic int g_seq_groups = PF_SEQ_GROUPS_DEFAULT;
 
 struct pf_ctx {
     const pf_model *m;
@@ -79,6 +80,8 @@ static size_t ffn_rows(size_t T) {
 }
 
 void pf_set_seq_parallel_len(int n) { g_seq_parallel_len = n < 0 ? 0 : n; }
+
+void pf_set_seq_groups(int k) { g_seq_groups = k < 1 ? 1 : k; }
 
 size_t pf_exact_max_len(const pf_model *m) {
     (void)m;
@@ -156,8 +159,9 @@ static int seq_parallel(int nt, int B, size_t Lmax) {
 
 /* Cuts B sequences (T tokens) into groups: group g is sequences gstart[g] .. gstart[g + 1] - 1,
  * its tokens from goff[g] (both arrays B + 1 long). Sequence-parallel on nt > 0 threads: k groups
- * per thread (k = 1 unless a thread's share exceeds the group size), cut at the sequence
- * boundaries nearest to equal shares of the tokens, so that the threads finish together.
+ * per thread (k = pf_set_seq_groups's, more when a thread's share exceeds the group size), cut at
+ * the sequence boundaries nearest to equal shares of the tokens, so that the threads finish
+ * together.
  * nt = 0: whole sequences, at most the group size a group unless one sequence is longer.
  * Returns the number of groups. */
 static int plan_groups(const int *lens, int B, size_t T, int nt, int *gstart, size_t *goff) {
@@ -166,7 +170,9 @@ static int plan_groups(const int *lens, int B, size_t T, int nt, int *gstart, si
     size_t off = 0;
     if (nt > 0) {
         const size_t share = (T + (size_t)nt - 1) / (size_t)nt;
-        const size_t want = (size_t)nt * (G > 0 && share > G ? (share + G - 1) / G : 1);
+        const size_t by_size = G > 0 && share > G ? (share + G - 1) / G : 1;
+        const size_t per = (size_t)g_seq_groups;
+        const size_t want = (size_t)nt * (by_size > per ? by_size : per);
         for (int b = 0; b < B; b++) {
             /* a new group starts at b when b is the boundary nearest to the next equal share */
             const size_t target = (size_t)ng * T / want, len = (size_t)lens[b];
@@ -225,12 +231,15 @@ size_t pf_forward_span(const int *lens, int B) {
     if (plan_batch(&p, lens, B) != 0) return p.T;   /* T is set before the allocations */
     size_t span = p.T;
     if (p.par) {
+        /* each group, in order, goes to the thread that becomes free first (equal speeds) */
+        size_t load[64] = { 0 };
+        const int nt = p.nt < 64 ? p.nt : 64;
         span = 0;
-        /* groups go round-robin to the threads: a thread's span is the sum of its groups */
-        for (int t = 0; t < p.nt; t++) {
-            size_t sum = 0;
-            for (int g = t; g < p.ng; g += p.nt) sum += p.goff[g + 1] - p.goff[g];
-            if (sum > span) span = sum;
+        for (int g = 0; g < p.ng; g++) {
+            int t = 0;
+            for (int u = 1; u < nt; u++) if (load[u] < load[t]) t = u;
+            load[t] += p.goff[g + 1] - p.goff[g];
+            if (load[t] > span) span = load[t];
         }
     }
     plan_free(&p);
@@ -315,7 +324,7 @@ int pf_forward_ex(pf_ctx *c, const pf_model *m, pf_kernel kernel, const int32_t 
         snprintf(err, errlen, "out of memory for a batch of %zu tokens (longest %zu, %d arenas)",
                  maxT, Lmax, nctx);
     } else if (use_sub) {
-        #pragma omp parallel for schedule(static, 1) num_threads(nt)
+        #pragma omp parallel for schedule(dynamic, 1) num_threads(nt)
         for (int g = 0; g < ng; g++)
             run_group(c->sub[omp_get_thread_num()], m, kernel, &p, g, tokens, lens, logp, hidden, hidden_layer);
     } else {

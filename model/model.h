@@ -200,6 +200,20 @@ void pf_set_ffn_rows(size_t n);
  * sequences). 0 = never. Results do not depend on it beyond float32 summation order. */
 void pf_set_seq_parallel_len(int n);
 
+/* Default of pf_set_seq_groups: one group per thread. Measured when it was added (session 40, AMD,
+ * idle, 64 positions x 8, interleaved rounds): bench_forward ran 1.07-1.09x (bf16) and 1.05-1.08x
+ * (float32) slower with 2 groups a thread and 1.09-1.15x slower with 3 (smaller products), and the
+ * daemon under wrk (62-residue misses) gained nothing from it: c = 16 bf16 and float32 level within
+ * the noise, c = 8 float32 8-11% fewer requests/s with 2 (bench/README.md). */
+#define PF_SEQ_GROUPS_DEFAULT 1
+
+/* Sets how many groups per thread a sequence-parallel batch is cut into (at least 1). The groups
+ * go to the threads as each thread becomes free (dynamic scheduling), so that a thread slowed by
+ * other work on its core (the daemon's HTTP threads) leaves the rest to the others instead of
+ * making them wait at the end; smaller groups run smaller matrix products. Results do not depend
+ * on it beyond float32 summation order. */
+void pf_set_seq_groups(int k);
+
 /* Returns the most packed tokens one thread runs when pf_forward, called from this thread, gets
  * the B sequences lens[b]: a thread's share when they run sequence-parallel, else the total
  * (every operation on all threads). Time is about proportional to it, so a scheduler can compare

@@ -325,20 +325,23 @@ static void test_forward_groups(void) {
         pf_set_seq_parallel_len(0);
         CHECKF(pf_forward_ex(ctx, m, PF_KERNEL_DEFAULT, tok, lens, B, lp0, h0, layer, err, sizeof err) == 0, "%s", err);
         pf_ctx_free(ctx);
-        for (size_t g = 0; g < 2 * sizeof groups / sizeof groups[0]; g++) {
-            /* the first half one group after another, the second half sequence-parallel */
-            const int sp = g >= sizeof groups / sizeof groups[0];
+        const size_t ngs = sizeof groups / sizeof groups[0];
+        for (size_t g = 0; g < 3 * ngs; g++) {
+            /* one group after another; sequence-parallel; sequence-parallel, 3 groups a thread */
+            const int sp = (int)(g / ngs), per = sp == 2 ? 3 : 1;
             ctx = pf_ctx_new(m);   /* a fresh arena: sized for the largest group alone */
-            pf_set_group_tokens(groups[g % (sizeof groups / sizeof groups[0])]);
+            pf_set_group_tokens(groups[g % ngs]);
             pf_set_seq_parallel_len(sp ? 1000 : 0);
+            pf_set_seq_groups(per);
             CHECKF(pf_forward_ex(ctx, m, PF_KERNEL_DEFAULT, tok, lens, B, lp, h, layer, err, sizeof err) == 0, "%s", err);
             double e = max_diff(lp, lp0, T * 20), eh = max_diff(h, h0, T * d);
-            printf("forward in groups of %zu tokens%s (layer %d) vs the whole batch: max |diff| "
-                   "log-probs %.3g, hidden %.3g\n", groups[g % (sizeof groups / sizeof groups[0])],
-                   sp ? ", sequence-parallel" : "", layer, e, eh);
+            printf("forward in groups of %zu tokens%s, %d a thread (layer %d) vs the whole batch: "
+                   "max |diff| log-probs %.3g, hidden %.3g\n", groups[g % ngs],
+                   sp ? ", sequence-parallel" : "", per, layer, e, eh);
             CHECKF(e <= 1e-5 && eh <= 1e-5, "groups %zu (sp %d) differ by %g / %g", g, sp, e, eh);
             pf_ctx_free(ctx);
         }
+        pf_set_seq_groups(PF_SEQ_GROUPS_DEFAULT);
         /* each sequence alone, with the default grouping */
         double e = 0;
         size_t off = 0;
@@ -391,6 +394,23 @@ static void test_forward_span(void) {
     CHECK(pf_forward_span(lens, 9) == 600);
     pf_set_seq_parallel_len(0);
     CHECK(pf_forward_span(lens, 9) == 600 + 8 * 64);
+    /* two groups a thread, each to the thread free first: 10 x 64 are cut 2, 3, 2, 3 (the nearest
+     * boundaries to quarters), so a thread gets 2 + 2 or 3 + 3 sequences, not 5 */
+    for (int i = 0; i < 10; i++) lens[i] = 64;
+    pf_set_seq_parallel_len(1024);
+    pf_set_seq_groups(2);
+    CHECK(pf_forward_span(lens, 8) == 4 * 64);
+    CHECK(pf_forward_span(lens, 10) == 6 * 64);
+    lens[0] = 600;                                 /* 600 | 64 | 3 x 64 | 4 x 64: 600 | 7 x 64 */
+    CHECK(pf_forward_span(lens, 9) == 600);
+    lens[1] = 700;                                 /* 600 | 700 | 64 | 6 x 64: the thread of
+                                                      600 is free first for both the third and the
+                                                      fourth (round-robin would give 700 + 384) */
+    CHECK(pf_forward_span(lens, 9) == 600 + 64 + 6 * 64);
+    pf_set_seq_groups(PF_SEQ_GROUPS_DEFAULT);
+    lens[0] = 600;
+    lens[1] = 64;
+    pf_set_seq_parallel_len(0);
     pf_set_threads(1);
     pf_set_seq_parallel_len(1024);
     CHECK(pf_forward_span(lens, 9) == 600 + 8 * 64);   /* one thread */
