@@ -230,17 +230,17 @@ size_t pf_forward_span(const int *lens, int B) {
     batch_plan p;
     if (plan_batch(&p, lens, B) != 0) return p.T;   /* T is set before the allocations */
     size_t span = p.T;
-    if (p.par) {
+    size_t *load = p.par ? calloc((size_t)p.nt, sizeof *load) : NULL;
+    if (load) {
         /* each group, in order, goes to the thread that becomes free first (equal speeds) */
-        size_t load[64] = { 0 };
-        const int nt = p.nt < 64 ? p.nt : 64;
         span = 0;
         for (int g = 0; g < p.ng; g++) {
             int t = 0;
-            for (int u = 1; u < nt; u++) if (load[u] < load[t]) t = u;
+            for (int u = 1; u < p.nt; u++) if (load[u] < load[t]) t = u;
             load[t] += p.goff[g + 1] - p.goff[g];
             if (load[t] > span) span = load[t];
         }
+        free(load);
     }
     plan_free(&p);
     return span;
