@@ -2,14 +2,14 @@
 # weights/finalize.sh N - publishes stage N's training run (weights/runs/stageN/, started with the
 # command in weights/MODEL_CARD.md) when it beats the shipped release on the whole validation split.
 #
-# 1. waits for the trainer to exit and checks that the run is complete (2,500 steps, its stable
-#    checkpoint saved);
+# 1. waits for the trainer to exit and checks that the run is complete (its --steps: 2,500, or S
+#    given as --steps S; its stable checkpoint saved);
 # 2. evaluates it on all validation sequences with the headline's options and stops (exit 2, nothing
 #    changed) unless its perplexity is below weights/eval/valid.json's: releases are chosen on
 #    validation, never on test;
 # 3. evaluates it on the test split in float32 and bf16; the old valid.json becomes
 #    valid_previous.json; the run's weights become weights/model.safetensors and its stable state
-#    (where its decay began: step 2,000 since stage 24, 1,500 before) weights/stable.safetensors,
+#    (where its decay began: 500 steps before its end since stage 24, 1,000 before) weights/stable.safetensors,
 #    the start of the next stage;
 # 4. appends the run's log to weights/train_log.csv (steps, tokens and seconds continued from the
 #    parent's row where the run branched off; stage column N), redraws weights/curves.png;
@@ -22,19 +22,23 @@
 #    files stay in the working tree; write the sentence, rerun test_model_card.py, and commit them.
 #
 # Needs `make`, `make data`, python3 with numpy (the precision test) and gnuplot (weights/plot). About
-# 15 minutes on 2 cores. usage: weights/finalize.sh N [--session S] [--wall-note TEXT]
+# 15 minutes on 2 cores. usage: weights/finalize.sh N [--steps S] [--session S] [--wall-note TEXT]
+#   --steps: the run's --steps (default 2500; more where the machine ran a longer stage in its session)
 #   S: the session that trained the stage (release_docs.py's default: one more than the card's count)
 #   TEXT: how it ran, for the card's training table (release_docs.py's default: "one run, not paused")
 set -euo pipefail
 cd "$(dirname "$0")/.."
-N=${1:?usage: weights/finalize.sh N [--session S] [--wall-note TEXT]}
+N=${1:?usage: weights/finalize.sh N [--steps S] [--session S] [--wall-note TEXT]}
 shift
 DOCS=()
+STEPS=2500
 while [ $# -gt 0 ]; do
     case "$1" in
+        --steps) [ $# -ge 2 ] && [[ $2 =~ ^[1-9][0-9]*$ ]] || { echo "finalize: --steps needs a number of steps" >&2; exit 1; }
+                 STEPS=$2; shift 2 ;;
         --session|--wall-note) [ $# -ge 2 ] || { echo "finalize: $1 needs a value" >&2; exit 1; }
                                DOCS+=("$1" "$2"); shift 2 ;;
-        *) echo "finalize: unknown option $1 (usage: weights/finalize.sh N [--session S] [--wall-note TEXT])" >&2; exit 1 ;;
+        *) echo "finalize: unknown option $1 (usage: weights/finalize.sh N [--steps S] [--session S] [--wall-note TEXT])" >&2; exit 1 ;;
     esac
 done
 [ -z "$(git status --porcelain -- weights README.md)" ] || {
@@ -47,7 +51,7 @@ for f in "$W" "$R/stage${N}_stable.ckpt" "$R/stage$N.csv"; do
     [ -f "$f" ] || { echo "finalize: $f is missing (did the run finish?)" >&2; exit 1; }
 done
 last=$(tail -1 "$R/stage$N.csv" | cut -d, -f1)
-[ "$last" = 2500 ] || { echo "finalize: $R/stage$N.csv ends at step $last, not 2,500 (resume the run)" >&2; exit 1; }
+[ "$last" = "$STEPS" ] || { echo "finalize: $R/stage$N.csv ends at step $last, not $STEPS (resume the run, or give its --steps)" >&2; exit 1; }
 
 bin/performer eval --weights "$W" --fasta weights/data/valid.fasta "${OPTS[@]}" > "$R/valid.json"
 python3 - "$R/valid.json" weights/eval/valid.json <<'EOF' || { echo "finalize: stage $N is not better on validation; the release stays" >&2; exit 2; }

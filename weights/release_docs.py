@@ -1,10 +1,11 @@
 #!/usr/bin/env python3
 """Updates weights/MODEL_CARD.md, weights/TRAINING.md and README.md for a new release whose stage
 followed the recipe of the stages since 19: the previous stage's weights where its decay began
-(`weights/stable.safetensors`), a new AdamW state, 2,500 steps of 16,384 tokens, a 100-step warm-up
-to 8e-5, held to the branch step, a 1 - sqrt decay to 8e-6 over the rest (stages 19 to 23: held to
-step 1,500, a decay of 1,000, validation every 300; from stage 24: held to step 2,000, a decay of
-500, validation every 250). Each stage's branch step, decay and validation interval are read from
+(`weights/stable.safetensors`), a new AdamW state, 2,500 steps of 16,384 tokens (more where the
+machine is fast enough to end a longer stage within its session: `--steps`), a 100-step warm-up to
+8e-5, held to the branch step, a 1 - sqrt decay to 8e-6 over the rest (stages 19 to 23: held to step
+1,500, a decay of 1,000, validation every 300; from stage 24: held to step 2,000, a decay of 500,
+validation every 250). Each stage's steps, branch step, decay and validation interval are read from
 its rows in weights/train_log.csv.
 
 Run it once the release's files are committed: weights/model.safetensors, weights/eval/test.json,
@@ -104,6 +105,15 @@ def change_sentence(n, rc, prev_rc):
     """' Its stable phase ...' when stage n's schedule differs from its parent's, else ''."""
     if same_schedule(rc, prev_rc):
         return ""
+    if rc["decay"] == prev_rc["decay"] and rc["steps"] - rc["branch"] == prev_rc["steps"] - prev_rc["branch"]:
+        # the same decay after a longer or shorter stable phase: a stage sized to its session's machine
+        d = rc["branch"] - prev_rc["branch"]
+        return (" Its stable phase was %s steps %s than stage %d's (%s steps in all instead of %s), so that the stage adds"
+                " %s steps instead of %s to the lineage the next stage continues%s."
+                % (num(abs(d)), "longer" if d > 0 else "shorter", n - 1, num(rc["steps"]), num(prev_rc["steps"]),
+                   num(rc["branch"]), num(prev_rc["branch"]),
+                   "; the machine was fast enough to end the longer stage within its session" if d > 0
+                   else ", so that the stage would end within its session"))
     if (n, prev_rc["branch"], rc["branch"]) != (24, 1500, 2000):
         raise DocError("stage %d changed its schedule (branch step %d, decay %d; stage %d: %d, %d): the reason given is"
                        " stage 24's, write this stage's sentence by hand" % (n, rc["branch"], rc["decay"], n - 1,
@@ -132,7 +142,8 @@ def stage_paragraph(n, session, seed, prev, stable, decay, prev_stable, prev_end
 
 def gain_sentence(n, prev, prev_ppl, ppl, dacc, prev_stable, stable_end, end, rc, prev_rc):
     """TRAINING.md's sentence on what a stage of this recipe gained (rc, prev_rc: as stage_paragraph)."""
-    how = "the same way" if same_schedule(rc, prev_rc) else "with a longer stable phase"
+    how = "the same way" if same_schedule(rc, prev_rc) else \
+        "with a %s stable phase" % ("longer" if rc["branch"] > prev_rc["branch"] else "shorter")
     return ("Stage %d (%.1fM tokens: stage %d's stable state continued %s, %s steps at 8e-5 after a"
             " 100-step warm-up, then a decay of %s) gained %.3f on the test split (%.3f → %.3f) and %.2f points of"
             " accuracy: validation went from %.3f (stage %d's stable phase) to %.3f at the end of this stable phase,"
@@ -144,7 +155,7 @@ def gain_sentence(n, prev, prev_ppl, ppl, dacc, prev_stable, stable_end, end, rc
 TRAIN = ("env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE OMP_WAIT_POLICY=PASSIVE bin/performer train --precision bf16 \\\n"
          "  --init weights/stable.safetensors --data weights/data/train.bin --valid weights/data/valid.bin \\\n"
          "  --out stage{n}.safetensors --ckpt stage{n}.ckpt --log stage{n}.csv --resume --name performer-protein-small \\\n"
-         "  --steps 2500 --warmup 100 --lr 8e-5 --decay-steps {decay} --branch-ckpt stage{nb}_stable.ckpt \\\n"
+         "  --steps {steps} --warmup 100 --lr 8e-5 --decay-steps {decay} --branch-ckpt stage{nb}_stable.ckpt \\\n"
          "  --crop 4096 --batch-tokens 16384 \\\n"
          "  --eval-every {every} --eval-seqs 400 --ckpt-minutes 5 --seed {n} --threads 2 --max-minutes 160\n"
          "bin/performer export --ckpt stage{nb}_stable.ckpt --out weights/stable.safetensors\n"
@@ -158,12 +169,12 @@ def command_block(n, rc, prev_rc):
             "# stage%d_stable.ckpt), new optimiser state, seed %d, decaying over the last %s steps; the weights at\n"
             "# step %s exported as the new weights/stable.safetensors\n"
             % (n, p, num(prev_rc["branch"]), p, n, num(rc["decay"]), num(rc["branch"]))
-            + TRAIN.format(n=n, nb=n, decay=rc["decay"], every=rc["every"], what="the release"))
+            + TRAIN.format(n=n, nb=n, steps=rc["steps"], decay=rc["decay"], every=rc["every"], what="the release"))
 
 
 def loop_block(first, last, rc):
     """TRAINING.md's one command for stages first..last, which all followed the schedule rc (a recipe())."""
-    body = TRAIN.format(n="$N", nb="${N}", decay=rc["decay"], every=rc["every"], what="stage N's release")
+    body = TRAIN.format(n="$N", nb="${N}", steps=rc["steps"], decay=rc["decay"], every=rc["every"], what="stage N's release")
     return ("# stages %d to %d, one after another: each from weights/stable.safetensors (the previous stage's\n"
             "# weights where its decay began), new optimiser state, seed N, held at 8e-5 to step %s and decaying\n"
             "# over the last %s steps; its weights at step %s exported as the next weights/stable.safetensors\n"
@@ -322,10 +333,10 @@ def main():
         raise DocError("train_log.csv: stage %d's first row does not follow a row of stage %d" % (N, P))
     rc, rc_p, rc_pp = recipe(me), recipe(pa), recipe(info[str(P - 1)])
     vals = [(int(r["step"]) - int(base["step"]), float(r["val_ppl"])) for r in me["rows"] if r["val_ppl"]]
-    want = list(range(rc["every"], 2501, rc["every"])) + ([2500] if 2500 % rc["every"] else [])
-    if [s for s, _ in vals] != want or rc["steps"] != 2500 or rc["branch"] % rc["every"] or rc["decay"] < 100:
-        raise DocError("stage %d is not this recipe's 2,500 steps with validation every %d through its branch step %d: %s"
-                       % (N, rc["every"], rc["branch"], [s for s, _ in vals]))
+    want = list(range(rc["every"], rc["steps"] + 1, rc["every"])) + ([rc["steps"]] if rc["steps"] % rc["every"] else [])
+    if [s for s, _ in vals] != want or rc["steps"] < 2500 or rc["branch"] % rc["every"] or rc["decay"] < 100:
+        raise DocError("stage %d is not this recipe's %s steps (at least 2,500) with validation every %d through its branch"
+                       " step %d: %s" % (N, num(rc["steps"]), rc["every"], rc["branch"], [s for s, _ in vals]))
     stable, decay = [v for s, v in vals if s <= rc["branch"]], [v for s, v in vals if s > rc["branch"]]
     prev_stable, prev_end = float(base["val_ppl"]), float(pa["rows"][-1]["val_ppl"])
     last = me["rows"][-1]
@@ -393,9 +404,9 @@ def main():
              "(stage %d from stage %d's weights where its decay began, `weights/stable.safetensors`; stages 19 to %d the same"
              " from stage 18's to stage %d's;" % (N, P, P, P - 1), "card training (lineage)")
     row_p = one(r"\n\| %d \| [^\n]*\|\n" % P, c, "card training table (stage %d row)" % P)
-    new_row = ("| %d | stage %d at its step %s (before its decay; `weights/stable.safetensors`), a new optimiser state | 2,500 x 16,384 |"
+    new_row = ("| %d | stage %d at its step %s (before its decay; `weights/stable.safetensors`), a new optimiser state | %s x 16,384 |"
                " %.1fM | 8e-5 after a 100-step warm-up, held to step %s, 1 - sqrt decay to 8e-6 over the last %s | %d |"
-               " %d min (%s) |\n" % (N, P, num(rc_p["branch"]), rc["tokens"] / 1e6, num(rc["branch"]), num(rc["decay"]), N, minutes,
+               " %d min (%s) |\n" % (N, P, num(rc_p["branch"]), num(rc["steps"]), rc["tokens"] / 1e6, num(rc["branch"]), num(rc["decay"]), N, minutes,
                                      a.wall_note))
     c = c[:row_p.end()] + new_row + c[row_p.end():]
     c = sub1(c, r"descends from \*\*[\d,.]+M tokens\*\*", "descends from **%s tokens**" % mtok(lineage), "card lineage")
@@ -423,7 +434,8 @@ def main():
              "card validation choice")
     c = sub1(c, r"4,096 in stages 6 to %d([):])" % P, r"4,096 in stages 6 to %d\1" % N, "card crops (training, limitations)", count=2)
     c = sub1(c, "kept in stages 7 to %d)" % P, "kept in stages 7 to %d)" % N, "card crops (length)", regex=False)
-    c = sub1(c, r"in stage %d a median of [\d,]+ tokens/s" % P, "in stage %d a median of {:,.0f} tokens/s".format(tps) % N, "card compute")
+    c = sub1(c, r"in stage %d a median of [\d,]+ tokens/s \(steps 51–[\d,]+, per-step" % P,
+             "in stage %d a median of {:,.0f} tokens/s (steps 51–%s, per-step".format(tps) % (N, num(rc["steps"])), "card compute")
     c = sub1(c, "decays of stages 11 to 16 and 18 to %d," % (P - 1), "decays of stages 11 to 16 and 18 to %d," % P, "card curves", regex=False)
     c = sub1(c, r"stage %d, [\d,.]+M tokens\) \| \*\*[\d.]+\*\* \| \*\*[\d.]+%%\*\* \|" % P,
              "stage %d, %s tokens) | **%.3f** | **%s** |" % (N, mtok(lineage), ppl, pct(acc)), "card eval table (this model)")
@@ -522,8 +534,8 @@ def main():
              "(the headline's options) gave %.3f / %s for stage %d against %.3f / %s for stage %d, %.3f / %s for stage %d against "
              % (valid["perplexity"], pct(valid["accuracy"]), N, valid_prev["perplexity"], pct(valid_prev["accuracy"]), P,
                 valid_prev["perplexity"], pct(valid_prev["accuracy"]), P), "history validation chain", regex=False)
-    h = sub1(h, r"(in stage %d [\d,]+ \(steps 51–2,500, per-step median\))\." % P,
-             r"\1, in stage %d {:,.0f} (steps 51–2,500, per-step median).".format(tps) % N, "history throughput")
+    h = sub1(h, r"(in stage %d [\d,]+ \(steps 51–[\d,]+, per-step median\))\." % P,
+             r"\1, in stage %d {:,.0f} (steps 51–%s, per-step median).".format(tps) % (N, num(rc["steps"])), "history throughput")
     h = sub1(h, r"(stage %d: [\d.]+ (?:better|behind) / [\d.]+ (?:better|behind))\.\n" % P,
              r"\1, stage %d: %s / %s.\n" % (N, long_vs_512, long_vs_1022), "history past 2,048")
     h = sub1(h, "with each stage's weights: stage %d's weights:" % P,

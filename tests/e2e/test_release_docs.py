@@ -57,8 +57,8 @@ def check_length_phrases():
 def check_history_commands():
     """TRAINING.md's commands: a stage on the schedule of the last loop extends that loop; a stage on a
     new schedule gets a loop of its own; the pointer to the card's command moves on either way."""
-    a = {"branch": 2000, "decay": 500, "every": 250}
-    b = {"branch": 2200, "decay": 300, "every": 250}
+    a = {"steps": 2500, "branch": 2000, "decay": 500, "every": 250}
+    b = {"steps": 2500, "branch": 2200, "decay": 300, "every": 250}
     tail = "```\nStage %d's command, the current one, is in `weights/MODEL_CARD.md`."
     h = "```\nmake data\n" + loop_block(24, 28, a) + tail % 29
     same = history_commands(h, 29, a, a)
@@ -71,8 +71,9 @@ def check_history_commands():
     check("--decay-steps 300 " in other and "held at 8e-5 to step 2,200" in other, "history_commands: the new loop is not stage 29's schedule")
 
 
-def synth_stage(log):
-    """Appends a stage N+1 that follows stage N's schedule; returns (N+1, its schedule)."""
+def synth_stage(log, steps=None):
+    """Appends a stage N+1 that follows stage N's schedule, or with steps: the same decay after a stable
+    phase as much longer or shorter as steps differs from stage N's; returns (N+1, its schedule)."""
     rows = list(csv.DictReader(open(log, newline="")))
     n = int(rows[-1]["stage"])
     last = [r for r in rows if r["stage"] == str(n)]
@@ -81,8 +82,11 @@ def synth_stage(log):
     base = branch_row(last)
     branch = int(base["step"]) - parent_step
     every = [int(r["step"]) - parent_step for r in last if r["val_ppl"]][0]
-    steps = len(last)
     b_step, b_tok, b_s, v0 = int(base["step"]), int(base["tokens"]), float(base["elapsed_s"]), float(base["val_ppl"])
+    if steps is not None:
+        branch += steps - len(last)
+    else:
+        steps = len(last)
     with open(log, "a", newline="") as out:
         for i in range(1, steps + 1):
             if i <= 100:
@@ -97,7 +101,59 @@ def synth_stage(log):
                 val = ["%.4f" % v, "0.1600", "17.9600"]
             out.write(",".join([str(b_step + i), str(b_tok + 16070 * i), "%.1f" % (b_s + 3.0 * i), "%g" % lr, "2.5",
                                 "0.4", "5400"] + val + [str(n + 1)]) + "\n")
-    return n + 1, {"branch": branch, "decay": steps - branch, "every": every}
+    return n + 1, {"steps": steps, "branch": branch, "decay": steps - branch, "every": every}
+
+
+def release(tmp, steps=None):
+    """One synthetic release in the scratch copy tmp (synth_stage(..., steps)), written by release_docs.py
+    and checked with test_model_card.py and by its row, command and headline; returns (n, rc, card,
+    TRAINING.md, README), or None when the script failed."""
+    w = os.path.join(tmp, "weights")
+    n, rc = synth_stage(os.path.join(w, "train_log.csv"), steps)
+    with open(os.path.join(w, "model.safetensors"), "ab") as f:   # new bytes, a new SHA-256
+        f.write(b"\0")
+    sha = hashlib.sha256(open(os.path.join(w, "model.safetensors"), "rb").read()).hexdigest()
+    ev = os.path.join(w, "eval")
+    shutil.copyfile(os.path.join(ev, "valid.json"), os.path.join(ev, "valid_previous.json"))
+    for name, dp in (("test.json", -0.06), ("test_bf16.json", -0.06), ("valid.json", -0.05)):
+        d = json.load(open(os.path.join(ev, name)))
+        d["sha256"], d["perplexity"], d["accuracy"] = sha, d["perplexity"] + dp, d["accuracy"] + 0.001
+        json.dump(d, open(os.path.join(ev, name), "w"))
+    new_ppl = json.load(open(os.path.join(ev, "test.json")))["perplexity"]
+    lines = [json.loads(x) for x in open(os.path.join(ev, "breakdown.jsonl")) if x.strip()]
+    for d in lines:
+        d["eval"]["sha256"] = sha
+    with open(os.path.join(ev, "breakdown.jsonl"), "w") as f:
+        f.write("".join(json.dumps(d) + "\n" for d in lines))
+
+    line = "367 residues: max |log p(fp32) - log p(bf16)| 0.0150; same top-1 residue at 367 of 367 positions"
+    p = subprocess.run([sys.executable, os.path.join(w, "release_docs.py"), "--precision-line", line, "--root", tmp],
+                       capture_output=True, text=True)
+    print(p.stdout.strip() or "(no output)", p.stderr.strip())
+    check(p.returncode == 0, "release_docs.py (stage %d, %d steps) exited %d: %s" % (n, rc["steps"], p.returncode, p.stderr.strip()))
+    if p.returncode != 0:
+        return None
+    t = subprocess.run([sys.executable, os.path.join(tmp, "tests/e2e/test_model_card.py")], capture_output=True, text=True)
+    check(t.returncode == 0, "test_model_card.py on the written documents: %s" % (t.stdout + t.stderr).strip()[-600:])
+    card = open(os.path.join(w, "MODEL_CARD.md"), encoding="utf-8").read()
+    hist = open(os.path.join(w, "TRAINING.md"), encoding="utf-8").read()
+    readme = open(os.path.join(tmp, "README.md"), encoding="utf-8").read()
+    br, dc = "{:,}".format(rc["branch"]), "{:,}".format(rc["decay"])
+    check("\n| %d | stage %d at its step " % (n, n - 1) in card, "card: no training-table row for stage %d" % n)
+    check("| {:,} x 16,384 |".format(rc["steps"]) in card.split("\n| %d | stage %d at its step " % (n, n - 1))[-1].split("\n")[0],
+          "card: stage %d's row does not give its %d steps" % (n, rc["steps"]))
+    check("held to step %s, 1 - sqrt decay to 8e-6 over the last %s | %d |" % (br, dc, n) in card,
+          "card: stage %d's row does not give its schedule (%s, %s)" % (n, br, dc))
+    check("--steps %d --warmup 100 --lr 8e-5 --decay-steps %d --branch-ckpt stage%d_stable.ckpt" % (rc["steps"], rc["decay"], n) in card
+          and "--eval-every %d --eval-seqs 400 --ckpt-minutes 5 --seed %d " % (rc["every"], n) in card,
+          "card: the command block is not stage %d's" % n)
+    check("tokens/s (steps 51–{:,}, per-step".format(rc["steps"]) in card, "card: the compute line does not give stage %d's steps" % n)
+    check("perplexity **%.2f**" % new_ppl in card, "card: headline is not %.2f" % new_ppl)
+    check("Stage %d (session " % n in hist and re.search(r"# stages \d+ to %d, one after another: .*\n.*\n.*\n"
+                                                         r"for N in \$\(seq \d+ %d\); do\n" % (n - 1, n - 1), hist),
+          "TRAINING.md: no paragraph for stage %d or no history command for stage %d" % (n, n - 1))
+    check("**perplexity %.2f and top-1" % new_ppl in readme, "README: headline is not %.2f" % new_ppl)
+    return n, rc, card, hist, readme
 
 
 def main():
@@ -108,47 +164,26 @@ def main():
         for f in FILES:
             os.makedirs(os.path.join(tmp, os.path.dirname(f)), exist_ok=True)
             shutil.copyfile(os.path.join(ROOT, f), os.path.join(tmp, f))
-        w = os.path.join(tmp, "weights")
-        n, rc = synth_stage(os.path.join(w, "train_log.csv"))
-        with open(os.path.join(w, "model.safetensors"), "ab") as f:   # new bytes, a new SHA-256
-            f.write(b"\0")
-        sha = hashlib.sha256(open(os.path.join(w, "model.safetensors"), "rb").read()).hexdigest()
-        ev = os.path.join(w, "eval")
-        shutil.copyfile(os.path.join(ev, "valid.json"), os.path.join(ev, "valid_previous.json"))
-        for name, dp in (("test.json", -0.06), ("test_bf16.json", -0.06), ("valid.json", -0.05)):
-            d = json.load(open(os.path.join(ev, name)))
-            d["sha256"], d["perplexity"], d["accuracy"] = sha, d["perplexity"] + dp, d["accuracy"] + 0.001
-            json.dump(d, open(os.path.join(ev, name), "w"))
-        new_ppl = json.load(open(os.path.join(ev, "test.json")))["perplexity"]
-        lines = [json.loads(x) for x in open(os.path.join(ev, "breakdown.jsonl")) if x.strip()]
-        for d in lines:
-            d["eval"]["sha256"] = sha
-        with open(os.path.join(ev, "breakdown.jsonl"), "w") as f:
-            f.write("".join(json.dumps(d) + "\n" for d in lines))
-
-        line = "367 residues: max |log p(fp32) - log p(bf16)| 0.0150; same top-1 residue at 367 of 367 positions"
-        p = subprocess.run([sys.executable, os.path.join(w, "release_docs.py"), "--precision-line", line, "--root", tmp],
-                           capture_output=True, text=True)
-        print(p.stdout.strip() or "(no output)", p.stderr.strip())
-        check(p.returncode == 0, "release_docs.py exited %d: %s" % (p.returncode, p.stderr.strip()))
-        if p.returncode == 0:
-            t = subprocess.run([sys.executable, os.path.join(tmp, "tests/e2e/test_model_card.py")], capture_output=True, text=True)
-            check(t.returncode == 0, "test_model_card.py on the written documents: %s" % (t.stdout + t.stderr).strip()[-600:])
-            card = open(os.path.join(w, "MODEL_CARD.md"), encoding="utf-8").read()
-            hist = open(os.path.join(w, "TRAINING.md"), encoding="utf-8").read()
-            readme = open(os.path.join(tmp, "README.md"), encoding="utf-8").read()
-            br, dc = "{:,}".format(rc["branch"]), "{:,}".format(rc["decay"])
-            check("\n| %d | stage %d at its step " % (n, n - 1) in card, "card: no training-table row for stage %d" % n)
-            check("held to step %s, 1 - sqrt decay to 8e-6 over the last %s | %d |" % (br, dc, n) in card,
-                  "card: stage %d's row does not give its schedule (%s, %s)" % (n, br, dc))
-            check("--decay-steps %d --branch-ckpt stage%d_stable.ckpt" % (rc["decay"], n) in card
-                  and "--eval-every %d --eval-seqs 400 --ckpt-minutes 5 --seed %d " % (rc["every"], n) in card,
-                  "card: the command block is not stage %d's" % n)
-            check("perplexity **%.2f**" % new_ppl in card, "card: headline is not %.2f" % new_ppl)
-            check("Stage %d (session " % n in hist and re.search(r"# stages \d+ to %d, one after another: .*\n.*\n.*\n"
-                                                                 r"for N in \$\(seq \d+ %d\); do\n" % (n - 1, n - 1), hist),
-                  "TRAINING.md: no paragraph for stage %d or no history command for stage %d" % (n, n - 1))
-            check("**perplexity %.2f and top-1" % new_ppl in readme, "README: headline is not %.2f" % new_ppl)
+        # the next stage on its parent's schedule, then a longer one (1,000 more steps held, the same
+        # decay: a fast machine's session), then one back at that length (a slower machine's)
+        r0 = release(tmp)
+        if r0:
+            r1 = release(tmp, r0[1]["steps"] + 1000)
+        if r0 and r1:
+            n, rc, card, hist, _ = r1
+            longer = (" Its stable phase was 1,000 steps longer than stage %d's ({:,} steps in all instead of {:,}), so that the stage"
+                      " adds {:,} steps instead of {:,} to the lineage".format(rc["steps"], r0[1]["steps"], rc["branch"], r0[1]["branch"]) % (n - 1))
+            check(longer in card and longer in hist, "the longer stage's paragraph does not say so: %r" % longer)
+            check("continued with a longer stable phase, {:,} steps".format(rc["branch"] - 100) in hist,
+                  "TRAINING.md: the longer stage's gains sentence")
+            r2 = release(tmp, r0[1]["steps"])
+            if r2:
+                hist2 = r2[3]
+                check("\nfor N in $(seq %d %d); do\n" % (n, n) in hist2 and "--steps %d " % rc["steps"] in hist2,
+                      "TRAINING.md: the longer stage has no command loop of its own")
+                check(longer in hist2, "the longer stage's paragraph was not kept when the next stage was added")
+                check(" Its stable phase was 1,000 steps shorter than stage %d's ({:,} steps in all instead of {:,})"
+                      .format(r0[1]["steps"], rc["steps"]) % n in hist2, "the shorter stage's paragraph does not say so")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     print("%s: %d failed" % (os.path.basename(__file__), len(failures)))
