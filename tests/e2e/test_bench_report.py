@@ -1,7 +1,8 @@
-"""bench/report.py's target rows, checked on a real `make bench` record (bench/amd/results.jsonl).
+"""bench/report.py's target rows, checked on a real `make bench` record: session 37's bench/amd run, kept
+as tests/fixtures/bench_report/ (its results.jsonl and RESULTS.md) so that bench/amd can be re-recorded.
 
-Checks: the committed bench/amd/RESULTS.md's Targets table is what report.py writes from the committed
-results.jsonl (the record is reproducible from its data); a server-overhead row is not counted as met
+Checks: each committed record's Targets table (bench/amd/RESULTS.md, and the fixture's) is what report.py
+writes from its results.jsonl (a record is reproducible from its data); on the fixture, a server-overhead row is not counted as met
 against a raw model run with hiccups (mean pass over 1.25x its median: the raw rate, sequences per mean
 pass, is then too low and the overhead looks smaller than it is): it reads **unclear** and names the
 runs, for float32 and bf16 alike; a missed row stays missed and names them too; raw runs within the
@@ -17,7 +18,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from pdtest import check, done, tmpdir  # noqa: E402
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
-REC = os.path.join(ROOT, "bench", "amd")
+REC = os.path.join(ROOT, "tests", "fixtures", "bench_report")   # a copy of session 37's bench/amd
 T = tmpdir()
 META = os.path.join(T, "meta")
 STUB = os.path.join(T, "stub")
@@ -26,7 +27,7 @@ os.makedirs(STUB)
 with open(os.path.join(STUB, "gnuplot"), "w") as f:
     f.write("#!/bin/sh\nexit 0\n")
 os.chmod(os.path.join(STUB, "gnuplot"), 0o755)
-# what bench/run.sh recorded about the machine and the run (bench/amd: 2 cores, 2 threads)
+# what bench/run.sh recorded about the machine and the run (2 cores, 2 threads, as for bench/amd)
 with open(os.path.join(META, "nproc.txt"), "w") as f:
     f.write("2\n")
 with open(os.path.join(META, "env.txt"), "w") as f:
@@ -84,11 +85,22 @@ def with_raw(scale, pick):
     return out
 
 
-# ---- the committed record is what its data gives ---------------------------------------------------
-same = targets(RECORDS, "as_is")
-check(same == COMMITTED, "the Targets table written from bench/amd/results.jsonl is the committed one (%d rows%s)"
-      % (len(same), "" if same == COMMITTED else "; differ: %s" % sorted(k for k in set(same) | set(COMMITTED)
-                                                                         if same.get(k) != COMMITTED.get(k))))
+# ---- each committed record is what its data gives ---------------------------------------------------
+def reproduces(records, committed, name, where):
+    """Checks that report.py writes the committed Targets table from the records; returns its table."""
+    got = targets(records, name)
+    check(got == committed, "the Targets table written from %s/results.jsonl is the committed one (%d rows%s)"
+          % (where, len(got), "" if got == committed else "; differ: %s" % sorted(k for k in set(got) | set(committed)
+                                                                                  if got.get(k) != committed.get(k))))
+    return got
+
+
+AMD = os.path.join(ROOT, "bench", "amd")
+with open(os.path.join(AMD, "results.jsonl")) as f:
+    amd_records = [json.loads(line) for line in f if line.strip()]
+with open(os.path.join(AMD, "RESULTS.md")) as f:
+    reproduces(amd_records, table(f.read()), "bench_amd", "bench/amd")
+same = reproduces(RECORDS, COMMITTED, "as_is", "tests/fixtures/bench_report")
 check(same[OVH][1] == "**missed**" and "irregular" not in same[OVH][2], "as recorded: float32 overhead missed "
       "(c1 +19%%), no raw run irregular: %s" % (same[OVH],))
 
