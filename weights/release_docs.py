@@ -105,7 +105,7 @@ def change_sentence(n, rc, prev_rc):
     """' Its stable phase ...' when stage n's schedule differs from its parent's, else ''."""
     if same_schedule(rc, prev_rc):
         return ""
-    if rc["decay"] == prev_rc["decay"] and rc["steps"] - rc["branch"] == prev_rc["steps"] - prev_rc["branch"]:
+    if rc["decay"] == prev_rc["decay"]:
         # the same decay after a longer or shorter stable phase: a stage sized to its session's machine
         d = rc["branch"] - prev_rc["branch"]
         return (" Its stable phase was %s steps %s than stage %d's (%s steps in all instead of %s), so that the stage adds"
