@@ -167,23 +167,22 @@ def main():
         # the next stage on its parent's schedule, then a longer one (1,000 more steps held, the same
         # decay: a fast machine's session), then one back at that length (a slower machine's)
         r0 = release(tmp)
-        if r0:
-            r1 = release(tmp, r0[1]["steps"] + 1000)
-        if r0 and r1:
+        r1 = release(tmp, r0[1]["steps"] + 1000) if r0 else None
+        r2 = release(tmp, r0[1]["steps"]) if r1 else None
+        if r1:
             n, rc, card, hist, _ = r1
             longer = (" Its stable phase was 1,000 steps longer than stage %d's ({:,} steps in all instead of {:,}), so that the stage"
                       " adds {:,} steps instead of {:,} to the lineage".format(rc["steps"], r0[1]["steps"], rc["branch"], r0[1]["branch"]) % (n - 1))
             check(longer in card and longer in hist, "the longer stage's paragraph does not say so: %r" % longer)
             check("continued with a longer stable phase, {:,} steps".format(rc["branch"] - 100) in hist,
                   "TRAINING.md: the longer stage's gains sentence")
-            r2 = release(tmp, r0[1]["steps"])
-            if r2:
-                hist2 = r2[3]
-                check("\nfor N in $(seq %d %d); do\n" % (n, n) in hist2 and "--steps %d " % rc["steps"] in hist2,
-                      "TRAINING.md: the longer stage has no command loop of its own")
-                check(longer in hist2, "the longer stage's paragraph was not kept when the next stage was added")
-                check(" Its stable phase was 1,000 steps shorter than stage %d's ({:,} steps in all instead of {:,})"
-                      .format(r0[1]["steps"], rc["steps"]) % n in hist2, "the shorter stage's paragraph does not say so")
+        if r2:
+            hist2 = r2[3]
+            check("\nfor N in $(seq %d %d); do\n" % (n, n) in hist2 and "--steps %d " % rc["steps"] in hist2,
+                  "TRAINING.md: the longer stage has no command loop of its own")
+            check(longer in hist2, "the longer stage's paragraph was not kept when the next stage was added")
+            check(" Its stable phase was 1,000 steps shorter than stage %d's ({:,} steps in all instead of {:,})"
+                  .format(r0[1]["steps"], rc["steps"]) % n in hist2, "the shorter stage's paragraph does not say so")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     print("%s: %d failed" % (os.path.basename(__file__), len(failures)))
