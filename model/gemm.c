@@ -321,9 +321,21 @@ F32_TARGET static inline __attribute__((always_inline)) void store_tile(__m512 a
         store_row(c + (long)i * ldc, acc[i][0], acc[i][1], m0, m1, va, vb, read);
 }
 
+/* Prefetches, for writing, the cache lines of rows < mr, columns < nc of a micro-kernel's C tile,
+ * so that their misses overlap the kernel's sums instead of stalling its stores at the end. */
+static inline __attribute__((always_inline)) void prefetch_tile(const float *c, long ldc, int mr, int nc) {
+    for (int i = 0; i < mr && i < MR; i++) {
+        const float *ci = c + (long)i * ldc;
+        __builtin_prefetch(ci, 1, 3);
+        if (nc > 16) __builtin_prefetch(ci + 16, 1, 3);
+        __builtin_prefetch(ci + nc - 1, 1, 3);
+    }
+}
+
 /* The bf16 14 x 32 micro-kernel (gm_impl.kernel): VDPBF16PS over kc2 pairs. */
 BF16_TARGET static void kernel_bf16(int kc2, const uint32_t *a, const uint32_t *b, float *c,
                                     long ldc, int mr, int nc, float alpha, float beta, int first) {
+    prefetch_tile(c, ldc, mr, nc);
     __m512 acc[MR][2];
     for (int i = 0; i < MR; i++) acc[i][0] = acc[i][1] = _mm512_setzero_ps();
     for (int k2 = 0; k2 < kc2; k2++) {
@@ -392,6 +404,7 @@ F32_TARGET static inline __attribute__((always_inline)) void f32_direct(
         int nc, float alpha, float beta, int first, int tk) {
     const float *ar[MR];
     for (int i = 0; i < MR; i++) ar[i] = a + (long)(i < mr ? i : mr - 1) * (tk ? 1 : si);
+    prefetch_tile(c, ldc, mr, nc);
     __m512 acc[MR][2];
     for (int i = 0; i < MR; i++) acc[i][0] = acc[i][1] = _mm512_setzero_ps();
     const float *bf = (const float *)b;
@@ -704,6 +717,33 @@ int gm_weight_cache_count(void) {
     return n;
 }
 
+/* One K block [k0, k0 + kc) of A panels [q0, q1) x B panels [b0, b1) of gemm_packed: packs those A
+ * panels into apt (unless the impl reads A in place), just before their use so that the packs are
+ * still in L2 (packing all of a thread's panels first wrote them out to memory and read them
+ * back), then runs the micro-kernels into C; bk = this K block's B packs. */
+static inline void gemm_block(const gm_impl *im, int ta, int M, int N, const float *A, int lda,
+                              float *C, int ldc, float alpha, float beta, uint32_t *apt,
+                              size_t apanel, const uint32_t *bk, int q0, int q1, int b0, int b1,
+                              int k0, int kc) {
+    const int mrp = im->mr, ku = ku_of(im, kc), direct = im->kernel_direct != NULL;
+    if (!direct && b1 > b0)
+        for (int p = q0; p < q1; p++)
+            (im->pack_a ? im->pack_a : im->pack)(apt + apanel * p, ta, A, lda, M, p * mrp, k0, kc, mrp);
+    for (int pb = b0; pb < b1; pb++) {
+        const int n0 = pb * NR, nc = N - n0 < NR ? N - n0 : NR;
+        for (int pa = q0; pa < q1; pa++) {
+            const int m0 = pa * mrp, mr = M - m0 < mrp ? M - m0 : mrp;
+            if (direct)
+                im->kernel_direct(ku, ta ? A + (long)k0 * lda + m0 : A + (long)m0 * lda + k0,
+                                  ta ? 1 : lda, ta ? lda : 1, bk + (size_t)pb * NR * ku,
+                                  C + (long)m0 * ldc + n0, ldc, mr, nc, alpha, beta, k0 == 0);
+            else
+                im->kernel(ku, apt + apanel * pa, bk + (size_t)pb * NR * ku,
+                           C + (long)m0 * ldc + n0, ldc, mr, nc, alpha, beta, k0 == 0);
+        }
+    }
+}
+
 /* The packed product with impl im; pre = B's packs from the weight cache, or NULL to pack B here. */
 static void gemm_packed(const gm_impl *im, int ta, int tb, int M, int N, int K, float alpha,
                         const float *A, int lda, const float *B, int ldb, float beta, float *C,
@@ -755,6 +795,11 @@ static void gemm_packed(const gm_impl *im, int ta, int tb, int M, int N, int K, 
         cblas_sgemm(CblasRowMajor, cb(ta), cb(tb), M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
         return;
     }
+    /* with every K block's B packs at hand at once (cached, or one round), each thread runs all
+     * K blocks of one block of A panels before the next, so that C's rows of that block stay in
+     * cache between the K blocks (K block outermost re-read and re-wrote all of C from memory
+     * once per block) */
+    const int kinner = pre || G >= nbk;
     #pragma omp parallel if (par)
     {
         const int tid = omp_get_thread_num(), nth = omp_get_num_threads();
@@ -762,40 +807,44 @@ static void gemm_packed(const gm_impl *im, int ta, int tb, int M, int N, int K, 
         const int a0 = sb ? 0 : (int)((long)npa * tid / nth), a1 = sb ? npa : (int)((long)npa * (tid + 1) / nth);
         const int b0 = sb ? (int)((long)npb * tid / nth) : 0, b1 = sb ? (int)((long)npb * (tid + 1) / nth) : npb;
         uint32_t *apt = ap && sb ? ap + apanel * npa * tid : ap;   /* this thread's A packs */
-        for (int k0 = 0; k0 < K; k0 += KC) {
-            const int kc = K - k0 < KC ? K - k0 : KC, ku = ku_of(im, kc);
-            const int bi = k0 / KC;                    /* this K block */
-            uint32_t *half = bp ? bp + bhalf * ((bi / G) % 2) : NULL;
-            const uint32_t *bk = pre ? pre + (size_t)npb * NR * kublk * bi : half + bblk * (bi % G);
-            if (!pre && bi % G == 0) {                 /* a new round: pack blocks bi .. bi + nb - 1 */
-                const int nb = nbk - bi < G ? nbk - bi : G;
+        if (kinner) {
+            if (!pre) {                                /* the one round: every K block */
                 #pragma omp for schedule(static)
-                for (int x = 0; x < nb * npb; x++) {
-                    const int j = x / npb, p = x % npb, kj = k0 + j * KC, kcj = K - kj < KC ? K - kj : KC;
-                    im->pack(half + bblk * j + (size_t)p * NR * ku_of(im, kcj), !tb, B, ldb, N, p * NR,
+                for (int x = 0; x < nbk * npb; x++) {
+                    const int j = x / npb, p = x % npb, kj = j * KC, kcj = K - kj < KC ? K - kj : KC;
+                    im->pack(bp + bblk * j + (size_t)p * NR * ku_of(im, kcj), !tb, B, ldb, N, p * NR,
                              kj, kcj, NR);
                 }
             }
-            /* blocks of MC_PANELS A panels (in L2) x this thread's B panels; each block packed
-             * just before its use, so that its packs are still in L2 (packing all of a thread's
-             * panels first wrote them out to memory and read them back) */
             for (int q0 = a0; q0 < a1; q0 += MC_PANELS) {
                 const int q1 = q0 + MC_PANELS < a1 ? q0 + MC_PANELS : a1;
-                if (!direct && b1 > b0)
-                    for (int p = q0; p < q1; p++)
-                        (im->pack_a ? im->pack_a : im->pack)(apt + apanel * p, ta, A, lda, M, p * mrp, k0, kc, mrp);
-                for (int pb = b0; pb < b1; pb++) {
-                    const int n0 = pb * NR, nc = N - n0 < NR ? N - n0 : NR;
-                    for (int pa = q0; pa < q1; pa++) {
-                        const int m0 = pa * mrp, mr = M - m0 < mrp ? M - m0 : mrp;
-                        if (direct)
-                            im->kernel_direct(ku, ta ? A + (long)k0 * lda + m0 : A + (long)m0 * lda + k0,
-                                              ta ? 1 : lda, ta ? lda : 1, bk + (size_t)pb * NR * ku,
-                                              C + (long)m0 * ldc + n0, ldc, mr, nc, alpha, beta, k0 == 0);
-                        else
-                            im->kernel(ku, apt + apanel * pa, bk + (size_t)pb * NR * ku,
-                                       C + (long)m0 * ldc + n0, ldc, mr, nc, alpha, beta, k0 == 0);
+                for (int k0 = 0; k0 < K; k0 += KC) {
+                    const int kc = K - k0 < KC ? K - k0 : KC, bi = k0 / KC;
+                    const uint32_t *bk = pre ? pre + (size_t)npb * NR * kublk * bi : bp + bblk * bi;
+                    gemm_block(im, ta, M, N, A, lda, C, ldc, alpha, beta, apt, apanel, bk, q0, q1, b0, b1,
+                               k0, kc);
+                }
+            }
+        } else {
+            for (int k0 = 0; k0 < K; k0 += KC) {
+                const int kc = K - k0 < KC ? K - k0 : KC;
+                const int bi = k0 / KC;                    /* this K block */
+                uint32_t *half = bp + bhalf * ((bi / G) % 2);
+                const uint32_t *bk = half + bblk * (bi % G);
+                if (bi % G == 0) {                         /* a new round: pack blocks bi .. bi + nb - 1 */
+                    const int nb = nbk - bi < G ? nbk - bi : G;
+                    #pragma omp for schedule(static)
+                    for (int x = 0; x < nb * npb; x++) {
+                        const int j = x / npb, p = x % npb, kj = k0 + j * KC, kcj = K - kj < KC ? K - kj : KC;
+                        im->pack(half + bblk * j + (size_t)p * NR * ku_of(im, kcj), !tb, B, ldb, N, p * NR,
+                                 kj, kcj, NR);
                     }
+                }
+                /* blocks of MC_PANELS A panels (in L2) x this thread's B panels */
+                for (int q0 = a0; q0 < a1; q0 += MC_PANELS) {
+                    const int q1 = q0 + MC_PANELS < a1 ? q0 + MC_PANELS : a1;
+                    gemm_block(im, ta, M, N, A, lda, C, ldc, alpha, beta, apt, apanel, bk, q0, q1, b0, b1,
+                               k0, kc);
                 }
             }
         }
