@@ -11,7 +11,14 @@
  *     for every (block of MC_PANELS A panels, B panel) of a thread's share: the 14 x 32
  *       micro-kernel keeps 28 float32 accumulators in registers over the ku dwords (VFMADD231PS
  *       with the A value broadcast, or VDPBF16PS) and stores alpha * acc + beta * C (the first K
- *       block) or C + alpha * acc (the next ones).
+ *       block) or C + alpha * acc (the next ones); it prefetches its C tile for writing as it
+ *       starts, so that the tile's cache misses overlap its sums.
+ *
+ * When every K block of B's packs is at hand at once (cached weights, or B small enough to pack
+ * in one round) the two outer loops swap: a thread runs all K blocks of one block of A panels
+ * before the next, so that block's rows of C stay in cache between K blocks. Either order sums
+ * each C element in K order, so the result is bit for bit the same (bench/README.md has the
+ * measurements: the trainer's products gained 13-34%, inference passes no more than noise).
  *
  * Where the CPU has AMX (and Linux grants the tile state), the bf16 product runs a third gm_impl on
  * the same loop: 32 x 32 micro-kernels of TDPBF16PS on tiles (A packed [32][ku] with a row's pairs

@@ -457,6 +457,32 @@ int main(void) {
         free(A); free(B); free(C1); free(C2);
     }
 
+    /* the two loop orders of gemm_packed give the same bits: with B's packs cached (every K block
+     * at hand: K blocks inside each block of A panels) and uncached with B over GM_BGROUP_BYTES
+     * (rounds of K blocks, K blocks outermost); bf16 and, on AVX-512, the own float32 product;
+     * beta 1 and alpha != 1 so that the later K blocks read back C */
+    {
+        uint64_t s = 13;
+        const int M = 40, N = 70, K = 6000;   /* bf16: 24 K blocks of 48 KiB packs, rounds of 21 */
+        float *A = malloc(sizeof(float) * M * K), *B = malloc(sizeof(float) * N * K);
+        float *C1 = malloc(sizeof(float) * M * N), *C2 = malloc(sizeof(float) * M * N);
+        for (int i = 0; i < M * K; i++) A[i] = urand(&s);
+        for (int i = 0; i < N * K; i++) B[i] = urand(&s);
+        for (int f32 = 0; f32 < 1 + gm_avx512f_supported(); f32++) {
+            CHECK(gm_set_precision(f32 ? GM_FP32 : GM_BF16) == 0);
+            for (int i = 0; i < M * N; i++) C1[i] = C2[i] = urand(&s);
+            gm_sgemm_w(0, 1, M, N, K, 0.5f, A, K, B, K, 1.0f, C1, N);   /* cache off: rounds */
+            gm_weight_cache(1);
+            gm_sgemm_w(0, 1, M, N, K, 0.5f, A, K, B, K, 1.0f, C2, N);   /* cached: K inside */
+            CHECK(gm_weight_cache_count() == 1);
+            gm_weight_cache(0);
+            CHECKF(memcmp(C1, C2, sizeof(float) * M * N) == 0, "%s: cached and uncached B differ",
+                   f32 ? "float32" : "bf16");
+        }
+        CHECK(gm_set_precision(GM_FP32) == 0);
+        free(A); free(B); free(C1); free(C2);
+    }
+
     /* a model's packs go with it: pf_model_free drops them */
     {
         char err[512];
