@@ -3,6 +3,7 @@
 #include "tokenizer.h"
 #include "util.h"
 
+#include <ctype.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -113,6 +114,21 @@ static void seq_label(int single, int s, char *out, size_t cap) {
     else snprintf(out, cap, "sequences[%d]", s);
 }
 
+/* A hint for the two FASTA habits that make a sequence invalid, where byte i of text is the bad
+ * character: a '>' header line at the start, or a '*' (stop) at the end; else "". */
+static const char *fasta_hint(const char *text, size_t tlen, size_t i) {
+    if (i >= tlen) return "";
+    size_t a = 0, z = tlen;
+    while (a < tlen && isspace((unsigned char)text[a])) a++;
+    while (z > a && isspace((unsigned char)text[z - 1])) z--;
+    if (text[i] == '>' && i == a)
+        return "; this looks like FASTA: send only the residues, without the '>' header line, or POST "
+               "the FASTA text to /jobs";
+    if (text[i] == '*' && i + 1 == z)
+        return "; a final '*' (stop) is not a residue: leave it out (POST /jobs drops it from FASTA records)";
+    return "";
+}
+
 /* Encodes sequence text s into r; returns 0 or -1 with *e. */
 static int encode_seq(pr_request *r, int s, const char *text, size_t tlen, int single, const pr_limits *lim,
                       pr_error *e) {
@@ -133,7 +149,8 @@ static int encode_seq(pr_request *r, int s, const char *text, size_t tlen, int s
                     name, te.pos, lab);
         else
             set_err(e, 422, "invalid_residue", "invalid residue '%s' at position %zu of %s (allowed: "
-                    "ACDEFGHIKLMNPQRSTVWY, XBUZO, <mask>, whitespace)", ch, te.pos, lab);
+                    "ACDEFGHIKLMNPQRSTVWY, XBUZO, <mask>, whitespace)%s", ch, te.pos, lab,
+                    fasta_hint(text, tlen, te.pos ? te.pos - 1 : 0));
         e->details = json_pack("{s:s, s:I, s:i}", "character", ch, "position", (json_int_t)te.pos,
                                "sequence_index", s);
         return -1;

@@ -71,6 +71,25 @@ int main(void) {
     expect_err("{}", 400, "invalid_request");
     expect_err("{\"sequence\": \"A\", \"sequences\": [\"A\"]}", 400, "invalid_request");
     expect_err("{\"sequence\": \"MK1\"}", 422, "invalid_residue");
+    {   /* FASTA habits get a hint: a '>' header at the start, a '*' (stop) at the end; elsewhere none */
+        struct { const char *body, *hint; } h[] = {
+            {"{\"sequence\": \" >sp|P1|X\\nMKT\"}", "this looks like FASTA"},
+            {"{\"sequence\": \"MKT* \\n\"}", "a final '*' (stop)"},
+            {"{\"sequences\": [\"MKT\", \"GS*\"]}", "a final '*' (stop)"},
+            {"{\"sequence\": \"MK*T\"}", NULL},
+            {"{\"sequence\": \"MK>T\"}", NULL},
+            {"{\"sequence\": \"MK1\"}", NULL}};
+        for (size_t i = 0; i < sizeof h / sizeof h[0]; i++) {
+            pr_error he;
+            pr_request *hr = parse(h[i].body, &he);
+            const int hinted = !hr && (strstr(he.msg, "this looks like FASTA") || strstr(he.msg, "a final '*'"));
+            CHECKF(!hr && !strcmp(he.type, "invalid_residue") &&
+                       (h[i].hint ? strstr(he.msg, h[i].hint) != NULL : !hinted),
+                   "%s -> %s", h[i].body, hr ? "ok" : he.msg);
+            pr_free(hr);
+            if (!hr) json_decref(he.details);
+        }
+    }
     expect_err("{\"sequence\": \"   \"}", 422, "empty_sequence");
     expect_err("{\"sequences\": []}", 422, "empty_batch");
     expect_err("{\"sequence\": \"MKT\", \"mask_positions\": [0]}", 422, "invalid_mask_position");
