@@ -177,15 +177,21 @@ if 1022 in length[long_bin]:
 
 # the headline and the gains sentence say where the figures stand against the target (test perplexity
 # <= 14, accuracy >= 20%), as weights/release_docs.py's targets_sentence() and headline_target() word it
-if ppl <= 14.0:
-    has(card, "better than the unigram baseline and **meets the perplexity target** (≤ 14)", "MODEL_CARD.md headline (perplexity target met)")
+if acc >= 0.20:
+    check(ppl <= 14.0, "test accuracy %s meets its target but perplexity %.3f does not" % (pct(acc), ppl))
+    has(card, "better than the unigram baseline and **meets the target** (perplexity ≤ 14, accuracy ≥ 20%)", "MODEL_CARD.md headline (targets met)")
     has(card, "Test perplexity has met the target of 14 since stage ", "MODEL_CARD.md gains (perplexity target met)")
-    has(card, "(%.3f now)" % ppl, "MODEL_CARD.md gains (test perplexity)")
+    has(card, "(%.3f now) and accuracy the target of 20%% since stage " % ppl, "MODEL_CARD.md gains (accuracy target met)")
+    has(card, "(%s now); the issue's further mark, perplexity 11, is %.3f away" % (pct(acc), ppl - 11.0), "MODEL_CARD.md gains (distance to 11)")
+    check("but not the accuracy target" not in card and "points below 20%" not in card, "MODEL_CARD.md: still says the accuracy target is missed")
+elif ppl <= 14.0:
+    has(card, "better than the unigram baseline and **meets the perplexity target** (≤ 14) but not the accuracy target", "MODEL_CARD.md headline (perplexity target met)")
+    has(card, "Test perplexity has met the target of 14 since stage ", "MODEL_CARD.md gains (perplexity target met)")
+    has(card, "(%.3f now); accuracy is %.2f points below 20%%" % (ppl, 20.0 - 100 * acc), "MODEL_CARD.md gains (distance to 20%)")
 else:
     has(card, "better than the unigram baseline but **far from the target**", "MODEL_CARD.md headline (target missed)")
     has(card, "Test perplexity is %.3f above the target of 14" % (ppl - 14.0), "MODEL_CARD.md gains (distance to 14)")
-check(acc < 0.20, "test accuracy %s meets the 20%% target: the card's target sentences need rewriting" % pct(acc))
-has(card, "accuracy is %.2f points below 20%%" % (20.0 - 100 * acc), "MODEL_CARD.md gains (distance to 20%)")
+    has(card, "accuracy is %.2f points below 20%%" % (20.0 - 100 * acc), "MODEL_CARD.md gains (distance to 20%)")
 
 print("%d checks, %d failed" % (checks, len(failures)))
 sys.exit(1 if failures else 0)

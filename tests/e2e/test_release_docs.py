@@ -26,7 +26,8 @@ FILES = ["README.md", "weights/MODEL_CARD.md", "weights/TRAINING.md", "weights/t
          "weights/eval/test.json", "weights/eval/test_bf16.json", "weights/eval/valid.json",
          "weights/eval/valid_previous.json", "weights/eval/breakdown.jsonl"]
 sys.path.insert(0, os.path.join(ROOT, "weights"))
-from release_docs import branch_row, versus, pieces_1022, history_commands, loop_block, DocError  # noqa: E402  (the script's own rules)
+from release_docs import branch_row, versus, pieces_1022, history_commands, loop_block, DocError, \
+    targets_sentence, headline_target, GAINS, HEADLINE_TARGET  # noqa: E402  (the script's own rules)
 
 failures = []
 
@@ -47,11 +48,56 @@ def check_length_phrases():
     check(pieces_1022(0.02)[0] == "costs at most 0.02 in perplexity", "pieces_1022: a cost")
     check(pieces_1022(0.001)[0] == "costs nothing in perplexity" and "within 0.005" in pieces_1022(-0.004)[1],
           "pieces_1022: level")
+    small = pieces_1022(-0.009)   # stage 42: one pass 0.009 better past 2,048 residues, stage 41 0.007 behind
+    check(small[0] == "costs nothing in perplexity" and small[1].startswith("only as good in one pass as on pieces of 1,022 (0.01 better, a")
+          and small[2] == "are worse by 0.01, a difference whose sign has changed between stages", "pieces_1022: a small edge %r" % (small,))
+    for edge in (0.05, 0.2):
+        try:
+            pieces_1022(-edge)
+            check(False, "pieces_1022: one pass %.2f better than pieces of 1,022 accepted" % edge)
+        except DocError as e:
+            check("rewrite it" in str(e), "pieces_1022: message %r" % str(e))
+
+
+def refused(f, *args):
+    """True when f(*args) raises DocError."""
     try:
-        pieces_1022(-0.02)
-        check(False, "pieces_1022: one pass 0.02 better than pieces of 1,022 accepted")
-    except DocError as e:
-        check("rewrite it" in str(e), "pieces_1022: message %r" % str(e))
+        f(*args)
+    except DocError:
+        return True
+    return False
+
+
+def check_targets():
+    """The gains sentence and the headline in each state of the target (perplexity <= 14, accuracy >=
+    20%): both missed, perplexity met, both met; what release_docs.py writes, its regexes find again;
+    a target lost again after it was met, or met with no stage named, stops the script."""
+    last5, last5_acc = [0.09, 0.09, 0.09, 0.08, 0.08], [0.17, 0.29, 0.20, 0.23, 0.18]
+    head = "session (0.59, 0.09) have been 0.05–0.11 a session since stage 7. "
+    below = targets_sentence(14.2, 0.185, None, None, last5, last5_acc)
+    check(below.startswith("Test perplexity is 0.200 above the target of 14 (at the last five stages' 0.08–0.09 a session, 3 more sessions)"
+                           " and accuracy is 1.50 points below 20%"), "targets_sentence: both missed: %r" % below)
+    ppl_met = targets_sentence(13.377, 0.198, 35, None, last5, last5_acc)
+    check(ppl_met == "Test perplexity has met the target of 14 since stage 35 (13.377 now); accuracy is 0.20 points below 20% (at the"
+          " last five stages' 0.17–0.29 points a session, 1 to 2 more sessions)", "targets_sentence: perplexity met: %r" % ppl_met)
+    both = targets_sentence(13.30, 0.2004, 35, 43, last5, last5_acc)
+    check(both == "Test perplexity has met the target of 14 since stage 35 (13.300 now) and accuracy the target of 20% since stage 43"
+          " (20.04% now); the issue's further mark, perplexity 11, is 2.300 away (at the last five stages' 0.08–0.09 a session,"
+          " 26 to 29 more sessions)", "targets_sentence: both met: %r" % both)
+    for text, groups in ((below, (None, None)), (ppl_met, ("35", None)), (both, ("35", "43"))):
+        m = re.search(GAINS, head + text)
+        check(m is not None and m.end() == len(head + text) and m.group(2, 3) == groups,
+              "GAINS does not find %r again with stages %r" % (text, groups))
+    check(refused(targets_sentence, 13.30, 0.2004, 35, None, last5, last5_acc), "targets_sentence: accuracy met, no stage named")
+    check(refused(targets_sentence, 14.10, 0.2004, None, 43, last5, last5_acc), "targets_sentence: accuracy met, perplexity missed")
+    check(refused(targets_sentence, 13.30, 0.1995, 35, 43, last5, last5_acc), "targets_sentence: accuracy below 20% again")
+    check(refused(targets_sentence, 10.95, 0.2500, 35, 43, last5, last5_acc), "targets_sentence: perplexity 11 reached")
+    heads = [headline_target(14.2, 0.185), headline_target(13.4, 0.198), headline_target(13.3, 0.2004)]
+    check("**far from the target**" in heads[0] and "but not the accuracy target" in heads[1] and "**meets the target** (perplexity ≤ 14,"
+          " accuracy ≥ 20%)" in heads[2], "headline_target: %r" % heads)
+    for h in heads:
+        m = re.search(HEADLINE_TARGET, h)
+        check(m is not None and m.group(0) == h, "HEADLINE_TARGET does not find %r again" % h)
 
 
 def check_history_commands():
@@ -158,6 +204,7 @@ def release(tmp, steps=None):
 
 def main():
     check_length_phrases()
+    check_targets()
     check_history_commands()
     tmp = tempfile.mkdtemp(prefix="release_docs.")
     try:
