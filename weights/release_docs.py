@@ -293,7 +293,7 @@ def targets_sentence(ppl, acc, met_in, acc_met_in, last5, last5_acc):
 # (group 2: the stage that first met the perplexity target; group 3: the accuracy target)
 SESSIONS = r"\d+(?: to \d+)? more sessions?"
 ACC_BELOW = r"accuracy is -?[\d.]+ points below 20% \(at the last five stages' -?[\d.]+–-?[\d.]+ points a session, " + SESSIONS + r"\)"
-GAINS = (r"session \(([\d., -]+)\) have been 0.05–0.11 a session since stage 7\. Test perplexity"
+GAINS = (r"session \(([\d., ]+)\) have been 0.05–0.11 a session since stage 7\. Test perplexity"
          r" (?:has met the target of 14 since stage (\d+) \([\d.]+ now\)(?:; " + ACC_BELOW + r"| and accuracy the target of 20% since"
          r" stage (\d+) \([\d.]+% now\); the issue's further mark, perplexity 11, is [\d.]+ away \(at the last five stages'"
          r" -?[\d.]+–-?[\d.]+ a session, " + SESSIONS + r"\))|is [\d.]+ above the target of 14 \(at the last five"
