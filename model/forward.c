@@ -394,8 +394,7 @@ static void forward_group(pf_ctx *c, const pf_model *m, pf_kernel kernel, const 
             const int n = (int)(T - r0 < fr ? T - r0 : fr);
             float *xr = c->x + r0 * d, *hr = c->h + r0 * d;
             layernorm_forward(hr, NULL, NULL, xr, Lp->ln2_w, Lp->ln2_b, n, d, cfg->norm_eps);
-            matmul_forward(c->ff, hr, Lp->fc1_w, NULL, n, d, F);
-            gelu_bias_forward(c->ff, Lp->fc1_b, n, F);
+            matmul_gelu_forward(c->ff, hr, Lp->fc1_w, Lp->fc1_b, n, d, F);
             matmul_residual(xr, c->ff, Lp->fc2_w, Lp->fc2_b, n, F, d);
         }
         if (hidden && hidden_layer == l + 1) memcpy(hidden, c->x, T * d * sizeof(float));

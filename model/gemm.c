@@ -158,7 +158,7 @@ static CBLAS_TRANSPOSE cb(int t) { return t ? CblasTrans : CblasNoTrans; }
 
 static const gm_impl impl_bf16, impl_f32, impl_amx;
 static const gm_impl *bf16_impl(void);
-static void gemm_packed(const gm_impl *im, int ta, int tb, int M, int N, int K, float alpha,
+static void gemm_packed(const gm_impl *im, const gm_epilogue *ep, int ta, int tb, int M, int N, int K, float alpha,
                         const float *A, int lda, const float *B, int ldb, float beta, float *C,
                         int ldc, const uint32_t *pre);
 
@@ -186,9 +186,9 @@ int gm_fp32_is_own(void) {
 void gm_sgemm(int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda,
               const float *B, int ldb, float beta, float *C, int ldc) {
     if (gm_mode == GM_BF16)
-        gemm_packed(bf16_impl(), ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, NULL);
+        gemm_packed(bf16_impl(), NULL, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, NULL);
     else if (gm_fp32_is_own())
-        gemm_packed(&impl_f32, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, NULL);
+        gemm_packed(&impl_f32, NULL, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, NULL);
     else
         cblas_sgemm(CblasRowMajor, cb(ta), cb(tb), M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
 }
@@ -196,7 +196,7 @@ void gm_sgemm(int ta, int tb, int M, int N, int K, float alpha, const float *A, 
 /* gm_sgemm in float32 with the own kernel (the CPU must have AVX-512F), whatever the settings. */
 void gm_sgemm_f32(int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda,
                   const float *B, int ldb, float beta, float *C, int ldc) {
-    gemm_packed(&impl_f32, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, NULL);
+    gemm_packed(&impl_f32, NULL, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, NULL);
 }
 
 /* Transposes the 16 x 16 dwords r[i][j] in place (r[j][i] afterwards). */
@@ -650,7 +650,7 @@ static void pack_b_all(const gm_impl *im, uint32_t *dst, int tb, int N, int K, c
 /* gm_sgemm in bf16 with float32 accumulation, whatever the process's precision. */
 void gm_sgemm_bf16(int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda,
                    const float *B, int ldb, float beta, float *C, int ldc) {
-    gemm_packed(bf16_impl(), ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, NULL);
+    gemm_packed(bf16_impl(), NULL, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, NULL);
 }
 
 /* Returns B's cached packs for impl im, packing them on first use; NULL when the cache is full or
@@ -677,16 +677,30 @@ static const uint32_t *wcache_get(const gm_impl *im, int tb, int N, int K, const
     return r;
 }
 
-/* gm_sgemm with B a weight matrix, its packs cached (see gemm.h). */
-void gm_sgemm_w(int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda,
-                const float *B, int ldb, float beta, float *C, int ldc) {
+/* Runs ep (if any) over all of C[M, N] (the products that have no blocks of their own: OpenBLAS). */
+static void epilogue_all(const gm_epilogue *ep, float *C, int ldc, int M, int N) {
+    if (!ep || M <= 0 || N <= 0) return;
+    #pragma omp parallel for if ((double)M * N > (1 << 16) && !omp_in_parallel())
+    for (int i = 0; i < M; i += 16) ep->fn(C + (long)i * ldc, ldc, M - i < 16 ? M - i : 16, N, 0, ep->arg);
+}
+
+/* gm_sgemm with B a weight matrix, its packs cached, then ep (see gemm.h). */
+void gm_sgemm_w_ep(int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda,
+                   const float *B, int ldb, float beta, float *C, int ldc, const gm_epilogue *ep) {
     const gm_impl *im = gm_mode == GM_BF16 ? bf16_impl() : gm_fp32_is_own() ? &impl_f32 : NULL;
     if (!im) {
         cblas_sgemm(CblasRowMajor, cb(ta), cb(tb), M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+        epilogue_all(ep, C, ldc, M, N);
         return;
     }
     const uint32_t *pre = wcache_on && M > 0 && N > 0 && K > 0 ? wcache_get(im, tb, N, K, B, ldb) : NULL;
-    gemm_packed(im, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, pre);
+    gemm_packed(im, ep, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, pre);
+}
+
+/* gm_sgemm with B a weight matrix, its packs cached (see gemm.h). */
+void gm_sgemm_w(int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda,
+                const float *B, int ldb, float beta, float *C, int ldc) {
+    gm_sgemm_w_ep(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, NULL);
 }
 
 /* Turns the weight cache on or off (off empties it). */
@@ -727,12 +741,14 @@ int gm_weight_cache_count(void) {
 /* One K block [k0, k0 + kc) of A panels [q0, q1) x B panels [b0, b1) of gemm_packed: packs those A
  * panels into apt (unless the impl reads A in place), just before their use so that the packs are
  * still in L2 (packing all of a thread's panels first wrote them out to memory and read them
- * back), then runs the micro-kernels into C; bk = this K block's B packs. */
-static inline void gemm_block(const gm_impl *im, int ta, int M, int N, const float *A, int lda,
+ * back), then runs the micro-kernels into C; bk = this K block's B packs. After the last K block
+ * ep (if any) runs over the block's rows of C. */
+static inline void gemm_block(const gm_impl *im, const gm_epilogue *ep, int ta, int M, int N, const float *A, int lda,
                               float *C, int ldc, float alpha, float beta, uint32_t *apt,
                               size_t apanel, const uint32_t *bk, int q0, int q1, int b0, int b1,
-                              int k0, int kc) {
+                              int k0, int kc, int K) {
     const int mrp = im->mr, ku = ku_of(im, kc), direct = im->kernel_direct != NULL;
+    const int last = ep && k0 + kc >= K;
     if (!direct && b1 > b0)
         for (int p = q0; p < q1; p++)
             (im->pack_a ? im->pack_a : im->pack)(apt + apanel * p, ta, A, lda, M, p * mrp, k0, kc, mrp);
@@ -749,10 +765,18 @@ static inline void gemm_block(const gm_impl *im, int ta, int M, int N, const flo
                            C + (long)m0 * ldc + n0, ldc, mr, nc, alpha, beta, k0 == 0);
         }
     }
+    /* ep over the block's finished rows, row by row while they are still in L2 (on each tile
+     * straight after its kernel it cost more than a separate pass: a tile's rows, 4 KiB apart in
+     * fc1's output, share an L1 set and were evicted before ep read them, and AMX tile stores are
+     * not forwarded to loads) */
+    if (last && b1 > b0) {
+        const int m0 = q0 * mrp, m1 = q1 * mrp < M ? q1 * mrp : M, n0 = b0 * NR, n1 = b1 * NR < N ? b1 * NR : N;
+        ep->fn(C + (long)m0 * ldc + n0, ldc, m1 - m0, n1 - n0, n0, ep->arg);
+    }
 }
 
 /* The packed product with impl im; pre = B's packs from the weight cache, or NULL to pack B here. */
-static void gemm_packed(const gm_impl *im, int ta, int tb, int M, int N, int K, float alpha,
+static void gemm_packed(const gm_impl *im, const gm_epilogue *ep, int ta, int tb, int M, int N, int K, float alpha,
                         const float *A, int lda, const float *B, int ldb, float beta, float *C,
                         int ldc, const uint32_t *pre) {
     if (M <= 0 || N <= 0) return;
@@ -760,6 +784,7 @@ static void gemm_packed(const gm_impl *im, int ta, int tb, int M, int N, int K, 
         for (int i = 0; i < M; i++)
             for (int j = 0; j < N; j++)
                 C[(long)i * ldc + j] = beta == 0.0f ? 0.0f : beta * C[(long)i * ldc + j];
+        epilogue_all(ep, C, ldc, M, N);
         return;
     }
     const int mrp = im->mr;   /* rows per A panel */
@@ -800,6 +825,7 @@ static void gemm_packed(const gm_impl *im, int ta, int tb, int M, int N, int K, 
         free(ap);
         free(bp);
         cblas_sgemm(CblasRowMajor, cb(ta), cb(tb), M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+        epilogue_all(ep, C, ldc, M, N);
         return;
     }
     /* with every K block's B packs at hand at once (cached, or one round), each thread runs all
@@ -828,8 +854,8 @@ static void gemm_packed(const gm_impl *im, int ta, int tb, int M, int N, int K, 
                 for (int k0 = 0; k0 < K; k0 += KC) {
                     const int kc = K - k0 < KC ? K - k0 : KC, bi = k0 / KC;
                     const uint32_t *bk = pre ? pre + (size_t)npb * NR * kublk * bi : bp + bblk * bi;
-                    gemm_block(im, ta, M, N, A, lda, C, ldc, alpha, beta, apt, apanel, bk, q0, q1, b0, b1,
-                               k0, kc);
+                    gemm_block(im, ep, ta, M, N, A, lda, C, ldc, alpha, beta, apt, apanel, bk, q0, q1, b0, b1,
+                               k0, kc, K);
                 }
             }
         } else {
@@ -850,8 +876,8 @@ static void gemm_packed(const gm_impl *im, int ta, int tb, int M, int N, int K, 
                 /* blocks of MC_PANELS A panels (in L2) x this thread's B panels */
                 for (int q0 = a0; q0 < a1; q0 += MC_PANELS) {
                     const int q1 = q0 + MC_PANELS < a1 ? q0 + MC_PANELS : a1;
-                    gemm_block(im, ta, M, N, A, lda, C, ldc, alpha, beta, apt, apanel, bk, q0, q1, b0, b1,
-                               k0, kc);
+                    gemm_block(im, ep, ta, M, N, A, lda, C, ldc, alpha, beta, apt, apanel, bk, q0, q1, b0, b1,
+                               k0, kc, K);
                 }
             }
         }

@@ -67,6 +67,20 @@ void gm_sgemm(int ta, int tb, int M, int N, int K, float alpha, const float *A, 
  * The caller promises B does not change while cached (see gm_weight_cache_drop). */
 void gm_sgemm_w(int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda,
                 const float *B, int ldb, float beta, float *C, int ldc);
+/* An element-wise step applied to C's outputs once they are final: fn(c, ldc, rows, cols, n0, arg)
+ * rewrites rows x cols of C starting at c, whose first column is column n0 of C (so that fn can
+ * index a per-column bias). The packed products run it on each thread's block of C (up to 16
+ * micro-kernel rows by its columns) right after the block's last K block, while it is still in
+ * L2 (a separate pass over C read and wrote all of it from memory again); OpenBLAS's over all of
+ * C at the end. fn must give each element a result that depends on that element and its column
+ * only (blocks come in any order, on any thread). */
+typedef struct {
+    void (*fn)(float *c, long ldc, int rows, int cols, int n0, const void *arg);
+    const void *arg;
+} gm_epilogue;
+/* gm_sgemm_w followed by ep (NULL: none), as if ep ran over all of C after the product. */
+void gm_sgemm_w_ep(int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda,
+                   const float *B, int ldb, float beta, float *C, int ldc, const gm_epilogue *ep);
 
 /* Turns the weight cache of gm_sgemm_w on (1) or off (0, the default: training changes its
  * weights every step); off also empties it. For inference processes (performerd, eval, predict). */

@@ -128,49 +128,6 @@ void layernorm_backward(float *dinp, float *dw, float *db, const float *dout, co
     }
 }
 
-void matmul_forward(float *out, const float *inp, const float *w, const float *b, int N, int C,
-                    int OC) {
-    if (b) {
-        #pragma omp parallel for if ((size_t)N * OC > OMP_MIN)
-        for (int p = 0; p < N; p++) memcpy(out + (size_t)p * OC, b, sizeof(float) * OC);
-    }
-    gm_sgemm_w(0, 1, N, OC, C, 1.0f, inp, C, w, C, b ? 1.0f : 0.0f, out, OC);
-}
-
-/* matmul_backward with dinp = beta * dinp + dout w (beta 0: dinp need not be initialised). */
-static void matmul_backward_beta(float *dinp, float beta, float *dw, float *db, const float *dout,
-                                 const float *inp, const float *w, int N, int C, int OC) {
-    if (dinp)
-        gm_sgemm(0, 0, N, C, OC, 1.0f, dout, OC, w, C, beta, dinp, C);
-    gm_sgemm(1, 0, OC, C, N, 1.0f, dout, OC, inp, C, 1.0f, dw, C);
-    if (db) {
-        /* each column summed over the rows in order, blocks of columns in parallel */
-        const int bw = col_block(OC, (size_t)N * OC);
-        #pragma omp parallel for if ((size_t)N * OC > OMP_MIN)
-        for (int o0 = 0; o0 < OC; o0 += bw) {
-            const int no = o0 + bw < OC ? bw : OC - o0;
-            float a[COL_BLOCK_MAX];
-            for (int o = 0; o < no; o++) a[o] = db[o0 + o];
-            for (int p = 0; p < N; p++) {
-                const float *d = dout + (size_t)p * OC + o0;
-                #pragma omp simd
-                for (int o = 0; o < no; o++) a[o] += d[o];
-            }
-            for (int o = 0; o < no; o++) db[o0 + o] = a[o];
-        }
-    }
-}
-
-void matmul_backward(float *dinp, float *dw, float *db, const float *dout, const float *inp,
-                     const float *w, int N, int C, int OC) {
-    matmul_backward_beta(dinp, 1.0f, dw, db, dout, inp, w, N, C, OC);
-}
-
-void matmul_backward_set(float *dinp, float *dw, float *db, const float *dout, const float *inp,
-                         const float *w, int N, int C, int OC) {
-    matmul_backward_beta(dinp, 0.0f, dw, db, dout, inp, w, N, C, OC);
-}
-
 /* erf(x) for float x, branch-free so the GELU loops vectorise: x·P(x²)/Q(x²) on [-4, 4] (outside
  * it erf is ±1 in float), the rational approximation of Eigen/XLA; max |error| 4.2e-7 over
  * [-10, 10] against double erf (measured when written). */
@@ -210,15 +167,180 @@ static inline float exp_vec(float x) {
     return p * scale;
 }
 
-void gelu_forward(float *out, const float *inp, size_t n) {
-    #pragma omp parallel for simd if (n > OMP_MIN)
-    for (size_t i = 0; i < n; i++) {
-        float x = inp[i];
-        out[i] = 0.5f * x * (1.0f + erf_vec(x * (float)M_SQRT1_2));
+/* GELU and its gradient on AVX-512 (the default where the CPU has AVX-512F) or in portable C. */
+static int g_gelu_avx512 = -1;   /* -1: not decided yet */
+
+int ops_gelu_avx512(int on) {
+    if (on && !gm_avx512f_supported()) return -1;
+    g_gelu_avx512 = on ? 1 : 0;
+    return 0;
+}
+
+static int gelu_avx512(void) {
+    if (g_gelu_avx512 < 0) g_gelu_avx512 = gm_avx512f_supported();
+    return g_gelu_avx512;
+}
+
+/* GELU of 16 floats: erf_vec's rational approximation with fused multiply-adds, its division by
+ * the denominator (which is below -0.014 everywhere) replaced by a reciprocal estimate and one
+ * Newton step; 0.5 t (1 + erf(t / sqrt 2)) as h + h erf with h = t / 2. NaN stays NaN. */
+__attribute__((target("avx512f"))) static inline __m512 erf16(__m512 a) {
+    const __m512 x = _mm512_min_ps(_mm512_max_ps(a, _mm512_set1_ps(-4.0f)), _mm512_set1_ps(4.0f));
+    const __m512 x2 = _mm512_mul_ps(x, x);
+    __m512 p = _mm512_set1_ps(-2.72614225801306e-10f);
+    p = _mm512_fmadd_ps(p, x2, _mm512_set1_ps(2.77068142495902e-08f));
+    p = _mm512_fmadd_ps(p, x2, _mm512_set1_ps(-2.10102402082508e-06f));
+    p = _mm512_fmadd_ps(p, x2, _mm512_set1_ps(-5.69250639462346e-05f));
+    p = _mm512_fmadd_ps(p, x2, _mm512_set1_ps(-7.34990630326855e-04f));
+    p = _mm512_fmadd_ps(p, x2, _mm512_set1_ps(-2.95459980854025e-03f));
+    p = _mm512_fmadd_ps(p, x2, _mm512_set1_ps(-1.60960333262415e-02f));
+    __m512 q = _mm512_set1_ps(-1.45660718464996e-05f);
+    q = _mm512_fmadd_ps(q, x2, _mm512_set1_ps(-2.13374055278905e-04f));
+    q = _mm512_fmadd_ps(q, x2, _mm512_set1_ps(-1.68282697438203e-03f));
+    q = _mm512_fmadd_ps(q, x2, _mm512_set1_ps(-7.37332916720468e-03f));
+    q = _mm512_fmadd_ps(q, x2, _mm512_set1_ps(-1.42647390514189e-02f));
+    __m512 r = _mm512_rcp14_ps(q);
+    r = _mm512_fmadd_ps(_mm512_fnmadd_ps(q, r, _mm512_set1_ps(1.0f)), r, r);
+    return _mm512_mul_ps(_mm512_mul_ps(x, p), r);
+}
+
+__attribute__((target("avx512f"))) static inline __m512 gelu16(__m512 t) {
+    const __m512 erf = erf16(_mm512_mul_ps(t, _mm512_set1_ps((float)M_SQRT1_2)));
+    const __m512 h = _mm512_mul_ps(t, _mm512_set1_ps(0.5f));
+    return _mm512_fmadd_ps(h, erf, h);
+}
+
+/* exp_vec of 16 floats with fused multiply-adds, 2^n applied by VSCALEFPS. */
+__attribute__((target("avx512f"))) static inline __m512 exp16(__m512 x) {
+    x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-87.0f)), _mm512_set1_ps(88.0f));
+    const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                          _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+    r = _mm512_fmadd_ps(n, _mm512_set1_ps(2.12194440e-4f), r);
+    __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+    p = _mm512_fmadd_ps(_mm512_mul_ps(p, r), r, _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+    return _mm512_scalef_ps(p, n);
+}
+
+/* dinp[j] = dout[j] GELU'(x[j]) = dout[j] (Phi(x) + x phi(x)) for j < n, 16 at a time. */
+__attribute__((target("avx512f"))) static void gelu_grad_span_avx512(float *dinp, const float *in,
+                                                                    const float *dout, int n) {
+    for (int j = 0; j < n; j += 16) {
+        const __mmask16 m = n - j >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (n - j)) - 1);
+        const __m512 x = _mm512_maskz_loadu_ps(m, in + j), half = _mm512_set1_ps(0.5f);
+        const __m512 cdf = _mm512_fmadd_ps(half, erf16(_mm512_mul_ps(x, _mm512_set1_ps((float)M_SQRT1_2))), half);
+        const __m512 pdf = _mm512_mul_ps(exp16(_mm512_mul_ps(_mm512_mul_ps(x, x), _mm512_set1_ps(-0.5f))),
+                                         _mm512_set1_ps(0.3989422804014327f));
+        _mm512_mask_storeu_ps(dinp + j, m, _mm512_mul_ps(_mm512_maskz_loadu_ps(m, dout + j),
+                                                         _mm512_fmadd_ps(x, pdf, cdf)));
     }
 }
 
+__attribute__((target("avx512f"))) static void gelu_span_avx512(float *out, const float *in,
+                                                                const float *b, int n) {
+    for (int j = 0; j < n; j += 16) {
+        const __mmask16 m = n - j >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (n - j)) - 1);
+        __m512 t = _mm512_maskz_loadu_ps(m, in + j);
+        if (b) t = _mm512_add_ps(t, _mm512_maskz_loadu_ps(m, b + j));
+        _mm512_mask_storeu_ps(out + j, m, gelu16(t));
+    }
+}
+
+/* out[j] = GELU(in[j] + b[j]) for j < n (b may be NULL: no bias; out may equal in), the one GELU
+ * of every forward path. */
+static void gelu_span(float *out, const float *in, const float *b, int n) {
+    if (gelu_avx512()) {
+        gelu_span_avx512(out, in, b, n);
+        return;
+    }
+    #pragma omp simd
+    for (int j = 0; j < n; j++) {
+        const float t = b ? in[j] + b[j] : in[j];
+        out[j] = 0.5f * t * (1.0f + erf_vec(t * (float)M_SQRT1_2));
+    }
+}
+
+/* gm_epilogue steps (arg: the bias, indexed from column n0): a tile of C += bias, and a tile of C
+ * = GELU(C + bias) (gelu_bias_forward's arithmetic, element for element). */
+static void ep_bias(float *c, long ldc, int rows, int cols, int n0, const void *arg) {
+    const float *b = (const float *)arg + n0;
+    for (int i = 0; i < rows; i++) {
+        float *r = c + (size_t)i * (size_t)ldc;
+        #pragma omp simd
+        for (int j = 0; j < cols; j++) r[j] += b[j];
+    }
+}
+
+static void ep_bias_gelu(float *c, long ldc, int rows, int cols, int n0, const void *arg) {
+    const float *b = (const float *)arg + n0;
+    for (int i = 0; i < rows; i++) gelu_span(c + (size_t)i * (size_t)ldc, c + (size_t)i * (size_t)ldc, b, cols);
+}
+
+void matmul_forward(float *out, const float *inp, const float *w, const float *b, int N, int C,
+                    int OC) {
+    const gm_epilogue ep = { ep_bias, b };
+    gm_sgemm_w_ep(0, 1, N, OC, C, 1.0f, inp, C, w, C, 0.0f, out, OC, b ? &ep : NULL);
+}
+
+void matmul_gelu_forward(float *out, const float *inp, const float *w, const float *b, int N, int C,
+                         int OC) {
+    const gm_epilogue ep = { ep_bias_gelu, b };
+    gm_sgemm_w_ep(0, 1, N, OC, C, 1.0f, inp, C, w, C, 0.0f, out, OC, &ep);
+}
+
+/* matmul_backward with dinp = beta * dinp + dout w (beta 0: dinp need not be initialised). */
+static void matmul_backward_beta(float *dinp, float beta, float *dw, float *db, const float *dout,
+                                 const float *inp, const float *w, int N, int C, int OC) {
+    if (dinp)
+        gm_sgemm(0, 0, N, C, OC, 1.0f, dout, OC, w, C, beta, dinp, C);
+    gm_sgemm(1, 0, OC, C, N, 1.0f, dout, OC, inp, C, 1.0f, dw, C);
+    if (db) {
+        /* each column summed over the rows in order, blocks of columns in parallel */
+        const int bw = col_block(OC, (size_t)N * OC);
+        #pragma omp parallel for if ((size_t)N * OC > OMP_MIN)
+        for (int o0 = 0; o0 < OC; o0 += bw) {
+            const int no = o0 + bw < OC ? bw : OC - o0;
+            float a[COL_BLOCK_MAX];
+            for (int o = 0; o < no; o++) a[o] = db[o0 + o];
+            for (int p = 0; p < N; p++) {
+                const float *d = dout + (size_t)p * OC + o0;
+                #pragma omp simd
+                for (int o = 0; o < no; o++) a[o] += d[o];
+            }
+            for (int o = 0; o < no; o++) db[o0 + o] = a[o];
+        }
+    }
+}
+
+void matmul_backward(float *dinp, float *dw, float *db, const float *dout, const float *inp,
+                     const float *w, int N, int C, int OC) {
+    matmul_backward_beta(dinp, 1.0f, dw, db, dout, inp, w, N, C, OC);
+}
+
+void matmul_backward_set(float *dinp, float *dw, float *db, const float *dout, const float *inp,
+                         const float *w, int N, int C, int OC) {
+    matmul_backward_beta(dinp, 0.0f, dw, db, dout, inp, w, N, C, OC);
+}
+
+void gelu_forward(float *out, const float *inp, size_t n) {
+    const size_t chunk = 4096;
+    #pragma omp parallel for if (n > OMP_MIN)
+    for (size_t i = 0; i < n; i += chunk) gelu_span(out + i, inp + i, NULL, (int)(n - i < chunk ? n - i : chunk));
+}
+
 void gelu_backward(float *dinp, const float *inp, const float *dout, size_t n) {
+    if (gelu_avx512()) {
+        const size_t chunk = 4096;
+        #pragma omp parallel for if (n > OMP_MIN)
+        for (size_t i = 0; i < n; i += chunk)
+            gelu_grad_span_avx512(dinp + i, inp + i, dout + i, (int)(n - i < chunk ? n - i : chunk));
+        return;
+    }
     #pragma omp parallel for simd if (n > OMP_MIN)
     for (size_t i = 0; i < n; i++) {
         float x = inp[i];
@@ -230,27 +352,15 @@ void gelu_backward(float *dinp, const float *inp, const float *dout, size_t n) {
 
 void gelu_bias_forward(float *x, const float *b, int N, int C) {
     #pragma omp parallel for if ((size_t)N * C > OMP_MIN)
-    for (int p = 0; p < N; p++) {
-        float *r = x + (size_t)p * C;
-        #pragma omp simd
-        for (int i = 0; i < C; i++) {
-            float t = r[i] + b[i];
-            r[i] = 0.5f * t * (1.0f + erf_vec(t * (float)M_SQRT1_2));
-        }
-    }
+    for (int p = 0; p < N; p++) gelu_span(x + (size_t)p * C, x + (size_t)p * C, b, C);
 }
 
 void matmul_residual(float *out, const float *inp, const float *w, const float *b, int N, int C,
                      int OC) {
-    /* beta 1: the product lands on the residual stream directly (no zeroed buffer, no extra add) */
-    gm_sgemm_w(0, 1, N, OC, C, 1.0f, inp, C, w, C, 1.0f, out, OC);
-    if (!b) return;
-    #pragma omp parallel for if ((size_t)N * OC > OMP_MIN)
-    for (int p = 0; p < N; p++) {
-        float *o = out + (size_t)p * OC;
-        #pragma omp simd
-        for (int i = 0; i < OC; i++) o[i] += b[i];
-    }
+    /* beta 1: the product lands on the residual stream directly (no zeroed buffer, no extra add);
+     * the bias joins each tile once its sum is final */
+    const gm_epilogue ep = { ep_bias, b };
+    gm_sgemm_w_ep(0, 1, N, OC, C, 1.0f, inp, C, w, C, 1.0f, out, OC, b ? &ep : NULL);
 }
 
 void residual_forward(float *out, const float *a, const float *b, size_t n) {

@@ -33,7 +33,8 @@ void layernorm_forward(float *out, float *mean, float *rstd, const float *inp, c
 void layernorm_backward(float *dinp, float *dw, float *db, const float *dout, const float *inp,
                         const float *w, const float *mean, const float *rstd, int N, int C);
 
-/* out[N, OC] = inp[N, C] w[OC, C]^T + b[OC] (b may be NULL). */
+/* out[N, OC] = inp[N, C] w[OC, C]^T + b[OC] (b may be NULL; added to each finished tile of the
+ * product, after its sum). */
 void matmul_forward(float *out, const float *inp, const float *w, const float *b, int N, int C,
                     int OC);
 
@@ -45,14 +46,26 @@ void matmul_backward(float *dinp, float *dw, float *db, const float *dout, const
 void matmul_backward_set(float *dinp, float *dw, float *db, const float *dout, const float *inp,
                          const float *w, int N, int C, int OC);
 
-/* out = GELU(inp) element-wise (exact erf form); out may equal inp. */
+/* out = GELU(inp) element-wise (exact erf form: a rational approximation of erf, within 1e-6 of
+ * GELU in double; tests/unit/test_reference.c); out may equal inp. */
 void gelu_forward(float *out, const float *inp, size_t n);
+
+/* GELU (gelu_forward, gelu_bias_forward, matmul_gelu_forward) and gelu_backward on AVX-512
+ * (on = 1, the default where the CPU has AVX-512F) or in portable C (0); the two differ in the
+ * last bits. Returns 0, or -1 (unchanged) for 1 on a CPU without AVX-512F. For tests. */
+int ops_gelu_avx512(int on);
 
 /* dinp = dout * GELU'(inp) (overwrites dinp). */
 void gelu_backward(float *dinp, const float *inp, const float *dout, size_t n);
 
 /* x [N, C] = GELU(x + b) in place (the fc1 bias fused into the activation; inference only). */
 void gelu_bias_forward(float *x, const float *b, int N, int C);
+
+/* out [N, OC] = GELU(inp [N, C] w^T + b), the bias and GELU applied to each tile of the product as
+ * it is finished (gm_epilogue): the same bits as matmul_forward without b then gelu_bias_forward,
+ * without their second pass over out (inference only). */
+void matmul_gelu_forward(float *out, const float *inp, const float *w, const float *b, int N, int C,
+                         int OC);
 
 /* out [N, OC] += inp [N, C] w^T + b (b may be NULL): a projection added straight onto the residual
  * stream (inference only). */

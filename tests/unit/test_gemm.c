@@ -5,7 +5,8 @@
  * on 1 and 2 threads, and the precision switch (fp32 mode is cblas_sgemm exactly with
  * gm_fp32_own(0), the own float32 kernel otherwise), every operand packed tight against a guard
  * page, and the weight cache (same bits, dropped by address range and by pf_model_free); where the
- * CPU has AMX, both bf16 kernels (AMX tiles and AVX-512 BF16) and their agreement. Exits 77
+ * CPU has AMX, both bf16 kernels (AMX tiles and AVX-512 BF16) and their agreement; the epilogue
+ * fused into the products (gm_sgemm_w_ep, matmul_gelu_forward) against a pass after them. Exits 77
  * (skip) after the checks it can run on a CPU without AVX-512 BF16 (or AVX-512F).
  */
 #include "gemm.h"
@@ -247,6 +248,14 @@ static double check_products(void) {
     return worst;
 }
 
+/* A gm_epilogue step for the checks: c = c * c / 4 + arg[column] (not idempotent: a step run twice
+ * or not at all shows; a wrong column index shows). */
+static void test_ep(float *c, long ldc, int rows, int cols, int n0, const void *arg) {
+    const float *b = (const float *)arg + n0;
+    for (int i = 0; i < rows; i++)
+        for (int j = 0; j < cols; j++) c[i * ldc + j] = c[i * ldc + j] * c[i * ldc + j] * 0.25f + b[j];
+}
+
 /* The product under test gives the same bits on one thread and on two, for each transpose, with
  * the threads splitting A's panels (M x N x K) or B's (m x N x K). */
 static void check_thread_bits_one(int M, int N, int K) {
@@ -481,6 +490,90 @@ int main(void) {
         }
         CHECK(gm_set_precision(GM_FP32) == 0);
         free(A); free(B); free(C1); free(C2);
+    }
+
+    /* gm_sgemm_w_ep: the epilogue on each finished block of C gives the same bits as the product
+     * followed by the same step over all of C, once per element (the step is not idempotent), with
+     * the column index right (a per-column term) and the padding columns past N untouched; every
+     * product (the own float32 kernel, OpenBLAS, bf16 on each kernel), cached and uncached B (both
+     * loop orders of gemm_packed), A or B split between the threads, beta 0 and 1 */
+    {
+        static const int shapes[][3] = { {700, 300, 600}, {40, 70, 6000}, {20, 1100, 256}, {1, 5, 3} };
+        uint64_t s = 17;
+        float col[1100];
+        for (int j = 0; j < 1100; j++) col[j] = urand(&s);
+        const gm_epilogue ep = { test_ep, col };
+        int runs = 0;
+        for (int impl = 0; impl < 5; impl++) {
+            /* 0 own float32, 1 OpenBLAS, 2 bf16 AVX-512 BF16, 3 bf16 AMX, 4 bf16 with the cache */
+            if ((impl == 0 && !gm_avx512f_supported()) || (impl >= 2 && !gm_bf16_supported()) ||
+                (impl == 3 && !gm_amx_supported()))
+                continue;
+            if (impl == 1) CHECK(gm_fp32_own(0) == 0);
+            if (impl >= 2) CHECK(gm_set_precision(GM_BF16) == 0);
+            if (impl == 2 && gm_amx_supported()) CHECK(gm_bf16_amx(0) == 0);
+            if (impl == 4) gm_weight_cache(1);
+            for (int si = 0; si < 4; si++)
+                for (int b1 = 0; b1 < 2; b1++) {
+                    const int M = shapes[si][0], N = shapes[si][1], K = shapes[si][2], ldc = N + 5;
+                    float *A = malloc(sizeof(float) * M * K), *B = malloc(sizeof(float) * N * K);
+                    float *C1 = malloc(sizeof(float) * M * ldc), *C2 = malloc(sizeof(float) * M * ldc);
+                    for (int i = 0; i < M * K; i++) A[i] = urand(&s);
+                    for (int i = 0; i < N * K; i++) B[i] = urand(&s);
+                    for (int i = 0; i < M * ldc; i++) C1[i] = C2[i] = urand(&s);
+                    const float beta = b1 ? 1.0f : 0.0f;
+                    for (int t = 1; t <= 2; t++) {
+                        omp_set_num_threads(t);
+                        gm_sgemm_w(0, 1, M, N, K, 0.5f, A, K, B, K, beta, C1, ldc);
+                        test_ep(C1, ldc, M, N, 0, col);
+                        gm_sgemm_w_ep(0, 1, M, N, K, 0.5f, A, K, B, K, beta, C2, ldc, &ep);
+                        CHECKF(memcmp(C1, C2, sizeof(float) * M * ldc) == 0,
+                               "epilogue: product %d, %d x %d x %d, beta %g, %d threads: differs from a pass after",
+                               impl, M, N, K, beta, t);
+                        runs++;
+                    }
+                    free(A); free(B); free(C1); free(C2);
+                }
+            if (impl == 1) CHECK(gm_fp32_own(1) == 0 || !gm_avx512f_supported());
+            if (impl == 2 && gm_amx_supported()) CHECK(gm_bf16_amx(1) == 0);
+            if (impl == 4) gm_weight_cache(0);
+            CHECK(gm_set_precision(GM_FP32) == 0);
+        }
+        printf("epilogue fused into the product: %d runs, the same bits as a pass after it\n", runs);
+    }
+
+    /* matmul_gelu_forward: GELU(x w^T + b) in the product's epilogue, the same bits as
+     * matmul_forward without the bias then gelu_bias_forward; matmul_forward's and
+     * matmul_residual's bias likewise as a pass after the product */
+    for (int bf = 0; bf < 1 + gm_bf16_supported(); bf++) {
+        uint64_t s = 29;
+        const int N = 300, C = 256, OC = 1024;
+        float *x = malloc(sizeof(float) * N * C), *w = malloc(sizeof(float) * OC * C), *b = malloc(sizeof(float) * OC);
+        float *o1 = malloc(sizeof(float) * N * OC), *o2 = malloc(sizeof(float) * N * OC);
+        for (int i = 0; i < N * C; i++) x[i] = urand(&s);
+        for (int i = 0; i < OC * C; i++) w[i] = 0.1f * urand(&s);
+        for (int i = 0; i < OC; i++) b[i] = urand(&s);
+        CHECK(gm_set_precision(bf ? GM_BF16 : GM_FP32) == 0);
+        matmul_forward(o1, x, w, NULL, N, C, OC);
+        gelu_bias_forward(o1, b, N, OC);
+        matmul_gelu_forward(o2, x, w, b, N, C, OC);
+        CHECKF(memcmp(o1, o2, sizeof(float) * N * OC) == 0, "%s: matmul_gelu_forward differs from matmul + gelu_bias",
+               bf ? "bf16" : "fp32");
+        matmul_forward(o1, x, w, NULL, N, C, OC);
+        for (int i = 0; i < N; i++)
+            for (int j = 0; j < OC; j++) o1[(size_t)i * OC + j] += b[j];
+        matmul_forward(o2, x, w, b, N, C, OC);
+        CHECKF(memcmp(o1, o2, sizeof(float) * N * OC) == 0, "%s: matmul_forward's bias is not added after the sum",
+               bf ? "bf16" : "fp32");
+        for (int i = 0; i < N * OC; i++) o2[i] = o1[i];
+        gm_sgemm(0, 1, N, OC, C, 1.0f, x, C, w, C, 1.0f, o1, OC);
+        for (int i = 0; i < N; i++)
+            for (int j = 0; j < OC; j++) o1[(size_t)i * OC + j] += b[j];
+        matmul_residual(o2, x, w, b, N, C, OC);
+        CHECKF(memcmp(o1, o2, sizeof(float) * N * OC) == 0, "%s: matmul_residual differs from product then bias",
+               bf ? "bf16" : "fp32");
+        CHECK(gm_set_precision(GM_FP32) == 0);
+        free(x); free(w); free(b); free(o1); free(o2);
     }
 
     /* a model's packs go with it: pf_model_free drops them */
