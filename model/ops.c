@@ -49,8 +49,51 @@ void embed_backward(float *dweight, const float *dout, const int32_t *tokens, in
     }
 }
 
+/* One row of layernorm_forward on AVX-512 (C % 32 == 0): mean and variance summed in double
+ * (four accumulators of 8), the output in float as the portable loop computes it. */
+__attribute__((target("avx512f"))) static void layernorm_row_avx512(float *o, const float *x, const float *w,
+                                                                   const float *b, int C, float eps,
+                                                                   float *mean, float *rstd) {
+    __m512d a0 = _mm512_setzero_pd(), a1 = a0, a2 = a0, a3 = a0;
+    for (int i = 0; i < C; i += 32) {
+        a0 = _mm512_add_pd(a0, _mm512_cvtps_pd(_mm256_loadu_ps(x + i)));
+        a1 = _mm512_add_pd(a1, _mm512_cvtps_pd(_mm256_loadu_ps(x + i + 8)));
+        a2 = _mm512_add_pd(a2, _mm512_cvtps_pd(_mm256_loadu_ps(x + i + 16)));
+        a3 = _mm512_add_pd(a3, _mm512_cvtps_pd(_mm256_loadu_ps(x + i + 24)));
+    }
+    const double m = _mm512_reduce_add_pd(_mm512_add_pd(_mm512_add_pd(a0, a1), _mm512_add_pd(a2, a3))) / C;
+    const __m512d md = _mm512_set1_pd(m);
+    a0 = a1 = a2 = a3 = _mm512_setzero_pd();
+    for (int i = 0; i < C; i += 32) {
+        const __m512d t0 = _mm512_sub_pd(_mm512_cvtps_pd(_mm256_loadu_ps(x + i)), md);
+        const __m512d t1 = _mm512_sub_pd(_mm512_cvtps_pd(_mm256_loadu_ps(x + i + 8)), md);
+        const __m512d t2 = _mm512_sub_pd(_mm512_cvtps_pd(_mm256_loadu_ps(x + i + 16)), md);
+        const __m512d t3 = _mm512_sub_pd(_mm512_cvtps_pd(_mm256_loadu_ps(x + i + 24)), md);
+        a0 = _mm512_fmadd_pd(t0, t0, a0);
+        a1 = _mm512_fmadd_pd(t1, t1, a1);
+        a2 = _mm512_fmadd_pd(t2, t2, a2);
+        a3 = _mm512_fmadd_pd(t3, t3, a3);
+    }
+    const double v = _mm512_reduce_add_pd(_mm512_add_pd(_mm512_add_pd(a0, a1), _mm512_add_pd(a2, a3))) / C;
+    const float s = (float)(1.0 / sqrt(v + eps)), mf = (float)m;
+    const __m512 sv = _mm512_set1_ps(s), mv = _mm512_set1_ps(mf);
+    for (int i = 0; i < C; i += 16) {
+        const __m512 t = _mm512_mul_ps(_mm512_sub_ps(_mm512_loadu_ps(x + i), mv), sv);
+        _mm512_storeu_ps(o + i, _mm512_fmadd_ps(t, _mm512_loadu_ps(w + i), _mm512_loadu_ps(b + i)));
+    }
+    if (mean) *mean = mf;
+    if (rstd) *rstd = s;
+}
+
 void layernorm_forward(float *out, float *mean, float *rstd, const float *inp, const float *w,
                        const float *b, int N, int C, float eps) {
+    if (C % 32 == 0 && gm_avx512f_supported()) {
+        #pragma omp parallel for if ((size_t)N * C > OMP_MIN)
+        for (int p = 0; p < N; p++)
+            layernorm_row_avx512(out + (size_t)p * C, inp + (size_t)p * C, w, b, C, eps,
+                                 mean ? mean + p : NULL, rstd ? rstd + p : NULL);
+        return;
+    }
     #pragma omp parallel for if ((size_t)N * C > OMP_MIN)
     for (int p = 0; p < N; p++) {
         const float *x = inp + (size_t)p * C;

@@ -34,6 +34,32 @@ static void test_ops(void) {
         layernorm_backward(d1, d2, d3, dout, x, w, mean, rstd, 7, 32);
         cmp_op(&f, "layernorm.dx", d1, 224); cmp_op(&f, "layernorm.dw", d2, 32); cmp_op(&f, "layernorm.db", d3, 32);
     }
+    { /* layernorm_forward against double, on AVX-512 rows (C % 32 == 0) and the portable loop */
+        const int cs[2] = { 256, 40 };
+        for (int ci = 0; ci < 2; ci++) {
+            const int N = 5, C = cs[ci];
+            float x[5 * 256], w[256], b[256], o[5 * 256], mean[5], rstd[5];
+            uint64_t st = 31;
+            for (int i = 0; i < N * C; i++) x[i] = 3.0f + 2.0f * (float)((st = st * 6364136223846793005ULL + 1) >> 40) / 16777216.0f;
+            for (int i = 0; i < C; i++) { w[i] = 0.5f + 0.01f * (float)i; b[i] = 0.1f - 0.002f * (float)i; }
+            layernorm_forward(o, mean, rstd, x, w, b, N, C, 1e-5f);
+            double worst = 0;
+            for (int p = 0; p < N; p++) {
+                double m = 0, v = 0;
+                for (int i = 0; i < C; i++) m += x[p * C + i];
+                m /= C;
+                for (int i = 0; i < C; i++) v += (x[p * C + i] - m) * (x[p * C + i] - m);
+                const double r = 1.0 / sqrt(v / C + 1e-5);
+                for (int i = 0; i < C; i++) {
+                    const double e = fabs(o[p * C + i] - ((x[p * C + i] - m) * r * w[i] + b[i]));
+                    if (!(e <= worst)) worst = e;
+                }
+                CHECK(fabs(mean[p] - m) <= 1e-6 * fabs(m) && fabs(rstd[p] - r) <= 1e-6 * r);
+            }
+            printf("  layernorm_forward C = %d vs double: max abs diff %.3g\n", C, worst);
+            CHECKF(worst <= 4e-6, "layernorm_forward (C = %d) is %g off double", C, worst);
+        }
+    }
     { /* gelu */
         const float *x = fx(&f, "gelu.x", 224), *dout = fx(&f, "gelu.dout", 224);
         gelu_forward(out, x, 224);
