@@ -174,35 +174,31 @@ void layernorm_backward(float *dinp, float *dw, float *db, const float *dout, co
 /* erf(x) for float x, branch-free so the GELU loops vectorise: x·P(x²)/Q(x²) on [-4, 4] (outside
  * it erf is ±1 in float), the rational approximation of Eigen/XLA; max |error| 4.2e-7 over
  * [-10, 10] against double erf (measured when written). */
+static const float ERF_P[7] = { -2.72614225801306e-10f, 2.77068142495902e-08f, -2.10102402082508e-06f,
+                                -5.69250639462346e-05f, -7.34990630326855e-04f, -2.95459980854025e-03f,
+                                -1.60960333262415e-02f };   /* numerator in x², highest power first */
+static const float ERF_Q[5] = { -1.45660718464996e-05f, -2.13374055278905e-04f, -1.68282697438203e-03f,
+                                -7.37332916720468e-03f, -1.42647390514189e-02f };   /* denominator */
+
 static inline float erf_vec(float a) {
     float x = a > 4.0f ? 4.0f : (a < -4.0f ? -4.0f : a), x2 = x * x;
-    float p = -2.72614225801306e-10f;
-    p = p * x2 + 2.77068142495902e-08f;
-    p = p * x2 - 2.10102402082508e-06f;
-    p = p * x2 - 5.69250639462346e-05f;
-    p = p * x2 - 7.34990630326855e-04f;
-    p = p * x2 - 2.95459980854025e-03f;
-    p = p * x2 - 1.60960333262415e-02f;
-    float q = -1.45660718464996e-05f;
-    q = q * x2 - 2.13374055278905e-04f;
-    q = q * x2 - 1.68282697438203e-03f;
-    q = q * x2 - 7.37332916720468e-03f;
-    q = q * x2 - 1.42647390514189e-02f;
+    float p = ERF_P[0], q = ERF_Q[0];
+    for (int i = 1; i < 7; i++) p = p * x2 + ERF_P[i];
+    for (int i = 1; i < 5; i++) q = q * x2 + ERF_Q[i];
     return x * p / q;
 }
 
 /* exp(x) for float x (clamped to [-87, 88]), branch-free: x = n·ln2 + r, 2^n from the exponent
  * bits, Cephes' degree-6 polynomial for e^r; max relative error 8.1e-8 (measured when written). */
+static const float EXP_P[6] = { 1.9875691500e-4f, 1.3981999507e-3f, 8.3334519073e-3f, 4.1665795894e-2f,
+                                1.6666665459e-1f, 5.0000001201e-1f };   /* Cephes, highest power first */
+
 static inline float exp_vec(float x) {
     x = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);
     float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;   /* round to nearest */
     float r = x - n * 0.693359375f + n * 2.12194440e-4f;
-    float p = 1.9875691500e-4f;
-    p = p * r + 1.3981999507e-3f;
-    p = p * r + 8.3334519073e-3f;
-    p = p * r + 4.1665795894e-2f;
-    p = p * r + 1.6666665459e-1f;
-    p = p * r + 5.0000001201e-1f;
+    float p = EXP_P[0];
+    for (int i = 1; i < 6; i++) p = p * r + EXP_P[i];
     p = p * r * r + r + 1.0f;
     int32_t bits = ((int32_t)n + 127) << 23;
     float scale;
@@ -224,29 +220,24 @@ static int gelu_avx512(void) {
     return g_gelu_avx512;
 }
 
-/* GELU of 16 floats: erf_vec's rational approximation with fused multiply-adds, its division by
+/* The mask of the first min(n, 16) lanes. */
+static inline __mmask16 lanes16(int n) { return n >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << n) - 1); }
+
+/* erf of 16 floats: erf_vec's rational approximation with fused multiply-adds, its division by
  * the denominator (which is below -0.014 everywhere) replaced by a reciprocal estimate and one
- * Newton step; 0.5 t (1 + erf(t / sqrt 2)) as h + h erf with h = t / 2. NaN stays NaN. */
+ * Newton step. */
 __attribute__((target("avx512f"))) static inline __m512 erf16(__m512 a) {
     const __m512 x = _mm512_min_ps(_mm512_max_ps(a, _mm512_set1_ps(-4.0f)), _mm512_set1_ps(4.0f));
     const __m512 x2 = _mm512_mul_ps(x, x);
-    __m512 p = _mm512_set1_ps(-2.72614225801306e-10f);
-    p = _mm512_fmadd_ps(p, x2, _mm512_set1_ps(2.77068142495902e-08f));
-    p = _mm512_fmadd_ps(p, x2, _mm512_set1_ps(-2.10102402082508e-06f));
-    p = _mm512_fmadd_ps(p, x2, _mm512_set1_ps(-5.69250639462346e-05f));
-    p = _mm512_fmadd_ps(p, x2, _mm512_set1_ps(-7.34990630326855e-04f));
-    p = _mm512_fmadd_ps(p, x2, _mm512_set1_ps(-2.95459980854025e-03f));
-    p = _mm512_fmadd_ps(p, x2, _mm512_set1_ps(-1.60960333262415e-02f));
-    __m512 q = _mm512_set1_ps(-1.45660718464996e-05f);
-    q = _mm512_fmadd_ps(q, x2, _mm512_set1_ps(-2.13374055278905e-04f));
-    q = _mm512_fmadd_ps(q, x2, _mm512_set1_ps(-1.68282697438203e-03f));
-    q = _mm512_fmadd_ps(q, x2, _mm512_set1_ps(-7.37332916720468e-03f));
-    q = _mm512_fmadd_ps(q, x2, _mm512_set1_ps(-1.42647390514189e-02f));
+    __m512 p = _mm512_set1_ps(ERF_P[0]), q = _mm512_set1_ps(ERF_Q[0]);
+    for (int i = 1; i < 7; i++) p = _mm512_fmadd_ps(p, x2, _mm512_set1_ps(ERF_P[i]));
+    for (int i = 1; i < 5; i++) q = _mm512_fmadd_ps(q, x2, _mm512_set1_ps(ERF_Q[i]));
     __m512 r = _mm512_rcp14_ps(q);
     r = _mm512_fmadd_ps(_mm512_fnmadd_ps(q, r, _mm512_set1_ps(1.0f)), r, r);
     return _mm512_mul_ps(_mm512_mul_ps(x, p), r);
 }
 
+/* GELU of 16 floats: 0.5 t (1 + erf(t / sqrt 2)) as h + h erf with h = t / 2. NaN stays NaN. */
 __attribute__((target("avx512f"))) static inline __m512 gelu16(__m512 t) {
     const __m512 erf = erf16(_mm512_mul_ps(t, _mm512_set1_ps((float)M_SQRT1_2)));
     const __m512 h = _mm512_mul_ps(t, _mm512_set1_ps(0.5f));
@@ -260,12 +251,8 @@ __attribute__((target("avx512f"))) static inline __m512 exp16(__m512 x) {
                                           _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
     r = _mm512_fmadd_ps(n, _mm512_set1_ps(2.12194440e-4f), r);
-    __m512 p = _mm512_set1_ps(1.9875691500e-4f);
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+    __m512 p = _mm512_set1_ps(EXP_P[0]);
+    for (int i = 1; i < 6; i++) p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(EXP_P[i]));
     p = _mm512_fmadd_ps(_mm512_mul_ps(p, r), r, _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
     return _mm512_scalef_ps(p, n);
 }
@@ -274,7 +261,7 @@ __attribute__((target("avx512f"))) static inline __m512 exp16(__m512 x) {
 __attribute__((target("avx512f"))) static void gelu_grad_span_avx512(float *dinp, const float *in,
                                                                     const float *dout, int n) {
     for (int j = 0; j < n; j += 16) {
-        const __mmask16 m = n - j >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (n - j)) - 1);
+        const __mmask16 m = lanes16(n - j);
         const __m512 x = _mm512_maskz_loadu_ps(m, in + j), half = _mm512_set1_ps(0.5f);
         const __m512 cdf = _mm512_fmadd_ps(half, erf16(_mm512_mul_ps(x, _mm512_set1_ps((float)M_SQRT1_2))), half);
         const __m512 pdf = _mm512_mul_ps(exp16(_mm512_mul_ps(_mm512_mul_ps(x, x), _mm512_set1_ps(-0.5f))),
@@ -287,7 +274,7 @@ __attribute__((target("avx512f"))) static void gelu_grad_span_avx512(float *dinp
 __attribute__((target("avx512f"))) static void gelu_span_avx512(float *out, const float *in,
                                                                 const float *b, int n) {
     for (int j = 0; j < n; j += 16) {
-        const __mmask16 m = n - j >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (n - j)) - 1);
+        const __mmask16 m = lanes16(n - j);
         __m512 t = _mm512_maskz_loadu_ps(m, in + j);
         if (b) t = _mm512_add_ps(t, _mm512_maskz_loadu_ps(m, b + j));
         _mm512_mask_storeu_ps(out + j, m, gelu16(t));
