@@ -931,10 +931,10 @@ static void dw_taps4(float *restrict o, const float *restrict x, const float *re
         const float *wj = w + (size_t)j * C, *xj = x + j * xs;
         #pragma omp simd
         for (int c = 0; c < DW_CH; c++) {
-            a0[c] += wj[c] * xj[c];
-            a1[c] += wj[c] * xj[C + c];
-            a2[c] += wj[c] * xj[2 * C + c];
-            a3[c] += wj[c] * xj[3 * C + c];
+            a0[c] = fmaf(wj[c], xj[c], a0[c]);
+            a1[c] = fmaf(wj[c], xj[C + c], a1[c]);
+            a2[c] = fmaf(wj[c], xj[2 * C + c], a2[c]);
+            a3[c] = fmaf(wj[c], xj[3 * C + c], a3[c]);
         }
     }
     for (int c = 0; c < DW_CH; c++) {
@@ -953,7 +953,7 @@ static void dw_taps1(float *restrict o, const float *restrict x, const float *re
     for (int j = 0; j < n; j++) {
         const float *wj = w + (size_t)j * C, *xj = x + j * xs;
         #pragma omp simd
-        for (int c = 0; c < DW_CH; c++) a0[c] += wj[c] * xj[c];
+        for (int c = 0; c < DW_CH; c++) a0[c] = fmaf(wj[c], xj[c], a0[c]);
     }
     for (int c = 0; c < DW_CH; c++) o[c] = a0[c];
 }
@@ -974,7 +974,7 @@ static void dw_taps(float *o, const float *x, const float *w, int C, ptrdiff_t x
         if (!add) for (int c = 0; c < C - c0; c++) oi[c] = 0.0f;
         for (int j = 0; j < n; j++) {
             const float *wj = wc + (size_t)j * Cs, *xj = xi + j * xs;
-            for (int c = 0; c < C - c0; c++) oi[c] += wj[c] * xj[c];
+            for (int c = 0; c < C - c0; c++) oi[c] = fmaf(wj[c], xj[c], oi[c]);
         }
     }
 }
@@ -982,45 +982,54 @@ static void dw_taps(float *o, const float *x, const float *w, int C, ptrdiff_t x
 #define DW_SLIDE 8      /* rows per block of the AVX-512 kernels below */
 #define DW_SLIDE_MAXK 15
 
-/* Rows i < DW_SLIDE, channels c < 16, the K taps' weights held in registers while the input rows
- * stream past, each loaded once (dw_taps4 loads every input row K times):
- *   forward (rev 0): o[i*C + c] = sum_{j<K} w[j*C + c] * x[(i + j)*C + c], x rows 0..K+6;
- *   input gradient (rev 1): o[i*C + c] += sum_{j<K} w[j*C + c] * x[(i - j)*C + c], x rows -(K-1)..7.
- * Multiply then add, taps in ascending order, as dw_taps does, so every row gets the same bits
- * whichever kernel computes it. */
-__attribute__((target("avx512f"))) static inline __attribute__((always_inline)) void dw_slide16(
-        float *o, const float *x, const float *w, size_t C, const int K, const int rev) {
+/* Rows i < R (R <= DW_SLIDE) of a block, channels c < 16, the K taps' weights held in registers
+ * while the input rows stream past, each loaded once (dw_taps4 loads every input row K times).
+ * With X(q) = x[(x0 + q)*C + c] for q in [qlo, qhi) (the rows inside the sequence) and no term
+ * for any other q:
+ *   forward (rev 0): o[i*C + c] = sum_{j<K} w[j*C + c] * X(i + j), q in 0..K+6;
+ *   input gradient (rev 1): o[i*C + c] += sum_{j<K} w[j*C + c] * X(i - j), q in -(K-1)..7.
+ * So the rows at a sequence's edges and its last R < DW_SLIDE rows run here too. A fused
+ * multiply-add per term, taps in ascending order, as dw_taps does, so every row gets the same
+ * bits whichever kernel computes it. */
+__attribute__((target("avx512f,fma"))) static inline __attribute__((always_inline)) void dw_slide16(
+        float *o, const float *x, ptrdiff_t x0, const float *w, size_t C, const int K, const int rev,
+        int qlo, int qhi, int R) {
     __m512 wv[DW_SLIDE_MAXK], acc[DW_SLIDE];
     #pragma GCC unroll 15
     for (int j = 0; j < K; j++) wv[j] = _mm512_loadu_ps(w + (size_t)j * C);
     #pragma GCC unroll 8
-    for (int i = 0; i < DW_SLIDE; i++) acc[i] = rev ? _mm512_loadu_ps(o + (size_t)i * C) : _mm512_setzero_ps();
+    for (int i = 0; i < DW_SLIDE; i++)
+        acc[i] = rev && i < R ? _mm512_loadu_ps(o + (size_t)i * C) : _mm512_setzero_ps();
     #pragma GCC unroll 22
     for (int n = 0; n < K + DW_SLIDE - 1; n++) {
         const int q = rev ? DW_SLIDE - 1 - n : n;   /* input row; the reverse pass walks down */
-        const __m512 xv = _mm512_loadu_ps(x + (ptrdiff_t)q * (ptrdiff_t)C);
+        if (q < qlo || q >= qhi) continue;          /* outside the sequence: no term */
+        const __m512 xv = _mm512_loadu_ps(x + (x0 + q) * (ptrdiff_t)C);
         #pragma GCC unroll 8
         for (int i = 0; i < DW_SLIDE; i++) {
             const int j = rev ? i - q : q - i;
-            if (j >= 0 && j < K) acc[i] = _mm512_add_ps(acc[i], _mm512_mul_ps(wv[j], xv));
+            if (j >= 0 && j < K) acc[i] = _mm512_fmadd_ps(wv[j], xv, acc[i]);
         }
     }
     #pragma GCC unroll 8
-    for (int i = 0; i < DW_SLIDE; i++) _mm512_storeu_ps(o + (size_t)i * C, acc[i]);
+    for (int i = 0; i < DW_SLIDE; i++)
+        if (i < R) _mm512_storeu_ps(o + (size_t)i * C, acc[i]);
 }
 
-/* DW_SLIDE whole rows of C channels (C % 16 == 0, K odd <= DW_SLIDE_MAXK) with dw_slide16
- * (forward, or input gradient with rev), the tap count a constant in each instance. */
-__attribute__((target("avx512f"))) static void dw_slide(float *o, const float *x, const float *w,
-                                                      int C, int K, int rev) {
+/* R <= DW_SLIDE whole rows of C channels (C % 16 == 0, K odd <= DW_SLIDE_MAXK) with dw_slide16
+ * (forward, or input gradient with rev; x0, qlo, qhi as there), the tap count a constant in each
+ * instance. */
+__attribute__((target("avx512f,fma"))) static void dw_slide(float *o, const float *x, ptrdiff_t x0,
+                                                          const float *w, int C, int K, int rev,
+                                                          int qlo, int qhi, int R) {
     for (int c0 = 0; c0 < C; c0 += 16) {
         float *oc = o + c0;
         const float *xc = x + c0, *wc = w + c0;
         const size_t Cs = (size_t)C;
         switch (K * 2 + (rev != 0)) {
 #define DW_CASE(k) \
-        case 2 * (k): dw_slide16(oc, xc, wc, Cs, k, 0); break; \
-        case 2 * (k) + 1: dw_slide16(oc, xc, wc, Cs, k, 1); break;
+        case 2 * (k): dw_slide16(oc, xc, x0, wc, Cs, k, 0, qlo, qhi, R); break; \
+        case 2 * (k) + 1: dw_slide16(oc, xc, x0, wc, Cs, k, 1, qlo, qhi, R); break;
         DW_CASE(1) DW_CASE(3) DW_CASE(5) DW_CASE(7) DW_CASE(9) DW_CASE(11) DW_CASE(13) DW_CASE(15)
 #undef DW_CASE
         default: break;   /* dw_slide_ok admits odd K <= 15 only */
@@ -1035,8 +1044,9 @@ static int dw_slide_ok(int C, int K) {
 
 /* The row loop of the convolution (back 0: out[p] = sum_j w[j] in[p + j - r]) and of its input
  * gradient (back 1: out[p] += sum_j w[j] in[p - j + r]), taps inside p's own sequence only:
- * rows split over the threads, DW_SLIDE rows at a time where every tap of them is inside, then
- * DW_ROWS, the sequence's edges one row at a time. */
+ * rows split over the threads; with dw_slide, DW_SLIDE rows of one sequence at a time (edges and
+ * all); otherwise DW_ROWS rows where every tap of them is inside, the sequence's edges one row at
+ * a time. */
 static void dw_apply(float *out, const float *in, const float *w, const int *lens, int B, int C,
                      int K, int back) {
     size_t N = 0;
@@ -1053,9 +1063,14 @@ static void dw_apply(float *out, const float *in, const float *w, const int *len
             const int t = (int)(p - s0), L = lens[b];
             /* the row of tap 0 (in range whenever every tap of row p is) */
             const ptrdiff_t x0 = back ? (ptrdiff_t)p + r : (ptrdiff_t)p - r;
-            if (slide && t >= r && t + DW_SLIDE - 1 + r < L && p + DW_SLIDE <= p1) {
-                dw_slide(out + p * C, in + x0 * C, w, C, K, back);
-                p += DW_SLIDE;
+            if (slide) {
+                /* rows p .. p + R - 1 of this sequence and this thread; input rows x0 + q inside
+                 * the sequence for q in [qlo, qhi) */
+                int R = L - t < DW_SLIDE ? L - t : DW_SLIDE;
+                if ((size_t)R > p1 - p) R = (int)(p1 - p);
+                const int qlo = back ? -(t + r) : r - t, qhi = back ? L - t - r : L - t + r;
+                dw_slide(out + p * C, in, x0, w, C, K, back, qlo, qhi, R);
+                p += (size_t)R;
                 continue;
             }
             if (t >= r && t + DW_ROWS - 1 + r < L && p + DW_ROWS <= p1) {
