@@ -536,7 +536,9 @@ void favor_forward_batch(float *out, favor_state *st, const float *q, const floa
  * numerator phi_q KV and denominator phi_q . z, divided). Everything a task touches besides q, k,
  * v and out stays in L1 (KV m x 32, one block of features). The generic path wrote phi_q and
  * phi_k [T, H, m] out and read them back and ran eight small products per head (a quarter of a
- * pass at L = 4,096). Float32 throughout (also in bf16 mode). */
+ * pass at L = 4,096). Float32 throughout (also in bf16 mode): its three products on VDPBF16PS
+ * (operands paired in bf16, half the instructions) made bf16 passes 1.07-1.15x slower on the AMX
+ * machine (L = 62 to 4,096, session 47), the pairing costing more than the FMAs it saved. */
 
 #define FZ_BLOCK 32    /* key rows per block of phase 1 */
 #define FZ_QROWS 8     /* query rows per step of phase 2 (16 accumulators) */
