@@ -192,12 +192,15 @@ BIG = os.path.join(T, "big.safetensors")
 make_model(BIG, layers=4, d_model=256, heads=8, d_ff=1024, features=64)
 DB = os.path.join(T, "deadline.sqlite")
 d = Daemon(BIG, DB, ["--timeout", "1"]).start()
-slow = rand_seq(40000)
+# over the 1 s deadline everywhere, yet short enough for the retries below to see it stored even on
+# a loaded machine under the sanitizers (40,000 residues outlasted the retries there
+# once, with the trainer running beside the tests); they run a pass several times slower
+slow = rand_seq(8000 if os.environ.get("PF_SANITIZED") else 40000)
 t0 = time.time()
 r = d.post({"sequence": slow, "top_k": 1})
 el = time.time() - t0
 if r.status == 200:
-    print("note: machine computed 40,000 residues in %.2fs, under the 1 s deadline; 504 not exercised" % el)
+    print("note: machine computed %d residues in %.2fs, under the 1 s deadline; 504 not exercised" % (len(slow), el))
 else:
     error_shape(r, 504, "deadline_exceeded")
     check(el < 1.8, "504 sent at the deadline (%.2fs), not after the forward pass" % el)
@@ -254,8 +257,9 @@ res = {}
 
 
 # long enough to be caught running, short enough to finish within the 7 s drain even on a loaded machine
-# under the sanitizers (a 12,000-residue pass there took longer than 7 s once the trainer was running)
-INFLIGHT_LEN = 4000 if os.environ.get("PF_SANITIZED") else 12000
+# under the sanitizers (a 12,000-residue pass there took longer than 7 s once the trainer was running,
+# and a 4,000-residue one did too, once, in session 47)
+INFLIGHT_LEN = 2000 if os.environ.get("PF_SANITIZED") else 12000
 
 
 def inflight():
