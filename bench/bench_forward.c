@@ -23,7 +23,8 @@
  *       fails with exit 2. The JSON line always says "precision". --fp32-kernel (default: own
  *       where the CPU has AVX-512F, as in every program) picks the float32 products' kernel
  *       (gm_fp32_own); the JSON line says "fp32_kernel". --ffn-rows N sets pf_set_ffn_rows (the
- *       feed-forward block's rows per chunk; default PF_FFN_ROWS_DEFAULT).
+ *       feed-forward block's rows per chunk; default: the library's for the precision,
+ *       pf_ffn_rows); the JSON line says "ffn_rows" (0 = all at once).
  *       --group-tokens N (default PF_GROUP_TOKENS_DEFAULT; 0 = the whole batch at once) sets
  *       pf_set_group_tokens; the JSON line says "group_tokens". --seq-parallel-len N (default
  *       PF_SEQ_PARALLEL_LEN_DEFAULT; 0 = never) sets pf_set_seq_parallel_len ("seq_parallel_len").
@@ -404,10 +405,10 @@ int main(int argc, char **argv) {
     flops_t fl = forward_flops(&m->cfg, k, L, B);
 
     printf("{\"bench\":\"forward\",\"kernel\":\"%s\",\"L\":%d,\"batch\":%d,\"threads\":%d,"
-           "\"precision\":\"%s\",\"fp32_kernel\":\"%s\",\"group_tokens\":%ld,\"seq_parallel_len\":%d,\"seq_groups\":%d,\"n_layers\":%d,\"d_model\":%d,\"n_heads\":%d,\"d_ff\":%d,"
+           "\"precision\":\"%s\",\"fp32_kernel\":\"%s\",\"group_tokens\":%ld,\"seq_parallel_len\":%d,\"seq_groups\":%d,\"ffn_rows\":%zu,\"n_layers\":%d,\"d_model\":%d,\"n_heads\":%d,\"d_ff\":%d,"
            "\"n_features\":%d,",
            pf_kernel_name(k), L, B, threads, gm_precision_name(gm_precision()),
-           gm_fp32_is_own() ? "own" : "openblas", group_tokens, seq_par, seq_groups,
+           gm_fp32_is_own() ? "own" : "openblas", group_tokens, seq_par, seq_groups, pf_ffn_rows(),
            m->cfg.n_layers,
            m->cfg.d_model, m->cfg.n_heads, m->cfg.d_ff, m->cfg.n_features);
 

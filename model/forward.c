@@ -1,6 +1,7 @@
 /* forward.c - inference forward pass over a packed batch of framed sequences, in one reusable
  * activation arena per thread (weights/FORMAT.md gives the mathematics). */
 #include "model.h"
+#include "gemm.h"
 #include "ops.h"
 
 #include <assert.h>
@@ -14,7 +15,7 @@
 
 static size_t g_exact_mem_limit = (size_t)1 << 30;
 static _Atomic size_t g_group_tokens = PF_GROUP_TOKENS_DEFAULT;
-static _Atomic size_t g_ffn_rows = PF_FFN_ROWS_DEFAULT;
+static _Atomic size_t g_ffn_rows = PF_FFN_ROWS_AUTO;
 static _Atomic int g_seq_parallel_len = PF_SEQ_PARALLEL_LEN_DEFAULT;
 static _Atomic int g_seq_groups = PF_SEQ_GROUPS_DEFAULT;
 
@@ -73,9 +74,15 @@ void pf_set_group_tokens(size_t n) { g_group_tokens = n; }
 
 void pf_set_ffn_rows(size_t n) { g_ffn_rows = n; }
 
-/* Rows of the feed-forward block at a time for a group of T tokens (pf_set_ffn_rows). */
-static size_t ffn_rows(size_t T) {
+size_t pf_ffn_rows(void) {
     const size_t r = g_ffn_rows;
+    if (r != PF_FFN_ROWS_AUTO) return r;
+    return gm_precision() == GM_BF16 ? PF_FFN_ROWS_BF16_DEFAULT : PF_FFN_ROWS_DEFAULT;
+}
+
+/* Rows of the feed-forward block at a time for a group of T tokens (pf_ffn_rows). */
+static size_t ffn_rows(size_t T) {
+    const size_t r = pf_ffn_rows();
     return r == 0 || r > T ? T : r;
 }
 

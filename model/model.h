@@ -176,16 +176,28 @@ void pf_set_exact_mem_limit(size_t bytes);
  * one group, not the batch. 0 = the whole batch at once. Results do not depend on it. */
 void pf_set_group_tokens(size_t n);
 
-/* Default of pf_set_ffn_rows. Measured when it was added (bench_forward, 2 threads, interleaved,
- * favor-relu): at L = 32,768 1.12x faster in bf16 and 1.06x in float32 than the whole sequence at
- * once, peak RSS 559 -> 431 MB; at 4,096 1.03-1.07x; 512 rows were 7% slower at L = 1,024 in bf16. */
+/* Defaults of pf_set_ffn_rows, by the precision of the weight products (gm_precision()).
+ * float32: measured when it was added (bench_forward, 2 threads, interleaved, favor-relu): at
+ * L = 32,768 1.12x faster in bf16 and 1.06x in float32 than the whole sequence at once, peak RSS
+ * 559 -> 431 MB; at 4,096 1.03-1.07x. bf16: once fc1's bias and GELU ran in its product's epilogue
+ * (session 46), 512 rows beat 2,048 at every length tried (session 47, Intel AMX, 2 threads, three
+ * interleaved rounds: L = 2,048 1.03-1.08x, 4,096 1.04-1.10x, 32,768 1.03-1.09x, 512 x 16
+ * 1.09-1.13x; 1,024 and 512 x 1 within noise); float32 showed no difference beyond noise. */
 #define PF_FFN_ROWS_DEFAULT 2048
+#define PF_FFN_ROWS_BF16_DEFAULT 512
+/* The initial setting of pf_set_ffn_rows: the default for the precision of each pass. */
+#define PF_FFN_ROWS_AUTO ((size_t)-1)
 
 /* Sets how many positions the feed-forward block (LayerNorm, fc1, GELU, fc2 + residual: all
  * row-wise) runs at a time, so that its [rows, d_ff] activations stay in cache at any length and
- * the arena holds only that many rows of them. 0 = all positions of a group at once. Results do
- * not depend on it (float32 sums per row are the same). */
+ * the arena holds only that many rows of them. 0 = all positions of a group at once;
+ * PF_FFN_ROWS_AUTO (the initial setting) = PF_FFN_ROWS_DEFAULT in float32, PF_FFN_ROWS_BF16_DEFAULT
+ * in bf16. Results do not depend on it (float32 sums per row are the same). */
 void pf_set_ffn_rows(size_t n);
+
+/* The rows per chunk a pass would use now (pf_set_ffn_rows's setting, or its default for the
+ * current precision); 0 = all positions at once. */
+size_t pf_ffn_rows(void);
 
 /* Default of pf_set_seq_parallel_len. On an idle 2-core machine sequence-parallel batches ran
  * 1.04-1.08x faster up to 256 positions and 0.90-1.0x at 512 (bench/RESULTS.md, "Batches of short

@@ -7,6 +7,7 @@
  * of sequences (pf_set_group_tokens), one after another or side by side on the threads
  * (pf_set_seq_parallel_len), gives what the whole batch at once gives; the fused inference
  * attention equals the generic one. */
+#include "gemm.h"
 #include "model.h"
 #include "ops.h"
 #include "rng.h"
@@ -124,7 +125,7 @@ static void test_ffn_rows(void) {
     int32_t *tok = malloc(sizeof(int32_t) * T);
     for (int i = 0; i < T; i++) tok[i] = TOK_RES0 + (i * 13 + i / 7) % 20;
     tok[0] = TOK_CLS; tok[lens[0] - 1] = TOK_EOS; tok[lens[0]] = TOK_CLS; tok[T - 1] = TOK_EOS;
-    const size_t rows[] = { 0, PF_FFN_ROWS_DEFAULT, 333, 1 };
+    const size_t rows[] = { 0, PF_FFN_ROWS_DEFAULT, PF_FFN_ROWS_BF16_DEFAULT, 333, 1 };
     float *ref = NULL;
     for (size_t r = 0; r < sizeof rows / sizeof rows[0]; r++) {
         pf_set_ffn_rows(rows[r]);
@@ -150,10 +151,24 @@ static void test_ffn_rows(void) {
     CHECK(pf_forward(ctx, m, PF_KERNEL_DEFAULT, tok, lens, 2, logp, NULL, err, sizeof err) == 0);
     const double mx = max_diff(logp, ref, (size_t)T * 20);
     CHECKF(mx <= 1e-5, "reused arena: max |diff| %g", mx);
-    pf_set_ffn_rows(PF_FFN_ROWS_DEFAULT);
     pf_ctx_free(ctx);
     free(logp); free(ref); free(tok);
     pf_model_free(m);
+    /* the initial setting picks the chunk by precision; an explicit one holds in both */
+    pf_set_ffn_rows(PF_FFN_ROWS_AUTO);
+    CHECK(pf_ffn_rows() == PF_FFN_ROWS_DEFAULT);
+    if (gm_bf16_supported() && gm_set_precision(GM_BF16) == 0) {
+        printf("feed-forward rows by default: float32 %d, bf16 %zu\n", PF_FFN_ROWS_DEFAULT, pf_ffn_rows());
+        CHECK(pf_ffn_rows() == PF_FFN_ROWS_BF16_DEFAULT);
+        pf_set_ffn_rows(333);
+        CHECK(pf_ffn_rows() == 333);
+        pf_set_ffn_rows(PF_FFN_ROWS_AUTO);
+        gm_set_precision(GM_FP32);
+    }
+    pf_set_ffn_rows(333);
+    CHECK(pf_ffn_rows() == 333);
+    pf_set_ffn_rows(PF_FFN_ROWS_AUTO);
+    CHECK(pf_ffn_rows() == PF_FFN_ROWS_DEFAULT);
 }
 
 /* favor_forward_batch / favor_backward_batch over a packed batch (lengths 1 .. 300, so the
