@@ -23,9 +23,9 @@
  *       fails with exit 2. The JSON line always says "precision". --fp32-kernel (default: own
  *       where the CPU has AVX-512F, as in every program) picks the float32 products' kernel
  *       (gm_fp32_own); the JSON line says "fp32_kernel". --ffn-rows N sets pf_set_ffn_rows (the
- *       feed-forward block's rows per chunk; default: the library's for the precision,
+ *       feed-forward block's rows per chunk; default: the library's for the products,
  *       pf_ffn_rows); the JSON line says "ffn_rows" (0 = all at once).
- *       --group-tokens N (default PF_GROUP_TOKENS_DEFAULT; 0 = the whole batch at once) sets
+ *       --group-tokens N (default: the library's, pf_group_tokens; 0 = the whole batch at once) sets
  *       pf_set_group_tokens; the JSON line says "group_tokens". --seq-parallel-len N (default
  *       PF_SEQ_PARALLEL_LEN_DEFAULT; 0 = never) sets pf_set_seq_parallel_len ("seq_parallel_len").
  *       --seq-groups K (default PF_SEQ_GROUPS_DEFAULT) sets pf_set_seq_groups ("seq_groups").
@@ -304,7 +304,7 @@ int main(int argc, char **argv) {
     int L = 0, B = 1, threads = 2, warmup = 1, min_reps = 3, max_reps = 50, n = 2048, reps = 5;
     int shapesT = 0, d = 256, F = 1024, conv = 15;
     double min_time = 2.0, single_over = 5.0, exact_limit_mb = 0;
-    long group_tokens = PF_GROUP_TOKENS_DEFAULT;
+    long group_tokens = -1;   /* -1: the library's default */
     int seq_par = PF_SEQ_PARALLEL_LEN_DEFAULT, seq_groups = PF_SEQ_GROUPS_DEFAULT;
     uint64_t seed = 1;
     for (int i = 2; i < argc; i++) {
@@ -362,8 +362,8 @@ int main(int argc, char **argv) {
         return mode_dwconv(threads, batch_given ? B : 32, len_given ? L : 512, d, conv,
                            reps_given ? reps : 21, seed);
     }
-    if (strcmp(mode, "forward") != 0 || L < 3 || B < 1 || max_reps < 1 || group_tokens < 0) usage();
-    pf_set_group_tokens((size_t)group_tokens);
+    if (strcmp(mode, "forward") != 0 || L < 3 || B < 1 || max_reps < 1 || group_tokens < -1) usage();
+    if (group_tokens >= 0) pf_set_group_tokens((size_t)group_tokens);
     pf_set_seq_parallel_len(seq_par);
     pf_set_seq_groups(seq_groups);
     if (ffn_rows >= 0) pf_set_ffn_rows((size_t)ffn_rows);
@@ -408,7 +408,7 @@ int main(int argc, char **argv) {
            "\"precision\":\"%s\",\"fp32_kernel\":\"%s\",\"group_tokens\":%ld,\"seq_parallel_len\":%d,\"seq_groups\":%d,\"ffn_rows\":%zu,\"n_layers\":%d,\"d_model\":%d,\"n_heads\":%d,\"d_ff\":%d,"
            "\"n_features\":%d,",
            pf_kernel_name(k), L, B, threads, gm_precision_name(gm_precision()),
-           gm_fp32_is_own() ? "own" : "openblas", group_tokens, seq_par, seq_groups, pf_ffn_rows(),
+           gm_fp32_is_own() ? "own" : "openblas", pf_group_tokens(), seq_par, seq_groups, pf_ffn_rows(),
            m->cfg.n_layers,
            m->cfg.d_model, m->cfg.n_heads, m->cfg.d_ff, m->cfg.n_features);
 

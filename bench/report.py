@@ -925,15 +925,22 @@ def report(a):
                 sp_rows.append((prec, L, B, min(off), min(r["median_s"] for r in on),
                                 on[0].get("seq_parallel_len"), on[0].get("group_tokens")))
     if sp_rows:
+        # the group size of each precision's runs (bf16 on AMX tiles has its own default)
+        groups = {}
+        for r in sp_rows:
+            groups.setdefault(r[0], r[6])
+        other = sorted({(g, p) for p, g in groups.items() if g != sp_rows[0][6] and g is not None}, key=str)
+        group_note = "".join("; %s tokens in %s on AMX tiles, `PF_GROUP_TOKENS_AMX_DEFAULT`" % (fmt(g), p)
+                             for g, p in other)
         w("## Batches of short sequences: sequence-parallel")
         w("")
         w("A batch of two or more sequences none longer than `PF_SEQ_PARALLEL_LEN_DEFAULT` (%s positions) runs "
           "sequence-parallel (model/forward.c): groups of whole sequences side by side on the threads, each "
           "thread on its own arena with single-threaded products, instead of every operation on all threads "
           "in turn (`bench_forward --seq-parallel-len 0`). Longer batches run in groups of at most %s tokens "
-          "(`PF_GROUP_TOKENS_DEFAULT`) one after another, so the arena holds one group. Both settings, "
+          "(`PF_GROUP_TOKENS_DEFAULT`%s) one after another, so the arena holds one group. Both settings, "
           "alternately, two rounds; each cell is the faster round's median:" % (
-              sp_rows[0][5], fmt(sp_rows[0][6])))
+              sp_rows[0][5], fmt(sp_rows[0][6]), group_note))
         w("")
         w("| precision | L | batch | each operation on all threads | sequence-parallel | **speed-up** |")
         w("|---|---:|---:|---:|---:|---:|")

@@ -14,7 +14,7 @@
 #include <unistd.h>
 
 static size_t g_exact_mem_limit = (size_t)1 << 30;
-static _Atomic size_t g_group_tokens = PF_GROUP_TOKENS_DEFAULT;
+static _Atomic size_t g_group_tokens = PF_GROUP_TOKENS_AUTO;
 static _Atomic size_t g_ffn_rows = PF_FFN_ROWS_AUTO;
 static _Atomic int g_seq_parallel_len = PF_SEQ_PARALLEL_LEN_DEFAULT;
 static _Atomic int g_seq_groups = PF_SEQ_GROUPS_DEFAULT;
@@ -72,12 +72,21 @@ void pf_set_exact_mem_limit(size_t bytes) { g_exact_mem_limit = bytes; }
 
 void pf_set_group_tokens(size_t n) { g_group_tokens = n; }
 
+/* 1 when the weight products run in bf16 on AMX tiles (the defaults tuned for them apply). */
+static int amx_products(void) { return gm_precision() == GM_BF16 && gm_bf16_is_amx(); }
+
+size_t pf_group_tokens(void) {
+    const size_t g = g_group_tokens;
+    if (g != PF_GROUP_TOKENS_AUTO) return g;
+    return amx_products() ? PF_GROUP_TOKENS_AMX_DEFAULT : PF_GROUP_TOKENS_DEFAULT;
+}
+
 void pf_set_ffn_rows(size_t n) { g_ffn_rows = n; }
 
 size_t pf_ffn_rows(void) {
     const size_t r = g_ffn_rows;
     if (r != PF_FFN_ROWS_AUTO) return r;
-    return gm_precision() == GM_BF16 ? PF_FFN_ROWS_BF16_DEFAULT : PF_FFN_ROWS_DEFAULT;
+    return amx_products() ? PF_FFN_ROWS_AMX_DEFAULT : PF_FFN_ROWS_DEFAULT;
 }
 
 /* Rows of the feed-forward block at a time for a group of T tokens (pf_ffn_rows). */
@@ -172,7 +181,7 @@ static int seq_parallel(int nt, int B, size_t Lmax) {
  * nt = 0: whole sequences, at most the group size a group unless one sequence is longer.
  * Returns the number of groups. */
 static int plan_groups(const int *lens, int B, size_t T, int nt, int *gstart, size_t *goff) {
-    const size_t G = g_group_tokens;
+    const size_t G = pf_group_tokens();
     int ng = 0;
     size_t off = 0;
     if (nt > 0) {

@@ -163,12 +163,19 @@ size_t pf_exact_max_len(const pf_model *m);
 /* Sets the memory limit (bytes) for the exact kernel's L x L scores (default 1 GiB). */
 void pf_set_exact_mem_limit(size_t bytes);
 
-/* Default of pf_set_group_tokens: the most packed tokens a forward pass runs through all layers
+/* Defaults of pf_set_group_tokens: the most packed tokens a forward pass runs through all layers
  * at once (a longer sequence runs alone). Measured when it was added (bench_forward
  * --group-tokens, 2 threads): against the whole batch at once, 4,096 kept the speed within the
  * noise in both precisions and cut the peak RSS of 16 x 512 positions from about 160 MB to 92 MB;
- * 2,048 was up to 8% slower in bf16. */
+ * 2,048 was up to 8% slower in bf16. With bf16 on AMX tiles 2,048 was the faster (session 47,
+ * Intel AMX, 2 threads, interleaved rounds): with 2,048-row feed-forward chunks 1,024 x 8
+ * 1.06-1.09x and 512 x 16 1.08-1.12x; on top of PF_FFN_ROWS_AMX_DEFAULT's 512-row chunks, 1,024 x 8
+ * 1.04-1.07x and 512 x 16 0.97-1.09x (three rounds); sequence-parallel batches (256 x 16,
+ * 128 x 32) plan the same groups either way. So it is the default there; elsewhere 4,096. */
 #define PF_GROUP_TOKENS_DEFAULT 4096
+#define PF_GROUP_TOKENS_AMX_DEFAULT 2048
+/* The initial setting of pf_set_group_tokens: the default for each pass's products. */
+#define PF_GROUP_TOKENS_AUTO ((size_t)-1)
 
 /* Sets how many packed tokens pf_forward runs through all layers at once: a batch is cut into
  * groups of whole sequences of at most n tokens (a longer sequence forms its own group) and the
@@ -176,27 +183,32 @@ void pf_set_exact_mem_limit(size_t bytes);
  * one group, not the batch. 0 = the whole batch at once. Results do not depend on it. */
 void pf_set_group_tokens(size_t n);
 
-/* Defaults of pf_set_ffn_rows, by the precision of the weight products (gm_precision()).
- * float32: measured when it was added (bench_forward, 2 threads, interleaved, favor-relu): at
- * L = 32,768 1.12x faster in bf16 and 1.06x in float32 than the whole sequence at once, peak RSS
- * 559 -> 431 MB; at 4,096 1.03-1.07x. bf16: once fc1's bias and GELU ran in its product's epilogue
- * (session 46), 512 rows beat 2,048 at every length tried (session 47, Intel AMX, 2 threads, three
- * interleaved rounds: L = 2,048 1.03-1.08x, 4,096 1.04-1.10x, 32,768 1.03-1.09x, 512 x 16
- * 1.09-1.13x; 1,024 and 512 x 1 within noise); float32 showed no difference beyond noise. */
+/* The group size a pass would use now (pf_set_group_tokens's setting, or PF_GROUP_TOKENS_AUTO's
+ * choice for the current products); 0 = the whole batch at once. */
+size_t pf_group_tokens(void);
+
+/* Defaults of pf_set_ffn_rows, by the weight products' kernel. PF_FFN_ROWS_DEFAULT, measured when
+ * it was added (bench_forward, 2 threads, interleaved, favor-relu): at L = 32,768 1.12x faster in
+ * bf16 and 1.06x in float32 than the whole sequence at once, peak RSS 559 -> 431 MB; at 4,096
+ * 1.03-1.07x; 512 rows were 7% slower at L = 1,024 in bf16 (before fc1's bias and GELU ran in its
+ * product's epilogue). bf16 on AMX tiles (gm_bf16_is_amx) since: 512 rows beat 2,048 at every
+ * length tried (session 47, Intel AMX, 2 threads, three interleaved rounds: L = 2,048
+ * 1.03-1.08x, 4,096 1.04-1.10x, 32,768 1.03-1.09x, 512 x 16 1.09-1.13x; 1,024 and 512 x 1 within
+ * noise), so it is the default there; float32 showed no difference beyond noise. */
 #define PF_FFN_ROWS_DEFAULT 2048
-#define PF_FFN_ROWS_BF16_DEFAULT 512
-/* The initial setting of pf_set_ffn_rows: the default for the precision of each pass. */
+#define PF_FFN_ROWS_AMX_DEFAULT 512
+/* The initial setting of pf_set_ffn_rows: the default for each pass's products. */
 #define PF_FFN_ROWS_AUTO ((size_t)-1)
 
 /* Sets how many positions the feed-forward block (LayerNorm, fc1, GELU, fc2 + residual: all
  * row-wise) runs at a time, so that its [rows, d_ff] activations stay in cache at any length and
  * the arena holds only that many rows of them. 0 = all positions of a group at once;
- * PF_FFN_ROWS_AUTO (the initial setting) = PF_FFN_ROWS_DEFAULT in float32, PF_FFN_ROWS_BF16_DEFAULT
- * in bf16. Results do not depend on it (float32 sums per row are the same). */
+ * PF_FFN_ROWS_AUTO (the initial setting) = PF_FFN_ROWS_AMX_DEFAULT for bf16 products on AMX tiles,
+ * else PF_FFN_ROWS_DEFAULT. Results do not depend on it (float32 sums per row are the same). */
 void pf_set_ffn_rows(size_t n);
 
-/* The rows per chunk a pass would use now (pf_set_ffn_rows's setting, or its default for the
- * current precision); 0 = all positions at once. */
+/* The rows per chunk a pass would use now (pf_set_ffn_rows's setting, or PF_FFN_ROWS_AUTO's
+ * choice for the current products); 0 = all positions at once. */
 size_t pf_ffn_rows(void);
 
 /* Default of pf_set_seq_parallel_len. On an idle 2-core machine sequence-parallel batches ran

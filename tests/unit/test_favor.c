@@ -125,7 +125,7 @@ static void test_ffn_rows(void) {
     int32_t *tok = malloc(sizeof(int32_t) * T);
     for (int i = 0; i < T; i++) tok[i] = TOK_RES0 + (i * 13 + i / 7) % 20;
     tok[0] = TOK_CLS; tok[lens[0] - 1] = TOK_EOS; tok[lens[0]] = TOK_CLS; tok[T - 1] = TOK_EOS;
-    const size_t rows[] = { 0, PF_FFN_ROWS_DEFAULT, PF_FFN_ROWS_BF16_DEFAULT, 333, 1 };
+    const size_t rows[] = { 0, PF_FFN_ROWS_DEFAULT, PF_FFN_ROWS_AMX_DEFAULT, 333, 1 };
     float *ref = NULL;
     for (size_t r = 0; r < sizeof rows / sizeof rows[0]; r++) {
         pf_set_ffn_rows(rows[r]);
@@ -154,21 +154,33 @@ static void test_ffn_rows(void) {
     pf_ctx_free(ctx);
     free(logp); free(ref); free(tok);
     pf_model_free(m);
-    /* the initial setting picks the chunk by precision; an explicit one holds in both */
+    /* the initial settings pick the chunk and group sizes by the products' kernel (AMX tiles:
+     * their own defaults); explicit ones hold everywhere */
     pf_set_ffn_rows(PF_FFN_ROWS_AUTO);
-    CHECK(pf_ffn_rows() == PF_FFN_ROWS_DEFAULT);
+    pf_set_group_tokens(PF_GROUP_TOKENS_AUTO);
+    CHECK(pf_ffn_rows() == PF_FFN_ROWS_DEFAULT && pf_group_tokens() == PF_GROUP_TOKENS_DEFAULT);
     if (gm_bf16_supported() && gm_set_precision(GM_BF16) == 0) {
-        printf("feed-forward rows by default: float32 %d, bf16 %zu\n", PF_FFN_ROWS_DEFAULT, pf_ffn_rows());
-        CHECK(pf_ffn_rows() == PF_FFN_ROWS_BF16_DEFAULT);
-        pf_set_ffn_rows(333);
-        CHECK(pf_ffn_rows() == 333);
-        pf_set_ffn_rows(PF_FFN_ROWS_AUTO);
+        const int amx = gm_bf16_is_amx();
+        if (gm_bf16_amx(0) == 0) {
+            CHECK(pf_ffn_rows() == PF_FFN_ROWS_DEFAULT && pf_group_tokens() == PF_GROUP_TOKENS_DEFAULT);
+            printf("bf16 on AVX-512 BF16: feed-forward rows %zu, group tokens %zu\n", pf_ffn_rows(), pf_group_tokens());
+        }
+        if (gm_amx_supported() && gm_bf16_amx(1) == 0) {
+            CHECK(pf_ffn_rows() == PF_FFN_ROWS_AMX_DEFAULT && pf_group_tokens() == PF_GROUP_TOKENS_AMX_DEFAULT);
+            printf("bf16 on AMX: feed-forward rows %zu, group tokens %zu\n", pf_ffn_rows(), pf_group_tokens());
+            pf_set_ffn_rows(333);
+            pf_set_group_tokens(777);
+            CHECK(pf_ffn_rows() == 333 && pf_group_tokens() == 777);
+            pf_set_ffn_rows(PF_FFN_ROWS_AUTO);
+            pf_set_group_tokens(PF_GROUP_TOKENS_AUTO);
+        }
+        gm_bf16_amx(amx);
         gm_set_precision(GM_FP32);
     }
+    CHECK(pf_ffn_rows() == PF_FFN_ROWS_DEFAULT && pf_group_tokens() == PF_GROUP_TOKENS_DEFAULT);
     pf_set_ffn_rows(333);
     CHECK(pf_ffn_rows() == 333);
     pf_set_ffn_rows(PF_FFN_ROWS_AUTO);
-    CHECK(pf_ffn_rows() == PF_FFN_ROWS_DEFAULT);
 }
 
 /* favor_forward_batch / favor_backward_batch over a packed batch (lengths 1 .. 300, so the
@@ -379,7 +391,7 @@ static void test_forward_groups(void) {
         pf_set_group_tokens(0);
         pf_set_seq_parallel_len(0);
         CHECKF(pf_forward(ctx, m, PF_KERNEL_EXACT, tok, lens, B, lp0, NULL, err, sizeof err) == 0, "%s", err);
-        pf_set_group_tokens(PF_GROUP_TOKENS_DEFAULT);
+        pf_set_group_tokens(PF_GROUP_TOKENS_AUTO);
         pf_set_seq_parallel_len(1000);
         CHECKF(pf_forward(ctx, m, PF_KERNEL_EXACT, tok, lens, B, lp, NULL, err, sizeof err) == 0, "%s", err);
         double e = max_diff(lp, lp0, T * 20);
@@ -387,7 +399,7 @@ static void test_forward_groups(void) {
         CHECKF(e <= 1e-5, "exact sequence-parallel differs by %g", e);
         pf_ctx_free(ctx);
     }
-    pf_set_group_tokens(PF_GROUP_TOKENS_DEFAULT);
+    pf_set_group_tokens(PF_GROUP_TOKENS_AUTO);
     pf_set_seq_parallel_len(PF_SEQ_PARALLEL_LEN_DEFAULT);
     free(tok); free(lp0); free(h0); free(lp); free(h);
     pf_model_free(m);
