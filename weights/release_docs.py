@@ -32,7 +32,8 @@ import sys
 WORDS = {n: w for n, w in enumerate(
     "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen seventeen"
     " eighteen nineteen twenty".split())}
-for _t, _tw in ((20, "twenty"), (30, "thirty"), (40, "forty")):
+for _t, _tw in ((20, "twenty"), (30, "thirty"), (40, "forty"), (50, "fifty"), (60, "sixty"), (70, "seventy"),
+                 (80, "eighty"), (90, "ninety")):
     for _u in range(1, 10):
         WORDS[_t + _u] = "%s-%s" % (_tw, WORDS[_u])
     WORDS[_t] = _tw
