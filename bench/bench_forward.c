@@ -405,7 +405,7 @@ int main(int argc, char **argv) {
     flops_t fl = forward_flops(&m->cfg, k, L, B);
 
     printf("{\"bench\":\"forward\",\"kernel\":\"%s\",\"L\":%d,\"batch\":%d,\"threads\":%d,"
-           "\"precision\":\"%s\",\"fp32_kernel\":\"%s\",\"group_tokens\":%ld,\"seq_parallel_len\":%d,\"seq_groups\":%d,\"ffn_rows\":%zu,\"n_layers\":%d,\"d_model\":%d,\"n_heads\":%d,\"d_ff\":%d,"
+           "\"precision\":\"%s\",\"fp32_kernel\":\"%s\",\"group_tokens\":%zu,\"seq_parallel_len\":%d,\"seq_groups\":%d,\"ffn_rows\":%zu,\"n_layers\":%d,\"d_model\":%d,\"n_heads\":%d,\"d_ff\":%d,"
            "\"n_features\":%d,",
            pf_kernel_name(k), L, B, threads, gm_precision_name(gm_precision()),
            gm_fp32_is_own() ? "own" : "openblas", pf_group_tokens(), seq_par, seq_groups, pf_ffn_rows(),

@@ -929,9 +929,8 @@ def report(a):
         groups = {}
         for r in sp_rows:
             groups.setdefault(r[0], r[6])
-        other = sorted({(g, p) for p, g in groups.items() if g != sp_rows[0][6] and g is not None}, key=str)
         group_note = "".join("; %s tokens in %s on AMX tiles, `PF_GROUP_TOKENS_AMX_DEFAULT`" % (fmt(g), p)
-                             for g, p in other)
+                             for p, g in groups.items() if g not in (None, sp_rows[0][6]))
         w("## Batches of short sequences: sequence-parallel")
         w("")
         w("A batch of two or more sequences none longer than `PF_SEQ_PARALLEL_LEN_DEFAULT` (%s positions) runs "

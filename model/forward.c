@@ -72,22 +72,20 @@ void pf_set_exact_mem_limit(size_t bytes) { g_exact_mem_limit = bytes; }
 
 void pf_set_group_tokens(size_t n) { g_group_tokens = n; }
 
-/* 1 when the weight products run in bf16 on AMX tiles (the defaults tuned for them apply). */
-static int amx_products(void) { return gm_precision() == GM_BF16 && gm_bf16_is_amx(); }
+/* setting, or when it is the AUTO value (PF_*_AUTO, all ones) amx_def for bf16 products on AMX
+ * tiles and def elsewhere. */
+static size_t by_products(size_t setting, size_t amx_def, size_t def) {
+    if (setting != (size_t)-1) return setting;
+    return gm_precision() == GM_BF16 && gm_bf16_is_amx() ? amx_def : def;
+}
 
 size_t pf_group_tokens(void) {
-    const size_t g = g_group_tokens;
-    if (g != PF_GROUP_TOKENS_AUTO) return g;
-    return amx_products() ? PF_GROUP_TOKENS_AMX_DEFAULT : PF_GROUP_TOKENS_DEFAULT;
+    return by_products(g_group_tokens, PF_GROUP_TOKENS_AMX_DEFAULT, PF_GROUP_TOKENS_DEFAULT);
 }
 
 void pf_set_ffn_rows(size_t n) { g_ffn_rows = n; }
 
-size_t pf_ffn_rows(void) {
-    const size_t r = g_ffn_rows;
-    if (r != PF_FFN_ROWS_AUTO) return r;
-    return amx_products() ? PF_FFN_ROWS_AMX_DEFAULT : PF_FFN_ROWS_DEFAULT;
-}
+size_t pf_ffn_rows(void) { return by_products(g_ffn_rows, PF_FFN_ROWS_AMX_DEFAULT, PF_FFN_ROWS_DEFAULT); }
 
 /* Rows of the feed-forward block at a time for a group of T tokens (pf_ffn_rows). */
 static size_t ffn_rows(size_t T) {
