@@ -7,7 +7,7 @@
  *   bench_forward forward --weights F --kernel K --len L [--batch B] [--threads N]
  *                 [--warmup N] [--min-reps N] [--max-reps N] [--min-time S] [--single-over S]
  *                 [--seed S] [--tokens-out F] [--logp-out F] [--exact-limit-mb MB]
- *                 [--precision fp32|bf16] [--group-tokens N] [--seq-parallel-len N] [--seq-groups K]
+ *                 [--precision fp32|bf16] [--group-tokens N] [--seq-parallel-len N] [--seq-groups K] [--seq-group-tokens N]
  *                 [--fp32-kernel own|openblas] [--ffn-rows N]
  *       Runs pf_forward on B random sequences of L framed positions (<cls> + L-2 standard
  *       residues + <eos>) with warm-up and repeats; reports median/mean/min/max seconds, the matmul
@@ -29,6 +29,7 @@
  *       pf_set_group_tokens; the JSON line says "group_tokens". --seq-parallel-len N (default
  *       PF_SEQ_PARALLEL_LEN_DEFAULT; 0 = never) sets pf_set_seq_parallel_len ("seq_parallel_len").
  *       --seq-groups K (default PF_SEQ_GROUPS_DEFAULT) sets pf_set_seq_groups ("seq_groups").
+ *       --seq-group-tokens N (default: by products) sets pf_set_seq_group_tokens ("seq_group_tokens").
  *   bench_forward sgemm [--threads N] [--n 2048] [--reps 5] [--shapes-T T] [--d D --d-ff F]
  *       Best-of-reps GFLOP/s of an n x n x n cblas_sgemm (the machine's sgemm peak), and of the
  *       model's own linear-layer shapes at T tokens (what a forward pass can reach at best). When
@@ -114,7 +115,7 @@ static void usage(void) {
             "                     [--warmup N] [--min-reps N] [--max-reps N] [--min-time S]\n"
             "                     [--single-over S] [--seed S] [--tokens-out F] [--logp-out F]\n"
             "                     [--exact-limit-mb MB] [--precision fp32|bf16] [--group-tokens N]\n"
-            "                     [--seq-parallel-len N] [--seq-groups K] [--fp32-kernel own|openblas] [--ffn-rows N]\n"
+            "                     [--seq-parallel-len N] [--seq-groups K] [--seq-group-tokens N] [--fp32-kernel own|openblas] [--ffn-rows N]\n"
             "       bench_forward sgemm [--threads N] [--n 2048] [--reps 5] [--shapes-T T]\n"
             "                     [--d D] [--d-ff F]\n"
             "       bench_forward dwconv [--threads N] [--batch B] [--len L] [--d C] [--conv K]\n"
@@ -304,7 +305,7 @@ int main(int argc, char **argv) {
     int L = 0, B = 1, threads = 2, warmup = 1, min_reps = 3, max_reps = 50, n = 2048, reps = 5;
     int shapesT = 0, d = 256, F = 1024, conv = 15;
     double min_time = 2.0, single_over = 5.0, exact_limit_mb = 0;
-    long group_tokens = -1;   /* -1: the library's default */
+    long group_tokens = -1, seq_group_tokens = -1;   /* -1: the library's default */
     int seq_par = PF_SEQ_PARALLEL_LEN_DEFAULT, seq_groups = PF_SEQ_GROUPS_DEFAULT;
     uint64_t seed = 1;
     for (int i = 2; i < argc; i++) {
@@ -335,6 +336,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--fp32-kernel")) f32k = v;
         else if (!strcmp(a, "--ffn-rows")) ffn_rows = atol(v);
         else if (!strcmp(a, "--group-tokens")) group_tokens = atol(v);
+        else if (!strcmp(a, "--seq-group-tokens")) seq_group_tokens = atol(v);
         else if (!strcmp(a, "--seq-parallel-len")) seq_par = atoi(v);
         else if (!strcmp(a, "--seq-groups")) seq_groups = atoi(v);
         else usage();
@@ -362,8 +364,9 @@ int main(int argc, char **argv) {
         return mode_dwconv(threads, batch_given ? B : 32, len_given ? L : 512, d, conv,
                            reps_given ? reps : 21, seed);
     }
-    if (strcmp(mode, "forward") != 0 || L < 3 || B < 1 || max_reps < 1 || group_tokens < -1) usage();
+    if (strcmp(mode, "forward") != 0 || L < 3 || B < 1 || max_reps < 1 || group_tokens < -1 || seq_group_tokens < -1) usage();
     if (group_tokens >= 0) pf_set_group_tokens((size_t)group_tokens);
+    if (seq_group_tokens >= 0) pf_set_seq_group_tokens((size_t)seq_group_tokens);
     pf_set_seq_parallel_len(seq_par);
     pf_set_seq_groups(seq_groups);
     if (ffn_rows >= 0) pf_set_ffn_rows((size_t)ffn_rows);
@@ -405,10 +408,10 @@ int main(int argc, char **argv) {
     flops_t fl = forward_flops(&m->cfg, k, L, B);
 
     printf("{\"bench\":\"forward\",\"kernel\":\"%s\",\"L\":%d,\"batch\":%d,\"threads\":%d,"
-           "\"precision\":\"%s\",\"fp32_kernel\":\"%s\",\"group_tokens\":%zu,\"seq_parallel_len\":%d,\"seq_groups\":%d,\"ffn_rows\":%zu,\"n_layers\":%d,\"d_model\":%d,\"n_heads\":%d,\"d_ff\":%d,"
+           "\"precision\":\"%s\",\"fp32_kernel\":\"%s\",\"group_tokens\":%zu,\"seq_parallel_len\":%d,\"seq_groups\":%d,\"seq_group_tokens\":%zu,\"ffn_rows\":%zu,\"n_layers\":%d,\"d_model\":%d,\"n_heads\":%d,\"d_ff\":%d,"
            "\"n_features\":%d,",
            pf_kernel_name(k), L, B, threads, gm_precision_name(gm_precision()),
-           gm_fp32_is_own() ? "own" : "openblas", pf_group_tokens(), seq_par, seq_groups, pf_ffn_rows(),
+           gm_fp32_is_own() ? "own" : "openblas", pf_group_tokens(), seq_par, seq_groups, pf_seq_group_tokens(), pf_ffn_rows(),
            m->cfg.n_layers,
            m->cfg.d_model, m->cfg.n_heads, m->cfg.d_ff, m->cfg.n_features);
 

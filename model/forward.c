@@ -18,6 +18,7 @@ static _Atomic size_t g_group_tokens = PF_GROUP_TOKENS_AUTO;
 static _Atomic size_t g_ffn_rows = PF_FFN_ROWS_AUTO;
 static _Atomic int g_seq_parallel_len = PF_SEQ_PARALLEL_LEN_DEFAULT;
 static _Atomic int g_seq_groups = PF_SEQ_GROUPS_DEFAULT;
+static _Atomic size_t g_seq_group_tokens = PF_SEQ_GROUP_TOKENS_AUTO;
 
 struct pf_ctx {
     const pf_model *m;
@@ -97,6 +98,12 @@ void pf_set_seq_parallel_len(int n) { g_seq_parallel_len = n < 0 ? 0 : n; }
 
 void pf_set_seq_groups(int k) { g_seq_groups = k < 1 ? 1 : k; }
 
+void pf_set_seq_group_tokens(size_t n) { g_seq_group_tokens = n; }
+
+size_t pf_seq_group_tokens(void) {
+    return by_products(g_seq_group_tokens, PF_SEQ_GROUP_TOKENS_AMX_DEFAULT, PF_SEQ_GROUP_TOKENS_DEFAULT);
+}
+
 size_t pf_exact_max_len(const pf_model *m) {
     (void)m;
     return (size_t)sqrt((double)(g_exact_mem_limit / sizeof(float)));
@@ -173,9 +180,9 @@ static int seq_parallel(int nt, int B, size_t Lmax) {
 
 /* Cuts B sequences (T tokens) into groups: group g is sequences gstart[g] .. gstart[g + 1] - 1,
  * its tokens from goff[g] (both arrays B + 1 long). Sequence-parallel on nt > 0 threads: k groups
- * per thread (k = pf_set_seq_groups's, more when a thread's share exceeds the group size), cut at
- * the sequence boundaries nearest to equal shares of the tokens, so that the threads finish
- * together.
+ * per thread (k = pf_set_seq_groups's, more when a thread's share exceeds pf_seq_group_tokens, or
+ * the group size where that is 0), cut at the sequence boundaries nearest to equal shares of the
+ * tokens, so that the threads finish together.
  * nt = 0: whole sequences, at most the group size a group unless one sequence is longer.
  * Returns the number of groups. */
 static int plan_groups(const int *lens, int B, size_t T, int nt, int *gstart, size_t *goff) {
@@ -183,8 +190,9 @@ static int plan_groups(const int *lens, int B, size_t T, int nt, int *gstart, si
     int ng = 0;
     size_t off = 0;
     if (nt > 0) {
+        const size_t cap = pf_seq_group_tokens(), Gs = cap > 0 ? cap : G;
         const size_t share = (T + (size_t)nt - 1) / (size_t)nt;
-        const size_t by_size = G > 0 && share > G ? (share + G - 1) / G : 1;
+        const size_t by_size = Gs > 0 && share > Gs ? (share + Gs - 1) / Gs : 1;
         const size_t per = (size_t)g_seq_groups;
         const size_t want = (size_t)nt * (by_size > per ? by_size : per);
         for (int b = 0; b < B; b++) {

@@ -520,19 +520,44 @@ AMX_TARGET static void amx_config(void) {
 }
 
 /* The AMX 32 x 32 micro-kernel (gm_impl.kernel): a[32][ku] x b[ku][32] over ku dwords (a multiple
- * of 16), stored like store_tile. */
+ * of 16), stored like store_tile. With alpha 1 and a later K block, or beta 0 or 1, the
+ * accumulator tiles start from C (or zero) and are stored back: C and the products are summed in
+ * the tiles, in one order for every element. A partial tile (the last rows or columns) goes the
+ * same way through a zero-padded copy, so that an element's value does not depend on where its
+ * row falls in the panels: a sequence's bf16 results are the same whatever batch or group it runs
+ * in. (Partial tiles used to be summed apart and added to C afterwards, which rounds differently:
+ * the last sequence of each group came out up to 0.01 apart in log p, session 48.) */
 AMX_TARGET static void kernel_amx(int ku, const uint32_t *a, const uint32_t *b, float *c, long ldc,
                                   int mr, int nc, float alpha, float beta, int first) {
     amx_config();
     const long sa = (long)ku * 4;
-    /* a whole tile with alpha 1 adding to C (a later K block, or beta 1) or replacing it (beta 0):
-     * the accumulators start from C and are stored straight back, no round trip through memory */
-    const int direct = mr == AMX_MR && nc == NR && alpha == 1.0f && (!first || beta == 0.0f || beta == 1.0f);
-    if (direct && (!first || beta == 1.0f)) {
-        _tile_loadd(0, c, ldc * 4);
-        _tile_loadd(1, c + 16, ldc * 4);
-        _tile_loadd(2, c + 16 * ldc, ldc * 4);
-        _tile_loadd(3, c + 16 * ldc + 16, ldc * 4);
+    const int in_tiles = alpha == 1.0f && (!first || beta == 0.0f || beta == 1.0f);
+    const int load = in_tiles && (!first || beta == 1.0f);
+    float t[AMX_MR][NR] __attribute__((aligned(64)));
+    __mmask16 m0, m1;
+    col_masks(nc, &m0, &m1);
+    /* where the tiles of each half (rows 0-15, 16-31) load and store C: in place when the half is
+     * whole, else the padded copy t (only the rows < mr of it are read back) */
+    float *cp[2];
+    long ldp[2];
+    for (int h = 0; h < 2; h++) {
+        const int whole = mr >= 16 * (h + 1) && nc == NR;
+        cp[h] = whole ? c + 16 * h * ldc : &t[16 * h][0];
+        ldp[h] = whole ? ldc : NR;
+        if (in_tiles && load && !whole)
+            for (int i = 16 * h; i < 16 * h + 16 && i < mr; i++) {
+                const float *ci = c + (long)i * ldc;
+                _mm512_store_ps(&t[i][0], _mm512_maskz_loadu_ps(m0, ci));
+                _mm512_store_ps(&t[i][16], _mm512_maskz_loadu_ps(m1, ci + 16));
+            }
+    }
+    if (load) {   /* (the rows of t past mr are never read back) */
+        _tile_loadd(0, cp[0], ldp[0] * 4);
+        _tile_loadd(1, cp[0] + 16, ldp[0] * 4);
+        if (mr > 16) {
+            _tile_loadd(2, cp[1], ldp[1] * 4);
+            _tile_loadd(3, cp[1] + 16, ldp[1] * 4);
+        }
     } else {
         _tile_zero(0);
         _tile_zero(1);
@@ -559,22 +584,28 @@ AMX_TARGET static void kernel_amx(int ku, const uint32_t *a, const uint32_t *b, 
             _tile_dpbf16ps(1, 4, 7);
         }
     }
-    if (direct) {
-        _tile_stored(0, c, ldc * 4);
-        _tile_stored(1, c + 16, ldc * 4);
-        _tile_stored(2, c + 16 * ldc, ldc * 4);
-        _tile_stored(3, c + 16 * ldc + 16, ldc * 4);
+    if (in_tiles) {
+        _tile_stored(0, cp[0], ldp[0] * 4);
+        _tile_stored(1, cp[0] + 16, ldp[0] * 4);
+        if (mr > 16) {
+            _tile_stored(2, cp[1], ldp[1] * 4);
+            _tile_stored(3, cp[1] + 16, ldp[1] * 4);
+        }
+        for (int h = 0; h < 2; h++)
+            if (cp[h] != c + 16 * h * ldc)
+                for (int i = 16 * h; i < 16 * h + 16 && i < mr; i++) {
+                    float *ci = c + (long)i * ldc;
+                    _mm512_mask_storeu_ps(ci, m0, _mm512_load_ps(&t[i][0]));
+                    _mm512_mask_storeu_ps(ci + 16, m1, _mm512_load_ps(&t[i][16]));
+                }
         return;
     }
-    float t[AMX_MR][NR] __attribute__((aligned(64)));
     _tile_stored(0, &t[0][0], NR * 4);
     _tile_stored(1, &t[0][16], NR * 4);
     if (mr > 16) {
         _tile_stored(2, &t[16][0], NR * 4);
         _tile_stored(3, &t[16][16], NR * 4);
     }
-    __mmask16 m0, m1;
-    col_masks(nc, &m0, &m1);
     const __m512 va = _mm512_set1_ps(alpha), vb = _mm512_set1_ps(first ? beta : 1.0f);
     const int read = !first || beta != 0.0f;
     for (int i = 0; i < mr && i < AMX_MR; i++)

@@ -238,6 +238,30 @@ void pf_set_seq_parallel_len(int n);
  * on it beyond float32 summation order. */
 void pf_set_seq_groups(int k);
 
+/* Default cap on a sequence-parallel group's tokens (0: only the group size of pf_group_tokens):
+ * for bf16 products on AMX tiles a thread's share is cut into groups of about 256 tokens, which
+ * keep a group's activations in the core's cache. Measured (session 48, Intel AMX, 2 threads,
+ * 64 positions per sequence, groups per thread set by hand): 16 sequences 1,141 seq/s with one
+ * group of 512 tokens a thread against 1,263 with two of 256; 32 sequences 1,054 (1 group of
+ * 1,024) against 1,164 (4 of 256); 64 sequences 1,041-1,053 (2 of 1,024) against 1,208-1,229
+ * (8 of 256). Float32 showed no gain (16 and 32 sequences: one group a thread was as fast or
+ * faster), so it keeps 0. */
+#define PF_SEQ_GROUP_TOKENS_DEFAULT 0
+#define PF_SEQ_GROUP_TOKENS_AMX_DEFAULT 256
+/* The initial setting of pf_set_seq_group_tokens: the default for each pass's products. */
+#define PF_SEQ_GROUP_TOKENS_AUTO ((size_t)-1)
+
+/* Sets the most tokens a sequence-parallel group takes before a thread's share is cut into more
+ * groups (whole sequences still; one sequence longer than n is a group of its own). 0 = the group
+ * size (pf_group_tokens); PF_SEQ_GROUP_TOKENS_AUTO (the initial setting) =
+ * PF_SEQ_GROUP_TOKENS_AMX_DEFAULT for bf16 products on AMX tiles, else PF_SEQ_GROUP_TOKENS_DEFAULT.
+ * Results do not depend on it beyond float32 summation order. */
+void pf_set_seq_group_tokens(size_t n);
+
+/* The cap a sequence-parallel pass would use now (pf_set_seq_group_tokens's setting, or
+ * PF_SEQ_GROUP_TOKENS_AUTO's choice for the current products); 0 = the group size. */
+size_t pf_seq_group_tokens(void);
+
 /* Returns the most packed tokens one thread runs when pf_forward, called from this thread, gets
  * the B sequences lens[b]: a thread's share when they run sequence-parallel, else the total
  * (every operation on all threads). Time is about proportional to it, so a scheduler can compare

@@ -5,8 +5,8 @@
  * and the exact kernel's refusal over its memory limit; the packed-batch attention equals attention
  * of each sequence alone and does not depend on the thread count; a forward pass cut into groups
  * of sequences (pf_set_group_tokens), one after another or side by side on the threads
- * (pf_set_seq_parallel_len), gives what the whole batch at once gives; the fused inference
- * attention equals the generic one. */
+ * (pf_set_seq_parallel_len), gives what the whole batch at once gives (in bf16 bit for bit, on
+ * each bf16 kernel); the fused inference attention equals the generic one. */
 #include "gemm.h"
 #include "model.h"
 #include "ops.h"
@@ -159,20 +159,26 @@ static void test_ffn_rows(void) {
     pf_set_ffn_rows(PF_FFN_ROWS_AUTO);
     pf_set_group_tokens(PF_GROUP_TOKENS_AUTO);
     CHECK(pf_ffn_rows() == PF_FFN_ROWS_DEFAULT && pf_group_tokens() == PF_GROUP_TOKENS_DEFAULT);
+    CHECK(pf_seq_group_tokens() == PF_SEQ_GROUP_TOKENS_DEFAULT);
     if (gm_bf16_supported() && gm_set_precision(GM_BF16) == 0) {
         const int amx = gm_bf16_is_amx();
         if (gm_bf16_amx(0) == 0) {
             CHECK(pf_ffn_rows() == PF_FFN_ROWS_DEFAULT && pf_group_tokens() == PF_GROUP_TOKENS_DEFAULT);
+            CHECK(pf_seq_group_tokens() == PF_SEQ_GROUP_TOKENS_DEFAULT);
             printf("bf16 on AVX-512 BF16: feed-forward rows %zu, group tokens %zu\n", pf_ffn_rows(), pf_group_tokens());
         }
         if (gm_amx_supported() && gm_bf16_amx(1) == 0) {
             CHECK(pf_ffn_rows() == PF_FFN_ROWS_AMX_DEFAULT && pf_group_tokens() == PF_GROUP_TOKENS_AMX_DEFAULT);
-            printf("bf16 on AMX: feed-forward rows %zu, group tokens %zu\n", pf_ffn_rows(), pf_group_tokens());
+            CHECK(pf_seq_group_tokens() == PF_SEQ_GROUP_TOKENS_AMX_DEFAULT);
+            printf("bf16 on AMX: feed-forward rows %zu, group tokens %zu, sequence-parallel group tokens %zu\n",
+                   pf_ffn_rows(), pf_group_tokens(), pf_seq_group_tokens());
             pf_set_ffn_rows(333);
             pf_set_group_tokens(777);
-            CHECK(pf_ffn_rows() == 333 && pf_group_tokens() == 777);
+            pf_set_seq_group_tokens(99);
+            CHECK(pf_ffn_rows() == 333 && pf_group_tokens() == 777 && pf_seq_group_tokens() == 99);
             pf_set_ffn_rows(PF_FFN_ROWS_AUTO);
             pf_set_group_tokens(PF_GROUP_TOKENS_AUTO);
+            pf_set_seq_group_tokens(PF_SEQ_GROUP_TOKENS_AUTO);
         }
         gm_bf16_amx(amx);
         gm_set_precision(GM_FP32);
@@ -405,6 +411,82 @@ static void test_forward_groups(void) {
     pf_model_free(m);
 }
 
+/* bf16 products (each kernel the CPU has: AMX tiles, AVX-512 BF16): a sequence's log-probs have
+ * the same bits whatever batch or group it runs in - the whole batch sequence-parallel (default
+ * group caps), in groups of 64 tokens or 100-token sequence-parallel groups, one group after
+ * another, on one thread, and each sequence alone - so the daemon's cached bf16 results do not
+ * depend on which requests were batched together. Sequence lengths are not multiples of 32, so
+ * sequences fall in partial tiles of the products; d_ff 576 takes fc2 over three K blocks, and
+ * four layers keep a difference from being absorbed by the bf16 rounding of the next product's
+ * inputs (with two, the old AMX kernel's partial tiles passed). */
+static void test_bf16_batch_bits(void) {
+    if (!gm_bf16_supported()) { printf("bf16 batch bits: no AVX-512 BF16 on this CPU, skipped\n"); return; }
+    pf_config c = { .n_layers = 4, .d_model = 64, .n_heads = 2, .d_ff = 576, .n_features = 32,
+                    .kernel = PF_KERNEL_FAVOR_RELU, .norm_eps = 1e-5f, .conv_kernel = 5,
+                    .local_kernel = 5 };
+    char err[512];
+    pf_model *m = NULL;
+    CHECKF(pf_model_init(&m, &c, 13, err, sizeof err) == 0, "%s", err);
+    if (!m) return;
+    enum { B = 9 };
+    const int lens[B] = { 40, 3, 250, 129, 2, 64, 37, 71, 100 };
+    size_t T = 0;
+    for (int b = 0; b < B; b++) T += (size_t)lens[b];
+    int32_t *tok = malloc(sizeof(int32_t) * T);
+    rng_t r;
+    rng_seed(&r, 17);
+    for (size_t i = 0, b = 0, p = 0; i < T; i++) {
+        tok[i] = p == 0 ? TOK_CLS : p + 1 == (size_t)lens[b] ? TOK_EOS : TOK_RES0 + (int)rng_below(&r, 25);
+        if (++p == (size_t)lens[b]) { p = 0; b++; }
+    }
+    float *lp0 = malloc(sizeof(float) * T * 20), *lp = malloc(sizeof(float) * T * 20);
+    const int amx0 = gm_bf16_is_amx();
+    CHECK(gm_set_precision(GM_BF16) == 0);
+    for (int kern = 0; kern < 2; kern++) {   /* 0 AVX-512 BF16, 1 AMX */
+        if (kern == 1 && !gm_amx_supported()) continue;
+        CHECK(gm_bf16_amx(kern) == 0);
+        pf_set_seq_parallel_len(1000);
+        pf_ctx *ctx = pf_ctx_new(m);
+        CHECKF(pf_forward(ctx, m, PF_KERNEL_DEFAULT, tok, lens, B, lp0, NULL, err, sizeof err) == 0, "%s", err);
+        pf_ctx_free(ctx);
+        int diff = 0;
+        for (int v = 0; v < 4; v++) {
+            /* 0 groups of 64 tokens, one after another; 1 sequence-parallel groups of 100 tokens;
+             * 2 one thread; 3 each sequence alone */
+            pf_set_seq_parallel_len(v == 1 ? 1000 : 0);
+            pf_set_group_tokens(v == 0 ? 64 : PF_GROUP_TOKENS_AUTO);
+            pf_set_seq_group_tokens(v == 1 ? 100 : PF_SEQ_GROUP_TOKENS_AUTO);
+            if (v == 2) pf_set_threads(1);
+            if (v < 3) {
+                ctx = pf_ctx_new(m);
+                CHECKF(pf_forward(ctx, m, PF_KERNEL_DEFAULT, tok, lens, B, lp, NULL, err, sizeof err) == 0, "%s", err);
+                pf_ctx_free(ctx);
+            } else {
+                for (int b = 0, off = 0; b < B; off += lens[b++]) {
+                    ctx = pf_ctx_new(m);
+                    CHECKF(pf_forward(ctx, m, PF_KERNEL_DEFAULT, tok + off, &lens[b], 1, lp + (size_t)off * 20,
+                                      NULL, err, sizeof err) == 0, "%s", err);
+                    pf_ctx_free(ctx);
+                }
+            }
+            pf_set_threads(2);
+            const int same = memcmp(lp, lp0, sizeof(float) * T * 20) == 0;
+            CHECKF(same, "bf16 on %s: variant %d differs from the whole batch by %g", kern ? "AMX" : "AVX-512 BF16",
+                   v, max_diff(lp, lp0, T * 20));
+            diff += !same;
+        }
+        printf("bf16 on %s: groups of 64, sequence-parallel groups of 100, one thread, each sequence alone: "
+               "%s the whole batch's bits\n", kern ? "AMX" : "AVX-512 BF16", diff ? "NOT" : "all");
+    }
+    pf_set_seq_parallel_len(PF_SEQ_PARALLEL_LEN_DEFAULT);
+    pf_set_group_tokens(PF_GROUP_TOKENS_AUTO);
+    pf_set_seq_group_tokens(PF_SEQ_GROUP_TOKENS_AUTO);
+    gm_bf16_amx(amx0);
+    CHECK(gm_set_precision(GM_FP32) == 0);
+    free(tok); free(lp0); free(lp);
+    pf_model_free(m);
+}
+
 /* pf_forward_span: a thread's share of a sequence-parallel batch, else the whole batch. */
 static void test_forward_span(void) {
     int lens[10];
@@ -455,5 +537,6 @@ int main(void) {
     test_orthogonal();
     test_long_sequence();
     test_ffn_rows();
+    test_bf16_batch_bits();
     return TEST_DONE();
 }

@@ -6,7 +6,8 @@
  * gm_fp32_own(0), the own float32 kernel otherwise), every operand packed tight against a guard
  * page, and the weight cache (same bits, dropped by address range and by pf_model_free); where the
  * CPU has AMX, both bf16 kernels (AMX tiles and AVX-512 BF16) and their agreement; the epilogue
- * fused into the products (gm_sgemm_w_ep, matmul_gelu_forward) against a pass after them. Exits 77
+ * fused into the products (gm_sgemm_w_ep, matmul_gelu_forward) against a pass after them; rows
+ * computed alone with the same bits as in a whole product (every kernel). Exits 77
  * (skip) after the checks it can run on a CPU without AVX-512 BF16 (or AVX-512F).
  */
 #include "gemm.h"
@@ -282,6 +283,41 @@ static void check_thread_bits(void) {
     check_thread_bits_one(40, 1100, 1300);   /* B packed in rounds that alternate halves */
 }
 
+/* A row of C does not depend on the rows around it: rows [r0, r1) of a product computed alone
+ * (a product of r1 - r0 rows, so they fall elsewhere in the panels, some in partial tiles) have
+ * the same bits as in the whole product, with beta 0 and 1 and K over several blocks (later K
+ * blocks add to C), for the product under test (g_f32) on the current bf16 kernel. The forward
+ * pass relies on it: a sequence's results do not depend on its batch. Returns the failures. */
+static int check_row_independence(const char *what) {
+    static const int rows[][2] = { {0, 32}, {0, 70}, {60, 70}, {33, 35}, {69, 70}, {5, 43} };
+    const int M = 70, N = 45, K = 600;
+    uint64_t s = 31;
+    float *A = malloc(sizeof(float) * M * K), *B = malloc(sizeof(float) * N * K);
+    float *C0 = malloc(sizeof(float) * M * N), *C1 = malloc(sizeof(float) * M * N);
+    float *C2 = malloc(sizeof(float) * M * N);
+    for (int i = 0; i < M * K; i++) A[i] = urand(&s);
+    for (int i = 0; i < N * K; i++) B[i] = urand(&s);
+    for (int i = 0; i < M * N; i++) C0[i] = urand(&s);
+    int bad = 0;
+    for (int b1 = 0; b1 < 2; b1++) {
+        const float beta = b1 ? 1.0f : 0.0f;
+        memcpy(C1, C0, sizeof(float) * M * N);
+        prod(0, 1, M, N, K, 1.0f, A, K, B, K, beta, C1, N);
+        for (size_t r = 0; r < sizeof rows / sizeof rows[0]; r++) {
+            const int r0 = rows[r][0], n = rows[r][1] - r0;
+            memcpy(C2, C0, sizeof(float) * M * N);
+            prod(0, 1, n, N, K, 1.0f, A + (size_t)r0 * K, K, B, K, beta, C2 + (size_t)r0 * N, N);
+            const int same = memcmp(C1 + (size_t)r0 * N, C2 + (size_t)r0 * N, sizeof(float) * n * N) == 0;
+            CHECKF(same, "%s: rows %d..%d alone (beta %g) differ from the same rows of the whole product",
+                   what, r0, r0 + n - 1, beta);
+            bad += !same;
+        }
+    }
+    printf("%s: rows computed alone have the same bits as in the whole product%s\n", what, bad ? " (NOT)" : "");
+    free(A); free(B); free(C0); free(C1); free(C2);
+    return bad;
+}
+
 /* Where the CPU has AMX: it is the default bf16 kernel; the AVX-512 BF16 kernel, selected with
  * gm_bf16_amx(0), passes the same checks; the two agree to float32 summation order. */
 static void check_amx(void) {
@@ -293,6 +329,7 @@ static void check_amx(void) {
            worst);
     check_thread_bits();
     check_guarded();
+    check_row_independence("AVX-512 BF16 product");
     CHECK(gm_bf16_amx(1) == 0 && gm_bf16_is_amx());
     /* the two kernels on the same operands: every value within 1e-5 of the sum of |products| */
     static const int shapes[][3] = { {700, 300, 600}, {33, 65, 513}, {256, 768, 4100} };
@@ -357,6 +394,7 @@ int main(void) {
             printf("own fp32 product vs double product: worst relative error %.3g\n", worst);
             check_guarded();
             check_thread_bits();
+            check_row_independence("own float32 product");
             g_f32 = 0;
         } else {
             CHECK(own == 0 && gm_fp32_own(1) == -1 && !gm_fp32_is_own());
@@ -374,6 +412,7 @@ int main(void) {
     printf("bf16 product vs double product of the rounded operands: worst relative error %.3g\n",
            worst);
     check_thread_bits();
+    check_row_independence(gm_bf16_is_amx() ? "bf16 product on AMX tiles" : "bf16 product on AVX-512 BF16");
 
     check_guarded();
     check_favor_products();
