@@ -1,6 +1,7 @@
 """End-to-end test of performerd --precision: a bad value and (on a CPU without AVX-512 BF16) bf16
 are refused at start-up with a message; with the shipped weights, bf16 /logits agree with fp32 to
-bfloat16 rounding on a real 350-residue protein and pick the same top residue almost everywhere;
+bfloat16 rounding on a real 350-residue protein and pick the same top residue almost everywhere,
+and its bf16 numbers are the same alone and after another sequence in one request;
 the two precisions never share a cached result (different ids, MISS after a restart on the same
 database, both ids still served), and /model, every response and the start-up log name the
 precision; the CLI's run-jobs gives the daemon's ids and numbers in each precision; --threads
@@ -114,6 +115,14 @@ print("%d residues: max |log p(fp32) - log p(bf16)| %.4f; same top-1 residue at 
 check(0 < diff < 0.05, "bf16 log-probabilities within 0.05 of fp32 (bfloat16 rounding, not a different model)")
 check(same >= 0.97 * len(seq), "same top-1 residue at >= 97% of positions")
 check(abs(sum(pa) - 1) < 1e-3, "bf16 probabilities still sum to 1")
+
+# a bf16 result does not depend on its batch: the protein after a short one in one request (one
+# forward pass; its rows fall elsewhere in the products' tiles, at least one of the two placements
+# in a partial tile) gets the numbers it got alone
+rb = d.post({"sequences": ["MKTAYIAKQRQISFVKSHFSRQ", seq]}, path="/logits")
+check(rb.status == 200, "bf16 two-sequence logits 200: %s" % rb.body[:200])
+if rb.status == 200:
+    check(rb.json()["results"][1]["log_probs"] == b, "bf16: the protein's numbers in a batch = alone")
 d.stop()
 
 
