@@ -338,6 +338,8 @@ static void test_forward_groups(void) {
     CHECKF(pf_model_init(&m, &c, 11, err, sizeof err) == 0, "%s", err);
     if (!m) return;
     enum { B = 7 };
+    /* the own float32 product sums each row alone: the same bits; OpenBLAS: float32 rounding */
+    const double tol = gm_fp32_is_own() ? 0.0 : 1e-5;
     const int lens[B] = { 40, 3, 700, 129, 2, 64, 300 };
     size_t T = 0;
     for (int b = 0; b < B; b++) T += (size_t)lens[b];
@@ -371,7 +373,7 @@ static void test_forward_groups(void) {
             printf("forward in groups of %zu tokens%s, %d a thread (layer %d) vs the whole batch: "
                    "max |diff| log-probs %.3g, hidden %.3g\n", groups[g % ngs],
                    sp ? ", sequence-parallel" : "", per, layer, e, eh);
-            CHECKF(e <= 1e-5 && eh <= 1e-5, "groups %zu (sp %d) differ by %g / %g", g, sp, e, eh);
+            CHECKF(e <= tol && eh <= tol, "groups %zu (sp %d) differ by %g / %g", g, sp, e, eh);
             pf_ctx_free(ctx);
         }
         pf_set_seq_groups(PF_SEQ_GROUPS_DEFAULT);
@@ -389,7 +391,7 @@ static void test_forward_groups(void) {
             pf_ctx_free(ctx);
         }
         printf("each sequence alone vs the whole batch (layer %d): max |diff| %.3g\n", layer, e);
-        CHECKF(e <= 1e-5, "a sequence alone differs from its batch by %g", e);
+        CHECKF(e <= tol, "a sequence alone differs from its batch by %g", e);
     }
     /* the exact kernel, sequence-parallel, against itself one sequence at a time */
     {
@@ -402,7 +404,7 @@ static void test_forward_groups(void) {
         CHECKF(pf_forward(ctx, m, PF_KERNEL_EXACT, tok, lens, B, lp, NULL, err, sizeof err) == 0, "%s", err);
         double e = max_diff(lp, lp0, T * 20);
         printf("exact kernel, sequence-parallel vs whole batch: max |diff| %.3g\n", e);
-        CHECKF(e <= 1e-5, "exact sequence-parallel differs by %g", e);
+        CHECKF(e <= tol, "exact sequence-parallel differs by %g", e);
         pf_ctx_free(ctx);
     }
     pf_set_group_tokens(PF_GROUP_TOKENS_AUTO);
