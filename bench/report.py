@@ -226,6 +226,35 @@ def crossover(fav, exa):
 
 
 
+# symbols of the bf16 matrix products (model/gemm.c): micro-kernels, packing, the blocked loop
+BF16_PRODUCT_SYMS = ("kernel_amx", "kernel_bf16", "pack_a_amx", "pack_b_amx", "pack_bf16", "pack_kcontig",
+                     "gemm_packed")
+
+
+def profile_rows(text):
+    """(percent, shared object, symbol) of each line of a `perf report --sort dso,symbol` excerpt."""
+    rows = []
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) >= 4 and parts[0].endswith("%"):
+            try:
+                rows.append((float(parts[0][:-1]), parts[1], parts[-1]))
+            except ValueError:
+                pass
+    return rows
+
+
+def bf16_profile_split(text):
+    """(share of the listed samples in the bf16 products, the three largest other symbols) of a bf16
+    profile excerpt, or None when it lists nothing."""
+    rows = profile_rows(text)
+    if not rows:
+        return None
+    prod = sum(p for p, _, sym in rows if sym.split(".")[0] in BF16_PRODUCT_SYMS)
+    rest = [(p, sym) for p, _, sym in rows if sym.split(".")[0] not in BF16_PRODUCT_SYMS]
+    return prod, sorted(rest, reverse=True)[:3]
+
+
 def batching_margin(on, off, pk, kind, peak_name, at_peak):
     """Returns (batched / one-at-a-time requests/s, the margin text) of a server on/off pair; when both
     raw model rates are known, the text adds what the model allows: batching can at best lift
@@ -446,6 +475,12 @@ def report(a):
         extra += "; bf16 peak %s GFLOP/s (%.2f× the fp32 peak)" % (fmt(bpeak), bpeak / peak) if peak else ""
         if not met:
             extra += "; short by %.0f points" % (100 * (T_MFU - worst[2]))
+            split = bf16_profile_split(read(os.path.join(meta, "profile_bf16.txt")))
+            if split:
+                extra += ("; in a bf16 pass at L = %s (profile below) the bf16 products took %.0f%% of the samples "
+                          "and the float32 rest the others (largest: %s)" % (
+                              fmt(int(read(os.path.join(meta, "profile_L.txt"), "0"))), split[0],
+                              ", ".join("%s %.1f%%" % (sym, p) for p, sym in split[1])))
         targets.append((bt, "%.0f%% (worst)" % (100 * worst[2]), met, extra))
     elif not bpeak or not cmp_b_rows:
         targets.append((bt, bf16_why, None, ""))
@@ -910,6 +945,18 @@ def report(a):
                 "%.0f%%" % (100 * cb["gflops"] / peak) if peak else "–",
                 "; C fp32 %s GFLOP/s" % fmt(c32["gflops"]) if c32 else ""))
         w("")
+        bprof = read(os.path.join(meta, "profile_bf16.txt"))
+        if bprof:
+            bprof = "\n".join(l.rstrip() for l in open(os.path.join(meta, "profile_bf16.txt")) if l.strip())
+            w("Where one bf16 forward pass (L = %s, batch 1) spends its time — `perf record` as above with "
+              "`--precision bf16` (`kernel_amx` / `kernel_bf16`: the bf16 micro-kernels on AMX tiles / AVX-512 "
+              "BF16, `pack_*`: their operand packing; `fz_*`: the float32 FAVOR+ attention):" % fmt(
+                  int(read(os.path.join(meta, "profile_L.txt"), "0"))))
+            w("")
+            w("```")
+            w(bprof)
+            w("```")
+            w("")
 
     # ---- batches of short sequences ----------------------------------------------------------
     sp_rows = []

@@ -192,6 +192,19 @@ if [ "${PROFILE:-1}" = 1 ] && command -v perf >/dev/null; then
     else
         log "perf record failed (see perf_event_paranoid); no profile"
     fi
+    # the same pass in bf16: what bounds the bf16 target (the products' share against the rest)
+    if [ "$BF16" = 1 ] && [ -s "$T/profile.txt" ]; then
+        log "perf profile of one bf16 forward, L=$PROFILE_L"
+        printf '%s\n' "perf record -F 999 -o T/perf_bf16.data -- $BF forward --weights $WEIGHTS --len $PROFILE_L --threads $THREADS --warmup 1 --min-reps 3 --min-time 0 --precision bf16; perf report --sort dso,symbol" >>"$T/commands.txt"
+        if perf record -F 999 -o "$T/perf_bf16.data" -- "$BF" forward --weights "$WEIGHTS" --len "$PROFILE_L" \
+                --threads "$THREADS" --warmup 1 --min-reps 3 --min-time 0 --precision bf16 \
+                >"$T/profile_bf16_run.json" 2>"$T/perf_bf16.log"; then
+            perf report -i "$T/perf_bf16.data" --stdio --sort dso,symbol --percent-limit 0.7 2>/dev/null |
+                grep -v '^#' | grep -v '^$' | sed -e 's/[ -]*$//' | head -25 >"$T/profile_bf16.txt" || true
+        else
+            log "perf record of the bf16 pass failed; no bf16 profile"
+        fi
+    fi
 fi
 
 # ---- C vs PyTorch on the same tokens, with the agreement check ---------------------------------

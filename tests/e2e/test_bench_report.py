@@ -6,7 +6,9 @@ writes from its results.jsonl (a record is reproducible from its data); on the f
 against a raw model run with hiccups (mean pass over 1.25x its median: the raw rate, sequences per mean
 pass, is then too low and the overhead looks smaller than it is): it reads **unclear** and names the
 runs, for float32 and bf16 alike; a missed row stays missed and names them too; raw runs within the
-threshold change nothing. gnuplot is replaced by a stub: the plot is not under test."""
+threshold change nothing; with a bf16 profile the missed bf16 utilisation row names the products' share of the
+samples and the largest other symbols, and the profile is printed. gnuplot is replaced by a stub: the plot is
+not under test."""
 import json
 import os
 import re
@@ -131,5 +133,39 @@ mild = targets(with_raw(1.2, lambda r: True), "mild")
 check(all("irregular" not in v[2] for v in mild.values()), "no row calls a raw run irregular under 1.25x")
 check(mild[OVH][1] in ("**met**", "**missed**") and mild[OVH_B][1] in ("**met**", "**missed**"),
       "both rows get a status: %s, %s" % (mild[OVH][1], mild[OVH_B][1]))
+
+# ---- a bf16 profile (bench/run.sh's profile_bf16.txt): the missed bf16 target names what bounds it ----
+# (the fixture's bf16 row is met, 62%-65%: its C bf16 passes' GFLOP/s are halved so that it is missed)
+slow = json.loads(json.dumps(RECORDS))
+for r in slow:
+    if r.get("role") == "cmp_bf16" and r.get("gflops"):
+        r["gflops"] /= 2
+base = targets(slow, "bf16_no_profile")
+BT = [k for k in base if k.startswith("C bf16 forward ≥")]
+check(len(BT) == 1 and base[BT[0]][1] == "**missed**", "with half the GFLOP/s the bf16 utilisation row is missed: %s"
+      % [(k, base[k][1]) for k in BT])
+PROF = """    40.12%  bench_forward         [.] kernel_amx
+    12.50%  bench_forward         [.] fz_scores
+     9.75%  bench_forward         [.] fz_head
+     6.03%  bench_forward         [.] gelu_span_avx512
+     4.88%  bench_forward         [.] pack_a_amx
+     0.91%  libgomp.so.1.0.0      [.] 0x000000000001f7da
+"""
+with open(os.path.join(META, "profile_bf16.txt"), "w") as f:
+    f.write(PROF)
+with open(os.path.join(META, "profile_L.txt"), "w") as f:
+    f.write("4096\n")
+prof = targets(slow, "bf16_profile")
+note = prof[BT[0]][2] if BT else ""
+check("the bf16 products took 45% of the samples" in note, "products' share (kernel + packing) named: %s" % note[-300:])
+check("largest: fz_scores 12.5%, fz_head 9.8%, gelu_span_avx512 6.0%" in note, "the largest others named: %s" % note[-300:])
+check(BT and "bf16 products took" not in base[BT[0]][2], "without a profile the row names no split")
+check({k: v for k, v in prof.items() if k != BT[0]} == {k: v for k, v in base.items() if k != BT[0]},
+      "the other rows are untouched")
+with open(os.path.join(T, "bf16_profile", "RESULTS.md")) as f:
+    md = f.read()
+check("Where one bf16 forward pass (L = 4,096, batch 1)" in md and "40.12%  bench_forward         [.] kernel_amx" in md,
+      "the bf16 profile is printed in the bf16 section")
+os.remove(os.path.join(META, "profile_bf16.txt"))
 
 done()
