@@ -538,7 +538,11 @@ void favor_forward_batch(float *out, favor_state *st, const float *q, const floa
  * phi_k [T, H, m] out and read them back and ran eight small products per head (a quarter of a
  * pass at L = 4,096). Float32 throughout (also in bf16 mode): its three products on VDPBF16PS
  * (operands paired in bf16, half the instructions) made bf16 passes 1.07-1.15x slower on the AMX
- * machine (L = 62 to 4,096, session 47), the pairing costing more than the FMAs it saved. */
+ * machine (L = 62 to 4,096, session 47), the pairing costing more than the FMAs it saved. The
+ * feature scores on AMX tiles, each operand split into two bf16 (hi.hi + lo.hi + hi.lo, about
+ * float32 accurate), ran 1.00-1.06x (62 x 16, 512 x 1 and 16, 4,096 x 1; session 48): the scores
+ * went from 12.8% to 9.2% of a bf16 pass at L = 4,096, bound by loading the q and k rows (1 KiB
+ * apart) rather than by their FMAs, and the ReLU moved to a pass of its own. Not kept. */
 
 #define FZ_BLOCK 32    /* key rows per block of phase 1 */
 #define FZ_QROWS 8     /* query rows per step of phase 2 (16 accumulators) */
