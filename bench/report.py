@@ -970,7 +970,8 @@ def report(a):
                   if r.get("precision") == prec and r.get("status") == "ok"]
             if off and on:
                 sp_rows.append((prec, L, B, min(off), min(r["median_s"] for r in on),
-                                on[0].get("seq_parallel_len"), on[0].get("group_tokens")))
+                                on[0].get("seq_parallel_len"), on[0].get("group_tokens"),
+                                on[0].get("seq_group_tokens")))
     if sp_rows:
         # the group size of each precision's runs (bf16 on AMX tiles has its own default)
         groups = {}
@@ -978,19 +979,27 @@ def report(a):
             groups.setdefault(r[0], r[6])
         group_note = "".join("; %s tokens in %s on AMX tiles, `PF_GROUP_TOKENS_AMX_DEFAULT`" % (fmt(g), p)
                              for p, g in groups.items() if g not in (None, sp_rows[0][6]))
+        # a cap on the sequence-parallel groups (bench_forward's "seq_group_tokens"; 0 = none)
+        caps = {}
+        for r in sp_rows:
+            if r[7]:
+                caps.setdefault(r[0], r[7])
+        cap_note = "".join(" In %s the sequence-parallel groups hold at most %s tokens (`PF_SEQ_GROUP_TOKENS_AMX_DEFAULT` "
+                           "on AMX tiles), so a thread's share of a larger batch is cut into several." % (p, fmt(g))
+                           for p, g in caps.items())
         w("## Batches of short sequences: sequence-parallel")
         w("")
         w("A batch of two or more sequences none longer than `PF_SEQ_PARALLEL_LEN_DEFAULT` (%s positions) runs "
           "sequence-parallel (model/forward.c): groups of whole sequences side by side on the threads, each "
           "thread on its own arena with single-threaded products, instead of every operation on all threads "
           "in turn (`bench_forward --seq-parallel-len 0`). Longer batches run in groups of at most %s tokens "
-          "(`PF_GROUP_TOKENS_DEFAULT`%s) one after another, so the arena holds one group. Both settings, "
+          "(`PF_GROUP_TOKENS_DEFAULT`%s) one after another, so the arena holds one group.%s Both settings, "
           "alternately, two rounds; each cell is the faster round's median:" % (
-              sp_rows[0][5], fmt(sp_rows[0][6]), group_note))
+              sp_rows[0][5], fmt(sp_rows[0][6]), group_note, cap_note))
         w("")
         w("| precision | L | batch | each operation on all threads | sequence-parallel | **speed-up** |")
         w("|---|---:|---:|---:|---:|---:|")
-        for prec, L, B, t_off, t_on, _, _ in sp_rows:
+        for prec, L, B, t_off, t_on, _, _, _ in sp_rows:
             w("| %s | {:,} | %d | %s | %s | **%.2f×** |".format(L) % (prec, B, secs(t_off), secs(t_on), t_off / t_on))
         w("")
 
