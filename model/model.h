@@ -255,7 +255,8 @@ void pf_set_seq_groups(int k);
  * groups (whole sequences still; one sequence longer than n is a group of its own). 0 = the group
  * size (pf_group_tokens); PF_SEQ_GROUP_TOKENS_AUTO (the initial setting) =
  * PF_SEQ_GROUP_TOKENS_AMX_DEFAULT for bf16 products on AMX tiles, else PF_SEQ_GROUP_TOKENS_DEFAULT.
- * Results do not depend on it beyond float32 summation order. */
+ * Results do not depend on it: the same bits with the own products (float32 on AVX-512, bf16 on
+ * either kernel), float32 summation order with OpenBLAS. */
 void pf_set_seq_group_tokens(size_t n);
 
 /* The cap a sequence-parallel pass would use now (pf_set_seq_group_tokens's setting, or
