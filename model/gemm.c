@@ -540,11 +540,12 @@ AMX_TARGET static void kernel_amx(int ku, const uint32_t *a, const uint32_t *b, 
      * whole, else the padded copy t (only the rows < mr of it are read back) */
     float *cp[2];
     long ldp[2];
+    int whole[2];
     for (int h = 0; h < 2; h++) {
-        const int whole = mr >= 16 * (h + 1) && nc == NR;
-        cp[h] = whole ? c + 16 * h * ldc : &t[16 * h][0];
-        ldp[h] = whole ? ldc : NR;
-        if (in_tiles && load && !whole)
+        whole[h] = mr >= 16 * (h + 1) && nc == NR;
+        cp[h] = whole[h] ? c + 16 * h * ldc : &t[16 * h][0];
+        ldp[h] = whole[h] ? ldc : NR;
+        if (load && !whole[h])
             for (int i = 16 * h; i < 16 * h + 16 && i < mr; i++) {
                 const float *ci = c + (long)i * ldc;
                 _mm512_store_ps(&t[i][0], _mm512_maskz_loadu_ps(m0, ci));
@@ -592,7 +593,7 @@ AMX_TARGET static void kernel_amx(int ku, const uint32_t *a, const uint32_t *b, 
             _tile_stored(3, cp[1] + 16, ldp[1] * 4);
         }
         for (int h = 0; h < 2; h++)
-            if (cp[h] != c + 16 * h * ldc)
+            if (!whole[h])
                 for (int i = 16 * h; i < 16 * h + 16 && i < mr; i++) {
                     float *ci = c + (long)i * ldc;
                     _mm512_mask_storeu_ps(ci, m0, _mm512_load_ps(&t[i][0]));

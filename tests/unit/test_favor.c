@@ -326,6 +326,19 @@ static void test_fused(void) {
     free(q); free(k); free(v); free(P); free(ref); free(o1); free(o2); free(stb);
 }
 
+/* T packed tokens of the framed sequences lens[] (<cls>, random residues, <eos>) drawn from seed;
+ * the caller frees them. */
+static int32_t *framed_tokens(const int *lens, size_t T, uint64_t seed) {
+    int32_t *tok = malloc(sizeof(int32_t) * T);
+    rng_t r;
+    rng_seed(&r, seed);
+    for (size_t i = 0, b = 0, p = 0; i < T; i++) {
+        tok[i] = p == 0 ? TOK_CLS : p + 1 == (size_t)lens[b] ? TOK_EOS : TOK_RES0 + (int)rng_below(&r, 25);
+        if (++p == (size_t)lens[b]) { p = 0; b++; }
+    }
+    return tok;
+}
+
 /* pf_forward_ex over one packed batch with group sizes from "whole batch" to "one sequence per
  * group" (and one sequence longer than the group): the same log-probs and hidden states as the
  * whole batch at once and as each sequence alone, for the final and an inner layer. */
@@ -343,13 +356,7 @@ static void test_forward_groups(void) {
     const int lens[B] = { 40, 3, 700, 129, 2, 64, 300 };
     size_t T = 0;
     for (int b = 0; b < B; b++) T += (size_t)lens[b];
-    int32_t *tok = malloc(sizeof(int32_t) * T);
-    rng_t r;
-    rng_seed(&r, 9);
-    for (size_t i = 0, b = 0, p = 0; i < T; i++) {
-        tok[i] = p == 0 ? TOK_CLS : p + 1 == (size_t)lens[b] ? TOK_EOS : TOK_RES0 + (int)rng_below(&r, 25);
-        if (++p == (size_t)lens[b]) { p = 0; b++; }
-    }
+    int32_t *tok = framed_tokens(lens, T, 9);
     const size_t d = 32;
     float *lp0 = malloc(sizeof(float) * T * 20), *h0 = malloc(sizeof(float) * T * d);
     float *lp = malloc(sizeof(float) * T * 20), *h = malloc(sizeof(float) * T * d);
@@ -434,13 +441,7 @@ static void test_bf16_batch_bits(void) {
     const int lens[B] = { 40, 3, 250, 129, 2, 64, 37, 71, 100 };
     size_t T = 0;
     for (int b = 0; b < B; b++) T += (size_t)lens[b];
-    int32_t *tok = malloc(sizeof(int32_t) * T);
-    rng_t r;
-    rng_seed(&r, 17);
-    for (size_t i = 0, b = 0, p = 0; i < T; i++) {
-        tok[i] = p == 0 ? TOK_CLS : p + 1 == (size_t)lens[b] ? TOK_EOS : TOK_RES0 + (int)rng_below(&r, 25);
-        if (++p == (size_t)lens[b]) { p = 0; b++; }
-    }
+    int32_t *tok = framed_tokens(lens, T, 17);
     float *lp0 = malloc(sizeof(float) * T * 20), *lp = malloc(sizeof(float) * T * 20);
     const int amx0 = gm_bf16_is_amx();
     CHECK(gm_set_precision(GM_BF16) == 0);
